@@ -1,0 +1,1 @@
+"""voicelog: an opt-in, encrypted debug-logging relay for realtime voice AI."""

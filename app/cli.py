@@ -1,0 +1,190 @@
+"""`voicelog serve | db upgrade|downgrade | resources add|list | standin`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from typing import Annotated
+
+import typer
+import uvicorn
+from fastapi import FastAPI
+
+from app import migrate
+from app.config import Settings
+from app.db import create_engine, create_session_factory
+from app.errors import AppError
+from app.logs import configure_logging, get_logger
+from app.resources.schemas import ResourceCreate, ResourceOut
+from app.resources.service import add_resource, list_resources
+
+cli = typer.Typer(help="voicelog: opt-in, encrypted session logging for realtime voice AI.", no_args_is_help=True)
+db_cli = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+resources_cli = typer.Typer(help="Customer resources.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+cli.add_typer(resources_cli, name="resources")
+
+log = get_logger("voicelog.cli")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn closes WebSockets with 1012 at once on SIGTERM; we first let live sessions finish."""
+
+    def __init__(self, config: uvicorn.Config, drain_timeout: float) -> None:
+        super().__init__(config)
+        self.drain_timeout = drain_timeout
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        app = self.config.loaded_app
+        relay = getattr(getattr(app, "state", None), "relay", None) if app is not None else None
+        if relay is None:
+            # Middleware wraps the FastAPI app; find the relay on the innermost app.
+            inner = getattr(app, "app", None)
+            while inner is not None and relay is None:
+                relay = getattr(getattr(inner, "state", None), "relay", None)
+                inner = getattr(inner, "app", None)
+        if relay is not None:
+            log.info("relay.drain.started", sessions=len(relay.registry), timeout_s=self.drain_timeout)
+            closed = await relay.registry.drain(self.drain_timeout)
+            log.info("relay.drain.finished", closed_sessions=closed)
+        await super().shutdown(sockets)
+
+
+def build_server(settings: Settings, host: str, port: int, app: FastAPI | None = None) -> DrainingServer:
+    """uvicorn tuned for the relay: uvloop, no per-message deflate, our own (redacted) logging."""
+    from app.main import create_app
+
+    config = uvicorn.Config(
+        app or create_app(settings),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets",
+        ws_max_size=settings.relay_max_message_bytes,
+        ws_max_queue=settings.relay_queue_frames,
+        ws_per_message_deflate=False,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.relay_drain_timeout_s) + 15,
+    )
+    return DrainingServer(config, settings.relay_drain_timeout_s)
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default VOICELOG_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default VOICELOG_PORT).")] = None,
+) -> None:
+    """Run the relay and API. On the embedded default the SQLite schema is migrated first."""
+    settings = Settings()
+    configure_logging(settings.log_level)
+    if settings.embedded:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        migrate.upgrade(settings.resolved_database_url)
+    server = build_server(settings, host or settings.host, settings.port if port is None else port)
+    server.run()
+
+
+@cli.command()
+def standin(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8765,
+    api_key: Annotated[str | None, typer.Option(help="Require this key (api-key or Bearer).")] = None,
+) -> None:
+    """Run only the built-in stand-in upstream (speaks the Voice Live protocol; /echo echoes frames)."""
+    from app.relay.standin.server import Standin, StandinOptions
+
+    configure_logging(Settings().log_level)
+
+    async def run() -> None:
+        server = await Standin(StandinOptions(api_key=api_key)).start(host, port)
+        await server.serve_forever()
+
+    try:
+        import uvloop
+
+        uvloop.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+@db_cli.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Migrate the schema up (default: to the newest revision)."""
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.resolved_database_url, revision)
+    typer.echo(f"database upgraded to {revision}")
+
+
+@db_cli.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g. -1 or base.")]) -> None:
+    """Migrate the schema down to REVISION."""
+    settings = Settings()
+    migrate.downgrade(settings.resolved_database_url, revision)
+    typer.echo(f"database downgraded to {revision}")
+
+
+@resources_cli.command("add")
+def resources_add(
+    name: Annotated[str, typer.Argument(help="Resource name (the /resources/{name} path segment).")],
+    region: Annotated[str, typer.Option(help="A configured region.")],
+    upstream: Annotated[str, typer.Option(help="Upstream endpoint, wss://...")],
+    tenant: Annotated[str, typer.Option(help="Owner tenant id.")],
+) -> None:
+    """Register a customer resource."""
+    settings = Settings()
+
+    async def run() -> ResourceOut:
+        from app.clock import SystemClock
+
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            async with create_session_factory(engine)() as session:
+                resource = await add_resource(
+                    session=session,
+                    clock=SystemClock(),
+                    data=ResourceCreate(name=name, region=region, upstream_endpoint=upstream, owner_tenant=tenant),
+                    regions=settings.region_names,
+                )
+                await session.commit()
+                return ResourceOut.model_validate(resource)
+        finally:
+            await engine.dispose()
+
+    try:
+        out = asyncio.run(run())
+    except AppError as exc:
+        typer.echo(f"error: {exc.code}: {exc.detail}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"added {out.name} ({out.region}) -> {out.upstream_endpoint}")
+
+
+@resources_cli.command("list")
+def resources_list(as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False) -> None:
+    """List registered resources."""
+    settings = Settings()
+
+    async def run() -> list[ResourceOut]:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            async with create_session_factory(engine)() as session:
+                return [ResourceOut.model_validate(r) for r in await list_resources(session=session)]
+        finally:
+            await engine.dispose()
+
+    rows = asyncio.run(run())
+    if as_json:
+        typer.echo(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
+        return
+    for r in rows:
+        typer.echo(f"{r.name}\t{r.region}\t{r.upstream_endpoint}\t{r.owner_tenant}")
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,138 @@
+"""Settings: every knob of voicelog, read from `VOICELOG_*` environment variables.
+
+The defaults are the embedded ones: one command runs the whole service on a laptop with a SQLite file,
+local blob directories for two regions, a local keyring and the built-in stand-in upstream. Production
+overrides them (PostgreSQL, Azure Blob Storage per region, Key Vault, Entra ID).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RegionSettings(BaseModel):
+    """One region: where its recordings are stored and which key service wraps their keys (C3)."""
+
+    name: str = Field(description="Region name as resources name it, e.g. `eastus`.", pattern=r"^[a-z0-9]{2,32}$")
+    blob_backend: Literal["local", "azure"] = Field(
+        default="local", description="`local`: a directory under the data dir; `azure`: Azure Blob Storage."
+    )
+    blob_path: Path | None = Field(
+        default=None, description="Local backend: directory for this region (default `<data_dir>/blobs/<name>`)."
+    )
+    blob_account_url: str | None = Field(
+        default=None, description="Azure backend: the region's storage account URL (DefaultAzureCredential)."
+    )
+    blob_connection_string: SecretStr | None = Field(
+        default=None, description="Azure backend: a connection string instead of the account URL (Azurite)."
+    )
+    blob_container: str = Field(default="recordings", description="Azure backend: the region's container.")
+    keyvault_url: str | None = Field(
+        default=None, description="Key Vault holding this region's KEKs; unset uses the local keyring."
+    )
+
+
+def _default_regions() -> list[RegionSettings]:
+    return [RegionSettings(name="eastus"), RegionSettings(name="westeurope")]
+
+
+class Settings(BaseSettings):
+    """All of voicelog's configuration; one instance is built at start and passed down, never global."""
+
+    model_config = SettingsConfigDict(env_prefix="VOICELOG_", env_nested_delimiter="__", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------------------
+    data_dir: Path = Field(
+        default=Path(".voicelog"),
+        description="Everything the embedded default writes: SQLite file, blob directories, keyring.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy async URL (`postgresql+asyncpg://...`); unset = SQLite in the data dir.",
+    )
+    regions: list[RegionSettings] = Field(
+        default_factory=_default_regions,
+        description="Configured regions (JSON list). A resource's region must be one of these (C3).",
+    )
+
+    # --- HTTP server -------------------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Address `voicelog serve` binds.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `voicelog serve` binds.")
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for /admin/*. Unset: the embedded default generates one into the "
+        "data dir (file `admin-token`, mode 0600); with a database URL set, /admin/* is closed.",
+    )
+    log_level: str = Field(default="INFO", description="Log level of the JSON logs.")
+
+    # --- relay ---------------------------------------------------------------------------------------
+    relay_connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="Upstream TCP+TLS+WebSocket handshake timeout."
+    )
+    relay_idle_timeout_s: float = Field(
+        default=600.0, gt=0, description="Close a session after this long without a frame in either direction."
+    )
+    relay_max_session_s: float = Field(
+        default=4 * 3600.0, gt=0, description="Hard cap on one session's length."
+    )
+    relay_max_message_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Largest WebSocket message relayed (Voice Live: 4 MiB)."
+    )
+    relay_queue_frames: int = Field(
+        default=64, ge=1, description="Frames buffered per direction before the reader is slowed down."
+    )
+    relay_drain_timeout_s: float = Field(
+        default=30.0, ge=0, description="On shutdown, how long live sessions may finish before a 1001 close."
+    )
+    relay_ping_interval_s: float | None = Field(
+        default=20.0, description="Keepalive ping to the upstream; None disables."
+    )
+
+    # --- embedded stand-in upstream -----------------------------------------------------------------
+    standin_enabled: bool = Field(
+        default=True, description="Run the built-in stand-in upstream inside `voicelog serve`."
+    )
+    standin_host: str = Field(default="127.0.0.1", description="Address the in-process stand-in binds.")
+    standin_port: int = Field(default=8765, ge=0, le=65535, description="Port of the in-process stand-in.")
+    demo_resource: bool = Field(
+        default=True, description="Seed a resource `demo` (first region) whose upstream is the stand-in."
+    )
+
+    @field_validator("regions")
+    @classmethod
+    def _unique_regions(cls, regions: list[RegionSettings]) -> list[RegionSettings]:
+        names = [r.name for r in regions]
+        if len(set(names)) != len(names):
+            raise ValueError("region names must be unique")
+        if not regions:
+            raise ValueError("at least one region must be configured")
+        return regions
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        for region in self.regions:
+            if region.blob_backend == "local" and region.blob_path is None:
+                region.blob_path = self.data_dir / "blobs" / region.name
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when running on the embedded SQLite default (laptop/demo mode)."""
+        return self.database_url is None
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'voicelog.db').resolve()}"
+
+    def region(self, name: str) -> RegionSettings | None:
+        return next((r for r in self.regions if r.name == name), None)
+
+    @property
+    def region_names(self) -> list[str]:
+        return [r.name for r in self.regions]

@@ -1,0 +1,151 @@
+"""create_app(settings) -> FastAPI. The lifespan starts and stops every part."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from websockets.asyncio.server import Server
+
+from app.clock import Clock, SystemClock
+from app.config import Settings
+from app.db import create_engine, create_session_factory
+from app.deps import AppContext
+from app.errors import install_error_handlers
+from app.logs import get_logger
+from app.metrics import Metrics
+from app.relay.routes import Relay
+from app.relay.routes import router as relay_router
+from app.relay.standin.server import Standin
+from app.relay.tap import NoTap, TapFactory
+from app.resources.routes import router as resources_router
+from app.resources.schemas import ResourceCreate
+from app.resources.service import add_resource, get_resource_by_name
+
+log = get_logger("voicelog")
+
+DEMO_RESOURCE = "demo"
+DEMO_TENANT = "demo-tenant"
+
+
+def _embedded_admin_token(data_dir: Path) -> str:
+    """The embedded default's admin token: generated once, kept in a 0600 file, never logged."""
+    path = data_dir / "admin-token"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token
+
+
+def _admin_token(settings: Settings) -> str | None:
+    if settings.admin_token is not None:
+        return settings.admin_token.get_secret_value()
+    return _embedded_admin_token(settings.data_dir) if settings.embedded else None
+
+
+async def _seed_demo_resource(ctx: AppContext, standin_port: int) -> None:
+    async with ctx.session_factory() as session:
+        if await get_resource_by_name(session=session, name=DEMO_RESOURCE) is None:
+            await add_resource(
+                session=session,
+                clock=ctx.clock,
+                data=ResourceCreate(
+                    name=DEMO_RESOURCE,
+                    region=ctx.settings.regions[0].name,
+                    upstream_endpoint=f"ws://{ctx.settings.standin_host}:{standin_port}",
+                    owner_tenant=DEMO_TENANT,
+                ),
+                regions=ctx.settings.region_names,
+            )
+            await session.commit()
+            log.info("demo.resource.created", resource=DEMO_RESOURCE, region=ctx.settings.regions[0].name)
+
+
+def create_app(
+    settings: Settings, *, clock: Clock | None = None, tap_factory: TapFactory | None = None
+) -> FastAPI:
+    """Build the service. Nothing is global: tests build as many apps as they like."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.resolved_database_url)
+    ctx = AppContext(
+        settings=settings,
+        clock=clock or SystemClock(),
+        engine=engine,
+        session_factory=create_session_factory(engine),
+        metrics=Metrics(),
+        admin_token=_admin_token(settings),
+    )
+    relay = Relay(ctx, tap_factory or NoTap())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        standin_server: Server | None = None
+        if settings.standin_enabled:
+            standin_server = await Standin().start(settings.standin_host, settings.standin_port)
+        if settings.demo_resource:
+            await _seed_demo_resource(ctx, settings.standin_port)
+        log.info("voicelog.started", regions=settings.region_names, embedded=settings.embedded)
+        try:
+            yield
+        finally:
+            closed = await relay.registry.drain(settings.relay_drain_timeout_s)
+            if closed:
+                log.warning("relay.drain.closed_sessions", sessions=closed)
+            if standin_server is not None:
+                standin_server.close()
+                await standin_server.wait_closed()
+            await engine.dispose()
+            log.info("voicelog.stopped")
+
+    app = FastAPI(
+        title="voicelog",
+        version="0.1.0",
+        summary="Opt-in, encrypted debug logging for realtime voice AI sessions.",
+        description=(
+            "voicelog relays Voice Live / Realtime WebSocket sessions at "
+            "`/resources/{resource}/voice-live/realtime` (and the OpenAI Realtime paths) and, only when the "
+            "customer opted in, records them encrypted in the resource's region. Errors are "
+            "`application/problem+json` (RFC 9457) with a stable `code`."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    app.state.relay = relay
+    install_error_handlers(app)
+    app.include_router(relay_router)
+    app.include_router(resources_router)
+
+    @app.get("/healthz", tags=["operations"], summary="Process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="Ready to take sessions")
+    async def readyz() -> JSONResponse:
+        """503 while draining or when the database is unreachable."""
+        checks: dict[str, str] = {"relay": "draining" if relay.registry.draining else "ok"}
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception:
+            checks["database"] = "unreachable"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
+                            status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,178 @@
+"""WebSocket routes that look exactly like the pipeline's, under /resources/{resource}/..."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, WebSocket
+from starlette.responses import JSONResponse
+
+from app.config import Settings
+from app.deps import AppContext
+from app.errors import PROBLEM_JSON
+from app.logs import get_logger, redact_query
+from app.relay.registry import SessionRegistry
+from app.relay.session import RelaySession
+from app.relay.tap import Direction, FrameTap, SessionInfo, TapFactory
+from app.relay.upstream import UpstreamError, build_target, open_upstream
+from app.resources.service import get_resource_by_name
+
+log = get_logger("voicelog.relay")
+router = APIRouter()
+
+RELAY_SUFFIXES = ("/voice-live/realtime", "/v1/realtime", "/openai/realtime", "/openai/v1/realtime")
+_CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+TAP_OPEN_TIMEOUT_S = 0.5
+
+
+def new_request_id() -> str:
+    """128 random bits, URL-safe, made by the server (never taken from the client)."""
+    return secrets.token_urlsafe(16)
+
+
+class Relay:
+    """Session admission and bookkeeping; the frame pumps live in RelaySession."""
+
+    def __init__(self, ctx: AppContext, tap_factory: TapFactory) -> None:
+        self.ctx = ctx
+        self.settings: Settings = ctx.settings
+        self.metrics = ctx.metrics.relay
+        self.tap_factory = tap_factory
+        self.registry = SessionRegistry()
+
+    async def handle(self, websocket: WebSocket, resource_name: str, suffix: str) -> None:
+        started = time.monotonic()
+        if self.registry.draining:
+            await self._deny(websocket, 503, "draining", "The relay is shutting down; reconnect.")
+            return
+        async with self.ctx.session_factory() as db:
+            resource = await get_resource_by_name(session=db, name=resource_name)
+        if resource is None:
+            self.metrics.errors.labels("unknown_resource").inc()
+            await self._deny(websocket, 404, "resource_not_found", "No such resource.")
+            return
+
+        request_id = new_request_id()
+        correlation = websocket.headers.get("x-ms-client-request-id")
+        if correlation is not None and not _CORRELATION_ID.match(correlation):
+            correlation = None
+        target = build_target(
+            endpoint=resource.upstream_endpoint,
+            suffix=suffix,
+            query=websocket.scope.get("query_string", b""),
+            client_headers=websocket.scope["headers"],
+            request_id=request_id,
+        )
+        bound = log.bind(request_id=request_id, resource=resource.name, path=suffix)
+        try:
+            upstream = await open_upstream(
+                target,
+                connect_timeout=self.settings.relay_connect_timeout_s,
+                max_message_bytes=self.settings.relay_max_message_bytes,
+                max_queue=self.settings.relay_queue_frames,
+                ping_interval=self.settings.relay_ping_interval_s,
+            )
+        except UpstreamError as exc:
+            self.metrics.errors.labels(exc.reason).inc()
+            bound.warning("relay.upstream.failed", reason=exc.reason, status=exc.status)
+            await self._deny(
+                websocket, exc.status, exc.reason, "The upstream did not accept the session.",
+                request_id=request_id,
+            )
+            return
+
+        response_headers = [(b"x-ms-request-id", request_id.encode()), (b"x-request-id", request_id.encode())]
+        info = SessionInfo(
+            request_id=request_id,
+            correlation_id=correlation,
+            resource_id=resource.id,
+            resource_name=resource.name,
+            region=resource.region,
+            path=suffix,
+            started_at=self.ctx.clock.now(),
+        )
+        try:
+            await websocket.accept(subprotocol=upstream.subprotocol, headers=response_headers)
+        except Exception:
+            await upstream.close(1001, "client gone")
+            self.metrics.errors.labels("client_gone_at_accept").inc()
+            return
+        tap = await self._open_tap(info)
+        session = RelaySession(
+            websocket=websocket,
+            upstream=upstream,
+            info=info,
+            metrics=self.metrics,
+            tap=tap,
+            idle_timeout=self.settings.relay_idle_timeout_s,
+            max_session=self.settings.relay_max_session_s,
+        )
+        self.registry.add(session)
+        self.metrics.active_sessions.inc()
+        self.metrics.sessions_total.inc()
+        bound.info(
+            "relay.session.opened",
+            correlation_id=correlation,
+            query=redact_query(websocket.scope.get("query_string", b"").decode("latin-1")),
+            recording=tap is not None,
+            setup_ms=round((time.monotonic() - started) * 1000, 2),
+        )
+        try:
+            stats = await session.run()
+        finally:
+            self.registry.discard(session)
+            self.metrics.active_sessions.dec()
+        bound.info(
+            "relay.session.closed",
+            ended_by=stats.ended_by,
+            client_close=stats.client_close,
+            upstream_close=stats.upstream_close,
+            frames_c2s=stats.frames[Direction.CLIENT_TO_SERVICE],
+            frames_s2c=stats.frames[Direction.SERVICE_TO_CLIENT],
+            bytes_c2s=stats.bytes[Direction.CLIENT_TO_SERVICE],
+            bytes_s2c=stats.bytes[Direction.SERVICE_TO_CLIENT],
+            duration_s=round(time.monotonic() - started, 3),
+        )
+
+    async def _open_tap(self, info: SessionInfo) -> FrameTap | None:
+        """C8: the recorder gets a short moment to attach; if it fails or is slow, we relay without it."""
+        try:
+            return await asyncio.wait_for(self.tap_factory.open(info), TAP_OPEN_TIMEOUT_S)
+        except Exception:
+            self.metrics.errors.labels("tap_open_failed").inc()
+            log.warning("relay.tap.open_failed", request_id=info.request_id)
+            return None
+
+    async def _deny(
+        self, websocket: WebSocket, status: int, code: str, detail: str, request_id: str | None = None
+    ) -> None:
+        """Refuse the handshake with an HTTP status and problem+json, where the server supports it."""
+        body = {"type": f"https://voicelog.dev/problems/{code}", "title": detail, "status": status,
+                "code": code, "detail": detail}
+        headers = {"x-ms-request-id": request_id, "x-request-id": request_id} if request_id else None
+        response = JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            await websocket.send_denial_response(response)
+        else:
+            await websocket.close(code=1011 if status >= 500 else 1008, reason=code)
+
+
+def _relay(websocket: WebSocket) -> Relay:
+    relay: Relay = websocket.app.state.relay
+    return relay
+
+
+def _make_endpoint(suffix: str) -> Callable[[WebSocket, str], Awaitable[None]]:
+    async def relay_endpoint(websocket: WebSocket, resource: str) -> None:
+        await _relay(websocket).handle(websocket, resource, suffix)
+
+    relay_endpoint.__name__ = "relay" + re.sub(r"\W", "_", suffix)
+    return relay_endpoint
+
+
+for _suffix in RELAY_SUFFIXES:
+    router.add_api_websocket_route("/resources/{resource}" + _suffix, _make_endpoint(_suffix))

@@ -1,0 +1,1 @@
+"""Customer Voice Live resources: name, region (C3), upstream endpoint, owner tenant."""

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the test suite runs against, besides the Python packages: Azurite (npm, pinned in
+# package-lock.json, into ./node_modules), and Debian's nginx and Chromium when tests need them.
+# PostgreSQL is expected at 127.0.0.1:5432 (it runs on the development and CI machines).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if [ -f package.json ]; then
+  if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    npm ci --no-audit --no-fund --loglevel=error
+  fi
+fi
+
+need_apt=()
+[ -f ops/dev/apt-packages.txt ] && while read -r pkg bin; do
+  [ -z "${pkg}" ] && continue
+  command -v "${bin}" >/dev/null 2>&1 || need_apt+=("${pkg}")
+done < ops/dev/apt-packages.txt
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null 2>&1; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start || true
+  fi
+fi
