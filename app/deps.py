@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.clock import Clock
 from app.config import Settings
 from app.errors import Forbidden, Unauthorized
+from app.identity.principal import TokenVerifier
 from app.metrics import Metrics
 
 
@@ -26,6 +27,7 @@ class AppContext:
     session_factory: async_sessionmaker[AsyncSession]
     metrics: Metrics
     admin_token: str | None
+    token_verifier: TokenVerifier | None = None
 
 
 def get_context(request: Request) -> AppContext:

@@ -1,0 +1,1 @@
+"""Who is calling: OIDC bearer tokens verified against the configured issuer (or the dev issuer)."""
