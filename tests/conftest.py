@@ -3,4 +3,8 @@
 pytest_plugins = [
     "tests.fixtures.database",
     "tests.fixtures.relay",
+    "tests.fixtures.blob",
+    "tests.fixtures.keys",
+    "tests.fixtures.audit",
+    "tests.fixtures.identity",
 ]
