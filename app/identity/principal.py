@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from app.errors import Forbidden, Unauthorized
 
@@ -72,3 +72,7 @@ def require_role(*roles: Role) -> Callable[[Request], Coroutine[Any, Any, Princi
         return principal
 
     return dependency
+
+
+CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
+"""Any authenticated caller; use `Depends(require_role(...))` when a role is needed."""
