@@ -83,7 +83,8 @@ class Settings(BaseSettings):
         default=4 * 1024 * 1024, ge=1024, description="Largest WebSocket message relayed (Voice Live: 4 MiB)."
     )
     relay_queue_frames: int = Field(
-        default=64, ge=1, description="Frames buffered per direction before the reader is slowed down."
+        default=16, ge=1, description="Messages buffered per direction before the reader is slowed down "
+        "(worst case per session: 2 x this x relay_max_message_bytes)."
     )
     relay_drain_timeout_s: float = Field(
         default=30.0, ge=0, description="On shutdown, how long live sessions may finish before a 1001 close."

@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import MutableMapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote_plus
 
 import structlog
 
@@ -18,9 +18,29 @@ REDACTED = "[redacted]"
 
 
 def redact_query(query: str) -> str:
-    """A query string with every credential-looking parameter's value replaced."""
-    pairs = parse_qsl(query, keep_blank_values=True)
-    return urlencode([(k, REDACTED if k.lower() in SECRET_KEYS else v) for k, v in pairs])
+    """A raw query string with every credential-looking parameter's value replaced; the rest untouched."""
+    parts = []
+    for part in query.split("&"):
+        key, sep, _value = part.partition("=")
+        parts.append(f"{key}={REDACTED}" if sep and unquote_plus(key).lower() in SECRET_KEYS else part)
+    return "&".join(parts)
+
+
+def redact_path(path: str) -> str:
+    """`/p?api-key=x` -> `/p?api-key=[redacted]`; a string without a query is returned as is."""
+    base, sep, query = path.partition("?")
+    return f"{base}?{redact_query(query)}" if sep else path
+
+
+class RedactQueryStrings(logging.Filter):
+    """uvicorn logs WebSocket paths with their query (`... "WebSocket /x?api-key=..." [accepted]`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_path(a) if isinstance(a, str) and "?" in a else a for a in record.args)
+        if isinstance(record.msg, str) and "?" in record.msg and "=" in record.msg:
+            record.msg = " ".join(redact_path(w) if "?" in w else w for w in record.msg.split(" "))
+        return True
 
 
 def _redact_secrets(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -59,10 +79,16 @@ def configure_logging(level: str = "INFO") -> None:
     # uvicorn's access log prints full paths with query strings (credentials); ours is redacted.
     logging.getLogger("uvicorn.access").disabled = True
     for name in ("uvicorn", "uvicorn.error"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
-    for noisy in ("websockets", "azure", "aiosqlite", "asyncio"):
+        uv_logger = logging.getLogger(name)
+        uv_logger.handlers[:] = []
+        uv_logger.propagate = True
+        if not any(isinstance(f, RedactQueryStrings) for f in uv_logger.filters):
+            uv_logger.addFilter(RedactQueryStrings())
+    # Protocol-level debug lines of websockets (ours and uvicorn's, which logs through uvicorn.error)
+    # print handshake headers and URLs, i.e. credentials: never below INFO, whatever the level.
+    for noisy in ("websockets", "azure", "aiosqlite", "asyncio", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.error").setLevel(max(logging.INFO, root.level))
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -31,6 +31,10 @@ class RelayMetrics:
             buckets=(5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2, 0.25, 1.0),
             registry=registry,
         )
+        for direction in ("c2s", "s2c"):  # series exist from the start, so rates and alerts see zeros
+            self.frames.labels(direction)
+            self.bytes.labels(direction)
+            self.added_latency.labels(direction)
 
 
 class Metrics:

@@ -47,13 +47,13 @@ class Relay:
     async def handle(self, websocket: WebSocket, resource_name: str, suffix: str) -> None:
         started = time.monotonic()
         if self.registry.draining:
-            await self._deny(websocket, 503, "draining", "The relay is shutting down; reconnect.")
+            await self.deny(websocket, 503, "draining", "The relay is shutting down; reconnect.")
             return
         async with self.ctx.session_factory() as db:
             resource = await get_resource_by_name(session=db, name=resource_name)
         if resource is None:
             self.metrics.errors.labels("unknown_resource").inc()
-            await self._deny(websocket, 404, "resource_not_found", "No such resource.")
+            await self.deny(websocket, 404, "resource_not_found", "No such resource.")
             return
 
         request_id = new_request_id()
@@ -79,7 +79,7 @@ class Relay:
         except UpstreamError as exc:
             self.metrics.errors.labels(exc.reason).inc()
             bound.warning("relay.upstream.failed", reason=exc.reason, status=exc.status)
-            await self._deny(
+            await self.deny(
                 websocket, exc.status, exc.reason, "The upstream did not accept the session.",
                 request_id=request_id,
             )
@@ -147,7 +147,7 @@ class Relay:
             log.warning("relay.tap.open_failed", request_id=info.request_id)
             return None
 
-    async def _deny(
+    async def deny(
         self, websocket: WebSocket, status: int, code: str, detail: str, request_id: str | None = None
     ) -> None:
         """Refuse the handshake with an HTTP status and problem+json, where the server supports it."""
@@ -176,3 +176,10 @@ def _make_endpoint(suffix: str) -> Callable[[WebSocket, str], Awaitable[None]]:
 
 for _suffix in RELAY_SUFFIXES:
     router.add_api_websocket_route("/resources/{resource}" + _suffix, _make_endpoint(_suffix))
+
+
+@router.websocket("/resources/{resource}/{rest:path}")
+async def unknown_relay_path(websocket: WebSocket, resource: str, rest: str) -> None:  # noqa: ARG001
+    """Only the pipeline's own realtime paths are relayed; anything else is a clear 404."""
+    await _relay(websocket).deny(websocket, 404, "unknown_path",
+                                 f"Relayed paths are {', '.join(RELAY_SUFFIXES)}.")

@@ -24,7 +24,8 @@ PROTOCOL_PATHS = {
     "/v1/realtime": True,
     "/openai/v1/realtime": True,
 }
-ECHO_PATH = "/echo"
+ECHO_QUERY = "x-standin-mode"
+"""`?x-standin-mode=echo` on any protocol path: every frame is sent back untouched (benchmarks, tests)."""
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Standin:
 
     def process_request(self, _conn: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
-        if path not in PROTOCOL_PATHS and path != ECHO_PATH:
+        if path not in PROTOCOL_PATHS:
             return _problem(HTTPStatus.NOT_FOUND, "not_found", "Unknown path.")
         if not self._authorized(request):
             return _problem(HTTPStatus.UNAUTHORIZED, "unauthorized", "Missing or invalid credentials.")
@@ -85,7 +86,7 @@ class Standin:
             record = ReceivedSession(parts.path, parse_qs(parts.query), conn.request.headers)
             self.sessions[request_id] = record
         try:
-            if parts.path == ECHO_PATH:
+            if parse_qs(parts.query).get(ECHO_QUERY) == ["echo"]:
                 await self._echo(conn, record)
             else:
                 model = parse_qs(parts.query).get("model", [None])[0]

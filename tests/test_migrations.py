@@ -1,0 +1,55 @@
+"""Every migration upgrades and downgrades cleanly on PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect
+
+from app import migrate
+from tests.fixtures.database import create_pg_database, drop_pg_database, worker_id
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    if request.param == "sqlite":
+        path = tmp_path / "m.db"
+        yield f"sqlite+aiosqlite:///{path}", f"sqlite:///{path}"
+        return
+    name = f"voicelog_migrations_{worker_id(request.config)}"
+    url = create_pg_database(name)
+    yield url, url.replace("+asyncpg", "+psycopg")
+    drop_pg_database(name)
+
+
+def tables(sync_url: str) -> set[str]:
+    engine = create_engine(sync_url)
+    try:
+        return set(inspect(engine).get_table_names()) - {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_to_head_then_downgrade_to_base_and_back(empty_db: tuple[str, str]) -> None:
+    url, sync_url = empty_db
+    migrate.upgrade(url)
+    assert "resources" in tables(sync_url)
+    migrate.downgrade(url, "base")
+    assert tables(sync_url) == set()
+    migrate.upgrade(url)
+    assert "resources" in tables(sync_url)
+
+
+def test_each_revision_steps_down_and_up(empty_db: tuple[str, str]) -> None:
+    url, sync_url = empty_db
+    migrate.upgrade(url)
+    head_tables = tables(sync_url)
+    migrate.downgrade(url, "-1")
+    migrate.upgrade(url)
+    assert tables(sync_url) == head_tables
+
+
+def test_there_is_one_head() -> None:
+    assert len(migrate.current_heads("sqlite+aiosqlite:///:memory:")) == 1
