@@ -28,7 +28,8 @@ async def _session(relay: RelayHandle, index: int) -> tuple[str, int]:
             elif event.type == "response.done":
                 break
     # The stand-in echoes the caller's utterance: each session must hear its own audio back.
-    assert echoed and audio.startswith(echoed[: len(echoed) // 2])
+    assert echoed
+    assert audio.startswith(echoed[: len(echoed) // 2])
     return transcript, len(echoed)
 
 

@@ -31,11 +31,14 @@ async def test_idle_session_is_closed_with_1001(tmp_path: Path, standin: Standin
 async def test_session_longer_than_the_maximum_is_closed(tmp_path: Path, standin: StandinHandle) -> None:
     async with relay_for(tmp_path, standin, relay_max_session_s=1.0) as relay, \
             connect(relay.ws + ECHO, additional_headers=AUTH) as ws:
-        with pytest.raises(ConnectionClosed) as closed:
-            for _ in range(100):  # keep it busy: the cap applies to active sessions too
+        async def keep_busy() -> None:  # the cap applies to active sessions too
+            for _ in range(100):
                 await ws.send("x")
                 await ws.recv()
                 await asyncio.sleep(0.05)
+
+        with pytest.raises(ConnectionClosed) as closed:
+            await keep_busy()
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 1001
     assert closed.value.rcvd.reason == "maximum session length reached"
