@@ -1,0 +1,227 @@
+"""One part file of the local store: a header, then framed units, appended with fsync.
+
+File:  b"VLBLOB\\x00\\x01" | created_at (u64 big-endian, microseconds since the epoch)
+Frame: payload length (u32 BE) | CRC-32 of the payload (u32 BE) | payload
+
+A crash can only tear the frame being appended (every append is fsynced before it returns), so opening
+a file cuts a torn tail back to the last whole unit. Damage anywhere else raises Corrupt, never a cut.
+All functions here block; the store runs them on its I/O threads.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from array import array
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from app.logs import get_logger
+from app.storage.errors import Corrupt
+
+log = get_logger("voicelog.storage")
+
+FILE_MAGIC = b"VLBLOB\x00\x01"
+FILE_HEADER = struct.Struct(">8sQ")
+FRAME_HEADER = struct.Struct(">II")
+HARD_MAX_UNIT = 100 * 1024 * 1024
+"""No frame is ever longer than this, whatever the settings were when it was written."""
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+@dataclass
+class PartFile:
+    """What a part file holds: where each frame starts and how many payload bytes precede its end."""
+
+    path: Path
+    created_at: datetime
+    frame_starts: array[int] = field(default_factory=lambda: array("q"))
+    unit_ends: array[int] = field(default_factory=lambda: array("q"))
+
+    @property
+    def units(self) -> int:
+        return len(self.unit_ends)
+
+    @property
+    def payload_bytes(self) -> int:
+        return self.unit_ends[-1] if self.unit_ends else 0
+
+    @property
+    def file_end(self) -> int:
+        if not self.frame_starts:
+            return FILE_HEADER.size
+        return self.frame_starts[-1] + FRAME_HEADER.size + self.unit_size(len(self.unit_ends) - 1)
+
+    def unit_size(self, index: int) -> int:
+        return self.unit_ends[index] - (self.unit_ends[index - 1] if index else 0)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory entry (a created or removed file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_part_file(path: Path, created_at: datetime) -> PartFile:
+    """Create an empty part (mode 0600, header fsynced, entry fsynced). FileExistsError if it is there."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        micros = int(created_at.timestamp() * 1_000_000)
+        _write_all(fd, FILE_HEADER.pack(FILE_MAGIC, micros), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(path.parent)
+    return PartFile(path=path, created_at=created_at)
+
+
+def read_created_at(path: Path) -> datetime:
+    """The creation time in a part's header (the file's mtime if the header was torn)."""
+    with path.open("rb") as handle:
+        header = handle.read(FILE_HEADER.size)
+    if len(header) < FILE_HEADER.size:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    magic, micros = FILE_HEADER.unpack(header)
+    if magic != FILE_MAGIC:
+        raise Corrupt(f"part {path.name} has no voicelog header")
+    return datetime.fromtimestamp(micros / 1_000_000, UTC)
+
+
+def open_part_file(path: Path, max_unit_bytes: int) -> PartFile:
+    """Index a part's frames, cutting a torn last frame back to the last whole unit (fsynced)."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size < FILE_HEADER.size:
+            return _repair_torn_header(fd, path, size)
+        magic, micros = FILE_HEADER.unpack(os.pread(fd, FILE_HEADER.size, 0))
+        if magic != FILE_MAGIC:
+            raise Corrupt(f"part {path.name} has no voicelog header")
+        part = PartFile(path=path, created_at=datetime.fromtimestamp(micros / 1_000_000, UTC))
+        pos = FILE_HEADER.size
+        payload = 0
+        torn_bound = FRAME_HEADER.size + max_unit_bytes
+        while pos < size:
+            header = os.pread(fd, FRAME_HEADER.size, pos)
+            if len(header) < FRAME_HEADER.size:
+                break
+            length, _crc = FRAME_HEADER.unpack(header)
+            if length == 0 or length > HARD_MAX_UNIT:
+                break
+            if pos + FRAME_HEADER.size + length > size:
+                torn_bound = max(torn_bound, FRAME_HEADER.size + length)
+                break
+            payload += length
+            part.frame_starts.append(pos)
+            part.unit_ends.append(payload)
+            pos += FRAME_HEADER.size + length
+        if part.units and not _last_frame_intact(fd, part):
+            # A torn write that left the frame's full length but not its bytes (holes, zeros).
+            torn_bound = max(torn_bound, size - part.frame_starts[-1])
+            part.frame_starts.pop()
+            part.unit_ends.pop()
+        end = part.file_end
+        if end < size:
+            if size - end > torn_bound:
+                raise Corrupt(f"part {path.name} is damaged before its last unit")
+            os.ftruncate(fd, end)
+            os.fsync(fd)
+            log.warning("storage.local.torn_tail_cut", part=path.name, cut_bytes=size - end, units=part.units)
+        return part
+    finally:
+        os.close(fd)
+
+
+def append_unit(part: PartFile, unit: bytes) -> None:
+    """Write one framed unit at the part's end and fsync it; on failure, cut the file back and re-raise."""
+    frame = FRAME_HEADER.pack(len(unit), zlib.crc32(unit)) + unit
+    start = part.file_end
+    fd = os.open(part.path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        try:
+            _write_all(fd, frame, start)
+            os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, start)
+                os.fsync(fd)
+            except OSError:
+                pass  # the torn frame is cut on the next open
+            raise
+    finally:
+        os.close(fd)
+    part.frame_starts.append(start)
+    part.unit_ends.append(part.payload_bytes + len(unit))
+
+
+def read_payload(part: PartFile, start: int, end: int) -> bytes:
+    """Payload bytes `[start, end)` of this part, every frame touched checked against its CRC."""
+    if start >= end:
+        return b""
+    first = bisect_right(part.unit_ends, start)
+    last = bisect_left(part.unit_ends, end)
+    file_from = part.frame_starts[first]
+    file_to = part.frame_starts[last] + FRAME_HEADER.size + part.unit_size(last)
+    fd = os.open(part.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        raw = _read_exact(fd, file_to - file_from, file_from)
+    finally:
+        os.close(fd)
+    pieces: list[bytes] = []
+    view = memoryview(raw)
+    pos = 0
+    for _ in range(first, last + 1):
+        length, crc = FRAME_HEADER.unpack_from(view, pos)
+        body = view[pos + FRAME_HEADER.size : pos + FRAME_HEADER.size + length]
+        if zlib.crc32(body) != crc:
+            raise Corrupt(f"part {part.path.name}: a unit fails its checksum")
+        pieces.append(bytes(body))
+        pos += FRAME_HEADER.size + length
+    joined = b"".join(pieces)
+    skip = start - (part.unit_ends[first - 1] if first else 0)
+    return joined[skip : skip + (end - start)]
+
+
+def _last_frame_intact(fd: int, part: PartFile) -> bool:
+    start = part.frame_starts[-1]
+    length, crc = FRAME_HEADER.unpack(os.pread(fd, FRAME_HEADER.size, start))
+    body = _read_exact(fd, length, start + FRAME_HEADER.size)
+    return zlib.crc32(body) == int(crc)
+
+
+def _repair_torn_header(fd: int, path: Path, size: int) -> PartFile:
+    created_at = datetime.fromtimestamp(os.fstat(fd).st_mtime, UTC)
+    os.ftruncate(fd, 0)
+    _write_all(fd, FILE_HEADER.pack(FILE_MAGIC, int(created_at.timestamp() * 1_000_000)), 0)
+    os.fsync(fd)
+    log.warning("storage.local.torn_header_rewritten", part=path.name, cut_bytes=size)
+    return PartFile(path=path, created_at=created_at)
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def _read_exact(fd: int, length: int, offset: int) -> bytes:
+    chunks: list[bytes] = []
+    while length > 0:
+        chunk = os.pread(fd, length, offset)
+        if not chunk:
+            raise Corrupt("a part file is shorter than its frames say")
+        chunks.append(chunk)
+        length -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
