@@ -6,6 +6,7 @@ before any claim is trusted, and time comes from the Clock so tests can move it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ MAX_TOKEN_CHARS = 16 * 1024
 CUSTOMER_ROLES = frozenset({Role.CUSTOMER_ADMIN})
 ACCEPTED_TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 _KNOWN_ROLES = {r.value: r for r in Role}
+_TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # Entra: a GUID; never braces or slashes
 
 
 class OidcTokenVerifier:
@@ -81,7 +83,7 @@ class OidcTokenVerifier:
         expected = self.issuer
         if TENANT_PLACEHOLDER in expected:
             tid = claims.get("tid")
-            if not isinstance(tid, str) or not tid or "/" in tid:
+            if not isinstance(tid, str) or not _TENANT_ID.fullmatch(tid):
                 raise IssuerMismatch("The token has no tenant to match the multi-tenant issuer with.")
             expected = expected.replace(TENANT_PLACEHOLDER, tid)
         if claims["iss"] != expected:

@@ -1,0 +1,66 @@
+"""`voicelog dev token`: prints a token the running service (same settings, same key dir) accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.identity.cli import dev_cli
+from app.identity.principal import Role
+from app.identity.settings import IdentitySettings
+from app.identity.tokens import build_token_verifier
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def dev_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("VOICELOG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("VOICELOG_IDENTITY__DEV_ISSUER_ENABLED", "true")
+    return tmp_path / "data"
+
+
+async def test_dev_token_is_accepted_by_the_service_verifier(dev_env: Path) -> None:
+    result = runner.invoke(dev_cli, ["token", "--as", "alice", "--role", "engineer", "--role", "manager",
+                                     "--tenant", "fabrikam"])
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+
+    verifier = build_token_verifier(IdentitySettings(dev_issuer_enabled=True), dev_env)
+    assert verifier is not None
+    principal = await verifier.verify(token)
+
+    assert principal.subject == "alice"
+    assert principal.roles == frozenset({Role.ENGINEER, Role.MANAGER})
+    assert principal.tenant == "fabrikam"
+    assert (dev_env / "dev-issuer" / "signing-key.pem").exists()
+
+
+def test_unknown_role_is_a_usage_error(dev_env: Path) -> None:
+    result = runner.invoke(dev_cli, ["token", "--as", "alice", "--role", "root"])
+
+    assert result.exit_code == 2
+    assert not (dev_env / "dev-issuer").exists()
+
+
+def test_refuses_when_the_dev_issuer_is_off(dev_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VOICELOG_IDENTITY__DEV_ISSUER_ENABLED")
+
+    result = runner.invoke(dev_cli, ["token", "--as", "alice"])
+
+    assert result.exit_code == 2
+    assert "not enabled" in result.output
+    assert not (dev_env / "dev-issuer").exists()
+
+
+def test_refuses_beside_a_production_issuer(dev_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICELOG_IDENTITY__ISSUER", "https://login.microsoftonline.com/t/v2.0")
+    monkeypatch.setenv("VOICELOG_IDENTITY__AUDIENCE", "api://voicelog")
+
+    result = runner.invoke(dev_cli, ["token", "--as", "alice", "--role", "admin"])
+
+    assert result.exit_code == 2
+    assert "dev issuer cannot be enabled" in result.output
+    assert "eyJ" not in result.output

@@ -1,0 +1,103 @@
+"""Identity settings: the dev issuer never runs beside a production issuer; production needs its parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.identity.settings import IdentitySettings
+from app.identity.tokens import OidcTokenVerifier, build_token_verifier
+
+ENTRA = "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0"
+AUDIENCE = "00000000-aaaa-bbbb-cccc-000000000000"
+
+
+@pytest.mark.parametrize(
+    "production",
+    [{"issuer": ENTRA, "audience": AUDIENCE},
+     {"issuer": ENTRA, "audience": AUDIENCE, "jwks_url": "https://login.microsoftonline.com/common/keys"},
+     {"jwks_url": "https://login.microsoftonline.com/common/discovery/v2.0/keys"},
+     {"discovery_url": f"{ENTRA}/.well-known/openid-configuration"},
+     {"audience": AUDIENCE},
+     {"staff_tenant": "11111111-2222-3333-4444-555555555555"}],
+    ids=["issuer", "issuer-jwks", "jwks-only", "discovery-only", "audience-only", "staff-tenant-only"],
+)
+def test_dev_issuer_together_with_a_production_issuer_is_refused(production: dict[str, str]) -> None:
+    with pytest.raises(ValidationError, match="dev issuer cannot be enabled together with a production issuer"):
+        IdentitySettings(dev_issuer_enabled=True, **production)
+
+
+def test_dev_issuer_and_production_issuer_refused_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.identity.cli import _IdentityFromEnv
+
+    monkeypatch.setenv("VOICELOG_IDENTITY__DEV_ISSUER_ENABLED", "true")
+    monkeypatch.setenv("VOICELOG_IDENTITY__ISSUER", ENTRA)
+    monkeypatch.setenv("VOICELOG_IDENTITY__AUDIENCE", AUDIENCE)
+
+    with pytest.raises(ValidationError, match="dev issuer cannot be enabled"):
+        _IdentityFromEnv()
+
+
+def test_production_issuer_needs_an_audience() -> None:
+    with pytest.raises(ValidationError, match="needs `audience`"):
+        IdentitySettings(issuer=ENTRA)
+
+
+@pytest.mark.parametrize("partial", [{"jwks_url": "https://x.example/keys"}, {"audience": AUDIENCE}])
+def test_production_parts_without_an_issuer_are_refused(partial: dict[str, str]) -> None:
+    with pytest.raises(ValidationError, match="need `issuer`"):
+        IdentitySettings(**partial)
+
+
+@pytest.mark.parametrize("field", ["issuer", "jwks_url", "discovery_url"])
+def test_remote_plain_http_is_refused(field: str) -> None:
+    values = {"issuer": ENTRA, "audience": AUDIENCE, field: "http://login.example.com/tenant/v2.0"}
+
+    with pytest.raises(ValidationError, match="https"):
+        IdentitySettings(**values)
+
+
+def test_multi_tenant_issuer_needs_an_explicit_key_location() -> None:
+    template = "https://login.microsoftonline.com/{tenantid}/v2.0"
+    with pytest.raises(ValidationError, match="jwks_url"):
+        IdentitySettings(issuer=template, audience=AUDIENCE)
+
+    settings = IdentitySettings(
+        issuer=template, audience=AUDIENCE, staff_tenant="staff",
+        discovery_url="https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration",
+    )
+    assert settings.resolved_discovery_url() == settings.discovery_url
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000/oidc", "http://127.0.0.1:8000/dev/oidc/",
+                                 "ftp://127.0.0.1/dev/oidc", "http://127.0.0.1/dev/oidc?x=1"])
+def test_dev_issuer_url_must_point_at_the_dev_routes(url: str) -> None:
+    with pytest.raises(ValidationError):
+        IdentitySettings(dev_issuer_enabled=True, dev_issuer_url=url)
+
+
+def test_unknown_knobs_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        IdentitySettings(isuer=ENTRA)  # type: ignore[call-arg]
+
+
+def test_defaults_configure_no_verifier(tmp_path: Path) -> None:
+    settings = IdentitySettings()
+
+    assert build_token_verifier(settings, tmp_path) is None
+    assert not settings.dev_issuer_enabled
+    assert settings.dev_key_dir(tmp_path) == tmp_path / "dev-issuer"
+
+
+def test_production_settings_build_a_discovery_verifier(tmp_path: Path) -> None:
+    settings = IdentitySettings(issuer=ENTRA, audience=AUDIENCE)
+
+    verifier = build_token_verifier(settings, tmp_path)
+
+    assert isinstance(verifier, OidcTokenVerifier)
+    assert verifier.issuer == ENTRA
+    assert verifier.audience == AUDIENCE
+    assert settings.resolved_discovery_url() == f"{ENTRA}/.well-known/openid-configuration"
+    assert not (tmp_path / "dev-issuer").exists()
