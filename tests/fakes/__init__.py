@@ -1,0 +1,1 @@
+"""Fakes for components that cannot run here (only Key Vault)."""
