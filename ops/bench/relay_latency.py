@@ -87,7 +87,7 @@ async def one_session(url: str, seconds: float, rtts: list[float], counts: list[
             if delay > 0:
                 await asyncio.sleep(delay)
             sent_at[seq] = time.perf_counter()
-            await ws.send('{"type":"input_audio_buffer.append","id":"%08d","audio":"%s"}' % (seq, audio))
+            await ws.send(f'{{"type":"input_audio_buffer.append","id":"{seq:08d}","audio":"{audio}"}}')
         await asyncio.sleep(0.5)
         counts[0] += n
         counts[1] += len(sent_at)
