@@ -153,6 +153,7 @@ class HttpJwksSource:
             check_fetch_url(discovery_url, allow_insecure_http=allow_insecure_http)
         self._client_factory = client_factory or (lambda: httpx.AsyncClient())
         self._timeout = httpx.Timeout(timeout_s)
+        self._deadline_s = timeout_s  # for the whole response too: a slow drip cannot hold the key lock
 
     async def fetch(self) -> Any:
         async with self._client_factory() as client:
@@ -182,7 +183,7 @@ class HttpJwksSource:
 
     async def _get_json(self, client: httpx.AsyncClient, url: str) -> Any:
         try:
-            async with client.stream(
+            async with asyncio.timeout(self._deadline_s), client.stream(
                 "GET", url, timeout=self._timeout, follow_redirects=False, headers={"accept": "application/json"}
             ) as response:
                 if response.status_code != 200:
@@ -192,7 +193,7 @@ class HttpJwksSource:
                     body += chunk
                     if len(body) > MAX_DOCUMENT_BYTES:
                         raise JwksUnavailable(f"response from {_host(url)} is larger than {MAX_DOCUMENT_BYTES} bytes")
-        except httpx.TimeoutException as exc:
+        except (httpx.TimeoutException, TimeoutError) as exc:
             raise JwksUnavailable(f"timeout fetching from {_host(url)}") from exc
         except httpx.HTTPError as exc:
             raise JwksUnavailable(f"{type(exc).__name__} fetching from {_host(url)}") from exc
@@ -235,10 +236,11 @@ class JwksCache:
         if algorithm not in ALLOWED_ALGORITHMS:  # callers check first; this is the backstop
             raise InvalidToken("The token's algorithm is not accepted.")
         now = self._clock.monotonic_ns()
-        if self._fetched_at is None or now - self._fetched_at >= self._ttl_ns:
+        expired = self._fetched_at is None or now - self._fetched_at >= self._ttl_ns
+        # While a refresh is in flight, callers whose key is still usable do not queue behind it.
+        if expired and not (self._lock.locked() and kid in self._usable_keys()):
             await self._refresh(self._generation, reason="initial" if self._fetched_at is None else "expired")
-        keys = self._usable_keys()
-        key = keys.get(kid)
+        key = self._usable_keys().get(kid)
         if key is None:
             await self._refresh(self._generation, reason="unknown_kid")
             key = self._usable_keys().get(kid)

@@ -39,7 +39,13 @@ class DevTokenLoopbackOnly(Forbidden):
     title = "Dev tokens are handed out to loopback callers only"
 
 
+_PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+
+
 def _from_loopback(request: Request) -> bool:
+    """A loopback peer that is not a local reverse proxy relaying someone else."""
+    if any(h in request.headers for h in _PROXY_HEADERS):
+        return False
     host = request.client.host if request.client else ""
     try:
         return ipaddress.ip_address(host).is_loopback

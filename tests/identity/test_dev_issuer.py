@@ -169,6 +169,9 @@ async def test_token_endpoint_refuses_remote_callers_and_bad_requests(
     assert "access_token" not in response.text
 
     async with httpx.AsyncClient(transport=local, base_url="http://[::1]") as c:
+        for header in ("X-Forwarded-For", "Forwarded", "X-Real-IP"):  # a local proxy relaying someone else
+            proxied = await c.post("/dev/oidc/token", json={"subject": "x"}, headers={header: "192.0.2.7"})
+            assert proxied.status_code == 403
         assert (await c.post("/dev/oidc/token", json={"subject": "x", "roles": ["root"]})).status_code == 422
         assert (await c.post("/dev/oidc/token", json={"subject": "x", "ttl_s": 10**6})).status_code == 422
         assert (await c.post("/dev/oidc/token", json={"subject": ""})).status_code == 422

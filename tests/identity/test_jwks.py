@@ -143,6 +143,32 @@ async def test_a_slow_jwks_endpoint_times_out(oidc_server: OidcServer) -> None:
             await verifier.verify(oidc_server.token())
 
 
+async def test_a_slow_drip_jwks_endpoint_hits_the_overall_deadline(oidc_server: OidcServer) -> None:
+    oidc_server.jwks_drip_s = 0.05  # each byte well inside the per-read timeout, the whole far beyond it
+    verifier = oidc_server.verifier(timeout_s=0.5)
+
+    async with asyncio.timeout(2):
+        with pytest.raises(KeysUnavailable):
+            await verifier.verify(oidc_server.token())
+
+
+async def test_known_keys_keep_verifying_while_a_slow_refresh_is_in_flight(oidc_server: OidcServer) -> None:
+    verifier = oidc_server.verifier(ttl_s=600, timeout_s=5)
+    await verifier.verify(oidc_server.token())
+    oidc_server.jwks_delay_s = 1.0
+    oidc_server.clock.advance(timedelta(seconds=600))
+
+    refreshing = asyncio.create_task(verifier.verify(oidc_server.token("first")))
+    while oidc_server.hits["jwks"] < 2:
+        await asyncio.sleep(0.01)
+    async with asyncio.timeout(0.5):
+        assert (await verifier.verify(oidc_server.token("second"))).subject == "second"
+
+    assert not refreshing.done()
+    assert (await refreshing).subject == "first"
+    assert oidc_server.hits["jwks"] == 2
+
+
 async def test_a_refused_refresh_keeps_serving_the_last_good_keys_for_max_stale(oidc_server: OidcServer) -> None:
     verifier = oidc_server.verifier(ttl_s=600, max_stale_s=300)
     await verifier.verify(oidc_server.token())
