@@ -143,3 +143,29 @@ async def test_paths_other_than_the_realtime_ones_are_refused_with_404(relay: Re
             pass
     assert refused.value.response.status_code == 404
     assert json.loads(refused.value.response.body or b"{}")["code"] == "unknown_path"
+
+
+async def test_client_pings_are_answered(relay: RelayHandle) -> None:
+    async with connect(ECHO_URL.format(relay.ws), additional_headers=AUTH, ping_interval=None) as ws:
+        for _ in range(3):
+            pong = await ws.ping()
+            latency = await asyncio.wait_for(pong, 2)
+            assert latency >= 0
+        await ws.send("after pings")
+        assert await ws.recv() == "after pings"
+
+
+async def test_message_over_4_mib_closes_with_1009_and_is_not_relayed(
+    relay: RelayHandle, standin: StandinHandle
+) -> None:
+    async with connect(ECHO_URL.format(relay.ws), additional_headers=AUTH, max_size=None) as ws:
+        async def oversize() -> None:
+            await ws.send(b"\0" * (4 * 1024 * 1024 + 1))
+            await asyncio.wait_for(ws.recv(), 5)
+
+        with pytest.raises(ConnectionClosed) as closed:
+            await oversize()
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1009
+    (seen,) = standin.standin.sessions.values()
+    assert seen.frames == []
