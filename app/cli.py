@@ -22,7 +22,9 @@ from app.resources.service import add_resource, list_resources
 cli = typer.Typer(help="voicelog: opt-in, encrypted session logging for realtime voice AI.", no_args_is_help=True)
 db_cli = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 resources_cli = typer.Typer(help="Customer resources.", no_args_is_help=True)
+config_cli = typer.Typer(help="Configuration.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
+cli.add_typer(config_cli, name="config")
 cli.add_typer(resources_cli, name="resources")
 
 log = get_logger("voicelog.cli")
@@ -184,6 +186,14 @@ def resources_list(as_json: Annotated[bool, typer.Option("--json", help="JSON ou
         return
     for r in rows:
         typer.echo(f"{r.name}\t{r.region}\t{r.upstream_endpoint}\t{r.owner_tenant}")
+
+
+@config_cli.command("reference")
+def config_reference() -> None:
+    """Print docs/CONFIGURATION.md: every setting with its default and meaning."""
+    from app.config import settings_reference
+
+    typer.echo(settings_reference(), nl=False)
 
 
 def main() -> None:

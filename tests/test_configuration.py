@@ -1,0 +1,42 @@
+"""Settings: safe defaults, validation, and a reference document that matches the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.config import Settings, settings_reference
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "CONFIGURATION.md"
+
+
+def test_configuration_reference_matches_the_code() -> None:
+    assert DOC.read_text() == settings_reference(), "run: voicelog config reference > docs/CONFIGURATION.md"
+
+
+def test_embedded_defaults_are_sqlite_in_the_data_dir_and_two_local_regions(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    assert settings.embedded
+    assert settings.resolved_database_url == f"sqlite+aiosqlite:///{tmp_path.resolve() / 'voicelog.db'}"
+    assert settings.region_names == ["eastus", "westeurope"]
+    assert all(r.blob_backend == "local" and r.blob_path == tmp_path / "blobs" / r.name for r in settings.regions)
+
+
+def test_regions_come_from_json_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICELOG_REGIONS", '[{"name": "swedencentral", "blob_backend": "azure", '
+                                           '"blob_account_url": "https://acct.blob.core.windows.net"}]')
+    settings = Settings()
+    assert settings.region_names == ["swedencentral"]
+    assert settings.regions[0].blob_backend == "azure"
+
+
+@pytest.mark.parametrize("regions", [
+    [],
+    [{"name": "eastus"}, {"name": "eastus"}],
+    [{"name": "East US"}],
+])
+def test_bad_region_lists_are_refused(regions: list[dict[str, str]]) -> None:
+    with pytest.raises(ValidationError):
+        Settings(regions=regions)  # type: ignore[arg-type]
