@@ -125,6 +125,8 @@ class KeyVaultKeyring:
         try:
             result = await crypto.unwrap_key(self._algorithm, encrypted_key)
         except ResourceNotFoundError:
+            if await self._exists(self.key_name(bucket)):
+                raise UnwrapFailed("the wrapped key was not made by this bucket's KEK") from None
             # Key Vault cannot tell a purged key from one never made: either way nothing unwraps (C7).
             raise KeyDestroyed("the bucket's KEK does not exist", region=bucket.region, hour=bucket.hour) from None
         except HttpResponseError as exc:

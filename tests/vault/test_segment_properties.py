@@ -49,7 +49,8 @@ def test_any_single_bit_flip_fails_at_the_segment_it_hits(texts: list[bytes], da
     if offset == 0:
         assert isinstance(err.value, UnknownVersion)
     elif hit is None:  # salt or nonce prefix: the first segment no longer authenticates
-        assert isinstance(err.value, IntegrityError) and err.value.segment == 0
+        assert isinstance(err.value, IntegrityError)
+        assert err.value.segment == 0
     else:  # a frame bit may also make the length overrun the data: a short read of that segment
         assert isinstance(err.value, (IntegrityError, ShortRead))
         assert err.value.segment == hit
@@ -69,7 +70,7 @@ def test_truncation_inside_a_segment_fails_at_that_segment(texts: list[bytes], d
 
 @given(plaintexts, st.data())
 def test_any_prefix_of_whole_segments_opens_as_truncated(texts: list[bytes], data: st.DataObject) -> None:
-    stream, parts = seal_stream(DEK, texts)
+    _stream, parts = seal_stream(DEK, texts)
     keep = data.draw(st.integers(0, len(texts) - 1), label="segments kept")
 
     opened = open_stream(DEK, b"".join(parts[: keep + 1]), region=REGION, request_id=REQUEST_ID)

@@ -34,7 +34,8 @@ def test_sealed_stream_opens_to_the_same_segments_and_is_complete(dek: DataKey) 
     opened = open_stream(dek, stream, region=REGION, request_id=REQUEST_ID)
 
     assert opened.segments == tuple(plaintexts)
-    assert opened.complete and not opened.truncated
+    assert opened.complete
+    assert not opened.truncated
     assert opened.plaintext == b"".join(plaintexts)
 
 
@@ -55,14 +56,16 @@ def test_stream_without_final_segment_opens_as_truncated_not_corrupt(dek: DataKe
 def test_header_alone_opens_as_an_empty_truncated_stream(dek: DataKey) -> None:
     writer = SegmentWriter(dek, region=REGION, request_id=REQUEST_ID)
     opened = open_stream(dek, writer.header, region=REGION, request_id=REQUEST_ID)
-    assert opened.segments == () and opened.truncated
+    assert opened.segments == ()
+    assert opened.truncated
 
 
 def test_empty_final_segment_marks_completion(dek: DataKey) -> None:
     writer = SegmentWriter(dek, region=REGION, request_id=REQUEST_ID)
     stream = writer.header + writer.seal(b"audio") + writer.seal_final()
     opened = open_stream(dek, stream, region=REGION, request_id=REQUEST_ID)
-    assert opened.segments == (b"audio", b"") and opened.complete
+    assert opened.segments == (b"audio", b"")
+    assert opened.complete
 
 
 def test_two_recordings_under_one_key_share_no_ciphertext(dek: DataKey) -> None:
@@ -207,12 +210,10 @@ def test_bytes_after_the_final_segment_are_an_integrity_error(dek: DataKey) -> N
 def test_errors_name_segments_but_carry_no_content(dek: DataKey) -> None:
     marker = b"SECRET-MARKER-4711"
     stream, _ = seal_stream(dek, [marker])
-    try:
+    with pytest.raises(IntegrityError) as err:
         open_stream(dek, stream, region=REGION, request_id="wrong")
-    except IntegrityError as exc:
-        assert "SECRET" not in str(exc) and "SECRET" not in repr(exc.args)
-    else:
-        pytest.fail("expected an integrity error")
+    assert "SECRET" not in str(err.value)
+    assert "SECRET" not in repr(err.value.args)
 
 
 def test_bad_names_are_refused_before_sealing(dek: DataKey) -> None:
