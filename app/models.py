@@ -1,5 +1,6 @@
 """Every domain's ORM models, imported once so Alembic and tests see one metadata."""
 
+import app.audit.models  # noqa: F401 - registers the audit tables
 from app.db import Base
 from app.resources.models import Resource
 

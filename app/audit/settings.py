@@ -1,0 +1,144 @@
+"""Audit knobs (C6): checkpoint cadence, signing keys, the external checkpoint export, report thresholds."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+
+class RetiredPublicKey(BaseModel):
+    """A signing key no longer in use whose public half still verifies old checkpoints and reports."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key_id: str = Field(min_length=1, max_length=64, description="The key id checkpoints name (`ed25519:<hex>`).")
+    public_key: str = Field(description="Raw 32-byte Ed25519 public key, standard base64.")
+    not_before: datetime = Field(description="Start of the key's validity window (UTC).")
+    not_after: datetime = Field(description="End of the key's validity window (UTC, exclusive).")
+
+
+class AuditSettings(BaseModel):
+    """How the audit trail is sealed, exported, verified and reported on. Defaults suit the embedded mode."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # --- chaining (PostgreSQL queues entries; the sequencer chains them) -------------------------------------
+    sequencer_interval_s: float = Field(
+        default=0.2, gt=0, le=60,
+        description="How often each replica's sequencer chains queued entries (PostgreSQL). An entry is "
+        "committed with its change at once and chained within about this long.",
+    )
+    sequencer_batch: int = Field(
+        default=2000, ge=1, le=50_000, description="Most queued entries chained in one sequencer transaction."
+    )
+
+    # --- signed checkpoints ----------------------------------------------------------------------------------
+    checkpoint_every_entries: int = Field(
+        default=1000, ge=1, description="Sign a checkpoint once this many entries follow the last one."
+    )
+    checkpoint_every_minutes: float = Field(
+        default=5.0, gt=0,
+        description="Sign a checkpoint at least this often while new entries arrive (bounds the unsealed tail).",
+    )
+    signing_key_dir: Path | None = Field(
+        default=None,
+        description="Directory of the file keyring (one 0600 JSON file per Ed25519 key, directory 0700); "
+        "default `<data_dir>/audit-keys`. Ignored when `signing_key` is set.",
+    )
+    signing_key: SecretStr | None = Field(
+        default=None,
+        description="The checkpoint signing key from configuration instead of the file keyring: a raw "
+        "32-byte Ed25519 private key, standard base64 (e.g. a Key Vault secret). Every replica shares it.",
+    )
+    signing_key_not_before: datetime | None = Field(
+        default=None,
+        description="With `signing_key`: start of its validity window, published on /audit/keys. Required "
+        "with `signing_key`.",
+    )
+    retired_public_keys: list[RetiredPublicKey] = Field(
+        default_factory=list,
+        description="With `signing_key`: the public halves of previous keys and their windows (JSON list), "
+        "so checkpoints signed before a rotation still verify.",
+    )
+    signing_key_rotation_days: float = Field(
+        default=90.0, gt=0,
+        description="File keyring: a new signing key replaces the current one once it is this old.",
+    )
+    checkpoint_export_path: Path | None = Field(
+        default=None,
+        description="Append-only JSON-lines file every checkpoint is copied to (the external write-once "
+        "place that makes a truncated tail detectable); default `<data_dir>/audit-checkpoints.jsonl`. Put it "
+        "on storage the database administrators cannot write (and `chattr +a` it).",
+    )
+
+    # --- verification ----------------------------------------------------------------------------------------
+    verify_every_minutes: float = Field(
+        default=60.0, gt=0, description="How often the scheduled verifier re-checks the whole chain."
+    )
+    pending_alarm_s: float = Field(
+        default=300.0, gt=0,
+        description="The verifier reports queued entries older than this as a stalled sequencer.",
+    )
+
+    # --- reports ---------------------------------------------------------------------------------------------
+    retention_days: int = Field(
+        default=30, ge=1, le=3650, description="Recordings and their KEK buckets must be gone by this age (C7)."
+    )
+    fast_approval_s: int = Field(
+        default=60, ge=0, description="Access review: an approval this soon after its request is flagged."
+    )
+    working_hours_start: int = Field(default=8, ge=0, le=23, description="Working hours start (local hour).")
+    working_hours_end: int = Field(default=18, ge=1, le=24, description="Working hours end (local hour, exclusive).")
+    working_days: list[int] = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4],
+        description="Working days, 0 = Monday. Approvals outside these days/hours are flagged.",
+    )
+    working_timezone: str = Field(
+        default="UTC", description="IANA time zone of the working hours, e.g. `Europe/Berlin`."
+    )
+    dominant_pair_percent: int = Field(
+        default=50, ge=1, le=100,
+        description="Flag a requester-approver pair holding at least this share of the period's approvals.",
+    )
+    dominant_pair_min_approvals: int = Field(
+        default=5, ge=1, description="...when the pair made at least this many approvals."
+    )
+    repeated_denials: int = Field(
+        default=3, ge=2, description="Flag a requester with at least this many denials (access or reads)."
+    )
+
+    @field_validator("working_days")
+    @classmethod
+    def _weekdays(cls, days: list[int]) -> list[int]:
+        if any(d < 0 or d > 6 for d in days):
+            raise ValueError("working days are 0 (Monday) to 6 (Sunday)")
+        return sorted(set(days))
+
+    @field_validator("working_timezone")
+    @classmethod
+    def _timezone(cls, name: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {name!r}") from exc
+        return name
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AuditSettings:
+        if self.working_hours_end <= self.working_hours_start:
+            raise ValueError("working_hours_end must be after working_hours_start")
+        if self.signing_key is not None and self.signing_key_not_before is None:
+            raise ValueError("`signing_key` needs `signing_key_not_before` (published on /audit/keys)")
+        if self.retired_public_keys and self.signing_key is None:
+            raise ValueError("`retired_public_keys` go with `signing_key`; the file keyring keeps its own")
+        return self
+
+    def key_dir(self, data_dir: Path) -> Path:
+        return self.signing_key_dir or data_dir / "audit-keys"
+
+    def export_path(self, data_dir: Path) -> Path:
+        return self.checkpoint_export_path or data_dir / "audit-checkpoints.jsonl"
