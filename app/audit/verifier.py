@@ -1,0 +1,327 @@
+"""The verifier (C6): recompute the chain, check every checkpoint, name the first damage and its kind.
+
+Used by `voicelog audit verify`, GET /audit/verify and the scheduled job. It trusts nothing stored in the
+database: only the canonical encoding, the public keys it is given, and the exported checkpoints.
+What it can prove is in docs/AUDIT.md ("Verifier semantics"): everything up to the newest checkpoint is
+sealed; after it, an edit, deletion, insertion or reordering made without recomputing hashes is still
+found, and tail truncation is found through the chain head row and the exported checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Final
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.audit.canonical import GENESIS_HASH, encode_entry
+from app.audit.checkpoints import Checkpoint, list_checkpoints
+from app.audit.keys import PublicKeySet, SignatureCheck
+from app.audit.service import ENTRIES, pending_state, read_chain_head
+
+ENTRY_COLUMNS: Final = (
+    ENTRIES.c.seq, ENTRIES.c.recorded_at, ENTRIES.c.actor_type, ENTRIES.c.actor_id, ENTRIES.c.action,
+    ENTRIES.c.ticket_id, ENTRIES.c.request_id, ENTRIES.c.grant_id, ENTRIES.c.saw_id, ENTRIES.c.resource_id,
+    ENTRIES.c.detail, ENTRIES.c.prev_hash, ENTRIES.c.entry_hash,
+)
+SEQ, PREV, HASH = 0, 11, 12
+RENUMBER_WINDOW: Final = 256  # how far a moved entry's original seq is searched for
+
+
+class DamageKind(StrEnum):
+    EDITED = "edited"
+    DELETED = "deleted"
+    INSERTED = "inserted"
+    REORDERED = "reordered"
+    TAIL_TRUNCATED = "tail_truncated"
+    BAD_SIGNATURE = "bad_signature"
+
+
+@dataclass(frozen=True)
+class Damage:
+    """The first damage found: its kind, the first bad position (seq) and, for checkpoints, which one."""
+
+    kind: DamageKind
+    seq: int
+    message: str
+    checkpoint: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind.value, "seq": self.seq, "checkpoint": self.checkpoint, "message": self.message}
+
+
+@dataclass(frozen=True)
+class VerificationResult:
+    ok: bool
+    damage: Damage | None
+    from_seq: int
+    entries_checked: int
+    head_seq: int  # last entry verified
+    head_hash: str
+    checkpoints_checked: int
+    sealed_through: int  # highest seq covered by a checkpoint whose signature and hash verified
+    pending: int
+    oldest_pending_age_s: float | None
+    stalled: bool
+    checked_at: datetime
+    duration_s: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "damage": None if self.damage is None else self.damage.to_json(),
+            "from_seq": self.from_seq,
+            "entries_checked": self.entries_checked,
+            "head_seq": self.head_seq,
+            "head_hash": self.head_hash,
+            "checkpoints_checked": self.checkpoints_checked,
+            "sealed_through": self.sealed_through,
+            "pending": self.pending,
+            "oldest_pending_age_s": self.oldest_pending_age_s,
+            "stalled": self.stalled,
+            "checked_at": self.checked_at.isoformat(),
+            "duration_s": round(self.duration_s, 3),
+            "notes": self.notes,
+        }
+
+
+Row = Sequence[Any]
+
+
+def _digest(row: Row, seq: int | None = None) -> str:
+    values = list(row[:12])
+    if seq is not None:
+        values[0] = seq
+    return hashlib.sha256(encode_entry(*values)).hexdigest()
+
+
+def _native_seq(row: Row) -> int | None:
+    """The seq under which the row's stored hash is right: its own, one nearby (it moved), or None (edited)."""
+    if _digest(row) == row[HASH]:
+        return int(row[SEQ])
+    for delta in range(1, RENUMBER_WINDOW + 1):
+        for candidate in (row[SEQ] + delta, row[SEQ] - delta):
+            if candidate >= 1 and _digest(row, candidate) == row[HASH]:
+                return int(candidate)
+    return None
+
+
+async def _hash_exists(session: AsyncSession, entry_hash: str) -> bool:
+    result = await session.execute(select(ENTRIES.c.seq).where(ENTRIES.c.entry_hash == entry_hash).limit(1))
+    return result.first() is not None
+
+
+@dataclass
+class _Anchor:
+    seq: int
+    entry_hash: str
+    prev_hash: str | None  # the hash before it (None at the genesis or an unverified --from anchor)
+
+
+async def _classify(
+    session: AsyncSession, anchor: _Anchor, row: Row, following: Row | None, walked: bool
+) -> Damage:
+    """Name the damage at the first row that does not continue the chain (docs/AUDIT.md has the table)."""
+    expected = anchor.seq + 1
+    seq = int(row[SEQ])
+    if seq < expected:
+        return Damage(DamageKind.INSERTED, seq, f"entry {seq} sits before the chain's next position {expected}")
+    native = _native_seq(row)
+    if native is None:
+        if following is not None and following[PREV] == anchor.entry_hash:
+            return Damage(DamageKind.INSERTED, seq, f"entry {seq} is not part of the chain: the next entry "
+                                                    f"links to entry {anchor.seq}")
+        return Damage(DamageKind.EDITED, seq, f"entry {seq} does not match its hash")
+    if native > seq:
+        if await _hash_exists(session, row[PREV]):
+            return Damage(DamageKind.REORDERED, seq, f"the entry at {seq} was written as entry {native}")
+        return Damage(DamageKind.DELETED, seq, f"entries were deleted before {seq} and the rest renumbered "
+                                               f"(the entry at {seq} was written as {native})")
+    if native < seq:
+        if anchor.prev_hash is not None and row[PREV] == anchor.prev_hash:
+            return Damage(DamageKind.INSERTED, anchor.seq,
+                          f"entry {anchor.seq} was inserted: the entry after it links to the one before it")
+        if seq > expected and row[PREV] == anchor.entry_hash:
+            return Damage(DamageKind.EDITED, expected, f"entries from {expected} on were renumbered")
+        return Damage(DamageKind.REORDERED, seq, f"the entry at {seq} was written as entry {native}")
+    if seq > expected:
+        missing = f"{expected}" if seq == expected + 1 else f"{expected}..{seq - 1}"
+        return Damage(DamageKind.DELETED, expected, f"entries {missing} are missing")
+    # Intact and in place, but not linked to the entry before it: that one was replaced.
+    if walked and anchor.prev_hash is not None and row[PREV] == anchor.prev_hash:
+        return Damage(DamageKind.INSERTED, anchor.seq, f"entry {anchor.seq} was inserted")
+    if walked:
+        return Damage(DamageKind.EDITED, anchor.seq,
+                      f"entry {anchor.seq} was replaced (entry {seq} does not link to it)")
+    return Damage(DamageKind.EDITED, seq, f"entry {seq} does not link to the entry before it")
+
+
+async def _rows(session: AsyncSession, from_seq: int, batch: int) -> AsyncIterator[list[Row]]:
+    """Entries in seq order, `batch` at a time (keyset pagination: same plan on both databases)."""
+    lower = from_seq
+    first = True
+    while True:
+        query = select(*ENTRY_COLUMNS).order_by(ENTRIES.c.seq).limit(batch)
+        query = query.where(ENTRIES.c.seq >= lower) if first else query.where(ENTRIES.c.seq > lower)
+        rows: list[Row] = [tuple(r) for r in (await session.execute(query)).all()]
+        if not rows:
+            return
+        yield rows
+        lower = rows[-1][SEQ]
+        first = False
+        if len(rows) < batch:
+            return
+
+
+def _check_checkpoints(
+    stored: Sequence[Checkpoint], exported: Sequence[Checkpoint], keys: PublicKeySet
+) -> tuple[list[Damage], dict[int, tuple[str, int]], int]:
+    """Signatures, windows and the prev-signature chain of every checkpoint, stored and exported.
+
+    Returns the damages found, the hash each verified checkpoint pins (seq -> (hash, number)) and the
+    number of checkpoints checked.
+    """
+    damages: list[Damage] = []
+    pinned: dict[int, tuple[str, int]] = {}
+    checked = 0
+    for source, checkpoints in (("stored", stored), ("exported", exported)):
+        previous: Checkpoint | None = None
+        for cp in checkpoints:
+            checked += 1
+            verdict = keys.check(cp.key_id, cp.message(), cp.signature, cp.signed_at)
+            if verdict is not SignatureCheck.OK:
+                damages.append(Damage(DamageKind.BAD_SIGNATURE, cp.head_seq,
+                                      f"{source} checkpoint {cp.number}: {verdict.value}", cp.number))
+                previous = cp
+                continue
+            expected_number = 1 if previous is None else previous.number + 1
+            expected_prev = b"" if previous is None else previous.signature
+            if cp.number != expected_number or cp.prev_signature != expected_prev:
+                start = 1 if previous is None else previous.head_seq + 1
+                damages.append(Damage(DamageKind.DELETED, start,
+                                      f"{source} checkpoints before {cp.number} are missing", cp.number))
+            pinned.setdefault(cp.head_seq, (cp.head_hash, cp.number))
+            previous = cp
+    by_number = {cp.number: cp for cp in stored}
+    for cp in exported:
+        twin = by_number.get(cp.number)
+        if twin is None:
+            if cp.number > (stored[-1].number if stored else 0):
+                damages.append(Damage(DamageKind.DELETED, cp.head_seq,
+                                      f"checkpoint {cp.number} was exported but is not in the database", cp.number))
+        elif twin != cp:
+            damages.append(Damage(DamageKind.EDITED, min(cp.head_seq, twin.head_seq),
+                                  f"checkpoint {cp.number} differs from its exported copy", cp.number))
+    return damages, pinned, checked
+
+
+async def verify_chain(
+    *,
+    session: AsyncSession,
+    keys: PublicKeySet,
+    exported: Sequence[Checkpoint] = (),
+    from_seq: int = 1,
+    now: datetime,
+    pending_alarm_s: float = 300.0,
+    batch: int = 20_000,
+) -> VerificationResult:
+    """Check the chain from `from_seq` and every checkpoint; the result names the first damage, if any."""
+    started = time.perf_counter()
+    from_seq = max(1, from_seq)
+    stored = await list_checkpoints(session)
+    damages, pinned, checkpoints_checked = _check_checkpoints(stored, exported, keys)
+    notes: list[str] = []
+
+    anchor = _Anchor(0, GENESIS_HASH, None)
+    if from_seq > 1:
+        before = (await session.execute(
+            select(ENTRIES.c.seq, ENTRIES.c.entry_hash, ENTRIES.c.prev_hash).where(ENTRIES.c.seq == from_seq - 1)
+        )).one_or_none()
+        if before is None:
+            notes.append(f"no entry {from_seq - 1} to anchor --from {from_seq}; starting unanchored")
+            anchor = _Anchor(from_seq - 1, "", None)
+        else:
+            anchor = _Anchor(int(before[0]), str(before[1]), None)
+    unanchored = anchor.entry_hash == ""
+    walked = False
+    last_pinned_ok = anchor.seq
+    checked = 0
+    walk_damage: Damage | None = None
+    sealed_through = 0
+    sha256 = hashlib.sha256
+
+    async for rows in _rows(session, from_seq, batch):
+        for index, row in enumerate(rows):
+            seq = row[SEQ]
+            digest = sha256(encode_entry(*row[:12])).hexdigest()
+            if unanchored and digest == row[HASH] and seq == anchor.seq + 1:
+                anchor = _Anchor(anchor.seq, row[PREV], None)
+                unanchored = False
+            if digest == row[HASH] and row[PREV] == anchor.entry_hash and seq == anchor.seq + 1:
+                pin = pinned.get(seq)
+                if pin is not None:
+                    if pin[0] != digest:
+                        walk_damage = Damage(
+                            DamageKind.EDITED, last_pinned_ok + 1,
+                            f"entries {last_pinned_ok + 1}..{seq} were rewritten: entry {seq} does not match "
+                            f"checkpoint {pin[1]}", pin[1])
+                        break
+                    last_pinned_ok = seq
+                    sealed_through = seq
+                anchor = _Anchor(seq, digest, row[PREV])
+                walked = True
+                checked += 1
+                continue
+            following = rows[index + 1] if index + 1 < len(rows) else await _row_after(session, seq)
+            walk_damage = await _classify(session, anchor, row, following, walked)
+            break
+        if walk_damage is not None:
+            break
+
+    tail_seq, tail_hash = anchor.seq, anchor.entry_hash
+    if walk_damage is None:
+        head = await read_chain_head(session)
+        newest_pin = max(pinned, default=0)
+        if newest_pin > tail_seq:
+            damages.append(Damage(DamageKind.TAIL_TRUNCATED, tail_seq + 1,
+                                  f"checkpoint {pinned[newest_pin][1]} covers entry {newest_pin}; "
+                                  f"the chain ends at {tail_seq}", pinned[newest_pin][1]))
+        if head.seq > tail_seq:
+            damages.append(Damage(DamageKind.TAIL_TRUNCATED, tail_seq + 1,
+                                  f"the chain head names entry {head.seq}; the chain ends at {tail_seq}"))
+        elif head.seq < tail_seq:
+            damages.append(Damage(DamageKind.INSERTED, head.seq + 1,
+                                  f"entries after the chain head {head.seq} were written around it"))
+        elif head.seq >= from_seq and head.entry_hash != tail_hash:
+            damages.append(Damage(DamageKind.EDITED, tail_seq, "the last entry does not match the chain head"))
+    else:
+        damages.append(walk_damage)
+
+    pending = await pending_state(session)
+    age = None if pending.oldest is None else max(0.0, (now - pending.oldest).total_seconds())
+    stalled = age is not None and age > pending_alarm_s
+    if stalled:
+        notes.append(f"{pending.count} queued entries, the oldest {age:.0f} s old: is the sequencer running?")
+    # The earliest position wins; at a tie the walk's finding is the more precise one.
+    first = min(damages, key=lambda d: (d.seq, d is not walk_damage)) if damages else None
+    return VerificationResult(
+        ok=first is None, damage=first, from_seq=from_seq, entries_checked=checked, head_seq=tail_seq,
+        head_hash=tail_hash, checkpoints_checked=checkpoints_checked, sealed_through=sealed_through,
+        pending=pending.count, oldest_pending_age_s=age, stalled=stalled, checked_at=now,
+        duration_s=time.perf_counter() - started, notes=notes,
+    )
+
+
+async def _row_after(session: AsyncSession, seq: int) -> Row | None:
+    result = await session.execute(
+        select(*ENTRY_COLUMNS).where(ENTRIES.c.seq > seq).order_by(ENTRIES.c.seq).limit(1)
+    )
+    row = result.first()
+    return None if row is None else tuple(row)
