@@ -198,7 +198,10 @@ class LocalKeyring:
 
 
 def _ensure_dir(path: Path) -> None:
-    path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    """Create `path` and any missing parent with mode 0700 (mkdir's parents= would use the umask)."""
+    if not path.parent.exists():
+        _ensure_dir(path.parent)
+    path.mkdir(mode=_DIR_MODE, exist_ok=True)
     if stat.S_IMODE(path.stat().st_mode) != _DIR_MODE:
         path.chmod(_DIR_MODE)
 
