@@ -313,9 +313,9 @@ class AzureBlobStore:
 
     async def _confirm_landed(self, key: RecordingKey, sizes: list[int], unit: bytes, offset: int,
                               length: int) -> int:
-        """A retried append whose unit is already there at `offset` succeeds; anything else conflicts."""
+        """A retry of the last append succeeds if its unit is exactly the recording's tail; else Conflict."""
         end = offset + len(unit)
-        if end <= length and await self._read_range(key, sizes, offset, end) == unit:
+        if end == length and await self._read_range(key, sizes, offset, end) == unit:
             log.info("storage.append.already_landed", region=self._region, request_id=key.request_id,
                      offset=offset, bytes=len(unit))
             return end
@@ -324,6 +324,8 @@ class AzureBlobStore:
     # --- reads and listings -----------------------------------------------------------------------------
 
     async def _read_range(self, key: RecordingKey, sizes: list[int], start: int, end: int) -> bytes:
+        if start >= end:
+            return b""
         pieces: list[bytes] = []
         base = 0
         for index, size in enumerate(sizes):

@@ -1,7 +1,8 @@
 """LocalDirStore: the embedded default. One directory per region, one file per part, fsynced appends.
 
-Files are 0600 and directories 0700. One process owns a region's directory: the layout of each open
-recording is kept in memory and all file I/O runs on the store's threads, each call under the deadline.
+Files are 0600 and directories 0700. One process writes a region's directory (the embedded default runs
+one); appends to one recording are serialized in it. The layout of each recording is kept in memory and
+checked against the files on every call; all file I/O runs on the store's threads, under the deadline.
 """
 
 from __future__ import annotations
@@ -226,15 +227,28 @@ class LocalDirStore:
                 fsync_dir(path.parent)
 
     def _load(self, key: RecordingKey, recording: _Recording) -> list[PartFile]:
-        """Open the recording's parts (repairing a torn tail); NotFound if it has no first part."""
+        """Open the recording's parts (repairing a torn tail); NotFound if it has no first part.
+
+        The layout in memory is re-read when the files moved on without us (another store on the same
+        directory), which two stat calls tell.
+        """
+        if recording.parts is not None and not self._layout_current(key, recording.parts):
+            recording.parts = None
         if recording.parts is None:
             paths: list[Path] = []
             while (path := self._part_path(key, len(paths))).is_file():
                 paths.append(path)
             if not paths:
                 raise NotFound(f"no recording {key.request_id} in region {self._region}")
-            recording.parts = [open_part_file(path, self._settings.max_unit_bytes) for path in paths]
+            recording.parts = [open_part_file(path) for path in paths]
         return recording.parts
+
+    def _layout_current(self, key: RecordingKey, parts: list[PartFile]) -> bool:
+        try:
+            size = os.stat(parts[-1].path).st_size
+        except FileNotFoundError:
+            return False
+        return size == parts[-1].file_end and not self._part_path(key, len(parts)).exists()
 
     # --- the calls' work (on the I/O threads) -------------------------------------------------------
 
@@ -273,7 +287,7 @@ class LocalDirStore:
         try:
             part = create_part_file(path, self._clock.now())
         except FileExistsError:
-            part = open_part_file(path, self._settings.max_unit_bytes)
+            part = open_part_file(path)
             if part.units:
                 raise Conflict(f"recording {key.request_id}: part {index} already holds data") from None
         log.info("storage.part.opened", region=self._region, request_id=key.request_id, part=index)
@@ -281,9 +295,9 @@ class LocalDirStore:
 
     def _confirm_landed(self, key: RecordingKey, parts: list[PartFile], unit: bytes, offset: int,
                         length: int) -> int:
-        """A retried append whose unit is already there at `offset` succeeds; anything else conflicts."""
+        """A retry of the last append succeeds if its unit is exactly the recording's tail; else Conflict."""
         end = offset + len(unit)
-        if end <= length and _read_range(parts, offset, end) == unit:
+        if end == length and _read_range(parts, offset, end) == unit:
             log.info("storage.append.already_landed", region=self._region, request_id=key.request_id,
                      offset=offset, bytes=len(unit))
             return end

@@ -1,11 +1,12 @@
 """One part file of the local store: a header, then framed units, appended with fsync.
 
 File:  b"VLBLOB\\x00\\x01" | created_at (u64 big-endian, microseconds since the epoch)
-Frame: payload length (u32 BE) | CRC-32 of the payload (u32 BE) | payload
+Frame: b"VLU1" | payload length (u32 BE) | CRC-32 of the payload | CRC-32 of the 12 bytes before | payload
 
 A crash can only tear the frame being appended (every append is fsynced before it returns), so opening
-a file cuts a torn tail back to the last whole unit. Damage anywhere else raises Corrupt, never a cut.
-All functions here block; the store runs them on its I/O threads.
+a file cuts a torn tail back to the last whole unit. If a whole frame follows the damage, it is not a
+torn tail: Corrupt is raised and nothing is cut. All functions here block; the store runs them on its
+I/O threads.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ log = get_logger("voicelog.storage")
 
 FILE_MAGIC = b"VLBLOB\x00\x01"
 FILE_HEADER = struct.Struct(">8sQ")
-FRAME_HEADER = struct.Struct(">II")
+FRAME_MAGIC = b"VLU1"
+FRAME_HEADER = struct.Struct(">4sIII")
 HARD_MAX_UNIT = 100 * 1024 * 1024
 """No frame is ever longer than this, whatever the settings were when it was written."""
 
@@ -96,7 +98,7 @@ def read_created_at(path: Path) -> datetime:
     return datetime.fromtimestamp(micros / 1_000_000, UTC)
 
 
-def open_part_file(path: Path, max_unit_bytes: int) -> PartFile:
+def open_part_file(path: Path) -> PartFile:
     """Index a part's frames, cutting a torn last frame back to the last whole unit (fsynced)."""
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
@@ -109,29 +111,21 @@ def open_part_file(path: Path, max_unit_bytes: int) -> PartFile:
         part = PartFile(path=path, created_at=datetime.fromtimestamp(micros / 1_000_000, UTC))
         pos = FILE_HEADER.size
         payload = 0
-        torn_bound = FRAME_HEADER.size + max_unit_bytes
         while pos < size:
-            header = os.pread(fd, FRAME_HEADER.size, pos)
-            if len(header) < FRAME_HEADER.size:
-                break
-            length, _crc = FRAME_HEADER.unpack(header)
-            if length == 0 or length > HARD_MAX_UNIT:
-                break
-            if pos + FRAME_HEADER.size + length > size:
-                torn_bound = max(torn_bound, FRAME_HEADER.size + length)
+            length = _frame_length(os.pread(fd, FRAME_HEADER.size, pos))
+            if length is None or pos + FRAME_HEADER.size + length > size:
                 break
             payload += length
             part.frame_starts.append(pos)
             part.unit_ends.append(payload)
             pos += FRAME_HEADER.size + length
         if part.units and not _last_frame_intact(fd, part):
-            # A torn write that left the frame's full length but not its bytes (holes, zeros).
-            torn_bound = max(torn_bound, size - part.frame_starts[-1])
+            # A torn write that left the frame's header and length but not all of its bytes.
             part.frame_starts.pop()
             part.unit_ends.pop()
         end = part.file_end
         if end < size:
-            if size - end > torn_bound:
+            if size - end > FRAME_HEADER.size + HARD_MAX_UNIT or _whole_frame_after(fd, end, size):
                 raise Corrupt(f"part {path.name} is damaged before its last unit")
             os.ftruncate(fd, end)
             os.fsync(fd)
@@ -143,7 +137,7 @@ def open_part_file(path: Path, max_unit_bytes: int) -> PartFile:
 
 def append_unit(part: PartFile, unit: bytes) -> None:
     """Write one framed unit at the part's end and fsync it; on failure, cut the file back and re-raise."""
-    frame = FRAME_HEADER.pack(len(unit), zlib.crc32(unit)) + unit
+    frame = _frame_header(len(unit), zlib.crc32(unit)) + unit
     start = part.file_end
     fd = os.open(part.path, os.O_WRONLY | os.O_CLOEXEC)
     try:
@@ -180,7 +174,7 @@ def read_payload(part: PartFile, start: int, end: int) -> bytes:
     view = memoryview(raw)
     pos = 0
     for _ in range(first, last + 1):
-        length, crc = FRAME_HEADER.unpack_from(view, pos)
+        _magic, length, crc, _check = FRAME_HEADER.unpack_from(view, pos)
         body = view[pos + FRAME_HEADER.size : pos + FRAME_HEADER.size + length]
         if zlib.crc32(body) != crc:
             raise Corrupt(f"part {part.path.name}: a unit fails its checksum")
@@ -191,11 +185,41 @@ def read_payload(part: PartFile, start: int, end: int) -> bytes:
     return joined[skip : skip + (end - start)]
 
 
+def _frame_header(length: int, payload_crc: int) -> bytes:
+    head = struct.pack(">4sII", FRAME_MAGIC, length, payload_crc)
+    return head + struct.pack(">I", zlib.crc32(head))
+
+
+def _frame_length(header: bytes) -> int | None:
+    """The payload length a frame header announces; None unless it is a whole, self-consistent header."""
+    if len(header) < FRAME_HEADER.size:
+        return None
+    magic, length, _crc, check = FRAME_HEADER.unpack(header)
+    if magic != FRAME_MAGIC or zlib.crc32(header[:12]) != check or not 0 < length <= HARD_MAX_UNIT:
+        return None
+    return int(length)
+
+
 def _last_frame_intact(fd: int, part: PartFile) -> bool:
     start = part.frame_starts[-1]
-    length, crc = FRAME_HEADER.unpack(os.pread(fd, FRAME_HEADER.size, start))
+    _magic, length, crc, _check = FRAME_HEADER.unpack(os.pread(fd, FRAME_HEADER.size, start))
     body = _read_exact(fd, length, start + FRAME_HEADER.size)
     return zlib.crc32(body) == int(crc)
+
+
+def _whole_frame_after(fd: int, end: int, size: int) -> bool:
+    """Whether a whole, checksum-valid frame starts anywhere after `end`: then the damage is not a torn tail."""
+    tail = _read_exact(fd, size - end, end)
+    found = tail.find(FRAME_MAGIC, 1)
+    while found != -1:
+        length = _frame_length(tail[found : found + FRAME_HEADER.size])
+        if length is not None and found + FRAME_HEADER.size + length <= len(tail):
+            _magic, _length, crc, _check = FRAME_HEADER.unpack_from(tail, found)
+            body = tail[found + FRAME_HEADER.size : found + FRAME_HEADER.size + length]
+            if zlib.crc32(body) == crc:
+                return True
+        found = tail.find(FRAME_MAGIC, found + 1)
+    return False
 
 
 def _repair_torn_header(fd: int, path: Path, size: int) -> PartFile:

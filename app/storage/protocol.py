@@ -32,8 +32,9 @@ class BlobStore(Protocol):
     async def append(self, key: RecordingKey, unit: bytes, *, offset: int) -> int:
         """Append one unit where the recording is `offset` bytes long; return the length after it.
 
-        A retry of an append that already landed (same offset, same bytes) succeeds without writing again;
-        any other mismatch raises Conflict, so data is never duplicated or reordered. NotFound before
+        A retry of the last append that already landed (same offset, same bytes, and nothing after it)
+        succeeds without writing again; any other mismatch raises Conflict, so data is never duplicated
+        or reordered. Appends to one recording come from one writer, in order. NotFound before
         `create`; TooLarge for a unit over `max_unit_bytes` or past the last part.
         """
         ...

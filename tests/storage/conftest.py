@@ -1,0 +1,110 @@
+"""Storage test fixtures: one `backend` parametrized over the local directory and Azure (Azurite)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.storage.blob.aio import BlobServiceClient
+
+from app.config import RegionSettings
+from app.storage import AzureBlobStore, BlobStore, LocalDirStore, StorageSettings
+from app.storage import local as local_module
+from tests.fixtures.blob import AzuriteRegions
+from tests.storage.samples import REGION, small_settings
+from tests.storage.stalling_proxy import StallingProxy
+
+
+@dataclass
+class Backend:
+    """One kind of store under test, able to open more stores on the same data and to stall answers."""
+
+    kind: str
+    opener: Callable[[StorageSettings], BlobStore]
+    stall_context: Callable[[], contextlib.AbstractAsyncContextManager[None]]
+    stored_names: Callable[[], Any]
+    opened: list[BlobStore] = field(default_factory=list)
+
+    async def open(self, **overrides: Any) -> BlobStore:
+        store = self.opener(small_settings(**overrides))
+        self.opened.append(store)
+        await store.prepare()
+        return store
+
+    def stalled(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Calls made inside take effect in the store but their answers arrive too late (a timeout)."""
+        return self.stall_context()
+
+    async def names(self) -> list[str]:
+        """Every object name the backend holds (Azure listing, or files under the region directory)."""
+        names: list[str] = await self.stored_names()
+        return names
+
+
+@contextlib.contextmanager
+def _slow_local_appends(monkeypatch: pytest.MonkeyPatch, delay_s: float) -> Iterator[None]:
+    real = local_module.append_unit
+
+    def landed_then_slow(part: Any, data: bytes) -> None:
+        real(part, data)
+        time.sleep(delay_s)  # the unit is on disk; the caller's deadline passes before we return
+
+    with monkeypatch.context() as patch:
+        patch.setattr(local_module, "append_unit", landed_then_slow)
+        yield
+
+
+@pytest.fixture(params=["local", "azure"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                  ) -> AsyncIterator[Backend]:
+    kind: str = request.param
+    if kind == "local":
+        root = tmp_path / "blobs" / REGION
+
+        @contextlib.asynccontextmanager
+        async def local_stall() -> AsyncIterator[None]:
+            with _slow_local_appends(monkeypatch, delay_s=1.5):
+                yield
+
+        async def local_names() -> list[str]:
+            return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+        made = Backend(kind, lambda s: LocalDirStore(region=REGION, root=root, settings=s), local_stall, local_names)
+        yield made
+        for store in made.opened:
+            await store.close()
+        return
+
+    azurite: AzuriteRegions = request.getfixturevalue("azurite")
+    region: RegionSettings = next(r for r in request.getfixturevalue("azurite_region_settings") if r.name == REGION)
+    server = azurite.servers[REGION]
+    proxy = StallingProxy(server.port)
+    await proxy.start()
+    via_proxy = server.connection_string.replace(f"127.0.0.1:{server.port}", f"127.0.0.1:{proxy.port}")
+
+    async def azure_names() -> list[str]:
+        async with BlobServiceClient.from_connection_string(server.connection_string) as service:
+            container = service.get_container_client(region.blob_container)
+            return sorted([str(b.name) async for b in container.list_blobs()])
+
+    made = Backend(
+        kind,
+        lambda s: AzureBlobStore.from_connection_string(region=REGION, connection_string=via_proxy,
+                                                        container=region.blob_container, settings=s),
+        proxy.stalled,
+        azure_names,
+    )
+    yield made
+    for store in made.opened:
+        await store.close()
+    await proxy.close()
+
+
+@pytest.fixture
+async def store(backend: Backend) -> BlobStore:
+    return await backend.open()
