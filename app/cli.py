@@ -15,6 +15,7 @@ from app import migrate
 from app.config import Settings
 from app.db import create_engine, create_session_factory
 from app.errors import AppError
+from app.identity.cli import dev_cli
 from app.logs import configure_logging, get_logger
 from app.resources.schemas import ResourceCreate, ResourceOut
 from app.resources.service import add_resource, list_resources
@@ -25,6 +26,7 @@ resources_cli = typer.Typer(help="Customer resources.", no_args_is_help=True)
 config_cli = typer.Typer(help="Configuration.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(config_cli, name="config")
+cli.add_typer(dev_cli, name="dev")
 cli.add_typer(resources_cli, name="resources")
 
 log = get_logger("voicelog.cli")

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.identity.settings import IdentitySettings
+
 
 class RegionSettings(BaseModel):
     """One region: where its recordings are stored and which key service wraps their keys (C3)."""
@@ -68,6 +70,11 @@ class Settings(BaseSettings):
         "data dir (file `admin-token`, mode 0600); with a database URL set, /admin/* is closed.",
     )
     log_level: str = Field(default="INFO", description="Log level of the JSON logs.")
+    identity: IdentitySettings = Field(
+        default_factory=IdentitySettings,
+        description="Bearer-token verification: the Entra ID issuer or the built-in dev issuer "
+        "(`VOICELOG_IDENTITY__*`). The embedded default turns the dev issuer on unless identity is set.",
+    )
 
     # --- relay ---------------------------------------------------------------------------------------
     relay_connect_timeout_s: float = Field(
@@ -118,6 +125,10 @@ class Settings(BaseSettings):
         for region in self.regions:
             if region.blob_backend == "local" and region.blob_path is None:
                 region.blob_path = self.data_dir / "blobs" / region.name
+        if self.embedded and "identity" not in self.model_fields_set:
+            # The laptop default signs people in with the dev issuer; production sets an issuer.
+            self.identity = IdentitySettings(dev_issuer_enabled=True,
+                                             dev_issuer_url=f"http://127.0.0.1:{self.port}/dev/oidc")
         return self
 
     @property

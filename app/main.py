@@ -19,6 +19,8 @@ from app.config import Settings
 from app.db import create_engine, create_session_factory
 from app.deps import AppContext
 from app.errors import install_error_handlers
+from app.identity.routes import include_dev_routes
+from app.identity.tokens import build_token_verifier
 from app.logs import get_logger
 from app.metrics import Metrics
 from app.relay.routes import Relay
@@ -78,13 +80,15 @@ def create_app(
     """Build the service. Nothing is global: tests build as many apps as they like."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_engine(settings.resolved_database_url)
+    clock = clock or SystemClock()
     ctx = AppContext(
         settings=settings,
-        clock=clock or SystemClock(),
+        clock=clock,
         engine=engine,
         session_factory=create_session_factory(engine),
         metrics=Metrics(),
         admin_token=_admin_token(settings),
+        token_verifier=build_token_verifier(settings.identity, settings.data_dir, clock=clock),
     )
     relay = Relay(ctx, tap_factory or NoTap())
 
@@ -123,6 +127,7 @@ def create_app(
     app.state.ctx = ctx
     app.state.relay = relay
     install_error_handlers(app)
+    include_dev_routes(app, settings.identity, settings.data_dir, clock=clock)
     app.include_router(relay_router)
     app.include_router(resources_router)
 

@@ -40,3 +40,10 @@ def test_regions_come_from_json_in_the_environment(monkeypatch: pytest.MonkeyPat
 def test_bad_region_lists_are_refused(regions: list[dict[str, str]]) -> None:
     with pytest.raises(ValidationError):
         Settings(regions=regions)  # type: ignore[arg-type]
+
+
+def test_embedded_default_signs_in_with_the_dev_issuer_and_production_does_not(tmp_path: Path) -> None:
+    assert Settings(data_dir=tmp_path).identity.dev_issuer_enabled
+    production = Settings(data_dir=tmp_path, database_url="postgresql+asyncpg://db/voicelog")
+    assert not production.identity.dev_issuer_enabled
+    assert production.identity.issuer is None  # nothing configured: every authenticated API answers 401

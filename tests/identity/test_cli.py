@@ -46,7 +46,7 @@ def test_unknown_role_is_a_usage_error(dev_env: Path) -> None:
 
 
 def test_refuses_when_the_dev_issuer_is_off(dev_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("VOICELOG_IDENTITY__DEV_ISSUER_ENABLED")
+    monkeypatch.setenv("VOICELOG_IDENTITY__DEV_ISSUER_ENABLED", "false")
 
     result = runner.invoke(dev_cli, ["token", "--as", "alice"])
 
