@@ -196,7 +196,10 @@ def settings_reference() -> str:
               "Default: `eastus` and `westeurope`, both `local` under `<data_dir>/blobs/<name>`.", ""]
     rows = ["| Field | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
     for name, field in RegionSettings.model_fields.items():
-        default = "(required)" if field.is_required() else ("(unset)" if field.default is None else f"`{field.default}`")
+        if field.is_required():
+            default = "(required)"
+        else:
+            default = "(unset)" if field.default is None else f"`{field.default}`"
         rows.append(f"| `{name}` | `{_type_name(field.annotation)}` | {default} | {field.description or ''} |")
     lines += [*rows, ""]
     return "\n".join(lines)
