@@ -196,10 +196,8 @@ def settings_reference() -> str:
               "Default: `eastus` and `westeurope`, both `local` under `<data_dir>/blobs/<name>`.", ""]
     rows = ["| Field | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
     for name, field in RegionSettings.model_fields.items():
-        if field.is_required():
-            default = "(required)"
-        else:
-            default = "(unset)" if field.default is None else f"`{field.default}`"
+        unset = "(unset)" if field.default is None else f"`{field.default}`"
+        default = "(required)" if field.is_required() else unset
         rows.append(f"| `{name}` | `{_type_name(field.annotation)}` | {default} | {field.description or ''} |")
     lines += [*rows, ""]
     return "\n".join(lines)
