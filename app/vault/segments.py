@@ -164,16 +164,17 @@ class SegmentWriter:
         """Frame and seal the next segment; `final=True` closes the stream (nothing may follow it)."""
         if self._finished:
             raise WriterClosed("the final segment has been sealed")
-        if self._index >= MAX_SEGMENTS:
+        index = self._index
+        if index >= MAX_SEGMENTS:
             raise WriterClosed("segment indices exhausted")
-        size = len(memoryview(plaintext))
+        size = memoryview(plaintext).nbytes
         if size > MAX_SEGMENT_PLAINTEXT:
             raise ValueError(f"a segment carries at most {MAX_SEGMENT_PLAINTEXT} bytes")
+        # One allocation and no copy: the frame is written in front, AES-GCM seals straight behind it.
         out = bytearray(FRAME_SIZE + size + TAG_SIZE)
         _U32.pack_into(out, 0, (size + TAG_SIZE) | (LAST_FLAG if final else 0))
-        with memoryview(out) as view:
-            self._cipher.seal_into(self._index, final, plaintext, view[FRAME_SIZE:])
-        self._index += 1
+        self._cipher.seal_into(index, final, plaintext, memoryview(out)[FRAME_SIZE:])
+        self._index = index + 1
         self._finished = final
         return out
 
