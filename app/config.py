@@ -100,6 +100,13 @@ class Settings(BaseSettings):
         default=20.0, description="Keepalive ping to the upstream; None disables."
     )
 
+    # --- consent -------------------------------------------------------------------------------------
+    consent_refresh_s: float = Field(
+        default=2.0, gt=0, le=60,
+        description="How often each replica reloads the consents in force. A withdrawal or a closed ticket "
+        "stops new recordings on every replica within this bound plus one database round trip.",
+    )
+
     # --- embedded stand-in upstream -----------------------------------------------------------------
     standin_enabled: bool = Field(
         default=True, description="Run the built-in stand-in upstream inside `voicelog serve`."

@@ -30,6 +30,8 @@ from app.relay.tap import NoTap, TapFactory
 from app.resources.routes import router as resources_router
 from app.resources.schemas import ResourceCreate
 from app.resources.service import add_resource, get_resource_by_name
+from app.tickets.consent_cache import ConsentCache
+from app.tickets.routes import router as tickets_router
 
 log = get_logger("voicelog")
 
@@ -91,6 +93,7 @@ def create_app(
         token_verifier=build_token_verifier(settings.identity, settings.data_dir, clock=clock),
     )
     relay = Relay(ctx, tap_factory or NoTap())
+    consents = ConsentCache(clock=clock, refresh_s=settings.consent_refresh_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -99,6 +102,7 @@ def create_app(
             standin_server = await Standin().start(settings.standin_host, settings.standin_port)
         if settings.demo_resource:
             await _seed_demo_resource(ctx, settings.standin_port)
+        consents.start(ctx.session_factory)
         log.info("voicelog.started", regions=settings.region_names, embedded=settings.embedded)
         try:
             yield
@@ -106,6 +110,7 @@ def create_app(
             closed = await relay.registry.drain(settings.relay_drain_timeout_s)
             if closed:
                 log.warning("relay.drain.closed_sessions", sessions=closed)
+            await consents.stop()
             if standin_server is not None:
                 standin_server.close()
                 await standin_server.wait_closed()
@@ -126,10 +131,12 @@ def create_app(
     )
     app.state.ctx = ctx
     app.state.relay = relay
+    app.state.consents = consents
     install_error_handlers(app)
     include_dev_routes(app, settings.identity, settings.data_dir, clock=clock)
     app.include_router(relay_router)
     app.include_router(resources_router)
+    app.include_router(tickets_router)
 
     @app.get("/healthz", tags=["operations"], summary="Process is alive")
     async def healthz() -> dict[str, str]:

@@ -3,5 +3,6 @@
 import app.audit.models  # noqa: F401 - registers the audit tables
 from app.db import Base
 from app.resources.models import Resource
+from app.tickets.models import Consent, Ticket, TicketAssignment
 
-__all__ = ["Base", "Resource"]
+__all__ = ["Base", "Consent", "Resource", "Ticket", "TicketAssignment"]

@@ -1,0 +1,1 @@
+"""Support tickets, engineer assignments, and customer logging consents (the opt-in, C1)."""

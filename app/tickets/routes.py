@@ -1,0 +1,109 @@
+"""Ticketing-system API (role `ticketing`), customer-admin consents (role `customer_admin`), my tickets."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, status
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.deps import ClockDep, SessionDep
+from app.identity.principal import Principal, Role, require_role
+from app.resources.models import Resource
+from app.tickets import service
+from app.tickets.models import Consent, Ticket
+from app.tickets.schemas import AssignmentCreate, ConsentCreate, ConsentOut, TicketCreate, TicketOut
+
+router = APIRouter(tags=["tickets"])
+Ticketing = Annotated[Principal, Depends(require_role(Role.TICKETING))]
+CustomerAdmin = Annotated[Principal, Depends(require_role(Role.CUSTOMER_ADMIN))]
+Engineer = Annotated[Principal, Depends(require_role(Role.ENGINEER))]
+
+
+async def _ticket_out(session: AsyncSession, ticket: Ticket) -> TicketOut:
+    resource = await session.get(Resource, ticket.resource_id)
+    return TicketOut(id=ticket.id, resource=resource.name if resource else "", external_ref=ticket.external_ref,
+                     state="open" if ticket.is_open else "closed",
+                     engineers=await service.assigned_engineers(session=session, ticket_id=ticket.id),
+                     created_at=ticket.created_at, closed_at=ticket.closed_at)
+
+
+async def _consent_out(session: AsyncSession, consent: Consent, resource: Resource, clock: ClockDep) -> ConsentOut:
+    ticket = await service.require_ticket(session=session, ticket_id=consent.ticket_id)
+    return ConsentOut(id=consent.id, resource=resource.name, ticket_id=consent.ticket_id,
+                      ticket_ref=ticket.external_ref, state=service.consent_state(consent, clock.now()),
+                      not_before=consent.not_before, not_after=consent.not_after, granted_by=consent.granted_by,
+                      granted_at=consent.granted_at, ended_at=consent.ended_at,
+                      require_customer_approval=consent.require_customer_approval)
+
+
+def _forget_consents(request: Request, resource_id: str) -> None:
+    cache = getattr(request.app.state, "consents", None)
+    if cache is not None:
+        cache.forget(resource_id)
+
+
+@router.post("/tickets", status_code=status.HTTP_201_CREATED, summary="File a ticket (ticketing system)")
+async def create_ticket(body: TicketCreate, by: Ticketing, session: SessionDep, clock: ClockDep) -> TicketOut:
+    ticket = await service.create_ticket(session=session, clock=clock, by=by, data=body)
+    return await _ticket_out(session, ticket)
+
+
+@router.get("/tickets/{ticket_id}", summary="Show a ticket (ticketing system)")
+async def show_ticket(ticket_id: str, _by: Ticketing, session: SessionDep) -> TicketOut:
+    return await _ticket_out(session, await service.require_ticket(session=session, ticket_id=ticket_id))
+
+
+@router.post("/tickets/{ticket_id}/engineers", summary="Assign an engineer (ticketing system)")
+async def assign(ticket_id: str, body: AssignmentCreate, by: Ticketing, session: SessionDep,
+                 clock: ClockDep) -> TicketOut:
+    ticket = await service.assign_engineer(session=session, clock=clock, by=by, ticket_id=ticket_id,
+                                           engineer=body.engineer)
+    return await _ticket_out(session, ticket)
+
+
+@router.delete("/tickets/{ticket_id}/engineers/{engineer}", summary="Unassign an engineer (ticketing system)")
+async def unassign(ticket_id: str, engineer: str, by: Ticketing, session: SessionDep, clock: ClockDep) -> TicketOut:
+    ticket = await service.unassign_engineer(session=session, clock=clock, by=by, ticket_id=ticket_id,
+                                             engineer=engineer)
+    return await _ticket_out(session, ticket)
+
+
+@router.post("/tickets/{ticket_id}/close", summary="Close a ticket; its consents end")
+async def close(ticket_id: str, by: Ticketing, session: SessionDep, clock: ClockDep, request: Request) -> TicketOut:
+    ticket = await service.close_ticket(session=session, clock=clock, by=by, ticket_id=ticket_id)
+    _forget_consents(request, ticket.resource_id)
+    return await _ticket_out(session, ticket)
+
+
+@router.get("/me/tickets", summary="Open tickets I am assigned to (engineer)")
+async def my_tickets(me: Engineer, session: SessionDep) -> list[TicketOut]:
+    tickets = await service.tickets_of_engineer(session=session, engineer=me.subject)
+    return [await _ticket_out(session, t) for t in tickets if t.is_open]
+
+
+@router.post("/customer/resources/{resource}/consents", status_code=status.HTTP_201_CREATED,
+             summary="Opt in: record this resource's sessions for a ticket (customer admin)")
+async def grant_consent(resource: str, body: ConsentCreate, by: CustomerAdmin, session: SessionDep,
+                        clock: ClockDep) -> ConsentOut:
+    owned = await service.customer_resource(session=session, principal=by, name=resource)
+    consent = await service.grant_consent(session=session, clock=clock, by=by, resource=owned, data=body)
+    return await _consent_out(session, consent, owned, clock)
+
+
+@router.get("/customer/resources/{resource}/consents", summary="My resource's consents (customer admin)")
+async def list_consents(resource: str, by: CustomerAdmin, session: SessionDep, clock: ClockDep) -> list[ConsentOut]:
+    owned = await service.customer_resource(session=session, principal=by, name=resource)
+    return [await _consent_out(session, c, owned, clock)
+            for c in await service.consents_of_resource(session=session, resource=owned)]
+
+
+@router.post("/customer/resources/{resource}/consents/{consent_id}/withdraw",
+             summary="Withdraw a consent: recording stops (customer admin)")
+async def withdraw_consent(resource: str, consent_id: str, by: CustomerAdmin, session: SessionDep,
+                           clock: ClockDep, request: Request) -> ConsentOut:
+    owned = await service.customer_resource(session=session, principal=by, name=resource)
+    consent = await service.withdraw_consent(session=session, clock=clock, by=by, resource=owned,
+                                             consent_id=consent_id)
+    _forget_consents(request, owned.id)
+    return await _consent_out(session, consent, owned, clock)

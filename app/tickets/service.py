@@ -1,0 +1,253 @@
+"""Tickets, assignments and consents. Every change writes its audit entry in the same transaction (C6)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.audit.actions import Actor, AuditAction, Subjects, detail_time
+from app.audit.service import append_entry
+from app.clock import Clock
+from app.errors import Conflict, InvalidInput, NotFound
+from app.identity.principal import Principal, Role
+from app.resources.models import Resource
+from app.resources.service import ResourceNotFound, get_resource_by_name, require_resource
+from app.tickets.models import Consent, Ticket, TicketAssignment
+from app.tickets.schemas import ConsentCreate, TicketCreate
+
+
+class TicketNotFound(NotFound):
+    code = "ticket_not_found"
+    title = "No such ticket"
+
+
+class TicketExists(Conflict):
+    code = "ticket_exists"
+    title = "A ticket with this external reference exists"
+
+
+class TicketClosed(Conflict):
+    code = "ticket_closed"
+    title = "The ticket is closed"
+
+
+class NotAssigned(NotFound):
+    code = "not_assigned"
+    title = "The engineer is not assigned to this ticket"
+
+
+class ConsentNotFound(NotFound):
+    code = "consent_not_found"
+    title = "No such consent"
+
+
+class ConsentEnded(Conflict):
+    code = "consent_ended"
+    title = "The consent has already ended"
+
+
+class TicketForOtherResource(InvalidInput):
+    code = "ticket_resource_mismatch"
+    title = "The ticket is about another resource"
+
+
+# --- tickets ----------------------------------------------------------------------------------------
+
+
+async def create_ticket(*, session: AsyncSession, clock: Clock, by: Principal, data: TicketCreate) -> Ticket:
+    resource = await require_resource(session=session, name=data.resource)
+    existing = await session.execute(select(Ticket.id).where(Ticket.external_ref == data.external_ref))
+    if existing.first() is not None:
+        raise TicketExists(f"Ticket {data.external_ref!r} exists.")
+    ticket = Ticket(resource_id=resource.id, external_ref=data.external_ref, created_by=by.subject,
+                    created_at=clock.now())
+    session.add(ticket)
+    await session.flush()
+    await append_entry(session=session, clock=clock, actor=Actor.service(by.subject),
+                       action=AuditAction.TICKET_CREATED,
+                       subjects=Subjects(ticket=ticket.id, resource=resource.id),
+                       detail={"external_ref": data.external_ref})
+    for engineer in dict.fromkeys(data.engineers):
+        await assign_engineer(session=session, clock=clock, by=by, ticket_id=ticket.id, engineer=engineer)
+    return ticket
+
+
+async def require_ticket(*, session: AsyncSession, ticket_id: str) -> Ticket:
+    ticket = await session.get(Ticket, ticket_id)
+    if ticket is None:
+        raise TicketNotFound()
+    return ticket
+
+
+async def assigned_engineers(*, session: AsyncSession, ticket_id: str) -> list[str]:
+    rows = await session.execute(
+        select(TicketAssignment.engineer)
+        .where(TicketAssignment.ticket_id == ticket_id, TicketAssignment.unassigned_at.is_(None))
+        .order_by(TicketAssignment.id)
+    )
+    return list(rows.scalars())
+
+
+async def is_assigned(*, session: AsyncSession, ticket_id: str, engineer: str) -> bool:
+    return engineer in await assigned_engineers(session=session, ticket_id=ticket_id)
+
+
+async def assign_engineer(
+    *, session: AsyncSession, clock: Clock, by: Principal, ticket_id: str, engineer: str
+) -> Ticket:
+    ticket = await require_ticket(session=session, ticket_id=ticket_id)
+    if not ticket.is_open:
+        raise TicketClosed()
+    if await is_assigned(session=session, ticket_id=ticket_id, engineer=engineer):
+        return ticket  # idempotent: assigning twice changes nothing and audits nothing
+    session.add(TicketAssignment(ticket_id=ticket_id, engineer=engineer, assigned_by=by.subject,
+                                 assigned_at=clock.now()))
+    await append_entry(session=session, clock=clock, actor=Actor.service(by.subject),
+                       action=AuditAction.TICKET_ASSIGNED, subjects=Subjects(ticket=ticket_id),
+                       detail={"engineer": engineer})
+    return ticket
+
+
+async def unassign_engineer(
+    *, session: AsyncSession, clock: Clock, by: Principal, ticket_id: str, engineer: str
+) -> Ticket:
+    ticket = await require_ticket(session=session, ticket_id=ticket_id)
+    row = (await session.execute(
+        select(TicketAssignment).where(TicketAssignment.ticket_id == ticket_id,
+                                       TicketAssignment.engineer == engineer,
+                                       TicketAssignment.unassigned_at.is_(None))
+    )).scalar_one_or_none()
+    if row is None:
+        raise NotAssigned()
+    row.unassigned_at = clock.now()
+    await append_entry(session=session, clock=clock, actor=Actor.service(by.subject),
+                       action=AuditAction.TICKET_UNASSIGNED, subjects=Subjects(ticket=ticket_id),
+                       detail={"engineer": engineer})
+    return ticket
+
+
+async def close_ticket(*, session: AsyncSession, clock: Clock, by: Principal, ticket_id: str) -> Ticket:
+    """Closing a ticket ends its consents: recording stops and grants under it lose their effect."""
+    ticket = await require_ticket(session=session, ticket_id=ticket_id)
+    if not ticket.is_open:
+        return ticket
+    now = clock.now()
+    ticket.closed_at = now
+    consents = await session.execute(
+        select(Consent).where(Consent.ticket_id == ticket_id, Consent.ended_at.is_(None))
+    )
+    for consent in consents.scalars():
+        consent.ended_at, consent.ended_by, consent.end_reason = now, by.subject, "ticket_closed"
+        await append_entry(session=session, clock=clock, actor=Actor.service(by.subject),
+                           action=AuditAction.CONSENT_WITHDRAWN,
+                           subjects=Subjects(ticket=ticket_id, resource=consent.resource_id),
+                           detail={"consent": consent.id})
+    await append_entry(session=session, clock=clock, actor=Actor.service(by.subject),
+                       action=AuditAction.TICKET_CLOSED, subjects=Subjects(ticket=ticket_id))
+    return ticket
+
+
+async def tickets_of_engineer(*, session: AsyncSession, engineer: str) -> Sequence[Ticket]:
+    rows = await session.execute(
+        select(Ticket).join(TicketAssignment, TicketAssignment.ticket_id == Ticket.id)
+        .where(TicketAssignment.engineer == engineer, TicketAssignment.unassigned_at.is_(None))
+        .order_by(Ticket.created_at.desc())
+    )
+    return rows.scalars().unique().all()
+
+
+# --- consents ---------------------------------------------------------------------------------------
+
+
+async def customer_resource(*, session: AsyncSession, principal: Principal, name: str) -> Resource:
+    """The resource, if this customer admin's tenant owns it; otherwise the same 404 as an unknown name."""
+    resource = await get_resource_by_name(session=session, name=name)
+    if (resource is None or not principal.has(Role.CUSTOMER_ADMIN) or principal.tenant is None
+            or principal.tenant != resource.owner_tenant):
+        raise ResourceNotFound()
+    return resource
+
+
+async def grant_consent(
+    *, session: AsyncSession, clock: Clock, by: Principal, resource: Resource, data: ConsentCreate
+) -> Consent:
+    ticket = await session.get(Ticket, data.ticket_id)
+    if ticket is None:
+        raise TicketNotFound()
+    if ticket.resource_id != resource.id:
+        raise TicketForOtherResource()
+    if not ticket.is_open:
+        raise TicketClosed()
+    now = clock.now()
+    consent = Consent(resource_id=resource.id, ticket_id=ticket.id, granted_by=by.subject, granted_at=now,
+                      not_before=now, not_after=now + timedelta(days=data.days),
+                      require_customer_approval=data.require_customer_approval)
+    session.add(consent)
+    await session.flush()
+    await append_entry(session=session, clock=clock, actor=Actor.customer_admin(by.subject),
+                       action=AuditAction.CONSENT_GRANTED,
+                       subjects=Subjects(ticket=ticket.id, resource=resource.id),
+                       detail={"consent": consent.id, "not_before": detail_time(consent.not_before),
+                               "not_after": detail_time(consent.not_after)})
+    return consent
+
+
+async def require_consent(*, session: AsyncSession, resource: Resource, consent_id: str) -> Consent:
+    consent = await session.get(Consent, consent_id)
+    if consent is None or consent.resource_id != resource.id:
+        raise ConsentNotFound()
+    return consent
+
+
+async def withdraw_consent(
+    *, session: AsyncSession, clock: Clock, by: Principal, resource: Resource, consent_id: str
+) -> Consent:
+    consent = await require_consent(session=session, resource=resource, consent_id=consent_id)
+    now = clock.now()
+    if consent.ended_at is not None or consent.not_after <= now:
+        raise ConsentEnded()
+    consent.ended_at, consent.ended_by, consent.end_reason = now, by.subject, "withdrawn"
+    await append_entry(session=session, clock=clock, actor=Actor.customer_admin(by.subject),
+                       action=AuditAction.CONSENT_WITHDRAWN,
+                       subjects=Subjects(ticket=consent.ticket_id, resource=resource.id),
+                       detail={"consent": consent.id})
+    return consent
+
+
+async def consents_of_resource(*, session: AsyncSession, resource: Resource) -> Sequence[Consent]:
+    rows = await session.execute(
+        select(Consent).where(Consent.resource_id == resource.id).order_by(Consent.granted_at.desc())
+    )
+    return rows.scalars().all()
+
+
+def consent_state(consent: Consent, now: datetime) -> str:
+    if consent.ended_at is not None:
+        return consent.end_reason or "withdrawn"
+    if now < consent.not_before:
+        return "scheduled"
+    return "active" if now < consent.not_after else "expired"
+
+
+@dataclass(frozen=True)
+class ActiveConsent:
+    consent_id: str
+    ticket_id: str
+    resource_id: str
+    not_after: datetime
+
+
+async def active_consents(*, session: AsyncSession, now: datetime) -> list[ActiveConsent]:
+    """Every consent in force now, on an open ticket; the relay's cache is built from this (C1)."""
+    rows = await session.execute(
+        select(Consent.id, Consent.ticket_id, Consent.resource_id, Consent.not_after)
+        .join(Ticket, Ticket.id == Consent.ticket_id)
+        .where(Consent.ended_at.is_(None), Consent.not_before <= now, Consent.not_after > now,
+               Ticket.closed_at.is_(None))
+        .order_by(Consent.granted_at)
+    )
+    return [ActiveConsent(r.id, r.ticket_id, r.resource_id, r.not_after) for r in rows]

@@ -1,0 +1,194 @@
+"""Ticketing and customer-admin APIs: roles, tenants, the consent window, and every change audited."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from uuid import uuid4
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from app.audit.models import AuditEntryRow, AuditInboxRow
+from app.config import Settings
+from app.identity.principal import Role
+from app.identity.settings import IdentitySettings
+from app.main import create_app
+from app.tickets.consent_cache import ConsentCache
+from tests.fixtures.identity import MintToken, bearer
+from tests.fixtures.relay import TEST_ADMIN_TOKEN
+
+ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
+
+
+@dataclass
+class Api:
+    client: httpx.AsyncClient
+    app: object
+    resource: str
+    tenant: str
+    ticketing: dict[str, str]
+    customer: dict[str, str]
+    engineer: dict[str, str]
+    other_customer: dict[str, str]
+
+
+@pytest.fixture
+async def api(app_db_url: str, tmp_path: Path, identity_settings: IdentitySettings,
+              mint_token: MintToken) -> AsyncIterator[Api]:
+    settings = Settings(data_dir=tmp_path / "data", database_url=app_db_url, standin_enabled=False,
+                        demo_resource=False, admin_token=TEST_ADMIN_TOKEN, identity=identity_settings)
+    app = create_app(settings)
+    tag = uuid4().hex[:8]
+    resource, tenant = f"res-{tag}", f"tenant-{tag}"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        created = await client.post("/admin/resources", headers=ADMIN, json={
+            "name": resource, "region": "eastus", "upstream_endpoint": "wss://up.example", "owner_tenant": tenant})
+        assert created.status_code == 201
+        yield Api(client, app, resource, tenant,
+                  ticketing=bearer(mint_token("svc-ticketing", [Role.TICKETING])),
+                  customer=bearer(mint_token(f"admin@{tag}", [Role.CUSTOMER_ADMIN], tenant=tenant)),
+                  engineer=bearer(mint_token("alice", [Role.ENGINEER])),
+                  other_customer=bearer(mint_token("mallory", [Role.CUSTOMER_ADMIN], tenant="other-tenant")))
+    await app.state.ctx.engine.dispose()  # type: ignore[attr-defined]
+
+
+async def new_ticket(api: Api, engineers: list[str] | None = None) -> dict[str, object]:
+    response = await api.client.post("/tickets", headers=api.ticketing, json={
+        "resource": api.resource, "external_ref": f"INC-{uuid4().hex[:10]}", "engineers": engineers or []})
+    assert response.status_code == 201, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+async def audit_actions(api: Api) -> list[str]:
+    ctx = api.app.state.ctx  # type: ignore[attr-defined]
+    async with ctx.session_factory() as session:
+        chained = (await session.execute(select(AuditEntryRow.action))).scalars().all()
+        queued = (await session.execute(select(AuditInboxRow.action))).scalars().all()
+    return [*chained, *queued]
+
+
+async def test_ticketing_creates_assigns_and_closes_a_ticket(api: Api) -> None:
+    ticket = await new_ticket(api, engineers=["alice"])
+    assert ticket["state"] == "open"
+    assert ticket["engineers"] == ["alice"]
+    assigned = await api.client.post(f"/tickets/{ticket['id']}/engineers", headers=api.ticketing,
+                                     json={"engineer": "bob"})
+    assert assigned.json()["engineers"] == ["alice", "bob"]
+    unassigned = await api.client.delete(f"/tickets/{ticket['id']}/engineers/alice", headers=api.ticketing)
+    assert unassigned.json()["engineers"] == ["bob"]
+    closed = await api.client.post(f"/tickets/{ticket['id']}/close", headers=api.ticketing)
+    assert closed.json()["state"] == "closed"
+    actions = await audit_actions(api)
+    for expected in ("ticket.created", "ticket.assigned", "ticket.unassigned", "ticket.closed"):
+        assert expected in actions
+
+
+async def test_engineer_sees_only_their_open_tickets(api: Api) -> None:
+    mine = await new_ticket(api, engineers=["alice"])
+    await new_ticket(api, engineers=["bob"])
+    listed = await api.client.get("/me/tickets", headers=api.engineer)
+    assert [t["id"] for t in listed.json()] == [mine["id"]]
+
+
+@pytest.mark.parametrize("who", ["engineer", "customer", "none"])
+async def test_only_the_ticketing_role_files_tickets(api: Api, who: str) -> None:
+    headers = {"engineer": api.engineer, "customer": api.customer, "none": {}}[who]
+    response = await api.client.post("/tickets", headers=headers,
+                                     json={"resource": api.resource, "external_ref": "INC-x"})
+    assert response.status_code == (401 if who == "none" else 403)
+    assert response.json()["code"] == ("unauthorized" if who == "none" else "missing_role")
+
+
+async def test_duplicate_ticket_and_unknown_resource_get_clear_errors(api: Api) -> None:
+    ticket = await new_ticket(api)
+    again = await api.client.post("/tickets", headers=api.ticketing,
+                                  json={"resource": api.resource, "external_ref": ticket["external_ref"]})
+    assert (again.status_code, again.json()["code"]) == (409, "ticket_exists")
+    missing = await api.client.post("/tickets", headers=api.ticketing,
+                                    json={"resource": "no-such", "external_ref": "INC-nope"})
+    assert (missing.status_code, missing.json()["code"]) == (404, "resource_not_found")
+
+
+async def test_customer_admin_opts_in_for_seven_days_by_default_and_withdraws(api: Api) -> None:
+    ticket = await new_ticket(api)
+    granted = await api.client.post(f"/customer/resources/{api.resource}/consents", headers=api.customer,
+                                    json={"ticket_id": ticket["id"]})
+    assert granted.status_code == 201, granted.text
+    consent = granted.json()
+    assert consent["state"] == "active"
+    assert datetime.fromisoformat(consent["not_after"]) - datetime.fromisoformat(consent["not_before"]) \
+        == timedelta(days=7)
+    listed = await api.client.get(f"/customer/resources/{api.resource}/consents", headers=api.customer)
+    assert [c["id"] for c in listed.json()] == [consent["id"]]
+    withdrawn = await api.client.post(
+        f"/customer/resources/{api.resource}/consents/{consent['id']}/withdraw", headers=api.customer)
+    assert withdrawn.json()["state"] == "withdrawn"
+    again = await api.client.post(
+        f"/customer/resources/{api.resource}/consents/{consent['id']}/withdraw", headers=api.customer)
+    assert (again.status_code, again.json()["code"]) == (409, "consent_ended")
+    actions = await audit_actions(api)
+    assert "consent.granted" in actions
+    assert "consent.withdrawn" in actions
+
+
+@pytest.mark.parametrize(("body", "status", "code"), [
+    ({"days": 31}, 422, "invalid_input"),
+    ({"days": 0}, 422, "invalid_input"),
+    ({"ticket_id": "nope"}, 404, "ticket_not_found"),
+])
+async def test_bad_consents_are_refused(api: Api, body: dict[str, object], status: int, code: str) -> None:
+    ticket = await new_ticket(api)
+    response = await api.client.post(f"/customer/resources/{api.resource}/consents", headers=api.customer,
+                                     json={"ticket_id": ticket["id"], **body})
+    assert (response.status_code, response.json()["code"]) == (status, code)
+
+
+async def test_consent_on_a_closed_ticket_is_refused(api: Api) -> None:
+    ticket = await new_ticket(api)
+    await api.client.post(f"/tickets/{ticket['id']}/close", headers=api.ticketing)
+    response = await api.client.post(f"/customer/resources/{api.resource}/consents", headers=api.customer,
+                                     json={"ticket_id": ticket["id"]})
+    assert (response.status_code, response.json()["code"]) == (409, "ticket_closed")
+
+
+async def test_another_tenant_cannot_see_or_touch_the_resource(api: Api) -> None:
+    ticket = await new_ticket(api)
+    theirs = await api.client.post(f"/customer/resources/{api.resource}/consents", headers=api.other_customer,
+                                    json={"ticket_id": ticket["id"]})
+    unknown = await api.client.post("/customer/resources/does-not-exist/consents", headers=api.other_customer,
+                                    json={"ticket_id": ticket["id"]})
+    assert theirs.status_code == unknown.status_code == 404
+    assert theirs.json()["code"] == unknown.json()["code"] == "resource_not_found"
+
+
+async def test_closing_the_ticket_ends_its_consents(api: Api) -> None:
+    ticket = await new_ticket(api)
+    consent = (await api.client.post(f"/customer/resources/{api.resource}/consents", headers=api.customer,
+                                     json={"ticket_id": ticket["id"]})).json()
+    await api.client.post(f"/tickets/{ticket['id']}/close", headers=api.ticketing)
+    listed = (await api.client.get(f"/customer/resources/{api.resource}/consents", headers=api.customer)).json()
+    assert [(c["id"], c["state"]) for c in listed] == [(consent["id"], "ticket_closed")]
+
+
+async def test_consent_cache_sees_grants_and_withdrawals(api: Api) -> None:
+    ctx = api.app.state.ctx  # type: ignore[attr-defined]
+    cache = ConsentCache(clock=ctx.clock, refresh_s=0.1)
+    ticket = await new_ticket(api)
+    resource_id = (await api.client.get(f"/admin/resources/{api.resource}", headers=ADMIN)).json()["id"]
+    await cache.reload(ctx.session_factory)
+    assert cache.lookup(resource_id) is None
+    consent = (await api.client.post(f"/customer/resources/{api.resource}/consents", headers=api.customer,
+                                     json={"ticket_id": ticket["id"]})).json()
+    await cache.reload(ctx.session_factory)
+    active = cache.lookup(resource_id)
+    assert active is not None
+    assert (active.consent_id, active.ticket_id) == (consent["id"], ticket["id"])
+    await api.client.post(f"/customer/resources/{api.resource}/consents/{consent['id']}/withdraw",
+                          headers=api.customer)
+    await cache.reload(ctx.session_factory)
+    assert cache.lookup(resource_id) is None
