@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from app.vault.datakey import BytesLike, DataKey
-from app.vault.errors import IntegrityError, MalformedHeader, ShortRead, UnknownVersion, WriterClosed
+from app.vault.errors import IntegrityError, MalformedHeader, ShortRead, StreamError, UnknownVersion, WriterClosed
 
 FORMAT_VERSION = 1
 SALT_SIZE = 32
@@ -207,6 +207,7 @@ class SegmentReader:
         self._pending = bytearray()
         self._index = 0
         self._complete = False
+        self._failure: StreamError | None = None
 
     @property
     def complete(self) -> bool:
@@ -214,6 +215,26 @@ class SegmentReader:
         return self._complete
 
     def feed(self, data: BytesLike) -> list[Segment]:
+        """Segments completed by `data`, in order. After an error the reader only repeats that error."""
+        if self._failure is not None:
+            raise self._failure
+        try:
+            return self._feed(data)
+        except StreamError as exc:
+            self._failure = exc
+            raise
+
+    def close(self) -> bool:
+        """End of data: True if the stream is complete, False if it is truncated after a whole segment."""
+        if self._failure is not None:
+            raise self._failure
+        if self._cipher is None:
+            StreamHeader.parse(self._pending)  # raises the precise header error
+        if self._pending:
+            raise ShortRead(f"the data ends {len(self._pending)} bytes into the segment", segment=self._index)
+        return self._complete
+
+    def _feed(self, data: BytesLike) -> list[Segment]:
         if self._pending:
             self._pending += data
             with memoryview(self._pending) as view:
@@ -224,14 +245,6 @@ class SegmentReader:
             segments, used = self._consume(view)
             self._pending += view[used:]
         return segments
-
-    def close(self) -> bool:
-        """End of data: True if the stream is complete, False if it is truncated after a whole segment."""
-        if self._cipher is None:
-            StreamHeader.parse(self._pending)  # raises the precise header error
-        if self._pending:
-            raise ShortRead(f"the data ends {len(self._pending)} bytes into the segment", segment=self._index)
-        return self._complete
 
     def _consume(self, view: memoryview) -> tuple[list[Segment], int]:
         pos = 0

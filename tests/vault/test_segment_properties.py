@@ -14,8 +14,8 @@ DEK = DataKey(bytes(range(32)))
 OTHER_DEK = DataKey(bytes(range(32, 64)))
 
 plaintexts = st.lists(st.binary(max_size=64), min_size=1, max_size=6)
-settings.register_profile("vault", deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("vault")
+# Per test, never a global profile: other domains' property tests keep their own settings.
+relaxed = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _segment_at(parts: list[bytes], offset: int) -> int | None:
@@ -34,6 +34,7 @@ def _open(stream: bytes) -> None:
     open_stream(DEK, stream, region=REGION, request_id=REQUEST_ID)
 
 
+@relaxed
 @given(plaintexts, st.data())
 def test_any_single_bit_flip_fails_at_the_segment_it_hits(texts: list[bytes], data: st.DataObject) -> None:
     stream, parts = seal_stream(DEK, texts)
@@ -56,6 +57,7 @@ def test_any_single_bit_flip_fails_at_the_segment_it_hits(texts: list[bytes], da
         assert err.value.segment == hit
 
 
+@relaxed
 @given(plaintexts, st.data())
 def test_truncation_inside_a_segment_fails_at_that_segment(texts: list[bytes], data: st.DataObject) -> None:
     stream, parts = seal_stream(DEK, texts)
@@ -68,6 +70,7 @@ def test_truncation_inside_a_segment_fails_at_that_segment(texts: list[bytes], d
     assert err.value.segment == index
 
 
+@relaxed
 @given(plaintexts, st.data())
 def test_any_prefix_of_whole_segments_opens_as_truncated(texts: list[bytes], data: st.DataObject) -> None:
     _stream, parts = seal_stream(DEK, texts)
@@ -79,6 +82,7 @@ def test_any_prefix_of_whole_segments_opens_as_truncated(texts: list[bytes], dat
     assert opened.segments == tuple(texts[:keep])
 
 
+@relaxed
 @given(st.lists(st.binary(max_size=32), min_size=2, max_size=6), st.data())
 def test_dropping_a_segment_fails_at_its_place(texts: list[bytes], data: st.DataObject) -> None:
     _, parts = seal_stream(DEK, texts)
@@ -91,6 +95,7 @@ def test_dropping_a_segment_fails_at_its_place(texts: list[bytes], data: st.Data
     assert err.value.segment == drop
 
 
+@relaxed
 @given(plaintexts, st.data())
 def test_duplicating_a_segment_fails_at_the_copy(texts: list[bytes], data: st.DataObject) -> None:
     _, parts = seal_stream(DEK, texts)
@@ -103,6 +108,7 @@ def test_duplicating_a_segment_fails_at_the_copy(texts: list[bytes], data: st.Da
     assert err.value.segment == index + 1
 
 
+@relaxed
 @given(st.lists(st.binary(max_size=32), min_size=2, max_size=6), st.data())
 def test_reordering_segments_fails_at_the_first_moved_one(texts: list[bytes], data: st.DataObject) -> None:
     _, parts = seal_stream(DEK, texts)
@@ -119,6 +125,7 @@ def test_reordering_segments_fails_at_the_first_moved_one(texts: list[bytes], da
     assert err.value.segment == first_moved
 
 
+@relaxed
 @given(plaintexts, plaintexts, st.data(), st.booleans())
 def test_splicing_two_recordings_fails_at_the_splice(
     a: list[bytes], b: list[bytes], data: st.DataObject, same_key: bool
@@ -134,6 +141,7 @@ def test_splicing_two_recordings_fails_at_the_splice(
     assert err.value.segment == keep
 
 
+@relaxed
 @given(plaintexts, st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20))
 def test_c3_any_other_region_or_request_id_fails_at_segment_zero(texts: list[bytes], region: str, rid: str) -> None:
     stream, _ = seal_stream(DEK, texts)
@@ -144,6 +152,7 @@ def test_c3_any_other_region_or_request_id_fails_at_segment_zero(texts: list[byt
     assert err.value.segment == 0
 
 
+@relaxed
 @given(plaintexts, st.lists(st.integers(1, 50), max_size=40))
 def test_any_split_of_the_bytes_opens_the_same(texts: list[bytes], cuts: list[int]) -> None:
     from app.vault import iter_segments

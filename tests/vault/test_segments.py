@@ -233,3 +233,16 @@ def test_data_key_is_zeroed_on_destroy_and_never_printed() -> None:
     assert dek.destroyed
     with pytest.raises(ValueError, match="destroyed"):
         dek.material()
+
+
+def test_a_failed_reader_keeps_failing_and_never_resyncs(dek: DataKey) -> None:
+    stream, parts = seal_stream(dek, [b"one", b"two", b"three"])
+    tampered = bytearray(stream)
+    tampered[len(parts[0]) + 6] ^= 1
+    reader = SegmentReader(dek, region=REGION, request_id=REQUEST_ID)
+    with pytest.raises(IntegrityError):
+        reader.feed(tampered)
+    with pytest.raises(IntegrityError):
+        reader.feed(b"")
+    with pytest.raises(IntegrityError):
+        reader.close()
