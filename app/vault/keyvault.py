@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.keyvault.keys import KeyOperation, KeyVaultKey
@@ -41,6 +42,8 @@ SCHEME_A256KW = 0x03
 _NONCE = 12
 _WRAP_OPS: list[str | KeyOperation] = [KeyOperation.wrap_key, KeyOperation.unwrap_key]
 _U16 = struct.Struct(">H")
+
+log = structlog.get_logger(__name__)
 
 
 class KeyVaultKeyring:
@@ -96,6 +99,7 @@ class KeyVaultKeyring:
             key = await self._client.get_key(name)
         except ResourceNotFoundError:
             key = await self._create(bucket, name)
+            log.info("vault.kek.created", provider=self.provider, region=bucket.region, hour=bucket.label)
         except AzureError as exc:
             raise _service_error("get key", exc) from None
         self._remember(bucket, key)
@@ -157,6 +161,7 @@ class KeyVaultKeyring:
             )
         except AzureError as exc:
             raise _service_error("record erasure", exc) from None
+        log.info("vault.key.erased", provider=self.provider, region=bucket.region, hour=bucket.label)
 
     async def destroy(self, bucket: KeyBucket) -> KeyDestruction:
         name = self.key_name(bucket)
@@ -165,6 +170,8 @@ class KeyVaultKeyring:
         markers = [n async for n in self._key_names() if n.startswith(f"{name}-x")]
         for marker in markers:
             await self._delete_and_purge(marker)
+        log.info("vault.kek.destroyed", provider=self.provider, region=bucket.region, hour=bucket.label,
+                 erasure_markers=len(markers))
         return KeyDestruction(bucket=bucket, destroyed_at=self._clock.now(), provider=self.provider, key_name=name)
 
     async def live_buckets(self, *, started_before: datetime) -> list[KeyBucket]:

@@ -23,6 +23,7 @@ import stat
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -39,6 +40,8 @@ _FILE_MAGIC = b"VLKK\x01"
 _ID_SIZE = 16
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
+
+log = structlog.get_logger(__name__)
 
 
 def decode_master_key(text: str) -> bytes:
@@ -143,6 +146,7 @@ class LocalKeyring:
             _write_new(path, sealed)
         except FileExistsError:
             return  # made concurrently by another process: keep theirs
+        log.info("vault.kek.created", provider=self.provider, region=bucket.region, hour=bucket.label)
 
     def _read(self, bucket: KeyBucket) -> tuple[bytes, list[bytes]]:
         try:
@@ -169,6 +173,7 @@ class LocalKeyring:
         if context_id in erased:
             return
         _replace(self._kek_path(bucket), self._seal_file(bucket, kek, [*erased, context_id]))
+        log.info("vault.key.erased", provider=self.provider, region=bucket.region, hour=bucket.label)
 
     def _destroy(self, bucket: KeyBucket) -> KeyDestruction:
         path = self._kek_path(bucket)
@@ -183,6 +188,7 @@ class LocalKeyring:
         body = {"region": bucket.region, "hour": bucket.hour.isoformat(), "destroyed_at":
                 record.destroyed_at.isoformat(), "provider": record.provider, "key_name": record.key_name}
         _replace(record_path, json.dumps(body, sort_keys=True).encode())
+        log.info("vault.kek.destroyed", provider=self.provider, region=bucket.region, hour=bucket.label)
         return record
 
     def _live_buckets(self, started_before: datetime) -> list[KeyBucket]:
