@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.identity.settings import IdentitySettings
+from app.vault.settings import VaultSettings
 
 
 class RegionSettings(BaseModel):
@@ -98,6 +99,11 @@ class Settings(BaseSettings):
     )
     relay_ping_interval_s: float | None = Field(
         default=20.0, description="Keepalive ping to the upstream; None disables."
+    )
+
+    vault: VaultSettings = Field(
+        default_factory=VaultSettings,
+        description="Envelope keys: bucket lifetime, local keyring, Key Vault key type (`VOICELOG_VAULT__*`).",
     )
 
     # --- consent -------------------------------------------------------------------------------------
