@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 
 from app.storage.errors import TooLarge
 from app.storage.settings import StorageSettings
@@ -36,12 +37,12 @@ class RecordingKey:
         if self.started_at.tzinfo is None:
             raise ValueError("started_at must be timezone-aware")
 
-    @property
+    @cached_property
     def hour(self) -> datetime:
         """The UTC hour bucket the recording belongs to."""
         return self.started_at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
-    @property
+    @cached_property
     def name(self) -> str:
         """The object name of the recording (its first part)."""
         return f"{self.hour:%Y/%m/%d/%H}/{self.request_id}"

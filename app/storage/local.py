@@ -37,6 +37,7 @@ from app.storage.layout import (
 from app.storage.local_file import (
     DIR_MODE,
     PartFile,
+    StaleLayout,
     append_unit,
     create_part_file,
     fsync_dir,
@@ -226,13 +227,13 @@ class LocalDirStore:
                 path.mkdir(mode=DIR_MODE)
                 fsync_dir(path.parent)
 
-    def _load(self, key: RecordingKey, recording: _Recording) -> list[PartFile]:
+    def _load(self, key: RecordingKey, recording: _Recording, *, verify: bool = True) -> list[PartFile]:
         """Open the recording's parts (repairing a torn tail); NotFound if it has no first part.
 
         The layout in memory is re-read when the files moved on without us (another store on the same
-        directory), which two stat calls tell.
+        directory), which two stat calls tell; appends skip them and check the size of the file they write.
         """
-        if recording.parts is not None and not self._layout_current(key, recording.parts):
+        if verify and recording.parts is not None and not self._layout_current(key, recording.parts):
             recording.parts = None
         if recording.parts is None:
             paths: list[Path] = []
@@ -269,18 +270,24 @@ class LocalDirStore:
 
     def _append(self, key: RecordingKey, unit: bytes, offset: int) -> int:
         with self._locked(key) as recording:
-            parts = self._load(key, recording)
-            length = _total(parts)
-            if length != offset:
-                return self._confirm_landed(key, parts, unit, offset, length)
-            part = parts[-1]
-            if next_part_needed(part_units=part.units, part_bytes=part.payload_bytes,
-                                unit_bytes=len(unit), settings=self._settings):
-                check_part_budget(len(parts), self._settings)
-                part = self._open_next_part(key, len(parts))
-                parts.append(part)
-            append_unit(part, unit)
-            return length + len(unit)
+            for attempt in range(2):
+                parts = self._load(key, recording, verify=attempt > 0)
+                length = _total(parts)
+                if length != offset:
+                    return self._confirm_landed(key, parts, unit, offset, length)
+                part = parts[-1]
+                if next_part_needed(part_units=part.units, part_bytes=part.payload_bytes,
+                                    unit_bytes=len(unit), settings=self._settings):
+                    check_part_budget(len(parts), self._settings)
+                    part = self._open_next_part(key, len(parts))
+                    parts.append(part)
+                try:
+                    append_unit(part, unit)
+                except StaleLayout:
+                    recording.parts = None
+                    continue
+                return length + len(unit)
+        raise Conflict(f"append to {key.request_id}: its files keep changing under this store")
 
     def _open_next_part(self, key: RecordingKey, index: int) -> PartFile:
         path = self._part_path(key, index)

@@ -135,14 +135,22 @@ def open_part_file(path: Path) -> PartFile:
         os.close(fd)
 
 
+class StaleLayout(Exception):
+    """The part file is not the length its index says: another store instance wrote it. Re-open it."""
+
+
 def append_unit(part: PartFile, unit: bytes) -> None:
     """Write one framed unit at the part's end and fsync it; on failure, cut the file back and re-raise."""
-    frame = _frame_header(len(unit), zlib.crc32(unit)) + unit
+    header = _frame_header(len(unit), zlib.crc32(unit))
     start = part.file_end
     fd = os.open(part.path, os.O_WRONLY | os.O_CLOEXEC)
     try:
+        if os.fstat(fd).st_size != start:
+            raise StaleLayout(part.path.name)
         try:
-            _write_all(fd, frame, start)
+            written = os.pwritev(fd, [header, unit], start)  # no copy of the unit into a frame
+            if written < len(header) + len(unit):
+                _write_all(fd, (header + unit)[written:], start + written)
             os.fsync(fd)
         except OSError:
             try:

@@ -158,12 +158,12 @@ async def test_a_failed_write_is_unavailable_and_leaves_no_partial_unit(tmp_path
     await store.append(key, unit(0), offset=0)
     real_pwrite = os.pwrite
 
-    def disk_full(fd: int, data: bytes, offset: int) -> int:
-        real_pwrite(fd, bytes(data)[:100], offset)
+    def disk_full_after_100_bytes(fd: int, buffers: list[bytes], offset: int) -> int:
+        real_pwrite(fd, b"".join(buffers)[:100], offset)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(local_file_module.os, "pwrite", disk_full)
+        patch.setattr(local_file_module.os, "pwritev", disk_full_after_100_bytes)
         with pytest.raises(StoreUnavailable, match="ENOSPC"):
             await store.append(key, unit(1), offset=300)
     path = tmp_path.joinpath(*key.name.split("/"))
@@ -171,3 +171,22 @@ async def test_a_failed_write_is_unavailable_and_leaves_no_partial_unit(tmp_path
     second = unit(1)
     assert await store.append(key, second, offset=300) == 600
     await store.close()
+
+
+async def test_a_short_write_is_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _store(tmp_path)
+    key = new_key()
+    await store.create(key)
+    real_pwrite = os.pwrite
+
+    def short_write(fd: int, buffers: list[bytes], offset: int) -> int:
+        return real_pwrite(fd, b"".join(buffers)[:50], offset)  # the kernel may write less than asked
+
+    data = unit(0)
+    with monkeypatch.context() as patch:
+        patch.setattr(local_file_module.os, "pwritev", short_write)
+        assert await store.append(key, data, offset=0) == 300
+    await store.close()
+    reopened = _store(tmp_path)
+    assert await reopened.read(key) == data
+    await reopened.close()
