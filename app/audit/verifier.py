@@ -9,21 +9,22 @@ found, and tail truncation is found through the chain head row and the exported 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, DateTime, Select, String, func, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit.canonical import GENESIS_HASH, encode_entry
+from app.audit.canonical import GENESIS_HASH, canonical_time, encode_entry_text
 from app.audit.checkpoints import Checkpoint, list_checkpoints
 from app.audit.keys import PublicKeySet, SignatureCheck
-from app.audit.service import ENTRIES, pending_state, read_chain_head
+from app.audit.service import ENTRIES, dialect_name, pending_state, read_chain_head
 
 ENTRY_COLUMNS: Final = (
     ENTRIES.c.seq, ENTRIES.c.recorded_at, ENTRIES.c.actor_type, ENTRIES.c.actor_id, ENTRIES.c.action,
@@ -31,6 +32,7 @@ ENTRY_COLUMNS: Final = (
     ENTRIES.c.detail, ENTRIES.c.prev_hash, ENTRIES.c.entry_hash,
 )
 SEQ, PREV, HASH = 0, 11, 12
+PG_CANONICAL_TIME: Final = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'  # to_char() of canonical_time()
 RENUMBER_WINDOW: Final = 256  # how far a moved entry's original seq is searched for
 
 
@@ -99,7 +101,29 @@ def _digest(row: Row, seq: int | None = None) -> str:
     values = list(row[:12])
     if seq is not None:
         values[0] = seq
-    return hashlib.sha256(encode_entry(*values)).hexdigest()
+    return hashlib.sha256(encode_entry_text(*values)).hexdigest()
+
+
+def _sqlite_time(value: str) -> str:
+    """Canonical time from SQLite's stored text, `YYYY-MM-DD HH:MM:SS.ffffff` (naive UTC, app.db.UTCDateTime)."""
+    if len(value) == 26 and value[10] == " ":
+        return f"{value[:10]}T{value[11:]}Z"
+    moment = datetime.fromisoformat(value)
+    return canonical_time(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+
+
+def _entry_query(dialect: str) -> tuple[Select[Any], Callable[[Any], str] | None]:
+    """Entries with their time as canonical text (PostgreSQL formats it; SQLite's stored text is converted)."""
+    time_column: ColumnElement[Any]
+    convert: Callable[[Any], str] | None
+    if dialect == "sqlite":
+        time_column, convert = type_coerce(ENTRIES.c.recorded_at, String()), _sqlite_time
+    else:
+        utc = func.timezone("UTC", type_coerce(ENTRIES.c.recorded_at, DateTime(timezone=True)))
+        time_column, convert = func.to_char(utc, PG_CANONICAL_TIME), None
+    columns: list[ColumnElement[Any]] = list(ENTRY_COLUMNS)
+    columns[1] = time_column
+    return select(*columns).order_by(ENTRIES.c.seq), convert
 
 
 def _native_seq(row: Row) -> int | None:
@@ -163,21 +187,13 @@ async def _classify(
     return Damage(DamageKind.EDITED, seq, f"entry {seq} does not link to the entry before it")
 
 
-async def _rows(session: AsyncSession, from_seq: int, batch: int) -> AsyncIterator[list[Row]]:
-    """Entries in seq order, `batch` at a time (keyset pagination: same plan on both databases)."""
-    lower = from_seq
-    first = True
-    while True:
-        query = select(*ENTRY_COLUMNS).order_by(ENTRIES.c.seq).limit(batch)
-        query = query.where(ENTRIES.c.seq >= lower) if first else query.where(ENTRIES.c.seq > lower)
-        rows: list[Row] = [tuple(r) for r in (await session.execute(query)).all()]
-        if not rows:
-            return
-        yield rows
-        lower = rows[-1][SEQ]
-        first = False
-        if len(rows) < batch:
-            return
+async def _fetch(session: AsyncSession, query: Select[Any], convert: Callable[[Any], str] | None, after: int,
+                 batch: int) -> list[Row]:
+    """Entries after seq `after`, `batch` at a time (keyset pagination: same plan on both databases)."""
+    result = await session.execute(query.where(ENTRIES.c.seq > after).limit(batch))
+    if convert is None:
+        return list(result.tuples().all())
+    return [(r[0], convert(r[1]), *r[2:]) for r in result.all()]
 
 
 def _check_checkpoints(
@@ -257,13 +273,17 @@ async def verify_chain(
     sealed_through = 0
     sha256 = hashlib.sha256
 
-    async for rows in _rows(session, from_seq, batch):
+    query, convert = _entry_query(dialect_name(session))
+    rows = await _fetch(session, query, convert, from_seq - 1, batch)
+    while rows:
+        # The next batch is queried while this one is hashed (the database works, we hash).
+        prefetch = asyncio.create_task(_fetch(session, query, convert, rows[-1][SEQ], batch)) \
+            if len(rows) == batch else None
+        await asyncio.sleep(0)
+        bad_index: int | None = None
         for index, row in enumerate(rows):
             seq = row[SEQ]
-            digest = sha256(encode_entry(*row[:12])).hexdigest()
-            if unanchored and digest == row[HASH] and seq == anchor.seq + 1:
-                anchor = _Anchor(anchor.seq, row[PREV], None)
-                unanchored = False
+            digest = sha256(encode_entry_text(*row[:12])).hexdigest()
             if digest == row[HASH] and row[PREV] == anchor.entry_hash and seq == anchor.seq + 1:
                 pin = pinned.get(seq)
                 if pin is not None:
@@ -279,11 +299,21 @@ async def verify_chain(
                 walked = True
                 checked += 1
                 continue
-            following = rows[index + 1] if index + 1 < len(rows) else await _row_after(session, seq)
-            walk_damage = await _classify(session, anchor, row, following, walked)
+            if unanchored and digest == row[HASH] and seq == anchor.seq + 1:
+                # `--from` past a missing entry: start from this one's own link, and say so in the notes.
+                anchor = _Anchor(seq, digest, row[PREV])
+                unanchored = False
+                checked += 1
+                continue
+            bad_index = index
             break
+        next_rows = await prefetch if prefetch is not None else []
+        if bad_index is not None:
+            following = rows[bad_index + 1] if bad_index + 1 < len(rows) else (next_rows[0] if next_rows else None)
+            walk_damage = await _classify(session, anchor, rows[bad_index], following, walked)
         if walk_damage is not None:
             break
+        rows = next_rows
 
     tail_seq, tail_hash = anchor.seq, anchor.entry_hash
     if walk_damage is None:
@@ -319,9 +349,3 @@ async def verify_chain(
     )
 
 
-async def _row_after(session: AsyncSession, seq: int) -> Row | None:
-    result = await session.execute(
-        select(*ENTRY_COLUMNS).where(ENTRIES.c.seq > seq).order_by(ENTRIES.c.seq).limit(1)
-    )
-    row = result.first()
-    return None if row is None else tuple(row)

@@ -47,31 +47,54 @@ PG_FUNCTIONS = [
         RAISE EXCEPTION 'audit: % on % is not allowed: the audit trail is append-only', TG_OP, TG_TABLE_NAME;
     END $$
     """,
+    # Statement level with a transition table: one check and one head update per INSERT, however many rows
+    # (a row-level update of the one head row would pile up row versions inside a sequencer batch).
     """
     CREATE FUNCTION audit_entries_extend_head() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE
         head_seq bigint;
         head_hash varchar(64);
+        added bigint;
+        first_seq bigint;
+        last_seq bigint;
+        unlinked bigint;
+        last_hash varchar(64);
     BEGIN
         SELECT seq, entry_hash INTO head_seq, head_hash FROM audit_chain_head WHERE id = 1 FOR UPDATE;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'audit: the chain head row is missing';
         END IF;
-        IF NEW.seq <> head_seq + 1 OR NEW.prev_hash <> head_hash THEN
-            RAISE EXCEPTION 'audit: entry % does not extend the chain head % (forks and gaps are refused)',
-                NEW.seq, head_seq;
+        SELECT count(*), min(seq), max(seq) INTO added, first_seq, last_seq FROM new_entries;
+        IF added = 0 THEN
+            RETURN NULL;
         END IF;
-        UPDATE audit_chain_head SET seq = NEW.seq, entry_hash = NEW.entry_hash WHERE id = 1;
-        RETURN NEW;
+        IF first_seq <> head_seq + 1 OR last_seq <> head_seq + added THEN
+            RAISE EXCEPTION 'audit: entries %..% do not extend the chain head % (forks and gaps are refused)',
+                first_seq, last_seq, head_seq;
+        END IF;
+        SELECT count(*) INTO unlinked
+            FROM new_entries e LEFT JOIN new_entries p ON p.seq = e.seq - 1
+            WHERE e.prev_hash IS DISTINCT FROM (CASE WHEN e.seq = first_seq THEN head_hash ELSE p.entry_hash END);
+        IF unlinked > 0 THEN
+            RAISE EXCEPTION 'audit: % new entries do not link to the entry before them', unlinked;
+        END IF;
+        SELECT entry_hash INTO last_hash FROM new_entries WHERE seq = last_seq;
+        UPDATE audit_chain_head SET seq = last_seq, entry_hash = last_hash WHERE id = 1;
+        RETURN NULL;
     END $$
     """,
     """
     CREATE FUNCTION audit_chain_head_forward() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        IF NEW.id = OLD.id AND ((NEW.seq = OLD.seq AND NEW.entry_hash = OLD.entry_hash) OR NEW.seq = OLD.seq + 1) THEN
+        IF NEW.id = OLD.id AND NEW.seq = OLD.seq AND NEW.entry_hash = OLD.entry_hash THEN
             RETURN NEW;
         END IF;
-        RAISE EXCEPTION 'audit: the chain head only moves forward, one entry at a time';
+        IF NEW.id = OLD.id AND NEW.seq > OLD.seq
+            AND EXISTS (SELECT 1 FROM audit_entries WHERE seq = NEW.seq AND entry_hash = NEW.entry_hash)
+            AND NOT EXISTS (SELECT 1 FROM audit_entries WHERE seq > NEW.seq) THEN
+            RETURN NEW;
+        END IF;
+        RAISE EXCEPTION 'audit: the chain head only moves forward, to the newest entry';
     END $$
     """,
     """
@@ -111,8 +134,8 @@ PG_TRIGGERS = [
     "FOR EACH ROW EXECUTE FUNCTION audit_reject_change()",
     "CREATE TRIGGER audit_entries_no_truncate BEFORE TRUNCATE ON audit_entries "
     "FOR EACH STATEMENT EXECUTE FUNCTION audit_reject_change()",
-    "CREATE TRIGGER audit_entries_extend_head BEFORE INSERT ON audit_entries "
-    "FOR EACH ROW EXECUTE FUNCTION audit_entries_extend_head()",
+    "CREATE TRIGGER audit_entries_extend_head AFTER INSERT ON audit_entries REFERENCING NEW TABLE AS new_entries "
+    "FOR EACH STATEMENT EXECUTE FUNCTION audit_entries_extend_head()",
     "CREATE TRIGGER audit_inbox_no_update BEFORE UPDATE ON audit_inbox "
     "FOR EACH ROW EXECUTE FUNCTION audit_reject_change()",
     "CREATE TRIGGER audit_inbox_delete_chained BEFORE DELETE ON audit_inbox "
@@ -150,11 +173,15 @@ SQLITE_TRIGGERS = [
     _sqlite_reject("audit_entries_no_update", "UPDATE", "audit_entries"),
     _sqlite_reject("audit_entries_no_delete", "DELETE", "audit_entries"),
     """
-    CREATE TRIGGER audit_entries_extend_head BEFORE INSERT ON audit_entries BEGIN
+    CREATE TRIGGER audit_entries_extends_head BEFORE INSERT ON audit_entries BEGIN
         SELECT RAISE(ABORT, 'audit: the entry does not extend the chain head (forks and gaps are refused)')
         WHERE NOT EXISTS (
             SELECT 1 FROM audit_chain_head WHERE id = 1 AND seq + 1 = NEW.seq AND entry_hash = NEW.prev_hash
         );
+    END
+    """,
+    """
+    CREATE TRIGGER audit_entries_move_head AFTER INSERT ON audit_entries BEGIN
         UPDATE audit_chain_head SET seq = NEW.seq, entry_hash = NEW.entry_hash WHERE id = 1;
     END
     """,
@@ -167,9 +194,13 @@ SQLITE_TRIGGERS = [
     """,
     """
     CREATE TRIGGER audit_chain_head_forward BEFORE UPDATE ON audit_chain_head
-    WHEN NOT (NEW.id = OLD.id AND ((NEW.seq = OLD.seq AND NEW.entry_hash = OLD.entry_hash) OR NEW.seq = OLD.seq + 1))
+    WHEN NOT (NEW.id = OLD.id AND (
+        (NEW.seq = OLD.seq AND NEW.entry_hash = OLD.entry_hash)
+        OR (NEW.seq = OLD.seq + 1
+            AND EXISTS (SELECT 1 FROM audit_entries WHERE seq = NEW.seq AND entry_hash = NEW.entry_hash))
+    ))
     BEGIN
-        SELECT RAISE(ABORT, 'audit: the chain head only moves forward, one entry at a time');
+        SELECT RAISE(ABORT, 'audit: the chain head only moves forward, to the newest entry');
     END
     """,
     _sqlite_reject("audit_chain_head_no_delete", "DELETE", "audit_chain_head"),
