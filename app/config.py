@@ -8,35 +8,15 @@ overrides them (PostgreSQL, Azure Blob Storage per region, Key Vault, Entra ID).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.capture.settings import CaptureSettings
 from app.identity.settings import IdentitySettings
+from app.regions import RegionSettings
+from app.storage.settings import StorageSettings
 from app.vault.settings import VaultSettings
-
-
-class RegionSettings(BaseModel):
-    """One region: where its recordings are stored and which key service wraps their keys (C3)."""
-
-    name: str = Field(description="Region name as resources name it, e.g. `eastus`.", pattern=r"^[a-z0-9]{2,32}$")
-    blob_backend: Literal["local", "azure"] = Field(
-        default="local", description="`local`: a directory under the data dir; `azure`: Azure Blob Storage."
-    )
-    blob_path: Path | None = Field(
-        default=None, description="Local backend: directory for this region (default `<data_dir>/blobs/<name>`)."
-    )
-    blob_account_url: str | None = Field(
-        default=None, description="Azure backend: the region's storage account URL (DefaultAzureCredential)."
-    )
-    blob_connection_string: SecretStr | None = Field(
-        default=None, description="Azure backend: a connection string instead of the account URL (Azurite)."
-    )
-    blob_container: str = Field(default="recordings", description="Azure backend: the region's container.")
-    keyvault_url: str | None = Field(
-        default=None, description="Key Vault holding this region's KEKs; unset uses the local keyring."
-    )
 
 
 def _default_regions() -> list[RegionSettings]:
@@ -104,6 +84,15 @@ class Settings(BaseSettings):
     vault: VaultSettings = Field(
         default_factory=VaultSettings,
         description="Envelope keys: bucket lifetime, local keyring, Key Vault key type (`VOICELOG_VAULT__*`).",
+    )
+
+    storage: StorageSettings = Field(
+        default_factory=StorageSettings,
+        description="Blob stores: timeouts, part limits, service API version (`VOICELOG_STORAGE__*`).",
+    )
+    capture: CaptureSettings = Field(
+        default_factory=CaptureSettings,
+        description="The recorder: segment cadence, memory caps, failure deadlines (`VOICELOG_CAPTURE__*`).",
     )
 
     # --- consent -------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from websockets.asyncio.server import Server
 
+from app.capture.metrics import CaptureMetrics
+from app.capture.recorder import Recorder
 from app.clock import Clock, SystemClock
 from app.config import Settings
 from app.db import create_engine, create_session_factory
@@ -26,12 +28,14 @@ from app.metrics import Metrics
 from app.relay.routes import Relay
 from app.relay.routes import router as relay_router
 from app.relay.standin.server import Standin
-from app.relay.tap import NoTap, TapFactory
+from app.relay.tap import TapFactory
 from app.resources.routes import router as resources_router
 from app.resources.schemas import ResourceCreate
 from app.resources.service import add_resource, get_resource_by_name
+from app.storage.router import RegionRouter
 from app.tickets.consent_cache import ConsentCache
 from app.tickets.routes import router as tickets_router
+from app.vault.factory import build_keyrings
 
 log = get_logger("voicelog")
 
@@ -92,8 +96,14 @@ def create_app(
         admin_token=_admin_token(settings),
         token_verifier=build_token_verifier(settings.identity, settings.data_dir, clock=clock),
     )
-    relay = Relay(ctx, tap_factory or NoTap())
     consents = ConsentCache(clock=clock, refresh_s=settings.consent_refresh_s)
+    stores = RegionRouter.from_settings(settings.regions, settings.storage, clock=clock)
+    keyrings = build_keyrings(settings.vault, keyvault_urls={r.name: r.keyvault_url for r in settings.regions},
+                              data_dir=settings.data_dir, clock=clock)
+    recorder = Recorder(settings=settings.capture, clock=clock, consents=consents, keyrings=keyrings,
+                        stores=stores, session_factory=ctx.session_factory,
+                        metrics=CaptureMetrics(ctx.metrics.registry))
+    relay = Relay(ctx, tap_factory or recorder)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -102,7 +112,9 @@ def create_app(
             standin_server = await Standin().start(settings.standin_host, settings.standin_port)
         if settings.demo_resource:
             await _seed_demo_resource(ctx, settings.standin_port)
+        await stores.prepare()
         consents.start(ctx.session_factory)
+        recorder.start()
         log.info("voicelog.started", regions=settings.region_names, embedded=settings.embedded)
         try:
             yield
@@ -110,7 +122,10 @@ def create_app(
             closed = await relay.registry.drain(settings.relay_drain_timeout_s)
             if closed:
                 log.warning("relay.drain.closed_sessions", sessions=closed)
+            await recorder.stop()
             await consents.stop()
+            await keyrings.aclose()
+            await stores.close()
             if standin_server is not None:
                 standin_server.close()
                 await standin_server.wait_closed()
@@ -132,6 +147,9 @@ def create_app(
     app.state.ctx = ctx
     app.state.relay = relay
     app.state.consents = consents
+    app.state.recorder = recorder
+    app.state.stores = stores
+    app.state.keyrings = keyrings
     install_error_handlers(app)
     include_dev_routes(app, settings.identity, settings.data_dir, clock=clock)
     app.include_router(relay_router)
@@ -152,6 +170,8 @@ def create_app(
             checks["database"] = "ok"
         except Exception:
             checks["database"] = "unreachable"
+        for region, state in (await stores.check_ready()).items():
+            checks[f"storage:{region}"] = state
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
                             status_code=200 if ready else 503)

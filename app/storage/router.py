@@ -10,8 +10,8 @@ from pathlib import Path
 from azure.core.credentials_async import AsyncTokenCredential
 
 from app.clock import Clock
-from app.config import RegionSettings
 from app.logs import get_logger
+from app.regions import RegionSettings
 from app.storage.azure import AzureBlobStore
 from app.storage.errors import StorageError, UnknownRegion
 from app.storage.local import LocalDirStore

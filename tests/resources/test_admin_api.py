@@ -20,9 +20,9 @@ async def api(app_db_url: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClien
     settings = Settings(data_dir=tmp_path / "data", database_url=app_db_url, standin_enabled=False,
                         demo_resource=False, admin_token=TEST_ADMIN_TOKEN)
     app = create_app(settings)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+    async with app.router.lifespan_context(app), \
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         yield client
-    await app.state.ctx.engine.dispose()
 
 
 def body(name: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
@@ -93,7 +93,8 @@ async def test_health_readiness_and_metrics(api: httpx.AsyncClient) -> None:
     assert (await api.get("/healthz")).json() == {"status": "ok"}
     ready = await api.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"]["database"] == "ok"
+    assert ready.json()["checks"] == {"relay": "ok", "database": "ok", "storage:eastus": "ok",
+                                      "storage:westeurope": "ok"}
     metrics = (await api.get("/metrics")).text
     assert "voicelog_relay_active_sessions" in metrics
     assert "voicelog_relay_added_latency_seconds_bucket" in metrics

@@ -1,0 +1,403 @@
+"""The recorder: a TapFactory for the relay and the background sealer that turns taps into sealed blobs.
+
+On the relay's path it only appends frame references to a bounded buffer (C9). Everything that can be
+slow or fail (data key, database row, blob create, sealing, appends) happens in the sealer task, which
+retries with backoff for `retry_deadline_s` and then gives the recording up as incomplete. The relayed
+session never waits for it and never fails because of it (C8). Nothing is stored, logged or buffered for
+a session without an active consent (C1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.audit.actions import Actor, AuditAction, Subjects, detail_time, kek_bucket
+from app.audit.service import append_entry
+from app.capture.buffer import BufferItem, FrameBuffer, MemoryBudget
+from app.capture.frame_log import BINARY, C2S, S2C, TEXT, EndRecord, GapRecord, encode_end, encode_frame, encode_gap
+from app.capture.metrics import CaptureMetrics
+from app.capture.models import Recording
+from app.capture.settings import CaptureSettings
+from app.clock import Clock
+from app.logs import get_logger
+from app.relay.tap import Direction, FrameTap, SessionInfo
+from app.storage.layout import RecordingKey
+from app.storage.router import RegionRouter
+from app.tickets.consent_cache import ConsentCache
+from app.tickets.service import ActiveConsent
+from app.vault.datakey import DataKey
+from app.vault.envelope import create_data_key
+from app.vault.keyring import RegionKeyrings
+from app.vault.segments import SegmentWriter
+
+log = get_logger("voicelog.capture")
+SYSTEM = Actor.system("recorder")
+
+
+@dataclass(eq=False)
+class LiveRecording:
+    info: SessionInfo
+    consent: ActiveConsent
+    buffer: FrameBuffer
+    key: RecordingKey
+    opened_mono: float
+    started: bool = False
+    dek: DataKey | None = None
+    wrapped: bytes = b""
+    row_written: bool = False
+    writer: SegmentWriter | None = None
+    offset: int = 0
+    pending: list[tuple[bytearray, int]] = field(default_factory=list)
+    last_seal_mono: float = 0.0
+    frames: int = 0
+    segments: int = 0
+    closed: bool = False
+    end: EndRecord | None = None
+    abandoned: bool = False
+    failing_since: float | None = None
+    failure: str | None = None
+    next_try_mono: float = 0.0
+    backoff_s: float = 0.0
+
+
+class RecordingTap:
+    """What the relay calls inline: append a reference, count, return. Never raises on its own."""
+
+    __slots__ = ("_recording",)
+
+    def __init__(self, recording: LiveRecording) -> None:
+        self._recording = recording
+
+    def on_frame(self, direction: Direction, offset_ns: int, payload: str | bytes) -> None:
+        recording = self._recording
+        if recording.abandoned or recording.closed:
+            return
+        recording.buffer.add(direction, offset_ns // 1000, payload)
+        recording.frames += 1
+
+    def on_close(self, client_code: int | None, upstream_code: int | None, reason: str) -> None:
+        recording = self._recording
+        offset_us = int((time.monotonic() - recording.opened_mono) * 1e6)
+        recording.end = EndRecord(offset_us, client_code or 0, upstream_code or 0, reason)
+        recording.closed = True
+
+
+def encode_items(items: list[BufferItem], end: EndRecord | None) -> bytes:
+    """The frame log of one segment (docs/FORMAT.md, "Frame log")."""
+    out = bytearray()
+    for item in items:
+        if isinstance(item, GapRecord):
+            encode_gap(out, item)
+            continue
+        direction, offset_us, payload = item
+        code = C2S if direction is Direction.CLIENT_TO_SERVICE else S2C
+        if isinstance(payload, str):
+            encode_frame(out, code, TEXT, offset_us, payload.encode())
+        else:
+            encode_frame(out, code, BINARY, offset_us, payload)
+    if end is not None:
+        encode_end(out, end)
+    return bytes(out)
+
+
+class Recorder:
+    """TapFactory + sealer. One per process; `start()` in the lifespan, `stop()` on shutdown."""
+
+    def __init__(
+        self,
+        *,
+        settings: CaptureSettings,
+        clock: Clock,
+        consents: ConsentCache,
+        keyrings: RegionKeyrings,
+        stores: RegionRouter,
+        session_factory: async_sessionmaker[AsyncSession],
+        metrics: CaptureMetrics,
+        replica_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.consents = consents
+        self.keyrings = keyrings
+        self.stores = stores
+        self.session_factory = session_factory
+        self.metrics = metrics
+        self.replica_id = replica_id or f"{os.uname().nodename}-{os.getpid()}"[:64]
+        self.budget = MemoryBudget(settings.process_cap_bytes)
+        self.live: dict[str, LiveRecording] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._last_heartbeat = 0.0
+
+    # --- the relay's side (no I/O) -----------------------------------------------------------------
+
+    async def open(self, info: SessionInfo) -> FrameTap | None:
+        consent = self.consents.lookup(info.resource_id, info.started_at)
+        if consent is None:
+            return None  # C1: no consent, no recording, no state
+        recording = LiveRecording(
+            info=info,
+            consent=consent,
+            buffer=FrameBuffer(budget=self.budget, session_cap=self.settings.session_cap_bytes),
+            key=RecordingKey(info.request_id, info.started_at),
+            opened_mono=time.monotonic(),
+            last_seal_mono=time.monotonic(),
+        )
+        self.live[info.request_id] = recording
+        self.metrics.active.set(len(self.live))
+        return RecordingTap(recording)
+
+    # --- the sealer ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="recorder-sealer")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Seal what can be sealed within `timeout`, then stop."""
+        for recording in self.live.values():
+            if not recording.closed:
+                recording.end = recording.end or EndRecord(
+                    int((time.monotonic() - recording.opened_mono) * 1e6), 0, 0, "relay stopped")
+                recording.closed = True
+        deadline = time.monotonic() + timeout
+        while self.live and time.monotonic() < deadline:
+            await asyncio.sleep(self.settings.tick_s)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def run(self) -> None:
+        while True:
+            started = time.monotonic()
+            for recording in list(self.live.values()):
+                try:
+                    await self.step(recording)
+                except Exception as exc:  # a bug here must never take the sealer down
+                    self.metrics.errors.labels("sealer_bug").inc()
+                    log.error("recording.sealer.error", request_id=recording.info.request_id,
+                              error=type(exc).__name__)
+                    self._fail(recording, "internal_error", give_up=True)
+            await self._heartbeat()
+            self.metrics.backlog.set(self.budget.used)
+            await asyncio.sleep(max(0.0, self.settings.tick_s - (time.monotonic() - started)))
+
+    async def step(self, recording: LiveRecording) -> None:
+        """One look at one recording: start it, seal what is due, append, finish. Never raises on I/O."""
+        now = time.monotonic()
+        if recording.abandoned:
+            await self._finish_abandoned(recording)
+            return
+        if now < recording.next_try_mono:
+            return
+        if recording.dek is None and not await self._attempt(
+                recording, "key_service_unavailable", self._make_key(recording)):
+            return
+        if not recording.row_written and not await self._attempt(
+                recording, "database_unavailable", self._insert_row(recording)):
+            return
+        if not recording.started and not await self._attempt(
+                recording, "store_unavailable", self._create_blob(recording)):
+            return
+        if self._due(recording, now):
+            self._seal(recording, now)
+        if recording.pending and not await self._attempt(recording, "store_unavailable", self._append(recording)):
+            return
+        if recording.closed and recording.writer is not None and recording.writer.finished \
+                and not recording.pending:
+            await self._attempt(recording, "database_unavailable", self._finish(recording))
+
+    def _due(self, recording: LiveRecording, now: float) -> bool:
+        if recording.writer is None or recording.writer.finished:
+            return False
+        if recording.closed:
+            return True
+        return (recording.buffer.buffered >= self.settings.segment_bytes
+                or now - recording.last_seal_mono >= self.settings.segment_seconds)
+
+    async def _attempt(self, recording: LiveRecording, reason: str, work: object) -> bool:
+        """Await `work`; on failure back off, and past the deadline give the recording up (C8)."""
+        try:
+            await work  # type: ignore[misc]
+        except Exception as exc:
+            self.metrics.errors.labels(reason).inc()
+            log.warning("recording.retry", request_id=recording.info.request_id, reason=reason,
+                        error=type(exc).__name__)
+            self._fail(recording, reason, give_up=False)
+            return False
+        recording.failing_since = None
+        recording.backoff_s = 0.0
+        return True
+
+    def _fail(self, recording: LiveRecording, reason: str, *, give_up: bool) -> None:
+        now = time.monotonic()
+        if recording.failing_since is None:
+            recording.failing_since = now
+        recording.failure = reason
+        recording.backoff_s = min(5.0, max(0.25, recording.backoff_s * 2))
+        recording.next_try_mono = now + recording.backoff_s
+        if give_up or now - recording.failing_since >= self.settings.retry_deadline_s:
+            recording.abandoned = True
+
+    # --- start ------------------------------------------------------------------------------------------
+
+    async def _make_key(self, recording: LiveRecording) -> None:
+        info = recording.info
+        keyring = self.keyrings.for_region(info.region)
+        dek, wrapped = await create_data_key(keyring, region=info.region, request_id=info.request_id,
+                                             started_at=info.started_at)
+        recording.dek, recording.wrapped = dek, wrapped.to_bytes()
+        recording.writer = SegmentWriter(dek, region=info.region, request_id=info.request_id)
+
+    async def _create_blob(self, recording: LiveRecording) -> None:
+        assert recording.writer is not None  # noqa: S101 - set with the DEK
+        store = self.stores.store(recording.info.region)
+        await store.create(recording.key)
+        if recording.offset == 0:
+            recording.offset = await store.append(recording.key, recording.writer.header, offset=0)
+        recording.started = True
+
+    async def _insert_row(self, recording: LiveRecording, *, failed: str | None = None) -> None:
+        """The row and its `recording.started` entry, in one transaction (C6). `failed`: it never started."""
+        info, consent = recording.info, recording.consent
+        bucket = recording.key.hour
+        async with self.session_factory() as session:
+            session.add(Recording(
+                request_id=info.request_id, resource_id=info.resource_id, region=info.region,
+                ticket_id=consent.ticket_id, consent_id=consent.consent_id, correlation_id=info.correlation_id,
+                started_at=info.started_at, bucket_start=bucket,
+                wrapped_dek=None if failed else recording.wrapped,
+                blob_name=recording.key.name, state="incomplete" if failed else "recording",
+                incomplete_reason=failed, ended_at=self.clock.now() if failed else None,
+                owner=None if failed else self.replica_id, heartbeat_at=self.clock.now(),
+            ))
+            await append_entry(
+                session=session, clock=self.clock, actor=SYSTEM, action=AuditAction.RECORDING_STARTED,
+                subjects=Subjects(request_id=info.request_id, resource=info.resource_id, ticket=consent.ticket_id),
+                detail={"region": info.region, "started_at": detail_time(info.started_at),
+                        "kek_bucket": kek_bucket(info.started_at), "consent": consent.consent_id},
+            )
+            if failed:
+                await append_entry(
+                    session=session, clock=self.clock, actor=SYSTEM, action=AuditAction.RECORDING_INCOMPLETE,
+                    subjects=Subjects(request_id=info.request_id), detail={"reason": failed},
+                )
+            await session.commit()
+        recording.row_written = True
+        self.metrics.started.inc()
+        log.info("recording.started", request_id=info.request_id, region=info.region)
+
+    # --- seal and append ------------------------------------------------------------------------------
+
+    def _seal(self, recording: LiveRecording, now: float) -> None:
+        assert recording.writer is not None  # noqa: S101 - only called once started
+        items, size = recording.buffer.take()
+        final = recording.closed
+        plaintext = encode_items(items, recording.end if final else None)
+        sealed = recording.writer.seal(plaintext, final=final)
+        recording.pending.append((sealed, size))
+        recording.last_seal_mono = now
+        self.metrics.sealed_bytes.inc(len(sealed))
+
+    async def _append(self, recording: LiveRecording) -> None:
+        store = self.stores.store(recording.info.region)
+        while recording.pending:
+            sealed, size = recording.pending[0]
+            recording.offset = await store.append(recording.key, bytes(sealed), offset=recording.offset)
+            recording.pending.pop(0)
+            recording.segments += 1
+            recording.buffer.release(size)
+
+    # --- finish ---------------------------------------------------------------------------------------
+
+    async def _finish(self, recording: LiveRecording) -> None:
+        dropped = recording.buffer.dropped_frames
+        await self._close_row(recording, state="complete", reason=None, dropped=dropped)
+        self._forget(recording)
+        self.metrics.completed.labels("complete").inc()
+        log.info("recording.complete", request_id=recording.info.request_id, segments=recording.segments,
+                 bytes=recording.offset, frames=recording.frames, dropped_frames=dropped)
+
+    async def _finish_abandoned(self, recording: LiveRecording) -> None:
+        """Give up: release memory now; record `incomplete(reason)` if the row exists (best effort)."""
+        reason = recording.failure or "internal_error"
+        for _, size in recording.pending:
+            recording.buffer.release(size)
+        recording.pending.clear()
+        _, size = recording.buffer.take()
+        recording.buffer.release(size)
+        try:
+            if recording.row_written:
+                await self._close_row(recording, state="incomplete", reason=reason,
+                                      dropped=recording.buffer.dropped_frames)
+            else:
+                # Never started (key service or database down): leave a visible, keyless row if we can.
+                await self._insert_row(recording, failed=reason)
+        except Exception:
+            # The row stays `recording` (or never exists); recovery closes stale rows by heartbeat.
+            log.warning("recording.close_failed", request_id=recording.info.request_id)
+        self._forget(recording)
+        self.metrics.completed.labels("incomplete").inc()
+        log.warning("recording.incomplete", request_id=recording.info.request_id, reason=reason)
+
+    async def _close_row(self, recording: LiveRecording, *, state: str, reason: str | None, dropped: int) -> None:
+        info = recording.info
+        async with self.session_factory() as session:
+            result = await session.execute(
+                update(Recording).where(Recording.request_id == info.request_id, Recording.state == "recording")
+                .values(state=state, incomplete_reason=reason, ended_at=self.clock.now(),
+                        segments=recording.segments, bytes_committed=recording.offset, frames=recording.frames,
+                        dropped_frames=dropped, owner=None)
+            )
+            if getattr(result, "rowcount", 0) == 0:
+                await session.rollback()
+                return  # already closed elsewhere (recovery or erasure): nothing to add
+            await append_entry(
+                session=session, clock=self.clock, actor=SYSTEM, action=AuditAction.RECORDING_SEALED_SUMMARY,
+                subjects=Subjects(request_id=info.request_id),
+                detail={"segments": recording.segments, "bytes": recording.offset, "frames": recording.frames,
+                        "dropped_frames": dropped, "complete": state == "complete",
+                        "duration_ms": int((time.monotonic() - recording.opened_mono) * 1000)},
+            )
+            if state == "incomplete":
+                await append_entry(
+                    session=session, clock=self.clock, actor=SYSTEM, action=AuditAction.RECORDING_INCOMPLETE,
+                    subjects=Subjects(request_id=info.request_id),
+                    detail={"reason": reason or "unknown", "dropped_frames": dropped},
+                )
+            await session.commit()
+
+    def _forget(self, recording: LiveRecording) -> None:
+        self.live.pop(recording.info.request_id, None)
+        if recording.dek is not None:
+            recording.dek.destroy()
+        self.metrics.active.set(len(self.live))
+        self.metrics.dropped_frames.inc(recording.buffer.dropped_frames)
+
+    # --- heartbeat --------------------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat < self.settings.heartbeat_s:
+            return
+        self._last_heartbeat = now
+        ids = [r.info.request_id for r in self.live.values() if r.row_written and not r.abandoned]
+        if not ids:
+            return
+        try:
+            async with self.session_factory() as session:
+                await session.execute(
+                    update(Recording).where(Recording.request_id.in_(ids), Recording.state == "recording")
+                    .values(heartbeat_at=self.clock.now(), owner=self.replica_id)
+                )
+                await session.commit()
+        except Exception:
+            self.metrics.errors.labels("heartbeat_failed").inc()
+            log.warning("recording.heartbeat_failed", recordings=len(ids))
+

@@ -1,0 +1,39 @@
+"""The recorder's knobs (`VOICELOG_CAPTURE__*`)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class CaptureSettings(BaseModel):
+    """Segment sizes, memory caps (C9), and how long failures are retried before a recording is incomplete (C8)."""
+
+    segment_seconds: float = Field(
+        default=2.0, gt=0, le=30, description="Seal a recording's buffered frames at least this often."
+    )
+    segment_bytes: int = Field(
+        default=256 * 1024, ge=4096, description="...or as soon as this many bytes are buffered."
+    )
+    session_cap_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=65536,
+        description="Most bytes one recording may hold in memory (buffered and sealed-but-unstored). Past "
+        "it, frames are dropped from the recording and a gap marker is written (C9).",
+    )
+    process_cap_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1024 * 1024,
+        description="Most bytes all recordings of this process may hold in memory together (C9).",
+    )
+    tick_s: float = Field(default=0.25, gt=0, le=5, description="How often the sealer looks at each recording.")
+    retry_deadline_s: float = Field(
+        default=30.0, gt=0,
+        description="A store, database or key service failing this long ends the recording as incomplete "
+        "(the relayed session is never affected, C8). Within it the sealer retries with backoff.",
+    )
+    heartbeat_s: float = Field(
+        default=5.0, gt=0, description="How often a replica marks its live recordings as still being written."
+    )
+    stale_after_s: float = Field(
+        default=60.0, gt=0,
+        description="A recording whose replica has not written a heartbeat for this long is closed as "
+        "incomplete (`relay_restarted`) by any replica.",
+    )
