@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.keys",
     "tests.fixtures.audit",
     "tests.fixtures.identity",
+    "tests.fixtures.recording",
 ]

@@ -1,0 +1,179 @@
+"""Consented sessions are recorded, both directions, every frame, in the resource's region (C1, C3)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from azure.ai.voicelive.aio import connect as sdk_connect
+from azure.ai.voicelive.models import RequestSession
+from azure.core.credentials import AzureKeyCredential
+from sqlalchemy import func, select
+from websockets.asyncio.client import connect
+
+from app.audit.models import AuditEntryRow, AuditInboxRow
+from app.capture.frame_log import C2S, S2C, TEXT
+from app.capture.models import Recording
+from app.identity.settings import IdentitySettings
+from app.regions import RegionSettings
+from app.storage.layout import RecordingKey
+from tests.fixtures.blob import AzuriteRegions
+from tests.fixtures.identity import MintToken
+from tests.fixtures.recording import RecordingStack, recording_stack
+from tests.fixtures.relay import STANDIN_API_KEY, StandinHandle
+from tests.relay.audio import frames, speech_like
+
+ECHO = "/voice-live/realtime?x-standin-mode=echo"
+
+
+def as_bytes(message: str | bytes) -> bytes:
+    return message.encode() if isinstance(message, str) else message
+
+
+async def sdk_session(stack: RecordingStack, standin: StandinHandle, marker: str) -> str:
+    """One SDK conversation; returns its request ID (as the upstream saw it in x-ms-client-request-id)."""
+    async with sdk_connect(endpoint=stack.endpoint, credential=AzureKeyCredential(STANDIN_API_KEY),
+                           model="gpt-4o") as conn:
+        await conn.session.update(session=RequestSession(instructions=f"Say {marker}"))
+        for chunk in frames(speech_like(1.5)):
+            await conn.input_audio_buffer.append(audio=base64.b64encode(chunk).decode())
+        async for event in conn:
+            if event.type == "response.done":
+                break
+    return list(standin.standin.sessions)[-1]
+
+
+@pytest.fixture(params=["local", "azurite"])
+def regions(request: pytest.FixtureRequest, tmp_path: Path) -> list[RegionSettings] | None:
+    if request.param == "local":
+        return None
+    azurite: AzuriteRegions = request.getfixturevalue("azurite")
+    for server in azurite.servers.values():
+        if not server.running:
+            server.start()
+    return azurite.region_settings(container=f"rec{tmp_path.name[-8:].lower().replace('_', '')}")
+
+
+async def test_consented_sdk_session_is_recorded_exactly_in_its_region(
+    tmp_path: Path, standin: StandinHandle, app_db_url: str, identity_settings: IdentitySettings,
+    mint_token: MintToken, regions: list[RegionSettings] | None,
+) -> None:
+    async with recording_stack(tmp_path, standin, database_url=app_db_url, identity=identity_settings,
+                               mint_token=mint_token, regions=regions) as stack:
+        request_id = await sdk_session(stack, standin, "ORCHID-41")
+        row = await stack.recording(request_id)
+        contents = await stack.contents(request_id)
+        stores = stack.relay.app.state.stores
+        key = RecordingKey(request_id, row.started_at)
+        in_region = await stores.store("westeurope").exists(key)
+        elsewhere = await stores.store("eastus").exists(key)
+        async with stack.relay.app.state.ctx.session_factory() as session:
+            actions = [*(await session.execute(select(AuditEntryRow.action))).scalars(),
+                       *(await session.execute(select(AuditInboxRow.action))).scalars()]
+    assert row.state == "complete"
+    assert (row.region, row.ticket_id, row.wrapped_dek is not None) == ("westeurope", stack.ticket_id, True)
+    assert row.blob_name == key.name
+    assert (in_region, elsewhere) == (True, False)  # C3
+    received = standin.standin.sessions[request_id]
+    c2s = [f.payload for f in contents.frames if f.direction == C2S]
+    s2c = [f.payload for f in contents.frames if f.direction == S2C]
+    assert c2s == [as_bytes(m) for m in received.frames]  # every frame, same bytes, same order
+    assert s2c == [as_bytes(m) for m in received.sent]
+    assert all(f.opcode == TEXT for f in contents.frames)
+    offsets = [f.offset_us for f in contents.frames]
+    assert offsets == sorted(offsets) or len({f.direction for f in contents.frames}) == 2
+    assert contents.complete
+    assert contents.end is not None
+    assert contents.gaps == []
+    assert b"ORCHID-41" in b"".join(c2s)
+    assert "recording.started" in actions
+    assert "recording.sealed-summary" in actions
+
+
+async def test_binary_frames_and_timing_are_kept(
+    tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+) -> None:
+    async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
+                               identity=identity_settings, mint_token=mint_token) as stack:
+        url = f"{stack.relay.ws}/resources/{stack.resource}{ECHO}"
+        async with connect(url, additional_headers={"api-key": STANDIN_API_KEY}) as ws:
+            request_id = ws.response.headers["x-ms-request-id"] if ws.response else ""
+            for i in range(20):
+                await ws.send(bytes([i]) * (i + 1))
+                await ws.recv()
+        contents = await stack.contents(request_id)
+    sent = [f for f in contents.frames if f.direction == C2S]
+    assert [f.payload for f in sent] == [bytes([i]) * (i + 1) for i in range(20)]
+    assert all(f.opcode == 2 for f in contents.frames)
+    assert all(b.offset_us >= a.offset_us for a, b in zip(sent, sent[1:], strict=False))
+
+
+async def test_without_consent_nothing_is_stored_anywhere(
+    tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """C1: no row, no blob, no recorder log line, no file."""
+    async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
+                               identity=identity_settings, mint_token=mint_token, consent=False) as stack:
+        before = {p for p in tmp_path.rglob("*") if p.is_file()}
+        url = f"{stack.relay.ws}/resources/{stack.resource}{ECHO}"
+        async with connect(url, additional_headers={"api-key": STANDIN_API_KEY}) as ws:
+            request_id = ws.response.headers["x-ms-request-id"] if ws.response else ""
+            for _ in range(50):
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA"}))
+                await ws.recv()
+        assert stack.relay.app.state.recorder.live == {}
+        async with stack.relay.app.state.ctx.session_factory() as session:
+            rows = (await session.execute(select(func.count()).select_from(Recording))).scalar_one()
+            audited = [*(await session.execute(select(AuditEntryRow.request_id))).scalars(),
+                       *(await session.execute(select(AuditInboxRow.request_id))).scalars()]
+        blobs = [o for r in ("eastus", "westeurope")
+                 async for o in stack.relay.app.state.stores.store(r).list_objects()]
+        after = {p for p in tmp_path.rglob("*") if p.is_file()}
+    assert rows == 0
+    assert blobs == []
+    assert request_id not in audited
+    new_files = {p for p in after - before if not p.name.endswith(("-wal", "-shm", "-journal"))}
+    assert new_files == set()
+    lines = [r.getMessage() for r in caplog.records if request_id in r.getMessage()]
+    assert lines
+    assert all("relay.session" in line for line in lines)  # only the relay's own access log
+
+
+async def test_withdrawal_stops_new_recordings_within_the_documented_bound(
+    tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+) -> None:
+    """The bound is `consent_refresh_s` (0.2 s here) plus one reload, on every replica."""
+    async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
+                               identity=identity_settings, mint_token=mint_token, consent=False) as stack:
+        consent_id = await stack.grant_consent()
+        url = f"{stack.relay.ws}/resources/{stack.resource}{ECHO}"
+
+        async def one_session() -> str:
+            async with connect(url, additional_headers={"api-key": STANDIN_API_KEY}) as ws:
+                await ws.send("hi")
+                await ws.recv()
+                return ws.response.headers["x-ms-request-id"] if ws.response else ""
+
+        recorded = await one_session()
+        # Withdraw through the database only, as another replica would: this replica learns it by reloading.
+        async with stack.relay.app.state.ctx.session_factory() as session:
+            from app.tickets.models import Consent
+
+            consent = await session.get(Consent, consent_id)
+            assert consent is not None
+            consent.ended_at = consent.granted_at
+            consent.end_reason = "withdrawn"
+            await session.commit()
+        loop = __import__("asyncio").get_running_loop()
+        withdrawn_at = loop.time()
+        while stack.relay.app.state.consents.lookup(stack.resource_id) is not None:
+            await __import__("asyncio").sleep(0.02)
+        stopped_after = loop.time() - withdrawn_at
+        not_recorded = await one_session()
+        rows = {r.request_id for r in await stack.recordings()}
+    assert recorded in rows
+    assert not_recorded not in rows
+    assert stopped_after <= 0.2 + 1.0
