@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import itertools
 import json
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from app.capture.models import Recording
 from app.identity.settings import IdentitySettings
 from app.regions import RegionSettings
 from app.storage.layout import RecordingKey
+from app.tickets.models import Consent
 from tests.fixtures.blob import AzuriteRegions
 from tests.fixtures.identity import MintToken
 from tests.fixtures.recording import RecordingStack, recording_stack
@@ -107,7 +110,7 @@ async def test_binary_frames_and_timing_are_kept(
     sent = [f for f in contents.frames if f.direction == C2S]
     assert [f.payload for f in sent] == [bytes([i]) * (i + 1) for i in range(20)]
     assert all(f.opcode == 2 for f in contents.frames)
-    assert all(b.offset_us >= a.offset_us for a, b in zip(sent, sent[1:], strict=False))
+    assert all(b.offset_us >= a.offset_us for a, b in itertools.pairwise(sent))
 
 
 async def test_without_consent_nothing_is_stored_anywhere(
@@ -160,17 +163,15 @@ async def test_withdrawal_stops_new_recordings_within_the_documented_bound(
         recorded = await one_session()
         # Withdraw through the database only, as another replica would: this replica learns it by reloading.
         async with stack.relay.app.state.ctx.session_factory() as session:
-            from app.tickets.models import Consent
-
             consent = await session.get(Consent, consent_id)
             assert consent is not None
             consent.ended_at = consent.granted_at
             consent.end_reason = "withdrawn"
             await session.commit()
-        loop = __import__("asyncio").get_running_loop()
+        loop = asyncio.get_running_loop()
         withdrawn_at = loop.time()
         while stack.relay.app.state.consents.lookup(stack.resource_id) is not None:
-            await __import__("asyncio").sleep(0.02)
+            await asyncio.sleep(0.02)
         stopped_after = loop.time() - withdrawn_at
         not_recorded = await one_session()
         rows = {r.request_id for r in await stack.recordings()}
