@@ -8,7 +8,7 @@ never session content (C2). docs/AUDIT.md lists the same schemas for the service
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -16,7 +16,7 @@ from typing import Final, TypeAlias
 
 from app.errors import AppError
 
-JSONValue: TypeAlias = str | int | bool | list["JSONValue"] | dict[str, "JSONValue"] | None
+JSONValue: TypeAlias = str | int | bool | Sequence["JSONValue"] | Mapping[str, "JSONValue"] | None
 
 MAX_ID_LENGTH: Final = 128
 MAX_DETAIL_BYTES: Final = 4096
@@ -279,7 +279,7 @@ def _check_field(action: AuditAction, name: str, spec: DetailField, value: JSONV
         if not isinstance(value, str) or not DETAIL_TIME_PATTERN.match(value):
             raise InvalidAuditEntry(f"{where} must be a UTC time from detail_time()")
     elif spec.kind is FieldKind.ID_LIST:
-        if not isinstance(value, list) or not value or len(value) > spec.max_items:
+        if not isinstance(value, list | tuple) or not value or len(value) > spec.max_items:
             raise InvalidAuditEntry(f"{where} must be a non-empty list of at most {spec.max_items} ids")
         for item in value:
             if not isinstance(item, str) or not ID_PATTERN.match(item):
@@ -293,6 +293,15 @@ def _check_field(action: AuditAction, name: str, spec: DetailField, value: JSONV
             raise InvalidAuditEntry(f"{where} has the wrong form")
         if any(ord(c) < 0x20 for c in value):
             raise InvalidAuditEntry(f"{where} holds control characters")
+
+
+def without_absent(action: AuditAction, detail: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
+    """None for an optional field means "not given": the key is left out of the stored detail."""
+    fields = ACTION_SCHEMAS[action].fields if isinstance(action, AuditAction) else {}
+    return {
+        key: value for key, value in detail.items()
+        if not (value is None and key in fields and not fields[key].required)
+    }
 
 
 def validate_entry(

@@ -34,7 +34,7 @@ def _check_json(value: object, depth: int = 0) -> None:
         if abs(value) > 2**53 - 1:
             raise InvalidAuditEntry("integers must fit in 53 bits")
         return
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         for item in value:
             _check_json(item, depth + 1)
         return

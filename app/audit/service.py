@@ -36,6 +36,7 @@ from app.audit.actions import (
     JSONValue,
     Subjects,
     validate_entry,
+    without_absent,
 )
 from app.audit.canonical import canonical_json, encode_entry
 from app.audit.models import AuditChainHead, AuditEntryRow, AuditInboxRow
@@ -140,7 +141,7 @@ def prepare_detail(
     action: AuditAction, actor: Actor, subjects: Subjects, detail: Mapping[str, JSONValue] | None
 ) -> str:
     """Validate an entry against its action's schema and return its canonical detail text."""
-    values = dict(detail or {})
+    values = without_absent(action, detail or {})
     validate_entry(action, actor, subjects, values)
     detail_json = canonical_json(values)
     if len(detail_json) > MAX_DETAIL_BYTES:

@@ -1,0 +1,229 @@
+"""`voicelog audit verify | report access-review|retention|verify | checkpoint | keys` (mounted as `audit`).
+
+Exit codes: 0 fine, 1 damage found (or a report that does not verify), 2 could not run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.audit.actions import Actor
+from app.audit.checkpoints import Checkpoint, FileCheckpointSink
+from app.audit.jobs import ChainKeeper, run_verification
+from app.audit.keys import FileKeyring, PublicKeySet
+from app.audit.reports.entries import Period
+from app.audit.reports.service import ReportFormat, ReportKind, generate_report, verify_report
+from app.audit.reports.signing import report_content
+from app.audit.runtime import AuditRuntime
+from app.audit.settings import AuditSettings
+from app.clock import SystemClock
+from app.errors import AppError
+
+audit_cli = typer.Typer(help="The tamper-evident audit trail: verify it, report from it.", no_args_is_help=True)
+report_cli = typer.Typer(help="Signed reports computed from the audit trail.", no_args_is_help=True)
+audit_cli.add_typer(report_cli, name="report")
+
+T = TypeVar("T")
+CLI_ACTOR = Actor.system("cli")
+
+
+def _settings() -> tuple[str, Path, AuditSettings]:
+    from app.config import Settings
+
+    settings = Settings()
+    audit = getattr(settings, "audit", None)  # Settings.audit once wired; the defaults until then
+    if not isinstance(audit, AuditSettings):
+        audit = AuditSettings()
+    return settings.resolved_database_url, settings.data_dir, audit
+
+
+def _run(work: Callable[[async_sessionmaker[AsyncSession], AuditRuntime], Awaitable[T]]) -> T:
+    """Run `work` against the configured database and audit runtime; errors become exit code 2."""
+    from app.db import create_engine, create_session_factory
+
+    async def main() -> T:
+        url, data_dir, audit = _settings()
+        engine = create_engine(url)
+        try:
+            return await work(create_session_factory(engine), AuditRuntime.from_settings(audit, data_dir))
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(main())
+    except AppError as exc:
+        typer.echo(f"error: {exc.code}: {exc.detail}", err=True)
+        raise typer.Exit(2) from exc
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _exported(path: Path | None, runtime: AuditRuntime) -> Callable[[], Awaitable[list[Checkpoint]]]:
+    sink = FileCheckpointSink(path) if path is not None else runtime.sink
+    return sink.read_all
+
+
+@audit_cli.command("verify")
+def verify(
+    from_seq: Annotated[int, typer.Option(
+        "--from", min=1, help="First entry to check; its predecessor is trusted.")] = 1,
+    public_keys: Annotated[Path | None, typer.Option(
+        "--public-keys", exists=True, dir_okay=False,
+        help="Trusted public keys (JSON as served by GET /audit/keys). Default: this host's keyring.")] = None,
+    checkpoints: Annotated[Path | None, typer.Option(
+        "--checkpoints", exists=True, dir_okay=False,
+        help="Exported checkpoints (JSON lines). Default: the configured export file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole result as JSON.")] = False,
+) -> None:
+    """Recompute the chain and check every checkpoint. Exits 1 on damage, naming the first bad entry."""
+
+    async def work(factory: async_sessionmaker[AsyncSession], runtime: AuditRuntime) -> dict[str, Any]:
+        keys = PublicKeySet.load(public_keys) if public_keys is not None else None
+        result = await run_verification(session_factory=factory, runtime=runtime, clock=SystemClock(),
+                                        from_seq=from_seq, keys=keys, exported=await _exported(checkpoints, runtime)())
+        return result.to_json()
+
+    result = _run(work)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    elif result["ok"]:
+        typer.echo(f"ok: entries {result['from_seq']}..{result['head_seq']} verified "
+                   f"({result['entries_checked']} checked), sealed through {result['sealed_through']}, "
+                   f"{result['checkpoints_checked']} checkpoints")
+    else:
+        damage = result["damage"]
+        typer.echo(f"DAMAGE: {damage['kind']} at seq {damage['seq']}: {damage['message']}")
+    for note in result["notes"] if not as_json else []:
+        typer.echo(f"note: {note}", err=True)
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+def _report(kind: ReportKind, first: date, last: date, fmt: ReportFormat, output: Path | None,
+            signature: Path | None) -> None:
+    async def work(factory: async_sessionmaker[AsyncSession], runtime: AuditRuntime) -> tuple[bytes, bytes]:
+        async with factory() as session:
+            result = await generate_report(
+                session=session, clock=SystemClock(), keyring=runtime.keyring, kind=kind, fmt=fmt,
+                period=Period(first, last), params=runtime.review_params,
+                retention_days=runtime.settings.retention_days,
+            )
+            await session.rollback()
+        sidecar = (json.dumps(result.signed.sidecar(), indent=2, sort_keys=True) + "\n").encode()
+        return result.body(), sidecar
+
+    body, sidecar = _run(work)
+    if output is None:
+        sys.stdout.buffer.write(body)
+        sys.stdout.buffer.flush()
+    else:
+        output.write_bytes(body)
+    if fmt is ReportFormat.CSV:
+        target = signature or (output.with_name(output.name + ".sig.json") if output is not None else None)
+        if target is None:
+            typer.echo(sidecar.decode(), err=True)
+        else:
+            target.write_bytes(sidecar)
+
+
+FromOption = Annotated[str, typer.Option("--from", help="First day (UTC), YYYY-MM-DD, included.")]
+ToOption = Annotated[str, typer.Option("--to", help="Last day (UTC), YYYY-MM-DD, included.")]
+FormatOption = Annotated[ReportFormat, typer.Option("--format", help="json (signed document) or csv.")]
+OutputOption = Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")]
+SignatureOption = Annotated[Path | None, typer.Option(
+    "--signature", help="CSV: where the signed envelope goes (default <output>.sig.json, or stderr).")]
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r} is not a date (YYYY-MM-DD)") from exc
+
+
+@report_cli.command("access-review")
+def access_review(first: FromOption, last: ToOption, fmt: FormatOption = ReportFormat.JSON,
+                  output: OutputOption = None, signature: SignatureOption = None) -> None:
+    """Every grant in the period with its reads and anomalies, signed."""
+    _report(ReportKind.ACCESS_REVIEW, _day(first), _day(last), fmt, output, signature)
+
+
+@report_cli.command("retention")
+def retention(first: FromOption, last: ToOption, fmt: FormatOption = ReportFormat.JSON,
+              output: OutputOption = None, signature: SignatureOption = None) -> None:
+    """Per region and day: recordings started and purged, ages at purge, KEKs destroyed, overdue, signed."""
+    _report(ReportKind.RETENTION, _day(first), _day(last), fmt, output, signature)
+
+
+@report_cli.command("verify")
+def report_verify(
+    report: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A JSON report, or a CSV report.")],
+    signature: Annotated[Path | None, typer.Option(
+        "--signature", exists=True, dir_okay=False, help="CSV: its .sig.json (default <report>.sig.json).")] = None,
+    public_keys: Annotated[Path | None, typer.Option("--public-keys", exists=True, dir_okay=False)] = None,
+) -> None:
+    """Re-verify a report: signature, chain head in an intact chain, and the same figures recomputed."""
+    raw = report.read_bytes()
+    if signature is None and not raw.lstrip().startswith(b"{"):
+        signature = report.with_name(report.name + ".sig.json")
+    if signature is None:
+        document = json.loads(raw)
+        envelope, sig, content = document["envelope"], document["signature"], report_content(document["report"])
+    else:
+        sidecar = json.loads(signature.read_bytes())
+        envelope, sig, content = sidecar["envelope"], sidecar["signature"], raw
+
+    async def work(factory: async_sessionmaker[AsyncSession], runtime: AuditRuntime) -> dict[str, Any]:
+        keys = PublicKeySet.load(public_keys) if public_keys is not None else runtime.keyring.public_keys()
+        async with factory() as session:
+            result = await verify_report(
+                session=session, envelope=envelope, signature=sig, content=content, keys=keys,
+                exported=await runtime.sink.read_all(), params=runtime.review_params,
+                retention_days=runtime.settings.retention_days, now=SystemClock().now(),
+            )
+            await session.rollback()
+        return result.to_json()
+
+    result = _run(work)
+    typer.echo(json.dumps(result, indent=2))
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+@audit_cli.command("checkpoint")
+def checkpoint(force: Annotated[bool, typer.Option(help="Sign even if not due (when new entries exist).")] = True
+               ) -> None:
+    """Chain queued entries, sign a checkpoint and export it now."""
+
+    async def work(factory: async_sessionmaker[AsyncSession], runtime: AuditRuntime) -> str:
+        result = await ChainKeeper(runtime, factory, SystemClock()).tick(force=force)
+        if result.checkpoint is None:
+            return f"chained {result.chained}; no new entries to sign"
+        return (f"chained {result.chained}; checkpoint {result.checkpoint.number} signs entry "
+                f"{result.checkpoint.head_seq} with {result.checkpoint.key_id}")
+
+    typer.echo(_run(work))
+
+
+@audit_cli.command("keys")
+def keys(rotate: Annotated[bool, typer.Option(help="Start a new signing key now (file keyring).")] = False) -> None:
+    """Print the public keys (the file `verify --public-keys` takes); optionally rotate first."""
+
+    async def work(_factory: async_sessionmaker[AsyncSession], runtime: AuditRuntime) -> dict[str, Any]:
+        if rotate:
+            if not isinstance(runtime.keyring, FileKeyring):
+                raise typer.BadParameter("the configured key is rotated by configuration, not here")
+            runtime.keyring.rotate(SystemClock().now())
+        return runtime.keyring.public_keys().to_json()
+
+    typer.echo(json.dumps(_run(work), indent=2))

@@ -1,0 +1,178 @@
+"""Background work of the audit trail, safe on every replica at once (C6).
+
+- ChainKeeper: every `sequencer_interval_s`, chains queued entries and signs a checkpoint when due (both
+  under the chain lock, so replicas take turns), then exports new checkpoints to the sink.
+- VerifierJob: every `verify_every_minutes`, verifies the whole chain and publishes the result as metrics.
+Each unit of work has its own session and transaction; a failure is logged and counted, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.audit.checkpoints import Checkpoint, SealResult, export_checkpoints, last_checkpoint, seal
+from app.audit.keys import PublicKeySet
+from app.audit.metrics import DAMAGE_KINDS, AuditMetrics
+from app.audit.runtime import AuditRuntime
+from app.audit.verifier import VerificationResult, verify_chain
+from app.clock import Clock
+from app.logs import get_logger
+
+log = get_logger("voicelog.audit")
+
+
+class ChainKeeper:
+    def __init__(self, runtime: AuditRuntime, session_factory: async_sessionmaker[AsyncSession], clock: Clock) -> None:
+        self.runtime = runtime
+        self.session_factory = session_factory
+        self.clock = clock
+        self._exported_through: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    async def tick(self, *, force: bool = False) -> SealResult:
+        """One round: chain, maybe sign, then export what the sink lacks. Raises on failure (run() catches)."""
+        async with self.session_factory() as session:
+            result = await seal(
+                session=session, clock=self.clock, keyring=self.runtime.keyring, policy=self.runtime.policy,
+                batch=self.runtime.settings.sequencer_batch, force=force, wait=force,
+            )
+            await session.commit()
+        metrics = self.runtime.metrics
+        if metrics is not None:
+            metrics.chained.inc(result.chained)
+            if result.checkpoint is not None:
+                metrics.checkpoints.inc()
+        if result.checkpoint is not None:
+            log.info("audit.checkpoint.signed", checkpoint=result.checkpoint.number,
+                     head_seq=result.checkpoint.head_seq, key_id=result.checkpoint.key_id)
+        await self.export(latest=result.checkpoint)
+        return result
+
+    async def export(self, *, latest: Checkpoint | None = None) -> int:
+        if latest is not None and self._exported_through is not None and latest.number <= self._exported_through:
+            return 0
+        async with self.session_factory() as session:
+            if latest is None and self._exported_through is not None:
+                newest = await last_checkpoint(session)
+                if newest is None or newest.number <= self._exported_through:
+                    return 0
+            written = await export_checkpoints(session=session, sink=self.runtime.sink)
+            newest = await last_checkpoint(session)
+        self._exported_through = newest.number if newest else 0
+        if written and self.runtime.metrics is not None:
+            self.runtime.metrics.exported.inc(written)
+        return written
+
+    async def run(self) -> None:
+        interval = self.runtime.settings.sequencer_interval_s
+        while not self._stop.is_set():
+            try:
+                result = await self.tick()
+                busy = result.chained >= self.runtime.settings.sequencer_batch
+            except Exception as exc:  # the keeper must outlive a database or sink outage
+                busy = False
+                if self.runtime.metrics is not None:
+                    self.runtime.metrics.keeper_errors.labels(step="tick").inc()
+                log.warning("audit.keeper.failed", error=type(exc).__name__)
+            if not busy:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), interval)
+
+    def start(self) -> asyncio.Task[None]:
+        self._stop.clear()
+        self._task = asyncio.create_task(self.run(), name="audit-chain-keeper")
+        return self._task
+
+    async def stop(self) -> None:
+        """Stop after the current round, then chain what is queued once more."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self.tick()
+
+
+async def run_verification(
+    *,
+    session_factory: async_sessionmaker[AsyncSession],
+    runtime: AuditRuntime,
+    clock: Clock,
+    from_seq: int = 1,
+    keys: PublicKeySet | None = None,
+    exported: Sequence[Checkpoint] | None = None,
+) -> VerificationResult:
+    """Verify with the runtime's public keys and exported checkpoints; publish the result as metrics."""
+    exported = await runtime.sink.read_all() if exported is None else exported
+    async with session_factory() as session:
+        result = await verify_chain(
+            session=session, keys=keys or runtime.keyring.public_keys(), exported=exported, from_seq=from_seq,
+            now=clock.now(), pending_alarm_s=runtime.settings.pending_alarm_s,
+        )
+        await session.rollback()
+    if runtime.metrics is not None:
+        publish(runtime.metrics, result)
+    if result.ok:
+        log.info("audit.verified", head_seq=result.head_seq, sealed_through=result.sealed_through,
+                 entries=result.entries_checked, seconds=round(result.duration_s, 3))
+    else:
+        assert result.damage is not None  # noqa: S101 - not ok means damage
+        log.error("audit.damage", kind=result.damage.kind.value, seq=result.damage.seq,
+                  checkpoint=result.damage.checkpoint)
+    return result
+
+
+def publish(metrics: AuditMetrics, result: VerificationResult) -> None:
+    metrics.chain_ok.set(1 if result.ok else 0)
+    for kind in DAMAGE_KINDS:
+        metrics.damage.labels(kind=kind).set(1 if result.damage and result.damage.kind.value == kind else 0)
+    metrics.verified_head.set(result.head_seq)
+    metrics.sealed_through.set(result.sealed_through)
+    metrics.last_verification.set(result.checked_at.timestamp())
+    metrics.verification_seconds.set(result.duration_s)
+    metrics.pending.set(result.pending)
+
+
+class VerifierJob:
+    """The scheduled verifier: the whole chain every `verify_every_minutes` (a metric, and a log on damage)."""
+
+    def __init__(self, runtime: AuditRuntime, session_factory: async_sessionmaker[AsyncSession], clock: Clock) -> None:
+        self.runtime = runtime
+        self.session_factory = session_factory
+        self.clock = clock
+        self.last: VerificationResult | None = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_once(self) -> VerificationResult:
+        self.last = await run_verification(session_factory=self.session_factory, runtime=self.runtime,
+                                           clock=self.clock)
+        return self.last
+
+    async def run(self) -> None:
+        interval = self.runtime.settings.verify_every_minutes * 60
+        while not self._stop.is_set():
+            try:
+                await self.run_once()
+            except Exception as exc:
+                if self.runtime.metrics is not None:
+                    self.runtime.metrics.keeper_errors.labels(step="verify").inc()
+                log.warning("audit.verify.failed", error=type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+
+    def start(self) -> asyncio.Task[None]:
+        self._stop.clear()
+        self._task = asyncio.create_task(self.run(), name="audit-verifier")
+        return self._task
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+            self._task = None

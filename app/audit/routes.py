@@ -1,0 +1,123 @@
+"""HTTP face of the audit trail: public keys for anyone, verification and reports for auditors (C6)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import date
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+
+from app.audit.actions import Actor
+from app.audit.checkpoints import list_checkpoints
+from app.audit.jobs import publish
+from app.audit.reports.entries import Period
+from app.audit.reports.service import ReportFormat, ReportKind, generate_report, verify_report
+from app.audit.reports.signing import report_content
+from app.audit.runtime import AuditRuntime, get_audit_runtime
+from app.audit.schemas import (
+    CheckpointOut,
+    PublicKeysOut,
+    ReportVerificationOut,
+    SignedReportIn,
+    VerificationOut,
+)
+from app.audit.verifier import verify_chain
+from app.deps import ClockDep, SessionDep
+from app.identity.principal import Principal, Role, require_role
+
+router = APIRouter(prefix="/audit", tags=["audit"])
+
+# One dependency object, so tests (and the app) can override exactly this check.
+require_auditor = require_role(Role.AUDITOR)
+
+AuditorDep = Annotated[Principal, Depends(require_auditor)]
+RuntimeDep = Annotated[AuditRuntime, Depends(get_audit_runtime)]
+FromDate = Annotated[date, Query(alias="from", description="First day (UTC), YYYY-MM-DD, included.")]
+ToDate = Annotated[date, Query(alias="to", description="Last day (UTC), YYYY-MM-DD, included.")]
+FormatQuery = Annotated[ReportFormat, Query(alias="format", description="`json` (signed document) or `csv`.")]
+
+
+@router.get("/keys", summary="Public keys that sign checkpoints and reports")
+async def public_keys(runtime: RuntimeDep) -> PublicKeysOut:
+    """Every signing key with its validity window. Public: verifiers outside voicelog need them."""
+    return PublicKeysOut.model_validate(runtime.keyring.public_keys().to_json())
+
+
+@router.get("/verify", summary="Verify the audit chain and its checkpoints")
+async def verify(
+    _auditor: AuditorDep, runtime: RuntimeDep, session: SessionDep, clock: ClockDep,
+    from_seq: Annotated[int, Query(ge=1, description="First entry to check (its predecessor is trusted).")] = 1,
+) -> VerificationOut:
+    result = await verify_chain(
+        session=session, keys=runtime.keyring.public_keys(), exported=await runtime.sink.read_all(),
+        from_seq=from_seq, now=clock.now(), pending_alarm_s=runtime.settings.pending_alarm_s,
+    )
+    if runtime.metrics is not None and from_seq == 1:
+        publish(runtime.metrics, result)
+    return VerificationOut.model_validate(result.to_json())
+
+
+@router.get("/checkpoints", summary="Signed checkpoints, oldest first")
+async def checkpoints(
+    _auditor: AuditorDep, session: SessionDep,
+    after: Annotated[int, Query(ge=0, description="Only checkpoints numbered above this.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> list[CheckpointOut]:
+    found = await list_checkpoints(session, after=after)
+    return [CheckpointOut.model_validate(c.to_json()) for c in found[:limit]]
+
+
+async def _report(
+    kind: ReportKind, auditor: Principal, runtime: AuditRuntime, session: SessionDep, clock: ClockDep,
+    first: date, last: date, fmt: ReportFormat,
+) -> Response:
+    output = await generate_report(
+        session=session, clock=clock, keyring=runtime.keyring, kind=kind, fmt=fmt, period=Period(first, last),
+        params=runtime.review_params, retention_days=runtime.settings.retention_days,
+        requested_by=Actor.staff(auditor.subject),
+    )
+    if fmt is ReportFormat.JSON:
+        return Response(output.body(), media_type=output.media_type)
+    sidecar = output.signed.sidecar()
+    envelope = base64.urlsafe_b64encode(json.dumps(sidecar["envelope"], sort_keys=True).encode()).decode()
+    filename = f"{kind.value}_{first.isoformat()}_{last.isoformat()}.csv"
+    return Response(output.body(), media_type=output.media_type, headers={
+        "content-disposition": f'attachment; filename="{filename}"',
+        "x-audit-report-envelope": envelope,
+        "x-audit-report-key-id": output.signed.key_id,
+        "x-audit-report-signature": str(output.signed.signature_json()["value"]),
+    })
+
+
+@router.get("/reports/access-review", summary="Access review for a period (signed)")
+async def access_review(
+    auditor: AuditorDep, runtime: RuntimeDep, session: SessionDep, clock: ClockDep,
+    first: FromDate, last: ToDate, fmt: FormatQuery = ReportFormat.JSON,
+) -> Response:
+    """Every grant with requester, approver, ticket, request IDs, durations, reads and anomalies."""
+    return await _report(ReportKind.ACCESS_REVIEW, auditor, runtime, session, clock, first, last, fmt)
+
+
+@router.get("/reports/retention", summary="Retention audit for a period, per region and day (signed)")
+async def retention(
+    auditor: AuditorDep, runtime: RuntimeDep, session: SessionDep, clock: ClockDep,
+    first: FromDate, last: ToDate, fmt: FormatQuery = ReportFormat.JSON,
+) -> Response:
+    """Recordings started and purged, ages at purge, KEK buckets destroyed and anything overdue (C7)."""
+    return await _report(ReportKind.RETENTION, auditor, runtime, session, clock, first, last, fmt)
+
+
+@router.post("/reports/verify", summary="Re-verify a signed JSON report")
+async def verify_signed_report(
+    body: SignedReportIn, _auditor: AuditorDep, runtime: RuntimeDep, session: SessionDep, clock: ClockDep,
+) -> ReportVerificationOut:
+    """Checks the signature, that the report's chain head is in an intact chain, and recomputes it."""
+    result = await verify_report(
+        session=session, envelope=body.envelope, signature=body.signature,
+        content=report_content(body.report), keys=runtime.keyring.public_keys(),
+        exported=await runtime.sink.read_all(), params=runtime.review_params,
+        retention_days=runtime.settings.retention_days, now=clock.now(),
+    )
+    return ReportVerificationOut.model_validate(result.to_json())

@@ -1,0 +1,69 @@
+"""Response and request shapes of the audit routes (the public API's form)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class PublicKeyOut(BaseModel):
+    key_id: str = Field(description="`ed25519:` + 16 hex digits of SHA-256(public key).")
+    algorithm: str = Field(description="Always `Ed25519`.")
+    public_key: str = Field(description="Raw 32-byte public key, standard base64.")
+    not_before: str = Field(description="Start of the validity window (UTC).")
+    not_after: str | None = Field(description="End of the validity window (UTC, exclusive); null while current.")
+
+
+class PublicKeysOut(BaseModel):
+    algorithm: str
+    keys: list[PublicKeyOut]
+
+
+class DamageOut(BaseModel):
+    kind: str = Field(description="edited, deleted, inserted, reordered, tail_truncated or bad_signature.")
+    seq: int = Field(description="The first bad position in the chain.")
+    checkpoint: int | None = Field(description="The checkpoint involved, if any.")
+    message: str
+
+
+class VerificationOut(BaseModel):
+    ok: bool
+    damage: DamageOut | None
+    from_seq: int
+    entries_checked: int
+    head_seq: int = Field(description="The last entry checked.")
+    head_hash: str
+    checkpoints_checked: int
+    sealed_through: int = Field(description="The highest entry a verified checkpoint covers.")
+    pending: int = Field(description="Entries committed but not chained yet.")
+    oldest_pending_age_s: float | None
+    stalled: bool = Field(description="Queued entries older than `pending_alarm_s`: the sequencer is not running.")
+    checked_at: str
+    duration_s: float
+    notes: list[str]
+
+
+class CheckpointOut(BaseModel):
+    v: int
+    number: int
+    head_seq: int
+    head_hash: str
+    signed_at: str
+    key_id: str
+    prev_signature: str
+    signature: str
+
+
+class SignedReportIn(BaseModel):
+    envelope: dict[str, Any]
+    signature: dict[str, Any]
+    report: dict[str, Any]
+
+
+class ReportVerificationOut(BaseModel):
+    ok: bool
+    signature: str
+    chain: str
+    recomputed: str
+    head_seq: int | None
