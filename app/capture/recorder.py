@@ -133,6 +133,7 @@ class Recorder:
         self.budget = MemoryBudget(settings.process_cap_bytes)
         self.live: dict[str, LiveRecording] = {}
         self._task: asyncio.Task[None] | None = None
+        self._inflight: dict[str, asyncio.Task[None]] = {}
         self._last_heartbeat = 0.0
 
     # --- the relay's side (no I/O) -----------------------------------------------------------------
@@ -172,21 +173,33 @@ class Recorder:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for task in self._inflight.values():
+            task.cancel()
+        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
 
     async def run(self) -> None:
+        """Each tick, every recording gets one step; steps run side by side, so one slow region or
+        recording never holds up the others, and a recording never has two steps at once."""
+        inflight = self._inflight
         while True:
             started = time.monotonic()
-            for recording in list(self.live.values()):
-                try:
-                    await self.step(recording)
-                except Exception as exc:  # a bug here must never take the sealer down
-                    self.metrics.errors.labels("sealer_bug").inc()
-                    log.error("recording.sealer.error", request_id=recording.info.request_id,
-                              error=type(exc).__name__)
-                    self._fail(recording, "internal_error", give_up=True)
+            for request_id, recording in list(self.live.items()):
+                task = inflight.get(request_id)
+                if task is None or task.done():
+                    inflight[request_id] = asyncio.create_task(self._guarded_step(recording))
+            for request_id in [r for r, t in inflight.items() if t.done() and r not in self.live]:
+                del inflight[request_id]
             await self._heartbeat()
             self.metrics.backlog.set(self.budget.used)
             await asyncio.sleep(max(0.0, self.settings.tick_s - (time.monotonic() - started)))
+
+    async def _guarded_step(self, recording: LiveRecording) -> None:
+        try:
+            await self.step(recording)
+        except Exception as exc:  # a bug here must never take the sealer down
+            self.metrics.errors.labels("sealer_bug").inc()
+            log.error("recording.sealer.error", request_id=recording.info.request_id, error=type(exc).__name__)
+            self._fail(recording, "internal_error", give_up=True)
 
     async def step(self, recording: LiveRecording) -> None:
         """One look at one recording: start it, seal what is due, append, finish. Never raises on I/O."""
