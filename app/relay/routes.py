@@ -30,8 +30,11 @@ TAP_OPEN_TIMEOUT_S = 0.5
 
 
 def new_request_id() -> str:
-    """128 random bits, URL-safe, made by the server (never taken from the client)."""
-    return secrets.token_urlsafe(16)
+    """128 random bits as 32 lowercase hex digits, made by the server (never taken from the client).
+
+    Hex rather than base64url: it never starts with `-` or `_`, so it is a safe blob and file name.
+    """
+    return secrets.token_hex(16)
 
 
 class Relay:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+from datetime import UTC, datetime
 
 import pytest
 from websockets.asyncio.client import connect
@@ -50,7 +52,7 @@ async def test_request_id_is_returned_to_the_client_and_sent_upstream(
         assert ws.response.headers["x-request-id"] == request_id
         created = json.loads(await ws.recv())
         assert created["type"] == "session.created"
-    assert len(request_id) == 22  # 128 random bits, URL-safe base64
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)  # 128 random bits, hex
     assert request_id != "client-corr-42"
     assert request_id in standin.standin.sessions  # upstream saw ours as x-ms-client-request-id
 
@@ -169,3 +171,13 @@ async def test_message_over_4_mib_closes_with_1009_and_is_not_relayed(
     assert closed.value.rcvd.code == 1009
     (seen,) = standin.standin.sessions.values()
     assert seen.frames == []
+
+
+def test_request_ids_are_valid_blob_names() -> None:
+    from app.relay.routes import new_request_id
+    from app.storage.layout import RecordingKey
+
+    ids = {new_request_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for request_id in ids:
+        RecordingKey(request_id, datetime.now(UTC))  # raises for a name the stores would refuse
