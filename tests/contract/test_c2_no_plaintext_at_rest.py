@@ -130,7 +130,7 @@ async def test_marker_reaches_no_sink_unencrypted_and_decrypts_back(
         "files": files_since([tmp_path, Path(tempfile.gettempdir())], started),
     }
     assert len(blob) > len(AUDIO) * 200
-    assert {name: leaks(data) for name, data in sinks.items()} == dict.fromkeys(sinks, [])
+    assert {name: leaks(data) for name, data in sinks.items()} == {name: [] for name in sinks}
     plaintext = b"".join(f.payload for f in contents.frames if f.direction == C2S)
     assert leaks(plaintext)  # the content is there, for those allowed to decrypt it
     assert MARKER.encode() in plaintext
