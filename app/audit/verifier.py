@@ -192,7 +192,7 @@ async def _fetch(session: AsyncSession, query: Select[Any], convert: Callable[[A
     """Entries after seq `after`, `batch` at a time (keyset pagination: same plan on both databases)."""
     result = await session.execute(query.where(ENTRIES.c.seq > after).limit(batch))
     if convert is None:
-        return list(result.tuples().all())
+        return list(result.all())
     return [(r[0], convert(r[1]), *r[2:]) for r in result.all()]
 
 

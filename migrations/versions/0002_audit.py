@@ -76,7 +76,8 @@ PG_FUNCTIONS = [
             FROM new_entries e LEFT JOIN new_entries p ON p.seq = e.seq - 1
             WHERE e.prev_hash IS DISTINCT FROM (CASE WHEN e.seq = first_seq THEN head_hash ELSE p.entry_hash END);
         IF unlinked > 0 THEN
-            RAISE EXCEPTION 'audit: % new entries do not link to the entry before them', unlinked;
+            RAISE EXCEPTION 'audit: % new entries do not link to the entry before them (they must extend the chain head)',
+                unlinked;
         END IF;
         SELECT entry_hash INTO last_hash FROM new_entries WHERE seq = last_seq;
         UPDATE audit_chain_head SET seq = last_seq, entry_hash = last_hash WHERE id = 1;
