@@ -32,6 +32,7 @@ from app.relay.tap import TapFactory
 from app.resources.routes import router as resources_router
 from app.resources.schemas import ResourceCreate
 from app.resources.service import add_resource, get_resource_by_name
+from app.storage.errors import StorageError
 from app.storage.router import RegionRouter
 from app.tickets.consent_cache import ConsentCache
 from app.tickets.routes import router as tickets_router
@@ -112,7 +113,11 @@ def create_app(
             standin_server = await Standin().start(settings.standin_host, settings.standin_port)
         if settings.demo_resource:
             await _seed_demo_resource(ctx, settings.standin_port)
-        await stores.prepare()
+        try:
+            await stores.prepare()
+        except StorageError:
+            # C8: a region's store being down never keeps the relay from starting; /readyz says so.
+            log.warning("storage.prepare_failed")
         consents.start(ctx.session_factory)
         recorder.start()
         log.info("voicelog.started", regions=settings.region_names, embedded=settings.embedded)
