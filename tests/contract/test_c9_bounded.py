@@ -13,8 +13,8 @@ import pytest
 from websockets.asyncio.client import connect
 
 from app.capture.settings import CaptureSettings
-from app.relay.standin.server import Standin, StandinOptions, bound_port
 from app.identity.settings import IdentitySettings
+from app.relay.standin.server import Standin, StandinOptions, bound_port
 from app.storage.errors import StoreUnavailable
 from tests.fixtures.identity import MintToken
 from tests.fixtures.recording import recording_stack
