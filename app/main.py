@@ -16,6 +16,7 @@ from websockets.asyncio.server import Server
 
 from app.capture.metrics import CaptureMetrics
 from app.capture.recorder import Recorder
+from app.capture.routes import router as capture_router
 from app.clock import Clock, SystemClock
 from app.config import Settings
 from app.db import create_engine, create_session_factory
@@ -160,6 +161,7 @@ def create_app(
     app.include_router(relay_router)
     app.include_router(resources_router)
     app.include_router(tickets_router)
+    app.include_router(capture_router)
 
     @app.get("/healthz", tags=["operations"], summary="Process is alive")
     async def healthz() -> dict[str, str]:

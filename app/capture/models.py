@@ -42,5 +42,6 @@ class Recording(Base):
     owner: Mapped[str | None] = mapped_column(String(64), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     shredded_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    blob_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     shred_reason: Mapped[str | None] = mapped_column(String(16), default=None)
     receipt: Mapped[str | None] = mapped_column(Text, default=None)

@@ -31,6 +31,7 @@ from app.relay.tap import Direction, FrameTap, SessionInfo
 from app.storage.layout import RecordingKey
 from app.storage.router import RegionRouter
 from app.tickets.consent_cache import ConsentCache
+from app.tickets.models import Consent
 from app.tickets.service import ActiveConsent
 from app.vault.datakey import DataKey
 from app.vault.envelope import create_data_key
@@ -61,6 +62,7 @@ class LiveRecording:
     closed: bool = False
     end: EndRecord | None = None
     abandoned: bool = False
+    no_row: bool = False
     failing_since: float | None = None
     failure: str | None = None
     next_try_mono: float = 0.0
@@ -215,6 +217,8 @@ class Recorder:
         if not recording.row_written and not await self._attempt(
                 recording, "database_unavailable", self._insert_row(recording)):
             return
+        if recording.abandoned:  # the consent ended before the row was written: nothing is stored
+            return
         if not recording.started and not await self._attempt(
                 recording, "store_unavailable", self._create_blob(recording)):
             return
@@ -277,10 +281,21 @@ class Recorder:
         recording.started = True
 
     async def _insert_row(self, recording: LiveRecording, *, failed: str | None = None) -> None:
-        """The row and its `recording.started` entry, in one transaction (C6). `failed`: it never started."""
+        """The row and its `recording.started` entry, in one transaction (C6). `failed`: it never started.
+
+        The consent is checked once more in the database: one withdrawn (or erased) since the session
+        began never gets a row (C1), whatever the cache said a moment ago.
+        """
         info, consent = recording.info, recording.consent
         bucket = recording.key.hour
         async with self.session_factory() as session:
+            current = await session.get(Consent, consent.consent_id)
+            if current is None or not current.active_at(self.clock.now()):
+                recording.failure = "consent_ended"
+                recording.abandoned = True
+                recording.row_written = True  # nothing to write, ever
+                recording.no_row = True
+                return
             session.add(Recording(
                 request_id=info.request_id, resource_id=info.resource_id, region=info.region,
                 ticket_id=consent.ticket_id, consent_id=consent.consent_id, correlation_id=info.correlation_id,
@@ -346,7 +361,9 @@ class Recorder:
         _, size = recording.buffer.take()
         recording.buffer.release(size)
         try:
-            if recording.row_written:
+            if recording.no_row:
+                pass
+            elif recording.row_written:
                 await self._close_row(recording, state="incomplete", reason=reason,
                                       dropped=recording.buffer.dropped_frames)
             else:
@@ -392,6 +409,13 @@ class Recorder:
             recording.dek.destroy()
         self.metrics.active.set(len(self.live))
         self.metrics.dropped_frames.inc(recording.buffer.dropped_frames)
+
+    def abandon(self, request_ids: set[str], reason: str) -> None:
+        """Stop recording these sessions now (their consent was erased): nothing more is stored."""
+        for request_id in request_ids & set(self.live):
+            recording = self.live[request_id]
+            recording.failure = reason
+            recording.abandoned = True
 
     # --- heartbeat --------------------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ def upgrade() -> None:
         sa.Column("owner", sa.String(64), nullable=True),
         sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("shredded_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("blob_deleted_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("shred_reason", sa.String(16), nullable=True),
         sa.Column("receipt", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(["resource_id"], ["resources.id"], name="fk_recordings_resource_id_resources",

@@ -1,0 +1,52 @@
+"""Customer-admin endpoints for their own resource's recordings: list (ids and times only) and erase."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from app.capture import service
+from app.capture.schemas import CustomerRecordingOut, ErasureReceiptOut
+from app.deps import ClockDep, SessionDep
+from app.identity.principal import Principal, Role, require_role
+from app.tickets.service import customer_resource
+
+router = APIRouter(tags=["customer: recordings"])
+CustomerAdmin = Annotated[Principal, Depends(require_role(Role.CUSTOMER_ADMIN))]
+
+
+@router.get("/customer/resources/{resource}/recordings",
+            summary="My resource's recorded sessions: request IDs and times (customer admin)")
+async def list_recordings(
+    resource: str, by: CustomerAdmin, session: SessionDep,
+    correlation_id: Annotated[str | None, Query(max_length=128, description="Find the request ID of a session "
+                                                "by the `x-ms-client-request-id` your client sent.")] = None,
+) -> list[CustomerRecordingOut]:
+    owned = await customer_resource(session=session, principal=by, name=resource)
+    rows = await service.recordings_of_resource(session=session, resource=owned, correlation_id=correlation_id)
+    return [CustomerRecordingOut(request_id=r.request_id, started_at=r.started_at, ended_at=r.ended_at,
+                                 state=r.state, incomplete_reason=r.incomplete_reason,
+                                 correlation_id=r.correlation_id, ticket_id=r.ticket_id, consent_id=r.consent_id)
+            for r in rows]
+
+
+@router.post("/customer/resources/{resource}/consents/{consent_id}/erasure",
+             summary="Erase every recording made under a consent, now (customer admin)")
+async def erase(resource: str, consent_id: str, by: CustomerAdmin, session: SessionDep, clock: ClockDep,
+                request: Request) -> ErasureReceiptOut:
+    """Ends the consent, destroys each recording's data key (every copy is unreadable from then on),
+    then deletes the blobs. Returns a receipt per recording."""
+    state = request.app.state
+    owned = await customer_resource(session=session, principal=by, name=resource)
+    consent, receipts = await service.shred_consent_recordings(
+        session=session, clock=clock, keyrings=state.keyrings, by=by, resource=owned, consent_id=consent_id)
+    await session.commit()  # the keys are gone before any blob is touched
+    state.consents.forget(owned.id)
+    request_ids = [r.request_id for r in receipts]
+    state.recorder.abandon(set(request_ids), "erased")
+    pending = await service.delete_erased_blobs(session=session, clock=clock, stores=state.stores,
+                                                request_ids=request_ids)
+    bodies, digest = service.receipts_digest(receipts)
+    return ErasureReceiptOut(consent_id=consent.id, erased_at=clock.now(), recordings=len(receipts),
+                             receipts=bodies, blobs_pending=pending, receipt_sha256=digest)

@@ -1,0 +1,86 @@
+"""What a customer's admin may do with their own resource's recordings: list them, erase them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.audit.actions import Actor, AuditAction, Subjects
+from app.audit.service import append_entry
+from app.capture.models import Recording
+from app.clock import Clock
+from app.identity.principal import Principal
+from app.resources.models import Resource
+from app.retention.shred import ShredReceipt, delete_blob, shred_recording
+from app.storage.router import RegionRouter
+from app.tickets.models import Consent
+from app.tickets.service import require_consent
+from app.vault.keyring import RegionKeyrings
+
+
+async def recordings_of_resource(
+    *, session: AsyncSession, resource: Resource, correlation_id: str | None = None, limit: int = 500
+) -> Sequence[Recording]:
+    """The customer's own recordings, newest first (C4 allows this for the owning tenant only)."""
+    query = select(Recording).where(Recording.resource_id == resource.id)
+    if correlation_id is not None:
+        query = query.where(Recording.correlation_id == correlation_id)
+    return (await session.execute(query.order_by(Recording.started_at.desc()).limit(limit))).scalars().all()
+
+
+async def shred_consent_recordings(
+    *, session: AsyncSession, clock: Clock, keyrings: RegionKeyrings, by: Principal, resource: Resource,
+    consent_id: str,
+) -> tuple[Consent, list[ShredReceipt]]:
+    """Erasure, step 1: end the consent and destroy the data key of every recording made under it.
+
+    The caller commits before deleting any blob, so every copy is unreadable first (C7 order).
+    """
+    consent = await require_consent(session=session, resource=resource, consent_id=consent_id)
+    now = clock.now()
+    actor = Actor.customer_admin(by.subject)
+    if consent.ended_at is None:
+        consent.ended_at, consent.ended_by, consent.end_reason = now, by.subject, "erased"
+        await append_entry(session=session, clock=clock, actor=actor, action=AuditAction.CONSENT_WITHDRAWN,
+                           subjects=Subjects(ticket=consent.ticket_id, resource=resource.id),
+                           detail={"consent": consent.id})
+    rows = (await session.execute(
+        select(Recording).where(Recording.consent_id == consent.id, Recording.shredded_at.is_(None))
+        .order_by(Recording.started_at)
+    )).scalars().all()
+    detail: dict[str, object] = {"consent": consent.id}
+    if rows:
+        detail["request_ids"] = [r.request_id for r in rows][:1000]
+    await append_entry(session=session, clock=clock, actor=actor, action=AuditAction.CONSENT_ERASURE_REQUESTED,
+                       subjects=Subjects(resource=resource.id), detail=detail)  # type: ignore[arg-type]
+    receipts = [await shred_recording(session=session, clock=clock, keyrings=keyrings, recording=r,
+                                      reason="erasure", actor=actor) for r in rows]
+    await session.flush()
+    return consent, receipts
+
+
+async def delete_erased_blobs(
+    *, session: AsyncSession, clock: Clock, stores: RegionRouter, request_ids: list[str]
+) -> list[str]:
+    """Erasure, step 2: delete the blobs; returns the request IDs whose delete must be retried."""
+    pending = []
+    for request_id in request_ids:
+        recording = await session.get(Recording, request_id)
+        if recording is None or recording.blob_deleted_at is not None:
+            continue
+        if await delete_blob(stores=stores, recording=recording):
+            recording.blob_deleted_at = clock.now()
+        else:
+            pending.append(request_id)
+    await session.flush()
+    return pending
+
+
+def receipts_digest(receipts: list[ShredReceipt]) -> tuple[list[dict[str, object]], str]:
+    bodies = [json.loads(r.to_json()) for r in receipts]
+    canonical = json.dumps(bodies, sort_keys=True, separators=(",", ":")).encode()
+    return bodies, hashlib.sha256(canonical).hexdigest()

@@ -1,0 +1,110 @@
+"""Destroying one recording: its data key first, then its blob, leaving a receipt (C7, erasure).
+
+Step 1 (one transaction): the key service is told to refuse the wrapped DEK, the wrapped DEK is deleted
+from the row, the row is marked shredded with a receipt, and the audit entries are written. From its
+commit on, no copy of the blob can be decrypted. Step 2: the blob and its parts are deleted; if that
+fails the row keeps `blob_deleted_at` empty ("blob pending") and `delete_pending_blobs` retries it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.audit.actions import Actor, AuditAction, Subjects, detail_time, kek_bucket
+from app.audit.service import append_entry
+from app.capture.models import Recording
+from app.clock import Clock
+from app.logs import get_logger
+from app.storage.errors import StorageError
+from app.storage.layout import RecordingKey
+from app.storage.router import RegionRouter
+from app.vault.keyring import RegionKeyrings
+from app.vault.shredding import shred_data_key
+
+log = get_logger("voicelog.retention")
+
+
+@dataclass(frozen=True)
+class ShredReceipt:
+    request_id: str
+    region: str
+    kek_bucket: str
+    started_at: datetime
+    shredded_at: datetime
+    reason: str
+    wrapped_key_sha256: str | None
+    blob_name: str
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "request_id": self.request_id, "region": self.region, "kek_bucket": self.kek_bucket,
+            "started_at": detail_time(self.started_at), "shredded_at": detail_time(self.shredded_at),
+            "reason": self.reason, "wrapped_key_sha256": self.wrapped_key_sha256, "blob_name": self.blob_name,
+        }, sort_keys=True, separators=(",", ":"))
+
+
+async def shred_recording(
+    *, session: AsyncSession, clock: Clock, keyrings: RegionKeyrings, recording: Recording, reason: str,
+    actor: Actor,
+) -> ShredReceipt:
+    """Step 1 in the caller's transaction: after its commit the recording is unreadable everywhere."""
+    now = clock.now()
+    wrapped = recording.wrapped_dek
+    if wrapped is not None:
+        await shred_data_key(keyrings.for_region(recording.region), wrapped, region=recording.region,
+                             request_id=recording.request_id, now=now)
+    receipt = ShredReceipt(
+        request_id=recording.request_id, region=recording.region, kek_bucket=kek_bucket(recording.started_at),
+        started_at=recording.started_at, shredded_at=now, reason=reason,
+        wrapped_key_sha256=hashlib.sha256(wrapped).hexdigest() if wrapped is not None else None,
+        blob_name=recording.blob_name,
+    )
+    recording.wrapped_dek = None
+    recording.shredded_at = now
+    recording.shred_reason = reason
+    recording.state = "erased" if reason == "erasure" else "purged"
+    recording.owner = None
+    recording.receipt = receipt.to_json()
+    subjects = Subjects(request_id=recording.request_id)
+    age_s = max(0, int((now - recording.started_at).total_seconds()))
+    await append_entry(session=session, clock=clock, actor=actor, action=AuditAction.RECORDING_PURGED,
+                       subjects=subjects,
+                       detail={"region": recording.region, "started_at": detail_time(recording.started_at),
+                               "age_s": age_s, "reason": reason, "kek_bucket": receipt.kek_bucket})
+    if wrapped is not None:
+        await append_entry(session=session, clock=clock, actor=actor, action=AuditAction.KEY_DESTROYED,
+                           subjects=subjects,
+                           detail={"key_kind": "dek", "region": recording.region,
+                                   "key_ref": receipt.wrapped_key_sha256 or ""})
+    return receipt
+
+
+async def delete_blob(*, stores: RegionRouter, recording: Recording) -> bool:
+    """Step 2: delete the blob and its parts. False if the store failed (retried later)."""
+    try:
+        await stores.store(recording.region).delete(RecordingKey(recording.request_id, recording.started_at))
+    except StorageError:
+        log.warning("recording.blob_delete_failed", request_id=recording.request_id, region=recording.region)
+        return False
+    return True
+
+
+async def delete_pending_blobs(*, session: AsyncSession, clock: Clock, stores: RegionRouter, limit: int = 500) -> int:
+    """Retry blob deletes of shredded recordings ("blob pending"); returns how many were finished."""
+    rows = await session.execute(
+        select(Recording).where(Recording.shredded_at.is_not(None), Recording.blob_deleted_at.is_(None))
+        .order_by(Recording.shredded_at).limit(limit)
+    )
+    done = 0
+    for recording in rows.scalars():
+        if await delete_blob(stores=stores, recording=recording):
+            recording.blob_deleted_at = clock.now()
+            done += 1
+    await session.flush()
+    return done
