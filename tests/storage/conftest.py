@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from azure.storage.blob.aio import BlobServiceClient
 
-from app.config import RegionSettings
+from app.regions import RegionSettings
 from app.storage import AzureBlobStore, BlobStore, LocalDirStore, StorageSettings
 from app.storage import local as local_module
 from tests.fixtures.blob import AzuriteRegions

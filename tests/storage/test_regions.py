@@ -10,7 +10,8 @@ import pytest
 from azure.storage.blob.aio import BlobServiceClient
 from pydantic import SecretStr
 
-from app.config import RegionSettings, Settings
+from app.config import Settings
+from app.regions import RegionSettings
 from app.storage import (
     READY,
     UNREACHABLE,
