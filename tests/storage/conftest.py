@@ -13,8 +13,9 @@ import pytest
 from azure.storage.blob.aio import BlobServiceClient
 
 from app.regions import RegionSettings
-from app.storage import AzureBlobStore, BlobStore, LocalDirStore, StorageSettings
+from app.storage import AzureBlobStore, BlobStore, LocalDirStore, RecordingKey, StorageSettings
 from app.storage import local as local_module
+from app.storage.local_file import FILE_HEADER, FRAME_HEADER
 from tests.fixtures.blob import AzuriteRegions
 from tests.storage.samples import REGION, small_settings
 from tests.storage.stalling_proxy import StallingProxy
@@ -27,7 +28,7 @@ class Backend:
     kind: str
     opener: Callable[[StorageSettings], BlobStore]
     stall_context: Callable[[], contextlib.AbstractAsyncContextManager[None]]
-    stored_names: Callable[[], Any]
+    stored_sizes: Callable[[], Any]
     opened: list[BlobStore] = field(default_factory=list)
 
     async def open(self, **overrides: Any) -> BlobStore:
@@ -40,10 +41,22 @@ class Backend:
         """Calls made inside take effect in the store but their answers arrive too late (a timeout)."""
         return self.stall_context()
 
+    async def sizes(self) -> dict[str, int]:
+        """Every object the backend holds, name -> stored size (Azure listing, or files under the directory)."""
+        sizes: dict[str, int] = await self.stored_sizes()
+        return sizes
+
     async def names(self) -> list[str]:
-        """Every object name the backend holds (Azure listing, or files under the region directory)."""
-        names: list[str] = await self.stored_names()
-        return names
+        return sorted(await self.sizes())
+
+    async def units_per_part(self, key: RecordingKey, unit_bytes: int) -> list[int]:
+        """How many equal-sized units each part of the recording holds, as stored."""
+        sizes = await self.sizes()
+        counts: list[int] = []
+        while (size := sizes.get(key.part_name(len(counts)))) is not None:
+            payload = size if self.kind == "azure" else size - FILE_HEADER.size
+            counts.append(payload // (unit_bytes + (0 if self.kind == "azure" else FRAME_HEADER.size)))
+        return counts
 
 
 @contextlib.contextmanager
@@ -71,10 +84,10 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: p
             with _slow_local_appends(monkeypatch, delay_s=1.5):
                 yield
 
-        async def local_names() -> list[str]:
-            return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        async def local_sizes() -> dict[str, int]:
+            return {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}
 
-        made = Backend(kind, lambda s: LocalDirStore(region=REGION, root=root, settings=s), local_stall, local_names)
+        made = Backend(kind, lambda s: LocalDirStore(region=REGION, root=root, settings=s), local_stall, local_sizes)
         yield made
         for store in made.opened:
             await store.close()
@@ -87,17 +100,17 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: p
     await proxy.start()
     via_proxy = server.connection_string.replace(f"127.0.0.1:{server.port}", f"127.0.0.1:{proxy.port}")
 
-    async def azure_names() -> list[str]:
+    async def azure_sizes() -> dict[str, int]:
         async with BlobServiceClient.from_connection_string(server.connection_string) as service:
             container = service.get_container_client(region.blob_container)
-            return sorted([str(b.name) async for b in container.list_blobs()])
+            return {str(b.name): int(b.size) async for b in container.list_blobs()}
 
     made = Backend(
         kind,
         lambda s: AzureBlobStore.from_connection_string(region=REGION, connection_string=via_proxy,
                                                         container=region.blob_container, settings=s),
         proxy.stalled,
-        azure_names,
+        azure_sizes,
     )
     yield made
     for store in made.opened:
