@@ -283,14 +283,15 @@ class Recorder:
     async def _insert_row(self, recording: LiveRecording, *, failed: str | None = None) -> None:
         """The row and its `recording.started` entry, in one transaction (C6). `failed`: it never started.
 
-        The consent is checked once more in the database: one withdrawn (or erased) since the session
-        began never gets a row (C1), whatever the cache said a moment ago.
+        The consent is checked once more in the database: it must have been in force when the session
+        began (the cache may lag by `consent_refresh_s`), and it must not have been erased since (C1).
+        A session that began under a consent later withdrawn is recorded to its end.
         """
         info, consent = recording.info, recording.consent
         bucket = recording.key.hour
         async with self.session_factory() as session:
             current = await session.get(Consent, consent.consent_id)
-            if current is None or not current.active_at(self.clock.now()):
+            if current is None or not current.covers(info.started_at):
                 recording.failure = "consent_ended"
                 recording.abandoned = True
                 recording.row_written = True  # nothing to write, ever

@@ -63,3 +63,10 @@ class Consent(Base):
 
     def active_at(self, moment: datetime) -> bool:
         return self.ended_at is None and self.not_before <= moment < self.not_after
+
+    def covers(self, session_start: datetime) -> bool:
+        """Was a session starting then allowed to be recorded? Never once its recordings were erased."""
+        if self.end_reason == "erased":
+            return False
+        in_window = self.not_before <= session_start < self.not_after
+        return in_window and (self.ended_at is None or session_start < self.ended_at)

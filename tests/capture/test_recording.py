@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from datetime import UTC, datetime
 import itertools
 import json
 from pathlib import Path
@@ -165,7 +166,7 @@ async def test_withdrawal_stops_new_recordings_within_the_documented_bound(
         async with stack.relay.app.state.ctx.session_factory() as session:
             consent = await session.get(Consent, consent_id)
             assert consent is not None
-            consent.ended_at = consent.granted_at
+            consent.ended_at = datetime.now(UTC)
             consent.end_reason = "withdrawn"
             await session.commit()
         loop = asyncio.get_running_loop()

@@ -88,10 +88,13 @@ async def test_ticketing_creates_assigns_and_closes_a_ticket(api: Api) -> None:
         assert expected in actions
 
 
-async def test_engineer_sees_only_their_open_tickets(api: Api) -> None:
-    mine = await new_ticket(api, engineers=["alice"])
+async def test_engineer_sees_only_their_open_tickets(api: Api, mint_token: MintToken) -> None:
+    me = f"carol-{uuid4().hex[:6]}"
+    mine = await new_ticket(api, engineers=[me])
     await new_ticket(api, engineers=["bob"])
-    listed = await api.client.get("/me/tickets", headers=api.engineer)
+    closed = await new_ticket(api, engineers=[me])
+    await api.client.post(f"/tickets/{closed['id']}/close", headers=api.ticketing)
+    listed = await api.client.get("/me/tickets", headers=bearer(mint_token(me, [Role.ENGINEER])))
     assert [t["id"] for t in listed.json()] == [mine["id"]]
 
 
