@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from datetime import UTC, datetime
 import itertools
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
