@@ -19,10 +19,13 @@ from websockets.asyncio.client import connect
 from app.audit.models import AuditEntryRow, AuditInboxRow
 from app.capture.frame_log import C2S, S2C, TEXT
 from app.capture.models import Recording
+from app.capture.settings import CaptureSettings
 from app.identity.settings import IdentitySettings
 from app.regions import RegionSettings
 from app.storage.layout import RecordingKey
 from app.tickets.models import Consent
+from app.vault.envelope import unwrap_data_key
+from app.vault.segments import open_stream
 from tests.fixtures.blob import AzuriteRegions
 from tests.fixtures.identity import MintToken
 from tests.fixtures.recording import RecordingStack, recording_stack
@@ -179,3 +182,29 @@ async def test_withdrawal_stops_new_recordings_within_the_documented_bound(
     assert recorded in rows
     assert not_recorded not in rows
     assert stopped_after <= 0.2 + 1.0
+
+
+async def test_a_frame_is_durable_within_three_seconds_on_default_settings(
+    tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+) -> None:
+    """Default cadence (a segment every 2 s, the sealer looking every 0.25 s): while the session is still
+    open, a frame relayed 3 s ago is in the store, sealed, and opens (as a truncated stream)."""
+    async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
+                               identity=identity_settings, mint_token=mint_token,
+                               capture=CaptureSettings()) as stack:
+        url = f"{stack.relay.ws}/resources/{stack.resource}{ECHO}"
+        async with connect(url, additional_headers={"api-key": STANDIN_API_KEY}) as ws:
+            request_id = ws.response.headers["x-ms-request-id"] if ws.response else ""
+            await ws.send(b"durable-frame")
+            await ws.recv()
+            await asyncio.sleep(3.0)
+            row = await stack.recording(request_id, settled=False)
+            state = stack.relay.app.state
+            blob = b"".join([c async for c in state.stores.store(row.region).stream(
+                RecordingKey(request_id, row.started_at))])
+            dek = await unwrap_data_key(state.keyrings.for_region(row.region), row.wrapped_dek,
+                                        region=row.region, request_id=request_id)
+            opened = open_stream(dek, blob, region=row.region, request_id=request_id)
+    assert row.state == "recording"
+    assert opened.truncated  # the session is still open: no final segment yet
+    assert b"durable-frame" in opened.plaintext
