@@ -14,6 +14,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -24,6 +25,7 @@ from app.capture.buffer import BufferItem, FrameBuffer, MemoryBudget
 from app.capture.frame_log import BINARY, C2S, S2C, TEXT, EndRecord, GapRecord, encode_end, encode_frame, encode_gap
 from app.capture.metrics import CaptureMetrics
 from app.capture.models import Recording
+from app.capture.recovery import close_stale_recordings
 from app.capture.settings import CaptureSettings
 from app.clock import Clock
 from app.logs import get_logger
@@ -137,6 +139,7 @@ class Recorder:
         self._task: asyncio.Task[None] | None = None
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._last_heartbeat = 0.0
+        self._last_recovery = 0.0
 
     # --- the relay's side (no I/O) -----------------------------------------------------------------
 
@@ -192,6 +195,7 @@ class Recorder:
             for request_id in [r for r, t in inflight.items() if t.done() and r not in self.live]:
                 del inflight[request_id]
             await self._heartbeat()
+            await self._recover_stale()
             self.metrics.backlog.set(self.budget.used)
             await asyncio.sleep(max(0.0, self.settings.tick_s - (time.monotonic() - started)))
 
@@ -417,6 +421,20 @@ class Recorder:
             recording = self.live[request_id]
             recording.failure = reason
             recording.abandoned = True
+
+    async def _recover_stale(self) -> None:
+        """At start and every half `stale_after_s`: close what dead replicas left `recording`."""
+        now = time.monotonic()
+        if self._last_recovery and now - self._last_recovery < self.settings.stale_after_s / 2:
+            return
+        self._last_recovery = now
+        try:
+            await close_stale_recordings(
+                session_factory=self.session_factory, clock=self.clock, stores=self.stores,
+                stale_after=timedelta(seconds=self.settings.stale_after_s), live=set(self.live))
+        except Exception:
+            self.metrics.errors.labels("recovery_failed").inc()
+            log.warning("recording.recovery_failed")
 
     # --- heartbeat --------------------------------------------------------------------------------------
 

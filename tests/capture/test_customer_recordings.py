@@ -136,3 +136,24 @@ async def test_a_recording_left_by_a_dead_replica_is_closed_incomplete(stack: Re
     assert closed >= 1
     assert (recovered.state, recovered.incomplete_reason) == ("incomplete", "relay_restarted")
     assert recovered.bytes_committed == row.bytes_committed  # the committed blob length, read from the store
+
+
+async def test_a_starting_replica_closes_what_a_dead_one_left(
+    tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+) -> None:
+    """The recorder runs recovery when it starts: no call needed."""
+    database = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    async with recording_stack(tmp_path / "a", standin, database_url=database, identity=identity_settings,
+                               mint_token=mint_token) as first:
+        request_id = await echo_session(first)
+        await first.recording(request_id)
+        async with first.relay.app.state.ctx.session_factory() as session:
+            row = await session.get(Recording, request_id)
+            assert row is not None
+            row.state, row.owner = "recording", "replica-that-died"
+            row.heartbeat_at = row.started_at - timedelta(minutes=10)
+            await session.commit()
+    async with recording_stack(tmp_path / "b", standin, database_url=database, identity=identity_settings,
+                               mint_token=mint_token, consent=False) as second:
+        recovered = await second.recording(request_id, timeout=10)
+    assert (recovered.state, recovered.incomplete_reason) == ("incomplete", "relay_restarted")
