@@ -1,0 +1,131 @@
+"""Recording overhead: N real-time sessions through one relay, recording off vs on, in one run.
+
+Each session sends a 20 ms pcm16 24 kHz frame every 20 ms and the stand-in echoes it, so both
+directions carry real-time audio. The same relay process serves two resources: one without consent
+(pure relay) and one under an active consent (every frame recorded, sealed, stored in the local
+store). Prints round-trip p50/p99, the latency recording adds, the relay's CPU seconds per
+session-minute for each, the ratio, and the recorder's backlog (bytes held in memory) during and after
+the run, which must not grow. Figures are printed, never asserted.
+
+    .venv/bin/python ops/bench/recording_overhead.py [--sessions 200] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+from relay_latency import ROOT, Result, free_port, run_load, wait_port
+
+
+def http(method: str, url: str, token: str, body: dict[str, object] | None = None) -> dict[str, object]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,  # noqa: S310 - loopback only
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        result: dict[str, object] = json.loads(response.read() or b"{}")
+        return result
+
+
+def backlog_bytes(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+        text = response.read().decode()
+    match = re.search(r"^voicelog_recorder_backlog_bytes ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="voicelog-recbench-"))
+    voicelog = [sys.executable, "-m", "app.cli_main"]
+    relay_port, standin_port = free_port(), free_port()
+    env = {**os.environ, "VOICELOG_DATA_DIR": str(work / "data"), "VOICELOG_STANDIN_ENABLED": "false",
+           "VOICELOG_DEMO_RESOURCE": "false", "VOICELOG_LOG_LEVEL": "WARNING", "VOICELOG_PORT": str(relay_port),
+           "VOICELOG_CONSENT_REFRESH_S": "0.5"}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(subprocess.Popen([*voicelog, "standin", "--port", str(standin_port)], env=env, cwd=ROOT,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(standin_port)
+        subprocess.run([*voicelog, "db", "upgrade"], env=env, cwd=ROOT, check=True, capture_output=True)
+        for name in ("plain", "recorded"):
+            subprocess.run([*voicelog, "resources", "add", name, "--region", "eastus", "--upstream",
+                            f"ws://127.0.0.1:{standin_port}", "--tenant", "bench-tenant"],
+                           env=env, cwd=ROOT, check=True, capture_output=True)
+        relay = subprocess.Popen([*voicelog, "serve", "--port", str(relay_port)], env=env, cwd=ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(relay)
+        wait_port(relay_port)
+
+        def token(subject: str, role: str, tenant: str | None = None) -> str:
+            extra = ["--tenant", tenant] if tenant else []
+            out = subprocess.run([*voicelog, "dev", "token", "--as", subject, "--role", role, *extra], env=env,
+                                 cwd=ROOT, check=True, capture_output=True, text=True)
+            return out.stdout.strip().splitlines()[-1]
+
+        base = f"http://127.0.0.1:{relay_port}"
+        ticket = http("POST", f"{base}/tickets", token("ticketing", "ticketing"),
+                      {"resource": "recorded", "external_ref": "INC-BENCH"})
+        http("POST", f"{base}/customer/resources/recorded/consents", token("admin", "customer_admin", "bench-tenant"),
+             {"ticket_id": ticket["id"]})
+        time.sleep(1.5)  # the consent cache reloads every 0.5 s
+
+        process = psutil.Process(relay.pid)
+        query = "/voice-live/realtime?api-version=2026-07-15&x-standin-mode=echo"
+        print(f"recording overhead: {args.sessions} sessions x {args.seconds:.0f} s, 20 ms pcm16 24 kHz frames "
+              f"each way, {os.cpu_count()} cores")
+        print(f"{'mode':>9} {'rtt p50':>8} {'rtt p99':>8} {'cpu s/session-min':>18} {'backlog max':>12}")
+        results: dict[str, Result] = {}
+        for mode in ("plain", "recorded"):
+            peak = [0.0]
+            stop = threading.Event()
+
+            def watch(peak: list[float] = peak, stop: threading.Event = stop) -> None:
+                while not stop.is_set():
+                    peak[0] = max(peak[0], backlog_bytes(relay_port))
+                    stop.wait(0.5)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            result = run_load(f"ws://127.0.0.1:{relay_port}/resources/{mode}{query}", args.sessions, args.seconds,
+                              process)
+            stop.set()
+            watcher.join()
+            results[mode] = result
+            cpu = result.cpu_s / (args.sessions * args.seconds / 60)
+            print(f"{mode:>9} {result.pct(0.5):>7.2f}ms {result.pct(0.99):>7.2f}ms {cpu:>18.3f} "
+                  f"{peak[0] / 1024:>9.0f} KiB", flush=True)
+            time.sleep(3)
+        plain, recorded = results["plain"], results["recorded"]
+        print(f"recording adds: p99 {recorded.pct(0.99) - plain.pct(0.99):+.2f} ms, "
+              f"CPU x{recorded.cpu_s / plain.cpu_s:.2f} ({(recorded.cpu_s / plain.cpu_s - 1) * 100:+.0f}%); "
+              f"backlog after the run: {backlog_bytes(relay_port) / 1024:.0f} KiB")
+        stored = sum(p.stat().st_size for p in (work / "data" / "blobs").rglob("*") if p.is_file())
+        print(f"stored: {stored / 1024 / 1024:.1f} MiB sealed in the local store")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
