@@ -39,7 +39,7 @@ def http(method: str, url: str, token: str, body: dict[str, object] | None = Non
 
 
 def backlog_bytes(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     match = re.search(r"^voicelog_recorder_backlog_bytes ([0-9.e+]+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else float("nan")
