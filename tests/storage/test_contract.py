@@ -119,7 +119,7 @@ async def test_retried_append_after_a_timeout_does_not_duplicate(backend: Backen
     async with backend.stalled():
         with pytest.raises(StoreUnavailable):
             await store.append(key, second, offset=300)  # lands, but the answer never arrives in time
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 4.0  # the deadline (1 s), not a hang
     await asyncio.sleep(0.6)  # let the stalled write finish on the store's side
     assert await store.append(key, second, offset=300) == 600  # the caller's retry
     assert "storage.append.already_landed" in caplog.text  # it had landed: the retry wrote nothing
