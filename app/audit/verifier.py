@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit.canonical import GENESIS_HASH, canonical_time, encode_entry_text
 from app.audit.checkpoints import Checkpoint, list_checkpoints
 from app.audit.keys import PublicKeySet, SignatureCheck
-from app.audit.service import ENTRIES, dialect_name, pending_state, read_chain_head
+from app.audit.service import ENTRIES, HEAD, ChainHead, dialect_name, pending_state
 
 ENTRY_COLUMNS: Final = (
     ENTRIES.c.seq, ENTRIES.c.recorded_at, ENTRIES.c.actor_type, ENTRIES.c.actor_id, ENTRIES.c.action,
@@ -137,6 +137,13 @@ def _native_seq(row: Row) -> int | None:
     return None
 
 
+async def _head_snapshot(session: AsyncSession) -> tuple[ChainHead, int]:
+    """The head row and the highest stored seq, read in one statement (one snapshot on both databases)."""
+    newest = select(func.max(ENTRIES.c.seq)).scalar_subquery()
+    row = (await session.execute(select(HEAD.c.seq, HEAD.c.entry_hash, newest).where(HEAD.c.id == 1))).one()
+    return ChainHead(int(row[0]), str(row[1])), int(row[2] or 0)
+
+
 async def _hash_exists(session: AsyncSession, entry_hash: str) -> bool:
     result = await session.execute(select(ENTRIES.c.seq).where(ENTRIES.c.entry_hash == entry_hash).limit(1))
     return result.first() is not None
@@ -150,9 +157,9 @@ class _Anchor:
 
 
 async def _classify(
-    session: AsyncSession, anchor: _Anchor, row: Row, following: Row | None, walked: bool
+    session: AsyncSession, anchor: _Anchor, row: Row, following: Row | None, walked: bool, head_seq: int
 ) -> Damage:
-    """Name the damage at the first row that does not continue the chain (docs/AUDIT.md has the table)."""
+    """Name the damage at the first row that does not continue the chain (docs/AUDIT.md has the rules)."""
     expected = anchor.seq + 1
     seq = int(row[SEQ])
     if seq < expected:
@@ -162,6 +169,8 @@ async def _classify(
         if following is not None and following[PREV] == anchor.entry_hash:
             return Damage(DamageKind.INSERTED, seq, f"entry {seq} is not part of the chain: the next entry "
                                                     f"links to entry {anchor.seq}")
+        if seq > head_seq:
+            return Damage(DamageKind.INSERTED, seq, f"entry {seq} lies beyond the chain head {head_seq}")
         return Damage(DamageKind.EDITED, seq, f"entry {seq} does not match its hash")
     if native > seq:
         if await _hash_exists(session, row[PREV]):
@@ -178,13 +187,28 @@ async def _classify(
     if seq > expected:
         missing = f"{expected}" if seq == expected + 1 else f"{expected}..{seq - 1}"
         return Damage(DamageKind.DELETED, expected, f"entries {missing} are missing")
-    # Intact and in place, but not linked to the entry before it: that one was replaced.
+    if seq > head_seq:
+        return Damage(DamageKind.INSERTED, seq, f"entry {seq} lies beyond the chain head {head_seq}")
+    # Intact and in place, but not linked to the entry before it: that one was replaced or slipped in.
     if walked and anchor.prev_hash is not None and row[PREV] == anchor.prev_hash:
         return Damage(DamageKind.INSERTED, anchor.seq, f"entry {anchor.seq} was inserted")
     if walked:
         return Damage(DamageKind.EDITED, anchor.seq,
                       f"entry {anchor.seq} was replaced (entry {seq} does not link to it)")
     return Damage(DamageKind.EDITED, seq, f"entry {seq} does not link to the entry before it")
+
+
+def _pin_damage(anchor: _Anchor, row: Row, following: Row | None, pin: tuple[str, int], last_ok: int) -> Damage:
+    """An entry that is consistent with the chain but not with a verified checkpoint: hashes were recomputed."""
+    seq, (pinned_hash, number) = int(row[SEQ]), pin
+    if following is not None and following[PREV] == anchor.entry_hash:
+        return Damage(DamageKind.INSERTED, seq, f"entry {seq} was inserted where checkpoint {number} "
+                                                "pins another one", number)
+    if following is not None and following[PREV] == pinned_hash:
+        return Damage(DamageKind.EDITED, seq, f"entry {seq} was replaced: it does not match checkpoint {number}",
+                      number)
+    return Damage(DamageKind.EDITED, last_ok + 1, f"entries {last_ok + 1}..{seq} were rewritten: entry {seq} "
+                                                  f"does not match checkpoint {number}", number)
 
 
 async def _fetch(session: AsyncSession, query: Select[Any], convert: Callable[[Any], str] | None, after: int,
@@ -251,8 +275,12 @@ async def verify_chain(
     """Check the chain from `from_seq` and every checkpoint; the result names the first damage, if any."""
     started = time.perf_counter()
     from_seq = max(1, from_seq)
+    # Order matters when writers are busy: exported checkpoints (read by the caller) and stored ones come
+    # before the head snapshot, so every checkpoint read refers to entries the walk will see.
     stored = await list_checkpoints(session)
     damages, pinned, checkpoints_checked = _check_checkpoints(stored, exported, keys)
+    head, last_stored_seq = await _head_snapshot(session)
+    limit = max(head.seq, last_stored_seq)  # entries appended while we verify wait for the next run
     notes: list[str] = []
 
     anchor = _Anchor(0, GENESIS_HASH, None)
@@ -274,6 +302,7 @@ async def verify_chain(
     sha256 = hashlib.sha256
 
     query, convert = _entry_query(dialect_name(session))
+    query = query.where(ENTRIES.c.seq <= limit)
     rows = await _fetch(session, query, convert, from_seq - 1, batch)
     while rows:
         # The next batch is queried while this one is hashed (the database works, we hash).
@@ -281,6 +310,7 @@ async def verify_chain(
             if len(rows) == batch else None
         await asyncio.sleep(0)
         bad_index: int | None = None
+        bad_pin: tuple[str, int] | None = None
         for index, row in enumerate(rows):
             seq = row[SEQ]
             digest = sha256(encode_entry_text(*row[:12])).hexdigest()
@@ -288,10 +318,7 @@ async def verify_chain(
                 pin = pinned.get(seq)
                 if pin is not None:
                     if pin[0] != digest:
-                        walk_damage = Damage(
-                            DamageKind.EDITED, last_pinned_ok + 1,
-                            f"entries {last_pinned_ok + 1}..{seq} were rewritten: entry {seq} does not match "
-                            f"checkpoint {pin[1]}", pin[1])
+                        bad_index, bad_pin = index, pin
                         break
                     last_pinned_ok = seq
                     sealed_through = seq
@@ -310,14 +337,16 @@ async def verify_chain(
         next_rows = await prefetch if prefetch is not None else []
         if bad_index is not None:
             following = rows[bad_index + 1] if bad_index + 1 < len(rows) else (next_rows[0] if next_rows else None)
-            walk_damage = await _classify(session, anchor, rows[bad_index], following, walked)
+            if bad_pin is not None:
+                walk_damage = _pin_damage(anchor, rows[bad_index], following, bad_pin, last_pinned_ok)
+            else:
+                walk_damage = await _classify(session, anchor, rows[bad_index], following, walked, head.seq)
         if walk_damage is not None:
             break
         rows = next_rows
 
     tail_seq, tail_hash = anchor.seq, anchor.entry_hash
     if walk_damage is None:
-        head = await read_chain_head(session)
         newest_pin = max(pinned, default=0)
         if newest_pin > tail_seq:
             damages.append(Damage(DamageKind.TAIL_TRUNCATED, tail_seq + 1,
@@ -339,8 +368,10 @@ async def verify_chain(
     stalled = age is not None and age > pending_alarm_s
     if stalled:
         notes.append(f"{pending.count} queued entries, the oldest {age:.0f} s old: is the sequencer running?")
-    # The earliest position wins; at a tie the walk's finding is the more precise one.
-    first = min(damages, key=lambda d: (d.seq, d is not walk_damage)) if damages else None
+    # The earliest position wins; at a tie the walk's finding is the most precise, then a truncated tail
+    # (which also explains checkpoints missing from the database).
+    first = min(damages, key=lambda d: (d.seq, d is not walk_damage, d.kind is not DamageKind.TAIL_TRUNCATED)
+                ) if damages else None
     return VerificationResult(
         ok=first is None, damage=first, from_seq=from_seq, entries_checked=checked, head_seq=tail_seq,
         head_hash=tail_hash, checkpoints_checked=checkpoints_checked, sealed_through=sealed_through,
