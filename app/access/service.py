@@ -1,0 +1,315 @@
+"""Just-in-time access: request, approve (manager of the requester's team, never the requester), deny,
+revoke, extend, expire and lapse. Every step is an audit entry in the same transaction (C5, C6)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.access.models import AccessRequest, AccessRequestItem
+from app.access.policy import GrantView
+from app.audit.actions import Actor, AuditAction, Subjects, detail_time
+from app.audit.service import append_entry
+from app.clock import Clock
+from app.errors import Conflict, Forbidden, InvalidInput, NotFound
+from app.tickets.models import Consent, Ticket
+from app.tickets.service import is_assigned
+
+REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+PENDING_LAPSES_AFTER = timedelta(hours=24)
+MIN_JUSTIFICATION = 20
+
+
+@dataclass(frozen=True)
+class Person:
+    """What access needs to know of a staff member (from the staff directory)."""
+
+    subject: str
+    team_id: str | None
+    active: bool
+    roles: frozenset[str]
+
+
+class StaffDirectory(Protocol):
+    async def person(self, session: AsyncSession, subject: str) -> Person | None: ...
+
+    async def managers(self, session: AsyncSession, team_id: str) -> set[str]: ...
+
+
+class AccessRequestNotFound(NotFound):
+    code = "access_request_not_found"
+    title = "No such access request"
+
+
+class NotAssignedToTicket(Forbidden):
+    code = "not_assigned_to_ticket"
+    title = "You are not assigned to this ticket"
+
+
+class InvalidJustification(InvalidInput):
+    code = "invalid_justification"
+    title = "The justification must explain the need and name the ticket"
+
+
+class SelfApproval(Forbidden):
+    code = "self_approval"
+    title = "Nobody approves their own access request"
+
+
+class NotTheirManager(Forbidden):
+    code = "not_requesters_manager"
+    title = "Only a manager of the requester's team decides"
+
+
+class NotPending(Conflict):
+    code = "not_pending"
+    title = "The request is no longer pending"
+
+
+class NotActiveGrant(Conflict):
+    code = "grant_not_active"
+    title = "The grant is not active"
+
+
+class TicketNotOpen(Conflict):
+    code = "ticket_closed"
+    title = "The ticket is closed"
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    ticket_id: str
+    request_ids: list[str]
+    justification: str
+    duration: timedelta
+
+
+async def _items(session: AsyncSession, access_request_id: str) -> list[str]:
+    rows = await session.execute(select(AccessRequestItem.request_id)
+                                 .where(AccessRequestItem.access_request_id == access_request_id)
+                                 .order_by(AccessRequestItem.request_id))
+    return list(rows.scalars())
+
+
+async def request_ids_of(*, session: AsyncSession, access_request: AccessRequest) -> list[str]:
+    return await _items(session, access_request.id)
+
+
+async def require_request(*, session: AsyncSession, access_request_id: str) -> AccessRequest:
+    row = await session.get(AccessRequest, access_request_id)
+    if row is None:
+        raise AccessRequestNotFound()
+    return row
+
+
+async def create_request(
+    *, session: AsyncSession, clock: Clock, requester: Person, data: NewRequest, extends: AccessRequest | None = None,
+) -> AccessRequest:
+    """An engineer assigned to the ticket asks for named request IDs. Existence is never checked here:
+    asking reveals nothing about which recordings exist (C4)."""
+    ticket = await session.get(Ticket, data.ticket_id)
+    if ticket is None or not await is_assigned(session=session, ticket_id=data.ticket_id, engineer=requester.subject):
+        raise NotAssignedToTicket()
+    if not ticket.is_open:
+        raise TicketNotOpen()
+    ids = list(dict.fromkeys(data.request_ids))
+    if not 1 <= len(ids) <= 20 or not all(REQUEST_ID.match(i) for i in ids):
+        raise InvalidInput("Name 1 to 20 request IDs (32 hex digits each).")
+    justification = data.justification.strip()
+    if len(justification) < MIN_JUSTIFICATION or ticket.external_ref.lower() not in justification.lower():
+        raise InvalidJustification(
+            f"At least {MIN_JUSTIFICATION} characters, naming the ticket ({ticket.external_ref}).")
+    if not timedelta(minutes=5) <= data.duration <= timedelta(hours=8):
+        raise InvalidInput("The duration must be between 5 minutes and 8 hours.")
+    lockbox = await session.execute(select(Consent.id).where(Consent.ticket_id == ticket.id,
+                                                             Consent.require_customer_approval.is_(True)))
+    row = AccessRequest(
+        requester=requester.subject, requester_team_id=requester.team_id, ticket_id=ticket.id,
+        justification=justification, requested_duration_s=int(data.duration.total_seconds()),
+        created_at=clock.now(), state="pending", extends_id=extends.id if extends else None,
+        needs_customer_approval=lockbox.first() is not None, approver_was_manager=False,
+    )
+    session.add(row)
+    await session.flush()
+    session.add_all([AccessRequestItem(access_request_id=row.id, request_id=i) for i in ids])
+    await append_entry(session=session, clock=clock, actor=Actor.staff(requester.subject),
+                       action=AuditAction.ACCESS_REQUESTED, subjects=Subjects(grant=row.id, ticket=ticket.id),
+                       detail={"request_ids": ids, "justification": justification[:1000],
+                               "duration_s": row.requested_duration_s})
+    return row
+
+
+def _lapsed(row: AccessRequest, now: datetime) -> bool:
+    return row.state == "pending" and now >= row.created_at + PENDING_LAPSES_AFTER
+
+
+async def _check_decider(
+    *, session: AsyncSession, directory: StaffDirectory, row: AccessRequest, decider: Person,
+) -> None:
+    if decider.subject == row.requester:
+        raise SelfApproval()
+    if row.requester_team_id is None or not decider.active or "manager" not in decider.roles:
+        raise NotTheirManager()
+    if decider.subject not in await directory.managers(session, row.requester_team_id):
+        raise NotTheirManager()
+
+
+async def approve(
+    *, session: AsyncSession, clock: Clock, directory: StaffDirectory, access_request_id: str, manager: Person,
+    duration: timedelta | None = None,
+) -> AccessRequest:
+    """Approve, optionally for less time than asked. The grant starts now and expires by itself."""
+    row = await require_request(session=session, access_request_id=access_request_id)
+    await _check_decider(session=session, directory=directory, row=row, decider=manager)
+    now = clock.now()
+    if row.state != "pending" or _lapsed(row, now):
+        raise NotPending()
+    granted = int(min(duration.total_seconds(), row.requested_duration_s) if duration else row.requested_duration_s)
+    if granted < 60:
+        raise InvalidInput("A grant lasts at least one minute.")
+    row.state, row.decided_by, row.decided_at = "approved", manager.subject, now
+    row.approver_was_manager = True
+    row.granted_duration_s, row.expires_at = granted, now + timedelta(seconds=granted)
+    await append_entry(session=session, clock=clock, actor=Actor.staff(manager.subject),
+                       action=AuditAction.ACCESS_APPROVED, subjects=Subjects(grant=row.id, ticket=row.ticket_id),
+                       detail={"requester": row.requester, "expires_at": detail_time(row.expires_at),
+                               "duration_s": granted})
+    return row
+
+
+async def deny(
+    *, session: AsyncSession, clock: Clock, directory: StaffDirectory, access_request_id: str, manager: Person,
+    reason: str,
+) -> AccessRequest:
+    row = await require_request(session=session, access_request_id=access_request_id)
+    await _check_decider(session=session, directory=directory, row=row, decider=manager)
+    now = clock.now()
+    if row.state != "pending" or _lapsed(row, now):
+        raise NotPending()
+    row.state, row.decided_by, row.decided_at, row.decision_reason = "denied", manager.subject, now, reason[:200]
+    await append_entry(session=session, clock=clock, actor=Actor.staff(manager.subject),
+                       action=AuditAction.ACCESS_DENIED, subjects=Subjects(grant=row.id, ticket=row.ticket_id),
+                       detail={"requester": row.requester, "reason": reason[:64] or "denied"})
+    return row
+
+
+async def revoke(
+    *, session: AsyncSession, clock: Clock, directory: StaffDirectory, access_request_id: str, by: Person,
+    reason: str,
+) -> AccessRequest:
+    """The requester or a manager of their team ends a grant (or withdraws a pending request) at once."""
+    row = await require_request(session=session, access_request_id=access_request_id)
+    if by.subject != row.requester:
+        await _check_decider(session=session, directory=directory, row=row, decider=by)
+    now = clock.now()
+    if row.state not in ("pending", "approved") or row.revoked_at is not None:
+        raise NotActiveGrant()
+    row.state, row.revoked_at, row.revoked_by, row.revoke_reason = "revoked", now, by.subject, reason[:200]
+    await append_entry(session=session, clock=clock, actor=Actor.staff(by.subject),
+                       action=AuditAction.ACCESS_REVOKED, subjects=Subjects(grant=row.id, ticket=row.ticket_id),
+                       detail={"reason": reason[:64] or "revoked"})
+    return row
+
+
+async def extend(
+    *, session: AsyncSession, clock: Clock, access_request_id: str, requester: Person, duration: timedelta,
+    justification: str,
+) -> AccessRequest:
+    """Ask, before expiry, for more time on the same recordings: a new request that needs a new approval."""
+    row = await require_request(session=session, access_request_id=access_request_id)
+    if row.requester != requester.subject:
+        raise AccessRequestNotFound()
+    now = clock.now()
+    if row.state != "approved" or row.expires_at is None or now >= row.expires_at:
+        raise NotActiveGrant()
+    return await create_request(
+        session=session, clock=clock, requester=requester, extends=row,
+        data=NewRequest(ticket_id=row.ticket_id, request_ids=await _items(session, row.id),
+                        justification=justification, duration=duration))
+
+
+async def customer_decide(
+    *, session: AsyncSession, clock: Clock, access_request_id: str, customer: str, resource_id: str, approve: bool,
+) -> AccessRequest:
+    """Customer Lockbox: the resource's admin approves (or refuses) a grant on their recordings."""
+    row = await require_request(session=session, access_request_id=access_request_id)
+    ticket = await session.get(Ticket, row.ticket_id)
+    if ticket is None or ticket.resource_id != resource_id or not row.needs_customer_approval:
+        raise AccessRequestNotFound()
+    if row.customer_decided_at is not None:
+        raise NotPending()
+    row.customer_decided_by, row.customer_decided_at, row.customer_approved = customer, clock.now(), approve
+    action = AuditAction.ACCESS_APPROVED if approve else AuditAction.ACCESS_DENIED
+    detail: dict[str, str | int] = {"requester": row.requester}
+    if approve:
+        detail["expires_at"] = detail_time(row.expires_at or clock.now())
+    else:
+        detail["reason"] = "customer_refused"
+    await append_entry(session=session, clock=clock, actor=Actor.customer_admin(customer), action=action,
+                       subjects=Subjects(grant=row.id, ticket=row.ticket_id), detail=detail)
+    return row
+
+
+async def expire_and_lapse(*, session: AsyncSession, clock: Clock, limit: int = 500) -> tuple[int, int]:
+    """Scheduled: mark grants past their end `expired` and requests unreviewed for 24 h `lapsed`."""
+    now = clock.now()
+    expired = (await session.execute(
+        select(AccessRequest).where(AccessRequest.state == "approved", AccessRequest.expires_at <= now)
+        .limit(limit).with_for_update(skip_locked=True))).scalars().all()
+    for row in expired:
+        row.state = "expired"
+        await append_entry(session=session, clock=clock, actor=Actor.system("access"),
+                           action=AuditAction.ACCESS_EXPIRED, subjects=Subjects(grant=row.id, ticket=row.ticket_id))
+    lapsed = (await session.execute(
+        select(AccessRequest).where(AccessRequest.state == "pending",
+                                    AccessRequest.created_at <= now - PENDING_LAPSES_AFTER)
+        .limit(limit).with_for_update(skip_locked=True))).scalars().all()
+    for row in lapsed:
+        row.state, row.decided_at, row.decision_reason = "lapsed", now, "unreviewed for 24 h"
+        await append_entry(session=session, clock=clock, actor=Actor.system("access"),
+                           action=AuditAction.ACCESS_DENIED, subjects=Subjects(grant=row.id, ticket=row.ticket_id),
+                           detail={"requester": row.requester, "reason": "lapsed"})
+    return len(expired), len(lapsed)
+
+
+async def requests_of(*, session: AsyncSession, requester: str) -> Sequence[AccessRequest]:
+    rows = await session.execute(select(AccessRequest).where(AccessRequest.requester == requester)
+                                 .order_by(AccessRequest.created_at.desc()).limit(200))
+    return rows.scalars().all()
+
+
+async def queue_for(*, session: AsyncSession, manager: Person, team_ids: Sequence[str]) -> Sequence[AccessRequest]:
+    """Pending requests of the teams this person manages, never their own."""
+    if not team_ids:
+        return []
+    rows = await session.execute(
+        select(AccessRequest).where(AccessRequest.state == "pending",
+                                    AccessRequest.requester_team_id.in_(list(team_ids)),
+                                    AccessRequest.requester != manager.subject)
+        .order_by(AccessRequest.created_at))
+    return rows.scalars().all()
+
+
+async def grant_for_read(*, session: AsyncSession, requester: str, request_id: str, now: datetime) -> GrantView | None:
+    """The requester's best grant naming `request_id`: an active one if any, else the latest (for the reason)."""
+    rows = (await session.execute(
+        select(AccessRequest).join(AccessRequestItem, AccessRequestItem.access_request_id == AccessRequest.id)
+        .where(AccessRequest.requester == requester, AccessRequestItem.request_id == request_id)
+        .order_by(AccessRequest.created_at.desc()).limit(20))).scalars().all()
+    if not rows:
+        return None
+    active = [r for r in rows if r.state == "approved" and r.expires_at is not None and r.expires_at > now]
+    row = active[0] if active else rows[0]
+    return GrantView(
+        id=row.id, requester=row.requester, ticket_id=row.ticket_id,
+        request_ids=frozenset(await _items(session, row.id)), state=row.state, approved_by=row.decided_by,
+        approver_was_manager=row.approver_was_manager, expires_at=row.expires_at,
+        revoked=row.revoked_at is not None, needs_customer_approval=row.needs_customer_approval,
+        customer_approved=bool(row.customer_approved),
+    )

@@ -1,0 +1,87 @@
+"""decide_read: every C5 condition, separately false, denies; all true allows."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from app.access.policy import (
+    ConsentView,
+    DenyReason,
+    GrantView,
+    RecordingView,
+    SawView,
+    StaffView,
+    decide_read,
+)
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+RID = "0123456789abcdef0123456789abcdef"
+THIRTY_DAYS = timedelta(days=30)
+
+ALICE = StaffView("alice", active=True, is_engineer=True, team_id="t1")
+SAW = SawView("saw-1", owner_subject="alice", revoked=False)
+GRANT = GrantView("g-1", requester="alice", ticket_id="T1", request_ids=frozenset({RID}), state="approved",
+                  approved_by="mona", approver_was_manager=True, expires_at=NOW + timedelta(hours=2),
+                  revoked=False, needs_customer_approval=False, customer_approved=False)
+RECORDING = RecordingView(RID, ticket_id="T1", started_at=NOW - timedelta(days=2), shredded=False)
+CONSENT = ConsentView(ticket_id="T1", ended=False, ticket_open=True)
+
+
+def decide(**overrides: Any) -> tuple[bool, DenyReason | None]:
+    values: dict[str, Any] = {"now": NOW, "who": ALICE, "saw": SAW, "grant": GRANT, "recording": RECORDING,
+                              "consent": CONSENT, "request_id": RID, "retention": THIRTY_DAYS}
+    values.update(overrides)
+    decision = decide_read(**values)
+    return decision.allowed, decision.reason
+
+
+def test_everything_in_place_allows() -> None:
+    assert decide() == (True, None)
+
+
+@pytest.mark.parametrize(("overrides", "reason"), [
+    ({"who": None}, DenyReason.NOT_ENGINEER),
+    ({"who": replace(ALICE, active=False)}, DenyReason.NOT_ENGINEER),
+    ({"who": replace(ALICE, is_engineer=False)}, DenyReason.NOT_ENGINEER),
+    ({"saw": None}, DenyReason.NO_SAW),
+    ({"saw": replace(SAW, revoked=True)}, DenyReason.NO_SAW),
+    ({"saw": replace(SAW, owner_subject="bob")}, DenyReason.NO_SAW),
+    ({"recording": None}, DenyReason.NO_RECORDING),
+    ({"recording": replace(RECORDING, shredded=True)}, DenyReason.RECORDING_GONE),
+    ({"recording": replace(RECORDING, started_at=NOW - timedelta(days=30))}, DenyReason.RECORDING_EXPIRED),
+    ({"grant": None}, DenyReason.NO_GRANT),
+    ({"grant": replace(GRANT, requester="bob")}, DenyReason.GRANT_OTHER_PERSON),
+    ({"grant": replace(GRANT, request_ids=frozenset({"f" * 32}))}, DenyReason.GRANT_OTHER_RECORDING),
+    ({"grant": replace(GRANT, revoked=True)}, DenyReason.GRANT_REVOKED),
+    ({"grant": replace(GRANT, state="pending")}, DenyReason.GRANT_NOT_APPROVED),
+    ({"grant": replace(GRANT, state="denied")}, DenyReason.GRANT_NOT_APPROVED),
+    ({"grant": replace(GRANT, approved_by=None)}, DenyReason.GRANT_NOT_APPROVED),
+    ({"grant": replace(GRANT, approved_by="alice")}, DenyReason.SELF_APPROVED),
+    ({"grant": replace(GRANT, approver_was_manager=False)}, DenyReason.APPROVER_NOT_MANAGER),
+    ({"grant": replace(GRANT, needs_customer_approval=True)}, DenyReason.CUSTOMER_APPROVAL_MISSING),
+    ({"grant": replace(GRANT, expires_at=NOW)}, DenyReason.GRANT_EXPIRED),
+    ({"grant": replace(GRANT, ticket_id="T2")}, DenyReason.TICKET_MISMATCH),
+    ({"consent": None}, DenyReason.CONSENT_ENDED),
+    ({"consent": replace(CONSENT, ended=True)}, DenyReason.CONSENT_ENDED),
+    ({"consent": replace(CONSENT, ticket_id="T2")}, DenyReason.CONSENT_ENDED),
+    ({"consent": replace(CONSENT, ticket_open=False)}, DenyReason.TICKET_CLOSED),
+    ({"request_id": "f" * 32}, DenyReason.NO_RECORDING),
+])
+def test_each_condition_false_denies_with_its_reason(overrides: dict[str, Any], reason: DenyReason) -> None:
+    assert decide(**overrides) == (False, reason)
+
+
+def test_customer_approval_when_required_and_given_allows() -> None:
+    assert decide(grant=replace(GRANT, needs_customer_approval=True, customer_approved=True)) == (True, None)
+
+
+def test_a_recording_is_readable_until_its_bucket_turns_thirty_days() -> None:
+    started = datetime(2026, 10, 29, 12, 59, tzinfo=UTC)  # bucket 2026-10-29T12, ends 2026-11-28T12:00
+    recording = replace(RECORDING, started_at=started)
+    assert decide(recording=recording, now=datetime(2026, 11, 28, 11, 59, 59, tzinfo=UTC))[0]
+    assert decide(recording=recording, now=datetime(2026, 11, 28, 12, 0, tzinfo=UTC)) == (
+        False, DenyReason.RECORDING_EXPIRED)
