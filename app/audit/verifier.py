@@ -245,8 +245,10 @@ def _check_checkpoints(
             expected_prev = b"" if previous is None else previous.signature
             if cp.number != expected_number or cp.prev_signature != expected_prev:
                 start = 1 if previous is None else previous.head_seq + 1
-                damages.append(Damage(DamageKind.DELETED, start,
-                                      f"{source} checkpoints before {cp.number} are missing", cp.number))
+                missing = f"{expected_number}" if cp.number == expected_number + 1 else \
+                    f"{expected_number}..{cp.number - 1}"
+                damages.append(Damage(DamageKind.DELETED, start, f"{source} checkpoint {missing} is missing",
+                                      expected_number))
             pinned.setdefault(cp.head_seq, (cp.head_hash, cp.number))
             previous = cp
     by_number = {cp.number: cp for cp in stored}
