@@ -1,14 +1,16 @@
 """Opening a stored recording: unwrap its data key, stream its blob, decrypt, decode the frame log.
 
 Used by playback (point-wise, after the read policy allowed it) and by tests. The region always comes
-from the recording's row, never from a caller (C3).
+from the recording's row, never from a caller (C3). `RecordingStream` holds one segment at a time, so
+memory stays bounded whatever the recording's length.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from app.capture.frame_log import EndRecord, FrameRecord, GapRecord, decode
+from app.capture.frame_log import EndRecord, FrameRecord, GapRecord, Record, decode
 from app.capture.models import Recording
 from app.storage.layout import RecordingKey
 from app.storage.router import RegionRouter
@@ -22,6 +24,36 @@ class RecordingUnreadable(Exception):
     """The recording's key is gone (erased, purged) or it was never written."""
 
 
+class RecordingStream:
+    """Async iterator over a recording's records; `complete` is known once it is exhausted."""
+
+    def __init__(self, recording: Recording, *, keyrings: RegionKeyrings, stores: RegionRouter) -> None:
+        self._recording = recording
+        self._keyrings = keyrings
+        self._stores = stores
+        self.complete = False
+        self.stored_bytes = 0
+
+    async def __aiter__(self) -> AsyncIterator[Record]:
+        recording = self._recording
+        if recording.wrapped_dek is None:
+            raise RecordingUnreadable("no data key")
+        try:
+            dek = await unwrap_data_key(self._keyrings.for_region(recording.region), recording.wrapped_dek,
+                                        region=recording.region, request_id=recording.request_id)
+        except KeyUnavailable as exc:
+            raise RecordingUnreadable("key destroyed") from exc
+        with dek:
+            reader = SegmentReader(dek, region=recording.region, request_id=recording.request_id)
+            key = RecordingKey(recording.request_id, recording.started_at)
+            async for chunk in self._stores.store(recording.region).stream(key):
+                self.stored_bytes += len(chunk)
+                for segment in reader.feed(chunk):
+                    for record in decode(segment.plaintext):
+                        yield record
+            self.complete = reader.close()
+
+
 @dataclass
 class RecordingContents:
     frames: list[FrameRecord] = field(default_factory=list)
@@ -32,27 +64,15 @@ class RecordingContents:
 
 
 async def read_recording(recording: Recording, *, keyrings: RegionKeyrings, stores: RegionRouter) -> RecordingContents:
-    """Every frame, gap and the end marker of one recording; `complete` is False for a truncated stream."""
-    if recording.wrapped_dek is None:
-        raise RecordingUnreadable("no data key")
-    try:
-        dek = await unwrap_data_key(keyrings.for_region(recording.region), recording.wrapped_dek,
-                                    region=recording.region, request_id=recording.request_id)
-    except KeyUnavailable as exc:
-        raise RecordingUnreadable("key destroyed") from exc
+    """Everything of one recording in memory (tests, small tools); playback streams instead."""
+    stream = RecordingStream(recording, keyrings=keyrings, stores=stores)
     contents = RecordingContents()
-    with dek:
-        reader = SegmentReader(dek, region=recording.region, request_id=recording.request_id)
-        key = RecordingKey(recording.request_id, recording.started_at)
-        async for chunk in stores.store(recording.region).stream(key):
-            contents.stored_bytes += len(chunk)
-            for segment in reader.feed(chunk):
-                for record in decode(segment.plaintext):
-                    if isinstance(record, FrameRecord):
-                        contents.frames.append(record)
-                    elif isinstance(record, GapRecord):
-                        contents.gaps.append(record)
-                    else:
-                        contents.end = record
-        contents.complete = reader.close()
+    async for record in stream:
+        if isinstance(record, FrameRecord):
+            contents.frames.append(record)
+        elif isinstance(record, GapRecord):
+            contents.gaps.append(record)
+        else:
+            contents.end = record
+    contents.complete, contents.stored_bytes = stream.complete, stream.stored_bytes
     return contents

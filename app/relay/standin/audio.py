@@ -7,40 +7,18 @@ import struct
 import sys
 from array import array
 
+from app.g711 import ALAW_TO_LINEAR, ULAW_TO_LINEAR
+
 PCM_FORMATS = {"pcm16": 2}
 SAMPLE_RATES = {"pcm16": 24000, "g711_ulaw": 8000, "g711_alaw": 8000}
-
-
-def _ulaw_to_linear(u: int) -> int:
-    u = ~u & 0xFF
-    t = ((u & 0x0F) << 3) + 0x84
-    t <<= (u & 0x70) >> 4
-    return (0x84 - t) if (u & 0x80) else (t - 0x84)
-
-
-def _alaw_to_linear(a: int) -> int:
-    a ^= 0x55
-    t = (a & 0x0F) << 4
-    seg = (a & 0x70) >> 4
-    if seg == 0:
-        t += 8
-    elif seg == 1:
-        t += 0x108
-    else:
-        t = (t + 0x108) << (seg - 1)
-    return t if (a & 0x80) else -t
-
-
-_ULAW = [_ulaw_to_linear(i) for i in range(256)]
-_ALAW = [_alaw_to_linear(i) for i in range(256)]
 
 
 def to_samples(audio: bytes, fmt: str) -> array[int]:
     """Linear 16-bit samples of a chunk in the session's input format."""
     if fmt == "g711_ulaw":
-        return array("h", (_ULAW[b] for b in audio))
+        return array("h", (ULAW_TO_LINEAR[b] for b in audio))
     if fmt == "g711_alaw":
-        return array("h", (_ALAW[b] for b in audio))
+        return array("h", (ALAW_TO_LINEAR[b] for b in audio))
     samples = array("h")
     samples.frombytes(audio[: len(audio) - (len(audio) % 2)])
     if sys.byteorder == "big":
