@@ -41,6 +41,8 @@ class StaffDirectory(Protocol):
 
     async def managers(self, session: AsyncSession, team_id: str) -> set[str]: ...
 
+    async def teams_managed(self, session: AsyncSession, subject: str) -> list[str]: ...
+
 
 class AccessRequestNotFound(NotFound):
     code = "access_request_not_found"

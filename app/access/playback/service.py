@@ -1,0 +1,111 @@
+"""Authorizing one read of one recording (C4, C5) and auditing it (C6).
+
+Every read does the same lookups whatever the outcome (staff, SAW, recording, grant, consent, ticket),
+then asks `decide_read`. A denial of any kind gets one outward answer; its reason goes to the audit
+trail and the metrics only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.access.metrics import AccessMetrics
+from app.access.policy import ConsentView, GrantView, RecordingView, SawView, StaffView, decide_read
+from app.access.ratelimit import ReadLimiter
+from app.access.service import REQUEST_ID, StaffDirectory, grant_for_read
+from app.audit.actions import Actor, AuditAction, Subjects
+from app.audit.service import append_entry
+from app.capture.models import Recording
+from app.clock import Clock
+from app.errors import NotFound
+from app.identity.principal import Principal, Role
+from app.tickets.models import Consent, Ticket
+
+NO_SUCH_ROW = "00000000-0000-0000-0000-000000000000"
+NO_SUCH_RECORDING = "0" * 32
+
+
+class RecordingNotAvailable(NotFound):
+    """The one answer to every refused read: unknown ID, no grant, no SAW, expired... (C4)."""
+
+    code = "recording_not_available"
+    title = "No recording you may read has this request ID"
+
+
+class SawLookup(Protocol):
+    async def saw_for(self, session: AsyncSession, request: Request, owner_subject: str) -> SawView | None:
+        """The registered, unrevoked SAW this request comes from, bound to that person; else None."""
+        ...
+
+
+@dataclass(frozen=True)
+class AllowedRead:
+    recording: Recording
+    grant: GrantView
+    saw: SawView
+
+
+async def authorize_read(
+    *,
+    session: AsyncSession,
+    clock: Clock,
+    directory: StaffDirectory,
+    saws: SawLookup,
+    limiter: ReadLimiter,
+    metrics: AccessMetrics,
+    request: Request,
+    who: Principal,
+    request_id: str,
+    part: str,
+    retention: timedelta,
+) -> AllowedRead | None:
+    """None means refused: the caller commits the audit entry written here, then raises RecordingNotAvailable."""
+    now = clock.now()
+    person = await directory.person(session, who.subject)
+    staff = StaffView(who.subject, active=person.active,
+                      is_engineer="engineer" in person.roles and who.has(Role.ENGINEER),
+                      team_id=person.team_id) if person else None
+    saw = await saws.saw_for(session, request, who.subject)
+    limiter.check_allowed(who.subject, saw.id if saw else None)
+    well_formed = bool(REQUEST_ID.match(request_id))
+    recording = await session.get(Recording, request_id if well_formed else NO_SUCH_RECORDING)
+    grant = await grant_for_read(session=session, requester=who.subject,
+                                 request_id=request_id if well_formed else NO_SUCH_RECORDING, now=now)
+    consent = await session.get(Consent, recording.consent_id if recording else NO_SUCH_ROW)
+    ticket = await session.get(Ticket, grant.ticket_id if grant else NO_SUCH_ROW)
+    decision = decide_read(
+        now=now, who=staff, saw=saw, grant=grant, request_id=request_id, retention=retention,
+        recording=RecordingView(recording.request_id, recording.ticket_id, recording.started_at,
+                                shredded=recording.wrapped_dek is None) if recording else None,
+        consent=ConsentView(consent.ticket_id, ended=consent.ended_at is not None,
+                            ticket_open=ticket is not None and ticket.is_open) if consent else None,
+    )
+    if decision.allowed and recording is not None and grant is not None and saw is not None:
+        return AllowedRead(recording, grant, saw)
+    reason = decision.reason.value if decision.reason else "unknown"
+    metrics.denied.labels(reason).inc()
+    if limiter.record_denial(who.subject, saw.id if saw else None):
+        metrics.denial_bursts.inc()
+    await append_entry(session=session, clock=clock, actor=Actor.staff(who.subject),
+                       action=AuditAction.RECORDING_READ_DENIED,
+                       subjects=Subjects(request_id=request_id if well_formed else None,
+                                         saw=saw.id if saw else None, grant=grant.id if grant else None),
+                       detail={"reason": reason, "part": part})
+    return None
+
+
+async def audit_read(
+    *, session: AsyncSession, clock: Clock, who: Principal, allowed: AllowedRead, part: str, nbytes: int,
+    device: str, metrics: AccessMetrics,
+) -> None:
+    metrics.reads.labels(part).inc()
+    metrics.read_bytes.labels(part).inc(nbytes)
+    await append_entry(session=session, clock=clock, actor=Actor.staff(who.subject), action=AuditAction.RECORDING_READ,
+                       subjects=Subjects(request_id=allowed.recording.request_id, grant=allowed.grant.id,
+                                         saw=allowed.saw.id),
+                       detail={"bytes": nbytes, "part": part, "device": device[:128]})

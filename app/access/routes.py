@@ -1,0 +1,309 @@
+"""Thin HTTP layer for JIT access and point-wise playback. No endpoint lists or searches recordings (C4)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.access import service
+from app.access.metrics import AccessMetrics
+from app.access.models import AccessRequest
+from app.access.playback.render import plan_track, timeline, track_pcm, transcripts, wav_header
+from app.access.playback.service import AllowedRead, RecordingNotAvailable, SawLookup, audit_read, authorize_read
+from app.access.ratelimit import ReadLimiter
+from app.capture.reader import RecordingStream
+from app.deps import ClockDep, SessionDep
+from app.errors import Forbidden, InvalidInput
+from app.identity.principal import Principal, Role, authenticate
+from app.tickets.service import customer_resource
+
+router = APIRouter(tags=["access"])
+CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
+
+
+@dataclass
+class AccessContext:
+    directory: service.StaffDirectory
+    saws: SawLookup
+    limiter: ReadLimiter
+    metrics: AccessMetrics
+    retention: timedelta
+
+
+def _ctx(request: Request) -> AccessContext:
+    ctx: AccessContext = request.app.state.access
+    return ctx
+
+
+class NotStaff(Forbidden):
+    code = "not_staff"
+    title = "You need an active staff record with this role"
+
+
+async def _person(session: AsyncSession, ctx: AccessContext, who: Principal, role: Role) -> service.Person:
+    """Token role and staff-record role both (defense in depth)."""
+    person = await ctx.directory.person(session, who.subject)
+    if person is None or not person.active or role.value not in person.roles or not who.has(role):
+        raise NotStaff(f"This needs the {role.value} role.")
+    return person
+
+
+# --- schemas -------------------------------------------------------------------------------------------
+
+
+class AccessRequestCreate(BaseModel):
+    ticket_id: str
+    request_ids: list[str] = Field(min_length=1, max_length=20, description="Request IDs the customer named.")
+    justification: str = Field(min_length=20, max_length=2000,
+                               description="Why you need these recordings; must name the ticket's reference.")
+    duration_minutes: int = Field(default=240, ge=5, le=480, description="Default 4 h, at most 8 h.")
+
+
+class Decision(BaseModel):
+    duration_minutes: int | None = Field(default=None, ge=1, le=480, description="Approve for less time.")
+    reason: str = Field(default="", max_length=200)
+
+
+class Extension(BaseModel):
+    justification: str = Field(min_length=20, max_length=2000)
+    duration_minutes: int = Field(default=240, ge=5, le=480)
+
+
+class AccessRequestOut(BaseModel):
+    id: str
+    requester: str
+    ticket_id: str
+    request_ids: list[str]
+    justification: str
+    state: str
+    requested_minutes: int
+    created_at: str
+    decided_by: str | None
+    decided_at: str | None
+    expires_at: str | None
+    extends_id: str | None
+    needs_customer_approval: bool
+    customer_approved: bool | None
+
+
+async def _out(session: AsyncSession, row: AccessRequest) -> AccessRequestOut:
+    def iso(value: object) -> str | None:
+        return value.isoformat() if value is not None else None  # type: ignore[attr-defined]
+
+    return AccessRequestOut(
+        id=row.id, requester=row.requester, ticket_id=row.ticket_id,
+        request_ids=await service.request_ids_of(session=session, access_request=row),
+        justification=row.justification, state=row.state, requested_minutes=row.requested_duration_s // 60,
+        created_at=row.created_at.isoformat(), decided_by=row.decided_by, decided_at=iso(row.decided_at),
+        expires_at=iso(row.expires_at), extends_id=row.extends_id,
+        needs_customer_approval=row.needs_customer_approval, customer_approved=row.customer_approved)
+
+
+# --- requests and grants ---------------------------------------------------------------------------------
+
+
+@router.post("/access/requests", status_code=201, summary="Ask for just-in-time access (engineer)")
+async def create_request(body: AccessRequestCreate, who: CurrentPrincipal, session: SessionDep, clock: ClockDep,
+                         request: Request) -> AccessRequestOut:
+    person = await _person(session, _ctx(request), who, Role.ENGINEER)
+    row = await service.create_request(session=session, clock=clock, requester=person, data=service.NewRequest(
+        ticket_id=body.ticket_id, request_ids=body.request_ids, justification=body.justification,
+        duration=timedelta(minutes=body.duration_minutes)))
+    return await _out(session, row)
+
+
+@router.get("/access/requests", summary="My access requests and grants (engineer)")
+async def my_requests(who: CurrentPrincipal, session: SessionDep, request: Request) -> list[AccessRequestOut]:
+    await _person(session, _ctx(request), who, Role.ENGINEER)
+    return [await _out(session, r) for r in await service.requests_of(session=session, requester=who.subject)]
+
+
+@router.get("/access/queue", summary="Pending requests of the teams I manage (manager)")
+async def queue(who: CurrentPrincipal, session: SessionDep, request: Request) -> list[AccessRequestOut]:
+    ctx = _ctx(request)
+    person = await _person(session, ctx, who, Role.MANAGER)
+    teams = await ctx.directory.teams_managed(session, who.subject)
+    return [await _out(session, r) for r in await service.queue_for(session=session, manager=person, team_ids=teams)]
+
+
+@router.post("/access/requests/{access_request_id}/approve", summary="Approve (manager of the requester's team)")
+async def approve(access_request_id: str, body: Decision, who: CurrentPrincipal, session: SessionDep,
+                  clock: ClockDep, request: Request) -> AccessRequestOut:
+    ctx = _ctx(request)
+    person = await _person(session, ctx, who, Role.MANAGER)
+    duration = timedelta(minutes=body.duration_minutes) if body.duration_minutes else None
+    row = await service.approve(session=session, clock=clock, directory=ctx.directory,
+                                access_request_id=access_request_id, manager=person, duration=duration)
+    return await _out(session, row)
+
+
+@router.post("/access/requests/{access_request_id}/deny", summary="Deny with a reason (manager)")
+async def deny(access_request_id: str, body: Decision, who: CurrentPrincipal, session: SessionDep, clock: ClockDep,
+               request: Request) -> AccessRequestOut:
+    ctx = _ctx(request)
+    person = await _person(session, ctx, who, Role.MANAGER)
+    if not body.reason.strip():
+        raise InvalidInput("A denial needs a reason.")
+    row = await service.deny(session=session, clock=clock, directory=ctx.directory,
+                             access_request_id=access_request_id, manager=person, reason=body.reason.strip())
+    return await _out(session, row)
+
+
+@router.post("/access/requests/{access_request_id}/revoke", summary="End a grant now (requester or manager)")
+async def revoke(access_request_id: str, body: Decision, who: CurrentPrincipal, session: SessionDep,
+                 clock: ClockDep, request: Request) -> AccessRequestOut:
+    ctx = _ctx(request)
+    person = await ctx.directory.person(session, who.subject)
+    if person is None or not person.active:
+        raise NotStaff()
+    row = await service.revoke(session=session, clock=clock, directory=ctx.directory,
+                               access_request_id=access_request_id, by=person, reason=body.reason.strip())
+    return await _out(session, row)
+
+
+@router.post("/access/requests/{access_request_id}/extend", status_code=201,
+             summary="Ask for more time before the grant expires (needs a new approval)")
+async def extend(access_request_id: str, body: Extension, who: CurrentPrincipal, session: SessionDep,
+                 clock: ClockDep, request: Request) -> AccessRequestOut:
+    person = await _person(session, _ctx(request), who, Role.ENGINEER)
+    row = await service.extend(session=session, clock=clock, access_request_id=access_request_id, requester=person,
+                               duration=timedelta(minutes=body.duration_minutes), justification=body.justification)
+    return await _out(session, row)
+
+
+@router.post("/customer/resources/{resource}/access-requests/{access_request_id}/{verdict}",
+             summary="Customer Lockbox: approve or refuse a grant on my recordings (customer admin)")
+async def customer_verdict(resource: str, access_request_id: str, verdict: Literal["approve", "refuse"],
+                           who: CurrentPrincipal, session: SessionDep, clock: ClockDep) -> AccessRequestOut:
+    owned = await customer_resource(session=session, principal=who, name=resource)
+    row = await service.customer_decide(session=session, clock=clock, access_request_id=access_request_id,
+                                        customer=who.subject, resource_id=owned.id, approve=verdict == "approve")
+    return await _out(session, row)
+
+
+# --- playback (point-wise) ------------------------------------------------------------------------------
+
+Part = Literal["audio_inbound", "audio_outbound", "timeline", "transcripts"]
+SPEAKERS = {"caller": "audio_inbound", "service": "audio_outbound"}
+
+
+async def _authorize(request: Request, session: AsyncSession, clock: ClockDep, who: Principal, request_id: str,
+                     part: str) -> AllowedRead:
+    ctx = _ctx(request)
+    allowed = await authorize_read(session=session, clock=clock, directory=ctx.directory, saws=ctx.saws,
+                                   limiter=ctx.limiter, metrics=ctx.metrics, request=request, who=who,
+                                   request_id=request_id, part=part, retention=ctx.retention)
+    if allowed is None:
+        await session.commit()  # the refusal is audited even though the request fails
+        raise RecordingNotAvailable()
+    return allowed
+
+
+def _stream(request: Request, allowed: AllowedRead) -> RecordingStream:
+    state = request.app.state
+    return RecordingStream(allowed.recording, keyrings=state.keyrings, stores=state.stores)
+
+
+def _parse_range(header: str | None, total: int) -> tuple[int, int] | None:
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    start_text, _, end_text = header[6:].partition("-")
+    try:
+        if start_text:
+            start = int(start_text)
+            end = int(end_text) if end_text else total - 1
+        else:
+            start, end = max(0, total - int(end_text)), total - 1
+    except ValueError:
+        return None
+    if start > end or start >= total:
+        return None
+    return start, min(end, total - 1)
+
+
+@router.get("/recordings/{request_id}/audio/{speaker}.wav", summary="One direction of a recording as WAV",
+            responses={404: {"description": "Unknown, not granted, not from your SAW, expired: one answer."}})
+async def audio(request_id: str, speaker: Literal["caller", "service"], who: CurrentPrincipal, session: SessionDep,
+                clock: ClockDep, request: Request,
+                range_header: Annotated[str | None, Header(alias="range")] = None) -> StreamingResponse:
+    """pcm16 WAV at the session's rate (G.711 decoded); gaps are silence, listed in `X-Voicelog-Gaps`.
+    Streams with bounded memory; supports a single `Range`."""
+    part = SPEAKERS[speaker]
+    allowed = await _authorize(request, session, clock, who, request_id, part)
+    plan = await plan_track(_stream(request, allowed), speaker)
+    header = wav_header(plan.rate, plan.data_bytes)
+    total = len(header) + plan.data_bytes
+    window = _parse_range(range_header, total)
+    start, end = window if window else (0, total - 1)
+    await audit_read(session=session, clock=clock, who=who, allowed=allowed, part=part, nbytes=end - start + 1,
+                     device=allowed.saw.id, metrics=_ctx(request).metrics)
+
+    headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start + 1),
+               "X-Voicelog-Gaps": json.dumps(plan.gaps, separators=(",", ":")), "Cache-Control": "no-store"}
+    if window:
+        headers["Content-Range"] = f"bytes {start}-{end}/{total}"
+    return StreamingResponse(_flatten(header, track_pcm(_stream(request, allowed), speaker), start, end),
+                             status_code=206 if window else 200, media_type="audio/wav", headers=headers)
+
+
+async def _flatten(header: bytes, pcm: AsyncIterator[bytes], start: int, end: int) -> AsyncIterator[bytes]:
+    position = 0
+
+    def cut(chunk: bytes) -> bytes:
+        lo, hi = max(start - position, 0), min(end + 1 - position, len(chunk))
+        return chunk[lo:hi] if lo < hi else b""
+
+    first = cut(header)
+    position += len(header)
+    if first:
+        yield first
+    async for chunk in pcm:
+        if position > end:
+            return
+        piece = cut(chunk)
+        position += len(chunk)
+        if piece:
+            yield piece
+
+
+@router.get("/recordings/{request_id}/events", summary="The event timeline (JSON lines, audio elided)",
+            responses={404: {"description": "One answer for every refusal."}})
+async def events(request_id: str, who: CurrentPrincipal, session: SessionDep, clock: ClockDep,
+                 request: Request) -> StreamingResponse:
+    allowed = await _authorize(request, session, clock, who, request_id, "timeline")
+    nbytes = 0
+    async for line in timeline(_stream(request, allowed)):  # pass one: the size, for the audit entry
+        nbytes += len(_ndjson(line))
+    await audit_read(session=session, clock=clock, who=who, allowed=allowed, part="timeline", nbytes=nbytes,
+                     device=allowed.saw.id, metrics=_ctx(request).metrics)
+
+    async def lines() -> AsyncIterator[bytes]:  # pass two: streamed, one segment in memory at a time
+        async for line in timeline(_stream(request, allowed)):
+            yield _ndjson(line)
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson",
+                             headers={"Cache-Control": "no-store", "Content-Length": str(nbytes)})
+
+
+def _ndjson(line: dict[str, object]) -> bytes:
+    return (json.dumps(line, separators=(",", ":")) + "\n").encode()
+
+
+@router.get("/recordings/{request_id}/transcript", summary="Transcripts the pipeline produced, with times",
+            responses={404: {"description": "One answer for every refusal."}})
+async def transcript(request_id: str, who: CurrentPrincipal, session: SessionDep, clock: ClockDep,
+                     request: Request) -> JSONResponse:
+    allowed = await _authorize(request, session, clock, who, request_id, "transcripts")
+    body = {"request_id": request_id, "transcripts": await transcripts(_stream(request, allowed))}
+    data = json.dumps(body, separators=(",", ":")).encode()
+    await audit_read(session=session, clock=clock, who=who, allowed=allowed, part="transcripts", nbytes=len(data),
+                     device=allowed.saw.id, metrics=_ctx(request).metrics)
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
