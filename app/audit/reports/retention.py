@@ -134,7 +134,7 @@ async def build_retention_audit(
                 r.deks_destroyed += 1
     overdue_buckets: list[dict[str, JSONValue]] = []
     for (region, bucket), bucket_start in sorted(buckets.items()):
-        deadline = bucket_start + timedelta(hours=1) + limit
+        deadline = bucket_start + limit  # a bucket is purged when it is `retention_days` old (DESIGN.md)
         destroyed = kek_destroyed.get((region, bucket))
         late = (destroyed is None and deadline < as_of) or (destroyed is not None and destroyed.at > deadline)
         if late and (r := row(region, deadline)) is not None:
