@@ -2,8 +2,10 @@
 
 import app.audit.models  # noqa: F401 - registers the audit tables
 from app.access.models import AccessRequest, AccessRequestItem
+from app.access.saw.models import Saw  # noqa: F401 - registers the SAW registry
 from app.capture.models import Recording
 from app.db import Base
+from app.identity.staff.models import Staff, StaffRole, Team, TeamManager  # noqa: F401 - staff directory
 from app.resources.models import Resource
 from app.tickets.models import Consent, Ticket, TicketAssignment
 

@@ -1,0 +1,64 @@
+"""How voicelog learns that a request comes from a SAW: which proxies it believes, and their header names."""
+
+from __future__ import annotations
+
+import re
+from ipaddress import IPv4Network, IPv6Network
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+
+
+class SawSettings(BaseModel):
+    """`VOICELOG_SAW__*`. The default trusts no proxy: no request is ever from a SAW until this is set."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    trusted_proxies: list[IPv4Network | IPv6Network] = Field(
+        default_factory=list,
+        description="Addresses (CIDRs) of the mutual-TLS proxies (nginx) in front of voicelog, as voicelog "
+        "sees the TCP peer, e.g. `[\"10.20.0.4/32\"]` or `[\"127.0.0.1/32\"]` for an nginx on the same host. "
+        "SAW headers from any other peer are ignored and stripped. Empty: never trust (the default). "
+        "Keep it as narrow as possible: whoever can connect from these addresses can claim any SAW.",
+    )
+    fingerprint_source: Literal["cert", "fingerprint"] = Field(
+        default="cert",
+        description="Which header names the device. `cert`: the proxy passes the verified client certificate "
+        "(`cert_header`) and voicelog computes its SHA-256; nginx needs this, its only fingerprint variable "
+        "is SHA-1. `fingerprint`: the proxy passes the SHA-256 itself (`fingerprint_header`; HAProxy, "
+        "Envoy). The other header is never read.",
+    )
+    cert_header: str = Field(
+        default="X-SSL-Client-Cert",
+        description="Header with the verified client certificate, URL-escaped PEM (nginx's "
+        "`$ssl_client_escaped_cert`), read when `fingerprint_source` is `cert`.",
+    )
+    fingerprint_header: str = Field(
+        default="X-SSL-Client-Fingerprint",
+        description="Header with the verified client certificate's SHA-256 over its DER (64 hex digits, "
+        "colons allowed), read when `fingerprint_source` is `fingerprint`.",
+    )
+    verify_header: str = Field(
+        default="X-SSL-Client-Verify",
+        description="Header carrying the proxy's verification result; it must be exactly `SUCCESS`.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _not_everyone(cls, value: list[IPv4Network | IPv6Network]) -> list[IPv4Network | IPv6Network]:
+        if any(net.prefixlen == 0 for net in value):
+            raise ValueError("trusting every address (/0) would let anyone claim any SAW")
+        return value
+
+    @field_validator("fingerprint_header", "cert_header", "verify_header")
+    @classmethod
+    def _header_name(cls, value: str) -> str:
+        if not _HEADER_NAME.match(value):
+            raise ValueError("a header name is 1..64 letters, digits and hyphens")
+        return value.lower()
+
+    def header_names(self) -> frozenset[bytes]:
+        """The SAW headers, lowercased as ASGI carries them."""
+        return frozenset(h.encode() for h in (self.fingerprint_header, self.cert_header, self.verify_header))
