@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.audit",
     "tests.fixtures.identity",
     "tests.fixtures.recording",
+    "tests.fixtures.saw",
 ]

@@ -44,7 +44,7 @@ def upgrade() -> None:
         sa.Column("subject", sa.String(128), nullable=False),
         sa.Column("role", sa.String(16), nullable=False),
         sa.CheckConstraint("role IN ({})".format(", ".join(f"'{r}'" for r in STAFF_ROLES)),
-                           name="ck_staff_roles_role"),
+                           name=op.f("ck_staff_roles_role")),
         sa.ForeignKeyConstraint(["subject"], ["staff.subject"], name="fk_staff_roles_subject_staff",
                                 ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("subject", "role", name="pk_staff_roles"),

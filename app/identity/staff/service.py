@@ -125,7 +125,7 @@ async def create_team(*, session: AsyncSession, clock: Clock, actor: Actor, data
         raise InvalidInput("A team name cannot look like a team id.")
     if (await session.execute(select(Team.id).where(Team.name == data.name))).first() is not None:
         raise TeamExists()
-    team = Team(name=data.name, created_at=clock.now())
+    team = Team(name=data.name, created_at=clock.now(), manager_rows=[])
     session.add(team)
     await _flush_or_conflict(session, TeamExists())
     await append_entry(session=session, clock=clock, actor=actor, action=AuditAction.ADMIN_CHANGED,
