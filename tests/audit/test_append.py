@@ -23,13 +23,13 @@ NO_KEYS = PublicKeySet.of([])
 
 
 async def test_entries_extend_the_chain_one_by_one_with_linked_hashes(
-    db_session: AsyncSession, audit_clock: ManualClock
+    audit_session: AsyncSession, audit_clock: ManualClock
 ) -> None:
-    before = await read_chain_head(db_session)
+    before = await read_chain_head(audit_session)
     steps = example_steps(1, audit_clock.now())
-    await append_and_chain(db_session, audit_clock, steps)
+    await append_and_chain(audit_session, audit_clock, steps)
 
-    rows = (await db_session.execute(select(ENTRIES).where(ENTRIES.c.seq > before.seq).order_by(ENTRIES.c.seq))
+    rows = (await audit_session.execute(select(ENTRIES).where(ENTRIES.c.seq > before.seq).order_by(ENTRIES.c.seq))
             ).mappings().all()
     assert [r["seq"] for r in rows] == list(range(before.seq + 1, before.seq + len(steps) + 1))
     assert [r["action"] for r in rows] == [s.action.value for s in steps]
@@ -38,7 +38,7 @@ async def test_entries_extend_the_chain_one_by_one_with_linked_hashes(
         assert row["prev_hash"] == prev
         assert row["entry_hash"] == hash_of(dict(row))
         prev = row["entry_hash"]
-    head = await read_chain_head(db_session)
+    head = await read_chain_head(audit_session)
     assert (head.seq, head.entry_hash) == (rows[-1]["seq"], rows[-1]["entry_hash"])
 
 
@@ -81,22 +81,23 @@ async def test_postgres_queues_entries_and_the_sequencer_chains_them(
 
 
 async def test_sqlite_chains_at_once_and_postgres_can_on_request(
-    db_session: AsyncSession, audit_clock: ManualClock, db_kind: str
+    audit_session: AsyncSession, audit_clock: ManualClock, db_kind: str
 ) -> None:
     step = example_steps(2, audit_clock.now())[3]
-    entry = await append_entry(session=db_session, clock=audit_clock, actor=step.actor, action=step.action,
+    entry = await append_entry(session=audit_session, clock=audit_clock, actor=step.actor, action=step.action,
                                subjects=step.subjects, detail=step.detail,
                                chain_now=True if db_kind == "postgresql" else None)
-    head = await read_chain_head(db_session)
+    head = await read_chain_head(audit_session)
     assert entry.chained
     assert (entry.seq, entry.entry_hash) == (head.seq, head.entry_hash)
     assert entry.detail["request_ids"] == ["req-2"]
 
 
 async def test_a_detail_outside_its_schema_is_refused_and_nothing_is_written(
-    db_session: AsyncSession, audit_clock: ManualClock
+    audit_session: AsyncSession, audit_clock: ManualClock
 ) -> None:
-    before = await read_chain_head(db_session)
+    await integrate_pending(audit_session, wait=True)
+    before = await read_chain_head(audit_session)
     bad_details = [
         {"setting": "x", "change": "set", "transcript": "hello caller"},  # a key the schema does not have
         {"setting": "x"},  # a required key missing
@@ -105,38 +106,38 @@ async def test_a_detail_outside_its_schema_is_refused_and_nothing_is_written(
     ]
     for detail in bad_details:
         with pytest.raises(InvalidAuditEntry):
-            await append_entry(session=db_session, clock=audit_clock, actor=Actor.staff("carol"),
+            await append_entry(session=audit_session, clock=audit_clock, actor=Actor.staff("carol"),
                                action=AuditAction.ADMIN_CHANGED, detail=detail)
     with pytest.raises(InvalidAuditEntry, match="missing subjects"):
-        await append_entry(session=db_session, clock=audit_clock, actor=Actor.staff("alice"),
+        await append_entry(session=audit_session, clock=audit_clock, actor=Actor.staff("alice"),
                            action=AuditAction.RECORDING_READ, subjects=Subjects(request_id="r1"),
                            detail={"bytes": 1, "part": "timeline"})
-    await integrate_pending(db_session, wait=True)
-    assert await read_chain_head(db_session) == before
+    await integrate_pending(audit_session, wait=True)
+    assert await read_chain_head(audit_session) == before
 
 
-async def test_none_for_an_optional_field_is_left_out(db_session: AsyncSession, audit_clock: ManualClock) -> None:
-    entry = await append_entry(session=db_session, clock=audit_clock, actor=Actor.service("ticketing"),
+async def test_none_for_an_optional_field_is_left_out(audit_session: AsyncSession, audit_clock: ManualClock) -> None:
+    entry = await append_entry(session=audit_session, clock=audit_clock, actor=Actor.service("ticketing"),
                                action=AuditAction.TICKET_CREATED, subjects=Subjects(ticket="t-1"),
                                detail={"external_ref": None})
     assert entry.detail_json == "{}"
 
 
 async def test_the_database_refuses_an_entry_that_forks_or_skips(
-    db_session: AsyncSession, audit_clock: ManualClock
+    audit_session: AsyncSession, audit_clock: ManualClock
 ) -> None:
-    await append_and_chain(db_session, audit_clock, example_steps(4, audit_clock.now())[:2])
-    head = await read_chain_head(db_session)
-    last = (await db_session.execute(select(ENTRIES).where(ENTRIES.c.seq == head.seq))).mappings().one()
+    await append_and_chain(audit_session, audit_clock, example_steps(4, audit_clock.now())[:2])
+    head = await read_chain_head(audit_session)
+    last = (await audit_session.execute(select(ENTRIES).where(ENTRIES.c.seq == head.seq))).mappings().one()
     fork = dict(last, seq=head.seq + 1, prev_hash=last["prev_hash"], actor_id="mallory", inbox_id=None)
     gap = dict(last, seq=head.seq + 2, prev_hash=head.entry_hash, actor_id="mallory", inbox_id=None)
     for row in (fork, gap):
         row["entry_hash"] = hash_of(row)
-        savepoint = await db_session.begin_nested()
+        savepoint = await audit_session.begin_nested()
         with pytest.raises(exc.DBAPIError, match="extend the chain head"):
-            await db_session.execute(insert(ENTRIES).values(row))
+            await audit_session.execute(insert(ENTRIES).values(row))
         await savepoint.rollback()
-    assert await read_chain_head(db_session) == head
+    assert await read_chain_head(audit_session) == head
 
 
 async def test_a_long_run_verifies_and_can_be_verified_from_the_middle(
@@ -154,8 +155,8 @@ async def test_a_long_run_verifies_and_can_be_verified_from_the_middle(
     assert (tail.ok, tail.entries_checked, tail.head_seq) == (True, 41, 240)
 
 
-async def test_detail_is_stored_as_canonical_json(db_session: AsyncSession, audit_clock: ManualClock) -> None:
-    entry = await append_entry(session=db_session, clock=audit_clock, actor=Actor.staff("alice"),
+async def test_detail_is_stored_as_canonical_json(audit_session: AsyncSession, audit_clock: ManualClock) -> None:
+    entry = await append_entry(session=audit_session, clock=audit_clock, actor=Actor.staff("alice"),
                                action=AuditAction.ACCESS_REQUESTED, subjects=Subjects(grant="g", ticket="t"),
                                detail={"request_ids": ["b", "a"], "justification": "écoute", "duration_s": 60})
     assert entry.detail_json == '{"duration_s":60,"justification":"\\u00e9coute","request_ids":["b","a"]}'

@@ -1,0 +1,95 @@
+"""The chain keeper and the scheduled verifier, running as background tasks (C6)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy import func, select
+
+from app.audit.checkpoints import list_checkpoints
+from app.audit.jobs import ChainKeeper, VerifierJob
+from app.audit.metrics import AuditMetrics
+from app.audit.runtime import AuditRuntime
+from app.audit.service import INBOX
+from app.audit.settings import AuditSettings
+from app.clock import ManualClock
+from tests.audit import tamper
+from tests.audit.scenario import append_step, example_steps
+from tests.fixtures.audit import AuditDb, disable_audit_triggers
+
+
+def _runtime(base: AuditRuntime, **settings: float) -> AuditRuntime:
+    values = {**base.settings.model_dump(), **settings}
+    return AuditRuntime(AuditSettings(**values), base.keyring, base.sink, AuditMetrics(CollectorRegistry()))
+
+
+async def test_the_keeper_chains_signs_and_exports_in_the_background(
+    audit_db: AuditDb, audit_clock: ManualClock, audit_runtime: AuditRuntime
+) -> None:
+    runtime = _runtime(audit_runtime, sequencer_interval_s=0.02, checkpoint_every_entries=5)
+    keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
+    keeper.start()
+    try:
+        for n in range(3):
+            async with audit_db.factory() as session:
+                for step in example_steps(n, audit_clock.now()):
+                    await append_step(session, audit_clock, step)
+                await session.commit()
+            audit_clock.advance(timedelta(seconds=30))
+        for _ in range(200):
+            async with audit_db.factory() as session:
+                pending = (await session.execute(select(func.count()).select_from(INBOX))).scalar_one()
+                checkpoints = await list_checkpoints(session)
+            if pending == 0 and checkpoints and len(await runtime.sink.read_all()) == len(checkpoints):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await keeper.stop()
+    assert pending == 0
+    assert checkpoints
+    assert await runtime.sink.read_all() == checkpoints
+    assert runtime.metrics is not None
+    assert runtime.metrics.checkpoints._value.get() == len(checkpoints)  # type: ignore[attr-defined]
+
+
+async def test_the_keeper_survives_a_failing_database(audit_clock: ManualClock, audit_runtime: AuditRuntime) -> None:
+    from app.db import create_engine, create_session_factory
+
+    engine = create_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")
+    runtime = _runtime(audit_runtime, sequencer_interval_s=0.01)
+    keeper = ChainKeeper(runtime, create_session_factory(engine), audit_clock)
+    keeper.start()
+    await asyncio.sleep(0.1)
+    await keeper.stop()
+    await engine.dispose()
+    assert runtime.metrics is not None
+    assert runtime.metrics.keeper_errors.labels(step="tick")._value.get() >= 1  # type: ignore[attr-defined]
+
+
+async def test_the_scheduled_verifier_publishes_its_findings(
+    audit_db: AuditDb, audit_clock: ManualClock, audit_runtime: AuditRuntime
+) -> None:
+    runtime = _runtime(audit_runtime)
+    keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
+    async with audit_db.factory() as session:
+        for step in example_steps(1, audit_clock.now()):
+            await append_step(session, audit_clock, step)
+        await session.commit()
+    await keeper.tick(force=True)
+    job = VerifierJob(runtime, audit_db.factory, audit_clock)
+    assert (await job.run_once()).ok
+    assert runtime.metrics is not None
+    assert runtime.metrics.chain_ok._value.get() == 1  # type: ignore[attr-defined]
+    assert runtime.metrics.sealed_through._value.get() == 10  # type: ignore[attr-defined]
+
+    async with audit_db.factory() as session:
+        await disable_audit_triggers(session)
+        await tamper.swap(session, 2, 3)
+        await session.commit()
+    result = await job.run_once()
+    assert result.damage is not None
+    assert (result.damage.kind.value, result.damage.seq) == ("reordered", 2)
+    assert runtime.metrics.chain_ok._value.get() == 0  # type: ignore[attr-defined]
+    assert runtime.metrics.damage.labels(kind="reordered")._value.get() == 1  # type: ignore[attr-defined]
