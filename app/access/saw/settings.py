@@ -14,7 +14,7 @@ _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 class SawSettings(BaseModel):
     """`VOICELOG_SAW__*`. The default trusts no proxy: no request is ever from a SAW until this is set."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
     trusted_proxies: list[IPv4Network | IPv6Network] = Field(
         default_factory=list,
@@ -61,4 +61,4 @@ class SawSettings(BaseModel):
 
     def header_names(self) -> frozenset[bytes]:
         """The SAW headers, lowercased as ASGI carries them."""
-        return frozenset(h.encode() for h in (self.fingerprint_header, self.cert_header, self.verify_header))
+        return frozenset(h.lower().encode() for h in (self.fingerprint_header, self.cert_header, self.verify_header))
