@@ -12,10 +12,12 @@ import uvicorn
 from fastapi import FastAPI
 
 from app import migrate
+from app.access.saw.cli import saw_cli
 from app.config import Settings
 from app.db import create_engine, create_session_factory
 from app.errors import AppError
 from app.identity.cli import dev_cli
+from app.identity.staff.cli import staff_cli, teams_cli
 from app.logs import configure_logging, get_logger
 from app.resources.schemas import ResourceCreate, ResourceOut
 from app.resources.service import add_resource, list_resources
@@ -27,6 +29,9 @@ config_cli = typer.Typer(help="Configuration.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(config_cli, name="config")
 cli.add_typer(dev_cli, name="dev")
+cli.add_typer(staff_cli, name="staff")
+cli.add_typer(teams_cli, name="teams")
+cli.add_typer(saw_cli, name="saw")
 cli.add_typer(resources_cli, name="resources")
 
 log = get_logger("voicelog.cli")
@@ -100,7 +105,7 @@ def standin(
     port: Annotated[int, typer.Option(help="Port.")] = 8765,
     api_key: Annotated[str | None, typer.Option(help="Require this key (api-key or Bearer).")] = None,
 ) -> None:
-    """Run only the built-in stand-in upstream (speaks the Voice Live protocol; /echo echoes frames)."""
+    """Run only the built-in stand-in upstream (Voice Live protocol; `?x-standin-mode=echo` echoes frames)."""
     from app.relay.standin.server import Standin, StandinOptions
 
     configure_logging(Settings().log_level)

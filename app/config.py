@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.access.saw.settings import SawSettings
 from app.capture.settings import CaptureSettings
 from app.identity.settings import IdentitySettings
 from app.regions import RegionSettings
@@ -86,6 +87,10 @@ class Settings(BaseSettings):
         description="Envelope keys: bucket lifetime, local keyring, Key Vault key type (`VOICELOG_VAULT__*`).",
     )
 
+    saw: SawSettings = Field(
+        default_factory=SawSettings,
+        description="Secure access workstations: which mutual-TLS proxies to believe (`VOICELOG_SAW__*`).",
+    )
     storage: StorageSettings = Field(
         default_factory=StorageSettings,
         description="Blob stores: timeouts, part limits, service API version (`VOICELOG_STORAGE__*`).",

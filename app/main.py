@@ -6,6 +6,7 @@ import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 from fastapi import FastAPI, Response
@@ -14,6 +15,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from websockets.asyncio.server import Server
 
+from app.access.metrics import AccessMetrics
+from app.access.people import SawRegistry, StaffRecords
+from app.access.ratelimit import ReadLimiter
+from app.access.routes import AccessContext
+from app.access.routes import router as access_router
+from app.access.saw.routes import router as saw_router
 from app.capture.metrics import CaptureMetrics
 from app.capture.recorder import Recorder
 from app.capture.routes import router as capture_router
@@ -23,6 +30,7 @@ from app.db import create_engine, create_session_factory
 from app.deps import AppContext
 from app.errors import install_error_handlers
 from app.identity.routes import include_dev_routes
+from app.identity.staff.routes import router as staff_router
 from app.identity.tokens import build_token_verifier
 from app.logs import get_logger
 from app.metrics import Metrics
@@ -156,12 +164,20 @@ def create_app(
     app.state.recorder = recorder
     app.state.stores = stores
     app.state.keyrings = keyrings
+    app.state.access = AccessContext(
+        directory=StaffRecords(), saws=SawRegistry(), limiter=ReadLimiter(),
+        metrics=AccessMetrics(ctx.metrics.registry),
+        retention=timedelta(hours=settings.vault.bucket_lifetime_hours),
+    )
     install_error_handlers(app)
     include_dev_routes(app, settings.identity, settings.data_dir, clock=clock)
     app.include_router(relay_router)
     app.include_router(resources_router)
     app.include_router(tickets_router)
     app.include_router(capture_router)
+    app.include_router(staff_router)
+    app.include_router(saw_router)
+    app.include_router(access_router)
 
     @app.get("/healthz", tags=["operations"], summary="Process is alive")
     async def healthz() -> dict[str, str]:

@@ -341,3 +341,10 @@ async def _flush_or_conflict(session: AsyncSession, conflict: Conflict) -> None:
         await session.flush()
     except IntegrityError:
         raise conflict from None
+
+
+async def teams_managed_by(*, session: AsyncSession, subject: str) -> list[str]:
+    """The ids of the teams this person manages (the access queue shows their requests)."""
+    rows = await session.execute(select(TeamManager.team_id).where(TeamManager.subject == subject)
+                                 .order_by(TeamManager.team_id))
+    return list(rows.scalars())

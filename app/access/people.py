@@ -1,0 +1,38 @@
+"""Adapters from the identity and SAW registries to what the access service and read policy need."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.access.policy import SawView
+from app.access.saw.trust import current_saw
+from app.access.service import Person
+from app.identity.staff.service import get_staff, managers_of, teams_managed_by
+
+
+class StaffRecords:
+    """StaffDirectory over the staff and team tables of app/identity/staff."""
+
+    async def person(self, session: AsyncSession, subject: str) -> Person | None:
+        staff = await get_staff(session=session, subject=subject)
+        if staff is None:
+            return None
+        return Person(subject=staff.subject, team_id=staff.team_id, active=staff.active,
+                      roles=frozenset(role.value for role in staff.roles))
+
+    async def managers(self, session: AsyncSession, team_id: str) -> set[str]:
+        return await managers_of(session=session, team_id=team_id)
+
+    async def teams_managed(self, session: AsyncSession, subject: str) -> list[str]:
+        return await teams_managed_by(session=session, subject=subject)
+
+
+class SawRegistry:
+    """SawLookup over app/access/saw: the mutual-TLS fingerprint from a trusted proxy, registered, unrevoked."""
+
+    async def saw_for(self, session: AsyncSession, request: Request, owner_subject: str) -> SawView | None:
+        saw = await current_saw(session=session, request=request, owner_subject=owner_subject)
+        if saw is None:
+            return None
+        return SawView(id=saw.id, owner_subject=saw.owner_subject, revoked=saw.revoked)
