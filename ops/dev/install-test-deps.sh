@@ -11,6 +11,7 @@ if [ -f package.json ]; then
   fi
 fi
 
+export PATH="${PATH}:/usr/sbin:/sbin"  # Debian installs daemons (nginx) there; non-root PATHs lack it
 need_apt=()
 [ -f ops/dev/apt-packages.txt ] && while read -r pkg bin; do
   [ -z "${pkg}" ] && continue
