@@ -66,6 +66,9 @@ class AuditInboxRow(Base):
     resource_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
     detail: Mapped[str] = mapped_column(Text())
 
+    # SQLite must never reuse an inbox id: a chained entry's `inbox_id` would vouch for a new row.
+    __table_args__ = {"sqlite_autoincrement": True}
+
 
 class AuditChainHead(Base):
     __tablename__ = "audit_chain_head"

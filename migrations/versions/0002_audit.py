@@ -247,6 +247,8 @@ def upgrade() -> None:
         sa.Column("id", _seq_type(), autoincrement=True, nullable=False),
         *_content_columns(),
         sa.PrimaryKeyConstraint("id", name="pk_audit_inbox"),
+        # SQLite must never reuse an inbox id: a chained entry's `inbox_id` would vouch for a new row.
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "audit_chain_head",

@@ -161,3 +161,19 @@ async def test_detail_is_stored_as_canonical_json(audit_session: AsyncSession, a
                                detail={"request_ids": ["b", "a"], "justification": "écoute", "duration_s": 60})
     assert entry.detail_json == '{"duration_s":60,"justification":"\\u00e9coute","request_ids":["b","a"]}'
     assert json.loads(entry.detail_json)["justification"] == "écoute"
+
+
+async def test_queued_entries_never_reuse_an_inbox_id(audit_db: AuditDb, audit_clock: ManualClock) -> None:
+    """A reused id would let an old chained entry vouch for deleting a new, unchained one."""
+    step = example_steps(1, audit_clock.now())[0]
+    ids = []
+    for _ in range(3):
+        async with audit_db.factory() as session:
+            entry = await append_entry(session=session, clock=audit_clock, actor=step.actor, action=step.action,
+                                       subjects=step.subjects, detail=step.detail, chain_now=False)
+            ids.append(entry.inbox_id)
+            await integrate_pending(session, wait=True)  # empties the inbox each time
+            await session.commit()
+    assert ids == sorted(set(ids))
+    async with audit_db.factory() as session:
+        assert (await verify_chain(session=session, keys=NO_KEYS, now=audit_clock.now())).head_seq == 3
