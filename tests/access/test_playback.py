@@ -1,0 +1,284 @@
+"""The read side end to end: JIT request, manager approval, playback from a SAW, every refusal alike.
+
+A real SDK session is recorded; alice (engineer, team voice-a) asks for its request ID, mona (manager of
+voice-a) approves, and alice plays it back from her registered SAW. The WAV tracks must equal, sample
+for sample, what the SDK sent and what it received.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import wave
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from azure.ai.voicelive.aio import connect as sdk_connect
+from azure.core.credentials import AzureKeyCredential
+from sqlalchemy import select
+
+from app.access.models import AccessRequest
+from app.access.saw.settings import SawSettings
+from app.audit.models import AuditEntryRow, AuditInboxRow
+from app.capture.models import Recording
+from app.identity.principal import Role
+from app.identity.settings import IdentitySettings
+from tests.fixtures.identity import MintToken, bearer
+from tests.fixtures.recording import RecordingStack, recording_stack
+from tests.fixtures.relay import STANDIN_API_KEY, TEST_ADMIN_TOKEN, StandinHandle
+from tests.fixtures.saw import SawPki, saw_request_headers
+from tests.relay.audio import frames, speech_like
+
+ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
+
+
+@dataclass
+class People:
+    alice: dict[str, str]  # engineer of voice-a, on her SAW
+    alice_elsewhere: dict[str, str]  # the same token, not from a SAW
+    mona: dict[str, str]  # manager of voice-a
+    max: dict[str, str]  # manager of voice-b
+    carl: dict[str, str]  # engineer and manager of voice-a (may not approve himself)
+    saw_id: str
+
+
+@dataclass
+class Session:
+    request_id: str
+    sent: bytes
+    received: bytes
+
+
+@dataclass
+class Env:
+    stack: RecordingStack
+    people: People
+    session: Session
+    ticket_ref: str
+
+
+async def setup_people(stack: RecordingStack, mint_token: MintToken, saw_pki: SawPki) -> People:
+    tag = uuid4().hex[:6]
+    for team in (f"voice-a-{tag}", f"voice-b-{tag}"):
+        assert (await stack.api("POST", "/admin/teams", ADMIN, json={"name": team})).status_code == 201
+    staff = [("alice", f"voice-a-{tag}", ["engineer"]), ("mona", f"voice-a-{tag}", ["manager"]),
+             ("max", f"voice-b-{tag}", ["manager"]), ("carl", f"voice-a-{tag}", ["engineer", "manager"])]
+    for subject, team, roles in staff:
+        response = await stack.api("POST", "/admin/staff", ADMIN, json={
+            "subject": f"{subject}-{tag}", "display_name": subject, "team": team, "roles": roles})
+        assert response.status_code == 201, response.text
+    for subject, team in (("mona", f"voice-a-{tag}"), ("max", f"voice-b-{tag}"), ("carl", f"voice-a-{tag}")):
+        response = await stack.api("POST", f"/admin/teams/{team}/managers", ADMIN, json={"subject": f"{subject}-{tag}"})
+        assert response.status_code == 200, response.text
+    for engineer in (f"alice-{tag}", f"carl-{tag}"):
+        await stack.api("POST", f"/tickets/{stack.ticket_id}/engineers", stack.ticketing, json={"engineer": engineer})
+    saw = await stack.api("POST", "/admin/saws", ADMIN, json={
+        "owner": f"alice-{tag}", "label": "SAW-EU-0001", "cert_pem": saw_pki.valid.pem})
+    assert saw.status_code == 201, saw.text
+    on_saw = saw_request_headers(saw_pki.valid.cert)
+
+    def token(subject: str, roles: list[Role]) -> dict[str, str]:
+        return bearer(mint_token(f"{subject}-{tag}", roles))
+
+    alice = token("alice", [Role.ENGINEER])
+    return People(alice={**alice, **on_saw}, alice_elsewhere=alice, mona=token("mona", [Role.MANAGER]),
+                  max=token("max", [Role.MANAGER]), carl={**token("carl", [Role.ENGINEER, Role.MANAGER]), **on_saw},
+                  saw_id=saw.json()["id"])
+
+
+async def record_sdk_session(stack: RecordingStack, standin: StandinHandle) -> Session:
+    sent = speech_like(1.5, marker_hz=180)
+    received = b""
+    async with sdk_connect(endpoint=stack.endpoint, credential=AzureKeyCredential(STANDIN_API_KEY),
+                           model="gpt-4o") as conn:
+        for chunk in frames(sent):
+            await conn.input_audio_buffer.append(audio=base64.b64encode(chunk).decode())
+        async for event in conn:
+            if event.type == "response.audio.delta":
+                received += event.delta if isinstance(event.delta, bytes) else base64.b64decode(event.delta)
+            if event.type == "response.done":
+                break
+    request_id = list(standin.standin.sessions)[-1]
+    await stack.recording(request_id)
+    return Session(request_id, sent, received)
+
+
+@pytest.fixture
+async def env(tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+              saw_pki: SawPki) -> AsyncIterator[Env]:
+    async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
+                               identity=identity_settings, mint_token=mint_token,
+                               saw=SawSettings(trusted_proxies=["127.0.0.1/32"])) as stack:
+        people = await setup_people(stack, mint_token, saw_pki)
+        session = await record_sdk_session(stack, standin)
+        ticket = await stack.api("GET", f"/tickets/{stack.ticket_id}", stack.ticketing)
+        yield Env(stack, people, session, ticket.json()["external_ref"])
+
+
+async def ask(env: Env, who: dict[str, str] | None = None, request_ids: list[str] | None = None,
+              minutes: int = 60) -> dict[str, object]:
+    response = await env.stack.api("POST", "/access/requests", who or env.people.alice, json={
+        "ticket_id": env.stack.ticket_id, "request_ids": request_ids or [env.session.request_id],
+        "justification": f"Caller reports clipped audio on {env.ticket_ref}; need to hear the turn.",
+        "duration_minutes": minutes})
+    assert response.status_code == 201, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+async def approve(env: Env, grant: dict[str, object], who: dict[str, str] | None = None) -> int:
+    response = await env.stack.api("POST", f"/access/requests/{grant['id']}/approve", who or env.people.mona, json={})
+    return response.status_code
+
+
+async def read(env: Env, path: str, who: dict[str, str] | None = None, request_id: str | None = None):  # type: ignore[no-untyped-def]
+    rid = request_id or env.session.request_id
+    return await env.stack.api("GET", f"/recordings/{rid}{path}", who or env.people.alice)
+
+
+def pcm_of(wav_bytes: bytes) -> tuple[int, bytes]:
+    with wave.open(io.BytesIO(wav_bytes)) as wav:
+        return wav.getframerate(), wav.readframes(wav.getnframes())
+
+
+async def test_approved_engineer_on_her_saw_hears_exactly_what_was_said_and_heard(env: Env) -> None:
+    grant = await ask(env)
+    assert grant["state"] == "pending"
+    assert await approve(env, grant) == 200
+    caller = await read(env, "/audio/caller.wav")
+    service = await read(env, "/audio/service.wav")
+    timeline = await read(env, "/events")
+    transcript = await read(env, "/transcript")
+    assert caller.status_code == service.status_code == timeline.status_code == transcript.status_code == 200
+    assert caller.headers["content-type"] == "audio/wav"
+    assert pcm_of(caller.content) == (24000, env.session.sent)  # sample-exact, as the SDK sent it
+    assert pcm_of(service.content) == (24000, env.session.received)  # and as it received it
+    types = [line.split('"type":"')[1].split('"')[0] for line in timeline.text.splitlines()]
+    assert "input_audio_buffer.speech_started" in types
+    assert types[-1] == "end"
+    assert "AAAA" not in timeline.text  # audio payloads are elided from the timeline
+    texts = {(t["speaker"], t["text"].split(" of ")[0]) for t in transcript.json()["transcripts"]}
+    assert texts == {("caller", "speech"), ("service", "echo")}
+    async with env.stack.relay.app.state.ctx.session_factory() as session:
+        reads = [*(await session.execute(select(AuditEntryRow.detail).where(AuditEntryRow.action == "recording.read")
+                                         )).scalars(),
+                 *(await session.execute(select(AuditInboxRow.detail).where(AuditInboxRow.action == "recording.read")
+                                         )).scalars()]
+    assert len(reads) == 4
+    assert any(f'"bytes":{len(caller.content)}' in d for d in reads)
+
+
+async def test_wav_supports_range_requests(env: Env) -> None:
+    assert await approve(env, await ask(env)) == 200
+    whole = (await read(env, "/audio/caller.wav")).content
+    response = await env.stack.api("GET", f"/recordings/{env.session.request_id}/audio/caller.wav",
+                                   {**env.people.alice, "Range": "bytes=100-1099"})
+    assert response.status_code == 206
+    assert response.headers["content-range"] == f"bytes 100-1099/{len(whole)}"
+    assert response.content == whole[100:1100]
+
+
+async def refusal(env: Env, who: dict[str, str] | None = None, request_id: str | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]
+    response = await read(env, "/audio/caller.wav", who=who, request_id=request_id)
+    body = response.json()
+    body.pop("instance", None)
+    return response.status_code, body
+
+
+async def test_unknown_id_and_known_id_without_grant_get_the_same_answer(env: Env) -> None:
+    unknown = await refusal(env, request_id=uuid4().hex)
+    no_grant = await refusal(env)
+    assert unknown == no_grant
+    assert no_grant[0] == 404
+    assert no_grant[1]["code"] == "recording_not_available"
+
+
+async def test_pending_request_does_not_read(env: Env) -> None:
+    await ask(env)
+    assert await refusal(env) == await refusal(env, request_id=uuid4().hex)
+
+
+async def test_not_from_a_saw_is_refused_alike(env: Env) -> None:
+    assert await approve(env, await ask(env)) == 200
+    assert await refusal(env, who=env.people.alice_elsewhere) == await refusal(env, request_id=uuid4().hex)
+
+
+async def test_self_approval_and_another_teams_manager_are_refused(env: Env) -> None:
+    own = await ask(env, who=env.people.carl)
+    response = await env.stack.api("POST", f"/access/requests/{own['id']}/approve", env.people.carl, json={})
+    assert (response.status_code, response.json()["code"]) == (403, "self_approval")
+    other = await ask(env)
+    response = await env.stack.api("POST", f"/access/requests/{other['id']}/approve", env.people.max, json={})
+    assert (response.status_code, response.json()["code"]) == (403, "not_requesters_manager")
+    assert await refusal(env) == await refusal(env, request_id=uuid4().hex)
+
+
+@pytest.mark.parametrize("change", ["expired", "revoked", "consent_withdrawn", "ticket_closed", "saw_revoked",
+                                    "erased", "past_thirty_days"])
+async def test_grant_stops_working_when(env: Env, change: str) -> None:
+    grant = await ask(env)
+    assert await approve(env, grant) == 200
+    assert (await read(env, "/transcript")).status_code == 200
+    stack = env.stack
+    factory = stack.relay.app.state.ctx.session_factory
+    if change == "expired":
+        async with factory() as session:
+            row = await session.get(AccessRequest, grant["id"])
+            assert row is not None
+            row.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+            await session.commit()
+    elif change == "revoked":
+        response = await stack.api("POST", f"/access/requests/{grant['id']}/revoke", env.people.alice,
+                                   json={"reason": "done"})
+        assert response.status_code == 200
+    elif change == "consent_withdrawn":
+        consent_id = (await stack.recording(env.session.request_id)).consent_id
+        await stack.withdraw(consent_id)
+    elif change == "ticket_closed":
+        await stack.api("POST", f"/tickets/{stack.ticket_id}/close", stack.ticketing)
+    elif change == "saw_revoked":
+        response = await stack.api("POST", f"/admin/saws/{env.people.saw_id}/revoke", ADMIN, json={"reason": "lost"})
+        assert response.status_code == 200, response.text
+    elif change == "erased":
+        consent_id = (await stack.recording(env.session.request_id)).consent_id
+        await stack.api("POST", f"/customer/resources/{stack.resource}/consents/{consent_id}/erasure", stack.customer)
+    elif change == "past_thirty_days":
+        async with factory() as session:
+            row = await session.get(Recording, env.session.request_id)
+            assert row is not None
+            row.started_at = row.started_at - timedelta(days=30, hours=1)  # purge is late: reads still refuse
+            await session.commit()
+    assert await refusal(env) == await refusal(env, request_id=uuid4().hex)
+
+
+async def test_refusals_are_audited_with_their_reason_and_rate_limited(env: Env) -> None:
+    for _ in range(20):
+        await refusal(env)
+    limited = await read(env, "/events")
+    assert (limited.status_code, limited.json()["code"]) == (429, "rate_limited")
+    async with env.stack.relay.app.state.ctx.session_factory() as session:
+        details = [*(await session.execute(select(AuditEntryRow.detail)
+                                           .where(AuditEntryRow.action == "recording.read_denied"))).scalars(),
+                   *(await session.execute(select(AuditInboxRow.detail)
+                                           .where(AuditInboxRow.action == "recording.read_denied"))).scalars()]
+    assert len(details) == 20
+    assert all('"reason":"no_grant"' in d for d in details)
+
+
+async def test_bad_requests_get_clear_errors(env: Env) -> None:
+    no_ticket_ref = await env.stack.api("POST", "/access/requests", env.people.alice, json={
+        "ticket_id": env.stack.ticket_id, "request_ids": [env.session.request_id],
+        "justification": "I would like to listen to this call please"})
+    assert (no_ticket_ref.status_code, no_ticket_ref.json()["code"]) == (422, "invalid_justification")
+    too_long = await env.stack.api("POST", "/access/requests", env.people.alice, json={
+        "ticket_id": env.stack.ticket_id, "request_ids": [env.session.request_id],
+        "justification": f"Need it for {env.ticket_ref} investigation", "duration_minutes": 481})
+    assert (too_long.status_code, too_long.json()["code"]) == (422, "invalid_input")
+    not_assigned = await env.stack.api("POST", "/access/requests", env.people.mona, json={
+        "ticket_id": env.stack.ticket_id, "request_ids": [env.session.request_id],
+        "justification": f"Need it for {env.ticket_ref} investigation"})
+    assert not_assigned.status_code == 403
