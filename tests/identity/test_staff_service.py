@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.actions import Actor
 from app.clock import ManualClock
-from app.identity.principal import Principal, Role
+from app.identity.principal import MissingRole, Principal, Role
 from app.identity.staff import service
 from app.identity.staff.schemas import StaffCreate, StaffUpdate, TeamCreate
 from tests.fixtures.saw import audit_records
@@ -189,9 +189,9 @@ async def test_authorize_staff_needs_the_role_in_the_token_and_in_the_active_rec
                                        roles=[Role.ENGINEER])
     assert ok.roles == {Role.ENGINEER}  # manager is in the token only, auditor in the record only
     assert ok.subject == f"ann-{t}"
-    with pytest.raises(service.MissingRole):  # the token lacks it
+    with pytest.raises(MissingRole):  # the token lacks it
         await service.authorize_staff(session=db_session, principal=token(Role.MANAGER), roles=[Role.ENGINEER])
-    with pytest.raises(service.MissingRole):  # the record lacks it
+    with pytest.raises(MissingRole):  # the record lacks it
         await service.authorize_staff(session=db_session, principal=token(Role.MANAGER), roles=[Role.MANAGER])
     with pytest.raises(service.UnknownStaff):
         await service.authorize_staff(session=db_session, principal=Principal(f"x-{t}", frozenset({Role.ENGINEER})),
