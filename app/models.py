@@ -7,6 +7,7 @@ from app.capture.models import Recording
 from app.db import Base
 from app.identity.staff.models import Staff, StaffRole, Team, TeamManager  # noqa: F401 - staff directory
 from app.resources.models import Resource
+from app.retention.models import RetentionBucket  # noqa: F401 - registers the retention tables
 from app.tickets.models import Consent, Ticket, TicketAssignment
 
 __all__ = ["AccessRequest", "AccessRequestItem", "Base", "Consent", "Recording", "Resource", "Ticket",
