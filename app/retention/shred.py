@@ -8,8 +8,10 @@ fails the row keeps `blob_deleted_at` empty ("blob pending") and `delete_pending
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,9 +23,10 @@ from app.audit.service import append_entry
 from app.capture.models import Recording
 from app.clock import Clock
 from app.logs import get_logger
-from app.storage.errors import StorageError
+from app.storage.errors import NotFound, StorageError
 from app.storage.layout import RecordingKey
 from app.storage.router import RegionRouter
+from app.vault.errors import MalformedWrappedKey, UnknownVersion
 from app.vault.keyring import RegionKeyrings
 from app.vault.shredding import shred_data_key
 
@@ -57,8 +60,14 @@ async def shred_recording(
     now = clock.now()
     wrapped = recording.wrapped_dek
     if wrapped is not None:
-        await shred_data_key(keyrings.for_region(recording.region), wrapped, region=recording.region,
-                             request_id=recording.request_id, now=now)
+        try:
+            await shred_data_key(keyrings.for_region(recording.region), wrapped, region=recording.region,
+                                 request_id=recording.request_id, now=now)
+        except (MalformedWrappedKey, UnknownVersion):
+            # Bytes that do not parse as a wrapped key cannot be erased one by one, nor unwrapped by this
+            # code; deleting them goes on, and the bucket's KEK destruction covers any copy (C7).
+            log.warning("recording.wrapped_key_unparsable", request_id=recording.request_id,
+                        region=recording.region)
     receipt = ShredReceipt(
         request_id=recording.request_id, region=recording.region, kek_bucket=kek_bucket(recording.started_at),
         started_at=recording.started_at, shredded_at=now, reason=reason,
@@ -87,24 +96,59 @@ async def shred_recording(
 
 async def delete_blob(*, stores: RegionRouter, recording: Recording) -> bool:
     """Step 2: delete the blob and its parts. False if the store failed (retried later)."""
+    key = RecordingKey(recording.request_id, recording.started_at)
     try:
-        await stores.store(recording.region).delete(RecordingKey(recording.request_id, recording.started_at))
+        try:
+            await stores.store(recording.region).delete(key)
+        except NotFound:
+            # The object (or its directory) vanished under a concurrent delete: look once more. A delete of
+            # nothing succeeds, so this settles whether anything is left.
+            await stores.store(recording.region).delete(key)
     except StorageError:
         log.warning("recording.blob_delete_failed", request_id=recording.request_id, region=recording.region)
         return False
     return True
 
 
-async def delete_pending_blobs(*, session: AsyncSession, clock: Clock, stores: RegionRouter, limit: int = 500) -> int:
-    """Retry blob deletes of shredded recordings ("blob pending"); returns how many were finished."""
-    rows = await session.execute(
+async def delete_blobs(
+    *, clock: Clock, stores: RegionRouter, recordings: Sequence[Recording], concurrency: int = 1
+) -> int:
+    """Step 2 for several recordings, `concurrency` deletes at a time; marks those done (the caller flushes).
+
+    Only for recordings whose step 1 is committed. Returns how many blobs were deleted; the rest stay
+    "blob pending" and `delete_pending_blobs` retries them.
+    """
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(recording: Recording) -> bool:
+        async with gate:
+            return await delete_blob(stores=stores, recording=recording)
+
+    results = await asyncio.gather(*(one(r) for r in recordings))
+    now = clock.now()
+    done = 0
+    for recording, deleted in zip(recordings, results, strict=True):
+        if deleted and recording.blob_deleted_at is None:
+            recording.blob_deleted_at = now
+            done += 1
+    return done
+
+
+async def delete_pending_blobs(
+    *, session: AsyncSession, clock: Clock, stores: RegionRouter, limit: int = 500, concurrency: int = 1,
+) -> int:
+    """Retry blob deletes of shredded recordings ("blob pending"); returns how many were finished.
+
+    On PostgreSQL the rows are claimed (`FOR UPDATE SKIP LOCKED`) until the caller commits, so replicas
+    retry different rows.
+    """
+    query = (
         select(Recording).where(Recording.shredded_at.is_not(None), Recording.blob_deleted_at.is_(None))
         .order_by(Recording.shredded_at).limit(limit)
     )
-    done = 0
-    for recording in rows.scalars():
-        if await delete_blob(stores=stores, recording=recording):
-            recording.blob_deleted_at = clock.now()
-            done += 1
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    rows = list((await session.execute(query)).scalars())
+    done = await delete_blobs(clock=clock, stores=stores, recordings=rows, concurrency=concurrency)
     await session.flush()
     return done
