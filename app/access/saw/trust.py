@@ -46,9 +46,13 @@ def _address(host: str | None) -> IPAddress | None:
     if not host:
         return None
     try:
-        return ip_address(host.strip().removeprefix("[").split("]")[0])
+        address = ip_address(host.strip().removeprefix("[").split("]")[0])
     except ValueError:
         return None
+    # A dual-stack listener sees an IPv4 proxy as ::ffff:a.b.c.d: the same host, compared as IPv4.
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _forwarded_for(values: Iterable[str]) -> set[IPAddress]:

@@ -44,6 +44,14 @@ def test_a_trusted_proxys_verified_certificate_gives_its_sha256(saw_device: Devi
     assert saw_fingerprint(request_from("fd00::5", device.headers), PROXY) == device.sha256
 
 
+def test_an_ipv4_proxy_seen_on_a_dual_stack_listener_is_the_same_proxy(saw_device: Device) -> None:
+    device = saw_device("SAW-1")
+
+    assert saw_fingerprint(request_from("::ffff:10.0.0.5", device.headers), PROXY) == device.sha256
+    assert saw_fingerprint(request_from("::ffff:10.0.0.6", device.headers), PROXY) is None
+    assert not is_trusted_peer("::ffff:10.0.0.5", ["10.0.0.5"], PROXY.trusted_proxies)
+
+
 @pytest.mark.parametrize("peer", ["10.0.0.6", "127.0.0.1", "fd00::6", None, "not-an-ip"])
 def test_headers_from_any_other_peer_are_ignored(saw_device: Device, peer: str | None) -> None:
     assert saw_fingerprint(request_from(peer, saw_device("SAW-1").headers), PROXY) is None
