@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.access import service
+from app.access import service, transparency
 from app.access.metrics import AccessMetrics
 from app.access.models import AccessRequest
 from app.access.playback.render import plan_track, timeline, track_pcm, transcripts, wav_header
@@ -307,3 +307,11 @@ async def transcript(request_id: str, who: CurrentPrincipal, session: SessionDep
     await audit_read(session=session, clock=clock, who=who, allowed=allowed, part="transcripts", nbytes=len(data),
                      device=allowed.saw.id, metrics=_ctx(request).metrics)
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/customer/resources/{resource}/access-log",
+            summary="Access transparency: every access request and read on my recordings (customer admin)")
+async def access_log(resource: str, who: CurrentPrincipal, session: SessionDep) -> dict[str, object]:
+    """Who (by role and team), when, under which ticket and justification; each read with part and bytes."""
+    owned = await customer_resource(session=session, principal=who, name=resource)
+    return await transparency.access_log(session=session, resource=owned)

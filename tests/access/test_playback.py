@@ -24,6 +24,7 @@ from sqlalchemy import select
 from app.access.models import AccessRequest
 from app.access.saw.settings import SawSettings
 from app.audit.models import AuditEntryRow, AuditInboxRow
+from app.audit.service import integrate_pending
 from app.capture.models import Recording
 from app.identity.principal import Role
 from app.identity.settings import IdentitySettings
@@ -282,3 +283,28 @@ async def test_bad_requests_get_clear_errors(env: Env) -> None:
         "ticket_id": env.stack.ticket_id, "request_ids": [env.session.request_id],
         "justification": f"Need it for {env.ticket_ref} investigation"})
     assert not_assigned.status_code == 403
+
+
+async def test_customer_sees_every_request_and_read_without_names(env: Env) -> None:
+    grant = await ask(env)
+    assert await approve(env, grant) == 200
+    transcript = await read(env, "/transcript")
+    assert transcript.status_code == 200
+    state = env.stack.relay.app.state
+    async with state.ctx.session_factory() as session:  # let the sequencer chain queued entries (PostgreSQL)
+        await integrate_pending(session, wait=True)
+        await session.commit()
+    log = await env.stack.api("GET", f"/customer/resources/{env.stack.resource}/access-log", env.stack.customer)
+    assert log.status_code == 200, log.text
+    body = log.json()
+    (request,) = body["access_requests"]
+    assert request["ticket"] == env.ticket_ref
+    assert request["request_ids"] == [env.session.request_id]
+    assert request["requester_team"].startswith("voice-a-")
+    assert (request["requester_role"], request["decided_by_role"], request["state"]) == (
+        "engineer", "manager", "approved")
+    assert [(r["request_id"], r["part"]) for r in body["reads"]] == [(env.session.request_id, "transcripts")]
+    assert "alice" not in log.text
+    assert "mona" not in log.text
+    other = await env.stack.api("GET", f"/customer/resources/{env.stack.resource}/access-log", env.people.alice)
+    assert other.status_code == 404

@@ -1,0 +1,61 @@
+"""Access transparency for the customer: every access request and read on their resource's recordings.
+
+Like Google's Access Transparency: the customer's admin sees who (by role and team, never by name), when,
+under which ticket, with which justification, and each read (part, bytes). Reads come from the audit
+trail's chained entries, so they show what an auditor would see.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.access.models import AccessRequest, AccessRequestItem
+from app.audit.actions import AuditAction
+from app.audit.reports.entries import load_entries
+from app.audit.service import read_chain_head
+from app.capture.service import recordings_of_resource
+from app.identity.staff.service import get_team
+from app.resources.models import Resource
+from app.tickets.models import Ticket
+
+
+async def access_log(*, session: AsyncSession, resource: Resource, limit: int = 500) -> dict[str, Any]:
+    requests = (await session.execute(
+        select(AccessRequest, Ticket.external_ref).join(Ticket, Ticket.id == AccessRequest.ticket_id)
+        .where(Ticket.resource_id == resource.id).order_by(AccessRequest.created_at.desc()).limit(limit)
+    )).all()
+    team_names: dict[str, str] = {}
+    out_requests = []
+    for row, ticket_ref in requests:
+        team = row.requester_team_id
+        if team and team not in team_names:
+            found = await get_team(session=session, team_id=team)
+            team_names[team] = found.name if found else "unknown"
+        ids = (await session.execute(select(AccessRequestItem.request_id)
+                                     .where(AccessRequestItem.access_request_id == row.id))).scalars().all()
+        out_requests.append({
+            "access_request": row.id, "requested_at": _iso(row.created_at), "requester_role": "engineer",
+            "requester_team": team_names.get(team or ""), "ticket": ticket_ref,
+            "justification": row.justification, "request_ids": sorted(ids), "state": row.state,
+            "decided_at": _iso(row.decided_at), "decided_by_role": "manager" if row.decided_by else None,
+            "expires_at": _iso(row.expires_at), "customer_approved": row.customer_approved,
+        })
+    recordings = await recordings_of_resource(session=session, resource=resource, limit=5000)
+    head = await read_chain_head(session)
+    reads = await load_entries(session, actions=[AuditAction.RECORDING_READ], upto_seq=head.seq,
+                               request_ids=[r.request_id for r in recordings]) if recordings else []
+    return {
+        "resource": resource.name,
+        "access_requests": out_requests,
+        "reads": [{"at": _iso(e.at), "request_id": e.request_id, "access_request": e.grant,
+                   "part": e.detail.get("part"), "bytes": e.detail.get("bytes")} for e in reads[-limit:]],
+        "as_of_audit_seq": head.seq,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
