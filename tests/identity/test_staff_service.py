@@ -95,6 +95,9 @@ async def test_managers_of_counts_only_active_people_who_hold_the_manager_role(
 
     assert await service.managers_of(session=db_session, team_id=team.id) == {f"mia-{t}"}
     assert await service.managers_of(session=db_session, team_id=str(uuid4())) == set()
+    managed = {name: await service.teams_managed_by(session=db_session, subject=f"{name}-{t}")
+               for name in ("mia", "max", "mo")}
+    assert managed == {"mia": [team.id], "max": [], "mo": []}
 
 
 async def test_only_an_active_manager_can_be_made_a_team_manager(db_session: AsyncSession, clock: ManualClock) -> None:

@@ -344,7 +344,13 @@ async def _flush_or_conflict(session: AsyncSession, conflict: Conflict) -> None:
 
 
 async def teams_managed_by(*, session: AsyncSession, subject: str) -> list[str]:
-    """The ids of the teams this person manages (the access queue shows their requests)."""
-    rows = await session.execute(select(TeamManager.team_id).where(TeamManager.subject == subject)
-                                 .order_by(TeamManager.team_id))
+    """The ids of the teams this person may approve for now (the access queue shows their requests): the
+    same rule as `managers_of`, so a deactivated person or one without the manager role manages none."""
+    rows = await session.execute(
+        select(TeamManager.team_id)
+        .join(Staff, Staff.subject == TeamManager.subject)
+        .join(StaffRole, (StaffRole.subject == TeamManager.subject) & (StaffRole.role == Role.MANAGER.value))
+        .where(TeamManager.subject == subject, Staff.active.is_(True))
+        .order_by(TeamManager.team_id)
+    )
     return list(rows.scalars())
