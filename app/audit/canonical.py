@@ -107,18 +107,19 @@ def encode_entry_text(
     """`encode_entry` with the time already in canonical text; positional and inlined: the verifier's loop."""
     time_raw, type_raw, id_raw = recorded_at.encode(), actor_type.encode(), actor_id.encode()
     action_raw, detail_raw = action.encode(), detail.encode()
+    u32 = _U32
     return b"".join((
         ENTRY_DOMAIN, seq.to_bytes(8, "big"),
-        _U32(len(time_raw)), time_raw,
-        _U32(len(type_raw)), type_raw,
-        _U32(len(id_raw)), id_raw,
-        _U32(len(action_raw)), action_raw,
-        ABSENT if ticket is None else _field(ticket),
-        ABSENT if request_id is None else _field(request_id),
-        ABSENT if grant is None else _field(grant),
-        ABSENT if saw is None else _field(saw),
-        ABSENT if resource is None else _field(resource),
-        _U32(len(detail_raw)), detail_raw,
+        u32(len(time_raw)), time_raw,
+        u32(len(type_raw)), type_raw,
+        u32(len(id_raw)), id_raw,
+        u32(len(action_raw)), action_raw,
+        ABSENT if ticket is None else u32(len(raw := ticket.encode())) + raw,
+        ABSENT if request_id is None else u32(len(raw := request_id.encode())) + raw,
+        ABSENT if grant is None else u32(len(raw := grant.encode())) + raw,
+        ABSENT if saw is None else u32(len(raw := saw.encode())) + raw,
+        ABSENT if resource is None else u32(len(raw := resource.encode())) + raw,
+        u32(len(detail_raw)), detail_raw,
         bytes.fromhex(prev_hash),
     ))
 

@@ -67,7 +67,7 @@ class AuditInboxRow(Base):
     detail: Mapped[str] = mapped_column(Text())
 
     # SQLite must never reuse an inbox id: a chained entry's `inbox_id` would vouch for a new row.
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
 
 class AuditChainHead(Base):

@@ -51,6 +51,9 @@ CONTENT_COLUMNS: Final = (
     "ticket_id", "request_id", "grant_id", "saw_id", "resource_id", "detail",
 )
 
+# Built once: the statement cache keys on them, and the hot path skips building a statement per entry.
+QUEUE_ENTRY: Final = insert(INBOX).returning(INBOX.c.id)
+CHAIN_ENTRY: Final = insert(ENTRIES)
 _LOCK_HEAD_PG = text("SELECT seq, entry_hash FROM audit_chain_head WHERE id = 1 FOR UPDATE")
 _TRY_LOCK_HEAD_PG = text("SELECT seq, entry_hash FROM audit_chain_head WHERE id = 1 FOR UPDATE SKIP LOCKED")
 # A write is the only way to take SQLite's writer lock inside a deferred transaction; it changes nothing.
@@ -179,7 +182,7 @@ async def append_entry(
         entry, _ = await _append_prepared(session, head, recorded_at, actor, action, subjects, detail_json)
         return entry
     values = _content_values(recorded_at, actor, action, subjects, detail_json)
-    inbox_id = (await session.execute(insert(INBOX).values(values).returning(INBOX.c.id))).scalar_one()
+    inbox_id = (await session.execute(QUEUE_ENTRY, values)).scalar_one()
     return AuditEntry(recorded_at=recorded_at, actor=actor, action=action, subjects=subjects,
                       detail_json=detail_json, inbox_id=int(inbox_id), detail=json.loads(detail_json))
 
@@ -206,7 +209,7 @@ async def _append_prepared(
 ) -> tuple[AuditEntry, ChainHead]:
     values = _content_values(recorded_at, actor, action, subjects, detail_json)
     linked = _link(values, head.seq + 1, head.entry_hash)
-    await session.execute(insert(ENTRIES).values(linked))
+    await session.execute(CHAIN_ENTRY, linked)
     entry = AuditEntry(
         recorded_at=recorded_at, actor=actor, action=action, subjects=subjects, detail_json=detail_json,
         seq=linked["seq"], prev_hash=linked["prev_hash"], entry_hash=linked["entry_hash"],

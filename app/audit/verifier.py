@@ -34,6 +34,7 @@ ENTRY_COLUMNS: Final = (
 SEQ, PREV, HASH = 0, 11, 12
 PG_CANONICAL_TIME: Final = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'  # to_char() of canonical_time()
 RENUMBER_WINDOW: Final = 256  # how far a moved entry's original seq is searched for
+YIELD_EVERY: Final = 2047  # rows hashed between two chances for the prefetch to progress
 
 
 class DamageKind(StrEnum):
@@ -310,10 +311,11 @@ async def verify_chain(
         # The next batch is queried while this one is hashed (the database works, we hash).
         prefetch = asyncio.create_task(_fetch(session, query, convert, rows[-1][SEQ], batch)) \
             if len(rows) == batch else None
-        await asyncio.sleep(0)
         bad_index: int | None = None
         bad_pin: tuple[str, int] | None = None
         for index, row in enumerate(rows):
+            if not index & YIELD_EVERY:
+                await asyncio.sleep(0)  # lets the prefetch move on (aiosqlite works in its own thread)
             seq = row[SEQ]
             digest = sha256(encode_entry_text(*row[:12])).hexdigest()
             if digest == row[HASH] and row[PREV] == anchor.entry_hash and seq == anchor.seq + 1:
