@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.access.notify import TeamWebhook
 from app.access.saw.settings import SawSettings
 from app.capture.settings import CaptureSettings
 from app.identity.settings import IdentitySettings
@@ -90,6 +91,11 @@ class Settings(BaseSettings):
     saw: SawSettings = Field(
         default_factory=SawSettings,
         description="Secure access workstations: which mutual-TLS proxies to believe (`VOICELOG_SAW__*`).",
+    )
+    access_webhooks: list[TeamWebhook] = Field(
+        default_factory=list,
+        description="Per-team webhooks for access events (requested, approved, denied, revoked, expiring "
+        "soon, expired), HMAC-signed and retried: JSON list of `{team, url, secret}`.",
     )
     storage: StorageSettings = Field(
         default_factory=StorageSettings,

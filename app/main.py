@@ -16,6 +16,7 @@ from sqlalchemy import text
 from websockets.asyncio.server import Server
 
 from app.access.metrics import AccessMetrics
+from app.access.notify import Notifier
 from app.access.people import SawRegistry, StaffRecords
 from app.access.ratelimit import ReadLimiter
 from app.access.routes import AccessContext
@@ -114,6 +115,12 @@ def create_app(
                         stores=stores, session_factory=ctx.session_factory,
                         metrics=CaptureMetrics(ctx.metrics.registry))
     relay = Relay(ctx, tap_factory or recorder)
+    access = AccessContext(
+        directory=StaffRecords(), saws=SawRegistry(), limiter=ReadLimiter(),
+        metrics=AccessMetrics(ctx.metrics.registry),
+        retention=timedelta(hours=settings.vault.bucket_lifetime_hours),
+        notifier=Notifier(settings.access_webhooks, ctx.metrics.registry),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -129,6 +136,7 @@ def create_app(
             log.warning("storage.prepare_failed")
         consents.start(ctx.session_factory)
         recorder.start()
+        access.notifier.start()
         log.info("voicelog.started", regions=settings.region_names, embedded=settings.embedded)
         try:
             yield
@@ -137,6 +145,7 @@ def create_app(
             if closed:
                 log.warning("relay.drain.closed_sessions", sessions=closed)
             await recorder.stop()
+            await access.notifier.stop()
             await consents.stop()
             await keyrings.aclose()
             await stores.close()
@@ -164,11 +173,7 @@ def create_app(
     app.state.recorder = recorder
     app.state.stores = stores
     app.state.keyrings = keyrings
-    app.state.access = AccessContext(
-        directory=StaffRecords(), saws=SawRegistry(), limiter=ReadLimiter(),
-        metrics=AccessMetrics(ctx.metrics.registry),
-        retention=timedelta(hours=settings.vault.bucket_lifetime_hours),
-    )
+    app.state.access = access
     install_error_handlers(app)
     include_dev_routes(app, settings.identity, settings.data_dir, clock=clock)
     app.include_router(relay_router)

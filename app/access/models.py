@@ -40,6 +40,7 @@ class AccessRequest(Base):
     customer_decided_by: Mapped[str | None] = mapped_column(String(128), default=None)
     customer_decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     customer_approved: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    expiry_warned_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 class AccessRequestItem(Base):

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access import service, transparency
 from app.access.metrics import AccessMetrics
 from app.access.models import AccessRequest
+from app.access.notify import Notifier
 from app.access.playback.render import plan_track, timeline, track_pcm, transcripts, wav_header
 from app.access.playback.service import AllowedRead, RecordingNotAvailable, SawLookup, audit_read, authorize_read
 from app.access.ratelimit import ReadLimiter
@@ -23,6 +24,7 @@ from app.capture.reader import RecordingStream
 from app.deps import ClockDep, SessionDep
 from app.errors import Forbidden, InvalidInput
 from app.identity.principal import Principal, Role, authenticate
+from app.identity.staff.service import get_team
 from app.tickets.service import customer_resource
 
 router = APIRouter(tags=["access"])
@@ -36,6 +38,18 @@ class AccessContext:
     limiter: ReadLimiter
     metrics: AccessMetrics
     retention: timedelta
+    notifier: Notifier
+
+
+async def notify(session: AsyncSession, ctx: AccessContext, row: AccessRequest, event: str) -> None:
+    """Tell the requester's team (webhook); ids, roles, times and states only."""
+    team = await get_team(session=session, team_id=row.requester_team_id) if row.requester_team_id else None
+    ctx.notifier.emit(team.name if team else None, event, notification_payload(row, team.name if team else None))
+
+
+def notification_payload(row: AccessRequest, team: str | None) -> dict[str, object]:
+    return {"access_request": row.id, "ticket_id": row.ticket_id, "requester": row.requester, "team": team,
+            "state": row.state, "expires_at": row.expires_at.isoformat() if row.expires_at else None}
 
 
 def _ctx(request: Request) -> AccessContext:
@@ -117,6 +131,7 @@ async def create_request(body: AccessRequestCreate, who: CurrentPrincipal, sessi
     row = await service.create_request(session=session, clock=clock, requester=person, data=service.NewRequest(
         ticket_id=body.ticket_id, request_ids=body.request_ids, justification=body.justification,
         duration=timedelta(minutes=body.duration_minutes)))
+    await notify(session, _ctx(request), row, "access.requested")
     return await _out(session, row)
 
 
@@ -142,6 +157,7 @@ async def approve(access_request_id: str, body: Decision, who: CurrentPrincipal,
     duration = timedelta(minutes=body.duration_minutes) if body.duration_minutes else None
     row = await service.approve(session=session, clock=clock, directory=ctx.directory,
                                 access_request_id=access_request_id, manager=person, duration=duration)
+    await notify(session, ctx, row, "access.approved")
     return await _out(session, row)
 
 
@@ -154,6 +170,7 @@ async def deny(access_request_id: str, body: Decision, who: CurrentPrincipal, se
         raise InvalidInput("A denial needs a reason.")
     row = await service.deny(session=session, clock=clock, directory=ctx.directory,
                              access_request_id=access_request_id, manager=person, reason=body.reason.strip())
+    await notify(session, ctx, row, "access.denied")
     return await _out(session, row)
 
 
@@ -166,6 +183,7 @@ async def revoke(access_request_id: str, body: Decision, who: CurrentPrincipal, 
         raise NotStaff()
     row = await service.revoke(session=session, clock=clock, directory=ctx.directory,
                                access_request_id=access_request_id, by=person, reason=body.reason.strip())
+    await notify(session, ctx, row, "access.revoked")
     return await _out(session, row)
 
 

@@ -258,7 +258,25 @@ async def customer_decide(
     return row
 
 
-async def expire_and_lapse(*, session: AsyncSession, clock: Clock, limit: int = 500) -> tuple[int, int]:
+EXPIRY_WARNING = timedelta(minutes=15)
+
+
+async def expiring_soon(*, session: AsyncSession, clock: Clock, limit: int = 500) -> Sequence[AccessRequest]:
+    """Scheduled: grants ending within 15 minutes not yet warned about (each is returned once)."""
+    now = clock.now()
+    rows = (await session.execute(
+        select(AccessRequest).where(AccessRequest.state == "approved", AccessRequest.expiry_warned_at.is_(None),
+                                    AccessRequest.expires_at > now, AccessRequest.expires_at <= now + EXPIRY_WARNING)
+        .limit(limit).with_for_update(skip_locked=True))).scalars().all()
+    for row in rows:
+        row.expiry_warned_at = now
+    await session.flush()
+    return rows
+
+
+async def expire_and_lapse(
+    *, session: AsyncSession, clock: Clock, limit: int = 500,
+) -> tuple[Sequence[AccessRequest], Sequence[AccessRequest]]:
     """Scheduled: mark grants past their end `expired` and requests unreviewed for 24 h `lapsed`."""
     now = clock.now()
     expired = (await session.execute(
@@ -277,7 +295,7 @@ async def expire_and_lapse(*, session: AsyncSession, clock: Clock, limit: int = 
         await append_entry(session=session, clock=clock, actor=Actor.system("access"),
                            action=AuditAction.ACCESS_DENIED, subjects=Subjects(grant=row.id, ticket=row.ticket_id),
                            detail={"requester": row.requester, "reason": "lapsed"})
-    return len(expired), len(lapsed)
+    return expired, lapsed
 
 
 async def requests_of(*, session: AsyncSession, requester: str) -> Sequence[AccessRequest]:

@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.Column("customer_decided_by", sa.String(128), nullable=True),
         sa.Column("customer_decided_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("customer_approved", sa.Boolean(), nullable=True),
+        sa.Column("expiry_warned_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(["ticket_id"], ["tickets.id"], name="fk_access_requests_ticket_id_tickets",
                                 ondelete="RESTRICT"),
         sa.ForeignKeyConstraint(["extends_id"], ["access_requests.id"],

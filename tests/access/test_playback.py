@@ -7,8 +7,11 @@ for sample, what the SDK sent and what it received.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import io
+import json
 import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,11 +20,14 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
+from aiohttp import web
 from azure.ai.voicelive.aio import connect as sdk_connect
 from azure.core.credentials import AzureKeyCredential
 from sqlalchemy import select
 
+from app.access.jobs import run_access_job
 from app.access.models import AccessRequest
+from app.access.notify import TeamWebhook, signature
 from app.access.saw.settings import SawSettings
 from app.audit.models import AuditEntryRow, AuditInboxRow
 from app.audit.service import integrate_pending
@@ -60,10 +66,35 @@ class Env:
     people: People
     session: Session
     ticket_ref: str
+    webhooks: list[tuple[dict[str, str], bytes]]
 
 
-async def setup_people(stack: RecordingStack, mint_token: MintToken, saw_pki: SawPki) -> People:
-    tag = uuid4().hex[:6]
+WEBHOOK_SECRET = "team-a-webhook-secret"
+
+
+@contextlib.asynccontextmanager
+async def webhook_receiver() -> AsyncIterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
+    """A real HTTP endpoint that keeps what it receives."""
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append((dict(request.headers), await request.read()))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/hook", received
+    finally:
+        await runner.cleanup()
+
+
+async def setup_people(stack: RecordingStack, mint_token: MintToken, saw_pki: SawPki, tag: str) -> People:
     for team in (f"voice-a-{tag}", f"voice-b-{tag}"):
         assert (await stack.api("POST", "/admin/teams", ADMIN, json={"name": team})).status_code == 201
     staff = [("alice", f"voice-a-{tag}", ["engineer"]), ("mona", f"voice-a-{tag}", ["manager"]),
@@ -111,13 +142,15 @@ async def record_sdk_session(stack: RecordingStack, standin: StandinHandle) -> S
 @pytest.fixture
 async def env(tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
               saw_pki: SawPki) -> AsyncIterator[Env]:
-    async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
-                               identity=identity_settings, mint_token=mint_token,
-                               saw=SawSettings(trusted_proxies=["127.0.0.1/32"])) as stack:
-        people = await setup_people(stack, mint_token, saw_pki)
+    tag = uuid4().hex[:6]
+    async with webhook_receiver() as (hook_url, received), recording_stack(
+            tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
+            identity=identity_settings, mint_token=mint_token, saw=SawSettings(trusted_proxies=["127.0.0.1/32"]),
+            access_webhooks=[TeamWebhook(team=f"voice-a-{tag}", url=hook_url, secret=WEBHOOK_SECRET)]) as stack:
+        people = await setup_people(stack, mint_token, saw_pki, tag)
         session = await record_sdk_session(stack, standin)
         ticket = await stack.api("GET", f"/tickets/{stack.ticket_id}", stack.ticketing)
-        yield Env(stack, people, session, ticket.json()["external_ref"])
+        yield Env(stack, people, session, ticket.json()["external_ref"], received)
 
 
 async def ask(env: Env, who: dict[str, str] | None = None, request_ids: list[str] | None = None,
@@ -308,3 +341,45 @@ async def test_customer_sees_every_request_and_read_without_names(env: Env) -> N
     assert "mona" not in log.text
     other = await env.stack.api("GET", f"/customer/resources/{env.stack.resource}/access-log", env.people.alice)
     assert other.status_code == 404
+
+
+async def test_the_team_webhook_hears_of_requests_decisions_and_expiry_signed(env: Env) -> None:
+    grant = await ask(env, minutes=10)
+    assert await approve(env, grant) == 200
+    state = env.stack.relay.app.state
+    counts = await run_access_job(session_factory=state.ctx.session_factory, clock=state.ctx.clock,
+                                  access=state.access)
+    assert counts["warned"] == 1  # 10 minutes left: inside the 15-minute warning
+    for _ in range(100):
+        if len(env.webhooks) >= 3:
+            break
+        await asyncio.sleep(0.05)
+    events = []
+    for headers, body in env.webhooks:
+        expected = signature(WEBHOOK_SECRET.encode(), headers["X-Voicelog-Timestamp"], body)
+        assert headers["X-Voicelog-Signature"] == expected
+        payload = json.loads(body)
+        assert payload["access_request"] == grant["id"]
+        assert "justification" not in payload
+        events.append(payload["event"])
+    assert events == ["access.requested", "access.approved", "access.expiring_soon"]
+
+
+async def test_a_dead_webhook_never_blocks_a_decision(
+    tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+    saw_pki: SawPki,
+) -> None:
+    tag = uuid4().hex[:6]
+    async with recording_stack(
+            tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", identity=identity_settings,
+            mint_token=mint_token, saw=SawSettings(trusted_proxies=["127.0.0.1/32"]),
+            access_webhooks=[TeamWebhook(team=f"voice-a-{tag}", url="http://127.0.0.1:9/hook", secret="s")]) as stack:
+        people = await setup_people(stack, mint_token, saw_pki, tag)
+        env = Env(stack, people, Session("ab" * 16, b"", b""), "", [])
+        env.ticket_ref = (await stack.api("GET", f"/tickets/{stack.ticket_id}", stack.ticketing)).json()[
+            "external_ref"]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        grant = await ask(env)
+        assert await approve(env, grant) == 200
+        assert loop.time() - started < 5  # delivery retries happen in the background

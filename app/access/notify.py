@@ -1,0 +1,100 @@
+"""Team webhooks for access events: signed (HMAC-SHA256), retried, never in the way of a decision.
+
+`Notifier.emit` only puts the event on a bounded in-memory queue; a background task delivers it. A full
+queue or an endpoint that keeps failing loses the notification (counted and logged), never the decision.
+Payloads carry ids, roles, times and states; never recording content, and no justification text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter
+from pydantic import BaseModel, Field, SecretStr
+
+from app.logs import get_logger
+
+log = get_logger("voicelog.notify")
+
+
+class TeamWebhook(BaseModel):
+    """Where a team's access events go, and the secret they are signed with."""
+
+    team: str = Field(description="Team name (as in /admin/teams).")
+    url: str = Field(pattern=r"^https://|^http://127\.0\.0\.1[:/]",
+                     description="HTTPS endpoint (plain http only to 127.0.0.1, for tests).")
+    secret: SecretStr = Field(description="HMAC-SHA256 key; the receiver checks `X-Voicelog-Signature`.")
+
+
+def signature(secret: bytes, timestamp: str, body: bytes) -> str:
+    """`sha256=` + hex HMAC over `timestamp.body`, so a captured request cannot be replayed later."""
+    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+class Notifier:
+    def __init__(self, webhooks: list[TeamWebhook], registry: CollectorRegistry, *, queue_size: int = 1000,
+                 attempts: int = 4, timeout_s: float = 5.0, backoff_s: float = 0.5) -> None:
+        self._hooks = {w.team: w for w in webhooks}
+        self._queue: asyncio.Queue[tuple[TeamWebhook, bytes]] = asyncio.Queue(maxsize=queue_size)
+        self._attempts, self._timeout_s, self._backoff_s = attempts, timeout_s, backoff_s
+        self._task: asyncio.Task[None] | None = None
+        self.sent = Counter("voicelog_notifications_sent", "Access notifications delivered.", registry=registry)
+        self.failed = Counter("voicelog_notifications_failed", "Access notifications given up, by reason.",
+                              ["reason"], registry=registry)
+
+    def emit(self, team: str | None, event: str, payload: dict[str, Any]) -> None:
+        hook = self._hooks.get(team or "")
+        if hook is None:
+            return
+        body = json.dumps({"event": event, **payload}, separators=(",", ":"), sort_keys=True).encode()
+        try:
+            self._queue.put_nowait((hook, body))
+        except asyncio.QueueFull:
+            self.failed.labels("queue_full").inc()
+            log.warning("notify.dropped", team=team, notification=event)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="access-notifier")
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=False) as client:
+            while True:
+                hook, body = await self._queue.get()
+                try:
+                    await self._deliver(client, hook, body)
+                finally:
+                    self._queue.task_done()
+
+    async def _deliver(self, client: httpx.AsyncClient, hook: TeamWebhook, body: bytes) -> None:
+        secret = hook.secret.get_secret_value().encode()
+        for attempt in range(self._attempts):
+            timestamp = str(int(time.time()))
+            headers = {"Content-Type": "application/json", "X-Voicelog-Timestamp": timestamp,
+                       "X-Voicelog-Signature": signature(secret, timestamp, body)}
+            try:
+                response = await client.post(hook.url, content=body, headers=headers)
+                if response.status_code < 300:
+                    self.sent.inc()
+                    return
+                reason = f"http_{response.status_code}"
+            except httpx.HTTPError as exc:
+                reason = type(exc).__name__
+            if attempt + 1 < self._attempts:
+                await asyncio.sleep(self._backoff_s * 2**attempt)
+        self.failed.labels("gave_up").inc()
+        log.warning("notify.failed", team=hook.team, reason=reason)
