@@ -102,3 +102,16 @@ def test_detail_times_and_buckets_have_one_form() -> None:
     assert kek_bucket(NOW) == "2030-03-04T10"
     with pytest.raises(InvalidAuditEntry):
         detail_time(datetime(2030, 1, 1))  # naive
+
+
+def test_docs_list_every_action_with_exactly_its_detail_keys() -> None:
+    """docs/AUDIT.md is what emitting services follow: it must say what the code enforces."""
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "AUDIT.md").read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([a-z_.-]+)` \| [^|]+ \| (.+) \|$", docs, re.M)}
+    for action, schema in ACTION_SCHEMAS.items():
+        assert action.value in rows, action
+        documented = {m.group(1): not m.group(2) for m in re.finditer(r"`(\w+)`(\??):", rows[action.value])}
+        assert documented == {name: spec.required for name, spec in schema.fields.items()}, action
