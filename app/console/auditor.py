@@ -1,0 +1,124 @@
+"""Auditor pages: access review and retention report with charts, signed downloads, chain verification."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.audit.actions import Actor
+from app.audit.reports.access_review import AccessReviewParams
+from app.audit.reports.entries import InvalidPeriod, Period
+from app.audit.reports.service import ReportFormat, ReportKind, compute_report, generate_report
+from app.audit.runtime import AuditNotConfigured, AuditRuntime, get_audit_runtime
+from app.audit.service import read_chain_head
+from app.audit.settings import AuditSettings
+from app.audit.verifier import verify_chain
+from app.clock import Clock
+from app.console import charts
+from app.console.auth import signed_in
+from app.console.templating import page
+from app.deps import AppContext
+from app.errors import NotFound
+from app.identity.principal import Role
+
+DEFAULT_DAYS = 14
+
+
+def _ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+def _runtime(request: Request) -> AuditRuntime | None:
+    try:
+        return get_audit_runtime(request)
+    except AuditNotConfigured:
+        return None
+
+
+def _period(request: Request, clock: Clock) -> Period:
+    today = clock.now().date()
+    try:
+        first = date.fromisoformat(request.query_params.get("from", ""))
+    except ValueError:
+        first = today - timedelta(days=DEFAULT_DAYS - 1)
+    try:
+        last = date.fromisoformat(request.query_params.get("to", ""))
+    except ValueError:
+        last = today
+    try:
+        return Period(first, last)
+    except InvalidPeriod:
+        return Period(today - timedelta(days=DEFAULT_DAYS - 1), today)
+
+
+async def _verification(db: AsyncSession, runtime: AuditRuntime | None, clock: Clock) -> dict[str, Any] | None:
+    if runtime is None:
+        return None
+    result = await verify_chain(session=db, keys=runtime.keyring.public_keys(), exported=await runtime.sink.read_all(),
+                                now=clock.now(), pending_alarm_s=runtime.settings.pending_alarm_s)
+    return result.to_json()
+
+
+async def _report(db: AsyncSession, runtime: AuditRuntime | None, kind: ReportKind, period: Period,
+                  clock: Clock) -> dict[str, Any]:
+    settings = runtime.settings if runtime is not None else AuditSettings()
+    report = await compute_report(session=db, kind=kind, period=period, head=await read_chain_head(db),
+                                  as_of=clock.now(), params=AccessReviewParams.from_settings(settings),
+                                  retention_days=settings.retention_days)
+    return dict(report)
+
+
+def build_auditor_router(clock: Clock) -> APIRouter:
+    router = APIRouter(prefix="/console/auditor", include_in_schema=False)
+
+    @router.get("")
+    async def access_review(request: Request) -> Response:
+        session, _who = await signed_in(request, Role.AUDITOR)
+        period = _period(request, clock)
+        runtime = _runtime(request)
+        async with _ctx(request).session_factory() as db:
+            report = await _report(db, runtime, ReportKind.ACCESS_REVIEW, period, clock)
+            verification = await _verification(db, runtime, clock)
+        figures = [charts.grants_per_day(report, period.days()), charts.time_to_approval(report),
+                   charts.grant_use(report)]
+        return page(request, "auditor.html", session, report=report, period=period, charts=figures,
+                    verification=verification, signing=runtime is not None, kind="access-review")
+
+    @router.get("/retention")
+    async def retention(request: Request) -> Response:
+        session, _who = await signed_in(request, Role.AUDITOR)
+        period = _period(request, clock)
+        runtime = _runtime(request)
+        async with _ctx(request).session_factory() as db:
+            report = await _report(db, runtime, ReportKind.RETENTION, period, clock)
+            verification = await _verification(db, runtime, clock)
+        return page(request, "retention.html", session, report=report, period=period,
+                    charts=charts.purge_age_per_region(report), verification=verification,
+                    signing=runtime is not None, kind="retention")
+
+    @router.get("/reports/{kind}.{fmt}")
+    async def download(kind: str, fmt: str, request: Request) -> Response:
+        """The signed report, exactly as `GET /audit/reports/...` makes it (and audited the same way)."""
+        _session, who = await signed_in(request, Role.AUDITOR)
+        kinds = {"access-review": ReportKind.ACCESS_REVIEW, "retention": ReportKind.RETENTION}
+        if kind not in kinds or fmt not in ("csv", "json"):
+            raise NotFound()
+        runtime = get_audit_runtime(request)
+        period = _period(request, clock)
+        async with _ctx(request).session_factory() as db:
+            output = await generate_report(
+                session=db, clock=clock, keyring=runtime.keyring, kind=kinds[kind], fmt=ReportFormat(fmt),
+                period=period, params=runtime.review_params, retention_days=runtime.settings.retention_days,
+                requested_by=Actor.staff(who.subject))
+            await db.commit()
+        filename = f"{kinds[kind].value}_{period.first.isoformat()}_{period.last.isoformat()}.{fmt}"
+        return Response(output.body(), media_type=output.media_type,
+                        headers={"content-disposition": f'attachment; filename="{filename}"',
+                                 "x-audit-report-key-id": output.signed.key_id})
+
+    return router

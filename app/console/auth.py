@@ -1,0 +1,204 @@
+"""Console sign-in: OIDC authorization code with PKCE, verified by the app's own token verifier.
+
+The browser holds two cookies, both HttpOnly, Secure and holding only a random id: the session
+(SameSite=Strict) and, for the few minutes of a sign-in, the login (SameSite=Lax, so that it comes back on
+the redirect from a real issuer on another site). The callback answers with a page that moves on by itself,
+so the first request that carries the new Strict cookie is a same-site one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import urlencode
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+
+from app.clock import Clock
+from app.console.dev_login import s256
+from app.console.security import checked_form
+from app.console.sessions import ConsoleSession, PendingLogin, SessionStore
+from app.console.settings import ConsoleSettings
+from app.console.templating import page
+from app.deps import AppContext
+from app.errors import AppError, Forbidden, Unauthorized
+from app.identity.principal import Principal, Role, TokenVerifier
+from app.identity.settings import DEV_ISSUER_PATH
+from app.logs import get_logger
+
+log = get_logger("voicelog.console")
+
+LOGIN_TTL = timedelta(minutes=10)
+TOKEN_TIMEOUT_S = 10.0
+
+@dataclass
+class ConsoleState:
+    settings: ConsoleSettings
+    sessions: SessionStore
+    logins: SessionStore
+    dev_issuer: bool
+
+    @property
+    def session_cookie(self) -> str:
+        return "__Host-voicelog-console" if self.settings.cookie_secure else "voicelog-console"
+
+    @property
+    def login_cookie(self) -> str:
+        return "__Host-voicelog-login" if self.settings.cookie_secure else "voicelog-login"
+
+def console_state(request: Request) -> ConsoleState:
+    state: ConsoleState = request.app.state.console
+    return state
+
+def _ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+class NeedsSignIn(Unauthorized):
+    code = "console_sign_in"
+    title = "Sign in to use the console"
+
+class MissingConsoleRole(Forbidden):
+    code = "missing_role"
+    title = "Your identity does not have the role this page needs"
+
+async def current_session(request: Request) -> ConsoleSession | None:
+    """The signed-in session, its token re-verified on every request (expiry follows the token and the clock)."""
+    state, ctx = console_state(request), _ctx(request)
+    session = state.sessions.get(request.cookies.get(state.session_cookie), ctx.clock.now())
+    if session is None or session.token is None:
+        return None
+    verifier = ctx.token_verifier
+    try:
+        if verifier is None:
+            raise NeedsSignIn()
+        session.principal = await verifier.verify(session.token)
+    except AppError:
+        state.sessions.drop(session.id)
+        return None
+    return session
+
+async def signed_in(request: Request, *roles: Role) -> tuple[ConsoleSession, Principal]:
+    """The session and principal, holding at least one of `roles` (any role when none is named)."""
+    session = await current_session(request)
+    if session is None or session.principal is None:
+        raise NeedsSignIn()
+    if roles and not any(session.principal.has(r) for r in roles):
+        raise MissingConsoleRole(f"This page needs one of the roles: {', '.join(r.value for r in roles)}.")
+    return session, session.principal
+
+def set_cookie(response: Response, state: ConsoleState, name: str, value: str, *, max_age: int,
+               same_site: str) -> None:
+    response.set_cookie(name, value, max_age=max_age, path="/", secure=state.settings.cookie_secure,
+                        httponly=True, samesite=same_site)  # type: ignore[arg-type]
+
+def _safe_next(value: str | None) -> str:
+    """Only a path inside the console (never `//host` or a scheme): no open redirect after sign-in."""
+    if value and value.startswith("/console") and not value.startswith("//") and "\\" not in value:
+        return value[:512]
+    return "/console"
+
+def _redirect_uri(request: Request, settings: ConsoleSettings) -> str:
+    base = settings.public_url.rstrip("/") if settings.public_url else str(request.base_url).rstrip("/")
+    return f"{base}/console/callback"
+
+def _authorization_endpoint(state: ConsoleState) -> str:
+    if state.dev_issuer:
+        return f"{DEV_ISSUER_PATH}/authorize"
+    endpoint = state.settings.authorization_endpoint
+    if endpoint is None:
+        raise NeedsSignIn("The console has no authorization endpoint configured (VOICELOG_CONSOLE__*).")
+    return endpoint
+
+async def _exchange(request: Request, state: ConsoleState, login: PendingLogin, code: str) -> str:
+    """Trade the code and the PKCE verifier for an access token at the issuer's token endpoint."""
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": login.redirect_uri,
+            "client_id": state.settings.client_id, "code_verifier": login.code_verifier}
+    if state.settings.client_secret is not None:
+        form["client_secret"] = state.settings.client_secret.get_secret_value()
+    if state.dev_issuer:  # in-process, like the dev verifier's JWKS fetch: the service never calls itself
+        transport = httpx.ASGITransport(app=request.app)
+        client = httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=TOKEN_TIMEOUT_S)
+        url = f"{DEV_ISSUER_PATH}/oauth2/token"
+    elif state.settings.token_endpoint is not None:
+        client, url = httpx.AsyncClient(timeout=TOKEN_TIMEOUT_S), state.settings.token_endpoint
+    else:
+        raise NeedsSignIn("The console has no token endpoint configured.")
+    async with client:
+        response = await client.post(url, data=form, headers={"accept": "application/json"})
+    token = response.json().get("access_token") if response.status_code == 200 else None
+    if not isinstance(token, str):
+        log.info("console.sign_in.exchange_refused", status=response.status_code)
+        raise NeedsSignIn("The issuer refused the sign-in code.")
+    return token
+
+def build_auth_router(clock: Clock) -> APIRouter:
+    router = APIRouter(prefix="/console", include_in_schema=False)
+
+    @router.get("/login")
+    async def login(request: Request) -> Response:
+        state = console_state(request)
+        pre = state.logins.create(clock.now())
+        verifier = secrets.token_urlsafe(64)
+        pre.login = PendingLogin(state=secrets.token_urlsafe(32), code_verifier=verifier,
+                                 nonce=secrets.token_urlsafe(24), redirect_uri=_redirect_uri(request, state.settings),
+                                 next_path=_safe_next(request.query_params.get("next")), created=clock.now())
+
+        query = urlencode({"response_type": "code", "client_id": state.settings.client_id,
+                           "redirect_uri": pre.login.redirect_uri, "scope": state.settings.scope,
+                           "state": pre.login.state, "nonce": pre.login.nonce,
+                           "code_challenge": s256(verifier), "code_challenge_method": "S256"})
+        response = RedirectResponse(f"{_authorization_endpoint(state)}?{query}", status_code=303)
+        set_cookie(response, state, state.login_cookie, pre.id, max_age=int(LOGIN_TTL.total_seconds()),
+                   same_site="lax")
+        return response
+
+    @router.get("/callback")
+    async def callback(request: Request) -> Response:
+        state, ctx = console_state(request), _ctx(request)
+        pre = state.logins.get(request.cookies.get(state.login_cookie), clock.now())
+        login = pre.login if pre is not None else None
+        presented = request.query_params.get("state", "")
+        code = request.query_params.get("code")
+        if pre is None or login is None or code is None or not secrets.compare_digest(presented, login.state):
+            return page(request, "signed_out.html", None, status_code=400,
+                        message="That sign-in did not start here or has expired. Please sign in again.")
+        state.logins.drop(pre.id)  # one use
+        if clock.now() - login.created > LOGIN_TTL:
+            return page(request, "signed_out.html", None, status_code=400, message="The sign-in expired.")
+        try:
+            token = await _exchange(request, state, login, code)
+            verifier: TokenVerifier | None = ctx.token_verifier
+            if verifier is None:
+                raise NeedsSignIn("No identity issuer is configured.")
+            principal = await verifier.verify(token)
+            nonce = principal.claims.get("nonce")
+            if nonce is not None and not secrets.compare_digest(str(nonce), login.nonce):
+                raise NeedsSignIn("The token was issued for another sign-in.")
+        except AppError as refused:  # never a redirect loop back to the issuer
+            return page(request, "signed_out.html", None, status_code=401, message=f"Sign-in failed: {refused.detail}")
+        session = state.sessions.sign_in(pre, principal, token, clock.now())
+        log.info("console.signed_in", roles=sorted(r.value for r in principal.roles))
+        response = page(request, "continue.html", None, next_path=login.next_path)
+        set_cookie(response, state, state.session_cookie, session.id,
+                   max_age=int(state.settings.session_max_hours * 3600), same_site="strict")
+        response.delete_cookie(state.login_cookie, path="/", secure=state.settings.cookie_secure, httponly=True,
+                               samesite="lax")
+        return response
+
+    @router.post("/logout")
+    async def logout(request: Request) -> Response:
+        state = console_state(request)
+        session = state.sessions.get(request.cookies.get(state.session_cookie), clock.now())
+        if session is not None:
+            await checked_form(request, session)
+            state.sessions.drop(session.id)
+        response = page(request, "signed_out.html", None, message="You are signed out.")
+        response.delete_cookie(state.session_cookie, path="/", secure=state.settings.cookie_secure, httponly=True,
+                               samesite="strict")
+        return response
+
+    return router

@@ -1,0 +1,97 @@
+"""Engineer pages: my tickets, asking for access, my requests and grants (with a live countdown)."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+
+from app.access import service as access
+from app.clock import Clock
+from app.console.auth import signed_in
+from app.console.security import checked_form, first
+from app.console.staff import access_context, staff_person
+from app.console.templating import page
+from app.deps import AppContext
+from app.errors import AppError
+from app.identity.principal import Role
+from app.resources.models import Resource
+from app.tickets.models import Ticket
+from app.tickets.service import tickets_of_engineer
+
+DURATIONS = (30, 60, 120, 240, 480)
+_SPLIT = re.compile(r"[\s,;]+")
+
+
+def _ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+def build_engineer_router(clock: Clock) -> APIRouter:
+    router = APIRouter(prefix="/console/engineer", include_in_schema=False)
+
+    @router.get("")
+    async def engineer_home(request: Request) -> Response:
+        session, who = await signed_in(request, Role.ENGINEER)
+        async with _ctx(request).session_factory() as db:
+            await staff_person(db, request, who, Role.ENGINEER)
+            tickets = [t for t in await tickets_of_engineer(session=db, engineer=who.subject) if t.is_open]
+            resources = {t.id: await db.get(Resource, t.resource_id) for t in tickets}
+            rows = await access.requests_of(session=db, requester=who.subject)
+            refs: dict[str, str] = {}
+            requests = []
+            now = clock.now()
+            for row in rows:
+                if row.ticket_id not in refs:
+                    ticket = await db.get(Ticket, row.ticket_id)
+                    refs[row.ticket_id] = ticket.external_ref if ticket else "?"
+                live = row.state == "approved" and row.expires_at is not None and row.expires_at > now
+                requests.append({"row": row, "ticket_ref": refs[row.ticket_id], "live": live,
+                                 "state": "expired" if row.state == "approved" and not live else row.state,
+                                 "request_ids": await access.request_ids_of(session=db, access_request=row)})
+        return page(request, "engineer.html", session, tickets=tickets, resources=resources, requests=requests,
+                    durations=DURATIONS, now=now)
+
+    @router.post("/requests")
+    async def ask(request: Request) -> Response:
+        session, who = await signed_in(request, Role.ENGINEER)
+        form = await checked_form(request, session)
+        ids = [i for i in _SPLIT.split((first(form, "request_ids") or "").strip().lower()) if i]
+        try:
+            minutes = int(first(form, "duration_minutes") or "240")
+        except ValueError:
+            minutes = 0
+        async with _ctx(request).session_factory() as db:
+            try:
+                person = await staff_person(db, request, who, Role.ENGINEER)
+                row = await access.create_request(session=db, clock=clock, requester=person, data=access.NewRequest(
+                    ticket_id=first(form, "ticket_id") or "", request_ids=ids,
+                    justification=first(form, "justification") or "", duration=timedelta(minutes=minutes)))
+                await db.commit()
+                session.flash("ok", f"Access request {row.id[:8]} sent to your team's managers.")
+            except AppError as error:
+                await db.rollback()
+                session.flash("error", f"{error.title}: {error.detail}")
+        return RedirectResponse("/console/engineer", status_code=303)
+
+    @router.post("/requests/{access_request_id}/revoke")
+    async def give_back(access_request_id: str, request: Request) -> Response:
+        session, who = await signed_in(request, Role.ENGINEER)
+        form = await checked_form(request, session)
+        async with _ctx(request).session_factory() as db:
+            try:
+                person = await staff_person(db, request, who, Role.ENGINEER)
+                await access.revoke(session=db, clock=clock, directory=access_context(request).directory,
+                                    access_request_id=access_request_id, by=person,
+                                    reason=(first(form, "reason") or "no longer needed").strip())
+                await db.commit()
+                session.flash("ok", "Access ended.")
+            except AppError as error:
+                await db.rollback()
+                session.flash("error", f"{error.title}: {error.detail}")
+        return RedirectResponse("/console/engineer", status_code=303)
+
+    return router

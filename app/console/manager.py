@@ -1,0 +1,121 @@
+"""Manager pages: the approval queue of the teams I manage, each request with its requester's history."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.access import service as access
+from app.access.models import AccessRequest
+from app.clock import Clock
+from app.console.auth import signed_in
+from app.console.security import checked_form, first
+from app.console.staff import access_context, staff_person
+from app.console.templating import page
+from app.deps import AppContext
+from app.errors import AppError, InvalidInput
+from app.identity.principal import Role
+from app.identity.staff.service import get_team, list_staff
+from app.tickets.models import Ticket
+
+SHORTER = (15, 30, 60, 120, 240)
+RECENT = timedelta(days=7)
+
+
+def _ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+@dataclass(frozen=True)
+class History:
+    """What a manager wants to see of a requester before deciding (presentation only, no rule)."""
+
+    past: list[AccessRequest]
+    states: dict[str, int]
+    notes: list[str]
+
+
+def requester_history(rows: list[AccessRequest], current: AccessRequest, now: datetime) -> History:
+    past = [r for r in rows if r.id != current.id]
+    states = Counter(r.state for r in past)
+    notes = []
+    recent = [r for r in past if now - r.created_at <= RECENT]
+    if len(recent) >= 3:
+        notes.append(f"{len(recent)} other requests in the last 7 days")
+    if states.get("denied"):
+        notes.append(f"denied {states['denied']} time(s) before")
+    if current.requested_duration_s >= 8 * 3600:
+        notes.append("asks for the longest duration (8 h)")
+    if sum(1 for r in past if r.state == "approved" and r.ticket_id == current.ticket_id):
+        notes.append("already holds a grant on this ticket")
+    return History(past=past[:5], states=dict(states), notes=notes)
+
+
+async def _queue(db: AsyncSession, request: Request, person: access.Person, clock: Clock) -> list[dict[str, object]]:
+    directory = access_context(request).directory
+    teams = await directory.teams_managed(db, person.subject)
+    rows = await access.queue_for(session=db, manager=person, team_ids=teams)
+    out: list[dict[str, object]] = []
+    for row in rows:
+        ticket = await db.get(Ticket, row.ticket_id)
+        history = requester_history(list(await access.requests_of(session=db, requester=row.requester)), row,
+                                    clock.now())
+        out.append({"row": row, "ticket_ref": ticket.external_ref if ticket else "?", "history": history,
+                    "request_ids": await access.request_ids_of(session=db, access_request=row),
+                    "shorter": [m for m in SHORTER if m * 60 < row.requested_duration_s]})
+    return out
+
+
+def build_manager_router(clock: Clock) -> APIRouter:
+    router = APIRouter(prefix="/console/manager", include_in_schema=False)
+
+    @router.get("")
+    async def manager_home(request: Request) -> Response:
+        session, who = await signed_in(request, Role.MANAGER)
+        async with _ctx(request).session_factory() as db:
+            person = await staff_person(db, request, who, Role.MANAGER)
+            queue = await _queue(db, request, person, clock)
+            team_ids = await access_context(request).directory.teams_managed(db, who.subject)
+            teams = []
+            for team_id in team_ids:
+                team = await get_team(session=db, team_id=team_id)
+                members = await list_staff(session=db, team_id=team_id)
+                teams.append({"name": team.name if team else team_id, "members": members})
+        return page(request, "manager.html", session, queue=queue, teams=teams)
+
+    @router.post("/requests/{access_request_id}/{verdict}")
+    async def decide(access_request_id: str, verdict: str, request: Request) -> Response:
+        session, who = await signed_in(request, Role.MANAGER)
+        form = await checked_form(request, session)
+        directory = access_context(request).directory
+        async with _ctx(request).session_factory() as db:
+            try:
+                person = await staff_person(db, request, who, Role.MANAGER)
+                if verdict == "approve":
+                    minutes = first(form, "duration_minutes") or ""
+                    duration = timedelta(minutes=int(minutes)) if minutes.isdigit() and int(minutes) > 0 else None
+                    row = await access.approve(session=db, clock=clock, directory=directory,
+                                               access_request_id=access_request_id, manager=person, duration=duration)
+                    session.flash("ok", f"Approved {row.requester}'s request until {row.expires_at:%H:%M} UTC.")
+                elif verdict == "deny":
+                    reason = (first(form, "reason") or "").strip()
+                    if not reason:
+                        raise InvalidInput("A denial needs a reason.")
+                    row = await access.deny(session=db, clock=clock, directory=directory,
+                                            access_request_id=access_request_id, manager=person, reason=reason)
+                    session.flash("ok", f"Denied {row.requester}'s request.")
+                else:
+                    raise InvalidInput("Approve or deny.")
+                await db.commit()
+            except AppError as error:
+                await db.rollback()
+                session.flash("error", f"{error.title}: {error.detail}")
+        return RedirectResponse("/console/manager", status_code=303)
+
+    return router
