@@ -79,6 +79,7 @@ def build_server(settings: Settings, host: str, port: int, app: FastAPI | None =
         log_config=None,
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # the peer address is what SAW trust checks; never taken from a header
         timeout_graceful_shutdown=int(settings.relay_drain_timeout_s) + 15,
     )
     return DrainingServer(config, settings.relay_drain_timeout_s)

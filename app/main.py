@@ -22,6 +22,7 @@ from app.access.ratelimit import ReadLimiter
 from app.access.routes import AccessContext
 from app.access.routes import router as access_router
 from app.access.saw.routes import router as saw_router
+from app.access.saw.trust import SawHeaderGuard
 from app.capture.metrics import CaptureMetrics
 from app.capture.recorder import Recorder
 from app.capture.routes import router as capture_router
@@ -175,6 +176,7 @@ def create_app(
     app.state.keyrings = keyrings
     app.state.access = access
     install_error_handlers(app)
+    app.add_middleware(SawHeaderGuard, settings=settings.saw)  # SAW headers only from trusted proxies
     include_dev_routes(app, settings.identity, settings.data_dir, clock=clock)
     app.include_router(relay_router)
     app.include_router(resources_router)
