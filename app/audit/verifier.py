@@ -157,6 +157,42 @@ class _Anchor:
     prev_hash: str | None  # the hash before it (None at the genesis or an unverified --from anchor)
 
 
+@dataclass
+class _Walk:
+    """Where the walk stands: the last good entry, and what the checkpoints have confirmed so far."""
+
+    seq: int
+    entry_hash: str
+    prev_hash: str | None
+    last_pinned_ok: int
+    sealed_through: int = 0
+    checked: int = 0
+
+    def advance(self, rows: Sequence[Row], start: int, stop: int, pinned: dict[int, tuple[str, int]]
+                ) -> tuple[int | None, tuple[str, int] | None]:
+        """Walk rows[start:stop]; stop at the first that does not continue the chain (its index) or that
+        contradicts a checkpoint (its index and the pin). The verifier's hot loop: plain locals only."""
+        sha256, encode = hashlib.sha256, encode_entry_text
+        seq, entry_hash, prev_hash = self.seq, self.entry_hash, self.prev_hash
+        bad: tuple[int | None, tuple[str, int] | None] = (None, None)
+        for index in range(start, stop):
+            row = rows[index]
+            digest = sha256(encode(*row[:12])).hexdigest()
+            if digest != row[HASH] or row[PREV] != entry_hash or row[SEQ] != seq + 1:
+                bad = (index, None)
+                break
+            pin = pinned.get(seq + 1)
+            if pin is not None:
+                if pin[0] != digest:
+                    bad = (index, pin)
+                    break
+                self.last_pinned_ok = self.sealed_through = seq + 1
+            seq, prev_hash, entry_hash = seq + 1, entry_hash, digest
+            self.checked += 1
+        self.seq, self.entry_hash, self.prev_hash = seq, entry_hash, prev_hash
+        return bad
+
+
 async def _classify(
     session: AsyncSession, anchor: _Anchor, row: Row, following: Row | None, walked: bool, head_seq: int
 ) -> Damage:
@@ -297,57 +333,39 @@ async def verify_chain(
         else:
             anchor = _Anchor(int(before[0]), str(before[1]), None)
     unanchored = anchor.entry_hash == ""
-    walked = False
-    last_pinned_ok = anchor.seq
-    checked = 0
     walk_damage: Damage | None = None
-    sealed_through = 0
-    sha256 = hashlib.sha256
 
     query, convert = _entry_query(dialect_name(session))
     query = query.where(ENTRIES.c.seq <= limit)
     rows = await _fetch(session, query, convert, from_seq - 1, batch)
+    if unanchored and rows:
+        # `--from` past a missing entry: trust the first entry's own link, as the notes say.
+        anchor = _Anchor(int(rows[0][SEQ]) - 1, str(rows[0][PREV]), None)
+    walk = _Walk(anchor.seq, anchor.entry_hash, anchor.prev_hash, last_pinned_ok=anchor.seq)
     while rows:
         # The next batch is queried while this one is hashed (the database works, we hash).
         prefetch = asyncio.create_task(_fetch(session, query, convert, rows[-1][SEQ], batch)) \
             if len(rows) == batch else None
         bad_index: int | None = None
         bad_pin: tuple[str, int] | None = None
-        for index, row in enumerate(rows):
-            if not index & YIELD_EVERY:
-                await asyncio.sleep(0)  # lets the prefetch move on (aiosqlite works in its own thread)
-            seq = row[SEQ]
-            digest = sha256(encode_entry_text(*row[:12])).hexdigest()
-            if digest == row[HASH] and row[PREV] == anchor.entry_hash and seq == anchor.seq + 1:
-                pin = pinned.get(seq)
-                if pin is not None:
-                    if pin[0] != digest:
-                        bad_index, bad_pin = index, pin
-                        break
-                    last_pinned_ok = seq
-                    sealed_through = seq
-                anchor = _Anchor(seq, digest, row[PREV])
-                walked = True
-                checked += 1
-                continue
-            if unanchored and digest == row[HASH] and seq == anchor.seq + 1:
-                # `--from` past a missing entry: start from this one's own link, and say so in the notes.
-                anchor = _Anchor(seq, digest, row[PREV])
-                unanchored = False
-                checked += 1
-                continue
-            bad_index = index
-            break
+        for start in range(0, len(rows), YIELD_EVERY):
+            await asyncio.sleep(0)  # lets the prefetch move on (aiosqlite works in its own thread)
+            bad_index, bad_pin = walk.advance(rows, start, min(start + YIELD_EVERY, len(rows)), pinned)
+            if bad_index is not None:
+                break
         next_rows = await prefetch if prefetch is not None else []
         if bad_index is not None:
+            anchor = _Anchor(walk.seq, walk.entry_hash, walk.prev_hash)
             following = rows[bad_index + 1] if bad_index + 1 < len(rows) else (next_rows[0] if next_rows else None)
             if bad_pin is not None:
-                walk_damage = _pin_damage(anchor, rows[bad_index], following, bad_pin, last_pinned_ok)
+                walk_damage = _pin_damage(anchor, rows[bad_index], following, bad_pin, walk.last_pinned_ok)
             else:
-                walk_damage = await _classify(session, anchor, rows[bad_index], following, walked, head.seq)
-        if walk_damage is not None:
+                walk_damage = await _classify(session, anchor, rows[bad_index], following, walk.checked > 0,
+                                              head.seq)
             break
         rows = next_rows
+    checked, sealed_through = walk.checked, walk.sealed_through
+    anchor = _Anchor(walk.seq, walk.entry_hash, walk.prev_hash)
 
     tail_seq, tail_hash = anchor.seq, anchor.entry_hash
     if walk_damage is None:
