@@ -348,11 +348,16 @@ async def verify_chain(
             if len(rows) == batch else None
         bad_index: int | None = None
         bad_pin: tuple[str, int] | None = None
-        for start in range(0, len(rows), YIELD_EVERY):
-            await asyncio.sleep(0)  # lets the prefetch move on (aiosqlite works in its own thread)
-            bad_index, bad_pin = walk.advance(rows, start, min(start + YIELD_EVERY, len(rows)), pinned)
-            if bad_index is not None:
-                break
+        try:
+            for start in range(0, len(rows), YIELD_EVERY):
+                await asyncio.sleep(0)  # lets the prefetch move on (aiosqlite works in its own thread)
+                bad_index, bad_pin = walk.advance(rows, start, min(start + YIELD_EVERY, len(rows)), pinned)
+                if bad_index is not None:
+                    break
+        except BaseException:
+            if prefetch is not None:
+                prefetch.cancel()
+            raise
         next_rows = await prefetch if prefetch is not None else []
         if bad_index is not None:
             anchor = _Anchor(walk.seq, walk.entry_hash, walk.prev_hash)
