@@ -171,10 +171,9 @@ class CheckpointPolicy:
         return head.seq - last.head_seq >= self.every_entries or now - last.signed_at >= self.every
 
 
-async def list_checkpoints(session: AsyncSession, *, after: int = 0) -> list[Checkpoint]:
-    result = await session.execute(
-        select(CHECKPOINTS).where(CHECKPOINTS.c.number > after).order_by(CHECKPOINTS.c.number)
-    )
+async def list_checkpoints(session: AsyncSession, *, after: int = 0, limit: int | None = None) -> list[Checkpoint]:
+    query = select(CHECKPOINTS).where(CHECKPOINTS.c.number > after).order_by(CHECKPOINTS.c.number)
+    result = await session.execute(query if limit is None else query.limit(limit))
     return [Checkpoint.from_row(row) for row in result]
 
 

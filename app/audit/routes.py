@@ -65,8 +65,8 @@ async def checkpoints(
     after: Annotated[int, Query(ge=0, description="Only checkpoints numbered above this.")] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[CheckpointOut]:
-    found = await list_checkpoints(session, after=after)
-    return [CheckpointOut.model_validate(c.to_json()) for c in found[:limit]]
+    found = await list_checkpoints(session, after=after, limit=limit)
+    return [CheckpointOut.model_validate(c.to_json()) for c in found]
 
 
 async def _report(
