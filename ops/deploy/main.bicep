@@ -1,0 +1,233 @@
+// voicelog: one region (deploy once per region, into a resource group in that region).
+//
+// Composes the region's recording storage (storage.bicep), the Key Vault that holds the region's hour-bucket
+// KEKs, a vault for the app's own secrets, private endpoints for all three, and the user-assigned managed
+// identity the relay pods run as (federated to the AKS service account: workload identity), with only the
+// rights voicelog uses. PostgreSQL is shared by every region: postgres.bicep, deployed once.
+//
+//   az deployment group create -g rg-voicelog-weu -f ops/deploy/main.bicep \
+//     -p regionCode=weu storageAccountName=vlogrecweu aksOidcIssuerUrl=<az aks show ... oidcIssuerProfile.issuerUrl> \
+//        privateEndpointSubnetId=<subnet id>
+//
+// Outputs feed the Helm values: identityClientId -> workloadIdentity.clientId, and VOICELOG_REGIONS gets
+// blob_account_url=blobEndpoint, keyvault_url=kekVaultUri. docs/DEPLOY.md walks through it.
+
+targetScope = 'resourceGroup'
+
+@description('Azure region of every resource here: the region whose recordings they serve (C3).')
+param location string = resourceGroup().location
+
+@description('Short region code used in names, e.g. weu, eus.')
+@minLength(2)
+@maxLength(6)
+param regionCode string
+
+@description('Recording storage account name (globally unique, 3-24 lowercase letters and digits).')
+param storageAccountName string
+
+@description('KEK vault name (globally unique, 3-24 characters).')
+param kekVaultName string = 'voicelog-kek-${regionCode}'
+
+@description('App secrets vault name (database URL, admin token).')
+param secretsVaultName string = 'voicelog-sec-${regionCode}'
+
+@description('Subnet for the private endpoints of the storage account and both vaults.')
+param privateEndpointSubnetId string
+
+@description('OIDC issuer URL of the AKS cluster running this region\'s relays (workload identity).')
+param aksOidcIssuerUrl string
+
+@description('Kubernetes namespace and service account of the relay pods (the Helm release).')
+param kubernetesNamespace string = 'voicelog'
+param kubernetesServiceAccount string = 'voicelog'
+
+@description('Key Vault SKU for KEKs: premium for RSA-HSM keys (VOICELOG_VAULT__KEYVAULT_KEY_TYPE default).')
+@allowed([
+  'premium'
+  'standard'
+])
+param kekVaultSku string = 'premium'
+
+@description('Log Analytics workspace for Key Vault and blob audit logs. Empty: no diagnostic settings.')
+param logAnalyticsWorkspaceId string = ''
+
+param tags object = {}
+
+// Built-in role: Key Vault Secrets User (read secret values).
+var secretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6'
+
+// --- identity -------------------------------------------------------------------------------------
+
+resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: 'id-voicelog-${regionCode}'
+  location: location
+  tags: tags
+}
+
+resource federation 'Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials@2023-01-31' = {
+  parent: identity
+  name: 'aks-${kubernetesNamespace}-${kubernetesServiceAccount}'
+  properties: {
+    issuer: aksOidcIssuerUrl
+    subject: 'system:serviceaccount:${kubernetesNamespace}:${kubernetesServiceAccount}'
+    audiences: [
+      'api://AzureADTokenExchange'
+    ]
+  }
+}
+
+// --- recording storage (existing template) ---------------------------------------------------------
+
+module storage 'storage.bicep' = {
+  name: 'voicelog-storage-${regionCode}'
+  params: {
+    accountName: storageAccountName
+    location: location
+    voicelogPrincipalId: identity.properties.principalId // Storage Blob Data Contributor on the container only
+    publicNetworkAccess: 'Disabled'
+    logAnalyticsWorkspaceId: logAnalyticsWorkspaceId
+    tags: tags
+  }
+}
+
+// --- KEK vault ----------------------------------------------------------------------------------------
+// Purge protection stays OFF (the property is left unset: it cannot be set to false, and once true it can
+// never be turned off). With it on, a deleted KEK stays recoverable for the whole retention period, so a
+// 30-day-old recording would stay decryptable: C7 forbids that. voicelog deletes a bucket's KEK and then
+// purges it at once, so soft delete (always on in Azure, kept at its 7-day minimum) does not lengthen any
+// key's life. The vault holds nothing but KEKs.
+
+module kekVault 'keyvault-kek.bicep' = {
+  name: 'voicelog-kek-${regionCode}'
+  params: {
+    vaultName: kekVaultName
+    location: location
+    skuName: kekVaultSku
+    voicelogPrincipalId: identity.properties.principalId
+    logAnalyticsWorkspaceId: logAnalyticsWorkspaceId
+    tags: tags
+  }
+}
+
+// --- app secrets vault -------------------------------------------------------------------------------
+// Ordinary secrets, so ordinary protection: purge protection on, 90 days of soft delete.
+
+resource secretsVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  name: secretsVaultName
+  location: location
+  tags: tags
+  properties: {
+    tenantId: subscription().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: 90
+    enablePurgeProtection: true
+    publicNetworkAccess: 'Disabled'
+    networkAcls: {
+      defaultAction: 'Deny'
+      bypass: 'None'
+    }
+  }
+}
+
+resource secretsAccess 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: secretsVault
+  name: guid(secretsVault.id, identity.id, secretsUserRoleId)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', secretsUserRoleId)
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// --- private endpoints ---------------------------------------------------------------------------------
+// Private DNS zones (privatelink.blob.core.windows.net, privatelink.vaultcore.azure.net) are the network
+// hub's; link them to the AKS VNet.
+
+resource blobEndpoint 'Microsoft.Network/privateEndpoints@2023-11-01' = {
+  name: 'pe-${storageAccountName}-blob'
+  location: location
+  tags: tags
+  properties: {
+    subnet: {
+      id: privateEndpointSubnetId
+    }
+    privateLinkServiceConnections: [
+      {
+        name: 'blob'
+        properties: {
+          privateLinkServiceId: storage.outputs.accountId
+          groupIds: [
+            'blob'
+          ]
+        }
+      }
+    ]
+  }
+}
+
+resource kekEndpoint 'Microsoft.Network/privateEndpoints@2023-11-01' = {
+  name: 'pe-${kekVaultName}'
+  location: location
+  tags: tags
+  properties: {
+    subnet: {
+      id: privateEndpointSubnetId
+    }
+    privateLinkServiceConnections: [
+      {
+        name: 'vault'
+        properties: {
+          privateLinkServiceId: kekVault.outputs.vaultId
+          groupIds: [
+            'vault'
+          ]
+        }
+      }
+    ]
+  }
+}
+
+resource secretsEndpoint 'Microsoft.Network/privateEndpoints@2023-11-01' = {
+  name: 'pe-${secretsVaultName}'
+  location: location
+  tags: tags
+  properties: {
+    subnet: {
+      id: privateEndpointSubnetId
+    }
+    privateLinkServiceConnections: [
+      {
+        name: 'vault'
+        properties: {
+          privateLinkServiceId: secretsVault.id
+          groupIds: [
+            'vault'
+          ]
+        }
+      }
+    ]
+  }
+}
+
+@description('Helm value workloadIdentity.clientId.')
+output identityClientId string = identity.properties.clientId
+
+@description('For PostgreSQL: the identity\'s object id, if Entra authentication is used there later.')
+output identityPrincipalId string = identity.properties.principalId
+
+@description('VOICELOG_REGIONS blob_account_url for this region.')
+output blobEndpoint string = storage.outputs.blobEndpoint
+
+@description('VOICELOG_REGIONS blob_container for this region.')
+output containerName string = storage.outputs.containerName
+
+@description('VOICELOG_REGIONS keyvault_url for this region.')
+output kekVaultUri string = kekVault.outputs.vaultUri
+
+@description('Helm value secrets.keyVaultName.')
+output secretsVaultName string = secretsVault.name

@@ -1,0 +1,131 @@
+// voicelog: the PostgreSQL Flexible Server every region shares (deploy once, in the home region).
+//
+// It holds metadata only: resources, tickets, consents, grants, the audit chain, recording rows with their
+// *wrapped* data keys. No session content ever reaches it (C1, C2), and a wrapped key is useless once its
+// region's hour-bucket KEK is destroyed (C7), so backups need no 30-day limit of their own.
+// Zone-redundant HA (synchronous standby in another zone, automatic failover), VNet-integrated (no public
+// access), TLS required.
+//
+//   az deployment group create -g rg-voicelog-shared -f ops/deploy/postgres.bicep \
+//     -p serverName=voicelog-pg delegatedSubnetId=<subnet> privateDnsZoneId=<zone> administratorPassword=<...>
+//
+// Then create the `voicelog` role and database, and store
+// postgresql+asyncpg://voicelog:<password>@<fqdn>:5432/voicelog?ssl=require in each region's secrets vault as
+// `voicelog-database-url`. Run `voicelog db upgrade` once per release (the Helm hook does).
+
+targetScope = 'resourceGroup'
+
+param serverName string
+param location string = resourceGroup().location
+
+@description('Compute: General Purpose D4ds_v5 (4 vCores, 16 GiB) carries 10,000 concurrent sessions per region for two regions; docs/DEPLOY.md, "Capacity".')
+param skuName string = 'Standard_D4ds_v5'
+
+@allowed([
+  'GeneralPurpose'
+  'MemoryOptimized'
+])
+param skuTier string = 'GeneralPurpose'
+
+@description('Storage in GiB; it grows by itself past 95% used.')
+param storageSizeGB int = 128
+
+@allowed([
+  '16'
+  '17'
+])
+param postgresVersion string = '16'
+
+param administratorLogin string = 'voicelogadmin'
+
+@secure()
+param administratorPassword string
+
+@description('Delegated subnet (Microsoft.DBforPostgreSQL/flexibleServers) in the shared VNet.')
+param delegatedSubnetId string
+
+@description('Private DNS zone <name>.postgres.database.azure.com linked to every region\'s AKS VNet.')
+param privateDnsZoneId string
+
+@description('Availability zone of the primary; the standby goes to standbyZone.')
+param primaryZone string = '1'
+param standbyZone string = '2'
+
+@description('Days of point-in-time restore.')
+@minValue(7)
+@maxValue(35)
+param backupRetentionDays int = 14
+
+param tags object = {}
+
+resource server 'Microsoft.DBforPostgreSQL/flexibleServers@2024-08-01' = {
+  name: serverName
+  location: location
+  tags: tags
+  sku: {
+    name: skuName
+    tier: skuTier
+  }
+  properties: {
+    version: postgresVersion
+    administratorLogin: administratorLogin
+    administratorLoginPassword: administratorPassword
+    authConfig: {
+      // voicelog connects with a password from the secrets vault (asyncpg URL); Entra sign-in is for people.
+      activeDirectoryAuth: 'Enabled'
+      passwordAuth: 'Enabled'
+      tenantId: subscription().tenantId
+    }
+    availabilityZone: primaryZone
+    highAvailability: {
+      mode: 'ZoneRedundant'
+      standbyAvailabilityZone: standbyZone
+    }
+    storage: {
+      storageSizeGB: storageSizeGB
+      autoGrow: 'Enabled'
+    }
+    backup: {
+      backupRetentionDays: backupRetentionDays
+      geoRedundantBackup: 'Disabled'
+    }
+    network: {
+      delegatedSubnetResourceId: delegatedSubnetId
+      privateDnsZoneArmResourceId: privateDnsZoneId
+      publicNetworkAccess: 'Disabled'
+    }
+  }
+}
+
+resource requireTls 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = {
+  parent: server
+  name: 'require_secure_transport'
+  properties: {
+    value: 'on'
+    source: 'user-override'
+  }
+}
+
+resource minimumTls 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = {
+  parent: server
+  name: 'ssl_min_protocol_version'
+  properties: {
+    value: 'TLSv1.2'
+    source: 'user-override'
+  }
+  dependsOn: [
+    requireTls
+  ]
+}
+
+resource database 'Microsoft.DBforPostgreSQL/flexibleServers/databases@2024-08-01' = {
+  parent: server
+  name: 'voicelog'
+  properties: {
+    charset: 'UTF8'
+    collation: 'en_US.utf8'
+  }
+}
+
+output fqdn string = server.properties.fullyQualifiedDomainName
+output databaseName string = database.name
