@@ -26,7 +26,7 @@ from app.audit.actions import Actor, AuditAction, detail_time, parse_detail_time
 from app.audit.canonical import canonical_time, checkpoint_message
 from app.audit.keys import Keyring, PublicKeyInfo
 from app.audit.models import AuditCheckpointRow
-from app.audit.service import ChainHead, append_locked, integrate_locked, lock_chain_head
+from app.audit.service import INBOX, ChainHead, append_locked, integrate_locked, lock_chain_head, read_chain_head
 from app.clock import Clock
 from app.errors import AppError
 
@@ -205,6 +205,8 @@ async def seal(
 
     The due check happens under the chain lock, so replicas never sign the same head twice.
     """
+    if not force and not await _work_to_do(session, policy, clock.now()):
+        return SealResult(chained=0, checkpoint=None)  # no lock taken: idle rounds cost two reads
     head = await lock_chain_head(session, wait=wait)
     if head is None:
         return SealResult(chained=0, checkpoint=None, skipped=True)
@@ -238,6 +240,11 @@ async def seal(
         signature=base64.b64encode(checkpoint.signature).decode(),
     ))
     return SealResult(chained=chained, checkpoint=checkpoint, rotated_to=rotated)
+
+
+async def _work_to_do(session: AsyncSession, policy: CheckpointPolicy, now: datetime) -> bool:
+    queued = (await session.execute(select(INBOX.c.id).limit(1))).first() is not None
+    return queued or policy.due(await read_chain_head(session), await last_checkpoint(session), now)
 
 
 async def export_checkpoints(*, session: AsyncSession, sink: CheckpointSink) -> int:
