@@ -76,9 +76,19 @@ class Chart:
         step = max(1, n // 8)
         self.x_labels = [(round(LEFT + i * slot + slot / 2, 1), c) for i, c in enumerate(self.categories)
                          if i % step == 0]
-        self.ticks = [(round(y_of(top / 1.1 * k / 4), 1), _fmt(top / 1.1 * k / 4)) for k in range(5)]
+        step_value = _tick_step(top / 1.1)
+        self.ticks = [(round(y_of(step_value * k), 1), _fmt(step_value * k))
+                      for k in range(int(top // step_value) + 1)]
         if self.limit is not None:
             self.limit_y = round(y_of(self.limit), 1)
+
+
+def _tick_step(highest: float) -> float:
+    """A round step giving about four gridlines; whole numbers for small counts."""
+    for step in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10_000):
+        if highest / step <= 5:
+            return float(step)
+    return float(10 ** len(str(int(highest))) / 10)
 
 
 def _fmt(value: float) -> str:
