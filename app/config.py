@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.access.notify import TeamWebhook
 from app.access.saw.settings import SawSettings
 from app.capture.settings import CaptureSettings
+from app.console.settings import ConsoleSettings
 from app.identity.settings import IdentitySettings
 from app.regions import RegionSettings
 from app.storage.settings import StorageSettings
@@ -96,6 +97,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Per-team webhooks for access events (requested, approved, denied, revoked, expiring "
         "soon, expired), HMAC-signed and retried: JSON list of `{team, url, secret}`.",
+    )
+    console: ConsoleSettings = Field(
+        default_factory=ConsoleSettings, description="The web console at /console (`VOICELOG_CONSOLE__*`)."
     )
     storage: StorageSettings = Field(
         default_factory=StorageSettings,

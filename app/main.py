@@ -15,11 +15,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from websockets.asyncio.server import Server
 
+from app.access.context import AccessContext
 from app.access.metrics import AccessMetrics
 from app.access.notify import Notifier
 from app.access.people import SawRegistry, StaffRecords
 from app.access.ratelimit import ReadLimiter
-from app.access.routes import AccessContext
 from app.access.routes import router as access_router
 from app.access.saw.routes import router as saw_router
 from app.access.saw.trust import SawHeaderGuard
@@ -28,6 +28,7 @@ from app.capture.recorder import Recorder
 from app.capture.routes import router as capture_router
 from app.clock import Clock, SystemClock
 from app.config import Settings
+from app.console.mount import include_console
 from app.db import create_engine, create_session_factory
 from app.deps import AppContext
 from app.errors import install_error_handlers
@@ -185,6 +186,7 @@ def create_app(
     app.include_router(staff_router)
     app.include_router(saw_router)
     app.include_router(access_router)
+    include_console(app, settings)
 
     @app.get("/healthz", tags=["operations"], summary="Process is alive")
     async def healthz() -> dict[str, str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.access import service
-from app.access.routes import AccessContext, notify
+from app.access.context import AccessContext
+from app.access.notify import notify_team
 from app.clock import Clock
 
 
@@ -16,7 +17,7 @@ async def run_access_job(*, session_factory: async_sessionmaker[AsyncSession], c
         expired, lapsed = await service.expire_and_lapse(session=session, clock=clock)
         await session.commit()
         for row in warned:
-            await notify(session, access, row, "access.expiring_soon")
+            await notify_team(session=session, notifier=access.notifier, row=row, event="access.expiring_soon")
         for row in expired:
-            await notify(session, access, row, "access.expired")
+            await notify_team(session=session, notifier=access.notifier, row=row, event="access.expired")
     return {"warned": len(warned), "expired": len(expired), "lapsed": len(lapsed)}

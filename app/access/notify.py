@@ -18,7 +18,10 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, Field, SecretStr
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.access.models import AccessRequest
+from app.identity.staff.service import get_team
 from app.logs import get_logger
 
 log = get_logger("voicelog.notify")
@@ -98,3 +101,12 @@ class Notifier:
                 await asyncio.sleep(self._backoff_s * 2**attempt)
         self.failed.labels("gave_up").inc()
         log.warning("notify.failed", team=hook.team, reason=reason)
+
+
+async def notify_team(*, session: AsyncSession, notifier: Notifier, row: AccessRequest, event: str) -> None:
+    """Tell the requester's team of an access event (API and console alike); ids, times and states only."""
+    team = await get_team(session=session, team_id=row.requester_team_id) if row.requester_team_id else None
+    name = team.name if team else None
+    notifier.emit(name, event, {
+        "access_request": row.id, "ticket_id": row.ticket_id, "requester": row.requester, "team": name,
+        "state": row.state, "expires_at": row.expires_at.isoformat() if row.expires_at else None})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Literal
 
@@ -14,42 +13,19 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import service, transparency
-from app.access.metrics import AccessMetrics
+from app.access.context import AccessContext
 from app.access.models import AccessRequest
-from app.access.notify import Notifier
+from app.access.notify import notify_team
 from app.access.playback.render import plan_track, timeline, track_pcm, transcripts, wav_header
-from app.access.playback.service import AllowedRead, RecordingNotAvailable, SawLookup, audit_read, authorize_read
-from app.access.ratelimit import ReadLimiter
+from app.access.playback.service import AllowedRead, RecordingNotAvailable, audit_read, authorize_read
 from app.capture.reader import RecordingStream
 from app.deps import ClockDep, SessionDep
-from app.errors import Forbidden, InvalidInput
+from app.errors import InvalidInput
 from app.identity.principal import Principal, Role, authenticate
-from app.identity.staff.service import get_team
 from app.tickets.service import customer_resource
 
 router = APIRouter(tags=["access"])
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
-
-
-@dataclass
-class AccessContext:
-    directory: service.StaffDirectory
-    saws: SawLookup
-    limiter: ReadLimiter
-    metrics: AccessMetrics
-    retention: timedelta
-    notifier: Notifier
-
-
-async def notify(session: AsyncSession, ctx: AccessContext, row: AccessRequest, event: str) -> None:
-    """Tell the requester's team (webhook); ids, roles, times and states only."""
-    team = await get_team(session=session, team_id=row.requester_team_id) if row.requester_team_id else None
-    ctx.notifier.emit(team.name if team else None, event, notification_payload(row, team.name if team else None))
-
-
-def notification_payload(row: AccessRequest, team: str | None) -> dict[str, object]:
-    return {"access_request": row.id, "ticket_id": row.ticket_id, "requester": row.requester, "team": team,
-            "state": row.state, "expires_at": row.expires_at.isoformat() if row.expires_at else None}
 
 
 def _ctx(request: Request) -> AccessContext:
@@ -57,17 +33,9 @@ def _ctx(request: Request) -> AccessContext:
     return ctx
 
 
-class NotStaff(Forbidden):
-    code = "not_staff"
-    title = "You need an active staff record with this role"
-
-
 async def _person(session: AsyncSession, ctx: AccessContext, who: Principal, role: Role) -> service.Person:
-    """Token role and staff-record role both (defense in depth)."""
-    person = await ctx.directory.person(session, who.subject)
-    if person is None or not person.active or role.value not in person.roles or not who.has(role):
-        raise NotStaff(f"This needs the {role.value} role.")
-    return person
+    return await service.require_person(session=session, directory=ctx.directory, subject=who.subject,
+                                        token_roles=frozenset(r.value for r in who.roles), role=role.value)
 
 
 # --- schemas -------------------------------------------------------------------------------------------
@@ -131,7 +99,7 @@ async def create_request(body: AccessRequestCreate, who: CurrentPrincipal, sessi
     row = await service.create_request(session=session, clock=clock, requester=person, data=service.NewRequest(
         ticket_id=body.ticket_id, request_ids=body.request_ids, justification=body.justification,
         duration=timedelta(minutes=body.duration_minutes)))
-    await notify(session, _ctx(request), row, "access.requested")
+    await notify_team(session=session, notifier=_ctx(request).notifier, row=row, event="access.requested")
     return await _out(session, row)
 
 
@@ -157,7 +125,7 @@ async def approve(access_request_id: str, body: Decision, who: CurrentPrincipal,
     duration = timedelta(minutes=body.duration_minutes) if body.duration_minutes else None
     row = await service.approve(session=session, clock=clock, directory=ctx.directory,
                                 access_request_id=access_request_id, manager=person, duration=duration)
-    await notify(session, ctx, row, "access.approved")
+    await notify_team(session=session, notifier=ctx.notifier, row=row, event="access.approved")
     return await _out(session, row)
 
 
@@ -170,7 +138,7 @@ async def deny(access_request_id: str, body: Decision, who: CurrentPrincipal, se
         raise InvalidInput("A denial needs a reason.")
     row = await service.deny(session=session, clock=clock, directory=ctx.directory,
                              access_request_id=access_request_id, manager=person, reason=body.reason.strip())
-    await notify(session, ctx, row, "access.denied")
+    await notify_team(session=session, notifier=ctx.notifier, row=row, event="access.denied")
     return await _out(session, row)
 
 
@@ -180,10 +148,10 @@ async def revoke(access_request_id: str, body: Decision, who: CurrentPrincipal, 
     ctx = _ctx(request)
     person = await ctx.directory.person(session, who.subject)
     if person is None or not person.active:
-        raise NotStaff()
+        raise service.NotStaff()
     row = await service.revoke(session=session, clock=clock, directory=ctx.directory,
                                access_request_id=access_request_id, by=person, reason=body.reason.strip())
-    await notify(session, ctx, row, "access.revoked")
+    await notify_team(session=session, notifier=ctx.notifier, row=row, event="access.revoked")
     return await _out(session, row)
 
 

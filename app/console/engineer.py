@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from app.access import service as access
+from app.access.notify import notify_team
 from app.clock import Clock
 from app.console.auth import signed_in
 from app.console.security import checked_form, first
@@ -71,6 +72,8 @@ def build_engineer_router(clock: Clock) -> APIRouter:
                     ticket_id=first(form, "ticket_id") or "", request_ids=ids,
                     justification=first(form, "justification") or "", duration=timedelta(minutes=minutes)))
                 await db.commit()
+                await notify_team(session=db, notifier=access_context(request).notifier, row=row,
+                                  event="access.requested")
                 session.flash("ok", f"Access request {row.id[:8]} sent to your team's managers.")
             except AppError as error:
                 await db.rollback()
@@ -84,10 +87,12 @@ def build_engineer_router(clock: Clock) -> APIRouter:
         async with _ctx(request).session_factory() as db:
             try:
                 person = await staff_person(db, request, who, Role.ENGINEER)
-                await access.revoke(session=db, clock=clock, directory=access_context(request).directory,
-                                    access_request_id=access_request_id, by=person,
-                                    reason=(first(form, "reason") or "no longer needed").strip())
+                row = await access.revoke(session=db, clock=clock, directory=access_context(request).directory,
+                                          access_request_id=access_request_id, by=person,
+                                          reason=(first(form, "reason") or "no longer needed").strip())
                 await db.commit()
+                await notify_team(session=db, notifier=access_context(request).notifier, row=row,
+                                  event="access.revoked")
                 session.flash("ok", "Access ended.")
             except AppError as error:
                 await db.rollback()

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import service as access
 from app.access.models import AccessRequest
+from app.access.notify import notify_team
 from app.clock import Clock
 from app.console.auth import signed_in
 from app.console.security import checked_form, first
@@ -113,6 +114,8 @@ def build_manager_router(clock: Clock) -> APIRouter:
                 else:
                     raise InvalidInput("Approve or deny.")
                 await db.commit()
+                await notify_team(session=db, notifier=access_context(request).notifier, row=row,
+                                  event=f"access.{row.state}")
             except AppError as error:
                 await db.rollback()
                 session.flash("error", f"{error.title}: {error.detail}")

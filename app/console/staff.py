@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.access.routes import AccessContext
-from app.access.service import Person
+from app.access.context import AccessContext
+from app.access.service import NotStaff, Person, require_person
 from app.console.auth import MissingConsoleRole
 from app.identity.principal import Principal, Role
 
@@ -18,7 +18,9 @@ def access_context(request: Request) -> AccessContext:
 
 async def staff_person(session: AsyncSession, request: Request, who: Principal, role: Role) -> Person:
     """The same defense in depth as the access API: an active staff record holding `role`, and the token's role."""
-    person = await access_context(request).directory.person(session, who.subject)
-    if person is None or not person.active or role.value not in person.roles or not who.has(role):
-        raise MissingConsoleRole(f"This needs an active staff record with the {role.value} role.")
-    return person
+    try:
+        return await require_person(session=session, directory=access_context(request).directory,
+                                    subject=who.subject, token_roles=frozenset(r.value for r in who.roles),
+                                    role=role.value)
+    except NotStaff as refused:
+        raise MissingConsoleRole(refused.detail) from refused

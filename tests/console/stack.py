@@ -1,7 +1,7 @@
 """A voicelog app with the console mounted, served on a loopback port, and a Chromium to drive it.
 
-Until create_app mounts the console, the stack calls `include_console(app, settings)` itself, and gives
-the app an audit runtime (`app.state.audit`) so the auditor pages can verify and sign.
+The stack gives the app an audit runtime (`app.state.audit`) if it has none, so the auditor pages can
+verify and sign.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from app.audit.service import integrate_pending
 from app.audit.settings import AuditSettings
 from app.capture.models import Recording
 from app.clock import SystemClock
-from app.console import include_console
 from app.identity.principal import Role
 from app.identity.settings import IdentitySettings
 from app.main import create_app
@@ -100,7 +99,6 @@ async def console_stack(tmp_path: Path, standin: StandinHandle, identity: Identi
                               saw=SawSettings.model_validate({"trusted_proxies": ["127.0.0.1/32"]}))
     await asyncio.to_thread(migrate.upgrade, settings.resolved_database_url)
     app = create_app(settings)
-    assert include_console(app, settings)
     if getattr(app.state, "audit", None) is None:
         app.state.audit = AuditRuntime.from_settings(AuditSettings(), settings.data_dir)
     server = build_server(settings, "127.0.0.1", 0, app=app)
