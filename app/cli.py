@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from app import migrate
 from app.access.saw.cli import saw_cli
+from app.audit.cli import audit_cli
 from app.config import Settings
 from app.db import create_engine, create_session_factory
 from app.errors import AppError
@@ -32,6 +33,7 @@ cli.add_typer(dev_cli, name="dev")
 cli.add_typer(staff_cli, name="staff")
 cli.add_typer(teams_cli, name="teams")
 cli.add_typer(saw_cli, name="saw")
+cli.add_typer(audit_cli, name="audit")
 cli.add_typer(resources_cli, name="resources")
 
 log = get_logger("voicelog.cli")

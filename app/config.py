@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.access.notify import TeamWebhook
 from app.access.saw.settings import SawSettings
+from app.audit.settings import AuditSettings
 from app.capture.settings import CaptureSettings
 from app.console.settings import ConsoleSettings
 from app.identity.settings import IdentitySettings
@@ -97,6 +98,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Per-team webhooks for access events (requested, approved, denied, revoked, expiring "
         "soon, expired), HMAC-signed and retried: JSON list of `{team, url, secret}`.",
+    )
+    audit: AuditSettings = Field(
+        default_factory=AuditSettings,
+        description="The audit trail: checkpoint cadence, signing keys, export (`VOICELOG_AUDIT__*`).",
     )
     console: ConsoleSettings = Field(
         default_factory=ConsoleSettings, description="The web console at /console (`VOICELOG_CONSOLE__*`)."

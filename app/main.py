@@ -23,6 +23,9 @@ from app.access.ratelimit import ReadLimiter
 from app.access.routes import router as access_router
 from app.access.saw.routes import router as saw_router
 from app.access.saw.trust import SawHeaderGuard
+from app.audit.jobs import ChainKeeper, VerifierJob
+from app.audit.routes import router as audit_router
+from app.audit.runtime import AuditRuntime
 from app.capture.metrics import CaptureMetrics
 from app.capture.recorder import Recorder
 from app.capture.routes import router as capture_router
@@ -124,6 +127,10 @@ def create_app(
         notifier=Notifier(settings.access_webhooks, ctx.metrics.registry),
     )
 
+    audit = AuditRuntime.from_settings(settings.audit, settings.data_dir, registry=ctx.metrics.registry)
+    chain_keeper = ChainKeeper(audit, ctx.session_factory, clock)
+    verifier = VerifierJob(audit, ctx.session_factory, clock)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         standin_server: Server | None = None
@@ -137,6 +144,8 @@ def create_app(
             # C8: a region's store being down never keeps the relay from starting; /readyz says so.
             log.warning("storage.prepare_failed")
         consents.start(ctx.session_factory)
+        chain_keeper.start()
+        verifier.start()
         recorder.start()
         access.notifier.start()
         log.info("voicelog.started", regions=settings.region_names, embedded=settings.embedded)
@@ -147,6 +156,8 @@ def create_app(
             if closed:
                 log.warning("relay.drain.closed_sessions", sessions=closed)
             await recorder.stop()
+            await verifier.stop()
+            await chain_keeper.stop()
             await access.notifier.stop()
             await consents.stop()
             await keyrings.aclose()
@@ -176,6 +187,7 @@ def create_app(
     app.state.stores = stores
     app.state.keyrings = keyrings
     app.state.access = access
+    app.state.audit = audit
     install_error_handlers(app)
     app.add_middleware(SawHeaderGuard, settings=settings.saw)  # SAW headers only from trusted proxies
     include_dev_routes(app, settings.identity, settings.data_dir, clock=clock)
@@ -186,6 +198,7 @@ def create_app(
     app.include_router(staff_router)
     app.include_router(saw_router)
     app.include_router(access_router)
+    app.include_router(audit_router)
     include_console(app, settings)
 
     @app.get("/healthz", tags=["operations"], summary="Process is alive")
@@ -194,7 +207,9 @@ def create_app(
 
     @app.get("/readyz", tags=["operations"], summary="Ready to take sessions")
     async def readyz() -> JSONResponse:
-        """503 while draining or when the database is unreachable."""
+        """503 while draining or when the database (needed to admit a session) is unreachable. Each region's
+        store is reported but does not gate readiness: a store outage only makes recordings incomplete (C8),
+        and taking every replica out of the load balancer for it would stop the calls themselves."""
         checks: dict[str, str] = {"relay": "draining" if relay.registry.draining else "ok"}
         try:
             async with engine.connect() as conn:
@@ -202,9 +217,9 @@ def create_app(
             checks["database"] = "ok"
         except Exception:
             checks["database"] = "unreachable"
+        ready = all(v == "ok" for v in checks.values())
         for region, state in (await stores.check_ready()).items():
             checks[f"storage:{region}"] = state
-        ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
                             status_code=200 if ready else 503)
 

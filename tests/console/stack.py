@@ -22,9 +22,7 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from app import migrate
 from app.access.saw.settings import SawSettings
-from app.audit.runtime import AuditRuntime
 from app.audit.service import integrate_pending
-from app.audit.settings import AuditSettings
 from app.capture.models import Recording
 from app.clock import SystemClock
 from app.identity.principal import Role
@@ -99,8 +97,6 @@ async def console_stack(tmp_path: Path, standin: StandinHandle, identity: Identi
                               saw=SawSettings.model_validate({"trusted_proxies": ["127.0.0.1/32"]}))
     await asyncio.to_thread(migrate.upgrade, settings.resolved_database_url)
     app = create_app(settings)
-    if getattr(app.state, "audit", None) is None:
-        app.state.audit = AuditRuntime.from_settings(AuditSettings(), settings.data_dir)
     server = build_server(settings, "127.0.0.1", 0, app=app)
     server.config.loop = "asyncio"
     task = asyncio.create_task(server.serve())
