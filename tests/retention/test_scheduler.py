@@ -1,0 +1,182 @@
+"""The scheduler: jobs run at start and on their period, coalesced; replicas share; runs are metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import select
+
+from app.capture.models import Recording
+from app.config import Settings
+from app.retention.cli import run_worker
+from app.retention.jobs import DAILY_REPORT, ORPHAN_SWEEP, PURGE, JobContext, ScheduledJob
+from app.retention.locks import exclusive_run
+from app.retention.models import RetentionJobRun, RetentionReport
+from app.retention.report import overdue_counts
+from app.retention.scheduler import build_scheduler
+from app.retention.settings import RetentionSettings
+from tests.retention.world import LIFETIME, REGIONS, World
+
+
+async def job_runs(world: World) -> dict[str, RetentionJobRun]:
+    async with world.factory() as session:
+        return {r.job: r for r in (await session.execute(select(RetentionJobRun))).scalars()}
+
+
+async def wait_for(condition: object, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await condition():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_down_for_three_days_then_started_catches_up_at_once(world: World) -> None:
+    epoch = world.clock.now()
+    made = [await world.record(REGIONS[n % 2], epoch + timedelta(hours=5 * n, minutes=7)) for n in range(14)]
+    # The process was down from day 30 on: nothing purged the buckets of days 0-3 when they came due.
+    world.clock.advance(LIFETIME + timedelta(days=3))
+    due = [r for r in made if r.bucket_start + LIFETIME <= world.clock.now()]
+    assert len(due) == 14
+    scheduler = world.scheduler()
+    scheduler.start()
+    try:
+        async def caught_up() -> bool:
+            runs = await job_runs(world)
+            return all(name in runs and runs[name].runs >= 1 for name in (PURGE, DAILY_REPORT, ORPHAN_SWEEP))
+
+        await wait_for(caught_up)
+    finally:
+        await scheduler.shutdown()
+    runs = await job_runs(world)
+    assert runs[PURGE].runs == 1  # one run, at start, did it all
+    assert runs[PURGE].last_success_at == world.clock.now()
+    assert await world.count(Recording.shredded_at.is_(None)) == 0
+    assert await world.count(Recording.blob_deleted_at.is_(None)) == 0
+    assert not await world.keyrings.live_buckets(started_before=world.clock.now())
+    async with world.factory() as session:
+        reports = {r.day: r for r in (await session.execute(select(RetentionReport))).scalars()}
+    assert len(reports) == RetentionSettings().report_catch_up_days
+    # The daily reports of the outage days say what happened: purges came late.
+    late = sum(overdue_counts(json.loads(r.content))[0] for r in reports.values())
+    assert late == sum(1 for r in made if (r.started_at + LIFETIME).date() <= max(reports))
+    assert late >= 10
+    assert not all(r.within_limit for r in reports.values())
+
+
+async def test_jobs_start_at_once_then_run_aligned_and_coalesced(world: World) -> None:
+    registry = CollectorRegistry()
+    scheduler = world.scheduler(registry=registry)
+    scheduler.start()
+    try:
+        jobs = {job.id: job for job in scheduler.apscheduler_jobs()}
+        assert set(jobs) == {j.name for j in scheduler.jobs}
+        for job in jobs.values():
+            assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, None)
+
+        async def all_ran() -> bool:
+            runs = await job_runs(world)
+            return all(name in runs for name in jobs)
+
+        await wait_for(all_ran)
+        await asyncio.sleep(0.1)
+        purge_next = scheduler.next_run_times()[PURGE]
+        assert purge_next is not None
+        assert (purge_next.second, purge_next.microsecond) == (0, 0)  # on the minute, when bucket deadlines fall
+    finally:
+        await scheduler.shutdown()
+    assert not scheduler.running
+    for name in jobs:
+        assert registry.get_sample_value("voicelog_scheduler_job_runs_total", {"job": name, "outcome": "ok"}) == 1
+        assert registry.get_sample_value("voicelog_scheduler_job_duration_seconds_count", {"job": name}) == 1
+
+
+async def test_an_exclusive_job_runs_on_one_replica_per_period(world: World) -> None:
+    first, second = world.scheduler(), world.scheduler()
+    assert (await first.run_job(ORPHAN_SWEEP)).outcome == "ok"
+    assert (await second.run_job(ORPHAN_SWEEP)).outcome == "skipped"  # the other replica ran it this hour
+    world.clock.advance(timedelta(minutes=30))
+    assert (await second.run_job(ORPHAN_SWEEP)).outcome == "skipped"
+    world.clock.advance(timedelta(minutes=30))
+    assert (await second.run_job(ORPHAN_SWEEP)).outcome == "ok"
+    if world.kind == "postgresql":  # while a replica holds the job, another skips it
+        world.clock.advance(timedelta(hours=1))
+        async with exclusive_run(world.factory, ORPHAN_SWEEP) as held:
+            assert held
+            skipped = await first.run_job(ORPHAN_SWEEP)
+        assert (skipped.outcome, skipped.error) == ("skipped", "held_elsewhere")
+        assert (await first.run_job(ORPHAN_SWEEP)).outcome == "ok"
+
+
+async def test_failures_are_counted_recorded_and_never_stop_other_jobs(world: World) -> None:
+    calls: list[str] = []
+
+    async def expire_grants(ctx: JobContext) -> int:  # what the access domain will register
+        calls.append(ctx.owner)
+        return 3
+
+    async def broken(_ctx: JobContext) -> int:
+        raise RuntimeError("bug")
+
+    registry = CollectorRegistry()
+    scheduler = build_scheduler(
+        settings=RetentionSettings(), lifetime=LIFETIME, session_factory=world.factory, clock=world.clock,
+        keyrings=world.keyrings, stores=world.stores, audit=world.audit_runtime(), registry=registry,
+        extra_jobs=[ScheduledJob("access.expire_grants", timedelta(minutes=1), expire_grants, exclusive=True),
+                    ScheduledJob("test.broken", timedelta(minutes=1), broken)],
+        owner="replica-a",
+    )
+    outcomes = {o.job: o for o in await scheduler.run_all()}
+    assert outcomes["test.broken"].outcome == "failed"
+    assert outcomes["access.expire_grants"].items == 3
+    assert all(o.outcome == "ok" for name, o in outcomes.items() if name != "test.broken")
+    assert calls == ["replica-a"]
+    runs = await job_runs(world)
+    assert (runs["test.broken"].failures, runs["test.broken"].last_error, runs["test.broken"].runs) == (
+        1, "RuntimeError", 1)
+    assert runs["access.expire_grants"].last_items == 3
+    sample = registry.get_sample_value
+    assert sample("voicelog_scheduler_job_runs_total", {"job": "test.broken", "outcome": "failed"}) == 1
+    assert sample("voicelog_scheduler_job_failures_total", {"job": "test.broken", "error": "RuntimeError"}) == 1
+    assert sample("voicelog_scheduler_job_items_total", {"job": "access.expire_grants"}) == 3
+    with pytest.raises(ValueError, match="unique"):
+        build_scheduler(settings=RetentionSettings(), lifetime=LIFETIME, session_factory=world.factory,
+                        clock=world.clock, keyrings=world.keyrings, stores=world.stores, audit=world.audit_runtime(),
+                        registry=CollectorRegistry(),
+                        extra_jobs=[ScheduledJob(PURGE, timedelta(minutes=1), expire_grants)])
+
+
+@pytest.mark.parametrize("db_kind", ["sqlite"])
+async def test_voicelog_worker_runs_the_jobs_until_stopped(tmp_path: Path, db_kind: str) -> None:
+    settings = Settings(data_dir=tmp_path / "data", standin_enabled=False, demo_resource=False)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(settings, settings_audit(), RetentionSettings(), stop=stop))
+    from app.db import create_engine, create_session_factory
+
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        async def ran() -> bool:
+            if worker.done():
+                worker.result()
+            try:
+                async with create_session_factory(engine)() as session:
+                    names = set((await session.execute(select(RetentionJobRun.job))).scalars())
+            except Exception:
+                return False  # not migrated yet
+            return {PURGE, DAILY_REPORT} <= names
+
+        await wait_for(ran, timeout=60)
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 30)
+        await engine.dispose()
+
+
+def settings_audit() -> object:
+    from app.audit.settings import AuditSettings
+
+    return AuditSettings()
