@@ -12,13 +12,11 @@ from typing import Protocol
 
 
 class RecordingTimes(Protocol):
-    """What the rule needs of a recording (an `app.capture.models.Recording` fits)."""
+    """What the rule needs of a recording: when it started. A `bucket_start` is honoured when the object has one
+    (an `app.capture.models.Recording` does; the access domain's `RecordingView` need not)."""
 
     @property
     def started_at(self) -> datetime: ...
-
-    @property
-    def bucket_start(self) -> datetime: ...
 
 
 def bucket_hour(moment: datetime) -> datetime:
@@ -31,10 +29,14 @@ def bucket_hour(moment: datetime) -> datetime:
 def bucket_end(recording: RecordingTimes, lifetime: timedelta) -> datetime:
     """The instant the recording's bucket is past its life: its hour's start plus `lifetime`.
 
-    The earlier of the stored bucket and the hour of `started_at`, so a row with a wrong bucket never
-    lives longer than its own start allows.
+    The earlier of the stored bucket (if any) and the hour of `started_at`, so a row with a wrong bucket
+    never lives longer than its own start allows.
     """
-    return min(bucket_hour(recording.bucket_start), bucket_hour(recording.started_at)) + lifetime
+    hour = bucket_hour(recording.started_at)
+    stored = getattr(recording, "bucket_start", None)
+    if isinstance(stored, datetime):
+        hour = min(hour, bucket_hour(stored))
+    return hour + lifetime
 
 
 def recording_expired(recording: RecordingTimes, now: datetime, lifetime: timedelta) -> bool:

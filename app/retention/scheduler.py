@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.audit.runtime import AuditRuntime
 from app.clock import Clock
 from app.logs import get_logger
-from app.retention.jobs import JobContext, ScheduledJob, builtin_jobs
+from app.retention.jobs import AUDIT_CHECKPOINT, AUDIT_VERIFY, JobContext, ScheduledJob, builtin_jobs
 from app.retention.locks import exclusive_run, record_job_run
 from app.retention.metrics import JOB_OUTCOMES, RetentionMetrics
 from app.retention.models import RetentionJobRun
@@ -46,6 +46,7 @@ log = get_logger("voicelog.scheduler")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CATCH_UP = ":catch-up"
+AUDIT_JOBS = frozenset({AUDIT_CHECKPOINT, AUDIT_VERIFY})
 
 
 @dataclass(frozen=True)
@@ -221,8 +222,12 @@ def build_scheduler(
     registry: CollectorRegistry,
     extra_jobs: Sequence[ScheduledJob] = (),
     owner: str | None = None,
+    audit_jobs: bool = True,
 ) -> RetentionScheduler:
     """The scheduler with the built-in jobs and `extra_jobs` (e.g. access grants expiring).
+
+    `audit_jobs=False` leaves out the audit checkpoint and verify jobs, for a process that already runs
+    the audit's own ChainKeeper and VerifierJob.
 
     `lifetime` is the vault's bucket lifetime (`settings.vault.bucket_lifetime`); the report's limit is the
     audit's `retention_days`, and the two must agree (a mismatch is logged).
@@ -233,4 +238,5 @@ def build_scheduler(
     context = JobContext(session_factory=session_factory, clock=clock, keyrings=keyrings, stores=stores, audit=audit,
                          settings=settings, lifetime=lifetime, metrics=RetentionMetrics(registry),
                          owner=owner or default_owner())
-    return RetentionScheduler(context=context, jobs=[*builtin_jobs(settings, audit), *extra_jobs])
+    jobs = [job for job in builtin_jobs(settings, audit) if audit_jobs or job.name not in AUDIT_JOBS]
+    return RetentionScheduler(context=context, jobs=[*jobs, *extra_jobs])

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from app.access.policy import RecordingView
 from app.audit.actions import Actor, AuditAction, kek_bucket
 from app.capture.models import Recording
 from app.retention.policy import recording_expired
@@ -186,3 +187,7 @@ def test_reads_refuse_a_recording_once_its_bucket_is_past_30_days_even_if_not_pu
     # A row whose bucket was stored wrong still dies with the hour it started in.
     wrong = Recording(started_at=started, bucket_start=started + timedelta(hours=5))
     assert recording_expired(wrong, end, LIFETIME)
+    # The read policy's own view of a recording (no bucket column) gets the same answer.
+    view = RecordingView(request_id="r" * 32, ticket_id="t", started_at=started, shredded=False)
+    assert not recording_expired(view, end - timedelta(microseconds=1), LIFETIME)
+    assert recording_expired(view, end, LIFETIME)

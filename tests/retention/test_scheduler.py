@@ -180,3 +180,12 @@ def settings_audit() -> object:
     from app.audit.settings import AuditSettings
 
     return AuditSettings()
+
+
+async def test_a_process_that_runs_the_audit_keeper_itself_leaves_the_audit_jobs_out(world: World) -> None:
+    scheduler = build_scheduler(settings=RetentionSettings(), lifetime=LIFETIME, session_factory=world.factory,
+                                clock=world.clock, keyrings=world.keyrings, stores=world.stores,
+                                audit=world.audit_runtime(), registry=CollectorRegistry(), audit_jobs=False)
+    names = {job.name for job in scheduler.jobs}
+    assert PURGE in names
+    assert not names & {"audit.checkpoint", "audit.verify"}
