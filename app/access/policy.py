@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from app.retention.policy import recording_expired
+
 
 class DenyReason(StrEnum):
     NOT_ENGINEER = "not_engineer"
@@ -117,8 +119,7 @@ def decide_read(
         return ReadDecision.deny(DenyReason.NO_RECORDING)
     if recording.shredded:
         return ReadDecision.deny(DenyReason.RECORDING_GONE)
-    bucket_start = recording.started_at.replace(minute=0, second=0, microsecond=0)
-    if now >= bucket_start + retention:
+    if recording_expired(recording, now, retention):
         return ReadDecision.deny(DenyReason.RECORDING_EXPIRED)  # even if the purge is late (C7)
     if grant is None:
         return ReadDecision.deny(DenyReason.NO_GRANT)
