@@ -43,6 +43,11 @@ SignatureOption = Annotated[Path | None, typer.Option(
     "--signature", help="CSV: where the signed envelope goes (default <output>.sig.json, or stderr).")]
 
 
+@retention_cli.callback()
+def retention_group() -> None:
+    """Retention (C7): what was purged, per region and day, signed."""
+
+
 def _settings() -> tuple[Settings, AuditSettings, RetentionSettings]:
     from app.audit.settings import AuditSettings
     from app.config import Settings
