@@ -113,7 +113,7 @@ class Purger:
         """Purge every due bucket (claimed by this replica); returns what was done."""
         now = self.clock.now()
         cutoff = purge_cutoff(now, self.lifetime, self.settings.purge_lead)
-        due = set(await self._due_buckets(cutoff))
+        due = set(await self.due_buckets(cutoff))
         sweep_keyring = self._keyring_swept_through is None or bucket_hour(cutoff) > self._keyring_swept_through
         keyring_ok = False
         result = PurgeResult()
@@ -180,8 +180,8 @@ class Purger:
 
     # --- which buckets ------------------------------------------------------------------------------
 
-    async def _due_buckets(self, cutoff: datetime) -> list[KeyBucket]:
-        """Buckets due by `cutoff` with rows not yet purged, or whose KEK is not recorded destroyed."""
+    async def due_buckets(self, cutoff: datetime) -> list[KeyBucket]:
+        """Buckets started by `cutoff` with rows not yet purged, or whose KEK is not recorded destroyed."""
         rows = select(Recording.region, Recording.bucket_start).where(
             Recording.blob_deleted_at.is_(None), Recording.shredded_at.is_(None), Recording.bucket_start <= cutoff,
         ).distinct()

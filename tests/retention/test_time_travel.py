@@ -21,6 +21,7 @@ from collections import Counter
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from app.audit.actions import Actor, AuditAction
@@ -72,6 +73,7 @@ def session_starts(start: datetime, rng: random.Random) -> list[tuple[datetime, 
     return sorted(starts)
 
 
+@pytest.mark.slow
 async def test_sixty_days_every_recording_gone_at_30_days_never_before_29d23h_and_the_report_agrees(
     world: World,
 ) -> None:
