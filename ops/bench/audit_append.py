@@ -186,12 +186,12 @@ def print_row(r: dict[str, object]) -> None:
 
 async def read_only(factory: async_sessionmaker[AsyncSession]) -> float:
     """The baseline for verification: the verifier's own query, rows fetched and dropped."""
-    from app.audit.verifier import _entry_query, _fetch
+    from app.audit.verifier import EntryReader
 
     async with factory() as session:
-        query, convert = _entry_query(session.get_bind().dialect.name)
+        reader = EntryReader(session, limit=2**62)
         began, after, count = time.perf_counter(), 0, 0
-        while rows := await _fetch(session, query, convert, after, 20_000):
+        while rows := await reader.after(after, 20_000):
             count, after = count + len(rows), rows[-1][0]
         return count / (time.perf_counter() - began)
 
