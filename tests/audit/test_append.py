@@ -61,11 +61,10 @@ async def test_an_entry_commits_and_rolls_back_with_the_change_it_records(
     assert pending == 0
 
 
+@pytest.mark.parametrize("db_kind", ["postgresql"], indirect=True)  # SQLite chains at once (tested above)
 async def test_postgres_queues_entries_and_the_sequencer_chains_them(
     audit_db: AuditDb, audit_clock: ManualClock
 ) -> None:
-    if audit_db.kind != "postgresql":
-        pytest.skip("SQLite chains at once under its writer lock")
     async with audit_db.factory() as session:
         queued = [await append_step(session, audit_clock, s) for s in example_steps(3, audit_clock.now())]
         await session.commit()
