@@ -52,22 +52,46 @@ class ShredReceipt:
         }, sort_keys=True, separators=(",", ":"))
 
 
+async def erase_data_key(*, keyrings: RegionKeyrings, recording: Recording, now: datetime) -> None:
+    """Have the key service refuse the recording's wrapped DEK from now on, in every copy (idempotent)."""
+    wrapped = recording.wrapped_dek
+    if wrapped is None:
+        return
+    try:
+        await shred_data_key(keyrings.for_region(recording.region), wrapped, region=recording.region,
+                             request_id=recording.request_id, now=now)
+    except (MalformedWrappedKey, UnknownVersion):
+        # Bytes that do not parse as a wrapped key cannot be erased one by one, nor unwrapped by this
+        # code; deleting them goes on, and the bucket's KEK destruction covers any copy (C7).
+        log.warning("recording.wrapped_key_unparsable", request_id=recording.request_id, region=recording.region)
+
+
+async def erase_data_keys(
+    *, keyrings: RegionKeyrings, recordings: Sequence[Recording], now: datetime, concurrency: int = 1
+) -> None:
+    """`erase_data_key` for several recordings, `concurrency` key service calls at a time; raises on a failure."""
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(recording: Recording) -> None:
+        async with gate:
+            await erase_data_key(keyrings=keyrings, recording=recording, now=now)
+
+    await asyncio.gather(*(one(r) for r in recordings))
+
+
 async def shred_recording(
     *, session: AsyncSession, clock: Clock, keyrings: RegionKeyrings, recording: Recording, reason: str,
-    actor: Actor,
+    actor: Actor, key_erased: bool = False,
 ) -> ShredReceipt:
-    """Step 1 in the caller's transaction: after its commit the recording is unreadable everywhere."""
+    """Step 1 in the caller's transaction: after its commit the recording is unreadable everywhere.
+
+    `key_erased=True`: the caller already had the key service erase this wrapped DEK (`erase_data_keys`,
+    the batched purge), so only the row, the receipt and the audit entries remain to be done here.
+    """
     now = clock.now()
     wrapped = recording.wrapped_dek
-    if wrapped is not None:
-        try:
-            await shred_data_key(keyrings.for_region(recording.region), wrapped, region=recording.region,
-                                 request_id=recording.request_id, now=now)
-        except (MalformedWrappedKey, UnknownVersion):
-            # Bytes that do not parse as a wrapped key cannot be erased one by one, nor unwrapped by this
-            # code; deleting them goes on, and the bucket's KEK destruction covers any copy (C7).
-            log.warning("recording.wrapped_key_unparsable", request_id=recording.request_id,
-                        region=recording.region)
+    if not key_erased:
+        await erase_data_key(keyrings=keyrings, recording=recording, now=now)
     receipt = ShredReceipt(
         request_id=recording.request_id, region=recording.region, kek_bucket=kek_bucket(recording.started_at),
         started_at=recording.started_at, shredded_at=now, reason=reason,
