@@ -1,7 +1,8 @@
 """Retention bookkeeping (migration 0007_retention). No session content, only ids, times and counts (C2).
 
 - `retention_buckets`: one row per (region, UTC hour) KEK bucket the purge has taken up: the row replicas
-  claim (`FOR UPDATE SKIP LOCKED`) and the once-only record that its KEK was destroyed.
+  claim (`FOR UPDATE SKIP LOCKED`) and the once-only record that its KEK was destroyed (`claimed_by`: the
+  replica that recorded it).
 - `retention_job_runs`: per scheduled job, its last start, success and failure (catch-up after an outage,
   one run per period across replicas).
 - `retention_reports`: the signed daily retention report, one per UTC day.

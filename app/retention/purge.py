@@ -2,11 +2,11 @@
 
 Per bucket, in this order, each step idempotent and committed before the next:
 
-1. every recording: the key service refuses its wrapped DEK, the wrapped DEK is deleted, the row is marked
-   purged with a receipt, `recording.purged` and `key.destroyed` (dek) are audited (`shred_recording`),
-   one transaction per batch;
-2. its blob and parts are deleted (a failure leaves "blob pending", retried by `delete_pending_blobs`),
-   batch k's blobs while batch k+1's keys are being destroyed;
+1. every recording: the key service refuses its wrapped DEK (`erase_data_keys`, many calls at once), then
+   the wrapped DEK is deleted, the row is marked purged with a receipt, `recording.purged` and
+   `key.destroyed` (dek) are audited (`shred_recording`), one transaction per batch;
+2. its blob and parts are deleted (a failure leaves "blob pending", retried by `delete_pending_blobs`);
+   batches form a pipeline: batch k+1's keys are erased while batch k is marked and its blobs deleted;
 3. the bucket's KEK is destroyed and `key.destroyed` (kek) audited, once: after this no copy of any
    recording of the bucket (backup, snapshot, soft-deleted blob) can be decrypted.
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, cast
 
-from sqlalchemy import Table, func, select, union, update
+from sqlalchemy import Table, func, select, tuple_, union, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.actions import Actor, AuditAction, kek_bucket
@@ -42,7 +42,7 @@ from app.retention.metrics import RetentionMetrics
 from app.retention.models import RetentionBucket
 from app.retention.policy import bucket_hour, purge_cutoff, purge_due_at
 from app.retention.settings import RetentionSettings
-from app.retention.shred import delete_blobs, shred_recording
+from app.retention.shred import delete_blobs, erase_data_keys, shred_recording
 from app.storage.router import RegionRouter
 from app.vault.keyring import KeyBucket, KeyDestruction, RegionKeyrings
 from app.vault.shredding import destroy_bucket, destroy_expired_buckets
@@ -51,7 +51,8 @@ log = get_logger("voicelog.retention")
 
 RETENTION_ACTOR = Actor.system("retention")
 RETENTION_REASON = "retention"
-_BLOB_BATCHES_IN_FLIGHT = 2
+_BATCHES_IN_FLIGHT = 2  # batches whose rows or blobs are being done while the next batch's keys are erased
+_PAGE_BATCHES = 10  # batches read per page of a bucket's rows
 BUCKETS: Final = cast(Table, RetentionBucket.__table__)
 
 
@@ -160,7 +161,7 @@ class Purger:
         result = result if result is not None else PurgeResult()
         now = self.clock.now()
         await self._register(bucket, now)
-        async with self._claim(bucket, now) as claim:
+        async with self._claim(bucket) as claim:
             if claim is None:
                 result.buckets_skipped += 1
                 return True  # another replica has it
@@ -208,7 +209,7 @@ class Purger:
             await session.commit()
 
     @contextlib.asynccontextmanager
-    async def _claim(self, bucket: KeyBucket, now: datetime) -> AsyncIterator[_BucketClaim | None]:
+    async def _claim(self, bucket: KeyBucket) -> AsyncIterator[_BucketClaim | None]:
         async with self.session_factory() as session:
             if not is_postgresql(session):
                 yield _BucketClaim(bucket, None)  # one process: the scheduler runs the purge once at a time
@@ -221,8 +222,7 @@ class Purger:
                 await session.rollback()
                 yield None
                 return
-            row.claimed_at, row.claimed_by = now, self.owner
-            await session.flush()
+            # A lock only, no write: a row being updated would make other replicas' inserts of it wait.
             try:
                 yield _BucketClaim(bucket, session)
             except BaseException:
@@ -233,47 +233,76 @@ class Purger:
     # --- steps 1 and 2 --------------------------------------------------------------------------------
 
     async def _shred_and_delete(self, claim: _BucketClaim, result: PurgeResult) -> int:
-        """Step 1 batch after batch; each batch's blobs go while the next batch's keys are destroyed.
+        """Steps 1 and 2 as a pipeline over batches: batch k+1's keys are erased in the key service while
+        batch k's rows are marked (one transaction) and then its blobs deleted.
 
         Returns how many rows of the bucket are still not purged.
         """
-        in_flight: set[asyncio.Task[None]] = set()
+        in_flight: set[asyncio.Task[int]] = set()
+        errors: list[BaseException] = []
+        cursor: tuple[datetime, str] | None = None
         try:
-            while True:
-                batch = await self._shred_batch(claim.bucket)
-                if not batch:
+            while not errors:
+                page = await self._unshredded(claim.bucket, after=cursor)
+                if not page:
                     break
-                result.recordings_purged += len(batch)
-                if self.metrics is not None:
-                    self.metrics.recordings_purged.labels(region=claim.bucket.region).inc(len(batch))
-                in_flight.add(asyncio.create_task(self._delete_batch_blobs(batch, result)))
-                if len(in_flight) >= _BLOB_BATCHES_IN_FLIGHT:
-                    _, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-        except Exception as exc:  # a failed batch rolled back; what committed stands, the rest is retried
-            self._count_error("shred")
-            log.warning("retention.shred_failed", region=claim.bucket.region, bucket=claim.bucket.label,
-                        error=type(exc).__name__)
+                cursor = (page[-1].started_at, page[-1].request_id)
+                for start in range(0, len(page), self.settings.purge_batch):
+                    batch = page[start:start + self.settings.purge_batch]
+                    await erase_data_keys(keyrings=self.keyrings, recordings=batch, now=self.clock.now(),
+                                          concurrency=self.settings.key_erase_concurrency)
+                    in_flight.add(asyncio.create_task(self._mark_and_delete(batch, result)))
+                    if len(in_flight) >= _BATCHES_IN_FLIGHT:
+                        done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                        errors += [e for e in (t.exception() for t in done) if e is not None]
+                    if errors:
+                        break
+        except Exception as exc:  # the key service failed: what committed stands, the rest is retried
+            errors.append(exc)
         finally:
             if in_flight:
-                await asyncio.gather(*in_flight)
+                outcomes = await asyncio.gather(*in_flight, return_exceptions=True)
+                errors += [e for e in outcomes if isinstance(e, BaseException)]
+        for error in errors:
+            if not isinstance(error, Exception):
+                raise error
+            self._count_error("shred")
+            log.warning("retention.shred_failed", region=claim.bucket.region, bucket=claim.bucket.label,
+                        error=type(error).__name__)
         return await self._rows_left(claim.bucket)
 
-    async def _shred_batch(self, bucket: KeyBucket) -> list[Recording]:
-        """Step 1 for up to `purge_batch` recordings of the bucket, committed. Empty when none is left."""
+    async def _unshredded(self, bucket: KeyBucket, *, after: tuple[datetime, str] | None) -> list[Recording]:
+        """The next page of the bucket's rows not yet purged, in start order (the bucket is claimed by us)."""
+        query = select(Recording).where(
+            Recording.region == bucket.region, Recording.bucket_start == bucket.hour, Recording.shredded_at.is_(None),
+        ).order_by(Recording.started_at, Recording.request_id).limit(self.settings.purge_batch * _PAGE_BATCHES)
+        if after is not None:
+            query = query.where(tuple_(Recording.started_at, Recording.request_id) > tuple_(*after))
+        async with self.session_factory() as session:
+            return list((await session.execute(query)).scalars())
+
+    async def _mark_and_delete(self, batch: Sequence[Recording], result: PurgeResult) -> int:
+        """Step 1 for a batch whose keys the key service already refuses: rows marked and audited, committed.
+        Then step 2 for it. Returns how many rows this marked; raises if the transaction fails (the batch is
+        retried by the next run)."""
         async with self.session_factory() as session:
             await take_write_lock(session)
             query = select(Recording).where(
-                Recording.region == bucket.region, Recording.bucket_start == bucket.hour,
-                Recording.shredded_at.is_(None),
-            ).order_by(Recording.started_at).limit(self.settings.purge_batch)
+                Recording.request_id.in_([r.request_id for r in batch]), Recording.shredded_at.is_(None),
+            )
             if is_postgresql(session):
                 query = query.with_for_update(skip_locked=True)
-            batch = list((await session.execute(query)).scalars())
-            for recording in batch:
-                await shred_recording(session=session, clock=self.clock, keyrings=self.keyrings,
-                                      recording=recording, reason=RETENTION_REASON, actor=RETENTION_ACTOR)
+            rows = list((await session.execute(query)).scalars())
+            for recording in rows:
+                await shred_recording(session=session, clock=self.clock, keyrings=self.keyrings, recording=recording,
+                                      reason=RETENTION_REASON, actor=RETENTION_ACTOR, key_erased=True)
             await session.commit()
-        return batch
+        result.recordings_purged += len(rows)
+        if self.metrics is not None and rows:
+            self.metrics.recordings_purged.labels(region=rows[0].region).inc(len(rows))
+        if rows:
+            await self._delete_batch_blobs(rows, result)
+        return len(rows)
 
     async def _delete_batch_blobs(self, batch: Sequence[Recording], result: PurgeResult) -> None:
         """Step 2 for a committed batch; failures stay "blob pending". Never raises."""
@@ -324,7 +353,7 @@ class Purger:
                 RetentionBucket.region == bucket.region, RetentionBucket.bucket_start == bucket.hour,
                 RetentionBucket.kek_destroyed_at.is_(None),
             ).values(kek_destroyed_at=destruction.destroyed_at, kek_provider=destruction.provider[:32],
-                     kek_key_name=destruction.key_name[:255])
+                     kek_key_name=destruction.key_name[:255], claimed_at=self.clock.now(), claimed_by=self.owner)
         )
         if getattr(changed, "rowcount", 0) != 1:
             return False

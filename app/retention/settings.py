@@ -37,6 +37,10 @@ class RetentionSettings(BaseModel):
         default=200, ge=1, le=5000,
         description="Recordings whose data keys are destroyed in one transaction (purge step 1).",
     )
+    key_erase_concurrency: int = Field(
+        default=16, ge=1, le=256,
+        description="Key service erasures in flight at once (purge step 1; the local keyring does one at a time).",
+    )
     blob_delete_concurrency: int = Field(
         default=8, ge=1, le=256, description="Blob deletes in flight at once (purge step 2, pending retries)."
     )
