@@ -1,6 +1,6 @@
 """One replica's purge, as its own process, for the multi-process tests: purges until nothing is due.
 
-    python -m tests.retention.purge_process --url URL --root DIR --now ISO --name A [--delete-delay-ms 20]
+    python -m tests.retention.purge_process --url URL --root DIR --now ISO --name A [--delete-delay-ms 100]
 
 Prints a `ready` line, waits for a line on stdin (so replicas start together), then one JSON line per
 committed batch of destroyed keys and one per run.
@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -26,13 +27,12 @@ from app.db import create_engine, create_session_factory
 from app.logs import configure_logging
 from app.retention.metrics import RetentionMetrics
 from app.retention.policy import purge_cutoff
-from app.retention.purge import Purger
+from app.retention.purge import Purger, PurgeResult
 from app.retention.settings import RetentionSettings
 from app.storage.layout import RecordingKey
 from app.storage.protocol import BlobStore
 from app.storage.router import RegionRouter
 from app.storage.settings import StorageSettings
-from app.vault.keyring import KeyBucket
 from tests.retention.conftest import local_regions
 from tests.retention.world import LIFETIME, new_keyrings
 
@@ -53,11 +53,12 @@ class SlowDeletes:
 class ReportingPurger(Purger):
     """Says, as it goes, each batch of keys it destroyed and committed."""
 
-    async def _shred_batch(self, bucket: KeyBucket) -> list[Recording]:
-        batch = await super()._shred_batch(bucket)
-        if batch:
-            print(json.dumps({"name": self.owner, "bucket": str(bucket), "shredded": len(batch)}), flush=True)  # noqa: T201
-        return batch
+    async def _mark_and_delete(self, batch: Sequence[Recording], result: PurgeResult) -> int:
+        marked = await super()._mark_and_delete(batch, result)
+        if marked:
+            line = {"name": self.owner, "bucket": batch[0].bucket_start.isoformat(), "shredded": marked}
+            print(json.dumps(line), flush=True)  # noqa: T201
+        return marked
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -72,6 +73,7 @@ async def main(args: argparse.Namespace) -> None:
     purger = ReportingPurger(session_factory=create_session_factory(engine), clock=clock, keyrings=keyrings,
                              stores=stores, settings=settings, lifetime=LIFETIME,
                              metrics=RetentionMetrics(CollectorRegistry()), owner=args.name)
+    await purger.due_buckets(purge_cutoff(clock.now(), LIFETIME, settings.purge_lead))  # connect, warm up
     print(json.dumps({"name": args.name, "ready": True}), flush=True)  # noqa: T201
     await asyncio.to_thread(sys.stdin.readline)  # both replicas start together
     try:
@@ -92,5 +94,5 @@ if __name__ == "__main__":
     parser.add_argument("--root", required=True)
     parser.add_argument("--now", required=True)
     parser.add_argument("--name", required=True)
-    parser.add_argument("--delete-delay-ms", type=float, default=20.0)
+    parser.add_argument("--delete-delay-ms", type=float, default=100.0)
     asyncio.run(main(parser.parse_args()))
