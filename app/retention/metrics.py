@@ -1,4 +1,8 @@
-"""Scheduler and retention metrics: job runs, durations and failures; what the purge and the sweep did (C7)."""
+"""Scheduler and retention metrics: job runs, durations and failures; what the purge and the sweep did (C7).
+
+The scheduled job is the `job_name` label: `job` is the label Prometheus gives every scraped series (the
+scrape job), and a series' own `job` would be renamed `exported_job` on scrape.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +15,24 @@ class RetentionMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.job_runs = Counter(
             "voicelog_scheduler_job_runs", "Scheduled job runs, by job and outcome (ok, failed, skipped: another "
-            "replica held the job or it ran recently).", ["job", "outcome"], registry=registry,
+            "replica held the job or it ran recently).", ["job_name", "outcome"], registry=registry,
         )
         self.job_failures = Counter(
             "voicelog_scheduler_job_failures", "Scheduled job runs that raised, by job and error type.",
-            ["job", "error"], registry=registry,
+            ["job_name", "error"], registry=registry,
         )
         self.job_duration = Histogram(
             "voicelog_scheduler_job_duration_seconds", "Duration of scheduled job runs that did run, by job.",
-            ["job"], buckets=(0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0),
+            ["job_name"], buckets=(0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0),
             registry=registry,
         )
         self.job_last_success = Gauge(
             "voicelog_scheduler_job_last_success_timestamp_seconds", "When each job last finished without error.",
-            ["job"], registry=registry,
+            ["job_name"], registry=registry,
         )
         self.job_items = Counter(
             "voicelog_scheduler_job_items", "Units of work done by each job (recordings, blobs, entries...).",
-            ["job"], registry=registry,
+            ["job_name"], registry=registry,
         )
         self.recordings_purged = Counter(
             "voicelog_retention_recordings_purged", "Recordings whose data key the purge destroyed, by region.",

@@ -73,9 +73,9 @@ class RetentionScheduler:
         )
         for job in jobs:
             metrics = context.metrics
-            metrics.job_duration.labels(job=job.name)
+            metrics.job_duration.labels(job_name=job.name)
             for outcome in JOB_OUTCOMES:  # series exist from the start, so rates and alerts see zeros
-                metrics.job_runs.labels(job=job.name, outcome=outcome)
+                metrics.job_runs.labels(job_name=job.name, outcome=outcome)
 
     @property
     def jobs(self) -> list[ScheduledJob]:
@@ -165,22 +165,22 @@ class RetentionScheduler:
         except Exception as exc:
             duration = time.perf_counter() - t0
             error = type(exc).__name__
-            ctx.metrics.job_runs.labels(job=job.name, outcome="failed").inc()
-            ctx.metrics.job_failures.labels(job=job.name, error=error).inc()
-            ctx.metrics.job_duration.labels(job=job.name).observe(duration)
+            ctx.metrics.job_runs.labels(job_name=job.name, outcome="failed").inc()
+            ctx.metrics.job_failures.labels(job_name=job.name, error=error).inc()
+            ctx.metrics.job_duration.labels(job_name=job.name).observe(duration)
             log.error("scheduler.job_failed", job=job.name, error=error, seconds=round(duration, 3))
             await self._record(job, started_at, ok=False, items=0, duration=duration, error=error)
             return JobOutcome(job.name, "failed", error=error)
         duration = time.perf_counter() - t0
-        ctx.metrics.job_runs.labels(job=job.name, outcome="ok").inc()
-        ctx.metrics.job_duration.labels(job=job.name).observe(duration)
-        ctx.metrics.job_items.labels(job=job.name).inc(items)
-        ctx.metrics.job_last_success.labels(job=job.name).set(ctx.clock.now().timestamp())
+        ctx.metrics.job_runs.labels(job_name=job.name, outcome="ok").inc()
+        ctx.metrics.job_duration.labels(job_name=job.name).observe(duration)
+        ctx.metrics.job_items.labels(job_name=job.name).inc(items)
+        ctx.metrics.job_last_success.labels(job_name=job.name).set(ctx.clock.now().timestamp())
         await self._record(job, started_at, ok=True, items=items, duration=duration, error=None)
         return JobOutcome(job.name, "ok", items=items)
 
     def _skipped(self, job: ScheduledJob, why: str) -> JobOutcome:
-        self.context.metrics.job_runs.labels(job=job.name, outcome="skipped").inc()
+        self.context.metrics.job_runs.labels(job_name=job.name, outcome="skipped").inc()
         log.debug("scheduler.job_skipped", job=job.name, why=why)
         return JobOutcome(job.name, "skipped", error=why)
 

@@ -91,8 +91,8 @@ async def test_jobs_start_at_once_then_run_aligned_and_coalesced(world: World) -
         await scheduler.shutdown()
     assert not scheduler.running
     for name in jobs:
-        assert registry.get_sample_value("voicelog_scheduler_job_runs_total", {"job": name, "outcome": "ok"}) == 1
-        assert registry.get_sample_value("voicelog_scheduler_job_duration_seconds_count", {"job": name}) == 1
+        assert registry.get_sample_value("voicelog_scheduler_job_runs_total", {"job_name": name, "outcome": "ok"}) == 1
+        assert registry.get_sample_value("voicelog_scheduler_job_duration_seconds_count", {"job_name": name}) == 1
 
 
 async def test_an_exclusive_job_runs_on_one_replica_per_period(world: World) -> None:
@@ -140,9 +140,9 @@ async def test_failures_are_counted_recorded_and_never_stop_other_jobs(world: Wo
         1, "RuntimeError", 1)
     assert runs["access.expire_grants"].last_items == 3
     sample = registry.get_sample_value
-    assert sample("voicelog_scheduler_job_runs_total", {"job": "test.broken", "outcome": "failed"}) == 1
-    assert sample("voicelog_scheduler_job_failures_total", {"job": "test.broken", "error": "RuntimeError"}) == 1
-    assert sample("voicelog_scheduler_job_items_total", {"job": "access.expire_grants"}) == 3
+    assert sample("voicelog_scheduler_job_runs_total", {"job_name": "test.broken", "outcome": "failed"}) == 1
+    assert sample("voicelog_scheduler_job_failures_total", {"job_name": "test.broken", "error": "RuntimeError"}) == 1
+    assert sample("voicelog_scheduler_job_items_total", {"job_name": "access.expire_grants"}) == 3
     with pytest.raises(ValueError, match="unique"):
         build_scheduler(settings=RetentionSettings(), lifetime=LIFETIME, session_factory=world.factory,
                         clock=world.clock, keyrings=world.keyrings, stores=world.stores, audit=world.audit_runtime(),
