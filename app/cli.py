@@ -22,6 +22,7 @@ from app.identity.staff.cli import staff_cli, teams_cli
 from app.logs import configure_logging, get_logger
 from app.resources.schemas import ResourceCreate, ResourceOut
 from app.resources.service import add_resource, list_resources
+from app.retention.cli import retention_cli, worker
 
 cli = typer.Typer(help="voicelog: opt-in, encrypted session logging for realtime voice AI.", no_args_is_help=True)
 db_cli = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
@@ -34,6 +35,8 @@ cli.add_typer(staff_cli, name="staff")
 cli.add_typer(teams_cli, name="teams")
 cli.add_typer(saw_cli, name="saw")
 cli.add_typer(audit_cli, name="audit")
+cli.add_typer(retention_cli, name="retention")
+cli.command("worker")(worker)
 cli.add_typer(resources_cli, name="resources")
 
 log = get_logger("voicelog.cli")

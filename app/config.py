@@ -19,6 +19,7 @@ from app.capture.settings import CaptureSettings
 from app.console.settings import ConsoleSettings
 from app.identity.settings import IdentitySettings
 from app.regions import RegionSettings
+from app.retention.settings import RetentionSettings
 from app.storage.settings import StorageSettings
 from app.vault.settings import VaultSettings
 
@@ -102,6 +103,10 @@ class Settings(BaseSettings):
     audit: AuditSettings = Field(
         default_factory=AuditSettings,
         description="The audit trail: checkpoint cadence, signing keys, export (`VOICELOG_AUDIT__*`).",
+    )
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings,
+        description="The scheduler: purge cadence, orphan sweep, reports, job cadences (`VOICELOG_RETENTION__*`).",
     )
     console: ConsoleSettings = Field(
         default_factory=ConsoleSettings, description="The web console at /console (`VOICELOG_CONSOLE__*`)."

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from websockets.asyncio.server import Server
 
 from app.access.context import AccessContext
+from app.access.jobs import run_access_job
 from app.access.metrics import AccessMetrics
 from app.access.notify import Notifier
 from app.access.people import SawRegistry, StaffRecords
@@ -47,6 +48,9 @@ from app.relay.tap import TapFactory
 from app.resources.routes import router as resources_router
 from app.resources.schemas import ResourceCreate
 from app.resources.service import add_resource, get_resource_by_name
+from app.retention.jobs import JobContext, ScheduledJob
+from app.retention.routes import router as retention_router
+from app.retention.scheduler import build_scheduler
 from app.storage.errors import StorageError
 from app.storage.router import RegionRouter
 from app.tickets.consent_cache import ConsentCache
@@ -131,6 +135,18 @@ def create_app(
     chain_keeper = ChainKeeper(audit, ctx.session_factory, clock)
     verifier = VerifierJob(audit, ctx.session_factory, clock)
 
+    async def access_job(job: JobContext) -> int:
+        counts = await run_access_job(session_factory=job.session_factory, clock=job.clock, access=access)
+        return sum(counts.values())
+
+    # Every replica runs the scheduler; jobs claim their work (row claims, advisory locks), so none runs twice.
+    scheduler = build_scheduler(
+        settings=settings.retention, lifetime=settings.vault.bucket_lifetime, session_factory=ctx.session_factory,
+        clock=clock, keyrings=keyrings, stores=stores, audit=audit, registry=ctx.metrics.registry,
+        extra_jobs=[ScheduledJob(name="access_grants", every=timedelta(minutes=1), run=access_job)],
+        audit_jobs=False,  # this process runs the audit's own chain keeper and verifier
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         standin_server: Server | None = None
@@ -146,6 +162,8 @@ def create_app(
         consents.start(ctx.session_factory)
         chain_keeper.start()
         verifier.start()
+        if settings.retention.scheduler_enabled:
+            scheduler.start()
         recorder.start()
         access.notifier.start()
         log.info("voicelog.started", regions=settings.region_names, embedded=settings.embedded)
@@ -155,6 +173,7 @@ def create_app(
             closed = await relay.registry.drain(settings.relay_drain_timeout_s)
             if closed:
                 log.warning("relay.drain.closed_sessions", sessions=closed)
+            await scheduler.shutdown()
             await recorder.stop()
             await verifier.stop()
             await chain_keeper.stop()
@@ -199,6 +218,7 @@ def create_app(
     app.include_router(saw_router)
     app.include_router(access_router)
     app.include_router(audit_router)
+    app.include_router(retention_router)
     include_console(app, settings)
 
     @app.get("/healthz", tags=["operations"], summary="Process is alive")
