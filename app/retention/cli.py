@@ -13,7 +13,7 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -29,6 +29,7 @@ from app.retention.settings import RetentionSettings
 if TYPE_CHECKING:
     from app.audit.settings import AuditSettings
     from app.config import Settings
+    from app.retention.jobs import ScheduledJob
 
 retention_cli = typer.Typer(help="Retention (C7): what was purged, per region and day, signed.", no_args_is_help=True)
 
@@ -135,7 +136,8 @@ def worker(
 
 
 async def run_worker(settings: Settings, audit_settings: AuditSettings, retention: RetentionSettings, *,
-                     metrics_port: int | None = None, stop: asyncio.Event | None = None) -> None:
+                     metrics_port: int | None = None, stop: asyncio.Event | None = None,
+                     extra_jobs: Sequence[ScheduledJob] = ()) -> None:
     """The worker's body: build the parts, start the scheduler, wait for a signal (or `stop`), shut down."""
     from prometheus_client import CollectorRegistry, start_http_server
 
@@ -160,6 +162,7 @@ async def run_worker(settings: Settings, audit_settings: AuditSettings, retentio
         settings=retention, lifetime=settings.vault.bucket_lifetime, session_factory=create_session_factory(engine),
         clock=clock, keyrings=keyrings, stores=stores,
         audit=AuditRuntime.from_settings(audit_settings, settings.data_dir, registry=registry), registry=registry,
+        extra_jobs=extra_jobs,
     )
     if metrics_port is not None:
         start_http_server(metrics_port, registry=registry)
