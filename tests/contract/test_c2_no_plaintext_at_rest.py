@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import struct
 import tempfile
 import time
@@ -84,14 +85,18 @@ def database_bytes(url: str) -> bytes:
 
 
 def files_since(roots: list[Path], since: float) -> bytes:
+    """Every file written since `since` under `roots`; other processes' files may vanish while we walk."""
     chunks = []
     for root in roots:
-        for path in root.rglob("*"):
-            try:
-                if path.is_file() and path.stat().st_mtime >= since and path.stat().st_size < 64 * 1024 * 1024:
-                    chunks.append(path.read_bytes())
-            except OSError:
-                continue
+        for directory, _dirs, names in os.walk(root, onerror=lambda _error: None):
+            for name in names:
+                path = Path(directory) / name
+                try:
+                    info = path.stat()
+                    if path.is_file() and info.st_mtime >= since and info.st_size < 64 * 1024 * 1024:
+                        chunks.append(path.read_bytes())
+                except OSError:
+                    continue
     return b"".join(chunks)
 
 
