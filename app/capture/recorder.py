@@ -227,7 +227,7 @@ class Recorder:
                 recording, "store_unavailable", self._create_blob(recording)):
             return
         if self._due(recording, now):
-            self._seal(recording, now)
+            await self._seal(recording, now)
         if recording.pending and not await self._attempt(recording, "store_unavailable", self._append(recording)):
             return
         if recording.closed and recording.writer is not None and recording.writer.finished \
@@ -328,12 +328,15 @@ class Recorder:
 
     # --- seal and append ------------------------------------------------------------------------------
 
-    def _seal(self, recording: LiveRecording, now: float) -> None:
-        assert recording.writer is not None  # noqa: S101 - only called once started
+    async def _seal(self, recording: LiveRecording, now: float) -> None:
+        """Take the buffer on the loop (the tap appends to it there), encode and encrypt in a thread, so
+        sealing many recordings at once never holds the relay's event loop for long."""
+        writer = recording.writer
+        assert writer is not None  # noqa: S101 - only called once started
         items, size = recording.buffer.take()
         final = recording.closed
-        plaintext = encode_items(items, recording.end if final else None)
-        sealed = recording.writer.seal(plaintext, final=final)
+        end = recording.end if final else None
+        sealed = await asyncio.to_thread(lambda: writer.seal(encode_items(items, end), final=final))
         recording.pending.append((sealed, size))
         recording.last_seal_mono = now
         self.metrics.sealed_bytes.inc(len(sealed))
