@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from app import migrate
 from app.access.saw.cli import saw_cli
+from app.audit.actions import Actor
 from app.audit.cli import audit_cli
 from app.config import Settings
 from app.db import create_engine, create_session_factory
@@ -165,7 +166,7 @@ def resources_add(
                     session=session,
                     clock=SystemClock(),
                     data=ResourceCreate(name=name, region=region, upstream_endpoint=upstream, owner_tenant=tenant),
-                    regions=settings.region_names,
+                    regions=settings.region_names, actor=Actor.service("cli"),
                 )
                 await session.commit()
                 return ResourceOut.model_validate(resource)

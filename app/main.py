@@ -24,6 +24,7 @@ from app.access.ratelimit import ReadLimiter
 from app.access.routes import router as access_router
 from app.access.saw.routes import router as saw_router
 from app.access.saw.trust import SawHeaderGuard
+from app.audit.actions import Actor
 from app.audit.jobs import ChainKeeper, VerifierJob
 from app.audit.routes import router as audit_router
 from app.audit.runtime import AuditRuntime
@@ -95,6 +96,7 @@ async def _seed_demo_resource(ctx: AppContext, standin_port: int) -> None:
                     owner_tenant=DEMO_TENANT,
                 ),
                 regions=ctx.settings.region_names,
+                actor=Actor.system("embedded-default"),
             )
             await session.commit()
             log.info("demo.resource.created", resource=DEMO_RESOURCE, region=ctx.settings.regions[0].name)

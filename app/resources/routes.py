@@ -31,5 +31,5 @@ async def show_resource(name: str, _admin: AdminDep, session: SessionDep) -> Res
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a resource")
-async def delete_resource(name: str, _admin: AdminDep, session: SessionDep) -> None:
-    await service.remove_resource(session=session, name=name)
+async def delete_resource(name: str, _admin: AdminDep, session: SessionDep, clock: ClockDep) -> None:
+    await service.remove_resource(session=session, clock=clock, name=name)

@@ -8,10 +8,13 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audit.actions import Actor, AuditAction, Subjects
+from app.audit.service import append_entry
 from app.clock import Clock
 from app.errors import Conflict, InvalidInput, NotFound
 from app.resources.models import Resource
 from app.resources.schemas import ResourceCreate
+from app.tickets.models import Ticket
 
 
 class UnknownRegion(InvalidInput):
@@ -45,8 +48,16 @@ def normalize_upstream(endpoint: str) -> str:
     return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
+ADMIN_ACTOR = Actor.service("admin-token")
+
+
+class ResourceInUse(Conflict):
+    code = "resource_in_use"
+    title = "The resource has tickets; it cannot be removed"
+
+
 async def add_resource(
-    *, session: AsyncSession, clock: Clock, data: ResourceCreate, regions: Sequence[str]
+    *, session: AsyncSession, clock: Clock, data: ResourceCreate, regions: Sequence[str], actor: Actor = ADMIN_ACTOR,
 ) -> Resource:
     if data.region not in regions:
         raise UnknownRegion(f"Region must be one of: {', '.join(regions)}.")
@@ -62,6 +73,9 @@ async def add_resource(
     )
     session.add(resource)
     await session.flush()
+    await append_entry(session=session, clock=clock, actor=actor, action=AuditAction.RESOURCE_CREATED,
+                       subjects=Subjects(resource=resource.id),
+                       detail={"name": resource.name, "region": resource.region, "tenant": resource.owner_tenant})
     return resource
 
 
@@ -82,7 +96,13 @@ async def list_resources(*, session: AsyncSession) -> Sequence[Resource]:
     return result.scalars().all()
 
 
-async def remove_resource(*, session: AsyncSession, name: str) -> None:
+async def remove_resource(*, session: AsyncSession, clock: Clock, name: str, actor: Actor = ADMIN_ACTOR) -> None:
+    """Only a resource nothing refers to (no tickets, hence no consents or recordings) can be removed."""
     resource = await require_resource(session=session, name=name)
+    tickets = await session.execute(select(Ticket.id).where(Ticket.resource_id == resource.id).limit(1))
+    if tickets.first() is not None:
+        raise ResourceInUse()
     await session.delete(resource)
     await session.flush()
+    await append_entry(session=session, clock=clock, actor=actor, action=AuditAction.RESOURCE_DELETED,
+                       subjects=Subjects(resource=resource.id), detail={"name": resource.name})

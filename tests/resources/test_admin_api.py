@@ -98,3 +98,28 @@ async def test_health_readiness_and_metrics(api: httpx.AsyncClient) -> None:
     metrics = (await api.get("/metrics")).text
     assert "voicelog_relay_active_sessions" in metrics
     assert "voicelog_relay_added_latency_seconds_bucket" in metrics
+
+
+async def test_resource_changes_are_audited_and_one_with_tickets_cannot_be_removed(
+    api: httpx.AsyncClient, request: pytest.FixtureRequest
+) -> None:
+    from sqlalchemy import select
+
+    from app.audit.models import AuditEntryRow, AuditInboxRow
+    from app.tickets.models import Ticket
+
+    name = f"audited-{abs(hash(request.node.name)) % 10**8}"
+    created = (await api.post("/admin/resources", json=body(name), headers=ADMIN)).json()
+    app = api._transport.app  # type: ignore[attr-defined]
+    async with app.state.ctx.session_factory() as session:
+        session.add(Ticket(resource_id=created["id"], external_ref=f"INC-{name}", created_by="svc",
+                           created_at=app.state.ctx.clock.now()))
+        await session.commit()
+    refused = await api.delete(f"/admin/resources/{name}", headers=ADMIN)
+    assert (refused.status_code, refused.json()["code"]) == (409, "resource_in_use")
+    async with app.state.ctx.session_factory() as session:
+        actions = [*(await session.execute(select(AuditEntryRow.action).where(
+                       AuditEntryRow.resource_id == created["id"]))).scalars(),
+                   *(await session.execute(select(AuditInboxRow.action).where(
+                       AuditInboxRow.resource_id == created["id"]))).scalars()]
+    assert actions == ["resource.created"]
