@@ -16,7 +16,15 @@ from app.access import service, transparency
 from app.access.context import AccessContext
 from app.access.models import AccessRequest
 from app.access.notify import notify_team
-from app.access.playback.render import plan_track, timeline, track_pcm, transcripts, wav_header
+from app.access.playback.render import (
+    parse_range,
+    plan_track,
+    timeline,
+    track_pcm,
+    transcripts,
+    wav_header,
+    wav_window,
+)
 from app.access.playback.service import AllowedRead, RecordingNotAvailable, audit_read, authorize_read
 from app.capture.reader import RecordingStream
 from app.deps import ClockDep, SessionDep
@@ -198,23 +206,6 @@ def _stream(request: Request, allowed: AllowedRead) -> RecordingStream:
     return RecordingStream(allowed.recording, keyrings=state.keyrings, stores=state.stores)
 
 
-def _parse_range(header: str | None, total: int) -> tuple[int, int] | None:
-    if not header or not header.startswith("bytes=") or "," in header:
-        return None
-    start_text, _, end_text = header[6:].partition("-")
-    try:
-        if start_text:
-            start = int(start_text)
-            end = int(end_text) if end_text else total - 1
-        else:
-            start, end = max(0, total - int(end_text)), total - 1
-    except ValueError:
-        return None
-    if start > end or start >= total:
-        return None
-    return start, min(end, total - 1)
-
-
 @router.get("/recordings/{request_id}/audio/{speaker}.wav", summary="One direction of a recording as WAV",
             responses={404: {"description": "Unknown, not granted, not from your SAW, expired: one answer."}})
 async def audio(request_id: str, speaker: Literal["caller", "service"], who: CurrentPrincipal, session: SessionDep,
@@ -227,7 +218,7 @@ async def audio(request_id: str, speaker: Literal["caller", "service"], who: Cur
     plan = await plan_track(_stream(request, allowed), speaker)
     header = wav_header(plan.rate, plan.data_bytes)
     total = len(header) + plan.data_bytes
-    window = _parse_range(range_header, total)
+    window = parse_range(range_header, total)
     start, end = window if window else (0, total - 1)
     await audit_read(session=session, clock=clock, who=who, allowed=allowed, part=part, nbytes=end - start + 1,
                      device=allowed.saw.id, metrics=_ctx(request).metrics)
@@ -236,28 +227,8 @@ async def audio(request_id: str, speaker: Literal["caller", "service"], who: Cur
                "X-Voicelog-Gaps": json.dumps(plan.gaps, separators=(",", ":")), "Cache-Control": "no-store"}
     if window:
         headers["Content-Range"] = f"bytes {start}-{end}/{total}"
-    return StreamingResponse(_flatten(header, track_pcm(_stream(request, allowed), speaker), start, end),
+    return StreamingResponse(wav_window(header, track_pcm(_stream(request, allowed), speaker), start, end),
                              status_code=206 if window else 200, media_type="audio/wav", headers=headers)
-
-
-async def _flatten(header: bytes, pcm: AsyncIterator[bytes], start: int, end: int) -> AsyncIterator[bytes]:
-    position = 0
-
-    def cut(chunk: bytes) -> bytes:
-        lo, hi = max(start - position, 0), min(end + 1 - position, len(chunk))
-        return chunk[lo:hi] if lo < hi else b""
-
-    first = cut(header)
-    position += len(header)
-    if first:
-        yield first
-    async for chunk in pcm:
-        if position > end:
-            return
-        piece = cut(chunk)
-        position += len(chunk)
-        if piece:
-            yield piece
 
 
 @router.get("/recordings/{request_id}/events", summary="The event timeline (JSON lines, audio elided)",

@@ -7,7 +7,6 @@ audit_read with the bytes served); a refusal of any kind is the API's one answer
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.access.playback.render import plan_track, timeline, track_pcm, transcripts, wav_header
+from app.access.playback.render import parse_range, plan_track, timeline, track_pcm, transcripts, wav_header, wav_window
 from app.access.playback.service import AllowedRead, RecordingNotAvailable, audit_read, authorize_read
 from app.capture.reader import RecordingStream
 from app.clock import Clock
@@ -153,7 +152,7 @@ def build_playback_router(clock: Clock) -> APIRouter:
             plan = await plan_track(_stream(request, allowed), speaker)
             header = wav_header(plan.rate, plan.data_bytes)
             total = len(header) + plan.data_bytes
-            window = _parse_range(request.headers.get("range"), total)
+            window = parse_range(request.headers.get("range"), total)
             start, end = window if window else (0, total - 1)
             await audit_read(session=db, clock=clock, who=who, allowed=allowed, part=part, nbytes=end - start + 1,
                              device=allowed.saw.id, metrics=access_context(request).metrics)
@@ -162,45 +161,7 @@ def build_playback_router(clock: Clock) -> APIRouter:
                    "X-Voicelog-Gaps": json.dumps(plan.gaps, separators=(",", ":"))}
         if window:
             headers["Content-Range"] = f"bytes {start}-{end}/{total}"
-        return StreamingResponse(_window(header, track_pcm(_stream(request, allowed), speaker), start, end),
+        return StreamingResponse(wav_window(header, track_pcm(_stream(request, allowed), speaker), start, end),
                                  status_code=206 if window else 200, media_type="audio/wav", headers=headers)
 
     return router
-
-
-def _parse_range(value: str | None, total: int) -> tuple[int, int] | None:
-    """One `bytes=a-b` range (or `a-`, or `-n`); anything else is served whole."""
-    if not value or not value.startswith("bytes=") or "," in value:
-        return None
-    start_text, _, end_text = value[6:].partition("-")
-    try:
-        if start_text:
-            start, end = int(start_text), int(end_text) if end_text else total - 1
-        else:
-            start, end = max(0, total - int(end_text)), total - 1
-    except ValueError:
-        return None
-    if start > end or start >= total:
-        return None
-    return start, min(end, total - 1)
-
-
-async def _window(header: bytes, pcm: AsyncIterator[bytes], start: int, end: int) -> AsyncIterator[bytes]:
-    """The bytes start..end (inclusive) of header + pcm, streamed a chunk at a time."""
-    position = 0
-
-    def cut(piece: bytes) -> bytes:
-        lo, hi = max(start - position, 0), min(end + 1 - position, len(piece))
-        return piece[lo:hi] if lo < hi else b""
-
-    head = cut(header)
-    position += len(header)
-    if head:
-        yield head
-    async for chunk in pcm:
-        if position > end:
-            return
-        piece = cut(chunk)
-        position += len(chunk)
-        if piece:
-            yield piece

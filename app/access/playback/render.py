@@ -210,3 +210,41 @@ async def transcripts(records: AsyncIterable[Record]) -> list[dict[str, Any]]:
             out.append({"t_ms": record.offset_us // 1000, "speaker": speaker, "text": text,
                         "item_id": event.get("item_id")})
     return out
+
+
+def parse_range(value: str | None, total: int) -> tuple[int, int] | None:
+    """One `bytes=a-b` range (or `a-`, or `-n`); anything else is served whole."""
+    if not value or not value.startswith("bytes=") or "," in value:
+        return None
+    start_text, _, end_text = value[6:].partition("-")
+    try:
+        if start_text:
+            start, end = int(start_text), int(end_text) if end_text else total - 1
+        else:
+            start, end = max(0, total - int(end_text)), total - 1
+    except ValueError:
+        return None
+    if start > end or start >= total:
+        return None
+    return start, min(end, total - 1)
+
+
+async def wav_window(header: bytes, pcm: AsyncIterator[bytes], start: int, end: int) -> AsyncIterator[bytes]:
+    """The bytes start..end (inclusive) of header + pcm, streamed a chunk at a time."""
+    position = 0
+
+    def cut(piece: bytes) -> bytes:
+        lo, hi = max(start - position, 0), min(end + 1 - position, len(piece))
+        return piece[lo:hi] if lo < hi else b""
+
+    head = cut(header)
+    position += len(header)
+    if head:
+        yield head
+    async for chunk in pcm:
+        if position > end:
+            return
+        piece = cut(chunk)
+        position += len(chunk)
+        if piece:
+            yield piece
