@@ -4,7 +4,7 @@ Per bucket, in this order, each step idempotent and committed before the next:
 
 1. every recording: the key service refuses its wrapped DEK (`erase_data_keys`, many calls at once), then
    the wrapped DEK is deleted, the row is marked purged with a receipt, `recording.purged` and
-   `key.destroyed` (dek) are audited (`shred_recording`), one transaction per batch;
+   `key.destroyed` (dek) are audited (`shred_recordings`), one transaction per batch;
 2. its blob and parts are deleted (a failure leaves "blob pending", retried by `delete_pending_blobs`);
    batches form a pipeline: batch k+1's keys are erased while batch k is marked and its blobs deleted;
 3. the bucket's KEK is destroyed and `key.destroyed` (kek) audited, once: after this no copy of any
@@ -42,7 +42,7 @@ from app.retention.metrics import RetentionMetrics
 from app.retention.models import RetentionBucket
 from app.retention.policy import bucket_hour, purge_cutoff, purge_due_at
 from app.retention.settings import RetentionSettings
-from app.retention.shred import delete_blobs, erase_data_keys, shred_recording
+from app.retention.shred import delete_blobs, erase_data_keys, shred_recordings
 from app.storage.router import RegionRouter
 from app.vault.keyring import KeyBucket, KeyDestruction, RegionKeyrings
 from app.vault.shredding import destroy_bucket, destroy_expired_buckets
@@ -293,9 +293,8 @@ class Purger:
             if is_postgresql(session):
                 query = query.with_for_update(skip_locked=True)
             rows = list((await session.execute(query)).scalars())
-            for recording in rows:
-                await shred_recording(session=session, clock=self.clock, keyrings=self.keyrings, recording=recording,
-                                      reason=RETENTION_REASON, actor=RETENTION_ACTOR, key_erased=True)
+            await shred_recordings(session=session, clock=self.clock, recordings=rows, reason=RETENTION_REASON,
+                                   actor=RETENTION_ACTOR)
             await session.commit()
         result.recordings_purged += len(rows)
         if self.metrics is not None and rows:

@@ -89,9 +89,36 @@ async def shred_recording(
     the batched purge), so only the row, the receipt and the audit entries remain to be done here.
     """
     now = clock.now()
-    wrapped = recording.wrapped_dek
     if not key_erased:
         await erase_data_key(keyrings=keyrings, recording=recording, now=now)
+    shredded = _mark_shredded(recording, now=now, reason=reason)
+    await _audit_shredded(session=session, clock=clock, actor=actor, shredded=shredded)
+    return shredded.receipt
+
+
+async def shred_recordings(
+    *, session: AsyncSession, clock: Clock, recordings: Sequence[Recording], reason: str, actor: Actor,
+) -> list[ShredReceipt]:
+    """`shred_recording(key_erased=True)` for many rows at once: the rows are written in one flush (one
+    batched UPDATE), then their audit entries. For a caller that erased the keys first (the purge)."""
+    now = clock.now()
+    shredded = [_mark_shredded(recording, now=now, reason=reason) for recording in recordings]
+    await session.flush()
+    for item in shredded:
+        await _audit_shredded(session=session, clock=clock, actor=actor, shredded=item)
+    return [item.receipt for item in shredded]
+
+
+@dataclass(frozen=True)
+class _Shredded:
+    recording: Recording
+    receipt: ShredReceipt
+    had_key: bool
+
+
+def _mark_shredded(recording: Recording, *, now: datetime, reason: str) -> _Shredded:
+    """The row's part of step 1: wrapped DEK gone, marked, receipt kept."""
+    wrapped = recording.wrapped_dek
     receipt = ShredReceipt(
         request_id=recording.request_id, region=recording.region, kek_bucket=kek_bucket(recording.started_at),
         started_at=recording.started_at, shredded_at=now, reason=reason,
@@ -104,18 +131,22 @@ async def shred_recording(
     recording.state = "erased" if reason == "erasure" else "purged"
     recording.owner = None
     recording.receipt = receipt.to_json()
+    return _Shredded(recording, receipt, wrapped is not None)
+
+
+async def _audit_shredded(*, session: AsyncSession, clock: Clock, actor: Actor, shredded: _Shredded) -> None:
+    recording, receipt = shredded.recording, shredded.receipt
     subjects = Subjects(request_id=recording.request_id)
-    age_s = max(0, int((now - recording.started_at).total_seconds()))
+    age_s = max(0, int((receipt.shredded_at - recording.started_at).total_seconds()))
     await append_entry(session=session, clock=clock, actor=actor, action=AuditAction.RECORDING_PURGED,
                        subjects=subjects,
                        detail={"region": recording.region, "started_at": detail_time(recording.started_at),
-                               "age_s": age_s, "reason": reason, "kek_bucket": receipt.kek_bucket})
-    if wrapped is not None:
+                               "age_s": age_s, "reason": receipt.reason, "kek_bucket": receipt.kek_bucket})
+    if shredded.had_key:
         await append_entry(session=session, clock=clock, actor=actor, action=AuditAction.KEY_DESTROYED,
                            subjects=subjects,
                            detail={"key_kind": "dek", "region": recording.region,
                                    "key_ref": receipt.wrapped_key_sha256 or ""})
-    return receipt
 
 
 async def delete_blob(*, stores: RegionRouter, recording: Recording) -> bool:
