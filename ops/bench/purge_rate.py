@@ -7,8 +7,9 @@ wrapped key deleted, row marked, two audit entries, one transaction per batch; s
 each bucket's KEK destroyed and audited). Beside it, a raw loop deletes an equal set of blobs of the same
 size with `BlobStore.delete` at the purge's blob concurrency: the store's own throughput, with nothing of
 the purge around it. Raw and purge are interleaved (raw half, purge, raw other half) so drift hits both.
-The raw loop at concurrency 1 is printed for context. The database is PostgreSQL (as in production) or
-SQLite. Never asserted; target: purge >= 80% of raw.
+A raw loop at concurrency 1 over 500 more such blobs is printed for context. The database is PostgreSQL
+(as in production) or SQLite. Setup writes go through the SDK on Azurite (not measured). Never asserted;
+target: purge >= 80% of raw.
 
     .venv/bin/python ops/bench/purge_rate.py [--recordings 10000] [--buckets 10] [--backends azure,local]
         [--database postgresql|sqlite] [--concurrency 8] [--batch 200]
@@ -22,12 +23,13 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+from azure.storage.blob.aio import BlobServiceClient
 from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 
@@ -51,6 +53,7 @@ LIFETIME = timedelta(days=30)
 START = datetime(2031, 5, 5, 0, 0, tzinfo=UTC)
 PG = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 PG_DB = "voicelog_bench_purge"
+SEQUENTIAL = 500  # raw deletes one at a time, first, for context
 
 
 @dataclass
@@ -80,8 +83,11 @@ async def gather_limited(concurrency: int, jobs: Sequence[object]) -> None:
     await asyncio.gather(*(one(j) for j in jobs))
 
 
-async def make_recordings(factory: object, store: BlobStore, keyrings: RegionKeyrings, count: int,
-                          buckets: int) -> None:
+Put = Callable[[RecordingKey, bytes], Awaitable[None]]
+"""Writes one whole blob for the setup (not measured)."""
+
+
+async def make_recordings(factory: object, put: Put, keyrings: RegionKeyrings, count: int, buckets: int) -> None:
     """`count` recordings over `buckets` hours from START: wrapped DEK, row, sealed blob."""
     async with factory() as session:  # type: ignore[operator]
         resource = Resource(name=f"bench-{secrets.token_hex(4)}", region=REGION, upstream_endpoint="ws://x",
@@ -117,22 +123,37 @@ async def make_recordings(factory: object, store: BlobStore, keyrings: RegionKey
         async with factory() as session:  # type: ignore[operator]
             session.add_all(rows[start:start + 1000])
             await session.commit()
-    await gather_limited(32, [put_blob(store, key, body) for key, body in blobs])
+    await gather_limited(32, [put(key, body) for key, body in blobs])
 
 
-async def put_blob(store: BlobStore, key: RecordingKey, body: bytes) -> None:
-    await store.create(key)
-    await store.append(key, body, offset=0)
+def store_put(store: BlobStore) -> Put:
+    async def put(key: RecordingKey, body: bytes) -> None:
+        await store.create(key)
+        await store.append(key, body, offset=0)
+
+    return put
 
 
-async def raw_blobs(store: BlobStore, count: int, buckets: int, first_hour: int) -> list[RecordingKey]:
+def sdk_put(service: BlobServiceClient, container: str) -> Put:
+    """Setup through the SDK directly: the store's append first lists the blob's parts, and Azurite's listing
+    is linear in the container's size, which would make a 20,000-blob setup take an hour."""
+
+    async def put(key: RecordingKey, body: bytes) -> None:
+        client = service.get_blob_client(container, key.name)
+        await client.create_append_blob()
+        await client.append_block(body, length=len(body))
+
+    return put
+
+
+async def raw_blobs(put: Put, count: int, buckets: int, first_hour: int) -> list[RecordingKey]:
     """Blobs like the recordings' (same size, own hours), deleted by the raw loop."""
     per_bucket = count // buckets
     keys = [RecordingKey(secrets.token_hex(16), START + timedelta(hours=first_hour + n // per_bucket,
                                                                   seconds=(n % per_bucket) * 3600 / per_bucket))
             for n in range(count)]
     body = secrets.token_bytes(40 + 160 + 60)
-    await gather_limited(32, [put_blob(store, key, body) for key in keys])
+    await gather_limited(32, [put(key, body) for key in keys])
     return keys
 
 
@@ -150,8 +171,20 @@ async def raw_delete(store: BlobStore, keys: Sequence[RecordingKey], concurrency
     return time.perf_counter() - t0
 
 
-async def run_backend(name: str, store: BlobStore, database_url: str, keyring_dir: Path, args: argparse.Namespace
-                      ) -> Figures:
+@dataclass
+class Backend:
+    """One kind of store: the purge's store, the raw loop's store (its own container or directory, of the
+    same size), and how the setup writes blobs into each."""
+
+    name: str
+    store: BlobStore
+    raw_store: BlobStore
+    put: Put
+    raw_put: Put
+
+
+async def run_backend(backend: Backend, database_url: str, keyring_dir: Path, args: argparse.Namespace) -> Figures:
+    name, store = backend.name, backend.store
     clock = ManualClock(START)
     engine = create_engine(database_url)
     factory = create_session_factory(engine)
@@ -159,29 +192,32 @@ async def run_backend(name: str, store: BlobStore, database_url: str, keyring_di
     stores = RegionRouter({REGION: store})
     try:
         await store.prepare()
+        await backend.raw_store.prepare()
         print(f"[{name}] making {args.recordings} recordings and {args.recordings} raw blobs ...", flush=True)
-        await make_recordings(factory, store, keyrings, args.recordings, args.buckets)
-        raw = await raw_blobs(store, args.recordings, args.buckets, first_hour=args.buckets + 1)
-        sequential = await raw_blobs(store, min(1000, args.recordings), 1, first_hour=2 * args.buckets + 2)
+        await make_recordings(factory, backend.put, keyrings, args.recordings, args.buckets)
+        raw = await raw_blobs(backend.raw_put, args.recordings + SEQUENTIAL, args.buckets, first_hour=0)
+        sequential, raw = raw[:SEQUENTIAL], raw[SEQUENTIAL:]
         clock.advance(LIFETIME + timedelta(hours=args.buckets))
         purger = Purger(session_factory=factory, clock=clock, keyrings=keyrings, stores=stores,
                         settings=RetentionSettings(blob_delete_concurrency=args.concurrency, purge_batch=args.batch),
                         lifetime=LIFETIME, metrics=RetentionMetrics(CollectorRegistry()), owner="bench")
+        print(f"[{name}] purging ...", flush=True)
+        seq_s = await raw_delete(backend.raw_store, sequential, 1)  # for context, on a full container too
         half = len(raw) // 2
-        raw_s = await raw_delete(store, raw[:half], args.concurrency)
+        raw_s = await raw_delete(backend.raw_store, raw[:half], args.concurrency)
         t0 = time.perf_counter()
         result = await purger.run()
         purge_s = time.perf_counter() - t0
-        raw_s += await raw_delete(store, raw[half:], args.concurrency)
-        seq_s = await raw_delete(store, sequential, 1)
+        raw_s += await raw_delete(backend.raw_store, raw[half:], args.concurrency)
         async with factory() as session:
             left = (await session.execute(select(func.count()).select_from(Recording).where(
                 Recording.blob_deleted_at.is_(None)))).scalar_one()
         if result.recordings_purged != args.recordings or left or result.buckets_finished != args.buckets:
             raise SystemExit(f"[{name}] purge incomplete: {result}, {left} blobs left")
-        return Figures(name, args.recordings, purge_s, raw_s, len(sequential) / seq_s)
+        return Figures(name, args.recordings, purge_s, raw_s, SEQUENTIAL / seq_s)
     finally:
         await store.close()
+        await backend.raw_store.close()
         await engine.dispose()
 
 
@@ -222,18 +258,28 @@ async def main(args: argparse.Namespace) -> None:
             url = await asyncio.to_thread(database, args.database, workdir, backend)
             try:
                 if backend == "local":
-                    store: BlobStore = LocalDirStore(region=REGION, root=workdir / "blobs", settings=settings,
-                                                     clock=ManualClock(START))
-                    figures.append(await run_backend("local", store, url, workdir / "keyring-local", args))
+                    local = LocalDirStore(region=REGION, root=workdir / "blobs", settings=settings,
+                                          clock=ManualClock(START))
+                    raw_local = LocalDirStore(region=REGION, root=workdir / "raw-blobs", settings=settings,
+                                              clock=ManualClock(START))
+                    figures.append(await run_backend(
+                        Backend("local", local, raw_local, store_put(local), store_put(raw_local)), url,
+                        workdir / "keyring-local", args))
                 else:
                     azurite = azurite_launcher()(workdir)
                     azurite.start()
+                    service = BlobServiceClient.from_connection_string(azurite.connection_string)
                     try:
-                        store = AzureBlobStore.from_connection_string(
-                            region=REGION, connection_string=azurite.connection_string, container="recordings",
-                            settings=settings)
-                        figures.append(await run_backend("azurite", store, url, workdir / "keyring-azure", args))
+                        connection = azurite.connection_string
+                        stores = [AzureBlobStore.from_connection_string(
+                            region=REGION, connection_string=connection, container=container, settings=settings)
+                            for container in ("recordings", "raw")]
+                        figures.append(await run_backend(
+                            Backend("azurite", stores[0], stores[1],
+                                    sdk_put(service, "recordings"), sdk_put(service, "raw")), url,
+                            workdir / "keyring-azure", args))
                     finally:
+                        await service.close()
                         azurite.stop()
             finally:
                 drop_database(args.database, backend)
