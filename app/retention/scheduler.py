@@ -146,6 +146,12 @@ class RetentionScheduler:
                     if await self._ran_recently(job):
                         return self._skipped(job, "ran_recently")
                     return await self._run(job)
+        except Exception as exc:  # the lock or the bookkeeping failed (database down): a failed run, counted
+            error = type(exc).__name__
+            self.context.metrics.job_runs.labels(job_name=job.name, outcome="failed").inc()
+            self.context.metrics.job_failures.labels(job_name=job.name, error=error).inc()
+            log.error("scheduler.job_failed", job=job.name, error=error)
+            return JobOutcome(job.name, "failed", error=error)
         finally:
             if task is not None:
                 self._running.discard(task)

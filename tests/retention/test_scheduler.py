@@ -189,3 +189,23 @@ async def test_a_process_that_runs_the_audit_keeper_itself_leaves_the_audit_jobs
     names = {job.name for job in scheduler.jobs}
     assert PURGE in names
     assert not names & {"audit.checkpoint", "audit.verify"}
+
+
+async def test_a_database_outage_is_a_counted_failure_not_a_crash(world: World) -> None:
+    registry = CollectorRegistry()
+    scheduler = world.scheduler(registry=registry)
+    await world.engine.dispose()
+    broken = scheduler.context.session_factory
+
+    def unreachable() -> object:
+        raise ConnectionRefusedError("database down")
+
+    scheduler.context.session_factory = unreachable  # type: ignore[assignment]
+    try:
+        outcome = await scheduler.run_job(ORPHAN_SWEEP)  # its replica lock cannot be taken
+    finally:
+        scheduler.context.session_factory = broken
+    assert (outcome.outcome, outcome.error) == ("failed", "ConnectionRefusedError")
+    sample = registry.get_sample_value
+    assert sample("voicelog_scheduler_job_failures_total",
+                  {"job_name": ORPHAN_SWEEP, "error": "ConnectionRefusedError"}) == 1
