@@ -21,6 +21,7 @@ from app.identity.settings import IdentitySettings
 from app.regions import RegionSettings
 from app.retention.settings import RetentionSettings
 from app.storage.settings import StorageSettings
+from app.tracing.settings import TracingSettings
 from app.vault.settings import VaultSettings
 
 
@@ -107,6 +108,10 @@ class Settings(BaseSettings):
     retention: RetentionSettings = Field(
         default_factory=RetentionSettings,
         description="The scheduler: purge cadence, orphan sweep, reports, job cadences (`VOICELOG_RETENTION__*`).",
+    )
+    tracing: TracingSettings = Field(
+        default_factory=TracingSettings,
+        description="OpenTelemetry tracing (`VOICELOG_TRACING__*`); off unless an OTLP endpoint is set.",
     )
     console: ConsoleSettings = Field(
         default_factory=ConsoleSettings, description="The web console at /console (`VOICELOG_CONSOLE__*`)."

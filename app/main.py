@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from websockets.asyncio.server import Server
 
+from app import __version__
 from app.access.context import AccessContext
 from app.access.jobs import run_access_job
 from app.access.metrics import AccessMetrics
@@ -56,6 +57,7 @@ from app.storage.errors import StorageError
 from app.storage.router import RegionRouter
 from app.tickets.consent_cache import ConsentCache
 from app.tickets.routes import router as tickets_router
+from app.tracing import Tracing, TracingMiddleware
 from app.vault.factory import build_keyrings
 
 log = get_logger("voicelog")
@@ -125,7 +127,8 @@ def create_app(
     recorder = Recorder(settings=settings.capture, clock=clock, consents=consents, keyrings=keyrings,
                         stores=stores, session_factory=ctx.session_factory,
                         metrics=CaptureMetrics(ctx.metrics.registry))
-    relay = Relay(ctx, tap_factory or recorder)
+    tracing = Tracing(settings.tracing, version=__version__)
+    relay = Relay(ctx, tap_factory or recorder, tracing)
     access = AccessContext(
         directory=StaffRecords(), saws=SawRegistry(), limiter=ReadLimiter(),
         metrics=AccessMetrics(ctx.metrics.registry),
@@ -187,11 +190,12 @@ def create_app(
                 standin_server.close()
                 await standin_server.wait_closed()
             await engine.dispose()
+            await tracing.shutdown()
             log.info("voicelog.stopped")
 
     app = FastAPI(
         title="voicelog",
-        version="0.1.0",
+        version=__version__,
         summary="Opt-in, encrypted debug logging for realtime voice AI sessions.",
         description=(
             "voicelog relays Voice Live / Realtime WebSocket sessions at "
@@ -209,7 +213,10 @@ def create_app(
     app.state.keyrings = keyrings
     app.state.access = access
     app.state.audit = audit
+    app.state.tracing = tracing
     install_error_handlers(app)
+    if tracing.enabled:  # innermost of ours: it sees the route the router matched, in the scope it fills
+        app.add_middleware(TracingMiddleware, tracing=tracing)
     app.add_middleware(SawHeaderGuard, settings=settings.saw)  # SAW headers only from trusted proxies
     include_dev_routes(app, settings.identity, settings.data_dir, clock=clock)
     app.include_router(relay_router)

@@ -7,8 +7,11 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from starlette.responses import JSONResponse
 
 from app.config import Settings
@@ -16,10 +19,11 @@ from app.deps import AppContext
 from app.errors import PROBLEM_JSON
 from app.logs import get_logger, redact_query
 from app.relay.registry import SessionRegistry
-from app.relay.session import RelaySession
+from app.relay.session import RelaySession, SessionStats
 from app.relay.tap import Direction, FrameTap, SessionInfo, TapFactory
 from app.relay.upstream import UpstreamError, build_target, open_upstream
 from app.resources.service import get_resource_by_name
+from app.tracing import Tracing
 
 log = get_logger("voicelog.relay")
 router = APIRouter()
@@ -40,23 +44,40 @@ def new_request_id() -> str:
 class Relay:
     """Session admission and bookkeeping; the frame pumps live in RelaySession."""
 
-    def __init__(self, ctx: AppContext, tap_factory: TapFactory) -> None:
+    def __init__(self, ctx: AppContext, tap_factory: TapFactory, tracing: Tracing | None = None) -> None:
         self.ctx = ctx
         self.settings: Settings = ctx.settings
         self.metrics = ctx.metrics.relay
         self.tap_factory = tap_factory
         self.registry = SessionRegistry()
+        self.tracing = tracing or Tracing(ctx.settings.tracing, version="")
 
     async def handle(self, websocket: WebSocket, resource_name: str, suffix: str) -> None:
+        """One session, traced as one SERVER span from handshake to close (refusals included)."""
+        span = self.tracing.tracer.start_span(
+            "relay.session", kind=SpanKind.SERVER, context=self.tracing.parent(websocket.scope["headers"]),
+            attributes={"voicelog.resource": resource_name, "voicelog.relay.path": suffix},
+        )
+        try:
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                await self._handle(websocket, resource_name, suffix, span)
+        except BaseException as exc:
+            span.set_attribute("error.type", type(exc).__name__)
+            span.set_status(Status(StatusCode.ERROR))
+            raise
+        finally:
+            span.end()
+
+    async def _handle(self, websocket: WebSocket, resource_name: str, suffix: str, span: Span) -> None:
         started = time.monotonic()
         if self.registry.draining:
-            await self.deny(websocket, 503, "draining", "The relay is shutting down; reconnect.")
+            await self.deny(websocket, 503, "draining", "The relay is shutting down; reconnect.", span=span)
             return
         async with self.ctx.session_factory() as db:
             resource = await get_resource_by_name(session=db, name=resource_name)
         if resource is None:
             self.metrics.errors.labels("unknown_resource").inc()
-            await self.deny(websocket, 404, "resource_not_found", "No such resource.")
+            await self.deny(websocket, 404, "resource_not_found", "No such resource.", span=span)
             return
 
         request_id = new_request_id()
@@ -71,20 +92,31 @@ class Relay:
             request_id=request_id,
         )
         bound = log.bind(request_id=request_id, resource=resource.name, path=suffix)
+        span.set_attributes({"voicelog.request_id": request_id, "voicelog.region": resource.region})
+        if correlation is not None:
+            span.set_attribute("voicelog.correlation_id", correlation)
         try:
-            upstream = await open_upstream(
-                target,
-                connect_timeout=self.settings.relay_connect_timeout_s,
-                max_message_bytes=self.settings.relay_max_message_bytes,
-                max_queue=self.settings.relay_queue_frames,
-                ping_interval=self.settings.relay_ping_interval_s,
-            )
+            with self.tracing.tracer.start_as_current_span(
+                "relay.upstream.connect", kind=SpanKind.CLIENT, record_exception=False,
+                attributes=upstream_address(resource.upstream_endpoint),
+            ) as connect_span:
+                try:
+                    upstream = await open_upstream(
+                        target,
+                        connect_timeout=self.settings.relay_connect_timeout_s,
+                        max_message_bytes=self.settings.relay_max_message_bytes,
+                        max_queue=self.settings.relay_queue_frames,
+                        ping_interval=self.settings.relay_ping_interval_s,
+                    )
+                except UpstreamError as exc:
+                    connect_span.set_attributes({"error.type": exc.reason, "http.response.status_code": exc.status})
+                    raise
         except UpstreamError as exc:
             self.metrics.errors.labels(exc.reason).inc()
             bound.warning("relay.upstream.failed", reason=exc.reason, status=exc.status)
             await self.deny(
                 websocket, exc.status, exc.reason, "The upstream did not accept the session.",
-                request_id=request_id,
+                request_id=request_id, span=span,
             )
             return
 
@@ -103,8 +135,10 @@ class Relay:
         except Exception:
             await upstream.close(1001, "client gone")
             self.metrics.errors.labels("client_gone_at_accept").inc()
+            span.set_attribute("voicelog.relay.ended_by", "client_gone_at_accept")
             return
         tap = await self._open_tap(info)
+        span.set_attribute("voicelog.recording", tap is not None)
         session = RelaySession(
             websocket=websocket,
             upstream=upstream,
@@ -129,6 +163,7 @@ class Relay:
         finally:
             self.registry.discard(session)
             self.metrics.active_sessions.dec()
+        span.set_attributes(session_attributes(stats))
         bound.info(
             "relay.session.closed",
             ended_by=stats.ended_by,
@@ -143,17 +178,24 @@ class Relay:
 
     async def _open_tap(self, info: SessionInfo) -> FrameTap | None:
         """C8: the recorder gets a short moment to attach; if it fails or is slow, we relay without it."""
-        try:
-            return await asyncio.wait_for(self.tap_factory.open(info), TAP_OPEN_TIMEOUT_S)
-        except Exception:
-            self.metrics.errors.labels("tap_open_failed").inc()
-            log.warning("relay.tap.open_failed", request_id=info.request_id)
-            return None
+        with self.tracing.tracer.start_as_current_span("capture.open", record_exception=False) as span:
+            try:
+                return await asyncio.wait_for(self.tap_factory.open(info), TAP_OPEN_TIMEOUT_S)
+            except Exception as exc:
+                self.metrics.errors.labels("tap_open_failed").inc()
+                span.set_attribute("error.type", type(exc).__name__)
+                log.warning("relay.tap.open_failed", request_id=info.request_id)
+                return None
 
     async def deny(
-        self, websocket: WebSocket, status: int, code: str, detail: str, request_id: str | None = None
+        self, websocket: WebSocket, status: int, code: str, detail: str, request_id: str | None = None,
+        span: Span | None = None,
     ) -> None:
         """Refuse the handshake with an HTTP status and problem+json, where the server supports it."""
+        if span is not None:
+            span.set_attributes({"voicelog.relay.refused": code, "http.response.status_code": status})
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
         body = {"type": f"https://voicelog.dev/problems/{code}", "title": detail, "status": status,
                 "code": code, "detail": detail}
         headers = {"x-ms-request-id": request_id, "x-request-id": request_id} if request_id else None
@@ -162,6 +204,29 @@ class Relay:
             await websocket.send_denial_response(response)
         else:
             await websocket.close(code=1011 if status >= 500 else 1008, reason=code)
+
+
+def upstream_address(endpoint: str) -> dict[str, str | int]:
+    """`server.address` and `server.port` of the upstream; its path and query stay out of spans."""
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme in ("wss", "https") else 80)
+    return {"server.address": parts.hostname or "", "server.port": port}
+
+
+def session_attributes(stats: SessionStats) -> dict[str, str | int]:
+    """How a session ended and how much it carried: counts and codes only."""
+    out: dict[str, str | int] = {
+        "voicelog.relay.ended_by": stats.ended_by,
+        "voicelog.relay.frames_c2s": stats.frames[Direction.CLIENT_TO_SERVICE],
+        "voicelog.relay.frames_s2c": stats.frames[Direction.SERVICE_TO_CLIENT],
+        "voicelog.relay.bytes_c2s": stats.bytes[Direction.CLIENT_TO_SERVICE],
+        "voicelog.relay.bytes_s2c": stats.bytes[Direction.SERVICE_TO_CLIENT],
+    }
+    if stats.client_close is not None:
+        out["voicelog.relay.client_close_code"] = stats.client_close
+    if stats.upstream_close is not None:
+        out["voicelog.relay.upstream_close_code"] = stats.upstream_close
+    return out
 
 
 def _relay(websocket: WebSocket) -> Relay:
