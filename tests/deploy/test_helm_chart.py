@@ -13,6 +13,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -187,11 +188,24 @@ def test_network_policy_admits_only_the_ingress_controller_and_prometheus(
     assert sources == {values["networkPolicy"]["ingressControllerNamespace"],
                        values["networkPolicy"]["monitoringNamespace"]}
     egress_ports = {port["port"] for rule in policy["egress"] for port in rule["ports"]}
-    assert egress_ports == {53, 443, 5432}
+    assert egress_ports == {53, 443, 4318, 5432}
+    (collector_rule,) = [rule for rule in policy["egress"] if rule["ports"] == [{"protocol": "TCP", "port": 4318}]]
+    assert [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in collector_rule["to"]
+            ] == [values["networkPolicy"]["monitoringNamespace"]]  # spans go to the collector, nowhere else
     world = [peer["ipBlock"] for rule in policy["egress"] for peer in rule["to"]
              if peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0"]
     assert world
     assert all("169.254.169.254/32" in block["except"] for block in world)  # no IMDS: workload identity only
+
+
+def test_spans_go_to_a_collector_the_network_policy_lets_them_reach(
+    objects: dict[tuple[str, str], dict[str, Any]], values: dict[str, Any]
+) -> None:
+    env = {item["name"]: item.get("value") for item in container(objects)["env"]}
+    endpoint = urlsplit(env["VOICELOG_TRACING__OTLP_ENDPOINT"])
+    assert endpoint.port == 4318
+    assert endpoint.hostname is not None
+    assert endpoint.hostname.split(".")[1] == values["networkPolicy"]["monitoringNamespace"]  # <svc>.<ns>.svc
 
 
 def test_secrets_come_from_key_vault_through_workload_identity(
