@@ -6,7 +6,7 @@ receives the same rate. For each path (direct to the stand-in, through nginx as 
 through voicelog) and each concurrency it prints the round-trip p50/p99 and the latency added over the
 direct path, plus the proxy's CPU seconds per session-minute. Figures are printed, never asserted.
 
-    .venv/bin/python ops/bench/relay_latency.py [--sessions 1,50,200] [--seconds 10] [--relay-workers 1]
+    .venv/bin/python ops/bench/relay_latency.py [--sessions 1,50,200] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -141,15 +141,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", default="1,50,200")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--relay-workers", type=int, default=1)
     args = parser.parse_args()
     counts = [int(x) for x in args.sessions.split(",")]
     work = Path(tempfile.mkdtemp(prefix="voicelog-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     voicelog = [sys.executable, "-m", "app.cli_main"]
     env = {**os.environ, "VOICELOG_DATA_DIR": str(work / "data"), "VOICELOG_STANDIN_ENABLED": "false",
-           "VOICELOG_DEMO_RESOURCE": "false", "VOICELOG_LOG_LEVEL": "WARNING",
-           "VOICELOG_RELAY_WORKERS": str(args.relay_workers)}
+           "VOICELOG_DEMO_RESOURCE": "false", "VOICELOG_LOG_LEVEL": "WARNING"}
     try:
         standin_port = free_port()
         procs.append(subprocess.Popen([*voicelog, "standin", "--port", str(standin_port)], env=env, cwd=ROOT,
@@ -183,7 +181,7 @@ def main() -> None:
             "voicelog": (f"ws://127.0.0.1:{relay_port}/resources/bench{query}", psutil.Process(relay.pid)),
         }
         print(f"relay latency: {args.seconds:.0f} s per run, 20 ms pcm16 24 kHz frames each way, "
-              f"{os.cpu_count()} cores, relay workers {args.relay_workers}")
+              f"{os.cpu_count()} cores, one voicelog process")
         print(f"{'sessions':>8} {'path':>9} {'rtt p50':>8} {'rtt p99':>8} {'added p50':>10} {'added p99':>10}"
               f" {'lost':>5} {'cpu s/session-min':>18}")
         for n in counts:
