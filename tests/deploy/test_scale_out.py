@@ -1,14 +1,18 @@
 """Scale-out: two `voicelog serve` replicas on one PostgreSQL database and one Azurite per region.
 
 The replicas share nothing but the production shared state (database, blob stores, the KEK keyring that
-stands in for Key Vault, the dev issuer's key that stands in for Entra ID) and the admin token. Each test
-starts its own pair of processes, because some of them kill one.
+stands in for Key Vault, the dev issuer's key that stands in for Entra ID, the data directory with the audit
+signing keys and checkpoint export) and the admin token. Each test starts its own pair of processes, because
+some of them kill one. Both replicas always run the scheduled jobs (purge, audit chain keeper), as in the
+Helm chart; the last two tests check that this work is done once, not once per replica.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -16,30 +20,45 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from app import migrate
+from app.audit import AuditAction, Subjects, append_entry
+from app.audit.actions import detail_time, kek_bucket
+from app.audit.checkpoints import Checkpoint, FileCheckpointSink, list_checkpoints
+from app.audit.models import AuditEntryRow, AuditInboxRow
+from app.audit.service import read_chain_head
 from app.capture.models import Recording
 from app.capture.reader import read_recording
-from app.clock import SystemClock
+from app.clock import ManualClock, SystemClock
 from app.db import create_engine, create_session_factory
 from app.regions import RegionSettings
+from app.retention.models import RetentionBucket
+from app.retention.policy import bucket_hour
+from app.storage.layout import RecordingKey
 from app.storage.router import RegionRouter
 from app.storage.settings import StorageSettings
+from app.vault.datakey import DataKey
+from app.vault.envelope import WrappedKey, create_data_key
 from app.vault.factory import build_keyrings
+from app.vault.segments import SegmentWriter
 from app.vault.settings import VaultSettings
 from tests.fixtures.blob import AzuriteRegions
 from tests.fixtures.database import create_pg_database, drop_pg_database, worker_id
+from tests.retention.world import RECORDER, REGIONS, Copy, World, marker_plaintext
 
 pytestmark = pytest.mark.xdist_group("scale_out")
 
@@ -98,12 +117,13 @@ class Cluster:
     standin_port: int
     replicas: list[Replica] = field(default_factory=list)
 
-    async def start_replica(self, name: str) -> Replica:
+    async def start_replica(self, name: str, env: Mapping[str, str] | None = None) -> Replica:
+        """`voicelog serve` on the shared state; `env` adds settings for this replica only."""
         port = free_port()
         log = self.work / f"{name}.log"
         with log.open("wb") as sink:
-            process = subprocess.Popen([*VOICELOG, "serve", "--port", str(port)], env=self.env, cwd=ROOT,
-                                       stdout=sink, stderr=subprocess.STDOUT)
+            process = subprocess.Popen([*VOICELOG, "serve", "--port", str(port)], env={**self.env, **(env or {})},
+                                       cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
         replica = Replica(name, port, process, log)
         self.replicas.append(replica)
         async with httpx.AsyncClient() as client:
@@ -332,3 +352,289 @@ async def test_sigterm_drains_live_sessions_while_the_other_replica_takes_new_on
     assert any(b"during-the-drain" in base64.b64decode(json.loads(p)["audio"]) for p in payloads
                if p.startswith(b"{"))
 
+
+
+# --- the scheduler on both replicas: purge and checkpoints exactly once --------------------------------------
+
+PURGE_EVERY_S = 10
+CHECKPOINT_EVERY = timedelta(seconds=1.5)
+SCHEDULER_ENV = {
+    # Both replicas run the scheduler (the default); short periods so the test sees several rounds.
+    "VOICELOG_RETENTION__PURGE_EVERY_S": str(PURGE_EVERY_S),
+    "VOICELOG_RETENTION__PENDING_BLOBS_EVERY_S": str(PURGE_EVERY_S),
+    "VOICELOG_RETENTION__PURGE_BATCH": "4",  # a bucket's rows go in several batches, each claimed
+    "VOICELOG_AUDIT__CHECKPOINT_EVERY_MINUTES": str(CHECKPOINT_EVERY.total_seconds() / 60),
+}
+EXPIRED_BUCKET_HOURS = 3
+PER_EXPIRED_BUCKET = 6
+
+
+@contextlib.asynccontextmanager
+async def scheduling_pair(cluster: Cluster) -> AsyncIterator[tuple[Replica, Replica]]:
+    """Replicas a and b, both running the retention scheduler and the audit chain keeper at short periods."""
+    try:
+        a = await cluster.start_replica("sched-a", SCHEDULER_ENV)
+        b = await cluster.start_replica("sched-b", SCHEDULER_ENV)
+        yield a, b
+    finally:
+        cluster.stop_all()
+
+
+@contextlib.asynccontextmanager
+async def shared_state(cluster: Cluster, clock: ManualClock) -> AsyncIterator[World]:
+    """The retention tests' World on the cluster's own database, Azurite stores and KEK keyring."""
+    engine = create_engine(cluster.database_url)
+    stores = RegionRouter.from_settings(cluster.regions, StorageSettings(), clock=SystemClock())
+    keyrings = build_keyrings(
+        VaultSettings(local_keyring_dir=cluster.work / "keyring", local_master_key=SecretStr(cluster.master_key)),
+        keyvault_urls={r.name: None for r in cluster.regions}, data_dir=cluster.work / "data", clock=clock)
+    try:
+        yield World(kind="postgresql", url=cluster.database_url, engine=engine,
+                    factory=create_session_factory(engine), clock=clock, keyrings=keyrings, stores=stores,
+                    data_dir=cluster.work / "data")
+    finally:
+        await keyrings.aclose()
+        await stores.close()
+        await engine.dispose()
+
+
+async def recordings_past_their_30_days(world: World, starts: Sequence[tuple[str, datetime]]) -> list[Copy]:
+    """Recordings made as the recorder makes them (data key under the bucket's KEK, sealed blob, row and
+    `recording.started`), at times more than 30 days ago. Every key and blob is made before the rows commit,
+    all in one transaction: the replicas' purge may tick at any moment and must not meet a half-made one.
+    Returns what a backup and a blob snapshot would hold of each."""
+    made: list[tuple[DataKey, WrappedKey, RecordingKey, str]] = []
+    for region, started_at in starts:  # keys first: the KEKs of these hours are long past their life
+        key = RecordingKey(secrets.token_hex(16), started_at)
+        dek, wrapped = await create_data_key(world.keyrings.for_region(region), region=region,
+                                             request_id=key.request_id, started_at=started_at)
+        made.append((dek, wrapped, key, region))
+    copies: list[Copy] = []
+    rows: list[Recording] = []
+    for dek, wrapped, key, region in made:
+        with dek:
+            writer = SegmentWriter(dek, region=region, request_id=key.request_id)
+            blob = writer.header + bytes(writer.seal(marker_plaintext(key.request_id), final=True))
+        store = world.stores.store(region)
+        await store.create(key)
+        await store.append(key, blob, offset=0)
+        copies.append(Copy(key.request_id, region, key.started_at, wrapped.to_bytes(), blob))
+        resource_id, ticket_id, consent_id = world.resources[region]
+        rows.append(Recording(
+            request_id=key.request_id, resource_id=resource_id, region=region, ticket_id=ticket_id,
+            consent_id=consent_id, started_at=key.started_at, bucket_start=key.hour,
+            wrapped_dek=wrapped.to_bytes(), blob_name=key.name, state="complete",
+            ended_at=key.started_at + timedelta(seconds=30), segments=1, heartbeat_at=key.started_at,
+        ))
+    assert all([await world.opens(c) for c in copies])  # every copy decrypts before the purge
+    async with world.factory() as session:
+        session.add_all(rows)
+        for row in rows:
+            await append_entry(
+                session=session, clock=world.clock, actor=RECORDER, action=AuditAction.RECORDING_STARTED,
+                subjects=Subjects(request_id=row.request_id, resource=row.resource_id, ticket=row.ticket_id),
+                detail={"region": row.region, "started_at": detail_time(row.started_at),
+                        "kek_bucket": kek_bucket(row.started_at), "consent": row.consent_id},
+            )
+        await session.commit()
+    return copies
+
+
+async def metric(replica: Replica, name: str, **labels: str) -> float:
+    """One replica's own account (its /metrics): the sum of a metric's samples that carry `labels`."""
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{replica.http}/metrics")
+    assert response.status_code == 200, response.text
+    return sum(sample.value for family in text_string_to_metric_families(response.text)
+               for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+async def purge_runs(replica: Replica) -> float:
+    return await metric(replica, "voicelog_scheduler_job_runs_total", job_name="retention.purge", outcome="ok")
+
+
+def logged(replica: Replica, event: str) -> list[dict[str, Any]]:
+    """The replica's structured log records of one event."""
+    records = []
+    for line in replica.log.read_text(errors="replace").splitlines():
+        if line.startswith("{") and f'"{event}"' in line:
+            record: dict[str, Any] = json.loads(line)
+            if record.get("event") == event:
+                records.append(record)
+    return records
+
+
+async def poll(what: str, check: Callable[[], Awaitable[bool]], *, timeout: float, replicas: Sequence[Replica]
+               ) -> None:
+    """Wait until `check()` holds; past `timeout` fail with the replicas' logs."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            logs = "\n".join(f"--- {r.name}:\n{r.output()}" for r in replicas)
+            raise AssertionError(f"not within {timeout} s: {what}\n{logs}")
+        await asyncio.sleep(0.25)
+
+
+async def _at_least(count: Callable[[], Awaitable[int]], wanted: int) -> bool:
+    return await count() >= wanted
+
+
+async def chain_snapshot(world: World) -> tuple[int, int, list[Checkpoint]]:
+    """(queued entries, chain head seq, every stored checkpoint)."""
+    async with world.factory() as session:
+        queued = (await session.execute(select(func.count()).select_from(AuditInboxRow))).scalar_one()
+        head = await read_chain_head(session)
+        checkpoints = await list_checkpoints(session)
+    return int(queued), head.seq, checkpoints
+
+
+async def sealed(world: World) -> bool:
+    """Nothing queued, and the newest checkpoint signs the chain's head."""
+    queued, head, checkpoints = await chain_snapshot(world)
+    return queued == 0 and bool(checkpoints) and checkpoints[-1].head_seq == head
+
+
+async def audit_verify(cluster: Cluster) -> dict[str, Any]:
+    """`voicelog audit verify --json`, as an auditor runs it against the shared database and export."""
+    done = await asyncio.to_thread(subprocess.run, [*VOICELOG, "audit", "verify", "--json"], env=cluster.env,
+                                   cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result: dict[str, Any] = json.loads(done.stdout[done.stdout.index("{"):])
+    return result
+
+
+async def test_recordings_past_30_days_are_purged_once_while_both_replicas_run_the_scheduler(
+    cluster: Cluster,
+) -> None:
+    first_hour = bucket_hour(datetime.now(UTC) - timedelta(days=31, hours=EXPIRED_BUCKET_HOURS))
+    starts = [(region, first_hour + timedelta(hours=h, minutes=7 * n, seconds=1))
+              for h in range(EXPIRED_BUCKET_HOURS) for region in REGIONS for n in range(PER_EXPIRED_BUCKET)]
+    buckets = {(region, kek_bucket(started_at)) for region, started_at in starts}
+    clock = ManualClock(max(s for _, s in starts))  # the recorder's time when these were made
+    async with scheduling_pair(cluster) as (a, b), shared_state(cluster, clock) as world:
+        await world.seed()
+        copies = await recordings_past_their_30_days(world, starts)
+        ids = {c.request_id for c in copies}
+
+        async def purged_and_destroyed() -> bool:
+            async with world.factory() as session:
+                left = (await session.execute(select(func.count()).select_from(Recording).where(
+                    Recording.request_id.in_(ids),
+                    or_(Recording.shredded_at.is_(None), Recording.blob_deleted_at.is_(None))))).scalar_one()
+                keks = (await session.execute(select(RetentionBucket.region, RetentionBucket.bucket_start).where(
+                    RetentionBucket.kek_destroyed_at.is_not(None)))).all()
+            return left == 0 and buckets <= {(region, kek_bucket(start)) for region, start in keks}
+
+        await poll("every expired recording purged and every KEK destroyed", purged_and_destroyed,
+                   timeout=PURGE_EVERY_S * 6, replicas=(a, b))
+        # Both replicas get another go at the same buckets; nothing may be done twice then either.
+        runs = {r.name: await purge_runs(r) for r in (a, b)}
+
+        async def both_ran_again() -> bool:
+            return all([await purge_runs(r) > runs[r.name] for r in (a, b)])
+
+        await poll("a purge run on each replica after the purge", both_ran_again, timeout=PURGE_EVERY_S * 4,
+                   replicas=(a, b))
+        await poll("the purge's audit entries chained and sealed by a checkpoint", lambda: sealed(world),
+                   timeout=30, replicas=(a, b))
+
+        # The auditor's check, from the chain: one purge and one DEK destruction per recording, one KEK per bucket.
+        purges = [(rid, json.loads(d)) for rid, d in await world.entries(AuditAction.RECORDING_PURGED) if rid in ids]
+        assert Counter(rid for rid, _ in purges) == Counter(ids)  # a replica purging again would make it 2
+        assert {d["reason"] for _, d in purges} == {"retention"}
+        assert min(d["age_s"] for _, d in purges) > 30 * 24 * 3600
+        keys = [(rid, json.loads(d)) for rid, d in await world.entries(AuditAction.KEY_DESTROYED)]
+        assert Counter(rid for rid, d in keys if d["key_kind"] == "dek" and rid in ids) == Counter(ids)
+        keks = Counter((d["region"], d["bucket"]) for _, d in keys if d["key_kind"] == "kek")
+        assert {bucket: keks[bucket] for bucket in buckets} == dict.fromkeys(buckets, 1)
+        # The replicas' own accounts agree: together they purged each recording once.
+        purged_by = {r.name: await metric(r, "voicelog_retention_recordings_purged_total") for r in (a, b)}
+        assert sum(purged_by.values()) == len(ids), purged_by
+        # And what they destroyed is gone: no blob left, no backup or snapshot of one decrypts.
+        assert not [c.request_id for c in copies
+                    if await world.stores.store(c.region).exists(RecordingKey(c.request_id, c.started_at))]
+        assert not [c.request_id for c in copies if await world.opens(c)]
+
+        # The chain verifies, signed checkpoints included, and seals every purge entry.
+        async with world.factory() as session:
+            last_purge_seq = (await session.execute(select(func.max(AuditEntryRow.seq)).where(
+                AuditEntryRow.action.in_([AuditAction.RECORDING_PURGED.value, AuditAction.KEY_DESTROYED.value]),
+            ))).scalar_one()
+        verified = await audit_verify(cluster)
+        assert verified["ok"], verified
+        assert verified["sealed_through"] >= last_purge_seq
+
+
+async def test_audit_checkpoints_are_signed_once_per_period_while_both_replicas_keep_the_chain(
+    cluster: Cluster,
+) -> None:
+    wanted = 6
+    async with scheduling_pair(cluster) as (a, b), shared_state(cluster, ManualClock(datetime.now(UTC))) as world:
+        customer = await recorded_resource(cluster, via=a)
+        ticketing = await asyncio.to_thread(cluster.token, "svc-ticketing", "ticketing")
+        # Start from a sealed chain: nothing is signed until new entries arrive, so counts start clean.
+        await poll("the set-up's entries sealed", lambda: sealed(world), timeout=30, replicas=(a, b))
+        signed_before = {r.name: await metric(r, "voicelog_audit_checkpoints_signed_total") for r in (a, b)}
+        _, _, before = await chain_snapshot(world)
+        start = before[-1].number if before else 0
+
+        # Entries arrive through both replicas while both keepers run, until several periods have passed.
+        async with httpx.AsyncClient() as client:
+            fed = 0
+            deadline = asyncio.get_running_loop().time() + 60 * CHECKPOINT_EVERY.total_seconds()
+            while len((await chain_snapshot(world))[2]) < len(before) + wanted:
+                via = (a, b)[fed % 2]
+                created = await client.post(f"{via.http}/tickets", headers=ticketing, json={
+                    "resource": customer.resource, "external_ref": f"INC-cp-{fed}", "engineers": []})
+                assert created.status_code == 201, created.text
+                fed += 1
+                assert asyncio.get_running_loop().time() < deadline, f"fewer than {wanted} checkpoints signed"
+                await asyncio.sleep(0.1)
+        # Once entries stop, the next period seals what is left, and then nothing more is signed.
+        await poll("the last entries sealed by a checkpoint", lambda: sealed(world), timeout=30, replicas=(a, b))
+        _, head, checkpoints = await chain_snapshot(world)
+        new = [c for c in checkpoints if c.number > start]
+
+        async def signed_by_replicas() -> int:
+            return int(sum([await metric(r, "voicelog_audit_checkpoints_signed_total") for r in (a, b)])
+                       - sum(signed_before.values()))
+
+        # The replicas count a checkpoint just after it commits: wait for their accounts to catch up.
+        await poll("the replicas' own count of checkpoints signed", lambda: _at_least(signed_by_replicas, len(new)),
+                   timeout=10, replicas=(a, b))
+        signed_by = await signed_by_replicas()
+        keeper_errors = {r.name: await metric(r, "voicelog_audit_keeper_errors_total") for r in (a, b)}
+        signers: dict[int, list[str]] = {}
+        for replica in (a, b):
+            for record in logged(replica, "audit.checkpoint.signed"):
+                signers.setdefault(int(record["checkpoint"]), []).append(replica.name)
+        async with world.factory() as session:
+            signed_entries = (await session.execute(select(AuditEntryRow.seq, AuditEntryRow.detail).where(
+                AuditEntryRow.action == AuditAction.CHECKPOINT_SIGNED.value))).all()
+    exported = await FileCheckpointSink(cluster.work / "data" / "audit-checkpoints.jsonl").read_all()
+
+    who = {c.number: signers.get(c.number, []) for c in new}
+    assert len(new) >= wanted
+    assert [c.number for c in checkpoints] == list(range(1, len(checkpoints) + 1))
+    # One checkpoint per period: never two for the same head, never two within one period.
+    assert all(later.head_seq > earlier.head_seq for earlier, later in itertools.pairwise(new)), who
+    gaps = [later.signed_at - earlier.signed_at for earlier, later in itertools.pairwise(new)]
+    assert min(gaps) >= CHECKPOINT_EVERY, (gaps, who)
+    assert len(new) <= 1 + (new[-1].signed_at - new[0].signed_at) // CHECKPOINT_EVERY
+    assert new[-1].head_seq == head  # and the last period's entries were not left unsealed
+    # Each is announced once in the chain, by the entry it seals, and exported once.
+    announced = Counter(json.loads(detail)["checkpoint"] for _, detail in signed_entries)
+    assert announced == Counter(c.number for c in checkpoints)
+    announced_at = {seq: json.loads(detail)["checkpoint"] for seq, detail in signed_entries}
+    assert all(announced_at.get(c.head_seq) == c.number for c in checkpoints)
+    assert [(c.number, c.signature) for c in exported] == [(c.number, c.signature) for c in checkpoints]
+    # Each was signed by exactly one replica, by their own accounts, and no keeper round failed.
+    assert signed_by == len(new), who
+    assert all(len(names) == 1 for names in who.values()), who
+    assert sum(keeper_errors.values()) == 0, keeper_errors
+
+    verified = await audit_verify(cluster)
+    assert verified["ok"], verified
+    assert verified["checkpoints_checked"] >= len(checkpoints)
+    assert verified["sealed_through"] >= new[-1].head_seq
