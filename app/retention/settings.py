@@ -73,13 +73,14 @@ class RetentionSettings(BaseModel):
     )
     audit_checkpoint_every_s: int = Field(
         default=60, ge=1,
-        description="How often the scheduler runs one round of the audit chain keeper (chain queued entries, "
-        "sign a checkpoint when the audit policy says one is due, export it).",
+        description="`voicelog worker` only: how often its scheduler runs one round of the audit chain keeper "
+        "(chain queued entries, sign a checkpoint when the audit policy says one is due, export it). Under "
+        "`voicelog serve` the audit's own keeper does this, on `VOICELOG_AUDIT__CHECKPOINT_EVERY_MINUTES`.",
     )
     audit_verify_every_s: int | None = Field(
         default=None, ge=60,
-        description="How often the audit chain is verified; unset = the audit settings' `verify_every_minutes`. "
-        "One replica verifies per period.",
+        description="`voicelog worker` only: how often the audit chain is verified; unset = the audit settings' "
+        "`verify_every_minutes`, which is what `voicelog serve` uses. One replica verifies per period.",
     )
     shutdown_timeout_s: float = Field(
         default=30.0, ge=0, description="On shutdown, how long running jobs may finish before they are cancelled."
