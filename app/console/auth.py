@@ -20,7 +20,7 @@ from fastapi.responses import RedirectResponse, Response
 from app.clock import Clock
 from app.console.dev_login import s256
 from app.console.security import checked_form
-from app.console.sessions import ConsoleSession, PendingLogin, SessionStore
+from app.console.sessions import ConsoleSession, PendingLogin, SessionStore, touched
 from app.console.settings import ConsoleSettings
 from app.console.templating import page
 from app.deps import AppContext
@@ -66,9 +66,17 @@ class MissingConsoleRole(Forbidden):
     title = "Your identity does not have the role this page needs"
 
 async def current_session(request: Request) -> ConsoleSession | None:
-    """The signed-in session, its token re-verified on every request (expiry follows the token and the clock)."""
+    """The signed-in session, its token re-verified on every request (expiry follows the token and the clock).
+
+    Read once per request (an error page rendered after the handler sees the same session), and saved back
+    before the response starts (`SaveTouchedSessions`).
+    """
+    if hasattr(request.state, "console_session"):
+        cached: ConsoleSession | None = request.state.console_session
+        return cached
+    request.state.console_session = None
     state, ctx = console_state(request), _ctx(request)
-    session = state.sessions.get(request.cookies.get(state.session_cookie), ctx.clock.now())
+    session = await state.sessions.get(request.cookies.get(state.session_cookie), ctx.clock.now())
     if session is None or session.token is None:
         return None
     verifier = ctx.token_verifier
@@ -77,8 +85,10 @@ async def current_session(request: Request) -> ConsoleSession | None:
             raise NeedsSignIn()
         session.principal = await verifier.verify(session.token)
     except AppError:
-        state.sessions.drop(session.id)
+        await state.sessions.drop(session)
         return None
+    touched(request, state.sessions, session)
+    request.state.console_session = session
     return session
 
 async def signed_in(request: Request, *roles: Role) -> tuple[ConsoleSession, Principal]:
@@ -141,15 +151,14 @@ def build_auth_router(clock: Clock) -> APIRouter:
     @router.get("/login")
     async def login(request: Request) -> Response:
         state = console_state(request)
-        pre = state.logins.create(clock.now())
         verifier = secrets.token_urlsafe(64)
-        pre.login = PendingLogin(state=secrets.token_urlsafe(32), code_verifier=verifier,
-                                 nonce=secrets.token_urlsafe(24), redirect_uri=_redirect_uri(request, state.settings),
-                                 next_path=_safe_next(request.query_params.get("next")), created=clock.now())
-
+        login = PendingLogin(state=secrets.token_urlsafe(32), code_verifier=verifier, nonce=secrets.token_urlsafe(24),
+                             redirect_uri=_redirect_uri(request, state.settings),
+                             next_path=_safe_next(request.query_params.get("next")), created=clock.now())
+        pre = await state.logins.create(clock.now(), login=login)
         query = urlencode({"response_type": "code", "client_id": state.settings.client_id,
-                           "redirect_uri": pre.login.redirect_uri, "scope": state.settings.scope,
-                           "state": pre.login.state, "nonce": pre.login.nonce,
+                           "redirect_uri": login.redirect_uri, "scope": state.settings.scope,
+                           "state": login.state, "nonce": login.nonce,
                            "code_challenge": s256(verifier), "code_challenge_method": "S256"})
         response = RedirectResponse(f"{_authorization_endpoint(state)}?{query}", status_code=303)
         set_cookie(response, state, state.login_cookie, pre.id, max_age=int(LOGIN_TTL.total_seconds()),
@@ -159,14 +168,16 @@ def build_auth_router(clock: Clock) -> APIRouter:
     @router.get("/callback")
     async def callback(request: Request) -> Response:
         state, ctx = console_state(request), _ctx(request)
-        pre = state.logins.get(request.cookies.get(state.login_cookie), clock.now())
+        pre = await state.logins.get(request.cookies.get(state.login_cookie), clock.now())
         login = pre.login if pre is not None else None
         presented = request.query_params.get("state", "")
         code = request.query_params.get("code")
         if pre is None or login is None or code is None or not secrets.compare_digest(presented, login.state):
             return page(request, "signed_out.html", None, status_code=400,
                         message="That sign-in did not start here or has expired. Please sign in again.")
-        state.logins.drop(pre.id)  # one use
+        if not await state.logins.drop(pre):  # one use, even when two replicas get the same callback
+            return page(request, "signed_out.html", None, status_code=400,
+                        message="That sign-in was already used. Please sign in again.")
         if clock.now() - login.created > LOGIN_TTL:
             return page(request, "signed_out.html", None, status_code=400, message="The sign-in expired.")
         try:
@@ -180,7 +191,7 @@ def build_auth_router(clock: Clock) -> APIRouter:
                 raise NeedsSignIn("The token was issued for another sign-in.")
         except AppError as refused:  # never a redirect loop back to the issuer
             return page(request, "signed_out.html", None, status_code=401, message=f"Sign-in failed: {refused.detail}")
-        session = state.sessions.sign_in(pre, principal, token, clock.now())
+        session = await state.sessions.sign_in(principal, token, clock.now())
         log.info("console.signed_in", roles=sorted(r.value for r in principal.roles))
         response = page(request, "continue.html", None, next_path=login.next_path)
         set_cookie(response, state, state.session_cookie, session.id,
@@ -192,10 +203,10 @@ def build_auth_router(clock: Clock) -> APIRouter:
     @router.post("/logout")
     async def logout(request: Request) -> Response:
         state = console_state(request)
-        session = state.sessions.get(request.cookies.get(state.session_cookie), clock.now())
+        session = await state.sessions.get(request.cookies.get(state.session_cookie), clock.now())
         if session is not None:
             await checked_form(request, session)
-            state.sessions.drop(session.id)
+            await state.sessions.drop(session)
         response = page(request, "signed_out.html", None, message="You are signed out.")
         response.delete_cookie(state.session_cookie, path="/", secure=state.settings.cookie_secure, httponly=True,
                                samesite="strict")

@@ -14,14 +14,21 @@ from fastapi.staticfiles import StaticFiles
 
 from app.config import Settings
 from app.console.auditor import build_auditor_router
-from app.console.auth import ConsoleState, MissingConsoleRole, NeedsSignIn, build_auth_router, current_session
+from app.console.auth import (
+    LOGIN_TTL,
+    ConsoleState,
+    MissingConsoleRole,
+    NeedsSignIn,
+    build_auth_router,
+    current_session,
+)
 from app.console.customer import build_customer_router
 from app.console.dev_login import build_dev_login_router
 from app.console.engineer import build_engineer_router
 from app.console.manager import build_manager_router
 from app.console.playback import build_playback_router
 from app.console.security import ConsoleSecurityHeaders, CsrfRejected
-from app.console.sessions import SessionStore
+from app.console.sessions import SaveTouchedSessions, SessionStore
 from app.console.settings import ConsoleSettings
 from app.console.templating import HERE, page
 from app.deps import AppContext
@@ -45,15 +52,18 @@ def include_console(app: FastAPI, settings: Settings, console: ConsoleSettings |
     clock = ctx.clock
     app.state.console = ConsoleState(
         settings=console,
-        sessions=SessionStore(idle=timedelta(minutes=console.session_idle_minutes),
+        sessions=SessionStore(session_factory=ctx.session_factory, kind="session",
+                              idle=timedelta(minutes=console.session_idle_minutes),
                               absolute=timedelta(hours=console.session_max_hours), capacity=console.max_sessions),
-        logins=SessionStore(idle=timedelta(minutes=10), absolute=timedelta(minutes=10), capacity=console.max_sessions),
+        logins=SessionStore(session_factory=ctx.session_factory, kind="login", idle=LOGIN_TTL, absolute=LOGIN_TTL,
+                            capacity=console.max_sessions),
         dev_issuer=settings.identity.dev_issuer_enabled,
     )
     issuer = load_dev_issuer(settings.identity, settings.data_dir, clock=clock)
     if issuer is not None:
         app.include_router(build_dev_login_router(issuer, clock))
     app.add_middleware(ConsoleSecurityHeaders)
+    app.add_middleware(SaveTouchedSessions)
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
     app.include_router(build_auth_router(clock))
     app.include_router(build_engineer_router(clock))

@@ -1,18 +1,33 @@
-"""Server-side console sessions: the browser holds a random id only; tokens and CSRF secrets stay here.
+"""Console sessions and pending sign-ins in the database, so any replica serves any signed-in user.
 
-In memory, per process: a replica restart signs everyone out, and several replicas need sticky sessions.
-Bounded (oldest dropped first) so a flood of anonymous logins cannot grow it without limit.
+The browser holds a random 256-bit id only. The row is keyed by SHA-256 of that id and its secrets (bearer
+token, PKCE verifier, nonce, state, flashes) are sealed under a key derived from it (`sealing.py`). Rows
+expire (idle and absolute) and are deleted; each create also trims its kind to `capacity` rows, the oldest
+to expire first, so a flood of anonymous sign-ins cannot grow the table without limit.
+
+A session read during a request is written back (seen time, flashes added or shown) by
+`SaveTouchedSessions` just before the response starts, so the next request sees it on whichever replica.
 """
 
 from __future__ import annotations
 
-import hmac
+import json
 import secrets
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.console.models import ConsoleSessionRow
+from app.console.sealing import csrf_matches, csrf_token, open_state, row_key, seal_state
 from app.identity.principal import Principal
+
+MAX_ID_LENGTH = 128
+_TOUCHED = "console_sessions_touched"
 
 
 @dataclass
@@ -30,61 +45,154 @@ class PendingLogin:
 @dataclass
 class ConsoleSession:
     id: str
-    csrf: str
     created: datetime
     seen: datetime
-    principal: Principal | None = None
     token: str | None = None
     login: PendingLogin | None = None
     flashes: list[tuple[str, str]] = field(default_factory=list)
+    principal: Principal | None = None  # from the token, verified again on each request; never stored
+    changed: bool = False  # sealed state to write back
+    ended: bool = False  # deleted: never written back
+
+    @property
+    def csrf(self) -> str:
+        return csrf_token(self.id)
 
     def flash(self, kind: str, message: str) -> None:
         self.flashes.append((kind, message[:500]))
+        self.changed = True
 
     def take_flashes(self) -> list[tuple[str, str]]:
         taken, self.flashes = self.flashes, []
+        self.changed = self.changed or bool(taken)
         return taken
 
     def csrf_ok(self, presented: str | None) -> bool:
-        return presented is not None and hmac.compare_digest(presented.encode(), self.csrf.encode())
+        return csrf_matches(self.id, presented)
+
+
+def _sealed_payload(session: ConsoleSession) -> bytes:
+    login = session.login
+    return json.dumps({
+        "token": session.token,
+        "login": None if login is None else {**login.__dict__, "created": login.created.isoformat()},
+        "flashes": session.flashes,
+    }, separators=(",", ":")).encode()
+
+
+def _from_payload(session_id: str, row: ConsoleSessionRow, payload: bytes, now: datetime) -> ConsoleSession:
+    state: dict[str, Any] = json.loads(payload)
+    login = state.get("login")
+    return ConsoleSession(
+        id=session_id, created=row.created_at, seen=now, token=state.get("token"),
+        login=None if login is None else PendingLogin(**{**login, "created": datetime.fromisoformat(login["created"])}),
+        flashes=[(kind, message) for kind, message in state.get("flashes", [])])
 
 
 class SessionStore:
-    def __init__(self, *, idle: timedelta, absolute: timedelta, capacity: int) -> None:
+    """One kind of row (`session` or `login`) with its lifetimes; each call is its own short transaction."""
+
+    def __init__(self, *, session_factory: async_sessionmaker[AsyncSession], kind: str, idle: timedelta,
+                 absolute: timedelta, capacity: int) -> None:
+        self._factory = session_factory
+        self.kind = kind
         self._idle = idle
         self._absolute = absolute
         self._capacity = capacity
-        self._sessions: OrderedDict[str, ConsoleSession] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._sessions)
+    def _expires(self, created: datetime, seen: datetime) -> datetime:
+        return min(created + self._absolute, seen + self._idle)
 
-    def create(self, now: datetime) -> ConsoleSession:
-        session = ConsoleSession(id=secrets.token_urlsafe(32), csrf=secrets.token_urlsafe(32), created=now, seen=now)
-        self._sessions[session.id] = session
-        while len(self._sessions) > self._capacity:
-            self._sessions.popitem(last=False)
+    async def create(self, now: datetime, *, token: str | None = None,
+                     login: PendingLogin | None = None) -> ConsoleSession:
+        """A new random id; expired rows of this kind go first, and the oldest past `capacity` after."""
+        session = ConsoleSession(id=secrets.token_urlsafe(32), created=now, seen=now, token=token, login=login)
+        async with self._factory() as db:
+            await db.execute(delete(ConsoleSessionRow).where(ConsoleSessionRow.kind == self.kind,
+                                                             ConsoleSessionRow.expires_at < now))
+            db.add(ConsoleSessionRow(id_sha256=row_key(session.id), kind=self.kind, created_at=now, seen_at=now,
+                                     expires_at=self._expires(now, now),
+                                     sealed=seal_state(session.id, self.kind, _sealed_payload(session))))
+            await db.flush()
+            await self._trim(db)
+            await db.commit()
         return session
 
-    def get(self, session_id: str | None, now: datetime) -> ConsoleSession | None:
-        if not session_id or len(session_id) > 128:
+    async def _trim(self, db: AsyncSession) -> None:
+        # Rows tied with the cut-off survive: with microsecond times the overshoot is nil in practice.
+        cutoff = (select(ConsoleSessionRow.expires_at).where(ConsoleSessionRow.kind == self.kind)
+                  .order_by(ConsoleSessionRow.expires_at.desc()).offset(self._capacity).limit(1).scalar_subquery())
+        await db.execute(delete(ConsoleSessionRow).where(ConsoleSessionRow.kind == self.kind,
+                                                         ConsoleSessionRow.expires_at < cutoff))
+
+    async def get(self, session_id: str | None, now: datetime) -> ConsoleSession | None:
+        """The live session of this id, or None (unknown, other kind, expired and now deleted, or tampered)."""
+        if not session_id or len(session_id) > MAX_ID_LENGTH:
             return None
-        session = self._sessions.get(session_id)
-        if session is None:
-            return None
-        if now - session.seen > self._idle or now - session.created > self._absolute:
-            self.drop(session_id)
-            return None
-        session.seen = now
-        self._sessions.move_to_end(session_id)
+        key = row_key(session_id)
+        async with self._factory() as db:
+            row = await db.get(ConsoleSessionRow, key)
+            if row is None or row.kind != self.kind:
+                return None
+            payload = open_state(session_id, self.kind, row.sealed) if now <= row.expires_at else None
+            if payload is None:
+                await db.execute(delete(ConsoleSessionRow).where(ConsoleSessionRow.id_sha256 == key))
+                await db.commit()
+                return None
+            return _from_payload(session_id, row, payload, now)
+
+    async def save(self, session: ConsoleSession) -> None:
+        """Write back the seen time (sliding the idle expiry) and, when it changed, the sealed state."""
+        if session.ended:
+            return
+        values: dict[str, Any] = {"seen_at": session.seen, "expires_at": self._expires(session.created, session.seen)}
+        if session.changed:
+            values["sealed"] = seal_state(session.id, self.kind, _sealed_payload(session))
+        async with self._factory() as db:
+            await db.execute(update(ConsoleSessionRow)
+                             .where(ConsoleSessionRow.id_sha256 == row_key(session.id),
+                                    ConsoleSessionRow.kind == self.kind).values(**values))
+            await db.commit()
+        session.changed = False
+
+    async def drop(self, session: ConsoleSession) -> bool:
+        """Delete the row; True only for the one caller that deleted it (a pending sign-in is used once)."""
+        session.ended = True
+        async with self._factory() as db:
+            result = await db.execute(delete(ConsoleSessionRow).where(
+                ConsoleSessionRow.id_sha256 == row_key(session.id), ConsoleSessionRow.kind == self.kind))
+            await db.commit()
+        return getattr(result, "rowcount", 0) == 1
+
+    async def sign_in(self, principal: Principal, token: str, now: datetime) -> ConsoleSession:
+        """A fresh id (and so a fresh CSRF token) at sign-in: no session fixation."""
+        session = await self.create(now, token=token)
+        session.principal = principal
         return session
 
-    def drop(self, session_id: str) -> None:
-        self._sessions.pop(session_id, None)
 
-    def sign_in(self, old: ConsoleSession, principal: Principal, token: str, now: datetime) -> ConsoleSession:
-        """A fresh id and CSRF token at sign-in (no session fixation); the pre-login session is gone."""
-        self.drop(old.id)
-        session = self.create(now)
-        session.principal, session.token = principal, token
-        return session
+def touched(request: Request, store: SessionStore, session: ConsoleSession) -> None:
+    """Have `SaveTouchedSessions` write `session` back before this request's response starts."""
+    request.scope.setdefault("state", {}).setdefault(_TOUCHED, []).append((store, session))
+
+
+class SaveTouchedSessions:
+    """ASGI middleware: the sessions a request read are saved before its response starts, so the browser's
+    next request (a redirect after a POST, say) finds the flashes and the new seen time on any replica."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})  # shared by every Request made from this scope
+
+        async def saving(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                for store, session in state.pop(_TOUCHED, []):
+                    await store.save(session)
+            await send(message)
+
+        await self.app(scope, receive, saving)
