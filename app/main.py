@@ -150,6 +150,7 @@ def create_app(
         clock=clock, keyrings=keyrings, stores=stores, audit=audit, registry=ctx.metrics.registry,
         extra_jobs=[ScheduledJob(name="access_grants", every=timedelta(minutes=1), run=access_job)],
         audit_jobs=False,  # this process runs the audit's own chain keeper and verifier
+        tracer=tracing.tracer,
     )
 
     @contextlib.asynccontextmanager

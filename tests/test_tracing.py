@@ -213,6 +213,11 @@ async def test_sdk_session_and_refusals_are_traced_with_their_outcome(
     assert connect_span.status == StatusProto.STATUS_CODE_ERROR
     assert STANDIN_API_KEY.encode() not in collector.raw()
 
+    # The scheduler's catch-up runs at start are traced too, each its own trace (a job has no caller).
+    jobs = {s.attributes["voicelog.job"]: s for s in collector.named("scheduler.job")}
+    assert {"retention.purge", "retention.orphan_sweep", "access_grants"} <= set(jobs)
+    assert all(s.attributes["voicelog.job.outcome"] == "ok" and s.parent_span_id == "" for s in jobs.values())
+
 
 @pytest.mark.parametrize("accept_parent", [False, True])
 async def test_a_callers_trace_is_continued_only_when_configured(

@@ -141,12 +141,13 @@ async def run_worker(settings: Settings, audit_settings: AuditSettings, retentio
     """The worker's body: build the parts, start the scheduler, wait for a signal (or `stop`), shut down."""
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from app import migrate
+    from app import __version__, migrate
     from app.audit.runtime import AuditRuntime
     from app.clock import SystemClock
     from app.db import create_engine, create_session_factory
     from app.retention.scheduler import build_scheduler
     from app.storage.router import RegionRouter
+    from app.tracing import Tracing
     from app.vault.factory import build_keyrings
 
     if settings.embedded:
@@ -154,6 +155,7 @@ async def run_worker(settings: Settings, audit_settings: AuditSettings, retentio
         await asyncio.to_thread(migrate.upgrade, settings.resolved_database_url)
     clock = SystemClock()
     registry = CollectorRegistry(auto_describe=True)
+    tracing = Tracing(settings.tracing, version=__version__)
     engine = create_engine(settings.resolved_database_url)
     stores = RegionRouter.from_settings(settings.regions, settings.storage, clock=clock)
     keyrings = build_keyrings(settings.vault, keyvault_urls={r.name: r.keyvault_url for r in settings.regions},
@@ -162,7 +164,7 @@ async def run_worker(settings: Settings, audit_settings: AuditSettings, retentio
         settings=retention, lifetime=settings.vault.bucket_lifetime, session_factory=create_session_factory(engine),
         clock=clock, keyrings=keyrings, stores=stores,
         audit=AuditRuntime.from_settings(audit_settings, settings.data_dir, registry=registry), registry=registry,
-        extra_jobs=extra_jobs,
+        extra_jobs=extra_jobs, tracer=tracing.tracer,
     )
     if metrics_port is not None:
         start_http_server(metrics_port, registry=registry)
@@ -179,3 +181,4 @@ async def run_worker(settings: Settings, audit_settings: AuditSettings, retentio
         await keyrings.aclose()
         await stores.close()
         await engine.dispose()
+        await tracing.shutdown()

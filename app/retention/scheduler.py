@@ -27,6 +27,8 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -60,11 +62,13 @@ class JobOutcome:
 class RetentionScheduler:
     """The process's scheduled jobs. Build with `build_scheduler`."""
 
-    def __init__(self, *, context: JobContext, jobs: Sequence[ScheduledJob]) -> None:
+    def __init__(self, *, context: JobContext, jobs: Sequence[ScheduledJob],
+                 tracer: trace.Tracer | None = None) -> None:
         names = [job.name for job in jobs]
         if len(set(names)) != len(names):
             raise ValueError("scheduled job names must be unique")
         self.context = context
+        self.tracer = tracer or trace.NoOpTracer()
         self._jobs = {job.name: job for job in jobs}
         self._local = {job.name: asyncio.Lock() for job in jobs}
         self._running: set[asyncio.Task[Any]] = set()
@@ -163,6 +167,17 @@ class RetentionScheduler:
     # --- internals ------------------------------------------------------------------------------------
 
     async def _run(self, job: ScheduledJob) -> JobOutcome:
+        """A run that got past the locks, as one span (a new trace: a job has no caller)."""
+        with self.tracer.start_as_current_span("scheduler.job", context=trace.set_span_in_context(trace.INVALID_SPAN),
+                                               attributes={"voicelog.job": job.name}, record_exception=False) as span:
+            outcome = await self._run_untraced(job)
+            span.set_attributes({"voicelog.job.outcome": outcome.outcome, "voicelog.job.items": outcome.items})
+            if outcome.error is not None:
+                span.set_attribute("error.type", outcome.error)
+                span.set_status(Status(StatusCode.ERROR))
+            return outcome
+
+    async def _run_untraced(self, job: ScheduledJob) -> JobOutcome:
         ctx = self.context
         started_at = ctx.clock.now()
         t0 = time.perf_counter()
@@ -229,6 +244,7 @@ def build_scheduler(
     extra_jobs: Sequence[ScheduledJob] = (),
     owner: str | None = None,
     audit_jobs: bool = True,
+    tracer: trace.Tracer | None = None,
 ) -> RetentionScheduler:
     """The scheduler with the built-in jobs and `extra_jobs` (e.g. access grants expiring).
 
@@ -245,4 +261,4 @@ def build_scheduler(
                          settings=settings, lifetime=lifetime, metrics=RetentionMetrics(registry),
                          owner=owner or default_owner())
     jobs = [job for job in builtin_jobs(settings, audit) if audit_jobs or job.name not in AUDIT_JOBS]
-    return RetentionScheduler(context=context, jobs=[*jobs, *extra_jobs])
+    return RetentionScheduler(context=context, jobs=[*jobs, *extra_jobs], tracer=tracer)
