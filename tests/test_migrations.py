@@ -51,5 +51,24 @@ def test_each_revision_steps_down_and_up(empty_db: tuple[str, str]) -> None:
     assert tables(sync_url) == head_tables
 
 
+def test_0008_console_sessions_upgrades_from_0007_and_downgrades_back(empty_db: tuple[str, str]) -> None:
+    url, sync_url = empty_db
+    migrate.upgrade(url, "0007_retention")
+    before = tables(sync_url)
+    assert "console_sessions" not in before
+    migrate.upgrade(url, "0008_console_sessions")
+    assert tables(sync_url) == before | {"console_sessions"}
+    engine = create_engine(sync_url)
+    try:
+        inspector = inspect(engine)
+        assert inspector.get_pk_constraint("console_sessions")["constrained_columns"] == ["id_sha256"]
+        indexes = {i["name"]: i["column_names"] for i in inspector.get_indexes("console_sessions")}
+        assert indexes == {"ix_console_sessions_kind_expires_at": ["kind", "expires_at"]}
+    finally:
+        engine.dispose()
+    migrate.downgrade(url, "0007_retention")
+    assert tables(sync_url) == before
+
+
 def test_there_is_one_head() -> None:
     assert len(migrate.current_heads("sqlite+aiosqlite:///:memory:")) == 1

@@ -119,9 +119,11 @@ class SessionStore:
         return session
 
     async def _trim(self, db: AsyncSession) -> None:
-        # Rows tied with the cut-off survive: with microsecond times the overshoot is nil in practice.
+        # Keep the `capacity` rows that expire last; rows tied with the last of them stay too (with microsecond
+        # times the overshoot is nil in practice).
         cutoff = (select(ConsoleSessionRow.expires_at).where(ConsoleSessionRow.kind == self.kind)
-                  .order_by(ConsoleSessionRow.expires_at.desc()).offset(self._capacity).limit(1).scalar_subquery())
+                  .order_by(ConsoleSessionRow.expires_at.desc()).offset(self._capacity - 1).limit(1)
+                  .scalar_subquery())
         await db.execute(delete(ConsoleSessionRow).where(ConsoleSessionRow.kind == self.kind,
                                                          ConsoleSessionRow.expires_at < cutoff))
 

@@ -33,7 +33,7 @@ from app.resources.service import add_resource
 from app.storage.settings import StorageSettings
 from tests.fixtures.identity import MintToken, bearer
 from tests.fixtures.recording import FAST_CAPTURE
-from tests.fixtures.relay import TEST_ADMIN_TOKEN, StandinHandle, relay_settings
+from tests.fixtures.relay import TEST_ADMIN_TOKEN, RelayHandle, StandinHandle, relay_settings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -138,7 +138,7 @@ async def chromium() -> AsyncIterator[Browser]:
             await browser.close()
 
 
-async def sign_in(browser: Browser, stack: ConsoleStack, subject: str, roles: list[str], *,
+async def sign_in(browser: Browser, stack: ConsoleStack | RelayHandle, subject: str, roles: list[str], *,
                   tenant: str | None = None, headers: dict[str, str] | None = None,
                   width: int = 1280) -> tuple[BrowserContext, Page]:
     """A fresh browser profile signed in through the console's OIDC flow and the dev issuer's form."""
