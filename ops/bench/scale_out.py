@@ -11,11 +11,14 @@ configuration it prints:
   of a step start spread over 2 s: recording set-up costs enough that a burst of starts in one frame shows
   up as a p99 spike for the sessions already running);
 
-and the ratio two/one. Everything runs on this machine: the generators, stand-in and PostgreSQL share its
-cores with the relays, so the ratio says how far a second process helps *here*, not in a cluster.
-Figures are printed, never asserted.
+and the ratio two/one. The two configurations alternate for `--rounds` rounds (1, 2, 1, 2, ...) and the
+medians are compared, so one disturbed run cannot decide the ratio; every round is printed too.
+Everything runs on this machine: the generators, stand-in and PostgreSQL share its cores with the relays,
+so the ratio says how far a second process helps *here*, not in a cluster. Figures are printed, never
+asserted.
 
-    .venv/bin/python ops/bench/scale_out.py [--steps 50,100,150,200,300] [--seconds 8] [--accept 400]
+    .venv/bin/python ops/bench/scale_out.py [--steps 50,100,150,200,300] [--seconds 8] [--accept 1000]
+                                            [--rounds 3]
 """
 
 from __future__ import annotations
@@ -124,7 +127,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", default="50,100,150,200,300")
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--accept", type=int, default=400, help="sessions opened for the accept rate")
+    parser.add_argument("--accept", type=int, default=1000, help="sessions opened for the accept rate")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of (1 process, 2 processes)")
     parser.add_argument("--concurrency", type=int, default=40, help="accepts in flight")
     parser.add_argument("--p99-ms", type=float, default=100.0, help="round-trip p99 a held step must stay under")
     args = parser.parse_args()
@@ -183,26 +187,31 @@ def main() -> None:
         print(f"scale-out: recording on, PostgreSQL + local blob store shared, {os.cpu_count()} cores, "
               f"{GENERATORS} load generator processes; real-time steps {steps} x {args.seconds:.0f} s, "
               f"held = no frame lost and rtt p99 < {args.p99_ms:.0f} ms")
-        figures: dict[int, tuple[float, int]] = {}
+        figures: dict[int, list[tuple[float, int]]] = {1: [], 2: []}
         with ProcessPoolExecutor(GENERATORS) as pool:
-            for replicas in (1, 2):
-                urls = [f"ws://127.0.0.1:{port}/resources/bench{QUERY}" for port in ports[:replicas]]
-                measure_accept(pool, urls, 20 * replicas * GENERATORS, 4)  # warm-up: pools, caches, imports
-                realtime_worker(urls, 4 * replicas, 2.0, 0)
-                time.sleep(2)
-                held, lines = measure_held(pool, urls, steps, args.seconds, args.p99_ms)
-                time.sleep(3)
-                rate, failed = measure_accept(pool, urls, args.accept, args.concurrency)
-                figures[replicas] = (rate, held)
-                print(f"  {replicas} process{'es' if replicas > 1 else ''}: {rate:7.1f} sessions/s accepted "
-                      f"({failed} failed), {held} concurrent real-time sessions held", flush=True)
-                for line in lines:
-                    print(line, flush=True)
-                time.sleep(3)
+            for round_no in range(1, args.rounds + 1):
+                for replicas in (1, 2):
+                    urls = [f"ws://127.0.0.1:{port}/resources/bench{QUERY}" for port in ports[:replicas]]
+                    measure_accept(pool, urls, 20 * replicas * GENERATORS, 4)  # warm-up: pools, caches, imports
+                    realtime_worker(urls, 4 * replicas, 2.0, 0)
+                    time.sleep(2)
+                    held, lines = measure_held(pool, urls, steps, args.seconds, args.p99_ms)
+                    time.sleep(3)
+                    rate, failed = measure_accept(pool, urls, args.accept, args.concurrency)
+                    figures[replicas].append((rate, held))
+                    print(f"  round {round_no}, {replicas} process{'es' if replicas > 1 else ''}: {rate:7.1f} "
+                          f"sessions/s accepted ({failed} failed), {held} concurrent real-time sessions held",
+                          flush=True)
+                    for line in lines:
+                        print(line, flush=True)
+                    time.sleep(3)
         with psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={DB_NAME}") as conn:
             row = conn.execute("SELECT count(*), count(*) FILTER (WHERE state = 'complete') FROM recordings")
             recorded, complete = row.fetchone() or (0, 0)
-        (rate1, held1), (rate2, held2) = figures[1], figures[2]
+        rate1, held1 = (statistics.median(f[i] for f in figures[1]) for i in (0, 1))
+        rate2, held2 = (statistics.median(f[i] for f in figures[2]) for i in (0, 1))
+        print(f"medians of {args.rounds} rounds: 1 process {rate1:.1f} sessions/s, {held1:.0f} held; "
+              f"2 processes {rate2:.1f} sessions/s, {held2:.0f} held")
         print(f"ratio two/one: accept x{rate2 / rate1:.2f}, held x{(held2 / held1) if held1 else float('nan'):.2f}")
         stored = sum(p.stat().st_size for p in (work / "blobs").rglob("*") if p.is_file())
         print(f"recordings: {recorded} rows ({complete} complete), {stored / 1024 / 1024:.1f} MiB sealed")
