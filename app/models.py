@@ -4,6 +4,7 @@ import app.audit.models  # noqa: F401 - registers the audit tables
 from app.access.models import AccessRequest, AccessRequestItem
 from app.access.saw.models import Saw  # noqa: F401 - registers the SAW registry
 from app.capture.models import Recording
+from app.console.models import ConsoleSessionRow  # noqa: F401 - registers console sessions
 from app.db import Base
 from app.identity.staff.models import Staff, StaffRole, Team, TeamManager  # noqa: F401 - staff directory
 from app.resources.models import Resource
