@@ -43,6 +43,14 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy async URL (`postgresql+asyncpg://...`); unset = SQLite in the data dir.",
     )
+    database_pool_size: int = Field(
+        default=10, ge=1, le=100,
+        description="PostgreSQL connections each process keeps open (serve, worker). Every replica of every "
+        "region shares one server: replicas x (pool size + overflow) must stay under its max_connections.",
+    )
+    database_max_overflow: int = Field(
+        default=20, ge=0, le=200, description="PostgreSQL connections a process may open beyond the pool at peaks.",
+    )
     regions: list[RegionSettings] = Field(
         default_factory=_default_regions,
         description="Configured regions (JSON list). A resource's region must be one of these (C3).",

@@ -109,7 +109,8 @@ def create_app(
 ) -> FastAPI:
     """Build the service. Nothing is global: tests build as many apps as they like."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(settings.resolved_database_url)
+    engine = create_engine(settings.resolved_database_url, pool_size=settings.database_pool_size,
+                           max_overflow=settings.database_max_overflow)
     clock = clock or SystemClock()
     ctx = AppContext(
         settings=settings,

@@ -47,3 +47,43 @@ def test_embedded_default_signs_in_with_the_dev_issuer_and_production_does_not(t
     production = Settings(data_dir=tmp_path, database_url="postgresql+asyncpg://db/voicelog")
     assert not production.identity.dev_issuer_enabled
     assert production.identity.issuer is None  # nothing configured: every authenticated API answers 401
+
+
+async def test_a_replica_never_holds_more_postgresql_connections_than_its_pool_allows(
+    tmp_path: Path, request: pytest.FixtureRequest,
+) -> None:
+    """The connection budget of DEPLOY.md: pool size + overflow per process, whatever the concurrency."""
+    import asyncio
+
+    import psycopg
+    from sqlalchemy import text
+
+    from app.main import create_app
+    from tests.fixtures.database import PG_HOST, PG_PORT, PG_USER, create_pg_database, drop_pg_database, worker_id
+
+    name = f"voicelog_pool_{worker_id(request.config)}"
+    url = create_pg_database(name)
+    app = create_app(Settings(data_dir=tmp_path, database_url=url, database_pool_size=2, database_max_overflow=1,
+                              standin_enabled=False, demo_resource=False))
+    engine = app.state.ctx.engine
+    seen: list[int] = []
+
+    async def query() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT pg_sleep(0.3)"))
+
+    def backends() -> int:
+        with psycopg.connect(f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname=postgres") as conn:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone()
+            return int(row[0]) if row else 0
+
+    try:
+        work = asyncio.gather(*(query() for _ in range(9)))  # three waves of three
+        while not work.done():
+            seen.append(await asyncio.to_thread(backends))
+            await asyncio.sleep(0.05)
+        await work
+    finally:
+        await engine.dispose()
+        drop_pg_database(name)
+    assert max(seen) == 3

@@ -91,7 +91,8 @@ def report(first: FromOption, last: ToOption, fmt: FormatOption = ReportFormat.J
 
     async def main() -> tuple[bytes, bytes]:
         settings, audit, _ = _settings()
-        engine = create_engine(settings.resolved_database_url)
+        engine = create_engine(settings.resolved_database_url, pool_size=settings.database_pool_size,
+                               max_overflow=settings.database_max_overflow)
         try:
             factory = create_session_factory(engine)
             runtime = AuditRuntime.from_settings(audit, settings.data_dir)
@@ -156,7 +157,8 @@ async def run_worker(settings: Settings, audit_settings: AuditSettings, retentio
     clock = SystemClock()
     registry = CollectorRegistry(auto_describe=True)
     tracing = Tracing(settings.tracing, version=__version__)
-    engine = create_engine(settings.resolved_database_url)
+    engine = create_engine(settings.resolved_database_url, pool_size=settings.database_pool_size,
+                           max_overflow=settings.database_max_overflow)
     stores = RegionRouter.from_settings(settings.regions, settings.storage, clock=clock)
     keyrings = build_keyrings(settings.vault, keyvault_urls={r.name: r.keyvault_url for r in settings.regions},
                               data_dir=settings.data_dir, clock=clock)
