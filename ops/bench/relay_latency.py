@@ -51,21 +51,32 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise RuntimeError(f"port {port} did not open")
 
 
+WARMUP_FRAMES = 2000 // FRAME_MS  # a session's first 2 s: its own set-up, and the other sessions' starting
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return statistics.quantiles(values, n=1000)[int(q * 1000) - 1] if len(values) > 1 else values[0]
+
+
 @dataclass
 class Result:
     rtts_ms: list[float]
     frames_sent: int
     frames_lost: int
     cpu_s: float
+    steady_ms: list[float]  # only frames sent after each session's first WARMUP_FRAMES
 
     def pct(self, q: float) -> float:
-        if not self.rtts_ms:
-            return float("nan")
-        return statistics.quantiles(self.rtts_ms, n=1000)[int(q * 1000) - 1] if len(self.rtts_ms) > 1 \
-            else self.rtts_ms[0]
+        return percentile(self.rtts_ms, q)
+
+    def steady_pct(self, q: float) -> float:
+        return percentile(self.steady_ms, q)
 
 
-async def one_session(url: str, seconds: float, rtts: list[float], counts: list[int], start_delay: float) -> None:
+async def one_session(url: str, seconds: float, rtts: list[float], counts: list[int], start_delay: float,
+                      steady: list[float] | None = None) -> None:
     await asyncio.sleep(start_delay)
     audio = base64.b64encode(os.urandom(FRAME_BYTES)).decode()
     sent_at: dict[int, float] = {}
@@ -77,6 +88,8 @@ async def one_session(url: str, seconds: float, rtts: list[float], counts: list[
                 sent = sent_at.pop(seq, None)
                 if sent is not None:
                     rtts.append((now - sent) * 1000)
+                    if steady is not None and seq >= WARMUP_FRAMES:
+                        steady.append(rtts[-1])
 
         reading = asyncio.create_task(reader())
         loop = asyncio.get_running_loop()
@@ -97,17 +110,18 @@ async def one_session(url: str, seconds: float, rtts: list[float], counts: list[
 def run_load(url: str, sessions: int, seconds: float, proxy: psutil.Process | None) -> Result:
     async def main() -> Result:
         rtts: list[float] = []
+        steady: list[float] = []
         counts = [0, 0]
         cpu0 = proxy.cpu_times() if proxy else None
-        await asyncio.gather(*(one_session(url, seconds, rtts, counts, i * FRAME_MS / 1000 / max(1, sessions))
-                               for i in range(sessions)))
+        await asyncio.gather(*(one_session(url, seconds, rtts, counts, i * FRAME_MS / 1000 / max(1, sessions),
+                                           steady) for i in range(sessions)))
         cpu = 0.0
         if proxy and cpu0:
             cpu1 = proxy.cpu_times()
             cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
             for child in proxy.children(recursive=True):
                 cpu += sum(child.cpu_times()[:2])
-        return Result(rtts, counts[0], counts[1], cpu)
+        return Result(rtts, counts[0], counts[1], cpu, steady)
 
     return uvloop.run(main())
 

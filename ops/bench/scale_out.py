@@ -41,7 +41,7 @@ from pathlib import Path
 import psycopg
 import uvloop
 from recording_overhead import http
-from relay_latency import FRAME_MS, ROOT, free_port, one_session, wait_port
+from relay_latency import FRAME_MS, ROOT, free_port, one_session, percentile, wait_port
 from websockets.asyncio.client import connect
 
 GENERATORS = 2
@@ -84,12 +84,6 @@ def accept_worker(urls: list[str], count: int, concurrency: int, first: int) -> 
         return sum(results), count - sum(results)
 
     return uvloop.run(main())
-
-
-def percentile(values: list[float], q: float) -> float:
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=1000)[int(q * 1000) - 1]
 
 
 def measure_accept(pool: ProcessPoolExecutor, urls: list[str], total: int, concurrency: int) -> tuple[float, int]:
