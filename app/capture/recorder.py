@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -140,6 +142,9 @@ class Recorder:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._last_heartbeat = 0.0
         self._last_recovery = 0.0
+        # One thread seals for every recording: a segment takes well under a millisecond, and each extra
+        # thread doing Python work is one more contender for the GIL the relay's event loop needs.
+        self._sealer: ThreadPoolExecutor | None = None
 
     # --- the relay's side (no I/O) -----------------------------------------------------------------
 
@@ -153,7 +158,9 @@ class Recorder:
             buffer=FrameBuffer(budget=self.budget, session_cap=self.settings.session_cap_bytes),
             key=RecordingKey(info.request_id, info.started_at),
             opened_mono=time.monotonic(),
-            last_seal_mono=time.monotonic(),
+            # A random phase: calls that start together (a load test, the top of the hour) would otherwise
+            # seal together every segment, and that burst of sealing delays every relayed frame at once.
+            last_seal_mono=time.monotonic() - random.uniform(0, self.settings.segment_seconds),  # noqa: S311
         )
         self.live[info.request_id] = recording
         self.metrics.active.set(len(self.live))
@@ -181,6 +188,9 @@ class Recorder:
         for task in self._inflight.values():
             task.cancel()
         await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        if self._sealer is not None:
+            self._sealer.shutdown(wait=False, cancel_futures=True)
+            self._sealer = None
 
     async def run(self) -> None:
         """Each tick, every recording gets one step; steps run side by side, so one slow region or
@@ -336,7 +346,10 @@ class Recorder:
         items, size = recording.buffer.take()
         final = recording.closed
         end = recording.end if final else None
-        sealed = await asyncio.to_thread(lambda: writer.seal(encode_items(items, end), final=final))
+        if self._sealer is None:
+            self._sealer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder-sealer")
+        sealed = await asyncio.get_running_loop().run_in_executor(
+            self._sealer, lambda: writer.seal(encode_items(items, end), final=final))
         recording.pending.append((sealed, size))
         recording.last_seal_mono = now
         self.metrics.sealed_bytes.inc(len(sealed))
