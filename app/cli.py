@@ -18,6 +18,7 @@ from app.audit.cli import audit_cli
 from app.config import Settings
 from app.db import create_engine, create_session_factory
 from app.errors import AppError
+from app.heap import settle_after_startup
 from app.identity.cli import dev_cli
 from app.identity.staff.cli import staff_cli, teams_cli
 from app.logs import configure_logging, get_logger
@@ -46,9 +47,15 @@ log = get_logger("voicelog.cli")
 class DrainingServer(uvicorn.Server):
     """uvicorn closes WebSockets with 1012 at once on SIGTERM; we first let live sessions finish."""
 
-    def __init__(self, config: uvicorn.Config, drain_timeout: float) -> None:
+    def __init__(self, config: uvicorn.Config, drain_timeout: float, *, settle_heap: bool = False) -> None:
         super().__init__(config)
         self.drain_timeout = drain_timeout
+        self.settle_heap = settle_heap
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.settle_heap:  # the process's own server only: a test process builds many apps
+            settle_after_startup()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
@@ -68,7 +75,8 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def build_server(settings: Settings, host: str, port: int, app: FastAPI | None = None) -> DrainingServer:
+def build_server(settings: Settings, host: str, port: int, app: FastAPI | None = None, *,
+                 settle_heap: bool = False) -> DrainingServer:
     """uvicorn tuned for the relay: uvloop, no per-message deflate, our own (redacted) logging."""
     from app.main import create_app
 
@@ -88,7 +96,7 @@ def build_server(settings: Settings, host: str, port: int, app: FastAPI | None =
         proxy_headers=False,  # the peer address is what SAW trust checks; never taken from a header
         timeout_graceful_shutdown=int(settings.relay_drain_timeout_s) + 15,
     )
-    return DrainingServer(config, settings.relay_drain_timeout_s)
+    return DrainingServer(config, settings.relay_drain_timeout_s, settle_heap=settle_heap)
 
 
 @cli.command()
@@ -102,7 +110,7 @@ def serve(
     if settings.embedded:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         migrate.upgrade(settings.resolved_database_url)
-    server = build_server(settings, host or settings.host, settings.port if port is None else port)
+    server = build_server(settings, host or settings.host, settings.port if port is None else port, settle_heap=True)
     server.run()
 
 
