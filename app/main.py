@@ -42,6 +42,7 @@ from app.identity.routes import include_dev_routes
 from app.identity.staff.routes import router as staff_router
 from app.identity.tokens import build_token_verifier
 from app.logs import get_logger
+from app.loop_lag import LoopLagMonitor
 from app.metrics import Metrics
 from app.relay.routes import Relay
 from app.relay.routes import router as relay_router
@@ -129,6 +130,7 @@ def create_app(
                         stores=stores, session_factory=ctx.session_factory,
                         metrics=CaptureMetrics(ctx.metrics.registry))
     tracing = Tracing(settings.tracing, version=__version__)
+    loop_lag = LoopLagMonitor(ctx.metrics.registry)
     relay = Relay(ctx, tap_factory or recorder, tracing)
     access = AccessContext(
         directory=StaffRecords(), saws=SawRegistry(), limiter=ReadLimiter(),
@@ -166,6 +168,7 @@ def create_app(
         except StorageError:
             # C8: a region's store being down never keeps the relay from starting; /readyz says so.
             log.warning("storage.prepare_failed")
+        loop_lag.start()
         consents.start(ctx.session_factory)
         chain_keeper.start()
         verifier.start()
@@ -186,6 +189,7 @@ def create_app(
             await chain_keeper.stop()
             await access.notifier.stop()
             await consents.stop()
+            await loop_lag.stop()
             await keyrings.aclose()
             await stores.close()
             if standin_server is not None:

@@ -1,0 +1,43 @@
+"""Event-loop lag: how late a 100 ms timer fires. Every relayed frame waits at least that long too.
+
+A relay's added latency is, at its worst, the time its event loop spends not reading sockets: a burst of
+work on the loop, the garbage collector, or another thread holding the GIL. This measures it directly, in
+production, as `voicelog_event_loop_lag_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from prometheus_client import CollectorRegistry, Histogram
+
+PERIOD_S = 0.1
+
+
+class LoopLagMonitor:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.lag = Histogram(
+            "voicelog_event_loop_lag_seconds",
+            f"How late a {PERIOD_S * 1000:.0f} ms timer on the event loop fired (frames wait as long).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=registry,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + PERIOD_S
+            await asyncio.sleep(PERIOD_S)
+            self.lag.observe(max(0.0, loop.time() - due))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="loop-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
