@@ -6,7 +6,9 @@ directions carry real-time audio. The same relay process serves two resources: o
 store). Prints round-trip p50/p99, the p99 of the steady state (frames sent after each session's first
 2 s, so the burst of sessions starting is left out), the latency recording adds, the relay's CPU seconds
 per session-minute for each, the ratio, and the recorder's backlog (bytes held in memory) during and after
-the run, which must not grow. Figures are printed, never asserted.
+the run, which must not grow, the relay process's peak RSS, and how often its event loop was more than
+10 ms and 50 ms late (`voicelog_event_loop_lag_seconds`, a 100 ms timer). Figures are printed, never
+asserted.
 
     .venv/bin/python ops/bench/recording_overhead.py [--sessions 200] [--seconds 20]
 """
@@ -44,6 +46,21 @@ def backlog_bytes(port: int) -> float:
         text = response.read().decode()
     match = re.search(r"^voicelog_recorder_backlog_bytes ([0-9.e+]+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else float("nan")
+
+
+def loop_lag_buckets(port: int) -> dict[float, float]:
+    """The relay's `voicelog_event_loop_lag_seconds` histogram: cumulative counts by upper bound."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {float(le): float(n) for le, n in
+            re.findall(r'^voicelog_event_loop_lag_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)$', text, re.MULTILINE)}
+
+
+def late_share(before: dict[float, float], after: dict[float, float], bound: float) -> str:
+    """Timer firings during the run that were later than `bound`, as 'n/total'."""
+    total = after[float("inf")] - before.get(float("inf"), 0.0)
+    within = after[bound] - before.get(bound, 0.0)
+    return f"{total - within:.0f}/{total:.0f}"
 
 
 def main() -> None:
@@ -90,27 +107,32 @@ def main() -> None:
         print(f"recording overhead: {args.sessions} sessions x {args.seconds:.0f} s, 20 ms pcm16 24 kHz frames "
               f"each way, {os.cpu_count()} cores")
         print(f"{'mode':>9} {'rtt p50':>8} {'rtt p99':>8} {'steady p99':>10} {'cpu s/session-min':>18} "
-              f"{'backlog max':>12}")
+              f"{'backlog max':>12} {'relay RSS max':>14} {'loop >10 ms':>13} {'loop >50 ms':>13}")
         results: dict[str, Result] = {}
         for mode in ("plain", "recorded"):
-            peak = [0.0]
+            peak = [0.0, 0.0]  # recorder backlog, relay RSS
             stop = threading.Event()
 
             def watch(peak: list[float] = peak, stop: threading.Event = stop) -> None:
                 while not stop.is_set():
                     peak[0] = max(peak[0], backlog_bytes(relay_port))
+                    peak[1] = max(peak[1], process.memory_info().rss)
                     stop.wait(0.5)
 
             watcher = threading.Thread(target=watch, daemon=True)
+            lag_before = loop_lag_buckets(relay_port)
             watcher.start()
             result = run_load(f"ws://127.0.0.1:{relay_port}/resources/{mode}{query}", args.sessions, args.seconds,
                               process)
             stop.set()
             watcher.join()
+            lag_after = loop_lag_buckets(relay_port)
             results[mode] = result
             cpu = result.cpu_s / (args.sessions * args.seconds / 60)
             print(f"{mode:>9} {result.pct(0.5):>7.2f}ms {result.pct(0.99):>7.2f}ms {result.steady_pct(0.99):>8.2f}ms "
-                  f"{cpu:>18.3f} {peak[0] / 1024:>9.0f} KiB", flush=True)
+                  f"{cpu:>18.3f} {peak[0] / 1024:>9.0f} KiB {peak[1] / 2**20:>10.0f} MiB "
+                  f"{late_share(lag_before, lag_after, 0.01):>13} {late_share(lag_before, lag_after, 0.05):>13}",
+                  flush=True)
             time.sleep(3)
         plain, recorded = results["plain"], results["recorded"]
         print(f"recording adds: p99 {recorded.pct(0.99) - plain.pct(0.99):+.2f} ms, steady p99 "
