@@ -293,3 +293,28 @@ def test_migration_runs_as_a_pre_upgrade_hook_after_its_secrets(
 def test_render_refuses_constructs_outside_the_subset() -> None:
     with pytest.raises(AssertionError, match="outside the chart's subset"):
         render("{{ if .Values.x }}a{{ end }}", chart_scope())
+
+
+# Azure Database for PostgreSQL Flexible Server: default max_connections less the 15 Azure reserves.
+USER_CONNECTIONS = {"Standard_D2ds_v5": 844, "Standard_D4ds_v5": 1703, "Standard_D8ds_v5": 3422,
+                    "Standard_D16ds_v5": 4985}
+
+
+def test_a_full_scale_region_fits_the_default_database_tier_connection_budget(
+    objects: dict[tuple[str, str], dict[str, Any]], values: dict[str, Any]
+) -> None:
+    """Every pod may hold pool + overflow connections; at maxReplicas they must fit the server's limit."""
+    env = {e["name"]: e.get("value") for e in container(objects)["env"]}
+    per_pod = int(env["VOICELOG_DATABASE_POOL_SIZE"]) + int(env["VOICELOG_DATABASE_MAX_OVERFLOW"])
+    sku = re.search(r"param skuName string = '([^']+)'", (ROOT / "ops" / "deploy" / "postgres.bicep").read_text())
+    assert sku is not None
+    assert values["autoscaling"]["maxReplicas"] * per_pod <= USER_CONNECTIONS[sku.group(1)]
+
+
+def test_the_memory_limit_leaves_room_for_the_recorder_cap(objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+    from app.capture.settings import CaptureSettings
+
+    limit = container(objects)["resources"]["limits"]["memory"]
+    units = {"Mi": 2**20, "Gi": 2**30}
+    limit_bytes = int(limit[:-2]) * units[limit[-2:]]
+    assert limit_bytes >= CaptureSettings().process_cap_bytes + 512 * 2**20  # the cap plus the process itself
