@@ -2,7 +2,7 @@
 
 Revision ID: 0008_console_sessions
 Revises: 0007_retention
-Create Date: 2026-12-05
+Create Date: 2026-11-28
 """
 
 from __future__ import annotations
