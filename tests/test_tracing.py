@@ -193,13 +193,13 @@ async def test_sdk_session_and_refusals_are_traced_with_their_outcome(
                     pass
             assert refused.value.response.status_code == status
 
-    sessions = {s.attributes["voicelog.resource"]: s for s in collector.named("relay.session")}
-    assert set(sessions) == {"acme", "nobody", "dead"}
+    sessions = {s.attributes.get("voicelog.resource", "(none)"): s for s in collector.named("relay.session")}
+    assert set(sessions) == {"acme", "(none)", "dead"}  # a name that is no resource is never exported
     sdk = sessions["acme"]
     assert sdk.attributes["voicelog.recording"] is False
     assert sdk.attributes["voicelog.relay.frames_s2c"] >= 1  # session.created at least
     assert sdk.status == StatusProto.STATUS_CODE_UNSET
-    unknown = sessions["nobody"]
+    unknown = sessions["(none)"]
     assert (unknown.attributes["voicelog.relay.refused"], unknown.attributes["http.response.status_code"]) == (
         "resource_not_found", 404)
     assert "voicelog.request_id" not in unknown.attributes  # no session was made
@@ -274,3 +274,32 @@ async def test_tracing_is_off_unless_voicelog_is_given_an_endpoint(
         async with httpx.AsyncClient(base_url=relay.http) as client:
             assert (await client.get("/healthz")).status_code == 200
     assert collector.bodies == []
+
+
+async def test_a_request_target_the_upstream_cannot_take_is_a_clean_refusal_without_the_key_anywhere(
+    tmp_path: Path, standin: StandinHandle, collector: Collector, caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A `#` in the query makes no valid upstream URL; the library's error quotes the URL, credentials too."""
+    import asyncio
+    import base64
+    import logging
+    import os
+
+    caplog.set_level(logging.DEBUG)
+    secret = "CLIENT-KEY-" + os.urandom(6).hex()
+    async with relay_for(tmp_path, standin, tracing=traced(collector)) as relay:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write((f"GET /resources/acme/voice-live/realtime?api-key={secret}#x HTTP/1.1\r\n"
+                      f"Host: 127.0.0.1:{relay.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+    assert status_line.split()[1] == b"400"
+    (span,) = collector.named("relay.session")
+    assert span.attributes["voicelog.relay.refused"] == "bad_request_target"
+    out, err = capfd.readouterr()
+    for where in (collector.raw(), (caplog.text + out + err).encode()):
+        assert secret.encode() not in where

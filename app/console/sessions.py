@@ -25,6 +25,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.console.models import ConsoleSessionRow
 from app.console.sealing import csrf_matches, csrf_token, open_state, row_key, seal_state
 from app.identity.principal import Principal
+from app.logs import get_logger
+
+log = get_logger("voicelog.console")
 
 MAX_ID_LENGTH = 128
 _TOUCHED = "console_sessions_touched"
@@ -194,7 +197,10 @@ class SaveTouchedSessions:
         async def saving(message: Message) -> None:
             if message["type"] == "http.response.start":
                 for store, session in state.pop(_TOUCHED, []):
-                    await store.save(session)
+                    try:
+                        await store.save(session)
+                    except Exception as exc:  # the answer stands (its work is committed); a flash may be lost
+                        log.warning("console.session.save_failed", error=type(exc).__name__)
             await send(message)
 
         await self.app(scope, receive, saving)

@@ -56,7 +56,7 @@ class Relay:
         """One session, traced as one SERVER span from handshake to close (refusals included)."""
         span = self.tracing.tracer.start_span(
             "relay.session", kind=SpanKind.SERVER, context=self.tracing.parent(websocket.scope["headers"]),
-            attributes={"voicelog.resource": resource_name, "voicelog.relay.path": suffix},
+            attributes={"voicelog.relay.path": suffix},  # the resource once it is known: no caller's string
         )
         try:
             with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
@@ -92,13 +92,15 @@ class Relay:
             request_id=request_id,
         )
         bound = log.bind(request_id=request_id, resource=resource.name, path=suffix)
-        span.set_attributes({"voicelog.request_id": request_id, "voicelog.region": resource.region})
+        span.set_attributes({"voicelog.resource": resource.name, "voicelog.request_id": request_id,
+                             "voicelog.region": resource.region})
         if correlation is not None:
             span.set_attribute("voicelog.correlation_id", correlation)
         try:
+            # Never the SDK's automatic status on exception: its description is the exception's message.
             with self.tracing.tracer.start_as_current_span(
                 "relay.upstream.connect", kind=SpanKind.CLIENT, record_exception=False,
-                attributes=upstream_address(resource.upstream_endpoint),
+                set_status_on_exception=False, attributes=upstream_address(resource.upstream_endpoint),
             ) as connect_span:
                 try:
                     upstream = await open_upstream(
@@ -110,6 +112,7 @@ class Relay:
                     )
                 except UpstreamError as exc:
                     connect_span.set_attributes({"error.type": exc.reason, "http.response.status_code": exc.status})
+                    connect_span.set_status(Status(StatusCode.ERROR))
                     raise
         except UpstreamError as exc:
             self.metrics.errors.labels(exc.reason).inc()
@@ -178,12 +181,14 @@ class Relay:
 
     async def _open_tap(self, info: SessionInfo) -> FrameTap | None:
         """C8: the recorder gets a short moment to attach; if it fails or is slow, we relay without it."""
-        with self.tracing.tracer.start_as_current_span("capture.open", record_exception=False) as span:
+        with self.tracing.tracer.start_as_current_span("capture.open", record_exception=False,
+                                                       set_status_on_exception=False) as span:
             try:
                 return await asyncio.wait_for(self.tap_factory.open(info), TAP_OPEN_TIMEOUT_S)
             except Exception as exc:
                 self.metrics.errors.labels("tap_open_failed").inc()
                 span.set_attribute("error.type", type(exc).__name__)
+                span.set_status(Status(StatusCode.ERROR))
                 log.warning("relay.tap.open_failed", request_id=info.request_id)
                 return None
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.typing import Subprotocol
 
 # Hop-by-hop and handshake headers are the relay's own; everything else (api-key, Authorization,
@@ -100,3 +100,7 @@ async def open_upstream(
         raise UpstreamError("upstream_bad_handshake", 502) from exc
     except OSError as exc:
         raise UpstreamError("upstream_unreachable", 502) from exc
+    except InvalidURI as exc:  # the client's query made no valid URL (e.g. a `#`): its message holds the query
+        raise UpstreamError("bad_request_target", 400) from exc
+    except Exception as exc:  # anything else the library raises: a refusal, never a traceback with the URL
+        raise UpstreamError("upstream_failed", 502) from exc

@@ -169,7 +169,8 @@ class RetentionScheduler:
     async def _run(self, job: ScheduledJob) -> JobOutcome:
         """A run that got past the locks, as one span (a new trace: a job has no caller)."""
         with self.tracer.start_as_current_span("scheduler.job", context=trace.set_span_in_context(trace.INVALID_SPAN),
-                                               attributes={"voicelog.job": job.name}, record_exception=False) as span:
+                                               attributes={"voicelog.job": job.name}, record_exception=False,
+                                               set_status_on_exception=False) as span:
             outcome = await self._run_untraced(job)
             span.set_attributes({"voicelog.job.outcome": outcome.outcome, "voicelog.job.items": outcome.items})
             if outcome.error is not None:

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.tracing.provider import Tracing
 
 UNMATCHED = "(unmatched)"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 
 
 def route_template(scope: Scope) -> str:
@@ -38,6 +39,7 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
         method = scope.get("method", "GET")
+        method = method if method in KNOWN_METHODS else "_OTHER"  # a caller's arbitrary token stays out
         status = 500
         span = self.tracing.tracer.start_span(
             f"{method} {UNMATCHED}", kind=SpanKind.SERVER, context=self.tracing.parent(scope["headers"]),

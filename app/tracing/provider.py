@@ -74,5 +74,5 @@ class Tracing:
             return
         try:
             await asyncio.wait_for(asyncio.to_thread(self._provider.shutdown), self.settings.export_timeout_s + 1)
-        except (TimeoutError, OSError):
-            log.warning("tracing.shutdown_incomplete")
+        except Exception as exc:  # spans lost at shutdown must never keep the process from stopping
+            log.warning("tracing.shutdown_incomplete", error=type(exc).__name__)

@@ -336,3 +336,19 @@ def test_the_csrf_token_is_bound_to_the_session_id() -> None:
     assert csrf_token(one) == csrf_token(one)
     assert csrf_token(one) != csrf_token(other)
     assert one not in csrf_token(one)
+
+
+async def test_a_page_is_still_answered_when_saving_its_session_fails(
+    replica: RelayHandle, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The save happens as the answer starts; a database blip then costs the seen time, not a 500."""
+    signed = await sign_in_over_http(replica.http, f"gus-{uuid4().hex[:6]}")
+
+    async def unreachable(self: SessionStore, *_args: object, **_kwargs: object) -> None:
+        raise ConnectionRefusedError("database down")
+
+    monkeypatch.setattr(SessionStore, "save", unreachable)
+    async with httpx.AsyncClient(base_url=replica.http) as client:
+        page = await client.get("/console/customer", headers=with_cookie(COOKIE, signed.cookie))
+    assert page.status_code == 200
+    assert "gus-" in page.text
