@@ -18,8 +18,8 @@ targetScope = 'resourceGroup'
 param serverName string
 param location string = resourceGroup().location
 
-@description('Compute: General Purpose D4ds_v5 (4 vCores, 16 GiB) carries 10,000 concurrent sessions per region for two regions; docs/DEPLOY.md, "Capacity".')
-param skuName string = 'Standard_D4ds_v5'
+@description('Compute: General Purpose D8ds_v5 (8 vCores, 32 GiB, 3,422 user connections) carries one region at 10,000 concurrent sessions (200 pods x 12 connections), or two at a realistic recorded share; docs/DEPLOY.md, "Capacity".')
+param skuName string = 'Standard_D8ds_v5'
 
 @allowed([
   'GeneralPurpose'
