@@ -21,7 +21,14 @@ from app.audit.checkpoints import Checkpoint, FileCheckpointSink
 from app.audit.jobs import ChainKeeper, run_verification
 from app.audit.keys import FileKeyring, PublicKeySet
 from app.audit.reports.entries import Period
-from app.audit.reports.service import ReportFormat, ReportKind, generate_report, verify_report
+from app.audit.reports.service import (
+    ReportFormat,
+    ReportKind,
+    ReportOutput,
+    SignedReportOutput,
+    generate_report,
+    verify_report,
+)
 from app.audit.reports.signing import report_content
 from app.audit.runtime import AuditRuntime
 from app.audit.settings import AuditSettings
@@ -111,7 +118,7 @@ def verify(
 
 def _report(kind: ReportKind, first: date, last: date, fmt: ReportFormat, output: Path | None,
             signature: Path | None) -> None:
-    async def work(factory: async_sessionmaker[AsyncSession], runtime: AuditRuntime) -> tuple[bytes, bytes]:
+    async def work(factory: async_sessionmaker[AsyncSession], runtime: AuditRuntime) -> ReportOutput:
         async with factory() as session:
             result = await generate_report(
                 session=session, clock=SystemClock(), keyring=runtime.keyring, kind=kind, fmt=fmt,
@@ -119,21 +126,27 @@ def _report(kind: ReportKind, first: date, last: date, fmt: ReportFormat, output
                 retention_days=runtime.settings.retention_days,
             )
             await session.rollback()
-        sidecar = (json.dumps(result.signed.sidecar(), indent=2, sort_keys=True) + "\n").encode()
-        return result.body(), sidecar
+        return result
 
-    body, sidecar = _run(work)
+    write_signed_report(_run(work), output, signature)
+
+
+def write_signed_report(result: SignedReportOutput, output: Path | None, signature: Path | None) -> None:
+    """The report to `output` (stdout if none); a CSV's signed envelope beside it as `<output>.sig.json`,
+    to `signature`, or to stderr when the report went to stdout."""
+    body = result.body()
     if output is None:
         sys.stdout.buffer.write(body)
         sys.stdout.buffer.flush()
     else:
         output.write_bytes(body)
-    if fmt is ReportFormat.CSV:
+    if result.fmt is ReportFormat.CSV:
+        sidecar = json.dumps(result.signed.sidecar(), indent=2, sort_keys=True) + "\n"
         target = signature or (output.with_name(output.name + ".sig.json") if output is not None else None)
         if target is None:
-            typer.echo(sidecar.decode(), err=True)
+            typer.echo(sidecar, err=True)
         else:
-            target.write_bytes(sidecar)
+            target.write_text(sidecar)
 
 
 FromOption = Annotated[str, typer.Option("--from", help="First day (UTC), YYYY-MM-DD, included.")]

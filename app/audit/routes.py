@@ -13,7 +13,13 @@ from app.audit.actions import Actor
 from app.audit.checkpoints import list_checkpoints
 from app.audit.jobs import publish
 from app.audit.reports.entries import Period
-from app.audit.reports.service import ReportFormat, ReportKind, generate_report, verify_report
+from app.audit.reports.service import (
+    ReportFormat,
+    ReportKind,
+    SignedReportOutput,
+    generate_report,
+    verify_report,
+)
 from app.audit.reports.signing import report_content
 from app.audit.runtime import AuditRuntime, get_audit_runtime
 from app.audit.schemas import (
@@ -78,13 +84,17 @@ async def _report(
         params=runtime.review_params, retention_days=runtime.settings.retention_days,
         requested_by=Actor.staff(auditor.subject),
     )
-    if fmt is ReportFormat.JSON:
+    return signed_report_response(output, f"{kind.value}_{first.isoformat()}_{last.isoformat()}")
+
+
+def signed_report_response(output: SignedReportOutput, name: str) -> Response:
+    """JSON: the signed document. CSV: the signed bytes as `<name>.csv`, envelope and signature in headers."""
+    if output.fmt is ReportFormat.JSON:
         return Response(output.body(), media_type=output.media_type)
     sidecar = output.signed.sidecar()
     envelope = base64.urlsafe_b64encode(json.dumps(sidecar["envelope"], sort_keys=True).encode()).decode()
-    filename = f"{kind.value}_{first.isoformat()}_{last.isoformat()}.csv"
     return Response(output.body(), media_type=output.media_type, headers={
-        "content-disposition": f'attachment; filename="{filename}"',
+        "content-disposition": f'attachment; filename="{name}.csv"',
         "x-audit-report-envelope": envelope,
         "x-audit-report-key-id": output.signed.key_id,
         "x-audit-report-signature": str(output.signed.signature_json()["value"]),

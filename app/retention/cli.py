@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
-import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import date
 from pathlib import Path
@@ -21,9 +19,11 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from app.audit.actions import Actor
+from app.audit.cli import write_signed_report
 from app.audit.reports.entries import Period
+from app.audit.reports.service import ReportFormat, SignedReportOutput
 from app.errors import AppError
-from app.retention.report import ReportFormat, chain_queued_entries, generate_retention_report
+from app.retention.report import chain_queued_entries, generate_retention_report
 from app.retention.settings import RetentionSettings
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def report(first: FromOption, last: ToOption, fmt: FormatOption = ReportFormat.J
 
     period = Period(_day(first), _day(last))
 
-    async def main() -> tuple[bytes, bytes]:
+    async def main() -> SignedReportOutput:
         settings, audit, _ = _settings()
         engine = create_engine(settings.resolved_database_url, pool_size=settings.database_pool_size,
                                max_overflow=settings.database_max_overflow)
@@ -105,21 +105,9 @@ def report(first: FromOption, last: ToOption, fmt: FormatOption = ReportFormat.J
                 await session.commit()
         finally:
             await engine.dispose()
-        sidecar = (json.dumps(result.signed.sidecar(), indent=2, sort_keys=True) + "\n").encode()
-        return result.body(), sidecar
+        return result
 
-    body, sidecar = _run(main)
-    if output is None:
-        sys.stdout.buffer.write(body)
-        sys.stdout.buffer.flush()
-    else:
-        output.write_bytes(body)
-    if fmt is ReportFormat.CSV:
-        target = signature or (output.with_name(output.name + ".sig.json") if output is not None else None)
-        if target is None:
-            typer.echo(sidecar.decode(), err=True)
-        else:
-            target.write_bytes(sidecar)
+    write_signed_report(_run(main), output, signature)
 
 
 def worker(

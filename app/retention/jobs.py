@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.jobs import ChainKeeper, run_verification
 from app.audit.reports.entries import Period
+from app.audit.reports.service import ReportFormat
 from app.audit.runtime import AuditRuntime
 from app.capture.models import Recording
 from app.clock import Clock
@@ -27,7 +28,6 @@ from app.retention.models import RetentionReport
 from app.retention.orphans import OrphanSweep
 from app.retention.purge import Purger
 from app.retention.report import (
-    ReportFormat,
     chain_queued_entries,
     generate_retention_report,
     overdue_counts,

@@ -10,11 +10,8 @@ verifier is not asked to recompute the storage columns; the audit columns recomp
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from dataclasses import dataclass
 from datetime import date, datetime
-from enum import StrEnum
 from typing import Final
 
 from sqlalchemy import select
@@ -25,7 +22,8 @@ from app.audit.canonical import canonical_json, canonical_time
 from app.audit.keys import Keyring
 from app.audit.reports.entries import Period
 from app.audit.reports.retention import RETENTION_CSV_HEADER, build_retention_audit
-from app.audit.reports.signing import SignedReport, json_document, report_content, sign_report, to_csv
+from app.audit.reports.service import ReportFormat, SignedReportOutput
+from app.audit.reports.signing import report_content, sign_report, to_csv
 from app.audit.service import ChainHead, append_entry, integrate_pending, read_chain_head
 from app.capture.models import Recording
 from app.clock import Clock
@@ -36,28 +34,6 @@ REPORT_KIND: Final = "retention_storage"
 AUDIT_REPORT_KIND: Final = "retention"  # the kind `report.generated` entries name
 CSV_HEADER: Final = (*RETENTION_CSV_HEADER, "blobs_pending")
 PENDING_LISTED: Final = 1000
-
-
-class ReportFormat(StrEnum):
-    JSON = "json"
-    CSV = "csv"
-
-
-@dataclass(frozen=True)
-class RetentionReportOutput:
-    fmt: ReportFormat
-    report: dict[str, JSONValue]
-    signed: SignedReport
-
-    @property
-    def media_type(self) -> str:
-        return "application/json" if self.fmt is ReportFormat.JSON else "text/csv; charset=utf-8"
-
-    def body(self) -> bytes:
-        """JSON: the whole signed document. CSV: the signed CSV bytes (the envelope travels beside them)."""
-        if self.fmt is ReportFormat.JSON:
-            return (json.dumps(json_document(self.report, self.signed), indent=2, sort_keys=True) + "\n").encode()
-        return self.signed.content
 
 
 async def chain_queued_entries(session_factory: async_sessionmaker[AsyncSession], *, limit: int = 20_000) -> int:
@@ -130,7 +106,7 @@ async def generate_retention_report(
     fmt: ReportFormat,
     retention_days: int,
     requested_by: Actor | None = None,
-) -> RetentionReportOutput:
+) -> SignedReportOutput:
     """Compute at the current chain head, sign with the audit key; a person's request is audited."""
     now = clock.now()
     head = await read_chain_head(session)
@@ -144,7 +120,7 @@ async def generate_retention_report(
             detail={"report": AUDIT_REPORT_KIND, "period_from": period.first.isoformat(),
                     "period_to": period.last.isoformat(), "head_seq": head.seq},
         )
-    return RetentionReportOutput(fmt, report, signed)
+    return SignedReportOutput(fmt, report, signed)
 
 
 def within_limit(report: dict[str, JSONValue]) -> bool:
@@ -161,7 +137,7 @@ def overdue_counts(report: dict[str, JSONValue]) -> tuple[int, int]:
     return (recordings if isinstance(recordings, int) else 0, buckets if isinstance(buckets, int) else 0)
 
 
-def stored_report(day: date, output: RetentionReportOutput, generated_at: datetime) -> RetentionReport:
+def stored_report(day: date, output: SignedReportOutput, generated_at: datetime) -> RetentionReport:
     """The row that keeps a day's signed report (JSON)."""
     head = output.signed.envelope["head"]
     seq = head.get("seq") if isinstance(head, dict) else None

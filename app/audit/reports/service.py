@@ -47,8 +47,9 @@ class ReportFormat(StrEnum):
 
 
 @dataclass(frozen=True)
-class ReportOutput:
-    kind: ReportKind
+class SignedReportOutput:
+    """A signed report in the format asked for; every signed report (audit, retention) is served as one."""
+
     fmt: ReportFormat
     report: dict[str, JSONValue]
     signed: SignedReport
@@ -62,6 +63,11 @@ class ReportOutput:
         if self.fmt is ReportFormat.JSON:
             return (json.dumps(json_document(self.report, self.signed), indent=2, sort_keys=True) + "\n").encode()
         return self.signed.content
+
+
+@dataclass(frozen=True)
+class ReportOutput(SignedReportOutput):
+    kind: ReportKind
 
 
 async def compute_report(
@@ -113,7 +119,7 @@ async def generate_report(
             detail={"report": kind.value, "period_from": period.first.isoformat(),
                     "period_to": period.last.isoformat(), "head_seq": head.seq},
         )
-    return ReportOutput(kind, fmt, report, signed)
+    return ReportOutput(fmt=fmt, report=report, signed=signed, kind=kind)
 
 
 @dataclass(frozen=True)
