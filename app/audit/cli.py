@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -65,6 +65,11 @@ def _run(work: Callable[[async_sessionmaker[AsyncSession], AuditRuntime], Awaita
         finally:
             await engine.dispose()
 
+    return run_or_exit(main)
+
+
+def run_or_exit(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """`asyncio.run(main())` for a CLI command: a refusal or an I/O error is one line and exit code 2."""
     try:
         return asyncio.run(main())
     except AppError as exc:
@@ -157,7 +162,7 @@ SignatureOption = Annotated[Path | None, typer.Option(
     "--signature", help="CSV: where the signed envelope goes (default <output>.sig.json, or stderr).")]
 
 
-def _day(text: str) -> date:
+def parse_day(text: str) -> date:
     try:
         return date.fromisoformat(text)
     except ValueError as exc:
@@ -168,14 +173,14 @@ def _day(text: str) -> date:
 def access_review(first: FromOption, last: ToOption, fmt: FormatOption = ReportFormat.JSON,
                   output: OutputOption = None, signature: SignatureOption = None) -> None:
     """Every grant in the period with its reads and anomalies, signed."""
-    _report(ReportKind.ACCESS_REVIEW, _day(first), _day(last), fmt, output, signature)
+    _report(ReportKind.ACCESS_REVIEW, parse_day(first), parse_day(last), fmt, output, signature)
 
 
 @report_cli.command("retention")
 def retention(first: FromOption, last: ToOption, fmt: FormatOption = ReportFormat.JSON,
               output: OutputOption = None, signature: SignatureOption = None) -> None:
     """Per region and day: recordings started and purged, ages at purge, KEKs destroyed, overdue, signed."""
-    _report(ReportKind.RETENTION, _day(first), _day(last), fmt, output, signature)
+    _report(ReportKind.RETENTION, parse_day(first), parse_day(last), fmt, output, signature)
 
 
 @report_cli.command("verify")

@@ -11,18 +11,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Coroutine, Sequence
-from datetime import date
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from app.audit.actions import Actor
-from app.audit.cli import write_signed_report
+from app.audit.cli import (
+    FormatOption,
+    FromOption,
+    OutputOption,
+    SignatureOption,
+    ToOption,
+    parse_day,
+    run_or_exit,
+    write_signed_report,
+)
 from app.audit.reports.entries import Period
 from app.audit.reports.service import ReportFormat, SignedReportOutput
-from app.errors import AppError
 from app.retention.report import chain_queued_entries, generate_retention_report
 from app.retention.settings import RetentionSettings
 
@@ -36,12 +42,6 @@ retention_cli = typer.Typer(help="Retention (C7): what was purged, per region an
 T = TypeVar("T")
 CLI_ACTOR = Actor.system("cli")
 
-FromOption = Annotated[str, typer.Option("--from", help="First day (UTC), YYYY-MM-DD, included.")]
-ToOption = Annotated[str, typer.Option("--to", help="Last day (UTC), YYYY-MM-DD, included.")]
-FormatOption = Annotated[ReportFormat, typer.Option("--format", help="json (signed document) or csv.")]
-OutputOption = Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")]
-SignatureOption = Annotated[Path | None, typer.Option(
-    "--signature", help="CSV: where the signed envelope goes (default <output>.sig.json, or stderr).")]
 
 
 @retention_cli.callback()
@@ -60,24 +60,6 @@ def _settings() -> tuple[Settings, AuditSettings, RetentionSettings]:
             retention if isinstance(retention, RetentionSettings) else RetentionSettings())
 
 
-def _day(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError as exc:
-        raise typer.BadParameter(f"{text!r} is not a date (YYYY-MM-DD)") from exc
-
-
-def _run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    try:
-        return asyncio.run(main())
-    except AppError as exc:
-        typer.echo(f"error: {exc.code}: {exc.detail}", err=True)
-        raise typer.Exit(2) from exc
-    except (OSError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-
-
 @retention_cli.command("report")
 def report(first: FromOption, last: ToOption, fmt: FormatOption = ReportFormat.JSON, output: OutputOption = None,
            signature: SignatureOption = None) -> None:
@@ -87,7 +69,7 @@ def report(first: FromOption, last: ToOption, fmt: FormatOption = ReportFormat.J
     from app.clock import SystemClock
     from app.db import create_engine, create_session_factory
 
-    period = Period(_day(first), _day(last))
+    period = Period(parse_day(first), parse_day(last))
 
     async def main() -> SignedReportOutput:
         settings, audit, _ = _settings()
@@ -107,7 +89,7 @@ def report(first: FromOption, last: ToOption, fmt: FormatOption = ReportFormat.J
             await engine.dispose()
         return result
 
-    write_signed_report(_run(main), output, signature)
+    write_signed_report(run_or_exit(main), output, signature)
 
 
 def worker(
@@ -121,7 +103,7 @@ def worker(
 
     settings, audit, retention = _settings()
     configure_logging(settings.log_level)
-    _run(lambda: run_worker(settings, audit, retention, metrics_port=metrics_port))
+    run_or_exit(lambda: run_worker(settings, audit, retention, metrics_port=metrics_port))
 
 
 async def run_worker(settings: Settings, audit_settings: AuditSettings, retention: RetentionSettings, *,
