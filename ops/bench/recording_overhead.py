@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 
 import psutil
-from relay_latency import ROOT, Result, free_port, run_load, wait_port
+from relay_latency import ROOT, Result, free_port, run_load, stop_processes, wait_port
 
 
 def http(method: str, url: str, token: str, body: dict[str, object] | None = None) -> dict[str, object]:
@@ -142,13 +142,7 @@ def main() -> None:
         stored = sum(p.stat().st_size for p in (work / "data" / "blobs").rglob("*") if p.is_file())
         print(f"stored: {stored / 1024 / 1024:.1f} MiB sealed in the local store")
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs, 30)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -41,6 +41,17 @@ def free_port() -> int:
         return port
 
 
+def stop_processes(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None:
+    """SIGTERM them all (voicelog drains), give each `grace_s` to exit, then SIGKILL what is left."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def wait_port(port: int, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -215,13 +226,7 @@ def main() -> None:
                       f" {result.frames_lost:>5} {cpu:>18.3f}", flush=True)
                 time.sleep(1)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs, 15)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import psycopg
 import uvloop
 from recording_overhead import http
-from relay_latency import FRAME_MS, ROOT, free_port, one_session, percentile, wait_port
+from relay_latency import FRAME_MS, ROOT, free_port, one_session, percentile, stop_processes, wait_port
 from websockets.asyncio.client import connect
 
 GENERATORS = 2
@@ -210,13 +210,7 @@ def main() -> None:
         stored = sum(p.stat().st_size for p in (work / "blobs").rglob("*") if p.is_file())
         print(f"recordings: {recorded} rows ({complete} complete), {stored / 1024 / 1024:.1f} MiB sealed")
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(45)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs, 45)
         shutil.rmtree(work, ignore_errors=True)
         with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
