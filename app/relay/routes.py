@@ -44,13 +44,13 @@ def new_request_id() -> str:
 class Relay:
     """Session admission and bookkeeping; the frame pumps live in RelaySession."""
 
-    def __init__(self, ctx: AppContext, tap_factory: TapFactory, tracing: Tracing | None = None) -> None:
+    def __init__(self, ctx: AppContext, tap_factory: TapFactory, tracing: Tracing) -> None:
         self.ctx = ctx
         self.settings: Settings = ctx.settings
         self.metrics = ctx.metrics.relay
         self.tap_factory = tap_factory
         self.registry = SessionRegistry()
-        self.tracing = tracing or Tracing(ctx.settings.tracing, version="")
+        self.tracing = tracing
 
     async def handle(self, websocket: WebSocket, resource_name: str, suffix: str) -> None:
         """One session, traced as one SERVER span from handshake to close (refusals included)."""
