@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -11,6 +13,7 @@ from uuid import uuid4
 import httpx
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.models import AuditEntryRow, AuditInboxRow
 from app.config import Settings
@@ -195,3 +198,74 @@ async def test_consent_cache_sees_grants_and_withdrawals(api: Api) -> None:
                           headers=api.customer)
     await cache.reload(ctx.session_factory)
     assert cache.lookup(resource_id) is None
+
+
+class SlowReads:
+    """Sessions of the real database that hand their results back only when released: a reload that has
+    read and is slow to finish (a loaded database, a lost thread slice)."""
+
+    def __init__(self, factory: async_sessionmaker[AsyncSession]) -> None:
+        self._factory = factory
+        self.read = asyncio.Event()
+        self.release = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def __call__(self) -> AsyncIterator[AsyncSession]:
+        async with self._factory() as session:
+            yield session
+        self.read.set()
+        await self.release.wait()
+
+    async def reload(self, cache: ConsentCache) -> asyncio.Task[None]:
+        """Start a reload on these sessions; return once it has read the database."""
+        task = asyncio.create_task(cache.reload(self))  # type: ignore[arg-type]
+        await self.read.wait()
+        return task
+
+
+async def test_a_slow_reload_that_read_before_a_grant_does_not_hide_it(api: Api) -> None:
+    """The refresh loop's reload began before the grant; the explicit one after it finished first."""
+    ctx = api.app.state.ctx  # type: ignore[attr-defined]
+    cache = ConsentCache(clock=ctx.clock)
+    ticket = await new_ticket(api)
+    resource_id = (await api.client.get(f"/admin/resources/{api.resource}", headers=ADMIN)).json()["id"]
+    slow = SlowReads(ctx.session_factory)
+    stale = await slow.reload(cache)
+    granted = await api.client.post(f"/customer/resources/{api.resource}/consents", headers=api.customer,
+                                    json={"ticket_id": ticket["id"]})
+    assert granted.status_code == 201
+    await cache.reload(ctx.session_factory)
+    slow.release.set()
+    await stale
+    active = cache.lookup(resource_id)
+    assert active is not None
+    assert active.consent_id == granted.json()["id"]
+
+
+async def test_a_slow_reload_that_read_before_a_withdrawal_does_not_bring_the_consent_back(api: Api) -> None:
+    """The withdrawal on this replica forgets the consent at once (C1); a reload that read the database
+    before the withdrawal committed must not restore it when it finishes."""
+    cache: ConsentCache = api.app.state.consents  # type: ignore[attr-defined]
+    ctx = api.app.state.ctx  # type: ignore[attr-defined]
+    ticket = await new_ticket(api)
+    resource_id = (await api.client.get(f"/admin/resources/{api.resource}", headers=ADMIN)).json()["id"]
+    consent = (await api.client.post(f"/customer/resources/{api.resource}/consents", headers=api.customer,
+                                     json={"ticket_id": ticket["id"]})).json()
+    await cache.reload(ctx.session_factory)
+    assert cache.lookup(resource_id) is not None
+    slow = SlowReads(ctx.session_factory)
+    stale = await slow.reload(cache)
+    withdrawn = await api.client.post(f"/customer/resources/{api.resource}/consents/{consent['id']}/withdraw",
+                                      headers=api.customer)
+    assert withdrawn.status_code == 200
+    assert cache.lookup(resource_id) is None
+    slow.release.set()
+    await stale
+    assert cache.lookup(resource_id) is None
+    await cache.reload(ctx.session_factory)  # a read that began after the withdrawal: the database decides
+    assert cache.lookup(resource_id) is None
+    again = await api.client.post(f"/customer/resources/{api.resource}/consents", headers=api.customer,
+                                  json={"ticket_id": ticket["id"]})
+    assert again.status_code == 201
+    await cache.reload(ctx.session_factory)
+    assert cache.lookup(resource_id) is not None  # forgetting is not a lasting block on the resource
