@@ -6,10 +6,8 @@ recordings within `refresh_s` plus one reload (the documented bound); on this re
 API that withdraws calls `forget`. If the database is unreachable the cache keeps its last view for at
 most `stale_after_s`, then answers "not recording": without a fresh opt-in, nothing is recorded.
 
-Reloads may overlap (the refresh loop and an explicit reload), and a slow one may finish after a newer one
-or after a `forget`. Each reload is numbered when it starts: a snapshot older than the one in force is
-dropped, and a resource forgotten after a reload started stays forgotten in that reload's snapshot, so a
-stale read never brings back a withdrawn consent nor hides a newer grant.
+Reloads may overlap (the refresh loop and an explicit reload); `SnapshotGuard` keeps a slow one from
+bringing back a withdrawn consent or hiding a newer grant.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import Clock
 from app.logs import get_logger
+from app.snapshot_guard import SnapshotGuard
 from app.tickets.service import ActiveConsent, active_consents
 
 log = get_logger("voicelog.consent")
@@ -34,9 +33,7 @@ class ConsentCache:
         self.stale_after_s = stale_after_s
         self._by_resource: dict[str, ActiveConsent] = {}
         self._loaded_at: float | None = None
-        self._reloads_started = 0
-        self._snapshot_started = 0  # the start number of the snapshot in force
-        self._forgotten: dict[str, int] = {}  # resource id -> reloads started when it was forgotten
+        self._guard = SnapshotGuard()
         self._task: asyncio.Task[None] | None = None
 
     def lookup(self, resource_id: str, now: datetime | None = None) -> ActiveConsent | None:
@@ -51,25 +48,18 @@ class ConsentCache:
     def forget(self, resource_id: str) -> None:
         """Called right after this replica committed a withdrawal or a ticket closure."""
         self._by_resource.pop(resource_id, None)
-        self._forgotten[resource_id] = self._reloads_started
+        self._guard.drop(resource_id)
 
     async def reload(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
-        self._reloads_started += 1
-        number = self._reloads_started
+        number = self._guard.begin()
         async with session_factory() as session:
             consents = await active_consents(session=session, now=self._clock.now())
-        if number < self._snapshot_started:
-            return  # a reload that started later has already put a fresher view in force
         by_resource: dict[str, ActiveConsent] = {}
         for consent in consents:  # the earliest consent in force wins, so the choice is stable
             by_resource.setdefault(consent.resource_id, consent)
-        for resource_id, forgotten_at in list(self._forgotten.items()):
-            if forgotten_at >= number:  # forgotten after this read may have begun: it may predate the commit
-                by_resource.pop(resource_id, None)
-            else:  # this read began after the forget, so after the commit: the database has the final word
-                del self._forgotten[resource_id]
+        if not self._guard.accept(number, by_resource):
+            return  # a reload that started later has already put a fresher view in force
         self._by_resource = by_resource
-        self._snapshot_started = number
         self._loaded_at = self._clock.monotonic_ns() / 1e9
 
     async def run(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
