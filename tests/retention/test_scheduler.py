@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from app.retention.jobs import DAILY_REPORT, ORPHAN_SWEEP, PURGE, JobContext, Sc
 from app.retention.locks import exclusive_run
 from app.retention.models import RetentionJobRun, RetentionReport
 from app.retention.report import overdue_counts
-from app.retention.scheduler import build_scheduler
+from app.retention.scheduler import EPOCH, RetentionScheduler, build_scheduler
 from app.retention.settings import RetentionSettings
 from tests.retention.world import LIFETIME, REGIONS, World
 
@@ -35,6 +35,26 @@ async def wait_for(condition: object, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.05)
 
 
+# Every period an hour: with the defaults (a minute) a test would cross a periodic run now and then.
+HOURLY = {"purge_every_s": 3600, "pending_blobs_every_s": 3600, "audit_checkpoint_every_s": 3600,
+          "audit_verify_every_s": 3600}
+
+
+async def start_clear_of_the_grid(scheduler: RetentionScheduler, margin: timedelta = timedelta(seconds=25)) -> None:
+    """Start where no periodic run falls within `margin`, so the only runs a test sees are the catch-up ones.
+
+    APScheduler fires on the wall clock, not the test's clock: a test that happened to cross a grid point
+    would see a second run, legitimately."""
+    now = datetime.now(UTC)
+    wait = timedelta(0)
+    for job in scheduler.jobs:
+        until_next = job.every - (now - (EPOCH + job.offset)) % job.every
+        if until_next < margin:
+            wait = max(wait, until_next + timedelta(seconds=1))
+    await asyncio.sleep(wait.total_seconds())
+    scheduler.start()
+
+
 async def test_down_for_three_days_then_started_catches_up_at_once(world: World) -> None:
     epoch = world.clock.now()
     made = [await world.record(REGIONS[n % 2], epoch + timedelta(hours=5 * n, minutes=7)) for n in range(14)]
@@ -42,8 +62,8 @@ async def test_down_for_three_days_then_started_catches_up_at_once(world: World)
     world.clock.advance(LIFETIME + timedelta(days=3))
     due = [r for r in made if r.bucket_start + LIFETIME <= world.clock.now()]
     assert len(due) == 14
-    scheduler = world.scheduler()
-    scheduler.start()
+    scheduler = world.scheduler(**HOURLY)
+    await start_clear_of_the_grid(scheduler)
     try:
         async def caught_up() -> bool:
             runs = await job_runs(world)
@@ -70,8 +90,8 @@ async def test_down_for_three_days_then_started_catches_up_at_once(world: World)
 
 async def test_jobs_start_at_once_then_run_aligned_and_coalesced(world: World) -> None:
     registry = CollectorRegistry()
-    scheduler = world.scheduler(registry=registry)
-    scheduler.start()
+    scheduler = world.scheduler(registry=registry, **HOURLY)
+    await start_clear_of_the_grid(scheduler)
     try:
         jobs = {job.id: job for job in scheduler.apscheduler_jobs()}
         assert set(jobs) == {j.name for j in scheduler.jobs}
