@@ -133,6 +133,14 @@ class Settings(BaseSettings):
         description="The recorder: segment cadence, memory caps, failure deadlines (`VOICELOG_CAPTURE__*`).",
     )
 
+    # --- resources -----------------------------------------------------------------------------------
+    resource_refresh_s: float = Field(
+        default=5.0, gt=0, le=300,
+        description="How often each replica reloads every resource's routing into memory. Call set-up reads "
+        "only memory; a name not known triggers one early reload. A resource removed on another replica is "
+        "still routed here for at most this long.",
+    )
+
     # --- consent -------------------------------------------------------------------------------------
     consent_refresh_s: float = Field(
         default=2.0, gt=0, le=60,

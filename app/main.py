@@ -48,6 +48,7 @@ from app.relay.routes import Relay
 from app.relay.routes import router as relay_router
 from app.relay.standin.server import Standin
 from app.relay.tap import TapFactory
+from app.resources.directory import ResourceDirectory
 from app.resources.routes import router as resources_router
 from app.resources.schemas import ResourceCreate
 from app.resources.service import add_resource, get_resource_by_name
@@ -131,7 +132,8 @@ def create_app(
                         metrics=CaptureMetrics(ctx.metrics.registry))
     tracing = Tracing(settings.tracing, version=__version__)
     loop_lag = LoopLagMonitor(ctx.metrics.registry)
-    relay = Relay(ctx, tap_factory or recorder, tracing)
+    resources = ResourceDirectory(refresh_s=settings.resource_refresh_s, registry=ctx.metrics.registry)
+    relay = Relay(ctx, tap_factory or recorder, tracing, resources)
     access = AccessContext(
         directory=StaffRecords(), saws=SawRegistry(), limiter=ReadLimiter(),
         metrics=AccessMetrics(ctx.metrics.registry),
@@ -169,6 +171,7 @@ def create_app(
             # C8: a region's store being down never keeps the relay from starting; /readyz says so.
             log.warning("storage.prepare_failed")
         loop_lag.start()
+        await resources.start(ctx.session_factory)
         consents.start(ctx.session_factory)
         chain_keeper.start()
         verifier.start()
@@ -189,6 +192,7 @@ def create_app(
             await chain_keeper.stop()
             await access.notifier.stop()
             await consents.stop()
+            await resources.stop()
             await loop_lag.stop()
             await keyrings.aclose()
             await stores.close()
@@ -214,6 +218,7 @@ def create_app(
     app.state.ctx = ctx
     app.state.relay = relay
     app.state.consents = consents
+    app.state.resources = resources
     app.state.recorder = recorder
     app.state.stores = stores
     app.state.keyrings = keyrings
@@ -242,17 +247,19 @@ def create_app(
 
     @app.get("/readyz", tags=["operations"], summary="Ready to take sessions")
     async def readyz() -> JSONResponse:
-        """503 while draining or when the database (needed to admit a session) is unreachable. Each region's
-        store is reported but does not gate readiness: a store outage only makes recordings incomplete (C8),
-        and taking every replica out of the load balancer for it would stop the calls themselves."""
-        checks: dict[str, str] = {"relay": "draining" if relay.registry.draining else "ok"}
+        """503 while draining, or until the resource directory (which routes every session) has loaded once.
+        The database and each region's store are reported but do not gate readiness: with the directory in
+        memory, calls are admitted and relayed without them, and only recording degrades (C8); taking every
+        replica out of the load balancer for them would stop the calls themselves."""
+        checks: dict[str, str] = {"relay": "draining" if relay.registry.draining else "ok",
+                                  "resources": "ok" if resources.loaded else "not_loaded"}
+        ready = all(v == "ok" for v in checks.values())
         try:
             async with engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
             checks["database"] = "ok"
         except Exception:
             checks["database"] = "unreachable"
-        ready = all(v == "ok" for v in checks.values())
         for region, state in (await stores.check_ready()).items():
             checks[f"storage:{region}"] = state
         return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},

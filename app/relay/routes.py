@@ -22,7 +22,7 @@ from app.relay.registry import SessionRegistry
 from app.relay.session import RelaySession, SessionStats
 from app.relay.tap import Direction, FrameTap, SessionInfo, TapFactory
 from app.relay.upstream import UpstreamError, build_target, open_upstream
-from app.resources.service import get_resource_by_name
+from app.resources.directory import DirectoryUnavailable, ResourceDirectory
 from app.tracing import Tracing
 
 log = get_logger("voicelog.relay")
@@ -44,8 +44,10 @@ def new_request_id() -> str:
 class Relay:
     """Session admission and bookkeeping; the frame pumps live in RelaySession."""
 
-    def __init__(self, ctx: AppContext, tap_factory: TapFactory, tracing: Tracing) -> None:
+    def __init__(self, ctx: AppContext, tap_factory: TapFactory, tracing: Tracing,
+                 resources: ResourceDirectory) -> None:
         self.ctx = ctx
+        self.resources = resources
         self.settings: Settings = ctx.settings
         self.metrics = ctx.metrics.relay
         self.tap_factory = tap_factory
@@ -73,8 +75,13 @@ class Relay:
         if self.registry.draining:
             await self.deny(websocket, 503, "draining", "The relay is shutting down; reconnect.", span=span)
             return
-        async with self.ctx.session_factory() as db:
-            resource = await get_resource_by_name(session=db, name=resource_name)
+        try:
+            resource = await self.resources.find(resource_name, self.ctx.session_factory)
+        except DirectoryUnavailable:
+            self.metrics.errors.labels("resources_unavailable").inc()
+            await self.deny(websocket, 503, "resources_unavailable",
+                            "The relay cannot read its resources yet; retry shortly.", span=span)
+            return
         if resource is None:
             self.metrics.errors.labels("unknown_resource").inc()
             await self.deny(websocket, 404, "resource_not_found", "No such resource.", span=span)

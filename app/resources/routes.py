@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
 from app.deps import AdminDep, ClockDep, SessionDep, SettingsDep
 from app.resources import service
@@ -31,5 +31,10 @@ async def show_resource(name: str, _admin: AdminDep, session: SessionDep) -> Res
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a resource")
-async def delete_resource(name: str, _admin: AdminDep, session: SessionDep, clock: ClockDep) -> None:
+async def delete_resource(name: str, _admin: AdminDep, session: SessionDep, clock: ClockDep,
+                          request: Request) -> None:
+    """Only a resource with no tickets. This replica stops routing its sessions at once, every other
+    replica within `VOICELOG_RESOURCE_REFRESH_S`."""
     await service.remove_resource(session=session, clock=clock, name=name)
+    await session.commit()
+    request.app.state.resources.forget(name)

@@ -93,7 +93,7 @@ async def test_health_readiness_and_metrics(api: httpx.AsyncClient) -> None:
     assert (await api.get("/healthz")).json() == {"status": "ok"}
     ready = await api.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"relay": "ok", "database": "ok", "storage:eastus": "ok",
+    assert ready.json()["checks"] == {"relay": "ok", "resources": "ok", "database": "ok", "storage:eastus": "ok",
                                       "storage:westeurope": "ok"}
     metrics = (await api.get("/metrics")).text
     assert "voicelog_relay_active_sessions" in metrics

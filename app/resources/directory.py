@@ -1,0 +1,132 @@
+"""Where does resource R's session go? Answered from memory, so call set-up needs no database (C8).
+
+Every replica keeps every resource's routing (id, name, region, upstream) in memory, reloaded every
+`refresh_s`. A name it does not know waits for a reload that began after it arrived (one every
+`miss_reload_gap_s` at most, shared by every caller waiting), so a resource registered on another replica
+is found on its first call, and a flood of unknown names costs the database one query per gap. When the
+database is down the last view stays in force: live calls and new calls of known resources go on (only
+recording needs the database, and it degrades on its own, C8). A resource removed on another replica is
+still routed here for at most `refresh_s`; removal is only allowed for a resource with no tickets, so such
+a call is never recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Gauge
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.logs import get_logger
+from app.resources.models import Resource
+from app.snapshot_guard import SnapshotGuard
+
+log = get_logger("voicelog.resources")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayTarget:
+    """The part of a resource the relay needs to admit and route one of its sessions."""
+
+    id: str
+    name: str
+    region: str
+    upstream_endpoint: str
+
+
+class DirectoryUnavailable(Exception):
+    """The directory was never loaded and the database cannot be read: no session can be routed yet."""
+
+
+class ResourceDirectory:
+    def __init__(self, *, refresh_s: float = 5.0, miss_reload_gap_s: float = 0.5,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.refresh_s = refresh_s
+        self.miss_reload_gap_s = miss_reload_gap_s
+        self._by_name: dict[str, RelayTarget] = {}
+        self._loaded = False
+        self._guard = SnapshotGuard()
+        self._miss_reload: asyncio.Task[None] | None = None
+        self._miss_reload_started = -float("inf")
+        self._task: asyncio.Task[None] | None = None
+        self._loaded_at = Gauge(
+            "voicelog_resource_directory_loaded_timestamp_seconds",
+            "When this replica last read every resource's routing from the database (Unix time).",
+            registry=registry,
+        )
+
+    @property
+    def loaded(self) -> bool:
+        """True once one reload succeeded: from then on sessions are routed even if the database is down."""
+        return self._loaded
+
+    async def find(self, name: str, session_factory: async_sessionmaker[AsyncSession]) -> RelayTarget | None:
+        """The resource's routing, or None if no such resource is registered.
+
+        Raises `DirectoryUnavailable` only before the first successful load."""
+        target = self._by_name.get(name)
+        if target is not None:
+            return target
+        arrived = time.monotonic()
+        while True:  # wait for a reload that began after this call arrived: it sees any commit before it
+            task = self._miss_reload
+            if task is not None and self._miss_reload_started >= arrived:
+                break
+            if task is not None and not task.done():
+                await asyncio.shield(task)  # began too early to count; the next one will not
+                continue
+            wait = self._miss_reload_started + self.miss_reload_gap_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue  # another caller may have started one meanwhile
+            self._miss_reload_started = time.monotonic()
+            self._miss_reload = asyncio.create_task(self._reload_or_log(session_factory),
+                                                    name="resource-directory-miss")
+        await asyncio.shield(task)  # one caller leaving does not cancel the others' reload
+        if not self._loaded:
+            raise DirectoryUnavailable()
+        return self._by_name.get(name)
+
+    def forget(self, name: str) -> None:
+        """Called right after this replica committed the removal of `name`."""
+        self._by_name.pop(name, None)
+        self._guard.drop(name)
+
+    async def reload(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
+        number = self._guard.begin()
+        async with session_factory() as session:
+            rows = await session.execute(
+                select(Resource.id, Resource.name, Resource.region, Resource.upstream_endpoint))
+            by_name = {r.name: RelayTarget(r.id, r.name, r.region, r.upstream_endpoint) for r in rows}
+        if not self._guard.accept(number, by_name):
+            return  # a reload that started later has already put a fresher view in force
+        self._by_name = by_name
+        self._loaded = True
+        self._loaded_at.set_to_current_time()
+
+    async def _reload_or_log(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
+        try:
+            await self.reload(session_factory)
+        except Exception:
+            log.warning("resource.directory.reload_failed")
+
+    async def run(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            await self._reload_or_log(session_factory)
+
+    async def start(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
+        """Load once (a failure is logged; `/readyz` reports it until a reload succeeds), then keep fresh."""
+        await self._reload_or_log(session_factory)
+        self._task = asyncio.create_task(self.run(session_factory), name="resource-directory")
+
+    async def stop(self) -> None:
+        for task in (self._task, self._miss_reload):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
