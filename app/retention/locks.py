@@ -19,7 +19,10 @@ from sqlalchemy import Table, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.logs import get_logger
 from app.retention.models import RetentionJobRun
+
+log = get_logger("voicelog.scheduler")
 
 _TRY_ADVISORY = text("SELECT pg_try_advisory_xact_lock(:key)")
 JOB_RUNS: Final = cast(Table, RetentionJobRun.__table__)
@@ -52,7 +55,12 @@ async def exclusive_run(factory: async_sessionmaker[AsyncSession], name: str) ->
         try:
             yield acquired
         finally:
-            await session.rollback()  # ends the transaction, which releases the lock
+            try:
+                await session.rollback()  # ends the transaction, which releases the lock
+            except Exception as exc:
+                # The lock's connection is gone, and the server releases a lock with its session: the run
+                # itself (done, recorded) must not turn into a failure for it.
+                log.warning("scheduler.lock_release_failed", job=name, error=type(exc).__name__)
 
 
 async def take_write_lock(session: AsyncSession) -> None:

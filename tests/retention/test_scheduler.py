@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from app.capture.models import Recording
 from app.config import Settings
@@ -229,3 +229,35 @@ async def test_a_database_outage_is_a_counted_failure_not_a_crash(world: World) 
     sample = registry.get_sample_value
     assert sample("voicelog_scheduler_job_failures_total",
                   {"job_name": ORPHAN_SWEEP, "error": "ConnectionRefusedError"}) == 1
+
+
+@pytest.mark.parametrize("db_kind", ["postgresql"])
+async def test_a_good_run_whose_lock_connection_dies_is_still_a_good_run(world: World) -> None:
+    """The replica lock's connection is cut while the job runs (a failover, a network blip). The work is
+    done and recorded; the lock went with its connection. The run is ok, not a failure."""
+
+    async def cut_the_lock_then_work(ctx: JobContext) -> int:
+        async with ctx.session_factory() as session:
+            cut = (await session.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ))).scalars().all()
+        assert cut == [True]
+        return 5
+
+    registry = CollectorRegistry()
+    scheduler = build_scheduler(
+        settings=RetentionSettings(), lifetime=LIFETIME, session_factory=world.factory, clock=world.clock,
+        keyrings=world.keyrings, stores=world.stores, audit=world.audit_runtime(), registry=registry,
+        extra_jobs=[ScheduledJob("test.cut", timedelta(minutes=1), cut_the_lock_then_work, exclusive=True)],
+    )
+    outcome = await scheduler.run_job("test.cut")
+    assert (outcome.outcome, outcome.items, outcome.error) == ("ok", 5, None)
+    sample = registry.get_sample_value
+    assert sample("voicelog_scheduler_job_runs_total", {"job_name": "test.cut", "outcome": "ok"}) == 1
+    assert sample("voicelog_scheduler_job_runs_total", {"job_name": "test.cut", "outcome": "failed"}) == 0
+    runs = await job_runs(world)
+    assert (runs["test.cut"].runs, runs["test.cut"].failures, runs["test.cut"].last_items) == (1, 0, 5)
+    # The lock went with its connection: the next period's run takes it (a held lock would be skipped).
+    world.clock.advance(timedelta(minutes=1))
+    assert (await scheduler.run_job("test.cut")).outcome == "ok"
