@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -30,25 +31,45 @@ def free_port() -> int:
         return port
 
 
+DRAIN_TIMEOUT_S = 5.0  # long enough for a loaded machine to still talk inside the window
+READY_WITHIN_S = 60.0  # a cold start (migrations, keys, the stand-in) on a slow, loaded machine
+
+
+def tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-4000:] if log.exists() else "(no output)"
+
+
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    """`voicelog serve`, once /readyz says so; its output goes to a file (a pipe nobody reads can fill up and
+    stall the server) whose tail explains a start that fails or never finishes."""
     port = free_port()
     env = {**os.environ, "VOICELOG_DATA_DIR": str(tmp_path / "data"),
-           "VOICELOG_STANDIN_PORT": str(free_port()), "VOICELOG_RELAY_DRAIN_TIMEOUT_S": "1.5"}
+           "VOICELOG_STANDIN_PORT": str(free_port()), "VOICELOG_RELAY_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S)}
     env.pop("VOICELOG_DATABASE_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli_main", "serve", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    async with httpx.AsyncClient() as client:
-        for _ in range(200):
-            try:
-                if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError((proc.stdout.read() if proc.stdout else b"").decode())
-            await asyncio.sleep(0.05)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli_main", "serve", "--port", str(port)],
+                                env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_WITHIN_S
+        last = "no answer"
+        async with httpx.AsyncClient() as client:
+            while True:
+                try:
+                    response = await client.get(f"http://127.0.0.1:{port}/readyz")
+                    if response.status_code == 200:
+                        break
+                    last = f"{response.status_code} {response.text}"
+                except httpx.TransportError as exc:
+                    last = repr(exc)
+                if proc.poll() is not None:
+                    raise RuntimeError(f"voicelog serve exited with {proc.returncode}:\n{tail(log)}")
+                if loop.time() > deadline:
+                    raise RuntimeError(f"voicelog serve not ready within {READY_WITHIN_S} s (last: {last}):\n"
+                                       f"{tail(log)}")
+                await asyncio.sleep(0.05)
         yield proc, port, tmp_path / "data"
     finally:
         if proc.poll() is None:
@@ -79,6 +100,22 @@ async def test_fresh_serve_takes_sdk_sessions_on_the_demo_resource(
     assert [r["name"] for r in listed.json()] == ["demo"]
 
 
+async def listener_closed(port: int, *, timeout: float) -> None:
+    """Wait until new connections are refused (what a SIGTERM does first); until then /readyz may still answer."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    answers: Counter[int] = Counter()
+    while True:
+        async with httpx.AsyncClient() as client:  # a new connection each time: a kept-alive one proves nothing
+            try:
+                answers[(await client.get(f"http://127.0.0.1:{port}/readyz")).status_code] += 1
+            except httpx.ConnectError:
+                return
+        if loop.time() > deadline:
+            raise AssertionError(f"listener still open {timeout} s after SIGTERM; /readyz answered {dict(answers)}")
+        await asyncio.sleep(0.02)
+
+
 async def test_sigterm_drains_live_sessions_then_closes_them_with_1001(
     served: tuple[subprocess.Popen[bytes], int, Path]
 ) -> None:
@@ -86,11 +123,11 @@ async def test_sigterm_drains_live_sessions_then_closes_them_with_1001(
     url = f"ws://127.0.0.1:{port}/resources/demo/voice-live/realtime?x-standin-mode=echo"
     async with connect(url) as ws:
         proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.5)
+        await listener_closed(port, timeout=DRAIN_TIMEOUT_S)  # the drain starts once the listener is closed
         await ws.send("still talking")  # inside the drain window the call goes on
         assert await ws.recv() == "still talking"
         with pytest.raises(ConnectionClosed) as closed:
-            await asyncio.wait_for(ws.recv(), 10)
+            await asyncio.wait_for(ws.recv(), DRAIN_TIMEOUT_S + 10)
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 1001
     # uvicorn re-raises the captured SIGTERM once shut down, the conventional exit for it

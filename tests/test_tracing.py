@@ -177,21 +177,23 @@ async def test_a_recorded_session_and_api_calls_are_traced_without_content(
 async def test_sdk_session_and_refusals_are_traced_with_their_outcome(
     tmp_path: Path, standin: StandinHandle, collector: Collector,
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed_port = sock.getsockname()[1]
-    async with relay_for(tmp_path, standin, tracing=traced(collector)) as relay:
-        await relay.add_resource("dead", f"ws://127.0.0.1:{closed_port}")
-        async with voicelive_connect(endpoint=relay.endpoint("acme"), credential=AzureKeyCredential(STANDIN_API_KEY),
-                                     model="gpt-4o") as conn:
-            async for event in conn:
-                assert event.type == "session.created"
-                break
-        for resource, status in (("nobody", 404), ("dead", 502)):
-            with pytest.raises(InvalidStatus) as refused:
-                async with connect(f"{relay.ws}/resources/{resource}{ECHO}"):
-                    pass
-            assert refused.value.response.status_code == status
+    # Bound but never listening, and held until the relay is done: connecting is refused, and no other test
+    # can take the port meanwhile (as it could once a closed probe socket let it go).
+    with socket.socket() as refusing:
+        refusing.bind(("127.0.0.1", 0))
+        closed_port = refusing.getsockname()[1]
+        async with relay_for(tmp_path, standin, tracing=traced(collector)) as relay:
+            await relay.add_resource("dead", f"ws://127.0.0.1:{closed_port}")
+            async with voicelive_connect(endpoint=relay.endpoint("acme"),
+                                         credential=AzureKeyCredential(STANDIN_API_KEY), model="gpt-4o") as conn:
+                async for event in conn:
+                    assert event.type == "session.created"
+                    break
+            for resource, status in (("nobody", 404), ("dead", 502)):
+                with pytest.raises(InvalidStatus) as refused:
+                    async with connect(f"{relay.ws}/resources/{resource}{ECHO}"):
+                        pass
+                assert refused.value.response.status_code == status
 
     sessions = {s.attributes.get("voicelog.resource", "(none)"): s for s in collector.named("relay.session")}
     assert set(sessions) == {"acme", "(none)", "dead"}  # a name that is no resource is never exported

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -34,6 +35,7 @@ from app.audit.service import integrate_pending
 from app.capture.models import Recording
 from app.identity.principal import Role
 from app.identity.settings import IdentitySettings
+from app.retention.settings import RetentionSettings
 from tests.fixtures.identity import MintToken, bearer
 from tests.fixtures.recording import RecordingStack, recording_stack
 from tests.fixtures.relay import STANDIN_API_KEY, TEST_ADMIN_TOKEN, StandinHandle
@@ -139,18 +141,27 @@ async def record_sdk_session(stack: RecordingStack, standin: StandinHandle) -> S
     return Session(request_id, sent, received)
 
 
-@pytest.fixture
-async def env(tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
-              saw_pki: SawPki) -> AsyncIterator[Env]:
+@contextlib.asynccontextmanager
+async def make_env(tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings,
+                   mint_token: MintToken, saw_pki: SawPki, **overrides: Any) -> AsyncIterator[Env]:
+    """The recorded session and the people around it; `overrides` go to the stack's settings."""
     tag = uuid4().hex[:6]
     async with webhook_receiver() as (hook_url, received), recording_stack(
             tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
             identity=identity_settings, mint_token=mint_token, saw=SawSettings(trusted_proxies=["127.0.0.1/32"]),
-            access_webhooks=[TeamWebhook(team=f"voice-a-{tag}", url=hook_url, secret=WEBHOOK_SECRET)]) as stack:
+            access_webhooks=[TeamWebhook(team=f"voice-a-{tag}", url=hook_url, secret=WEBHOOK_SECRET)],
+            **overrides) as stack:
         people = await setup_people(stack, mint_token, saw_pki, tag)
         session = await record_sdk_session(stack, standin)
         ticket = await stack.api("GET", f"/tickets/{stack.ticket_id}", stack.ticketing)
         yield Env(stack, people, session, ticket.json()["external_ref"], received)
+
+
+@pytest.fixture
+async def env(tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+              saw_pki: SawPki) -> AsyncIterator[Env]:
+    async with make_env(tmp_path, standin, identity_settings, mint_token, saw_pki) as made:
+        yield made
 
 
 async def ask(env: Env, who: dict[str, str] | None = None, request_ids: list[str] | None = None,
@@ -343,26 +354,34 @@ async def test_customer_sees_every_request_and_read_without_names(env: Env) -> N
     assert other.status_code == 404
 
 
-async def test_the_team_webhook_hears_of_requests_decisions_and_expiry_signed(env: Env) -> None:
-    grant = await ask(env, minutes=10)
-    assert await approve(env, grant) == 200
-    state = env.stack.relay.app.state
-    counts = await run_access_job(session_factory=state.ctx.session_factory, clock=state.ctx.clock,
-                                  access=state.access)
-    assert counts["warned"] == 1  # 10 minutes left: inside the 15-minute warning
-    for _ in range(100):
-        if len(env.webhooks) >= 3:
-            break
-        await asyncio.sleep(0.05)
-    events = []
-    for headers, body in env.webhooks:
-        expected = signature(WEBHOOK_SECRET.encode(), headers["X-Voicelog-Timestamp"], body)
-        assert headers["X-Voicelog-Signature"] == expected
-        payload = json.loads(body)
-        assert payload["access_request"] == grant["id"]
-        assert "justification" not in payload
-        events.append(payload["event"])
-    assert events == ["access.requested", "access.approved", "access.expiring_soon"]
+async def test_the_team_webhook_hears_of_requests_decisions_and_expiry_signed(
+    tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+    saw_pki: SawPki,
+) -> None:
+    """The test runs the access job itself; the app's scheduler (at second 0 of every minute) would race it."""
+    async with make_env(tmp_path, standin, identity_settings, mint_token, saw_pki,
+                        retention=RetentionSettings(scheduler_enabled=False)) as env:
+        grant = await ask(env, minutes=10)
+        assert await approve(env, grant) == 200
+        state = env.stack.relay.app.state
+        counts = await run_access_job(session_factory=state.ctx.session_factory, clock=state.ctx.clock,
+                                      access=state.access)
+        assert counts["warned"] == 1  # 10 minutes left: inside the 15-minute warning
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30  # delivery is in the background, with retries
+        while len(env.webhooks) < 3:
+            if loop.time() > deadline:
+                raise AssertionError(f"3 webhooks not delivered within 30 s: {[body for _, body in env.webhooks]}")
+            await asyncio.sleep(0.05)
+        events = []
+        for headers, body in env.webhooks:
+            expected = signature(WEBHOOK_SECRET.encode(), headers["X-Voicelog-Timestamp"], body)
+            assert headers["X-Voicelog-Signature"] == expected
+            payload = json.loads(body)
+            assert payload["access_request"] == grant["id"]
+            assert "justification" not in payload
+            events.append(payload["event"])
+        assert events == ["access.requested", "access.approved", "access.expiring_soon"]
 
 
 async def test_a_dead_webhook_never_blocks_a_decision(

@@ -14,6 +14,7 @@ from azure.ai.voicelive.aio import connect as sdk_connect
 from azure.ai.voicelive.models import RequestSession
 from azure.core.credentials import AzureKeyCredential
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from websockets.asyncio.client import connect
 
 from app.audit.models import AuditEntryRow, AuditInboxRow
@@ -22,10 +23,12 @@ from app.capture.models import Recording
 from app.capture.settings import CaptureSettings
 from app.identity.settings import IdentitySettings
 from app.regions import RegionSettings
+from app.storage.errors import NotFound
 from app.storage.layout import RecordingKey
 from app.tickets.models import Consent
 from app.vault.envelope import unwrap_data_key
-from app.vault.segments import open_stream
+from app.vault.errors import MalformedHeader, ShortRead
+from app.vault.segments import OpenedStream, open_stream
 from tests.fixtures.blob import AzuriteRegions
 from tests.fixtures.identity import MintToken
 from tests.fixtures.recording import RecordingStack, recording_stack
@@ -154,12 +157,26 @@ async def test_without_consent_nothing_is_stored_anywhere(
 
 async def test_withdrawal_stops_new_recordings_within_the_documented_bound(
     tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The bound is `consent_refresh_s` (0.2 s here) plus one reload, on every replica."""
+    """The bound is `consent_refresh_s` (0.2 s here) plus one reload, on every replica: checked as "the first
+    reload that starts after the withdrawal commits drops the consent", not by a wall clock a loaded machine
+    can stall."""
     async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
                                identity=identity_settings, mint_token=mint_token, consent=False) as stack:
         consent_id = await stack.grant_consent()
         url = f"{stack.relay.ws}/resources/{stack.resource}{ECHO}"
+        consents = stack.relay.app.state.consents
+        loop = asyncio.get_running_loop()
+        reloads: list[tuple[float, float]] = []  # (started, finished) of each reload the cache's loop completed
+        reload = consents.reload
+
+        async def observed_reload(session_factory: async_sessionmaker[AsyncSession]) -> None:
+            started = loop.time()
+            await reload(session_factory)
+            reloads.append((started, loop.time()))
+
+        monkeypatch.setattr(consents, "reload", observed_reload)
 
         async def one_session() -> str:
             async with connect(url, additional_headers={"api-key": STANDIN_API_KEY}) as ws:
@@ -175,39 +192,76 @@ async def test_withdrawal_stops_new_recordings_within_the_documented_bound(
             consent.ended_at = datetime.now(UTC)
             consent.end_reason = "withdrawn"
             await session.commit()
-        loop = asyncio.get_running_loop()
         withdrawn_at = loop.time()
-        while stack.relay.app.state.consents.lookup(stack.resource_id) is not None:
+        deadline = withdrawn_at + 10  # a sanity bound only: the cache reloads every 0.2 s
+        while not any(started > withdrawn_at for started, _ in reloads):
+            assert loop.time() < deadline, f"no reload started after the withdrawal within 10 s: {reloads}"
             await asyncio.sleep(0.02)
-        stopped_after = loop.time() - withdrawn_at
+        after_one_reload = consents.lookup(stack.resource_id)
         not_recorded = await one_session()
+        # The sealer writes rows in the background: once the first session's is settled, a row of the
+        # second (written at its first step, as the first one's was) would be there too.
+        await stack.recording(recorded)
         rows = {r.request_id for r in await stack.recordings()}
     assert recorded in rows
+    assert after_one_reload is None  # one reload after the commit is all it takes
     assert not_recorded not in rows
-    assert stopped_after <= 0.2 + 1.0
+
+
+DURABLE_WITHIN_S = 3.0  # the documented bound on default settings
+LOAD_SLACK_S = 5.0  # a loaded CI machine may stall the event loop and the sealer's thread for seconds
+
+
+async def stored_so_far(stack: RecordingStack, request_id: str) -> tuple[Recording, OpenedStream | None]:
+    """The row, and the stream as stored right now (None while nothing whole is stored yet)."""
+    state = stack.relay.app.state
+    row = await stack.recording(request_id, settled=False)
+    if row.wrapped_dek is None:
+        return row, None
+    try:
+        blob = b"".join([c async for c in state.stores.store(row.region).stream(
+            RecordingKey(request_id, row.started_at))])
+        dek = await unwrap_data_key(state.keyrings.for_region(row.region), row.wrapped_dek,
+                                    region=row.region, request_id=request_id)
+        return row, open_stream(dek, blob, region=row.region, request_id=request_id)
+    except (NotFound, MalformedHeader, ShortRead):  # not created yet, or caught mid-append
+        return row, None
+
+
+async def when_durable(stack: RecordingStack, request_id: str, payload: bytes, *, timeout: float
+                       ) -> tuple[Recording, OpenedStream]:
+    """Poll the store until `payload` is in a sealed segment; fail with what was stored after `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        row, opened = await stored_so_far(stack, request_id)
+        if opened is not None and payload in opened.plaintext:
+            return row, opened
+        if loop.time() > deadline:
+            raise AssertionError(f"{payload!r} not durable within {timeout} s: row {row.state}, "
+                                 f"segments {opened and len(opened.segments)}")
+        await asyncio.sleep(0.1)
 
 
 async def test_a_frame_is_durable_within_three_seconds_on_default_settings(
     tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
 ) -> None:
     """Default cadence (a segment every 2 s, the sealer looking every 0.25 s): while the session is still
-    open, a frame relayed 3 s ago is in the store, sealed, and opens (as a truncated stream)."""
+    open, a frame relayed 3 s ago is in the store, sealed, and opens (as a truncated stream). Polled, with
+    slack on the bound for a loaded machine; a frame held back for several segments still fails."""
     async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
                                identity=identity_settings, mint_token=mint_token,
                                capture=CaptureSettings()) as stack:
         url = f"{stack.relay.ws}/resources/{stack.resource}{ECHO}"
+        loop = asyncio.get_running_loop()
         async with connect(url, additional_headers={"api-key": STANDIN_API_KEY}) as ws:
             request_id = ws.response.headers["x-ms-request-id"] if ws.response else ""
+            sent_at = loop.time()
             await ws.send(b"durable-frame")
             await ws.recv()
-            await asyncio.sleep(3.0)
-            row = await stack.recording(request_id, settled=False)
-            state = stack.relay.app.state
-            blob = b"".join([c async for c in state.stores.store(row.region).stream(
-                RecordingKey(request_id, row.started_at))])
-            dek = await unwrap_data_key(state.keyrings.for_region(row.region), row.wrapped_dek,
-                                        region=row.region, request_id=request_id)
-            opened = open_stream(dek, blob, region=row.region, request_id=request_id)
+            row, opened = await when_durable(stack, request_id, b"durable-frame", timeout=30)
+            durable_after = loop.time() - sent_at
     assert row.state == "recording"
     assert opened.truncated  # the session is still open: no final segment yet
     assert b"durable-frame" in opened.plaintext
+    assert durable_after <= DURABLE_WITHIN_S + LOAD_SLACK_S, durable_after

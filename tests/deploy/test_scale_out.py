@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sqlalchemy import func, or_, select
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app import migrate
 from app.audit import AuditAction, Subjects, append_entry
@@ -66,7 +66,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VOICELOG = [sys.executable, "-m", "app.cli_main"]
 ADMIN_TOKEN = "scale-out-admin-" + secrets.token_hex(8)
 STALE_AFTER_S = 3.0
-DRAIN_TIMEOUT_S = 2.0
+DRAIN_TIMEOUT_S = 5.0  # a drained call must still get words in on a slow, loaded machine
 ECHO = "/voice-live/realtime?api-version=2026-07-15&x-standin-mode=echo"
 
 
@@ -211,6 +211,7 @@ async def pair(cluster: Cluster) -> AsyncIterator[tuple[Replica, Replica]]:
 class Customer:
     resource: str
     headers: dict[str, str]
+    probes: set[str] = field(default_factory=set)  # the sessions that showed each replica records (settled)
 
 
 async def recorded_resource(cluster: Cluster, via: Replica, region: str = "westeurope") -> Customer:
@@ -230,8 +231,36 @@ async def recorded_resource(cluster: Cluster, via: Replica, region: str = "weste
         consent = await client.post(f"/customer/resources/{resource}/consents", headers=customer,
                                     json={"ticket_id": ticket.json()["id"]})
         assert consent.status_code == 201, consent.text
-    await asyncio.sleep(1.0)  # every replica's consent cache reloads every 0.2 s
-    return Customer(resource, customer)
+    recorded = Customer(resource, customer)
+    for replica in cluster.replicas:  # each learns of the consent on its own reload (every 0.2 s)
+        probe = await recorded_through(replica, resource, timeout=30)
+        await settled(replica, recorded, probe, timeout=15)
+        recorded.probes.add(probe)
+    return recorded
+
+
+async def recorded_through(replica: Replica, resource: str, *, timeout: float) -> str:
+    """A short probe session through `replica`, again until the replica records one (its consent cache has
+    the consent, as its `relay.session.opened` log line says); the probe's request ID."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    tries: list[str] = []
+    while True:
+        try:
+            async with connect(replica.ws(resource)) as ws:
+                request_id = ws.response.headers["x-ms-request-id"]
+                await talk(ws, "probe", frames=1)  # the session is opened (and logged) before a frame is relayed
+        except InvalidStatus as exc:  # its resource directory does not know the resource yet
+            tries.append(f"refused {exc.response.status_code}")
+        else:
+            opened = [r for r in logged(replica, "relay.session.opened") if r.get("request_id") == request_id]
+            if opened and opened[-1].get("recording") is True:
+                return request_id
+            tries.append(f"{request_id} recording={opened[-1].get('recording') if opened else 'not logged'}")
+        if loop.time() > deadline:
+            raise AssertionError(f"{replica.name} did not record a session of {resource} within {timeout} s: "
+                                 f"{tries[-5:]}\n{replica.output()}")
+        await asyncio.sleep(0.1)
 
 
 async def talk(ws: ClientConnection, marker: str, frames: int) -> None:
@@ -297,7 +326,8 @@ async def test_sessions_recorded_by_either_replica_are_listed_and_readable_throu
         payloads = await payloads_read_by_a_third_replica(cluster, request_ids[replica.name])
         assert sum(marker.encode() in base64.b64decode(json.loads(p)["audio"]) for p in payloads
                    if p.startswith(b"{")) == 2 * 20  # both directions, every frame
-    assert (await listing(a, customer)).keys() == (await listing(b, customer)).keys() == set(request_ids.values())
+    listed = set(request_ids.values()) | customer.probes
+    assert (await listing(a, customer)).keys() == (await listing(b, customer)).keys() == listed
 
 
 async def test_sigkill_mid_session_leaves_the_recording_closed_as_incomplete_by_the_survivor(
@@ -324,6 +354,17 @@ async def test_sigkill_mid_session_leaves_the_recording_closed_as_incomplete_by_
                if p.startswith(b"{"))
 
 
+async def refuses_connections(replica: Replica) -> bool:
+    """True once a new connection is refused; until then /readyz may still answer (200 before the signal is
+    handled, 503 while draining)."""
+    async with httpx.AsyncClient() as client:  # a new connection each time: a kept-alive one proves nothing
+        try:
+            await client.get(f"{replica.http}/readyz")
+        except httpx.ConnectError:
+            return True
+    return False
+
+
 async def test_sigterm_drains_live_sessions_while_the_other_replica_takes_new_ones(
     cluster: Cluster, pair: tuple[Replica, Replica]
 ) -> None:
@@ -333,11 +374,9 @@ async def test_sigterm_drains_live_sessions_while_the_other_replica_takes_new_on
         request_id = ws.response.headers["x-ms-request-id"]
         await talk(ws, "before-the-drain", frames=5)
         b.process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.5)
-        # The listener closes at once: the readiness probe fails and no new call reaches b.
-        async with httpx.AsyncClient() as client:
-            with pytest.raises(httpx.ConnectError):
-                await client.get(f"{b.http}/readyz")
+        # The listener closes first: the readiness probe fails and no new call reaches b.
+        await poll("b refusing connections after SIGTERM", lambda: refuses_connections(b), timeout=DRAIN_TIMEOUT_S,
+                   replicas=(b,))
         await talk(ws, "during-the-drain", frames=5)  # inside the drain window the call goes on
         async with connect(a.ws(customer.resource)) as other:  # the load balancer sends new calls to a
             await talk(other, "on-the-other-replica", frames=3)
