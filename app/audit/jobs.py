@@ -1,8 +1,7 @@
 """Background work of the audit trail, safe on every replica at once (C6).
 
-- ChainKeeper: when woken by a notification (PostgreSQL, app/audit/wakeups.py), at least every
-  `sequencer_idle_s`, or every `sequencer_interval_s` when it cannot listen, chains queued entries and signs
-  a checkpoint when due (both under the chain lock, so replicas take turns), then exports new checkpoints.
+- ChainKeeper: every `sequencer_interval_s`, chains queued entries and signs a checkpoint when due (both
+  under the chain lock, so replicas take turns), then exports new checkpoints to the sink.
 - VerifierJob: every `verify_every_minutes`, verifies the whole chain and publishes the result as metrics.
 Each unit of work has its own session and transaction; a failure is logged and counted, never raised.
 """
@@ -13,14 +12,13 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.checkpoints import Checkpoint, SealResult, export_checkpoints, last_checkpoint, seal
 from app.audit.keys import PublicKeySet
 from app.audit.metrics import DAMAGE_KINDS, AuditMetrics
 from app.audit.runtime import AuditRuntime
 from app.audit.verifier import VerificationResult, verify_chain
-from app.audit.wakeups import InboxWakeups
 from app.clock import Clock
 from app.logs import get_logger
 
@@ -35,8 +33,6 @@ class ChainKeeper:
         self._exported_through: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
-        bind = session_factory.kw.get("bind")
-        self.wakeups = InboxWakeups(bind) if isinstance(bind, AsyncEngine) else None
 
     async def tick(self, *, force: bool = False) -> SealResult:
         """One round: chain, maybe sign, then export what the sink lacks. Raises on failure (run() catches)."""
@@ -73,41 +69,19 @@ class ChainKeeper:
         return written
 
     async def run(self) -> None:
-        settings = self.runtime.settings
-        next_listen = 0.0
-        loop = asyncio.get_running_loop()
+        interval = self.runtime.settings.sequencer_interval_s
         while not self._stop.is_set():
-            if self.wakeups is not None:
-                if not self.wakeups.listening and loop.time() >= next_listen:
-                    await self.wakeups.listen()
-                    next_listen = loop.time() + settings.sequencer_listen_retry_s
-                self.wakeups.event.clear()  # a notification from here on wakes the next round
             try:
                 result = await self.tick()
-                busy = result.chained >= settings.sequencer_batch
+                busy = result.chained >= self.runtime.settings.sequencer_batch
             except Exception as exc:  # the keeper must outlive a database or sink outage
                 busy = False
                 if self.runtime.metrics is not None:
                     self.runtime.metrics.keeper_errors.labels(step="tick").inc()
                 log.warning("audit.keeper.failed", error=type(exc).__name__)
             if not busy:
-                await self._pause()
-
-    async def _pause(self) -> None:
-        """Until the keeper is stopped, an entry is queued or the listening connection is lost, or at most
-        `sequencer_idle_s` while listening, `sequencer_interval_s` while polling."""
-        settings = self.runtime.settings
-        seconds = settings.sequencer_interval_s
-        waits = [asyncio.ensure_future(self._stop.wait())]
-        if self.wakeups is not None:
-            waits.append(asyncio.ensure_future(self.wakeups.event.wait()))
-            if self.wakeups.listening:  # checked here, not before the round: it may have been lost since
-                seconds = settings.sequencer_idle_s
-        try:
-            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for wait in waits:
-                wait.cancel()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), interval)
 
     def start(self) -> asyncio.Task[None]:
         self._stop.clear()
@@ -122,8 +96,6 @@ class ChainKeeper:
             self._task = None
         with contextlib.suppress(Exception):
             await self.tick()
-        if self.wakeups is not None:
-            await self.wakeups.close()
 
 
 async def run_verification(

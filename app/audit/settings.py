@@ -27,20 +27,8 @@ class AuditSettings(BaseModel):
     # --- chaining (PostgreSQL queues entries; the sequencer chains them) -------------------------------------
     sequencer_interval_s: float = Field(
         default=0.2, gt=0, le=60,
-        description="How often each replica's sequencer polls for queued entries (PostgreSQL) when it cannot "
-        "listen for notifications. An entry is committed with its change at once and chained within about "
-        "this long (at once, when notifications work).",
-    )
-    sequencer_idle_s: float = Field(
-        default=5.0, gt=0, le=300,
-        description="PostgreSQL: the sequencer is woken by a notification when an entry is queued; while none "
-        "comes it still looks this often (a checkpoint due by time, a notification lost while its listening "
-        "connection was down). Without a listening connection it polls every `sequencer_interval_s`.",
-    )
-    sequencer_listen_retry_s: float = Field(
-        default=30.0, gt=0, le=3600,
-        description="After the listening connection failed or was lost, how long the sequencer polls before "
-        "it tries to listen again.",
+        description="How often each replica's sequencer chains queued entries (PostgreSQL). An entry is "
+        "committed with its change at once and chained within about this long.",
     )
     sequencer_batch: int = Field(
         default=2000, ge=1, le=50_000, description="Most queued entries chained in one sequencer transaction."

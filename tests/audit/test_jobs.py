@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-import psycopg
-import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 
@@ -21,7 +18,6 @@ from app.clock import ManualClock
 from tests.audit import tamper
 from tests.audit.scenario import append_step, example_steps
 from tests.fixtures.audit import AuditDb, disable_audit_triggers
-from tests.fixtures.database import PG_HOST, PG_PORT, PG_USER
 
 
 def _runtime(base: AuditRuntime, **settings: float) -> AuditRuntime:
@@ -97,75 +93,3 @@ async def test_the_scheduled_verifier_publishes_its_findings(
     assert (result.damage.kind.value, result.damage.seq) == ("reordered", 2)
     assert runtime.metrics.chain_ok._value.get() == 0  # type: ignore[attr-defined]
     assert runtime.metrics.damage.labels(kind="reordered")._value.get() == 1  # type: ignore[attr-defined]
-
-
-async def _queued(audit_db: AuditDb) -> int:
-    async with audit_db.factory() as session:
-        return int((await session.execute(select(func.count()).select_from(INBOX))).scalar_one())
-
-
-async def _append_committed(audit_db: AuditDb, clock: ManualClock, n: int) -> None:
-    async with audit_db.factory() as session:
-        for step in example_steps(n, clock.now()):
-            await append_step(session, clock, step)
-        await session.commit()
-
-
-async def _until(condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await condition():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.02)
-
-
-@pytest.mark.parametrize("db_kind", ["postgresql"])
-async def test_a_queued_entry_wakes_the_keeper_at_once_instead_of_its_next_poll(
-    audit_db: AuditDb, audit_clock: ManualClock, audit_runtime: AuditRuntime
-) -> None:
-    """Polls a minute apart: only the inbox's notification can get the entries chained within the wait."""
-    runtime = _runtime(audit_runtime, sequencer_interval_s=60, sequencer_idle_s=60)
-    keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
-    keeper.start()
-    try:
-        assert keeper.wakeups is not None
-        wakeups = keeper.wakeups
-        await _until(lambda: _true(wakeups.listening), "the keeper listens")
-        await asyncio.sleep(0.2)  # its first round is over; the next poll is a minute away
-        await _append_committed(audit_db, audit_clock, 2)
-        await _until(lambda: _zero(_queued(audit_db)), "the queued entries are chained")
-    finally:
-        await keeper.stop()
-    assert not wakeups.listening  # stopped: the listening connection is closed, not left in the pool
-
-
-@pytest.mark.parametrize("db_kind", ["postgresql"])
-async def test_a_lost_listening_connection_falls_back_to_polling_then_listens_again(
-    audit_db: AuditDb, audit_clock: ManualClock, audit_runtime: AuditRuntime
-) -> None:
-    runtime = _runtime(audit_runtime, sequencer_interval_s=0.05, sequencer_idle_s=60, sequencer_listen_retry_s=0.5)
-    keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
-    keeper.start()
-    try:
-        assert keeper.wakeups is not None
-        wakeups = keeper.wakeups
-        await _until(lambda: _true(wakeups.listening), "the keeper listens")
-        lost = wakeups.backend_pid
-        with psycopg.connect(f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname=postgres",
-                             autocommit=True) as admin:
-            assert admin.execute("SELECT pg_terminate_backend(%s)", (lost,)).fetchone() == (True,)
-        await _append_committed(audit_db, audit_clock, 1)  # queued while nobody listens
-        await _until(lambda: _zero(_queued(audit_db)), "the keeper, polling, chains what was queued")
-        await _until(lambda: _true(wakeups.listening and wakeups.backend_pid != lost), "it listens again")
-        await asyncio.sleep(0.2)  # listening again: polls are a minute apart from here on
-        await _append_committed(audit_db, audit_clock, 2)
-        await _until(lambda: _zero(_queued(audit_db)), "the new listener's notification gets them chained")
-    finally:
-        await keeper.stop()
-
-
-async def _true(value: bool) -> bool:
-    return value
-
-
-async def _zero(count: Awaitable[int]) -> bool:
-    return await count == 0
