@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from app import migrate
 from tests.fixtures.database import create_pg_database, drop_pg_database, worker_id
@@ -30,6 +30,35 @@ def tables(sync_url: str) -> set[str]:
     engine = create_engine(sync_url)
     try:
         return set(inspect(engine).get_table_names()) - {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def schema(sync_url: str) -> set[str]:
+    """Tables, triggers and (PostgreSQL) functions: what a revision may add and its downgrade must remove."""
+    engine = create_engine(sync_url)
+    try:
+        with engine.connect() as conn:
+            found = {f"table:{t}" for t in inspect(conn).get_table_names()} - {"table:alembic_version"}
+            if engine.dialect.name == "postgresql":
+                found |= {f"trigger:{t}" for t in conn.execute(text(
+                    "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")).scalars()}
+                found |= {f"function:{f}" for f in conn.execute(text(
+                    "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                    "WHERE n.nspname = 'public'")).scalars()}
+            else:
+                found |= {f"trigger:{t}" for t in conn.execute(text(
+                    "SELECT name FROM sqlite_master WHERE type = 'trigger'")).scalars()}
+        return found
+    finally:
+        engine.dispose()
+
+
+def current_revision(sync_url: str) -> str:
+    engine = create_engine(sync_url)
+    try:
+        with engine.connect() as conn:
+            return str(conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one())
     finally:
         engine.dispose()
 
@@ -77,19 +106,23 @@ def test_there_is_one_head() -> None:
 
 
 def test_every_revision_steps_down_and_up_again(empty_db: tuple[str, str]) -> None:
-    """Walk the whole history one revision at a time, down to base and back up, checking tables each step."""
+    """Walk the whole history one revision at a time, down to base and back up, checking the schema (tables,
+    triggers, functions) at each step: every downgrade removes what its revision made, and only that."""
     url, sync_url = empty_db
     migrate.upgrade(url)
-    seen = [tables(sync_url)]
+    seen = [schema(sync_url)]
+    steps = 0
     while seen[-1]:
+        revision = current_revision(sync_url)
         migrate.downgrade(url, "-1")
-        now = tables(sync_url)
-        assert now < seen[-1], "a downgrade must remove the tables its revision made"
+        steps += 1
+        now = schema(sync_url)
+        assert now < seen[-1], f"the downgrade of {revision} must remove what it made"
         seen.append(now)
-    assert len(seen) >= 9  # 0001..0008, then nothing
+    assert steps >= 8  # 0001..0008, then nothing
     for expected in reversed(seen[:-1]):
         migrate.upgrade(url, "+1")
-        assert tables(sync_url) == expected
+        assert schema(sync_url) == expected
 
 
 COMPARE = """
