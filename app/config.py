@@ -138,7 +138,7 @@ class Settings(BaseSettings):
         default=5.0, gt=0, le=300,
         description="How often each replica reloads every resource's routing into memory. Call set-up reads "
         "only memory; a name not known triggers one early reload. A resource removed on another replica is "
-        "still routed here for at most this long.",
+        "still routed here until this replica's next successful reload.",
     )
 
     # --- consent -------------------------------------------------------------------------------------

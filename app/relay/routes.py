@@ -80,7 +80,7 @@ class Relay:
         except DirectoryUnavailable:
             self.metrics.errors.labels("resources_unavailable").inc()
             await self.deny(websocket, 503, "resources_unavailable",
-                            "The relay cannot read its resources yet; retry shortly.", span=span)
+                            "The relay cannot look this resource up right now; retry shortly.", span=span)
             return
         if resource is None:
             self.metrics.errors.labels("unknown_resource").inc()

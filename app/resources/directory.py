@@ -5,9 +5,10 @@ Every replica keeps every resource's routing (id, name, region, upstream) in mem
 `miss_reload_gap_s` at most, shared by every caller waiting), so a resource registered on another replica
 is found on its first call, and a flood of unknown names costs the database one query per gap. When the
 database is down the last view stays in force: live calls and new calls of known resources go on (only
-recording needs the database, and it degrades on its own, C8). A resource removed on another replica is
-still routed here for at most `refresh_s`; removal is only allowed for a resource with no tickets, so such
-a call is never recorded.
+recording needs the database, and it degrades on its own, C8), and a name not in memory gets "retry"
+(503), never a wrong "no such resource". A resource removed on another replica is still routed here until
+this replica's next successful reload (`refresh_s` while the database answers); removal is only allowed
+for a resource with no tickets, so such a call is never recorded.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class RelayTarget:
 
 
 class DirectoryUnavailable(Exception):
-    """The directory was never loaded and the database cannot be read: no session can be routed yet."""
+    """A name not in memory, and the database cannot be read to learn whether it exists (503, retry)."""
 
 
 class ResourceDirectory:
@@ -50,9 +51,10 @@ class ResourceDirectory:
         self._by_name: dict[str, RelayTarget] = {}
         self._loaded = False
         self._guard = SnapshotGuard()
-        self._miss_reload: asyncio.Task[None] | None = None
+        self._miss_reload: asyncio.Task[bool] | None = None
         self._miss_reload_started = -float("inf")
         self._task: asyncio.Task[None] | None = None
+        self._first_attempt = asyncio.Event()
         self._loaded_at = Gauge(
             "voicelog_resource_directory_loaded_timestamp_seconds",
             "When this replica last read every resource's routing from the database (Unix time).",
@@ -67,7 +69,8 @@ class ResourceDirectory:
     async def find(self, name: str, session_factory: async_sessionmaker[AsyncSession]) -> RelayTarget | None:
         """The resource's routing, or None if no such resource is registered.
 
-        Raises `DirectoryUnavailable` only before the first successful load."""
+        A name in memory is answered at once, whatever the database does. Raises `DirectoryUnavailable` for
+        a name not in memory when the database cannot be read."""
         target = self._by_name.get(name)
         if target is not None:
             return target
@@ -86,10 +89,11 @@ class ResourceDirectory:
             self._miss_reload_started = time.monotonic()
             self._miss_reload = asyncio.create_task(self._reload_or_log(session_factory),
                                                     name="resource-directory-miss")
-        await asyncio.shield(task)  # one caller leaving does not cancel the others' reload
-        if not self._loaded:
-            raise DirectoryUnavailable()
-        return self._by_name.get(name)
+        read = await asyncio.shield(task)  # one caller leaving does not cancel the others' reload
+        target = self._by_name.get(name)
+        if target is None and not read:
+            raise DirectoryUnavailable()  # perhaps registered meanwhile: "retry", never a wrong "no such resource"
+        return target
 
     def forget(self, name: str) -> None:
         """Called right after this replica committed the removal of `name`."""
@@ -108,21 +112,28 @@ class ResourceDirectory:
         self._loaded = True
         self._loaded_at.set_to_current_time()
 
-    async def _reload_or_log(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
+    async def _reload_or_log(self, session_factory: async_sessionmaker[AsyncSession]) -> bool:
+        """True if the database was read (the view is current), False if the reload failed (logged)."""
         try:
             await self.reload(session_factory)
         except Exception:
             log.warning("resource.directory.reload_failed")
+            return False
+        return True
 
     async def run(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
         while True:
-            await asyncio.sleep(self.refresh_s)
             await self._reload_or_log(session_factory)
+            self._first_attempt.set()
+            await asyncio.sleep(self.refresh_s)
 
-    async def start(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
-        """Load once (a failure is logged; `/readyz` reports it until a reload succeeds), then keep fresh."""
-        await self._reload_or_log(session_factory)
+    async def start(self, session_factory: async_sessionmaker[AsyncSession], *, wait_s: float = 5.0) -> None:
+        """Load now and then every `refresh_s`, in the background. Waits at most `wait_s` for the first
+        attempt, so a hung database never holds start-up; `/readyz` says "not_loaded" until a load succeeded
+        (a failure is logged and retried on the next period)."""
         self._task = asyncio.create_task(self.run(session_factory), name="resource-directory")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_attempt.wait(), wait_s)
 
     async def stop(self) -> None:
         for task in (self._task, self._miss_reload):

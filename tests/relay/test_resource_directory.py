@@ -99,12 +99,14 @@ async def test_calls_of_known_resources_are_admitted_while_the_database_is_down(
         with database_outage(name):
             await asyncio.sleep(0.5)  # the refresh loop has failed against the outage at least once
             assert await session_created(relay, "acme") == "session.created"
-            assert await refusal(relay, "nope") == (404, "resource_not_found")
+            # A name not in memory might have been registered meanwhile: "retry", not "no such resource".
+            assert await refusal(relay, "nope") == (503, "resources_unavailable")
             status, checks = await readiness(relay)
             assert status == 200
             assert checks["database"] == "unreachable"
             assert checks["resources"] == "ok"
         assert await session_created(relay, "acme") == "session.created"
+        assert await refusal(relay, "nope") == (404, "resource_not_found")
 
 
 async def test_a_relay_started_while_the_database_is_down_is_not_ready_until_it_can_route(
@@ -179,3 +181,31 @@ async def test_before_any_load_an_unreachable_database_is_a_clear_failure_not_a_
     finally:
         await directory.stop()
         await engine.dispose()
+
+
+async def test_a_hung_database_holds_neither_start_up_nor_the_readiness_probe(
+    tmp_path: Path, standin: StandinHandle,
+) -> None:
+    """A database that accepts connections and never answers (a stalled server, dropped packets): the
+    relay still starts, and /readyz answers within the orchestrator's probe timeout (4 s), not ready."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # never a byte back
+
+    silent = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    settings = relay_settings(tmp_path, f"postgresql+asyncpg://postgres@127.0.0.1:{port}/hung")
+    try:
+        async with asyncio.timeout(60):  # a start-up held by the database would end here, as a failure
+            async with run_relay(settings) as relay:
+                async with httpx.AsyncClient(base_url=relay.http, timeout=4.0) as client:
+                    ready = await client.get("/readyz")
+                assert ready.status_code == 503
+                assert ready.json()["checks"]["resources"] == "not_loaded"
+                assert ready.json()["checks"]["database"] == "unreachable"
+                for writer in held:  # let the background loops fail fast, so shutdown is quick
+                    writer.close()
+                silent.close()
+    finally:
+        silent.close()
