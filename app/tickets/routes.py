@@ -72,6 +72,7 @@ async def unassign(ticket_id: str, engineer: str, by: Ticketing, session: Sessio
 @router.post("/tickets/{ticket_id}/close", summary="Close a ticket; its consents end")
 async def close(ticket_id: str, by: Ticketing, session: SessionDep, clock: ClockDep, request: Request) -> TicketOut:
     ticket = await service.close_ticket(session=session, clock=clock, by=by, ticket_id=ticket_id)
+    await session.commit()  # before the cache forgets: a reload begun after that must see the change
     _forget_consents(request, ticket.resource_id)
     return await _ticket_out(session, ticket)
 
@@ -105,5 +106,6 @@ async def withdraw_consent(resource: str, consent_id: str, by: CustomerAdmin, se
     owned = await service.customer_resource(session=session, principal=by, name=resource)
     consent = await service.withdraw_consent(session=session, clock=clock, by=by, resource=owned,
                                              consent_id=consent_id)
+    await session.commit()  # before the cache forgets: a reload begun after that must see the change
     _forget_consents(request, owned.id)
     return await _consent_out(session, consent, owned, clock)

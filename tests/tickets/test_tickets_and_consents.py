@@ -12,6 +12,7 @@ from uuid import uuid4
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -269,3 +270,39 @@ async def test_a_slow_reload_that_read_before_a_withdrawal_does_not_bring_the_co
     assert again.status_code == 201
     await cache.reload(ctx.session_factory)
     assert cache.lookup(resource_id) is not None  # forgetting is not a lasting block on the resource
+
+
+async def test_the_cache_forgets_a_consent_only_once_its_withdrawal_is_committed(
+    api: Api, app_db_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The refresh loop may start a reload the moment the API forgets the consent; the withdrawal (and a
+    ticket's closure) must be committed by then, or that reload reads the consent still in force and puts
+    it back. Another connection looks at the database at the moment of each forget."""
+    cache: ConsentCache = api.app.state.consents  # type: ignore[attr-defined]
+    sync_url = app_db_url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
+    observer = sa.create_engine(sync_url)
+    seen_at_forget: list[tuple[str, object]] = []
+    forget = cache.forget
+
+    def forget_and_look(resource_id: str) -> None:
+        with observer.connect() as conn:
+            ended = conn.execute(sa.text("SELECT ended_at FROM consents WHERE resource_id = :r"),
+                                 {"r": resource_id}).scalars().all()
+        seen_at_forget.append(("consents ended", all(e is not None for e in ended)))
+        forget(resource_id)
+
+    monkeypatch.setattr(cache, "forget", forget_and_look)
+    try:
+        for ending in ("withdraw", "close"):
+            ticket = await new_ticket(api)
+            consent = (await api.client.post(f"/customer/resources/{api.resource}/consents",
+                                             headers=api.customer, json={"ticket_id": ticket["id"]})).json()
+            if ending == "withdraw":
+                response = await api.client.post(
+                    f"/customer/resources/{api.resource}/consents/{consent['id']}/withdraw", headers=api.customer)
+            else:
+                response = await api.client.post(f"/tickets/{ticket['id']}/close", headers=api.ticketing)
+            assert response.status_code == 200, response.text
+    finally:
+        observer.dispose()
+    assert seen_at_forget == [("consents ended", True), ("consents ended", True)]
