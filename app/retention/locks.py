@@ -17,6 +17,7 @@ from typing import Any, Final, cast
 
 from sqlalchemy import Table, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.logs import get_logger
@@ -57,9 +58,9 @@ async def exclusive_run(factory: async_sessionmaker[AsyncSession], name: str) ->
         finally:
             try:
                 await session.rollback()  # ends the transaction, which releases the lock
-            except Exception as exc:
+            except (DBAPIError, OSError) as exc:
                 # The lock's connection is gone, and the server releases a lock with its session: the run
-                # itself (done, recorded) must not turn into a failure for it.
+                # itself (done, recorded) must not turn into a failure for it. Anything else still raises.
                 log.warning("scheduler.lock_release_failed", job=name, error=type(exc).__name__)
 
 

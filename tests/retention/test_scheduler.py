@@ -238,11 +238,19 @@ async def test_a_good_run_whose_lock_connection_dies_is_still_a_good_run(world: 
 
     async def cut_the_lock_then_work(ctx: JobContext) -> int:
         async with ctx.session_factory() as session:
-            cut = (await session.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+            holders = (await session.execute(text(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' "
                 "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             ))).scalars().all()
-        assert cut == [True]
+            assert len(holders) == 1
+            await session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": holders[0]})
+            for _ in range(500):  # the signal is asynchronous: wait until that backend has really gone
+                gone = (await session.execute(text("SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity "
+                                                   "WHERE pid = :pid)"), {"pid": holders[0]})).scalar_one()
+                if gone:
+                    break
+                await asyncio.sleep(0.01)
+            assert gone
         return 5
 
     registry = CollectorRegistry()
