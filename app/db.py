@@ -58,15 +58,23 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# asyncpg waits 60 s for a server that accepts and never answers; every background loop and request that
+# opens a connection then holds its pool slot that long.
+CONNECT_TIMEOUT_S = 10.0
+
+
 def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, max_overflow: int = 20) -> AsyncEngine:
     """Build the async engine; SQLite gets foreign keys, WAL and a busy timeout on every connection.
 
     On PostgreSQL each process holds up to `pool_size + max_overflow` connections: with one server shared by
     every replica of every region, that product is the connection budget (docs/DEPLOY.md, "Capacity").
+    A new connection gives up after `CONNECT_TIMEOUT_S`.
     """
     kwargs: dict[str, Any] = {"echo": echo}
     if url.startswith("postgresql"):
         kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
+    if url.startswith("postgresql+asyncpg"):
+        kwargs["connect_args"] = {"timeout": CONNECT_TIMEOUT_S}
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

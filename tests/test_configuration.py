@@ -87,3 +87,29 @@ async def test_a_replica_never_holds_more_postgresql_connections_than_its_pool_a
         await engine.dispose()
         drop_pg_database(name)
     assert max(seen) == 3
+
+
+async def test_a_database_that_accepts_and_never_answers_fails_a_connection_in_ten_seconds_not_sixty() -> None:
+    """A stalled server (or dropped packets) must not hold each connecting task for asyncpg's 60 s."""
+    import asyncio
+
+    from app.db import CONNECT_TIMEOUT_S, create_engine
+
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # never a byte back
+
+    silent = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    engine = create_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{silent.sockets[0].getsockname()[1]}/x")
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT_S * 3) as outer:
+            with pytest.raises(TimeoutError):
+                async with engine.connect():
+                    pass
+        assert not outer.expired()  # the engine gave up by itself, long before asyncpg's own 60 s
+    finally:
+        for writer in held:
+            writer.close()
+        silent.close()
+        await engine.dispose()
