@@ -30,6 +30,12 @@ class AuditSettings(BaseModel):
         description="How often each replica's sequencer chains queued entries (PostgreSQL). An entry is "
         "committed with its change at once and chained within about this long.",
     )
+    sequencer_idle_s: float = Field(
+        default=5.0, gt=0, le=300,
+        description="Between full sequencer rounds each poll is one cheap look at the inbox; a full round "
+        "(chain, sign a checkpoint due by time, export checkpoints signed elsewhere) runs when something is "
+        "queued and at least this often.",
+    )
     sequencer_batch: int = Field(
         default=2000, ge=1, le=50_000, description="Most queued entries chained in one sequencer transaction."
     )

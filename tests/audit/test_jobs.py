@@ -6,7 +6,7 @@ import asyncio
 from datetime import timedelta
 
 from prometheus_client import CollectorRegistry
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from app.audit.checkpoints import list_checkpoints
 from app.audit.jobs import ChainKeeper, VerifierJob
@@ -28,7 +28,7 @@ def _runtime(base: AuditRuntime, **settings: float) -> AuditRuntime:
 async def test_the_keeper_chains_signs_and_exports_in_the_background(
     audit_db: AuditDb, audit_clock: ManualClock, audit_runtime: AuditRuntime
 ) -> None:
-    runtime = _runtime(audit_runtime, sequencer_interval_s=0.02, checkpoint_every_entries=5)
+    runtime = _runtime(audit_runtime, sequencer_interval_s=0.02, sequencer_idle_s=0.1, checkpoint_every_entries=5)
     keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
     keeper.start()
     try:
@@ -93,3 +93,44 @@ async def test_the_scheduled_verifier_publishes_its_findings(
     assert (result.damage.kind.value, result.damage.seq) == ("reordered", 2)
     assert runtime.metrics.chain_ok._value.get() == 0  # type: ignore[attr-defined]
     assert runtime.metrics.damage.labels(kind="reordered")._value.get() == 1  # type: ignore[attr-defined]
+
+
+async def test_an_idle_keeper_only_peeks_at_the_inbox_until_something_is_queued(
+    audit_db: AuditDb, audit_clock: ManualClock, audit_runtime: AuditRuntime
+) -> None:
+    """Every replica polls: between full rounds a poll is one look at the inbox, not a chain round and an
+    export. A queued entry (PostgreSQL) is still chained at the next poll, not the next full round."""
+    statements: list[str] = []
+    event.listen(audit_db.engine.sync_engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, *_: statements.append(statement))
+    runtime = _runtime(audit_runtime, sequencer_interval_s=0.02, sequencer_idle_s=60)
+    keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
+    keeper.start()
+    try:
+        await asyncio.sleep(0.5)  # the first full round is over; the next is a minute away
+        statements.clear()
+        await asyncio.sleep(0.5)
+        idle = list(statements)
+        await _append_committed(audit_db, audit_clock, 1)
+        for _ in range(500):
+            if await _queued(audit_db) == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert await _queued(audit_db) == 0  # chained by a poll, 59 s before the next full round
+    finally:
+        await keeper.stop()
+    peeks = [s for s in idle if "audit_inbox" in s]
+    assert len(peeks) >= 5  # it kept polling
+    assert not [s for s in idle if "audit_chain_head" in s or "audit_checkpoints" in s]
+
+
+async def _queued(audit_db: AuditDb) -> int:
+    async with audit_db.factory() as session:
+        return int((await session.execute(select(func.count()).select_from(INBOX))).scalar_one())
+
+
+async def _append_committed(audit_db: AuditDb, clock: ManualClock, n: int) -> None:
+    async with audit_db.factory() as session:
+        for step in example_steps(n, clock.now()):
+            await append_step(session, clock, step)
+        await session.commit()
