@@ -44,10 +44,11 @@ class DirectoryUnavailable(Exception):
 
 
 class ResourceDirectory:
-    def __init__(self, *, refresh_s: float = 5.0, miss_reload_gap_s: float = 0.5,
+    def __init__(self, *, refresh_s: float = 5.0, miss_reload_gap_s: float = 0.5, miss_wait_s: float = 5.0,
                  registry: CollectorRegistry | None = None) -> None:
         self.refresh_s = refresh_s
         self.miss_reload_gap_s = miss_reload_gap_s
+        self.miss_wait_s = miss_wait_s
         self._by_name: dict[str, RelayTarget] = {}
         self._loaded = False
         self._guard = SnapshotGuard()
@@ -70,10 +71,18 @@ class ResourceDirectory:
         """The resource's routing, or None if no such resource is registered.
 
         A name in memory is answered at once, whatever the database does. Raises `DirectoryUnavailable` for
-        a name not in memory when the database cannot be read."""
+        a name not in memory when the database cannot be read, or not within `miss_wait_s`."""
         target = self._by_name.get(name)
         if target is not None:
             return target
+        try:
+            async with asyncio.timeout(self.miss_wait_s):  # a database that stopped answering: 503, not a hang
+                return await self._find_after_reload(name, session_factory)
+        except TimeoutError:
+            raise DirectoryUnavailable() from None
+
+    async def _find_after_reload(self, name: str, session_factory: async_sessionmaker[AsyncSession]
+                                 ) -> RelayTarget | None:
         arrived = time.monotonic()
         while True:  # wait for a reload that began after this call arrived: it sees any commit before it
             task = self._miss_reload

@@ -34,7 +34,7 @@ async def show_resource(name: str, _admin: AdminDep, session: SessionDep) -> Res
 async def delete_resource(name: str, _admin: AdminDep, session: SessionDep, clock: ClockDep,
                           request: Request) -> None:
     """Only a resource with no tickets. This replica stops routing its sessions at once, every other
-    replica within `VOICELOG_RESOURCE_REFRESH_S`."""
+    replica at its next successful reload (every `VOICELOG_RESOURCE_REFRESH_S`)."""
     await service.remove_resource(session=session, clock=clock, name=name)
     await session.commit()
     request.app.state.resources.forget(name)

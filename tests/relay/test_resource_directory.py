@@ -209,3 +209,29 @@ async def test_a_hung_database_holds_neither_start_up_nor_the_readiness_probe(
                 silent.close()
     finally:
         silent.close()
+
+
+async def test_neither_start_up_nor_a_call_waits_on_a_database_that_stopped_answering() -> None:
+    """The directory's own bounds, shorter than any database timeout: start-up goes on after `wait_s`, and
+    a name not in memory gets "retry" after `miss_wait_s` while the reload it waits for is still hanging."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    silent = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    engine = create_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{silent.sockets[0].getsockname()[1]}/x")
+    directory = ResourceDirectory(miss_wait_s=0.5)
+    try:
+        async with asyncio.timeout(5) as outer:  # the connect timeout (10 s) would come later
+            await directory.start(create_session_factory(engine), wait_s=0.3)
+            assert not directory.loaded
+            with pytest.raises(DirectoryUnavailable):
+                await directory.find("acme", create_session_factory(engine))
+        assert not outer.expired()
+    finally:
+        await directory.stop()
+        for writer in held:
+            writer.close()
+        silent.close()
+        await engine.dispose()
