@@ -1,9 +1,11 @@
 """Console sign-in: OIDC authorization code with PKCE, verified by the app's own token verifier.
 
-The browser holds two cookies, both HttpOnly, Secure and holding only a random id: the session
-(SameSite=Strict) and, for the few minutes of a sign-in, the login (SameSite=Lax, so that it comes back on
-the redirect from a real issuer on another site). The callback answers with a page that moves on by itself,
-so the first request that carries the new Strict cookie is a same-site one.
+The browser holds two cookies, both HttpOnly and Secure: the session (SameSite=Strict, a random id only)
+and, for the few minutes of a sign-in, the login (SameSite=Lax, so that it comes back on the redirect from a
+real issuer on another site), which carries the sign-in's state, PKCE verifier and nonce sealed under a key
+derived from its own random id: no server state for a sign-in that has not come back. The callback records
+the sign-in as used (once, across replicas) and answers with a page that moves on by itself, so the first
+request that carries the new Strict cookie is a same-site one.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from fastapi.responses import RedirectResponse, Response
 from app.clock import Clock
 from app.console.dev_login import s256
 from app.console.security import checked_form
-from app.console.sessions import ConsoleSession, PendingLogin, SessionStore, touched
+from app.console.sessions import (
+    ConsoleSession,
+    PendingLogin,
+    SessionStore,
+    open_pending_login,
+    seal_pending_login,
+    touched,
+)
 from app.console.settings import ConsoleSettings
 from app.console.templating import page
 from app.deps import AppContext
@@ -32,6 +41,7 @@ from app.logs import get_logger
 log = get_logger("voicelog.console")
 
 LOGIN_TTL = timedelta(minutes=10)
+CLOCK_SKEW = timedelta(minutes=1)
 TOKEN_TIMEOUT_S = 10.0
 
 @dataclass
@@ -155,31 +165,30 @@ def build_auth_router(clock: Clock) -> APIRouter:
         login = PendingLogin(state=secrets.token_urlsafe(32), code_verifier=verifier, nonce=secrets.token_urlsafe(24),
                              redirect_uri=_redirect_uri(request, state.settings),
                              next_path=_safe_next(request.query_params.get("next")), created=clock.now())
-        pre = await state.logins.create(clock.now(), login=login)
         query = urlencode({"response_type": "code", "client_id": state.settings.client_id,
                            "redirect_uri": login.redirect_uri, "scope": state.settings.scope,
                            "state": login.state, "nonce": login.nonce,
                            "code_challenge": s256(verifier), "code_challenge_method": "S256"})
         response = RedirectResponse(f"{_authorization_endpoint(state)}?{query}", status_code=303)
-        set_cookie(response, state, state.login_cookie, pre.id, max_age=int(LOGIN_TTL.total_seconds()),
-                   same_site="lax")
+        set_cookie(response, state, state.login_cookie, seal_pending_login(login),
+                   max_age=int(LOGIN_TTL.total_seconds()), same_site="lax")
         return response
 
     @router.get("/callback")
     async def callback(request: Request) -> Response:
         state, ctx = console_state(request), _ctx(request)
-        pre = await state.logins.get(request.cookies.get(state.login_cookie), clock.now())
-        login = pre.login if pre is not None else None
+        pending = open_pending_login(request.cookies.get(state.login_cookie))
         presented = request.query_params.get("state", "")
         code = request.query_params.get("code")
-        if pre is None or login is None or code is None or not secrets.compare_digest(presented, login.state):
+        if pending is None or code is None or not secrets.compare_digest(presented, pending[1].state):
             return page(request, "signed_out.html", None, status_code=400,
                         message="That sign-in did not start here or has expired. Please sign in again.")
-        if not await state.logins.drop(pre):  # one use, even when two replicas get the same callback
+        login_id, login = pending
+        if not -CLOCK_SKEW <= clock.now() - login.created <= LOGIN_TTL:  # begun on another replica's clock
+            return page(request, "signed_out.html", None, status_code=400, message="The sign-in expired.")
+        if not await state.logins.use_once(login_id, clock.now()):  # even when two replicas get the callback
             return page(request, "signed_out.html", None, status_code=400,
                         message="That sign-in was already used. Please sign in again.")
-        if clock.now() - login.created > LOGIN_TTL:
-            return page(request, "signed_out.html", None, status_code=400, message="The sign-in expired.")
         try:
             token = await _exchange(request, state, login, code)
             verifier: TokenVerifier | None = ctx.token_verifier

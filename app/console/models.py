@@ -1,8 +1,9 @@
-"""Console sessions and pending sign-ins, shared by every replica (migration 0008_console_sessions).
+"""Console sessions, and used-once markers of sign-ins, shared by every replica (migration 0008).
 
 The row is keyed by SHA-256 of the session id (the cookie value), never the id itself, and everything secret
-(bearer token, PKCE verifier, nonce, state, flashes) is sealed under a key derived from that id
-(`app/console/sealing.py`): the database alone can neither replay a cookie nor decrypt a row.
+(bearer token, flashes) is sealed under a key derived from that id (`app/console/sealing.py`): the database
+alone can neither replay a cookie nor decrypt a row. A sign-in in progress has no row: its state travels
+sealed in the login cookie; a marker row (nothing sealed) records that it came back, so it is used once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class ConsoleSessionRow(Base):
     __table_args__ = (Index("ix_console_sessions_kind_expires_at", "kind", "expires_at"),)
 
     id_sha256: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # "session" or "login" (a pending OIDC sign-in)
+    kind: Mapped[str] = mapped_column(String(16))  # "session", or "login" (a sign-in that came back, used once)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())  # min(created + absolute, seen + idle)

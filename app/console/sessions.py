@@ -1,9 +1,10 @@
-"""Console sessions and pending sign-ins in the database, so any replica serves any signed-in user.
+"""Console sessions in the database, so any replica serves any signed-in user; sign-ins in their cookie.
 
 The browser holds a random 256-bit id only. The row is keyed by SHA-256 of that id and its secrets (bearer
-token, PKCE verifier, nonce, state, flashes) are sealed under a key derived from it (`sealing.py`). Rows
-expire (idle and absolute) and are deleted; each create also trims its kind to `capacity` rows, the oldest
-to expire first, so a flood of anonymous sign-ins cannot grow the table without limit.
+token, flashes) are sealed under a key derived from it (`sealing.py`). Rows expire (idle and absolute) and
+are deleted; each create also trims its kind to `capacity` rows, the oldest to expire first. A sign-in in
+progress keeps its state (PKCE verifier, nonce, state) sealed in the login cookie the same way, so it costs
+no row until it comes back; then a marker row makes it usable once.
 
 A session read during a request is written back (seen time, flashes added or shown) by
 `SaveTouchedSessions` just before the response starts, so the next request sees it on whichever replica.
@@ -11,6 +12,7 @@ A session read during a request is written back (seen time, flashes added or sho
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,6 +33,7 @@ from app.logs import get_logger
 log = get_logger("voicelog.console")
 
 MAX_ID_LENGTH = 128
+MAX_LOGIN_COOKIE = 3072  # a sealed sign-in is ~1 KiB; browsers keep 4 KiB per cookie
 _TOUCHED = "console_sessions_touched"
 
 
@@ -74,11 +78,49 @@ class ConsoleSession:
         return csrf_matches(self.id, presented)
 
 
+def _login_fields(login: PendingLogin) -> dict[str, str]:
+    return {**login.__dict__, "created": login.created.isoformat()}
+
+
+def _login_from(fields: dict[str, Any]) -> PendingLogin:
+    return PendingLogin(**{**fields, "created": datetime.fromisoformat(fields["created"])})
+
+
+def seal_pending_login(login: PendingLogin) -> str:
+    """The login cookie's value: a random id, then the sign-in's state sealed under a key derived from it.
+
+    The server keeps nothing for a sign-in that has not come back: a flood of anonymous sign-ins costs no
+    row and cannot push out anyone else's. Only the browser that holds the cookie can open it."""
+    login_id = secrets.token_urlsafe(32)
+    sealed = seal_state(login_id, "login", json.dumps(_login_fields(login), separators=(",", ":")).encode())
+    return f"{login_id}.{base64.urlsafe_b64encode(sealed).decode().rstrip('=')}"
+
+
+def open_pending_login(value: str | None) -> tuple[str, PendingLogin] | None:
+    """(login id, sign-in) from a login cookie, or None if it is absent, malformed or was altered."""
+    if not value or len(value) > MAX_LOGIN_COOKIE:
+        return None
+    login_id, _, sealed_text = value.partition(".")
+    if not login_id or len(login_id) > MAX_ID_LENGTH:
+        return None
+    try:
+        sealed = base64.urlsafe_b64decode(sealed_text + "=" * (-len(sealed_text) % 4))
+    except ValueError:
+        return None
+    payload = open_state(login_id, "login", sealed)
+    if payload is None:
+        return None
+    try:
+        return login_id, _login_from(json.loads(payload))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
 def _sealed_payload(session: ConsoleSession) -> bytes:
     login = session.login
     return json.dumps({
         "token": session.token,
-        "login": None if login is None else {**login.__dict__, "created": login.created.isoformat()},
+        "login": None if login is None else _login_fields(login),
         "flashes": session.flashes,
     }, separators=(",", ":")).encode()
 
@@ -88,7 +130,7 @@ def _from_payload(session_id: str, row: ConsoleSessionRow, payload: bytes, now: 
     login = state.get("login")
     return ConsoleSession(
         id=session_id, created=row.created_at, seen=now, token=state.get("token"),
-        login=None if login is None else PendingLogin(**{**login, "created": datetime.fromisoformat(login["created"])}),
+        login=None if login is None else _login_from(login),
         flashes=[(kind, message) for kind, message in state.get("flashes", [])])
 
 
@@ -161,13 +203,33 @@ class SessionStore:
         session.changed = False
 
     async def drop(self, session: ConsoleSession) -> bool:
-        """Delete the row; True only for the one caller that deleted it (a pending sign-in is used once)."""
+        """Delete the row (sign-out); True only for the one caller that deleted it."""
         session.ended = True
         async with self._factory() as db:
             result = await db.execute(delete(ConsoleSessionRow).where(
                 ConsoleSessionRow.id_sha256 == row_key(session.id), ConsoleSessionRow.kind == self.kind))
             await db.commit()
         return getattr(result, "rowcount", 0) == 1
+
+    async def use_once(self, login_id: str, now: datetime) -> bool:
+        """Record that sign-in `login_id` came back; True only for the first caller on any replica.
+
+        Rows of this kind are markers written at the callback (never for a sign-in that did not come back),
+        expire with the sign-in and are trimmed like sessions."""
+        expires = now + self._absolute
+        async with self._factory() as db:
+            await db.execute(delete(ConsoleSessionRow).where(ConsoleSessionRow.kind == self.kind,
+                                                             ConsoleSessionRow.expires_at < now))
+            db.add(ConsoleSessionRow(id_sha256=row_key(login_id), kind=self.kind, created_at=now, seen_at=now,
+                                     expires_at=expires, sealed=b""))
+            try:
+                await db.flush()
+            except IntegrityError:
+                await db.rollback()
+                return False
+            await self._trim(db)
+            await db.commit()
+        return True
 
     async def sign_in(self, principal: Principal, token: str, now: datetime) -> ConsoleSession:
         """A fresh id (and so a fresh CSRF token) at sign-in: no session fixation."""

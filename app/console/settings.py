@@ -20,8 +20,9 @@ class ConsoleSettings(BaseModel):
     session_idle_minutes: int = Field(default=30, ge=1, le=480, description="Sign out after this much idle time.")
     session_max_hours: float = Field(default=8.0, gt=0, le=24, description="Sign out after this long, whatever.")
     max_sessions: int = Field(
-        default=10_000, ge=10, description="Rows kept in the database per kind (signed-in sessions; pending sign-ins): "
-        "past it, each new one deletes those closest to expiry. Expired rows are deleted anyway.")
+        default=10_000, ge=10, description="Rows kept in the database per kind (signed-in sessions; used-once "
+        "markers of sign-ins that came back): past it, each new one deletes those closest to expiry. Expired "
+        "rows are deleted anyway.")
     client_id: str = Field(default="voicelog-console", min_length=1,
                            description="The console's OIDC client ID (Entra: the console app registration).")
     client_secret: SecretStr | None = Field(

@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.console.models import ConsoleSessionRow
 from app.console.sealing import csrf_token, open_state, row_key, seal_state
-from app.console.sessions import PendingLogin, SessionStore
+from app.console.sessions import SessionStore, open_pending_login
+from app.console.settings import ConsoleSettings
 from app.db import create_engine, create_session_factory
 from app.identity.settings import IdentitySettings
 from tests.console.stack import chromium, shot, sign_in
@@ -196,24 +197,23 @@ async def test_the_database_holds_no_cookie_token_csrf_sign_in_secret_or_flash(
     assert pending_cookie
     query = httpx.URL(pending.headers["location"]).params
 
+    pending_opened = open_pending_login(pending_cookie)  # the cookie holder, and only they, can open it
+    assert pending_opened is not None
+    login_id, login = pending_opened
     async with create_session_factory(create_engine(app_db_url))() as db:
         row = await db.get(ConsoleSessionRow, row_key(signed.cookie))
-        login_row = await db.get(ConsoleSessionRow, row_key(pending_cookie))
+        assert await db.get(ConsoleSessionRow, row_key(login_id)) is None  # a sign-in in progress keeps no row
     assert row is not None
-    assert login_row is not None
-    opened = open_state(signed.cookie, "session", row.sealed)  # the cookie holder, and only they, can
-    login_opened = open_state(pending_cookie, "login", login_row.sealed)
+    opened = open_state(signed.cookie, "session", row.sealed)
     assert opened is not None
-    assert login_opened is not None
     token = re.search(rb'"token":"([^"]+)"', opened)
-    verifier = re.search(rb'"code_verifier":"([^"]+)"', login_opened)
     assert token is not None
-    assert verifier is not None
     assert ERASE_UNCONFIRMED.encode() in opened
+    assert (login.state, login.nonce) == (query["state"], query["nonce"])
 
     secrets = {"session cookie": signed.cookie, "access token": token.group(1).decode(), "csrf token": signed.csrf,
                "login cookie": pending_cookie, "state": query["state"], "nonce": query["nonce"],
-               "pkce verifier": verifier.group(1).decode(), "flash": ERASE_UNCONFIRMED}
+               "pkce verifier": login.code_verifier, "flash": ERASE_UNCONFIRMED}
     dump = await table_bytes(app_db_url)
     assert row_key(signed.cookie) in dump  # the dump does hold the rows
     leaks = [f"{name}/{form}" for name, secret in secrets.items() for form, needle in needles(secret).items()
@@ -289,18 +289,53 @@ async def test_each_new_session_deletes_expired_rows_and_keeps_at_most_capacity(
     assert await sessions.get(made[-1].id, later + timedelta(seconds=20)) is not None
 
 
-async def test_a_pending_sign_in_is_taken_once(factory: async_sessionmaker[AsyncSession]) -> None:
-    logins, now = store(factory), datetime.now(UTC)
-    pending = await logins.create(now, login=PendingLogin(state="s" * 32, code_verifier="v" * 64, nonce="n" * 24,
-                                                        redirect_uri="http://127.0.0.1/console/callback",
-                                                        next_path="/console", created=now))
-    on_a, on_b = await logins.get(pending.id, now), await logins.get(pending.id, now)
-    assert on_a is not None
-    assert on_b is not None
-    assert on_a.login == pending.login
-    assert await logins.drop(on_a) is True
-    assert await logins.drop(on_b) is False  # the second replica to try loses
-    assert await logins.get(pending.id, now) is None
+async def test_a_sign_in_that_came_back_is_used_once_across_replicas(
+    factory: async_sessionmaker[AsyncSession],
+) -> None:
+    on_a, on_b, now = store(factory), store(factory), datetime.now(UTC)
+    on_b.kind = on_a.kind  # two replicas' stores of the same kind
+    assert await on_a.use_once("login-1", now) is True
+    assert await on_b.use_once("login-1", now) is False  # the second replica to try loses
+    assert await on_b.use_once("login-2", now) is True
+    later = now + timedelta(hours=9)  # past the store's lifetime (8 h here): the markers expire and go
+    assert await on_a.use_once("login-3", later) is True
+    assert await rows_of(factory, on_a.kind) == 1
+
+
+async def test_a_flood_of_anonymous_sign_ins_writes_nothing_and_pushes_out_no_one(
+    tmp_path: Path, identity_settings: IdentitySettings, app_db_url: str,
+) -> None:
+    """Sign-ins that never come back cost no row, so 50 of them past `max_sessions` (10) leave a sign-in
+    begun before them intact."""
+    settings = relay_settings(tmp_path, app_db_url, identity=identity_settings,
+                              console=ConsoleSettings(max_sessions=10))
+    async with run_relay(settings) as replica, httpx.AsyncClient(base_url=replica.http) as client:
+        before = await all_rows(app_db_url)
+        start = await client.get("/console/login", params={"next": "/console/customer"})
+        login_cookie = set_cookie(start, LOGIN_COOKIE)
+        assert login_cookie
+        for _ in range(50):
+            assert (await client.get("/console/login")).status_code == 303
+        assert await all_rows(app_db_url) == before
+        form = await client.get(start.headers["location"])
+        transaction = re.search(r'name="transaction" value="([^"]+)"', form.text)
+        assert transaction is not None
+        issued = await client.post("/dev/oidc/authorize", data={
+            "transaction": transaction.group(1), "subject": f"gus-{uuid4().hex[:6]}", "roles": ["customer_admin"],
+            "tenant": "demo-tenant"})
+        done = await client.get(httpx.URL(issued.headers["location"]).raw_path.decode(),
+                                headers=with_cookie(LOGIN_COOKIE, login_cookie))
+    assert done.status_code == 200, done.text
+    assert set_cookie(done, COOKIE)
+
+
+async def all_rows(url: str) -> int:
+    engine = create_engine(url)
+    try:
+        async with create_session_factory(engine)() as db:
+            return int((await db.execute(select(func.count()).select_from(ConsoleSessionRow))).scalar_one())
+    finally:
+        await engine.dispose()
 
 
 async def test_a_flash_set_in_one_request_is_shown_once_in_the_next(factory: async_sessionmaker[AsyncSession]) -> None:
@@ -352,3 +387,23 @@ async def test_a_page_is_still_answered_when_saving_its_session_fails(
         page = await client.get("/console/customer", headers=with_cookie(COOKIE, signed.cookie))
     assert page.status_code == 200
     assert "gus-" in page.text
+
+
+async def test_a_forged_or_altered_login_cookie_is_a_clear_400(replica: RelayHandle) -> None:
+    async with httpx.AsyncClient(base_url=replica.http) as client:
+        start = await client.get("/console/login")
+        genuine = set_cookie(start, LOGIN_COOKIE)
+        assert genuine
+        state = httpx.URL(start.headers["location"]).params["state"]
+        login_id, _, sealed = genuine.partition(".")
+        flipped = sealed[:-2] + ("A" if sealed[-2] != "A" else "B") + sealed[-1]
+        forged = ["", "no-dot", f"{login_id}.!!not-base64!!", f"{login_id}.{flipped}", f"other{login_id}.{sealed}",
+                  f"{login_id}.{sealed}" + "A" * 4000]
+        for value in forged:
+            answer = await client.get("/console/callback", params={"code": "c", "state": state},
+                                      headers=with_cookie(LOGIN_COOKIE, value))
+            assert answer.status_code == 400, value[:40]
+            assert "did not start here" in answer.text
+        wrong_state = await client.get("/console/callback", params={"code": "c", "state": "x" * 43},
+                                       headers=with_cookie(LOGIN_COOKIE, genuine))
+        assert wrong_state.status_code == 400
