@@ -180,7 +180,10 @@ def build_auth_router(clock: Clock) -> APIRouter:
         pending = open_pending_login(request.cookies.get(state.login_cookie))
         presented = request.query_params.get("state", "")
         code = request.query_params.get("code")
-        if pending is None or code is None or not secrets.compare_digest(presented, pending[1].state):
+        # The cookie's holder could have sealed it themselves: nothing in it is taken on trust.
+        if (pending is None or code is None
+                or not secrets.compare_digest(presented.encode(), pending[1].state.encode())
+                or pending[1].redirect_uri != _redirect_uri(request, state.settings)):
             return page(request, "signed_out.html", None, status_code=400,
                         message="That sign-in did not start here or has expired. Please sign in again.")
         login_id, login = pending
@@ -196,13 +199,13 @@ def build_auth_router(clock: Clock) -> APIRouter:
                 raise NeedsSignIn("No identity issuer is configured.")
             principal = await verifier.verify(token)
             nonce = principal.claims.get("nonce")
-            if nonce is not None and not secrets.compare_digest(str(nonce), login.nonce):
+            if nonce is not None and not secrets.compare_digest(str(nonce).encode(), login.nonce.encode()):
                 raise NeedsSignIn("The token was issued for another sign-in.")
         except AppError as refused:  # never a redirect loop back to the issuer
             return page(request, "signed_out.html", None, status_code=401, message=f"Sign-in failed: {refused.detail}")
         session = await state.sessions.sign_in(principal, token, clock.now())
         log.info("console.signed_in", roles=sorted(r.value for r in principal.roles))
-        response = page(request, "continue.html", None, next_path=login.next_path)
+        response = page(request, "continue.html", None, next_path=_safe_next(login.next_path))
         set_cookie(response, state, state.session_cookie, session.id,
                    max_age=int(state.settings.session_max_hours * 3600), same_site="strict")
         response.delete_cookie(state.login_cookie, path="/", secure=state.settings.cookie_secure, httponly=True,

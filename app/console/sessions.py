@@ -111,7 +111,10 @@ def open_pending_login(value: str | None) -> tuple[str, PendingLogin] | None:
     if payload is None:
         return None
     try:
-        return login_id, _login_from(json.loads(payload))
+        fields = json.loads(payload)
+        if not isinstance(fields, dict) or not all(isinstance(v, str) for v in fields.values()):
+            return None
+        return login_id, _login_from(fields)
     except (ValueError, TypeError, KeyError):
         return None
 

@@ -404,6 +404,7 @@ async def test_a_forged_or_altered_login_cookie_is_a_clear_400(replica: RelayHan
                                       headers=with_cookie(LOGIN_COOKIE, value))
             assert answer.status_code == 400, value[:40]
             assert "did not start here" in answer.text
-        wrong_state = await client.get("/console/callback", params={"code": "c", "state": "x" * 43},
-                                       headers=with_cookie(LOGIN_COOKIE, genuine))
-        assert wrong_state.status_code == 400
+        for presented in ("x" * 43, "ünïcode-state"):
+            wrong_state = await client.get("/console/callback", params={"code": "c", "state": presented},
+                                           headers=with_cookie(LOGIN_COOKIE, genuine))
+            assert wrong_state.status_code == 400
