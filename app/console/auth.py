@@ -21,8 +21,10 @@ from fastapi.responses import RedirectResponse, Response
 
 from app.clock import Clock
 from app.console.dev_login import s256
+from app.console.login_key import LoginKey
 from app.console.security import checked_form
 from app.console.sessions import (
+    MAX_LOGIN_COOKIE,
     ConsoleSession,
     PendingLogin,
     SessionStore,
@@ -48,7 +50,8 @@ TOKEN_TIMEOUT_S = 10.0
 class ConsoleState:
     settings: ConsoleSettings
     sessions: SessionStore
-    logins: SessionStore
+    logins: SessionStore  # used-once markers of sign-ins that came back
+    login_key: LoginKey
     dev_issuer: bool
 
     @property
@@ -170,17 +173,22 @@ def build_auth_router(clock: Clock) -> APIRouter:
                            "state": login.state, "nonce": login.nonce,
                            "code_challenge": s256(verifier), "code_challenge_method": "S256"})
         response = RedirectResponse(f"{_authorization_endpoint(state)}?{query}", status_code=303)
-        set_cookie(response, state, state.login_cookie, seal_pending_login(login),
-                   max_age=int(LOGIN_TTL.total_seconds()), same_site="lax")
+        server_key = await state.login_key.get()
+        cookie = seal_pending_login(login, server_key)
+        if len(cookie) > MAX_LOGIN_COOKIE:  # a long `next` of many-byte characters: sign in, go home
+            login.next_path = "/console"
+            cookie = seal_pending_login(login, server_key)
+        set_cookie(response, state, state.login_cookie, cookie, max_age=int(LOGIN_TTL.total_seconds()),
+                   same_site="lax")
         return response
 
     @router.get("/callback")
     async def callback(request: Request) -> Response:
         state, ctx = console_state(request), _ctx(request)
-        pending = open_pending_login(request.cookies.get(state.login_cookie))
+        pending = open_pending_login(request.cookies.get(state.login_cookie), await state.login_key.get())
         presented = request.query_params.get("state", "")
         code = request.query_params.get("code")
-        # The cookie's holder could have sealed it themselves: nothing in it is taken on trust.
+        # Only a replica mints login cookies; even so, nothing in one is taken on trust.
         if (pending is None or code is None
                 or not secrets.compare_digest(presented.encode(), pending[1].state.encode())
                 or pending[1].redirect_uri != _redirect_uri(request, state.settings)):
@@ -189,7 +197,7 @@ def build_auth_router(clock: Clock) -> APIRouter:
         login_id, login = pending
         if not -CLOCK_SKEW <= clock.now() - login.created <= LOGIN_TTL:  # begun on another replica's clock
             return page(request, "signed_out.html", None, status_code=400, message="The sign-in expired.")
-        if not await state.logins.use_once(login_id, clock.now()):  # even when two replicas get the callback
+        if not await state.logins.use_once(login_id, clock.now(), until=login.created + LOGIN_TTL + CLOCK_SKEW):
             return page(request, "signed_out.html", None, status_code=400,
                         message="That sign-in was already used. Please sign in again.")
         try:

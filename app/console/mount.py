@@ -25,6 +25,7 @@ from app.console.auth import (
 from app.console.customer import build_customer_router
 from app.console.dev_login import build_dev_login_router
 from app.console.engineer import build_engineer_router
+from app.console.login_key import LoginKey
 from app.console.manager import build_manager_router
 from app.console.playback import build_playback_router
 from app.console.security import ConsoleSecurityHeaders, CsrfRejected
@@ -57,6 +58,7 @@ def include_console(app: FastAPI, settings: Settings, console: ConsoleSettings |
                               absolute=timedelta(hours=console.session_max_hours), capacity=console.max_sessions),
         logins=SessionStore(session_factory=ctx.session_factory, kind="login", idle=LOGIN_TTL, absolute=LOGIN_TTL,
                             capacity=console.max_sessions),
+        login_key=LoginKey(ctx.session_factory),
         dev_issuer=settings.identity.dev_issuer_enabled,
     )
     issuer = load_dev_issuer(settings.identity, settings.data_dir, clock=clock)

@@ -55,6 +55,32 @@ def open_state(session_id: str, kind: str, sealed: bytes) -> bytes | None:
         return None
 
 
+_LOGIN_INFO = b"voicelog console login cookie v1"
+
+
+def _login_cipher(login_id: str, server_key: bytes) -> AESGCM:
+    key = HKDF(algorithm=SHA256(), length=32, salt=server_key, info=_LOGIN_INFO).derive(login_id.encode("utf-8"))
+    return AESGCM(key)
+
+
+def seal_login(login_id: str, server_key: bytes, plaintext: bytes) -> bytes:
+    """A sign-in's state for its cookie: like `seal_state`, but keyed by the servers' key too, so a cookie
+    opens only if a replica minted it (`app/console/login_key.py`)."""
+    nonce = os.urandom(NONCE_BYTES)
+    return FORMAT + nonce + _login_cipher(login_id, server_key).encrypt(nonce, plaintext,
+                                                                         _associated("login", row_key(login_id)))
+
+
+def open_login(login_id: str, server_key: bytes, sealed: bytes) -> bytes | None:
+    if len(sealed) < 1 + NONCE_BYTES + 16 or sealed[:1] != FORMAT:
+        return None
+    nonce, ciphertext = sealed[1:1 + NONCE_BYTES], sealed[1 + NONCE_BYTES:]
+    try:
+        return _login_cipher(login_id, server_key).decrypt(nonce, ciphertext, _associated("login", row_key(login_id)))
+    except InvalidTag:
+        return None
+
+
 def csrf_token(session_id: str) -> str:
     """The session's CSRF token: HMAC-SHA256(session id, "csrf"), base64url; a new id gives a new token."""
     mac = hmac.new(session_id.encode("utf-8"), b"csrf", hashlib.sha256).digest()

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.console.models import ConsoleSessionRow
-from app.console.sealing import csrf_matches, csrf_token, open_state, row_key, seal_state
+from app.console.sealing import csrf_matches, csrf_token, open_login, open_state, row_key, seal_login, seal_state
 from app.identity.principal import Principal
 from app.logs import get_logger
 
@@ -83,21 +83,27 @@ def _login_fields(login: PendingLogin) -> dict[str, str]:
 
 
 def _login_from(fields: dict[str, Any]) -> PendingLogin:
-    return PendingLogin(**{**fields, "created": datetime.fromisoformat(fields["created"])})
+    created = datetime.fromisoformat(fields["created"])
+    if created.tzinfo is None:
+        raise ValueError("a sign-in's time carries its zone")
+    return PendingLogin(**{**fields, "created": created})
 
 
-def seal_pending_login(login: PendingLogin) -> str:
-    """The login cookie's value: a random id, then the sign-in's state sealed under a key derived from it.
+def seal_pending_login(login: PendingLogin, server_key: bytes) -> str:
+    """The login cookie's value: a random id, then the sign-in's state sealed under a key derived from that
+    id and the servers' key.
 
     The server keeps nothing for a sign-in that has not come back: a flood of anonymous sign-ins costs no
-    row and cannot push out anyone else's. Only the browser that holds the cookie can open it."""
+    row and cannot push out anyone else's. Only a replica can mint or open one."""
     login_id = secrets.token_urlsafe(32)
-    sealed = seal_state(login_id, "login", json.dumps(_login_fields(login), separators=(",", ":")).encode())
+    payload = json.dumps(_login_fields(login), separators=(",", ":"), ensure_ascii=False).encode()
+    sealed = seal_login(login_id, server_key, payload)
     return f"{login_id}.{base64.urlsafe_b64encode(sealed).decode().rstrip('=')}"
 
 
-def open_pending_login(value: str | None) -> tuple[str, PendingLogin] | None:
-    """(login id, sign-in) from a login cookie, or None if it is absent, malformed or was altered."""
+def open_pending_login(value: str | None, server_key: bytes) -> tuple[str, PendingLogin] | None:
+    """(login id, sign-in) from a login cookie, or None if it is absent, malformed, altered or not minted by
+    a replica."""
     if not value or len(value) > MAX_LOGIN_COOKIE:
         return None
     login_id, _, sealed_text = value.partition(".")
@@ -107,7 +113,7 @@ def open_pending_login(value: str | None) -> tuple[str, PendingLogin] | None:
         sealed = base64.urlsafe_b64decode(sealed_text + "=" * (-len(sealed_text) % 4))
     except ValueError:
         return None
-    payload = open_state(login_id, "login", sealed)
+    payload = open_login(login_id, server_key, sealed)
     if payload is None:
         return None
     try:
@@ -214,12 +220,12 @@ class SessionStore:
             await db.commit()
         return getattr(result, "rowcount", 0) == 1
 
-    async def use_once(self, login_id: str, now: datetime) -> bool:
+    async def use_once(self, login_id: str, now: datetime, *, until: datetime) -> bool:
         """Record that sign-in `login_id` came back; True only for the first caller on any replica.
 
         Rows of this kind are markers written at the callback (never for a sign-in that did not come back),
-        expire with the sign-in and are trimmed like sessions."""
-        expires = now + self._absolute
+        kept `until` the sign-in's cookie could no longer be accepted, and trimmed like sessions."""
+        expires = until
         async with self._factory() as db:
             await db.execute(delete(ConsoleSessionRow).where(ConsoleSessionRow.kind == self.kind,
                                                              ConsoleSessionRow.expires_at < now))

@@ -4,6 +4,7 @@ neither replay a cookie nor read a token, a CSRF token, a sign-in secret or a fl
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from collections.abc import AsyncIterator
@@ -15,12 +16,13 @@ from uuid import uuid4
 import httpx
 import pytest
 from playwright.async_api import expect
-from sqlalchemy import func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.console.login_key import LoginKey
 from app.console.models import ConsoleSessionRow
 from app.console.sealing import csrf_token, open_state, row_key, seal_state
-from app.console.sessions import SessionStore, open_pending_login
+from app.console.sessions import PendingLogin, SessionStore, open_pending_login, seal_pending_login
 from app.console.settings import ConsoleSettings
 from app.db import create_engine, create_session_factory
 from app.identity.settings import IdentitySettings
@@ -197,7 +199,8 @@ async def test_the_database_holds_no_cookie_token_csrf_sign_in_secret_or_flash(
     assert pending_cookie
     query = httpx.URL(pending.headers["location"]).params
 
-    pending_opened = open_pending_login(pending_cookie)  # the cookie holder, and only they, can open it
+    server_key = await LoginKey(create_session_factory(create_engine(app_db_url))).get()
+    pending_opened = open_pending_login(pending_cookie, server_key)  # only a replica can open it
     assert pending_opened is not None
     login_id, login = pending_opened
     async with create_session_factory(create_engine(app_db_url))() as db:
@@ -294,11 +297,12 @@ async def test_a_sign_in_that_came_back_is_used_once_across_replicas(
 ) -> None:
     on_a, on_b, now = store(factory), store(factory), datetime.now(UTC)
     on_b.kind = on_a.kind  # two replicas' stores of the same kind
-    assert await on_a.use_once("login-1", now) is True
-    assert await on_b.use_once("login-1", now) is False  # the second replica to try loses
-    assert await on_b.use_once("login-2", now) is True
-    later = now + timedelta(hours=9)  # past the store's lifetime (8 h here): the markers expire and go
-    assert await on_a.use_once("login-3", later) is True
+    until = now + timedelta(minutes=11)
+    assert await on_a.use_once("login-1", now, until=until) is True
+    assert await on_b.use_once("login-1", now, until=until) is False  # the second replica to try loses
+    assert await on_b.use_once("login-2", now, until=until) is True
+    later = now + timedelta(minutes=12)  # past the markers' time: they expire and go
+    assert await on_a.use_once("login-3", later, until=later + timedelta(minutes=11)) is True
     assert await rows_of(factory, on_a.kind) == 1
 
 
@@ -330,10 +334,12 @@ async def test_a_flood_of_anonymous_sign_ins_writes_nothing_and_pushes_out_no_on
 
 
 async def all_rows(url: str) -> int:
+    """Sessions and markers (not the replicas' login key, made once by the first sign-in)."""
     engine = create_engine(url)
     try:
         async with create_session_factory(engine)() as db:
-            return int((await db.execute(select(func.count()).select_from(ConsoleSessionRow))).scalar_one())
+            return int((await db.execute(select(func.count()).select_from(ConsoleSessionRow)
+                                         .where(ConsoleSessionRow.kind != "login-key"))).scalar_one())
     finally:
         await engine.dispose()
 
@@ -408,3 +414,47 @@ async def test_a_forged_or_altered_login_cookie_is_a_clear_400(replica: RelayHan
             wrong_state = await client.get("/console/callback", params={"code": "c", "state": presented},
                                            headers=with_cookie(LOGIN_COOKIE, genuine))
             assert wrong_state.status_code == 400
+
+
+async def test_a_login_cookie_no_replica_minted_is_refused_before_the_issuer_is_asked(
+    replica: RelayHandle, app_db_url: str,
+) -> None:
+    """Someone who knows the cookie format but not the replicas' key seals their own sign-in, with a state
+    of their choosing and the right redirect URI: a 400, no marker written, no call to the token endpoint."""
+    now = datetime.now(UTC)
+    forged = seal_pending_login(PendingLogin(state="s" * 43, code_verifier="v" * 86, nonce="n" * 32,
+                                             redirect_uri=f"{replica.http}/console/callback", next_path="/console",
+                                             created=now), server_key=bytes(32))
+    before = await all_rows(app_db_url)
+    async with httpx.AsyncClient(base_url=replica.http) as client:
+        answer = await client.get("/console/callback", params={"code": "c", "state": "s" * 43},
+                                  headers=with_cookie(LOGIN_COOKIE, forged))
+        long_next = await client.get("/console/login", params={"next": "/console/customer" + "\u200b" * 500})
+    assert answer.status_code == 400
+    assert "did not start here" in answer.text
+    assert await all_rows(app_db_url) == before  # no marker: it never got that far
+    cookie = set_cookie(long_next, LOGIN_COOKIE)  # sealed small enough for any browser, whatever `next` is
+    assert cookie is not None
+    assert len(cookie) <= 3072
+
+
+async def test_every_replica_opens_the_login_cookies_of_the_others(migrated_databases: dict[str, str]) -> None:
+    """Replicas starting together race to make the login key; all of them end up with the same one, so a
+    callback may land on any replica behind the public URL."""
+    url = migrated_databases["postgresql"]
+    engines = [create_engine(url) for _ in range(4)]
+    try:
+        async with engines[0].begin() as conn:  # as on a fresh database: nobody has made the key yet
+            await conn.execute(delete(ConsoleSessionRow).where(ConsoleSessionRow.kind == "login-key"))
+        keys = await asyncio.gather(*(LoginKey(create_session_factory(e)).get() for e in engines))
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    assert len(set(keys)) == 1
+    assert len(keys[0]) == 32
+    login = PendingLogin(state="s" * 43, code_verifier="v" * 86, nonce="n" * 32,
+                         redirect_uri="https://voicelog.example/console/callback", next_path="/console",
+                         created=datetime.now(UTC))
+    opened = open_pending_login(seal_pending_login(login, keys[0]), keys[3])
+    assert opened is not None
+    assert opened[1] == login
