@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 FORMAT = b"\x01"
 NONCE_BYTES = 12
 _KEY_INFO = b"voicelog console session key v1"
+_LOGIN_INFO = b"voicelog console login cookie v1"
 _AAD_PREFIX = b"voicelog console session v1\x00"
 
 
@@ -29,8 +30,11 @@ def row_key(session_id: str) -> bytes:
     return hashlib.sha256(session_id.encode("utf-8")).digest()
 
 
-def _cipher(session_id: str) -> AESGCM:
-    key = HKDF(algorithm=SHA256(), length=32, salt=None, info=_KEY_INFO).derive(session_id.encode("utf-8"))
+def _cipher(session_id: str, server_key: bytes | None) -> AESGCM:
+    """Keyed by the id alone (a session's row: only the cookie's holder opens it), or by the id and the
+    replicas' key too (a login cookie: only a replica mints or opens it, `app/console/login_key.py`)."""
+    info = _KEY_INFO if server_key is None else _LOGIN_INFO
+    key = HKDF(algorithm=SHA256(), length=32, salt=server_key, info=info).derive(session_id.encode("utf-8"))
     return AESGCM(key)
 
 
@@ -38,45 +42,21 @@ def _associated(kind: str, key: bytes) -> bytes:
     return _AAD_PREFIX + kind.encode("ascii") + b"\x00" + key
 
 
-def seal_state(session_id: str, kind: str, plaintext: bytes) -> bytes:
+def seal_state(session_id: str, kind: str, plaintext: bytes, *, server_key: bytes | None = None) -> bytes:
     """format byte | random 96-bit nonce | AES-GCM ciphertext and tag (a fresh nonce on every save)."""
     nonce = os.urandom(NONCE_BYTES)
-    return FORMAT + nonce + _cipher(session_id).encrypt(nonce, plaintext, _associated(kind, row_key(session_id)))
+    return FORMAT + nonce + _cipher(session_id, server_key).encrypt(nonce, plaintext,
+                                                                     _associated(kind, row_key(session_id)))
 
 
-def open_state(session_id: str, kind: str, sealed: bytes) -> bytes | None:
-    """The plaintext, or None when the id, kind or row key does not match or the bytes were altered."""
+def open_state(session_id: str, kind: str, sealed: bytes, *, server_key: bytes | None = None) -> bytes | None:
+    """The plaintext, or None when the id, kind, row key or server key does not match or the bytes were
+    altered."""
     if len(sealed) < 1 + NONCE_BYTES + 16 or sealed[:1] != FORMAT:
         return None
     nonce, ciphertext = sealed[1:1 + NONCE_BYTES], sealed[1 + NONCE_BYTES:]
     try:
-        return _cipher(session_id).decrypt(nonce, ciphertext, _associated(kind, row_key(session_id)))
-    except InvalidTag:
-        return None
-
-
-_LOGIN_INFO = b"voicelog console login cookie v1"
-
-
-def _login_cipher(login_id: str, server_key: bytes) -> AESGCM:
-    key = HKDF(algorithm=SHA256(), length=32, salt=server_key, info=_LOGIN_INFO).derive(login_id.encode("utf-8"))
-    return AESGCM(key)
-
-
-def seal_login(login_id: str, server_key: bytes, plaintext: bytes) -> bytes:
-    """A sign-in's state for its cookie: like `seal_state`, but keyed by the servers' key too, so a cookie
-    opens only if a replica minted it (`app/console/login_key.py`)."""
-    nonce = os.urandom(NONCE_BYTES)
-    return FORMAT + nonce + _login_cipher(login_id, server_key).encrypt(nonce, plaintext,
-                                                                         _associated("login", row_key(login_id)))
-
-
-def open_login(login_id: str, server_key: bytes, sealed: bytes) -> bytes | None:
-    if len(sealed) < 1 + NONCE_BYTES + 16 or sealed[:1] != FORMAT:
-        return None
-    nonce, ciphertext = sealed[1:1 + NONCE_BYTES], sealed[1 + NONCE_BYTES:]
-    try:
-        return _login_cipher(login_id, server_key).decrypt(nonce, ciphertext, _associated("login", row_key(login_id)))
+        return _cipher(session_id, server_key).decrypt(nonce, ciphertext, _associated(kind, row_key(session_id)))
     except InvalidTag:
         return None
 

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.console.models import ConsoleSessionRow
-from app.console.sealing import csrf_matches, csrf_token, open_login, open_state, row_key, seal_login, seal_state
+from app.console.sealing import csrf_matches, csrf_token, open_state, row_key, seal_state
 from app.identity.principal import Principal
 from app.logs import get_logger
 
@@ -97,7 +97,7 @@ def seal_pending_login(login: PendingLogin, server_key: bytes) -> str:
     row and cannot push out anyone else's. Only a replica can mint or open one."""
     login_id = secrets.token_urlsafe(32)
     payload = json.dumps(_login_fields(login), separators=(",", ":"), ensure_ascii=False).encode()
-    sealed = seal_login(login_id, server_key, payload)
+    sealed = seal_state(login_id, "login", payload, server_key=server_key)
     return f"{login_id}.{base64.urlsafe_b64encode(sealed).decode().rstrip('=')}"
 
 
@@ -113,7 +113,7 @@ def open_pending_login(value: str | None, server_key: bytes) -> tuple[str, Pendi
         sealed = base64.urlsafe_b64decode(sealed_text + "=" * (-len(sealed_text) % 4))
     except ValueError:
         return None
-    payload = open_login(login_id, server_key, sealed)
+    payload = open_state(login_id, "login", sealed, server_key=server_key)
     if payload is None:
         return None
     try:
