@@ -3,7 +3,8 @@
 The browser holds two cookies, both HttpOnly and Secure: the session (SameSite=Strict, a random id only)
 and, for the few minutes of a sign-in, the login (SameSite=Lax, so that it comes back on the redirect from a
 real issuer on another site), which carries the sign-in's state, PKCE verifier and nonce sealed under a key
-derived from its own random id: no server state for a sign-in that has not come back. The callback records
+derived from its own random id and the replicas' login key: no server state for a sign-in that has not
+come back, and only a replica can mint one. The callback records
 the sign-in as used (once, across replicas) and answers with a page that moves on by itself, so the first
 request that carries the new Strict cookie is a same-site one.
 """

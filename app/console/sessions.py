@@ -55,7 +55,6 @@ class ConsoleSession:
     created: datetime
     seen: datetime
     token: str | None = None
-    login: PendingLogin | None = None
     flashes: list[tuple[str, str]] = field(default_factory=list)
     principal: Principal | None = None  # from the token, verified again on each request; never stored
     changed: bool = False  # sealed state to write back
@@ -126,20 +125,13 @@ def open_pending_login(value: str | None, server_key: bytes) -> tuple[str, Pendi
 
 
 def _sealed_payload(session: ConsoleSession) -> bytes:
-    login = session.login
-    return json.dumps({
-        "token": session.token,
-        "login": None if login is None else _login_fields(login),
-        "flashes": session.flashes,
-    }, separators=(",", ":")).encode()
+    return json.dumps({"token": session.token, "flashes": session.flashes}, separators=(",", ":")).encode()
 
 
 def _from_payload(session_id: str, row: ConsoleSessionRow, payload: bytes, now: datetime) -> ConsoleSession:
     state: dict[str, Any] = json.loads(payload)
-    login = state.get("login")
     return ConsoleSession(
         id=session_id, created=row.created_at, seen=now, token=state.get("token"),
-        login=None if login is None else _login_from(login),
         flashes=[(kind, message) for kind, message in state.get("flashes", [])])
 
 
@@ -157,20 +149,29 @@ class SessionStore:
     def _expires(self, created: datetime, seen: datetime) -> datetime:
         return min(created + self._absolute, seen + self._idle)
 
-    async def create(self, now: datetime, *, token: str | None = None,
-                     login: PendingLogin | None = None) -> ConsoleSession:
+    async def create(self, now: datetime, *, token: str | None = None) -> ConsoleSession:
         """A new random id; expired rows of this kind go first, and the oldest past `capacity` after."""
-        session = ConsoleSession(id=secrets.token_urlsafe(32), created=now, seen=now, token=token, login=login)
+        session = ConsoleSession(id=secrets.token_urlsafe(32), created=now, seen=now, token=token)
+        await self._insert(session.id, now, expires=self._expires(now, now),
+                           sealed=seal_state(session.id, self.kind, _sealed_payload(session)))
+        return session
+
+    async def _insert(self, row_id: str, now: datetime, *, expires: datetime, sealed: bytes) -> bool:
+        """Add a row of this kind, after deleting the expired ones and before trimming to `capacity`;
+        False (nothing written) if a row of that id exists already."""
         async with self._factory() as db:
             await db.execute(delete(ConsoleSessionRow).where(ConsoleSessionRow.kind == self.kind,
                                                              ConsoleSessionRow.expires_at < now))
-            db.add(ConsoleSessionRow(id_sha256=row_key(session.id), kind=self.kind, created_at=now, seen_at=now,
-                                     expires_at=self._expires(now, now),
-                                     sealed=seal_state(session.id, self.kind, _sealed_payload(session))))
-            await db.flush()
+            db.add(ConsoleSessionRow(id_sha256=row_key(row_id), kind=self.kind, created_at=now, seen_at=now,
+                                     expires_at=expires, sealed=sealed))
+            try:
+                await db.flush()
+            except IntegrityError:
+                await db.rollback()
+                return False
             await self._trim(db)
             await db.commit()
-        return session
+        return True
 
     async def _trim(self, db: AsyncSession) -> None:
         # Keep the `capacity` rows that expire last; rows tied with the last of them stay too (with microsecond
@@ -225,20 +226,7 @@ class SessionStore:
 
         Rows of this kind are markers written at the callback (never for a sign-in that did not come back),
         kept `until` the sign-in's cookie could no longer be accepted, and trimmed like sessions."""
-        expires = until
-        async with self._factory() as db:
-            await db.execute(delete(ConsoleSessionRow).where(ConsoleSessionRow.kind == self.kind,
-                                                             ConsoleSessionRow.expires_at < now))
-            db.add(ConsoleSessionRow(id_sha256=row_key(login_id), kind=self.kind, created_at=now, seen_at=now,
-                                     expires_at=expires, sealed=b""))
-            try:
-                await db.flush()
-            except IntegrityError:
-                await db.rollback()
-                return False
-            await self._trim(db)
-            await db.commit()
-        return True
+        return await self._insert(login_id, now, expires=until, sealed=b"")
 
     async def sign_in(self, principal: Principal, token: str, now: datetime) -> ConsoleSession:
         """A fresh id (and so a fresh CSRF token) at sign-in: no session fixation."""
