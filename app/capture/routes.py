@@ -10,6 +10,7 @@ from app.capture import service
 from app.capture.schemas import CustomerRecordingOut, ErasureReceiptOut
 from app.deps import ClockDep, SessionDep
 from app.identity.principal import Principal, Role, require_role
+from app.input_text import SingleLine
 from app.tickets.service import customer_resource
 
 router = APIRouter(tags=["customer: recordings"])
@@ -20,8 +21,9 @@ CustomerAdmin = Annotated[Principal, Depends(require_role(Role.CUSTOMER_ADMIN))]
             summary="My resource's recorded sessions: request IDs and times (customer admin)")
 async def list_recordings(
     resource: str, by: CustomerAdmin, session: SessionDep,
-    correlation_id: Annotated[str | None, Query(max_length=128, description="Find the request ID of a session "
-                                                "by the `x-ms-client-request-id` your client sent.")] = None,
+    correlation_id: Annotated[SingleLine | None, Query(max_length=128, description="Find the request ID of a "
+                                                       "session by the `x-ms-client-request-id` your client sent "
+                                                       "(one line, at most 128 characters).")] = None,
 ) -> list[CustomerRecordingOut]:
     owned = await customer_resource(session=session, principal=by, name=resource)
     rows = await service.recordings_of_resource(session=session, resource=owned, correlation_id=correlation_id)

@@ -15,6 +15,7 @@ from app.console.templating import page
 from app.deps import AppContext
 from app.errors import AppError
 from app.identity.principal import Role
+from app.input_text import checked_form_int
 from app.resources.service import ResourceNotFound, list_resources
 from app.tickets import service as tickets
 from app.tickets.models import Ticket
@@ -73,9 +74,9 @@ def build_customer_router(clock: Clock) -> APIRouter:
         async with _ctx(request).session_factory() as db:
             try:
                 resource = await tickets.customer_resource(session=db, principal=who, name=name)
-                days = first(form, "days") or "7"
-                data = ConsentCreate(ticket_id=(first(form, "ticket_id") or "").strip(),
-                                     days=int(days) if days.isdigit() else 0,
+                days = checked_form_int(first(form, "days"), field="number of days", default=7, minimum=1,
+                                        maximum=30)
+                data = ConsentCreate(ticket_id=(first(form, "ticket_id") or "").strip(), days=days,
                                      require_customer_approval=first(form, "require_customer_approval") == "on")
                 await tickets.grant_consent(session=db, clock=clock, by=who, resource=resource, data=data)
                 await db.commit()

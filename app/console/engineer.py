@@ -18,6 +18,7 @@ from app.console.templating import page
 from app.deps import AppContext
 from app.errors import AppError
 from app.identity.principal import Role
+from app.input_text import checked_form_int, checked_prose, checked_single_line
 from app.resources.models import Resource
 from app.tickets.models import Ticket
 from app.tickets.service import tickets_of_engineer
@@ -61,16 +62,16 @@ def build_engineer_router(clock: Clock) -> APIRouter:
         session, who = await signed_in(request, Role.ENGINEER)
         form = await checked_form(request, session)
         ids = [i for i in _SPLIT.split((first(form, "request_ids") or "").strip().lower()) if i]
-        try:
-            minutes = int(first(form, "duration_minutes") or "240")
-        except ValueError:
-            minutes = 0
         async with _ctx(request).session_factory() as db:
             try:
+                minutes = checked_form_int(first(form, "duration_minutes"), field="duration", default=240,
+                                           minimum=5, maximum=480)
+                justification = checked_prose(first(form, "justification") or "", field="justification",
+                                              max_length=2000)
                 person = await staff_person(db, request, who, Role.ENGINEER)
                 row = await access.create_request(session=db, clock=clock, requester=person, data=access.NewRequest(
                     ticket_id=first(form, "ticket_id") or "", request_ids=ids,
-                    justification=first(form, "justification") or "", duration=timedelta(minutes=minutes)))
+                    justification=justification, duration=timedelta(minutes=minutes)))
                 await db.commit()
                 await notify_team(session=db, notifier=access_context(request).notifier, row=row,
                                   event="access.requested")
@@ -86,10 +87,11 @@ def build_engineer_router(clock: Clock) -> APIRouter:
         form = await checked_form(request, session)
         async with _ctx(request).session_factory() as db:
             try:
+                reason = checked_single_line(first(form, "reason") or "no longer needed", field="reason",
+                                             max_length=200)
                 person = await staff_person(db, request, who, Role.ENGINEER)
                 row = await access.revoke(session=db, clock=clock, directory=access_context(request).directory,
-                                          access_request_id=access_request_id, by=person,
-                                          reason=(first(form, "reason") or "no longer needed").strip())
+                                          access_request_id=access_request_id, by=person, reason=reason)
                 await db.commit()
                 await notify_team(session=db, notifier=access_context(request).notifier, row=row,
                                   event="access.revoked")

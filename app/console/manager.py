@@ -22,6 +22,7 @@ from app.deps import AppContext
 from app.errors import AppError, InvalidInput
 from app.identity.principal import Role
 from app.identity.staff.service import get_team, list_staff
+from app.input_text import checked_form_int, checked_single_line
 from app.tickets.models import Ticket
 
 SHORTER = (15, 30, 60, 120, 240)
@@ -99,13 +100,14 @@ def build_manager_router(clock: Clock) -> APIRouter:
             try:
                 person = await staff_person(db, request, who, Role.MANAGER)
                 if verdict == "approve":
-                    minutes = first(form, "duration_minutes") or ""
-                    duration = timedelta(minutes=int(minutes)) if minutes.isdigit() and int(minutes) > 0 else None
+                    minutes = checked_form_int(first(form, "duration_minutes"), field="duration", default=0,
+                                               minimum=0, maximum=480)
+                    duration = timedelta(minutes=minutes) if minutes else None
                     row = await access.approve(session=db, clock=clock, directory=directory,
                                                access_request_id=access_request_id, manager=person, duration=duration)
                     session.flash("ok", f"Approved {row.requester}'s request until {row.expires_at:%H:%M} UTC.")
                 elif verdict == "deny":
-                    reason = (first(form, "reason") or "").strip()
+                    reason = checked_single_line(first(form, "reason") or "", field="reason", max_length=200)
                     if not reason:
                         raise InvalidInput("A denial needs a reason.")
                     row = await access.deny(session=db, clock=clock, directory=directory,

@@ -15,6 +15,7 @@ import httpx
 import jwt
 from fastapi import FastAPI
 
+from app.audit.actions import ID_PATTERN
 from app.clock import Clock, SystemClock
 from app.errors import Unauthorized
 from app.identity.errors import (
@@ -30,6 +31,7 @@ from app.identity.jwks import ALLOWED_ALGORITHMS, HttpJwksSource, JwksCache, Pub
 from app.identity.principal import Principal, Role, TokenVerifier
 from app.identity.routes import build_dev_router, load_dev_issuer
 from app.identity.settings import TENANT_PLACEHOLDER, IdentitySettings
+from app.input_text import IDENTIFIER_RULE
 from app.logs import get_logger
 
 log = get_logger("voicelog.identity")
@@ -40,6 +42,11 @@ CUSTOMER_ROLES = frozenset({Role.CUSTOMER_ADMIN})
 ACCEPTED_TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 _KNOWN_ROLES = {r.value: r for r in Role}
 _TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # Entra: a GUID; never braces or slashes
+
+
+class InvalidSubject(InvalidToken):
+    code = "invalid_subject"
+    title = "The bearer token's subject cannot identify anyone here"
 
 
 class OidcTokenVerifier:
@@ -105,6 +112,10 @@ class OidcTokenVerifier:
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject.strip():
             raise MissingClaim("The token's `sub` claim is empty.")
+        if not ID_PATTERN.fullmatch(subject):
+            # Decided at the edge: every audit entry names its actor by this id, so a subject that cannot be
+            # one is refused here, the same way on every route (a read answers this before looking at its ID).
+            raise InvalidSubject(f"The token's `sub` must be {IDENTIFIER_RULE}.")
         tenant = claims.get("tid")
         if tenant is not None and not isinstance(tenant, str):
             raise InvalidToken("The token's `tid` claim is not a string.")

@@ -4,19 +4,21 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ENGINEER_PATTERN = r"^[\x21-\x7e]{1,128}$"
+from app.input_text import IDENTIFIER_RULE, Identifier, SingleLine
 
 
 class TicketCreate(BaseModel):
-    resource: str = Field(description="Name of the customer resource the ticket is about.")
+    resource: SingleLine = Field(min_length=1, max_length=64,
+                                 description="Name of the customer resource the ticket is about.")
     external_ref: str = Field(pattern=r"^[A-Za-z0-9._:\-]{1,64}$",
                               description="The ticketing system's own ticket number, e.g. `INC-20431`.")
-    engineers: list[str] = Field(default_factory=list, max_length=20,
-                                 description="OIDC subjects of engineers to assign at once.")
+    engineers: list[Identifier] = Field(default_factory=list, max_length=20,
+                                        description=f"OIDC subjects of engineers to assign at once: "
+                                                    f"each {IDENTIFIER_RULE}.")
 
 
 class AssignmentCreate(BaseModel):
-    engineer: str = Field(pattern=ENGINEER_PATTERN, description="The engineer's OIDC subject.")
+    engineer: Identifier = Field(description=f"The engineer's OIDC subject: {IDENTIFIER_RULE}.")
 
 
 class TicketOut(BaseModel):
@@ -32,7 +34,7 @@ class TicketOut(BaseModel):
 
 
 class ConsentCreate(BaseModel):
-    ticket_id: str = Field(description="The open support ticket this consent serves.")
+    ticket_id: Identifier = Field(description="The open support ticket this consent serves.")
     days: int = Field(default=7, ge=1, le=30, description="How long recording stays on (default 7, at most 30).")
     require_customer_approval: bool = Field(
         default=False, description="Each engineer's access grant also needs this customer's approval."

@@ -11,6 +11,7 @@ from app.access.saw.schemas import SawOut, SawRegister, SawRevoke
 from app.access.saw.trust import require_current_saw
 from app.deps import ClockDep, SessionDep
 from app.identity.staff.deps import AdminCallerDep, StaffEngineer
+from app.input_text import Identifier
 
 router = APIRouter(tags=["secure access workstations"])
 
@@ -25,7 +26,7 @@ async def register_saw(body: SawRegister, admin: AdminCallerDep, session: Sessio
 @router.get("/admin/saws", summary="List registered SAWs")
 async def list_saws(
     _admin: AdminCallerDep, session: SessionDep,
-    owner: Annotated[str | None, Query(description="Only this person's devices.")] = None,
+    owner: Annotated[Identifier | None, Query(description="Only this person's devices (their subject).")] = None,
     active_only: Annotated[bool, Query(description="Leave out revoked devices.")] = False,
 ) -> list[SawOut]:
     rows = await service.list_saws(session=session, owner=owner, include_revoked=not active_only)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.identity.principal import Role
 from app.identity.staff.models import STAFF_ROLES
+from app.input_text import SingleLine
 
 # An OIDC `sub` (Entra: base64url), an e-mail-like UPN in dev: printable, no `/`, `?`, `#`, `%`, spaces.
 SUBJECT_PATTERN = r"^[A-Za-z0-9._@+=:~-]{1,128}$"
 TEAM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$"
+StaffSubject = Annotated[str, Field(pattern=SUBJECT_PATTERN)]
+DISPLAY_NAME_DOC = "How the console shows the person: one line, 1 to 256 characters, no control characters."
+TEAM_REF_DOC = "Team id or name (one line, at most 64 characters)"
 
 
 def _staff_roles(roles: list[Role]) -> list[Role]:
@@ -23,8 +28,8 @@ def _staff_roles(roles: list[Role]) -> list[Role]:
 
 class TeamCreate(BaseModel):
     name: str = Field(pattern=TEAM_NAME_PATTERN, description="Unique team name, e.g. `voice-emea`.")
-    managers: list[str] = Field(default_factory=list, max_length=20,
-                                description="Subjects of active staff with the manager role.")
+    managers: list[StaffSubject] = Field(default_factory=list, max_length=20,
+                                         description="Subjects of active staff with the manager role.")
 
 
 class ManagerAdd(BaseModel):
@@ -42,8 +47,9 @@ class TeamOut(BaseModel):
 
 class StaffCreate(BaseModel):
     subject: str = Field(pattern=SUBJECT_PATTERN, description="The person's OIDC subject (`sub`).")
-    display_name: str = Field(min_length=1, max_length=256)
-    team: str | None = Field(default=None, max_length=64, description="Team id or name; unset: no team.")
+    display_name: SingleLine = Field(min_length=1, max_length=256, description=DISPLAY_NAME_DOC)
+    team: SingleLine | None = Field(default=None, max_length=64,
+                                    description=f"{TEAM_REF_DOC}; unset: no team.")
     roles: list[Role] = Field(default_factory=list, description="Any of engineer, manager, auditor, admin.")
 
     _roles = field_validator("roles")(_staff_roles)
@@ -52,8 +58,9 @@ class StaffCreate(BaseModel):
 class StaffUpdate(BaseModel):
     """Fields left out are left alone; `"team": null` takes the person out of their team."""
 
-    display_name: str | None = Field(default=None, min_length=1, max_length=256)
-    team: str | None = Field(default=None, max_length=64, description="Team id or name; null: no team.")
+    display_name: SingleLine | None = Field(default=None, min_length=1, max_length=256, description=DISPLAY_NAME_DOC)
+    team: SingleLine | None = Field(default=None, max_length=64,
+                                    description=f"{TEAM_REF_DOC}; null: no team.")
 
 
 class RolesSet(BaseModel):
