@@ -38,6 +38,7 @@ from app.clock import Clock, SystemClock
 from app.config import Settings
 from app.console.mount import include_console
 from app.db import create_engine, create_session_factory
+from app.db_privileges import RoleAssessment, RoleState, check_connected_role
 from app.deps import AppContext
 from app.errors import install_error_handlers
 from app.identity.routes import include_dev_routes
@@ -102,6 +103,21 @@ async def _database_state(engine: AsyncEngine) -> str:
     return "ok"
 
 
+async def _check_database_role(engine: AsyncEngine, found: list[RoleAssessment]) -> None:
+    """C6, once at start-up: warn loudly when the service's role could rewrite the audit trail (it owns the
+    audit tables, is a superuser, or may act as their owner). Reported by /readyz, never gating it."""
+    try:
+        async with asyncio.timeout(DATABASE_PROBE_TIMEOUT_S):
+            assessment = await check_connected_role(engine)
+    except Exception as exc:
+        assessment = RoleAssessment(RoleState.UNKNOWN, ())
+        log.warning("database.role.unchecked", error=type(exc).__name__)
+    found.append(assessment)
+    if assessment.state not in (RoleState.OK, RoleState.NOT_APPLICABLE, RoleState.UNKNOWN):
+        log.warning("database.role.unsafe", state=assessment.state.value, reasons=list(assessment.reasons),
+                    see="docs/AUDIT.md#database-roles")
+
+
 async def _seed_demo_resource(ctx: AppContext, standin_port: int) -> None:
     async with ctx.session_factory() as session:
         if await get_resource_by_name(session=session, name=DEMO_RESOURCE) is None:
@@ -156,7 +172,8 @@ def create_app(
         notifier=Notifier(settings.access_webhooks, ctx.metrics.registry),
     )
 
-    audit = AuditRuntime.from_settings(settings.audit, settings.data_dir, registry=ctx.metrics.registry)
+    audit = AuditRuntime.from_settings(settings.audit, settings.data_dir, registry=ctx.metrics.registry,
+                                       engine=engine)
     chain_keeper = ChainKeeper(audit, ctx.session_factory, clock)
     verifier = VerifierJob(audit, ctx.session_factory, clock)
 
@@ -173,9 +190,12 @@ def create_app(
         tracer=tracing.tracer,
     )
 
+    database_role: list[RoleAssessment] = []  # filled once by the start-up check; /readyz reads it
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         standin_server: Server | None = None
+        role_check = asyncio.create_task(_check_database_role(engine, database_role), name="database-role-check")
         if settings.standin_enabled:
             standin_server = await Standin().start(settings.standin_host, settings.standin_port)
         if settings.demo_resource:
@@ -202,6 +222,7 @@ def create_app(
             if closed:
                 log.warning("relay.drain.closed_sessions", sessions=closed)
             await scheduler.shutdown()
+            await role_check
             await recorder.stop()
             await verifier.stop()
             await chain_keeper.stop()
@@ -271,6 +292,7 @@ def create_app(
         ready = all(v == "ok" for v in checks.values())
         database, storage = await asyncio.gather(_database_state(engine), stores.check_ready())
         checks["database"] = database
+        checks["database_role"] = database_role[0].state.value if database_role else RoleState.CHECKING.value
         for region, state in storage.items():
             checks[f"storage:{region}"] = state
         return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},

@@ -46,6 +46,10 @@ def schema(sync_url: str) -> set[str]:
                 found |= {f"function:{f}" for f in conn.execute(text(
                     "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
                     "WHERE n.nspname = 'public'")).scalars()}
+                # How a function runs is part of what a revision makes (0009: SECURITY DEFINER, fixed path).
+                found |= {f"definer:{name}:{config}" for name, config in conn.execute(text(
+                    "SELECT p.proname, array_to_string(p.proconfig, ',') FROM pg_proc p "
+                    "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' AND p.prosecdef"))}
             else:
                 found |= {f"trigger:{t}" for t in conn.execute(text(
                     "SELECT name FROM sqlite_master WHERE type = 'trigger'")).scalars()}
@@ -105,6 +109,38 @@ def test_there_is_one_head() -> None:
     assert len(migrate.current_heads("sqlite+aiosqlite:///:memory:")) == 1
 
 
+# Revisions that change only PostgreSQL objects (SQLite has no roles or function security).
+POSTGRESQL_ONLY = {"0009_audit_head_definer"}
+
+
+def test_0009_runs_the_chain_head_trigger_as_its_owner_with_a_fixed_search_path(
+    empty_db: tuple[str, str],
+) -> None:
+    url, sync_url = empty_db
+    if not url.startswith("postgresql"):
+        migrate.upgrade(url, "0008_console_sessions")
+        before = schema(sync_url)
+        migrate.upgrade(url, "0009_audit_head_definer")
+        assert schema(sync_url) == before
+        migrate.downgrade(url, "0008_console_sessions")
+        return
+    query = text("SELECT prosecdef, proconfig, has_function_privilege('public', p.oid, 'EXECUTE') FROM pg_proc p "
+                 "WHERE proname = 'audit_entries_extend_head'")
+    engine = create_engine(sync_url)
+    try:
+        migrate.upgrade(url, "0008_console_sessions")
+        with engine.connect() as conn:
+            assert tuple(conn.execute(query).one()) == (False, None, True)
+        migrate.upgrade(url, "0009_audit_head_definer")
+        with engine.connect() as conn:
+            assert tuple(conn.execute(query).one()) == (True, ["search_path=public, pg_temp"], False)
+        migrate.downgrade(url, "0008_console_sessions")
+        with engine.connect() as conn:
+            assert tuple(conn.execute(query).one()) == (False, None, True)
+    finally:
+        engine.dispose()
+
+
 def test_every_revision_steps_down_and_up_again(empty_db: tuple[str, str]) -> None:
     """Walk the whole history one revision at a time, down to base and back up, checking the schema (tables,
     triggers, functions) at each step: every downgrade removes what its revision made, and only that."""
@@ -117,9 +153,12 @@ def test_every_revision_steps_down_and_up_again(empty_db: tuple[str, str]) -> No
         migrate.downgrade(url, "-1")
         steps += 1
         now = schema(sync_url)
-        assert now < seen[-1], f"the downgrade of {revision} must remove what it made"
+        if revision in POSTGRESQL_ONLY and not url.startswith("postgresql"):
+            assert now == seen[-1], f"{revision} changes nothing on SQLite"
+        else:
+            assert now < seen[-1], f"the downgrade of {revision} must remove what it made"
         seen.append(now)
-    assert steps >= 8  # 0001..0008, then nothing
+    assert steps >= 9  # 0001..0009, then nothing
     for expected in reversed(seen[:-1]):
         migrate.upgrade(url, "+1")
         assert schema(sync_url) == expected
