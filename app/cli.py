@@ -17,6 +17,7 @@ from app.audit.actions import Actor
 from app.audit.cli import audit_cli
 from app.config import Settings
 from app.db import create_engine, create_session_factory
+from app.db_privileges import SERVICE_GRANTS, PrivilegeError, RoleState, validate_role_name
 from app.errors import AppError
 from app.heap import settle_after_startup
 from app.identity.cli import dev_cli
@@ -137,13 +138,87 @@ def standin(
         pass
 
 
+ServiceRoleOption = Annotated[str | None, typer.Option(
+    "--service-role", envvar="VOICELOG_DATABASE_SERVICE_ROLE",
+    help="PostgreSQL role the service connects as: after migrating, grant it exactly its privileges "
+    "(app/db_privileges.py). Run as the owner role.")]
+
+
 @db_cli.command("upgrade")
-def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
-    """Migrate the schema up (default: to the newest revision)."""
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    service_role: ServiceRoleOption = None,
+) -> None:
+    """Migrate the schema up (default: to the newest revision), then grant the service role its privileges."""
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if service_role is not None:
+        _valid_role_or_exit(service_role)
     migrate.upgrade(settings.resolved_database_url, revision)
     typer.echo(f"database upgraded to {revision}")
+    if service_role is None:
+        return
+    try:
+        summary = migrate.grant_service_role(settings.resolved_database_url, service_role)
+    except PrivilegeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"granted {summary.role} its privileges on {len(summary.tables)} tables "
+               f"and {len(summary.sequences)} sequences")
+
+
+def _valid_role_or_exit(name: str) -> None:
+    try:
+        validate_role_name(name)
+    except PrivilegeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@db_cli.command("check-privileges")
+def db_check_privileges(
+    role: Annotated[str | None, typer.Option(
+        "--role", help="Check this role instead of the one connecting (its privileges must be SERVICE_GRANTS).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """What a role can do on each table, and whether it could rewrite the audit trail (exit 1 if so, or if
+    `--role` holds other privileges than the service role's)."""
+    settings = Settings()
+    if settings.embedded or not settings.resolved_database_url.startswith("postgresql"):
+        typer.echo("database roles: not applicable (SQLite)")
+        return
+    if role is not None:
+        _valid_role_or_exit(role)
+    try:
+        facts, assessment = migrate.check_role(settings.resolved_database_url, role)
+    except PrivilegeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    differences = {t.table: sorted(t.privileges ^ SERVICE_GRANTS[t.table].expected())
+                   for t in facts.tables if t.table in SERVICE_GRANTS
+                   and t.privileges != SERVICE_GRANTS[t.table].expected()}
+    undeclared = sorted(t.table for t in facts.tables if t.table not in SERVICE_GRANTS)
+    if as_json:
+        typer.echo(json.dumps({
+            "role": facts.role, "state": assessment.state.value, "reasons": list(assessment.reasons),
+            "tables": {t.table: sorted(t.privileges) for t in facts.tables},
+            "differences": differences, "undeclared": undeclared,
+        }, indent=2))
+    else:
+        typer.echo(f"role {facts.role}: {assessment.state.value}")
+        for reason in assessment.reasons:
+            typer.echo(f"  ! {reason}")
+        for t in facts.tables:
+            typer.echo(f"  {t.table}\t{' '.join(sorted(t.privileges)) or '-'}")
+        if role is not None:
+            for table, privileges in differences.items():
+                typer.echo(f"  differs from the service role's privileges on {table}: {' '.join(privileges)}")
+            for table in undeclared:
+                typer.echo(f"  no privilege decision for {table}")
+    exact = not differences and not undeclared
+    if assessment.state is not RoleState.OK or (role is not None and not exact):
+        raise typer.Exit(1)
 
 
 @db_cli.command("downgrade")
