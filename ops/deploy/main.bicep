@@ -3,13 +3,20 @@
 // Composes the region's recording storage (storage.bicep), the Key Vault that holds the region's hour-bucket
 // KEKs, a vault for the app's own secrets, private endpoints for all three, and the user-assigned managed
 // identity the relay pods run as (federated to the AKS service account: workload identity), with only the
-// rights voicelog uses. PostgreSQL is shared by every region: postgres.bicep, deployed once.
+// rights voicelog uses, and a second identity for the migration Job alone. PostgreSQL is shared by every
+// region: postgres.bicep, deployed once.
+//
+// Two database roles (docs/AUDIT.md, "Database roles"): the relay pods read only the SERVICE role's URL, the
+// migration Job only the OWNER role's. Each identity may read exactly its secrets (Key Vault Secrets User
+// scoped to the secret, not the vault), so a relay pod cannot fetch the owner's password and with it the
+// power to switch the audit triggers off.
 //
 //   az deployment group create -g rg-voicelog-weu -f ops/deploy/main.bicep \
 //     -p regionCode=weu storageAccountName=vlogrecweu aksOidcIssuerUrl=<az aks show ... oidcIssuerProfile.issuerUrl> \
-//        privateEndpointSubnetId=<subnet id>
+//        privateEndpointSubnetId=<subnet id> serviceDatabaseUrl=<...> ownerDatabaseUrl=<...> adminToken=<...>
 //
-// Outputs feed the Helm values: identityClientId -> workloadIdentity.clientId, and VOICELOG_REGIONS gets
+// Outputs feed the Helm values: identityClientId -> workloadIdentity.clientId, migrationIdentityClientId ->
+// migration.workloadIdentityClientId, and VOICELOG_REGIONS gets
 // blob_account_url=blobEndpoint, keyvault_url=kekVaultUri. docs/DEPLOY.md walks through it.
 
 targetScope = 'resourceGroup'
@@ -41,6 +48,21 @@ param aksOidcIssuerUrl string
 param kubernetesNamespace string = 'voicelog'
 param kubernetesServiceAccount string = 'voicelog'
 
+@description('Service account of the migration Job (the chart names it <release>-migrate).')
+param kubernetesMigrationServiceAccount string = 'voicelog-migrate'
+
+@description('postgresql+asyncpg URL of the SERVICE role (voicelog_app): what the relay pods connect as.')
+@secure()
+param serviceDatabaseUrl string
+
+@description('postgresql+asyncpg URL of the OWNER role (voicelog_owner): only the migration Job reads it.')
+@secure()
+param ownerDatabaseUrl string
+
+@description('VOICELOG_ADMIN_TOKEN of the relays.')
+@secure()
+param adminToken string
+
 @description('Key Vault SKU for KEKs: premium for RSA-HSM keys (VOICELOG_VAULT__KEYVAULT_KEY_TYPE default).')
 @allowed([
   'premium'
@@ -70,6 +92,25 @@ resource federation 'Microsoft.ManagedIdentity/userAssignedIdentities/federatedI
   properties: {
     issuer: aksOidcIssuerUrl
     subject: 'system:serviceaccount:${kubernetesNamespace}:${kubernetesServiceAccount}'
+    audiences: [
+      'api://AzureADTokenExchange'
+    ]
+  }
+}
+
+// The migration Job's own identity: it reads the owner role's URL and nothing else.
+resource migrationIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: 'id-voicelog-migrate-${regionCode}'
+  location: location
+  tags: tags
+}
+
+resource migrationFederation 'Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials@2023-01-31' = {
+  parent: migrationIdentity
+  name: 'aks-${kubernetesNamespace}-${kubernetesMigrationServiceAccount}'
+  properties: {
+    issuer: aksOidcIssuerUrl
+    subject: 'system:serviceaccount:${kubernetesNamespace}:${kubernetesMigrationServiceAccount}'
     audiences: [
       'api://AzureADTokenExchange'
     ]
@@ -134,12 +175,58 @@ resource secretsVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   }
 }
 
-resource secretsAccess 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  scope: secretsVault
-  name: guid(secretsVault.id, identity.id, secretsUserRoleId)
+// Secret names are the Helm values secrets.databaseUrlSecret, secrets.adminTokenSecret and
+// migration.databaseUrlSecret.
+resource databaseUrlSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: secretsVault
+  name: 'voicelog-database-url'
+  properties: {
+    value: serviceDatabaseUrl
+  }
+}
+
+resource adminTokenSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: secretsVault
+  name: 'voicelog-admin-token'
+  properties: {
+    value: adminToken
+  }
+}
+
+resource migrationDatabaseUrlSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: secretsVault
+  name: 'voicelog-migration-database-url'
+  properties: {
+    value: ownerDatabaseUrl
+  }
+}
+
+resource databaseUrlAccess 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: databaseUrlSecret
+  name: guid(databaseUrlSecret.id, identity.id, secretsUserRoleId)
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', secretsUserRoleId)
     principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource adminTokenAccess 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: adminTokenSecret
+  name: guid(adminTokenSecret.id, identity.id, secretsUserRoleId)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', secretsUserRoleId)
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource migrationDatabaseUrlAccess 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: migrationDatabaseUrlSecret
+  name: guid(migrationDatabaseUrlSecret.id, migrationIdentity.id, secretsUserRoleId)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', secretsUserRoleId)
+    principalId: migrationIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
 }
@@ -228,6 +315,9 @@ output containerName string = storage.outputs.containerName
 
 @description('VOICELOG_REGIONS keyvault_url for this region.')
 output kekVaultUri string = kekVault.outputs.vaultUri
+
+@description('Helm value migration.workloadIdentityClientId (the migration Job).')
+output migrationIdentityClientId string = migrationIdentity.properties.clientId
 
 @description('Helm value secrets.keyVaultName.')
 output secretsVaultName string = secretsVault.name

@@ -9,9 +9,20 @@
 //   az deployment group create -g rg-voicelog-shared -f ops/deploy/postgres.bicep \
 //     -p serverName=voicelog-pg delegatedSubnetId=<subnet> privateDnsZoneId=<zone> administratorPassword=<...>
 //
-// Then create the `voicelog` role and database, and store
-// postgresql+asyncpg://voicelog:<password>@<fqdn>:5432/voicelog?ssl=require in each region's secrets vault as
-// `voicelog-database-url`. Run `voicelog db upgrade` once per release (the Helm hook does).
+// Then, as the administrator, make the two roles (docs/DEPLOY.md, "Database roles"; PostgreSQL has no ARM
+// resource for roles). The OWNER role owns the schema's tables and is used only by migrations; the SERVICE
+// role owns nothing, so it can never `ALTER TABLE ... DISABLE TRIGGER` on the audit tables (C6):
+//
+//   CREATE ROLE voicelog_owner LOGIN PASSWORD '<owner password>';
+//   CREATE ROLE voicelog_app LOGIN PASSWORD '<service password>';   -- NOT a member of voicelog_owner
+//   GRANT voicelog_owner TO voicelogadmin;                           -- only to hand the database over
+//   ALTER DATABASE voicelog OWNER TO voicelog_owner;
+//   REVOKE voicelog_owner FROM voicelogadmin;
+//
+// and pass their URLs to main.bicep (ownerDatabaseUrl, serviceDatabaseUrl):
+// postgresql+asyncpg://<role>:<password>@<fqdn>:5432/voicelog?ssl=require. The migration Job runs
+// `voicelog db upgrade` as the owner with VOICELOG_DATABASE_SERVICE_ROLE=voicelog_app, which grants the service
+// role exactly its privileges (app/db_privileges.py) after every migration.
 
 targetScope = 'resourceGroup'
 
@@ -37,6 +48,12 @@ param storageSizeGB int = 128
 param postgresVersion string = '16'
 
 param administratorLogin string = 'voicelogadmin'
+
+@description('Role that owns voicelog\'s tables; migrations connect as it (Helm: migration.databaseUrlSecret).')
+param ownerRoleName string = 'voicelog_owner'
+
+@description('Role the relays connect as: owns nothing, holds only the grants `voicelog db upgrade` makes.')
+param serviceRoleName string = 'voicelog_app'
 
 @secure()
 param administratorPassword string
@@ -129,3 +146,5 @@ resource database 'Microsoft.DBforPostgreSQL/flexibleServers/databases@2024-08-0
 
 output fqdn string = server.properties.fullyQualifiedDomainName
 output databaseName string = database.name
+output ownerRoleName string = ownerRoleName
+output serviceRoleName string = serviceRoleName

@@ -178,7 +178,8 @@ def test_role_assignments_are_narrow_and_scoped_to_one_resource() -> None:
     for path in TEMPLATES:
         for assignment in resources(path, "Microsoft.Authorization/roleAssignments"):
             scope = prop(assignment.body, "scope")
-            assert scope in {"container", "vault", "secretsVault"}, (path.name, scope)
+            assert scope in {"container", "vault", "databaseUrlSecret", "adminTokenSecret",
+                             "migrationDatabaseUrlSecret"}, (path.name, scope)
             assert prop(assignment.body, "principalType") == "'ServicePrincipal'"
             text = path.read_text()
             assert not BROAD_ROLES & set(re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
@@ -210,8 +211,9 @@ def test_postgres_is_zone_redundant_private_and_requires_tls() -> None:
 def test_the_federated_credential_names_the_charts_service_account() -> None:
     import yaml
 
-    (credential,) = resources(DEPLOY / "main.bicep",
-                              "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials")
+    (credential,) = [d for d in resources(
+        DEPLOY / "main.bicep", "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials")
+        if prop(d.body, "parent") == "identity"]
     assert prop(credential.body, "subject") == \
         "'system:serviceaccount:${kubernetesNamespace}:${kubernetesServiceAccount}'"
     assert param_default(DEPLOY / "main.bicep", "kubernetesServiceAccount") == "'voicelog'"
@@ -221,6 +223,56 @@ def test_the_federated_credential_names_the_charts_service_account() -> None:
                            .replace("{{ .Values.workloadIdentity.tenantId | quote }}", "x"))
     assert chart["metadata"]["name"] == "voicelog"
     assert "api://AzureADTokenExchange" in credential.body
+
+
+def test_each_identity_reads_only_its_own_database_role_secret() -> None:
+    """C6: the relays' identity reads the service role's URL (and the admin token), the migration Job's identity
+    only the owner role's; no identity may read the whole secrets vault."""
+    import yaml
+
+    path = DEPLOY / "main.bicep"
+    secrets = {d.symbol: prop(d.body, "name") for d in resources(path, "Microsoft.KeyVault/vaults/secrets")}
+    values = yaml.safe_load((DEPLOY / "helm" / "voicelog" / "values.yaml").read_text())
+    assert secrets == {"databaseUrlSecret": f"'{values['secrets']['databaseUrlSecret']}'",
+                       "adminTokenSecret": f"'{values['secrets']['adminTokenSecret']}'",
+                       "migrationDatabaseUrlSecret": f"'{values['migration']['databaseUrlSecret']}'"}
+    readers = {}
+    for assignment in resources(path, "Microsoft.Authorization/roleAssignments"):
+        if "secretsUserRoleId" in assignment.body:
+            principal = prop(assignment.body, "principalId")
+            readers.setdefault(principal, set()).add(prop(assignment.body, "scope"))
+    assert readers == {"identity.properties.principalId": {"databaseUrlSecret", "adminTokenSecret"},
+                       "migrationIdentity.properties.principalId": {"migrationDatabaseUrlSecret"}}
+    for symbol, param in (("databaseUrlSecret", "serviceDatabaseUrl"), ("migrationDatabaseUrlSecret",
+                                                                         "ownerDatabaseUrl")):
+        (secret,) = [d for d in resources(path, "Microsoft.KeyVault/vaults/secrets") if d.symbol == symbol]
+        assert prop(secret.body, "value") == param
+        source = path.read_text()
+        declared = source.index(f"param {param} string")
+        assert "@secure()" in source[:declared].rstrip().splitlines()[-1], param
+    (credential,) = [d for d in resources(
+        path, "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials")
+        if prop(d.body, "parent") == "migrationIdentity"]
+    assert prop(credential.body, "subject") == \
+        "'system:serviceaccount:${kubernetesNamespace}:${kubernetesMigrationServiceAccount}'"
+    assert param_default(path, "kubernetesMigrationServiceAccount") == "'voicelog-migrate'"
+
+
+def test_postgres_names_an_owner_role_and_a_service_role_the_chart_uses() -> None:
+    import yaml
+
+    from app.db_privileges import validate_role_name
+
+    path = DEPLOY / "postgres.bicep"
+    owner, service = param_default(path, "ownerRoleName"), param_default(path, "serviceRoleName")
+    assert owner is not None
+    assert service is not None
+    assert owner != service
+    validate_role_name(owner.strip("'"))
+    values = yaml.safe_load((DEPLOY / "helm" / "voicelog" / "values.yaml").read_text())
+    assert validate_role_name(service.strip("'")) == values["migration"]["serviceRole"]
+    text = path.read_text()
+    assert "NOT a member of voicelog_owner" in text  # the setup the comment prescribes
 
 
 def test_the_reader_sees_through_comments_and_strings() -> None:

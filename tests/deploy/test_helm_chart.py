@@ -95,6 +95,7 @@ def test_the_chart_renders_every_object_it_promises(objects: dict[tuple[str, str
         ("Service", "voicelog"), ("HorizontalPodAutoscaler", "voicelog"), ("PodDisruptionBudget", "voicelog"),
         ("NetworkPolicy", "voicelog"), ("Ingress", "voicelog-saw"), ("Ingress", "voicelog-realtime"),
         ("Ingress", "voicelog-api"), ("Job", "voicelog-migrate"),
+        ("ServiceAccount", "voicelog-migrate"), ("SecretProviderClass", "voicelog-migrate-secrets"),
     }
     for (_kind, _name), document in objects.items():
         assert document["metadata"]["namespace"] == "voicelog"
@@ -284,10 +285,54 @@ def test_migration_runs_as_a_pre_upgrade_hook_after_its_secrets(
     job = objects[("Job", "voicelog-migrate")]
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["db", "upgrade"]
     job_weight = int(job["metadata"]["annotations"]["helm.sh/hook-weight"])
-    for key in (("ServiceAccount", "voicelog"), ("SecretProviderClass", "voicelog-secrets")):
+    for key in (("ServiceAccount", "voicelog"), ("SecretProviderClass", "voicelog-secrets"),
+                ("ServiceAccount", "voicelog-migrate"), ("SecretProviderClass", "voicelog-migrate-secrets")):
         annotations = objects[key]["metadata"]["annotations"]
         assert "pre-install" in annotations["helm.sh/hook"]
         assert int(annotations["helm.sh/hook-weight"]) < job_weight
+
+
+def secret_objects(provider: dict[str, Any]) -> dict[str, str]:
+    """A SecretProviderClass's Key Vault objects: alias -> Key Vault secret name."""
+    listed = yaml.safe_load(provider["spec"]["parameters"]["objects"])["array"]
+    return {item["objectAlias"]: item["objectName"] for item in map(yaml.safe_load, listed)}
+
+
+def test_migrations_connect_as_the_owner_role_and_the_relays_as_the_service_role(
+    objects: dict[tuple[str, str], dict[str, Any]], values: dict[str, Any]
+) -> None:
+    """C6: the owner's URL reaches the migration Job only, through its own identity, provider and secret."""
+    from app.db_privileges import validate_role_name
+
+    job = objects[("Job", "voicelog-migrate")]["spec"]["template"]["spec"]
+    (migrate,) = job["containers"]
+    env = {e["name"]: e for e in migrate["env"]}
+    assert env["VOICELOG_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "voicelog-migrate-secrets", "key": "database-url"}
+    assert validate_role_name(env["VOICELOG_DATABASE_SERVICE_ROLE"]["value"]) == values["migration"]["serviceRole"]
+    assert job["serviceAccountName"] == "voicelog-migrate"
+    job_providers = {v["csi"]["volumeAttributes"]["secretProviderClass"] for v in job["volumes"] if "csi" in v}
+    assert job_providers == {"voicelog-migrate-secrets"}
+
+    owner_secret = values["migration"]["databaseUrlSecret"]
+    service_secret = values["secrets"]["databaseUrlSecret"]
+    assert owner_secret != service_secret
+    migration_provider = objects[("SecretProviderClass", "voicelog-migrate-secrets")]
+    assert secret_objects(migration_provider) == {"database-url": owner_secret}
+    relay_provider = objects[("SecretProviderClass", "voicelog-secrets")]
+    assert owner_secret not in secret_objects(relay_provider).values()
+    assert secret_objects(relay_provider)["database-url"] == service_secret
+
+    pod = relay(objects)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "voicelog"
+    assert {v["csi"]["volumeAttributes"]["secretProviderClass"] for v in pod["volumes"] if "csi" in v} == {
+        "voicelog-secrets"}
+    assert "VOICELOG_DATABASE_SERVICE_ROLE" not in {e["name"] for e in container(objects)["env"]}
+    relay_client = objects[("ServiceAccount", "voicelog")]["metadata"]["annotations"][
+        "azure.workload.identity/client-id"]
+    migration_client = objects[("ServiceAccount", "voicelog-migrate")]["metadata"]["annotations"][
+        "azure.workload.identity/client-id"]
+    assert migration_client == migration_provider["spec"]["parameters"]["clientID"] != relay_client
 
 
 def test_render_refuses_constructs_outside_the_subset() -> None:
