@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Annotated
+
+from fastapi import Depends, Request
 
 from app.access.metrics import AccessMetrics
 from app.access.notify import Notifier
@@ -20,3 +23,12 @@ class AccessContext:
     metrics: AccessMetrics
     retention: timedelta
     notifier: Notifier
+
+
+def get_access_context(request: Request) -> AccessContext:
+    """The one place that reads it from app.state (typed for everyone else)."""
+    ctx: AccessContext = request.app.state.access
+    return ctx
+
+
+AccessDep = Annotated[AccessContext, Depends(get_access_context)]

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, Field, SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.access.endings import take_ended_grants
 from app.access.models import AccessRequest
 from app.identity.staff.service import get_team
 from app.logs import get_logger
@@ -110,3 +111,10 @@ async def notify_team(*, session: AsyncSession, notifier: Notifier, row: AccessR
     notifier.emit(name, event, {
         "access_request": row.id, "ticket_id": row.ticket_id, "requester": row.requester, "team": name,
         "state": row.state, "expires_at": row.expires_at.isoformat() if row.expires_at else None})
+
+
+async def notify_ended_grants(*, session: AsyncSession, notifier: Notifier) -> None:
+    """Tell the team of every grant the staff or ticket change in this transaction ended, as for a revocation
+    (the customer sees it in the access log as `revoked`)."""
+    for row in take_ended_grants(session):
+        await notify_team(session=session, notifier=notifier, row=row, event="access.revoked")

@@ -25,11 +25,13 @@ class DenyReason(StrEnum):
     NO_GRANT = "no_grant"
     GRANT_NOT_APPROVED = "grant_not_approved"
     GRANT_EXPIRED = "grant_expired"
+    REQUESTER_NOT_ASSIGNED = "requester_not_assigned"
     GRANT_REVOKED = "grant_revoked"
     GRANT_OTHER_PERSON = "grant_other_person"
     GRANT_OTHER_RECORDING = "grant_other_recording"
     SELF_APPROVED = "self_approved"
     APPROVER_NOT_MANAGER = "approver_not_manager"
+    APPROVER_NOT_PRESENT_MANAGER = "approver_not_present_manager"
     CUSTOMER_APPROVAL_MISSING = "customer_approval_missing"
     TICKET_MISMATCH = "ticket_mismatch"
     CONSENT_ENDED = "consent_ended"
@@ -38,10 +40,14 @@ class DenyReason(StrEnum):
 
 @dataclass(frozen=True)
 class StaffView:
+    """The reader as the staff directory and the ticketing records say they are now (C5: the present)."""
+
     subject: str
     active: bool
     is_engineer: bool
     team_id: str | None
+    team_managers: frozenset[str] = frozenset()  # active managers of `team_id` now
+    assigned_tickets: frozenset[str] = frozenset()  # tickets the person is assigned to now
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,7 @@ class GrantView:
     request_ids: frozenset[str]
     state: str  # "approved" is the only state that reads
     approved_by: str | None
-    approver_was_manager: bool  # of the requester's team, checked when approving
+    approver_was_manager: bool  # of the requester's team when approving; the present is checked too
     expires_at: datetime | None
     revoked: bool
     needs_customer_approval: bool
@@ -99,6 +105,10 @@ def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
+def _among(value: str, present: frozenset[str]) -> bool:
+    return any(_same(value, item) for item in present)
+
+
 def decide_read(
     *,
     now: datetime,
@@ -135,12 +145,16 @@ def decide_read(
         return ReadDecision.deny(DenyReason.SELF_APPROVED)
     if not grant.approver_was_manager:
         return ReadDecision.deny(DenyReason.APPROVER_NOT_MANAGER)
+    if not _among(grant.approved_by, who.team_managers):
+        return ReadDecision.deny(DenyReason.APPROVER_NOT_PRESENT_MANAGER)  # moved team, or manager stepped down
     if grant.needs_customer_approval and not grant.customer_approved:
         return ReadDecision.deny(DenyReason.CUSTOMER_APPROVAL_MISSING)
     if now >= grant.expires_at:
         return ReadDecision.deny(DenyReason.GRANT_EXPIRED)
     if not _same(grant.ticket_id, recording.ticket_id):
         return ReadDecision.deny(DenyReason.TICKET_MISMATCH)
+    if not _among(grant.ticket_id, who.assigned_tickets):
+        return ReadDecision.deny(DenyReason.REQUESTER_NOT_ASSIGNED)  # taken off the ticket since approval
     if consent is None or consent.ended or not _same(consent.ticket_id, grant.ticket_id):
         return ReadDecision.deny(DenyReason.CONSENT_ENDED)
     if not consent.ticket_open:

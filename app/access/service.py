@@ -16,8 +16,10 @@ from app.access.models import AccessRequest, AccessRequestItem
 from app.access.policy import GrantView
 from app.audit.actions import Actor, AuditAction, Subjects, detail_time
 from app.audit.service import append_entry
+from app.capture.models import Recording
 from app.clock import Clock
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound
+from app.input_text import audit_form
 from app.tickets.models import Consent, Ticket
 from app.tickets.service import is_assigned
 
@@ -83,6 +85,18 @@ class NotTheirManager(Forbidden):
     title = "Only a manager of the requester's team decides"
 
 
+class RequesterNotEligible(Conflict):
+    code = "requester_not_eligible"
+    title = "The requester is no longer an active engineer assigned to the ticket"
+
+
+class UnknownRequestIds(InvalidInput):
+    """One answer for an ID that is no recording and for one of another resource: nothing is revealed."""
+
+    code = "unknown_request_ids"
+    title = "Name request IDs of recordings of the ticket's resource"
+
+
 class NotPending(Conflict):
     code = "not_pending"
     title = "The request is no longer pending"
@@ -127,16 +141,21 @@ async def require_request(*, session: AsyncSession, access_request_id: str) -> A
 async def create_request(
     *, session: AsyncSession, clock: Clock, requester: Person, data: NewRequest, extends: AccessRequest | None = None,
 ) -> AccessRequest:
-    """An engineer assigned to the ticket asks for named request IDs. Existence is never checked here:
-    asking reveals nothing about which recordings exist (C4)."""
+    """An engineer assigned to the ticket asks for named request IDs, each a recording of the ticket's
+    resource; an unknown ID and another resource's get one answer, so asking tells nothing beyond the
+    ticket's own resource (C4)."""
+    if not requester.active or "engineer" not in requester.roles:
+        raise NotStaff("This needs an active staff record with the engineer role.")
     ticket = await session.get(Ticket, data.ticket_id)
     if ticket is None or not await is_assigned(session=session, ticket_id=data.ticket_id, engineer=requester.subject):
         raise NotAssignedToTicket()
     if not ticket.is_open:
         raise TicketNotOpen()
     ids = list(dict.fromkeys(data.request_ids))
-    if not 1 <= len(ids) <= 20 or not all(REQUEST_ID.match(i) for i in ids):
+    if not 1 <= len(ids) <= 20 or not all(REQUEST_ID.fullmatch(i) for i in ids):
         raise InvalidInput("Name 1 to 20 request IDs (32 hex digits each).")
+    if not await _all_of_resource(session, ids, ticket.resource_id):
+        raise UnknownRequestIds("Every request ID must be a recording of the resource this ticket is about.")
     justification = data.justification.strip()
     if len(justification) < MIN_JUSTIFICATION or ticket.external_ref.lower() not in justification.lower():
         raise InvalidJustification(
@@ -156,7 +175,7 @@ async def create_request(
     session.add_all([AccessRequestItem(access_request_id=row.id, request_id=i) for i in ids])
     await append_entry(session=session, clock=clock, actor=Actor.staff(requester.subject),
                        action=AuditAction.ACCESS_REQUESTED, subjects=Subjects(grant=row.id, ticket=ticket.id),
-                       detail={"request_ids": ids, "justification": justification[:1000],
+                       detail={"request_ids": ids, "justification": audit_form(justification, 1000),
                                "duration_s": row.requested_duration_s})
     return row
 
@@ -165,15 +184,36 @@ def _lapsed(row: AccessRequest, now: datetime) -> bool:
     return row.state == "pending" and now >= row.created_at + PENDING_LAPSES_AFTER
 
 
+async def _all_of_resource(session: AsyncSession, ids: list[str], resource_id: str) -> bool:
+    """One query whatever the IDs are: unknown and other-resource IDs look alike, also in time (C4)."""
+    found = await session.execute(select(Recording.request_id)
+                                  .where(Recording.request_id.in_(ids), Recording.resource_id == resource_id))
+    return set(found.scalars()) == set(ids)
+
+
 async def _check_decider(
     *, session: AsyncSession, directory: StaffDirectory, row: AccessRequest, decider: Person,
+    requester_must_qualify: bool = True,
 ) -> None:
+    """The decider is an active manager of the requester's team as the staff directory says now (not as it
+    was when they asked), never the requester; to grant, the requester must still be an active engineer
+    assigned to the ticket. Ending access (deny, revoke) only needs the manager relation (C5)."""
     if decider.subject == row.requester:
         raise SelfApproval()
-    if row.requester_team_id is None or not decider.active or "manager" not in decider.roles:
+    requester = await directory.person(session, row.requester)
+    team = requester.team_id if requester is not None else None
+    if team is None or not decider.active or "manager" not in decider.roles:
         raise NotTheirManager()
-    if decider.subject not in await directory.managers(session, row.requester_team_id):
+    if decider.subject not in await directory.managers(session, team):
         raise NotTheirManager()
+    if requester_must_qualify and not await _still_qualifies(session, requester, row.ticket_id):
+        raise RequesterNotEligible()
+
+
+async def _still_qualifies(session: AsyncSession, person: Person | None, ticket_id: str) -> bool:
+    if person is None or not person.active or "engineer" not in person.roles:
+        return False
+    return await is_assigned(session=session, ticket_id=ticket_id, engineer=person.subject)
 
 
 async def approve(
@@ -204,7 +244,8 @@ async def deny(
     reason: str,
 ) -> AccessRequest:
     row = await require_request(session=session, access_request_id=access_request_id)
-    await _check_decider(session=session, directory=directory, row=row, decider=manager)
+    await _check_decider(session=session, directory=directory, row=row, decider=manager,
+                         requester_must_qualify=False)
     now = clock.now()
     if row.state != "pending" or _lapsed(row, now):
         raise NotPending()
@@ -222,7 +263,8 @@ async def revoke(
     """The requester or a manager of their team ends a grant (or withdraws a pending request) at once."""
     row = await require_request(session=session, access_request_id=access_request_id)
     if by.subject != row.requester:
-        await _check_decider(session=session, directory=directory, row=row, decider=by)
+        await _check_decider(session=session, directory=directory, row=row, decider=by,
+                             requester_must_qualify=False)
     now = clock.now()
     if row.state not in ("pending", "approved") or row.revoked_at is not None:
         raise NotActiveGrant()

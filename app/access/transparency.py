@@ -17,6 +17,7 @@ from app.access.models import AccessRequest, AccessRequestItem
 from app.audit.actions import AuditAction
 from app.audit.reports.entries import load_entries
 from app.audit.service import read_chain_head
+from app.capture.models import Recording
 from app.capture.service import recordings_of_resource
 from app.identity.staff.service import get_team
 from app.resources.models import Resource
@@ -35,8 +36,12 @@ async def access_log(*, session: AsyncSession, resource: Resource, limit: int = 
         if team and team not in team_names:
             found = await get_team(session=session, team_id=team)
             team_names[team] = found.name if found else "unknown"
-        ids = (await session.execute(select(AccessRequestItem.request_id)
-                                     .where(AccessRequestItem.access_request_id == row.id))).scalars().all()
+        # Only this resource's own recordings: an ID an engineer named from another tenant never shows here.
+        ids = (await session.execute(
+            select(AccessRequestItem.request_id)
+            .join(Recording, Recording.request_id == AccessRequestItem.request_id)
+            .where(AccessRequestItem.access_request_id == row.id, Recording.resource_id == resource.id)
+        )).scalars().all()
         out_requests.append({
             "access_request": row.id, "requested_at": _iso(row.created_at), "requester_role": "engineer",
             "requester_team": team_names.get(team or ""), "ticket": ticket_ref,

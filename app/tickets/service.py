@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.access.endings import GrantEnding, end_grants_of
 from app.audit.actions import Actor, AuditAction, Subjects, detail_time
 from app.audit.service import append_entry
 from app.clock import Clock
@@ -96,6 +97,15 @@ async def is_assigned(*, session: AsyncSession, ticket_id: str, engineer: str) -
     return engineer in await assigned_engineers(session=session, ticket_id=ticket_id)
 
 
+async def tickets_assigned_to(*, session: AsyncSession, engineer: str) -> frozenset[str]:
+    """The ids of the tickets this person is assigned to now (open or closed): what a read checks (C5)."""
+    rows = await session.execute(
+        select(TicketAssignment.ticket_id)
+        .where(TicketAssignment.engineer == engineer, TicketAssignment.unassigned_at.is_(None))
+    )
+    return frozenset(rows.scalars())
+
+
 async def assign_engineer(
     *, session: AsyncSession, clock: Clock, by: Principal, ticket_id: str, engineer: str
 ) -> Ticket:
@@ -127,6 +137,9 @@ async def unassign_engineer(
     await append_entry(session=session, clock=clock, actor=Actor.service(by.subject),
                        action=AuditAction.TICKET_UNASSIGNED, subjects=Subjects(ticket=ticket_id),
                        detail={"engineer": engineer})
+    # Their grants under this ticket end with the assignment (C5; every read checks it anyway).
+    await end_grants_of(session=session, clock=clock, actor=Actor.service(by.subject), engineer=engineer,
+                        reason=GrantEnding.UNASSIGNED, ticket_id=ticket_id)
     return ticket
 
 

@@ -1,8 +1,12 @@
-"""Property: any sequence of request / approve / deny / revoke / time passing keeps C5.
+"""Property: any sequence of request / approve / deny / revoke / time passing / unassign / reassign /
+team move keeps C5.
 
 After every step, a read is allowed exactly when the requester holds a grant that names the recording,
-was approved by a manager of the requester's team who is not the requester, is not revoked, and has not
-expired. The services run against a real SQLite database migrated to head.
+was approved by a present manager of the requester's present team who is not the requester, is not
+revoked or ended, has not expired, and the requester is assigned to the ticket now. Team moves come in
+two kinds: with the bookkeeping (the grants end, as the staff service does) and without it (only the
+directory changes), so the read check alone is shown to hold. The services run against a real SQLite
+database migrated to head.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,12 +23,17 @@ from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.access import service
+from app.access.endings import GrantEnding, end_grants_of
 from app.access.policy import ConsentView, RecordingView, SawView, StaffView, decide_read
 from app.access.service import Person
+from app.audit.actions import Actor
+from app.capture.models import Recording
 from app.clock import ManualClock
 from app.db import create_engine
 from app.errors import AppError
-from app.models import Resource, Ticket, TicketAssignment
+from app.identity.principal import Principal, Role
+from app.models import Consent, Resource, Ticket, TicketAssignment
+from app.tickets.service import assign_engineer, tickets_assigned_to, unassign_engineer
 
 RID = "ab" * 16
 START = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -38,8 +47,13 @@ MANAGERS = {"team-a": {"boss", "selfboss"}, "team-b": {"stranger"}}
 
 
 class Directory:
+    """The staff directory as it is now; team moves change `people`."""
+
+    def __init__(self) -> None:
+        self.people = dict(PEOPLE)
+
     async def person(self, session: AsyncSession, subject: str) -> Person | None:
-        return PEOPLE.get(subject)
+        return self.people.get(subject)
 
     async def managers(self, session: AsyncSession, team_id: str) -> set[str]:
         return MANAGERS.get(team_id, set())
@@ -59,12 +73,20 @@ class ModelGrant:
 @dataclass
 class Model:
     grants: dict[str, ModelGrant] = field(default_factory=dict)
+    teams: dict[str, str] = field(default_factory=lambda: {"eng": "team-a", "selfboss": "team-a"})
+    assigned: set[str] = field(default_factory=lambda: {"eng", "selfboss"})
 
     def allows(self, requester: str, now: datetime) -> bool:
-        return any(g.requester == requester and g.approved_by is not None and not g.closed
-                   and g.approved_by != requester and g.approved_by in MANAGERS["team-a"]
-                   and g.expires_at is not None and now < g.expires_at
-                   for g in self.grants.values())
+        return requester in self.assigned and any(
+            g.requester == requester and g.approved_by is not None and not g.closed
+            and g.approved_by != requester and g.approved_by in MANAGERS[self.teams[requester]]
+            and g.expires_at is not None and now < g.expires_at
+            for g in self.grants.values())
+
+    def end_grants_of(self, requester: str) -> None:
+        for grant in self.grants.values():
+            if grant.requester == requester and (grant.approved_by is None or grant.expires_at is not None):
+                grant.closed = True
 
 
 requesters = st.sampled_from(["eng", "selfboss"])
@@ -75,7 +97,11 @@ steps = st.lists(st.one_of(
     st.tuples(st.just("deny"), deciders, st.integers(0, 9)),
     st.tuples(st.just("revoke"), st.sampled_from(["eng", "selfboss", "boss", "stranger"]), st.integers(0, 9)),
     st.tuples(st.just("wait"), st.integers(1, 600)),
+    st.tuples(st.just("unassign"), requesters),
+    st.tuples(st.just("assign"), requesters),
+    st.tuples(st.sampled_from(["move", "move_quietly"]), requesters, st.sampled_from(["team-a", "team-b"])),
 ), max_size=25)
+TICKETING = Principal("svc", frozenset({Role.TICKETING}))
 
 
 async def run(plan: list[tuple[object, ...]], database: Path) -> None:
@@ -91,21 +117,45 @@ async def run(plan: list[tuple[object, ...]], database: Path) -> None:
         session.add(Ticket(id="tic", resource_id="res", external_ref="INC-1", created_by="svc", created_at=START))
         for engineer in ("eng", "selfboss"):
             session.add(TicketAssignment(ticket_id="tic", engineer=engineer, assigned_by="svc", assigned_at=START))
+        await session.flush()
+        session.add(Consent(id="con", resource_id="res", ticket_id="tic", granted_by="cust", granted_at=START,
+                            not_before=START, not_after=START + timedelta(days=30)))
+        await session.flush()
+        session.add(Recording(request_id=RID, resource_id="res", region="eastus", ticket_id="tic", consent_id="con",
+                              started_at=START, bucket_start=START, blob_name="b"))
         await session.commit()
         for step in plan:
             kind = step[0]
             try:
                 if kind == "request":
-                    row = await service.create_request(session=session, clock=clock, requester=PEOPLE[str(step[1])],
+                    row = await service.create_request(session=session, clock=clock,
+                                                       requester=directory.people[str(step[1])],
                                                        data=service.NewRequest("tic", [RID], "need it for INC-1 now",
                                                                                timedelta(minutes=int(str(step[2])))))
                     ids.append(row.id)
                     model.grants[row.id] = ModelGrant(requester=str(step[1]))
                 elif kind == "wait":
                     clock.advance(timedelta(minutes=int(str(step[1]))))
+                elif kind == "unassign":
+                    await unassign_engineer(session=session, clock=clock, by=TICKETING, ticket_id="tic",
+                                            engineer=str(step[1]))
+                    model.assigned.discard(str(step[1]))
+                    model.end_grants_of(str(step[1]))
+                elif kind == "assign":
+                    await assign_engineer(session=session, clock=clock, by=TICKETING, ticket_id="tic",
+                                          engineer=str(step[1]))
+                    model.assigned.add(str(step[1]))
+                elif kind in ("move", "move_quietly"):
+                    subject, team = str(step[1]), str(step[2])
+                    directory.people[subject] = replace(directory.people[subject], team_id=team)
+                    model.teams[subject] = team
+                    if kind == "move":  # what the staff service does; "move_quietly" leaves it to the read check
+                        await end_grants_of(session=session, clock=clock, actor=Actor.system("test"),
+                                            engineer=subject, reason=GrantEnding.MOVED)
+                        model.end_grants_of(subject)
                 elif ids:
                     target = ids[int(str(step[2])) % len(ids)]
-                    who = PEOPLE[str(step[1])]
+                    who = directory.people[str(step[1])]
                     if kind == "approve":
                         minutes = step[3]
                         row = await service.approve(session=session, clock=clock, directory=directory,
@@ -126,8 +176,11 @@ async def run(plan: list[tuple[object, ...]], database: Path) -> None:
             now = clock.now()
             for requester in ("eng", "selfboss"):
                 grant = await service.grant_for_read(session=session, requester=requester, request_id=RID, now=now)
+                team = directory.people[requester].team_id or ""
+                who = StaffView(requester, True, True, team, team_managers=frozenset(MANAGERS[team]),
+                                assigned_tickets=await tickets_assigned_to(session=session, engineer=requester))
                 decision = decide_read(
-                    now=now, who=StaffView(requester, True, True, "team-a"), saw=SawView("s", requester, False),
+                    now=now, who=who, saw=SawView("s", requester, False),
                     grant=grant, recording=RecordingView(RID, "tic", now - timedelta(days=1), False),
                     consent=ConsentView("tic", ended=False, ticket_open=True), request_id=RID,
                     retention=timedelta(days=30))

@@ -394,7 +394,7 @@ async def test_a_dead_webhook_never_blocks_a_decision(
             mint_token=mint_token, saw=SawSettings(trusted_proxies=["127.0.0.1/32"]),
             access_webhooks=[TeamWebhook(team=f"voice-a-{tag}", url="http://127.0.0.1:9/hook", secret="s")]) as stack:
         people = await setup_people(stack, mint_token, saw_pki, tag)
-        env = Env(stack, people, Session("ab" * 16, b"", b""), "", [])
+        env = Env(stack, people, await record_sdk_session(stack, standin), "", [])
         env.ticket_ref = (await stack.api("GET", f"/tickets/{stack.ticket_id}", stack.ticketing)).json()[
             "external_ref"]
         loop = asyncio.get_running_loop()

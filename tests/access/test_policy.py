@@ -22,7 +22,8 @@ NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 RID = "0123456789abcdef0123456789abcdef"
 THIRTY_DAYS = timedelta(days=30)
 
-ALICE = StaffView("alice", active=True, is_engineer=True, team_id="t1")
+ALICE = StaffView("alice", active=True, is_engineer=True, team_id="t1", team_managers=frozenset({"mona", "max"}),
+                  assigned_tickets=frozenset({"T0", "T1"}))
 SAW = SawView("saw-1", owner_subject="alice", revoked=False)
 GRANT = GrantView("g-1", requester="alice", ticket_id="T1", request_ids=frozenset({RID}), state="approved",
                   approved_by="mona", approver_was_manager=True, expires_at=NOW + timedelta(hours=2),
@@ -62,9 +63,12 @@ def test_everything_in_place_allows() -> None:
     ({"grant": replace(GRANT, approved_by=None)}, DenyReason.GRANT_NOT_APPROVED),
     ({"grant": replace(GRANT, approved_by="alice")}, DenyReason.SELF_APPROVED),
     ({"grant": replace(GRANT, approver_was_manager=False)}, DenyReason.APPROVER_NOT_MANAGER),
+    ({"who": replace(ALICE, team_managers=frozenset({"max"}))}, DenyReason.APPROVER_NOT_PRESENT_MANAGER),
+    ({"who": replace(ALICE, team_managers=frozenset())}, DenyReason.APPROVER_NOT_PRESENT_MANAGER),
     ({"grant": replace(GRANT, needs_customer_approval=True)}, DenyReason.CUSTOMER_APPROVAL_MISSING),
     ({"grant": replace(GRANT, expires_at=NOW)}, DenyReason.GRANT_EXPIRED),
     ({"grant": replace(GRANT, ticket_id="T2")}, DenyReason.TICKET_MISMATCH),
+    ({"who": replace(ALICE, assigned_tickets=frozenset({"T0"}))}, DenyReason.REQUESTER_NOT_ASSIGNED),
     ({"consent": None}, DenyReason.CONSENT_ENDED),
     ({"consent": replace(CONSENT, ended=True)}, DenyReason.CONSENT_ENDED),
     ({"consent": replace(CONSENT, ticket_id="T2")}, DenyReason.CONSENT_ENDED),
@@ -85,3 +89,24 @@ def test_a_recording_is_readable_until_its_bucket_turns_thirty_days() -> None:
     assert decide(recording=recording, now=datetime(2026, 11, 28, 11, 59, 59, tzinfo=UTC))[0]
     assert decide(recording=recording, now=datetime(2026, 11, 28, 12, 0, tzinfo=UTC)) == (
         False, DenyReason.RECORDING_EXPIRED)
+
+
+def test_engineer_unassigned_from_ticket_can_no_longer_read() -> None:
+    """Finding 1: the grant was approved while she was on T1; today she is not, and the read is refused."""
+    assert decide(who=replace(ALICE, assigned_tickets=frozenset())) == (False, DenyReason.REQUESTER_NOT_ASSIGNED)
+
+
+def test_grant_approved_by_old_teams_manager_stops_reading_after_a_team_move() -> None:
+    """Finding 2: mona approved while alice was in t1; alice is now in t2, whose managers are others."""
+    moved = replace(ALICE, team_id="t2", team_managers=frozenset({"nina"}))
+    assert decide(who=moved) == (False, DenyReason.APPROVER_NOT_PRESENT_MANAGER)
+
+
+def test_approver_who_is_no_longer_a_manager_of_the_team_stops_the_grant() -> None:
+    assert decide(who=replace(ALICE, team_managers=frozenset({"max"}))) == (
+        False, DenyReason.APPROVER_NOT_PRESENT_MANAGER)
+
+
+def test_a_present_manager_who_is_the_requester_still_cannot_approve_herself() -> None:
+    herself = replace(ALICE, team_managers=frozenset({"alice"}))
+    assert decide(who=herself, grant=replace(GRANT, approved_by="alice")) == (False, DenyReason.SELF_APPROVED)

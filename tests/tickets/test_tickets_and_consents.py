@@ -94,6 +94,9 @@ async def test_ticketing_creates_assigns_and_closes_a_ticket(api: Api) -> None:
 
 async def test_engineer_sees_only_their_open_tickets(api: Api, mint_token: MintToken) -> None:
     me = f"carol-{uuid4().hex[:6]}"
+    created = await api.client.post("/admin/staff", headers=ADMIN, json={  # the role is token AND record (C5)
+        "subject": me, "display_name": "Carol", "roles": ["engineer"]})
+    assert created.status_code == 201, created.text
     mine = await new_ticket(api, engineers=[me])
     await new_ticket(api, engineers=["bob"])
     closed = await new_ticket(api, engineers=[me])

@@ -1,8 +1,8 @@
 """Authorizing one read of one recording (C4, C5) and auditing it (C6).
 
-Every read does the same lookups whatever the outcome (staff, SAW, recording, grant, consent, ticket),
-then asks `decide_read`. A denial of any kind gets one outward answer; its reason goes to the audit
-trail and the metrics only.
+Every read does the same lookups whatever the outcome (staff, their present team's managers and their
+present assignments, SAW, recording, grant, consent, ticket), then asks `decide_read`. A denial of any
+kind gets one outward answer; its reason goes to the audit trail and the metrics only.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from app.clock import Clock
 from app.errors import NotFound
 from app.identity.principal import Principal, Role
 from app.tickets.models import Consent, Ticket
+from app.tickets.service import tickets_assigned_to
 
 NO_SUCH_ROW = "00000000-0000-0000-0000-000000000000"
 NO_SUCH_RECORDING = "0" * 32
@@ -67,12 +68,16 @@ async def authorize_read(
     """None means refused: the caller commits the audit entry written here, then raises RecordingNotAvailable."""
     now = clock.now()
     person = await directory.person(session, who.subject)
+    # The present, not the time of approval: today's team, its managers today, today's assignments (C5).
+    team_managers = await directory.managers(session, person.team_id if person and person.team_id else NO_SUCH_ROW)
+    assigned = await tickets_assigned_to(session=session, engineer=who.subject)
     staff = StaffView(who.subject, active=person.active,
                       is_engineer="engineer" in person.roles and who.has(Role.ENGINEER),
-                      team_id=person.team_id) if person else None
+                      team_id=person.team_id, team_managers=frozenset(team_managers),
+                      assigned_tickets=assigned) if person else None
     saw = await saws.saw_for(session, request, who.subject)
     limiter.check_allowed(who.subject, saw.id if saw else None)
-    well_formed = bool(REQUEST_ID.match(request_id))
+    well_formed = bool(REQUEST_ID.fullmatch(request_id))
     recording = await session.get(Recording, request_id if well_formed else NO_SUCH_RECORDING)
     grant = await grant_for_read(session=session, requester=who.subject,
                                  request_id=request_id if well_formed else NO_SUCH_RECORDING, now=now)

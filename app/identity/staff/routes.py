@@ -6,11 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
+from app.access.context import AccessDep
+from app.access.notify import notify_ended_grants
 from app.deps import ClockDep, SessionDep
 from app.identity.staff import service
 from app.identity.staff.deps import AdminCallerDep
 from app.identity.staff.models import Staff, Team
 from app.identity.staff.schemas import ManagerAdd, RolesSet, StaffCreate, StaffOut, StaffUpdate, TeamCreate, TeamOut
+from app.input_text import SingleLine
 
 router = APIRouter(tags=["admin: staff and teams"])
 
@@ -62,7 +65,7 @@ async def create_staff(body: StaffCreate, admin: AdminCallerDep, session: Sessio
 @router.get("/admin/staff", summary="List staff")
 async def list_staff(
     _admin: AdminCallerDep, session: SessionDep,
-    team: Annotated[str | None, Query(description="Only this team (id or name).")] = None,
+    team: Annotated[SingleLine | None, Query(max_length=64, description="Only this team (id or name).")] = None,
     active_only: Annotated[bool, Query(description="Leave out deactivated people.")] = False,
 ) -> list[StaffOut]:
     team_id = (await service.resolve_team(session=session, ref=team)).id if team is not None else None
@@ -77,22 +80,27 @@ async def show_staff(subject: str, _admin: AdminCallerDep, session: SessionDep) 
 
 @router.patch("/admin/staff/{subject}", summary="Change a staff member's display name or team")
 async def update_staff(subject: str, body: StaffUpdate, admin: AdminCallerDep, session: SessionDep,
-                       clock: ClockDep) -> StaffOut:
+                       clock: ClockDep, access: AccessDep) -> StaffOut:
+    """A team change ends the person's grants (audited, the team told as for a revocation)."""
     staff = await service.update_staff(session=session, clock=clock, actor=admin.actor, subject=subject, data=body)
+    await notify_ended_grants(session=session, notifier=access.notifier)
     return _staff_out(staff)
 
 
 @router.put("/admin/staff/{subject}/roles", summary="Set a staff member's roles")
 async def set_roles(subject: str, body: RolesSet, admin: AdminCallerDep, session: SessionDep,
-                    clock: ClockDep) -> StaffOut:
+                    clock: ClockDep, access: AccessDep) -> StaffOut:
     staff = await service.set_roles(session=session, clock=clock, actor=admin.actor, subject=subject,
                                     roles=body.roles)
+    await notify_ended_grants(session=session, notifier=access.notifier)  # losing `engineer` ends grants
     return _staff_out(staff)
 
 
 @router.post("/admin/staff/{subject}/deactivate", summary="Deactivate a staff member (refused everywhere at once)")
-async def deactivate(subject: str, admin: AdminCallerDep, session: SessionDep, clock: ClockDep) -> StaffOut:
+async def deactivate(subject: str, admin: AdminCallerDep, session: SessionDep, clock: ClockDep,
+                     access: AccessDep) -> StaffOut:
     staff = await service.set_active(session=session, clock=clock, actor=admin.actor, subject=subject, active=False)
+    await notify_ended_grants(session=session, notifier=access.notifier)
     return _staff_out(staff)
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.access.endings import GrantEnding, end_grants_of
 from app.audit.actions import Actor, ActorType, AuditAction
 from app.audit.service import append_entry
 from app.clock import Clock
@@ -237,6 +238,9 @@ async def set_roles(*, session: AsyncSession, clock: Clock, actor: Actor, subjec
         await _audit_staff(session, clock, actor, subject, "role_added", role=role)
     for role in removed:
         await _audit_staff(session, clock, actor, subject, "role_removed", role=role)
+    if Role.ENGINEER in removed:
+        await end_grants_of(session=session, clock=clock, actor=actor, engineer=subject,
+                            reason=GrantEnding.ROLE_REMOVED)
     return staff
 
 
@@ -261,6 +265,9 @@ async def update_staff(*, session: AsyncSession, clock: Clock, actor: Actor, sub
     await session.flush()
     for change, team in changes:
         await _audit_staff(session, clock, actor, subject, change, team=team)
+    if any(change != "renamed" for change, _ in changes):
+        # Their grants were approved by the old team's manager; a new team means a new approval (C5).
+        await end_grants_of(session=session, clock=clock, actor=actor, engineer=subject, reason=GrantEnding.MOVED)
     return staff
 
 
@@ -274,6 +281,9 @@ async def set_active(*, session: AsyncSession, clock: Clock, actor: Actor, subje
     staff.updated_at = clock.now()
     await session.flush()
     await _audit_staff(session, clock, actor, subject, "reactivated" if active else "deactivated")
+    if not active:
+        await end_grants_of(session=session, clock=clock, actor=actor, engineer=subject,
+                            reason=GrantEnding.DEACTIVATED)
     log.info("identity.staff.active_changed", staff=subject, active=active)
     return staff
 
