@@ -89,7 +89,7 @@ class Relay:
 
         request_id = new_request_id()
         correlation = websocket.headers.get("x-ms-client-request-id")
-        if correlation is not None and not _CORRELATION_ID.match(correlation):
+        if correlation is not None and not _CORRELATION_ID.fullmatch(correlation):
             correlation = None
         target = build_target(
             endpoint=resource.upstream_endpoint,

@@ -29,7 +29,7 @@ class KeyBucket:
     hour: datetime
 
     def __post_init__(self) -> None:
-        if not REGION_PATTERN.match(self.region):
+        if not REGION_PATTERN.fullmatch(self.region):
             raise ValueError("region must match ^[a-z0-9]{2,32}$")
         if self.hour.tzinfo is None or self.hour.utcoffset() != timedelta(0):
             raise ValueError("bucket hour must be an aware UTC datetime")

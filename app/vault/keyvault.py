@@ -177,7 +177,7 @@ class KeyVaultKeyring:
     async def live_buckets(self, *, started_before: datetime) -> list[KeyBucket]:
         found: list[KeyBucket] = []
         async for name in self._key_names():
-            match = self._name_pattern.match(name)
+            match = self._name_pattern.fullmatch(name)
             if match is None:
                 continue
             bucket = KeyBucket.from_label(match.group(1), match.group(2))

@@ -42,7 +42,7 @@ class SawRegister(BaseModel):
         else:
             assert self.cert_sha256 is not None  # noqa: S101 - checked above
             normalized = self.cert_sha256.strip().replace(":", "").lower()
-            if not _HEX64.match(normalized):
+            if not _HEX64.fullmatch(normalized):
                 raise ValueError("cert_sha256 must be 64 hex digits (colons allowed)")
             self.cert_sha256 = normalized
         return self

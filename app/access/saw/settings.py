@@ -55,7 +55,7 @@ class SawSettings(BaseModel):
     @field_validator("fingerprint_header", "cert_header", "verify_header")
     @classmethod
     def _header_name(cls, value: str) -> str:
-        if not _HEADER_NAME.match(value):
+        if not _HEADER_NAME.fullmatch(value):
             raise ValueError("a header name is 1..64 letters, digits and hyphens")
         return value.lower()
 

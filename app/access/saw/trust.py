@@ -99,7 +99,7 @@ def fingerprint_of_cert_header(value: str) -> str | None:
 def normalize_fingerprint(value: str) -> str | None:
     """`AB:CD:...` or `abcd...` -> 64 lowercase hex digits, or None."""
     candidate = value.strip().replace(":", "").lower()
-    return candidate if _FINGERPRINT.match(candidate) else None
+    return candidate if _FINGERPRINT.fullmatch(candidate) else None
 
 
 def saw_fingerprint(request: HTTPConnection, settings: SawSettings) -> str | None:
