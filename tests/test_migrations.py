@@ -35,11 +35,15 @@ def tables(sync_url: str) -> set[str]:
 
 
 def schema(sync_url: str) -> set[str]:
-    """Tables, triggers and (PostgreSQL) functions: what a revision may add and its downgrade must remove."""
+    """Tables, columns, triggers and (PostgreSQL) functions: what a revision may add and its downgrade must
+    remove."""
     engine = create_engine(sync_url)
     try:
         with engine.connect() as conn:
-            found = {f"table:{t}" for t in inspect(conn).get_table_names()} - {"table:alembic_version"}
+            inspector = inspect(conn)
+            names = set(inspector.get_table_names()) - {"alembic_version"}
+            found = {f"table:{t}" for t in names}
+            found |= {f"column:{t}.{c['name']}" for t in names for c in inspector.get_columns(t)}
             if engine.dialect.name == "postgresql":
                 found |= {f"trigger:{t}" for t in conn.execute(text(
                     "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")).scalars()}
