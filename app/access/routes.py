@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import Annotated, Literal
 
@@ -30,6 +31,7 @@ from app.capture.reader import RecordingStream
 from app.deps import ClockDep, SessionDep
 from app.errors import InvalidInput
 from app.identity.principal import Principal, Role, authenticate
+from app.identity.staff.service import authorize_staff
 from app.tickets.service import customer_resource
 
 router = APIRouter(tags=["access"])
@@ -41,9 +43,14 @@ def _ctx(request: Request) -> AccessContext:
     return ctx
 
 
-async def _person(session: AsyncSession, ctx: AccessContext, who: Principal, role: Role) -> service.Person:
-    return await service.require_person(session=session, directory=ctx.directory, subject=who.subject,
-                                        token_roles=frozenset(r.value for r in who.roles), role=role.value)
+async def _person(session: AsyncSession, ctx: AccessContext, who: Principal, *roles: Role) -> service.Person:
+    """The one role check (`authorize_staff`: token AND active staff record hold one of `roles`), then the
+    access view of the person with only the roles both grant, so no decision counts a role one of them lacks."""
+    staff = await authorize_staff(session=session, principal=who, roles=roles)
+    person = await ctx.directory.person(session, who.subject)
+    if person is None:
+        raise service.NotStaff()
+    return replace(person, roles=frozenset(r.value for r in staff.roles))
 
 
 # --- schemas -------------------------------------------------------------------------------------------
@@ -154,9 +161,7 @@ async def deny(access_request_id: str, body: Decision, who: CurrentPrincipal, se
 async def revoke(access_request_id: str, body: Decision, who: CurrentPrincipal, session: SessionDep,
                  clock: ClockDep, request: Request) -> AccessRequestOut:
     ctx = _ctx(request)
-    person = await ctx.directory.person(session, who.subject)
-    if person is None or not person.active:
-        raise service.NotStaff()
+    person = await _person(session, ctx, who, Role.ENGINEER, Role.MANAGER)
     row = await service.revoke(session=session, clock=clock, directory=ctx.directory,
                                access_request_id=access_request_id, by=person, reason=body.reason.strip())
     await notify_team(session=session, notifier=ctx.notifier, row=row, event="access.revoked")

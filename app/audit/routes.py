@@ -31,14 +31,16 @@ from app.audit.schemas import (
 )
 from app.audit.verifier import verify_chain
 from app.deps import ClockDep, SessionDep
-from app.identity.principal import Principal, Role, require_role
+from app.identity.principal import Role
+from app.identity.staff.deps import require_staff
+from app.identity.staff.service import StaffPrincipal
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
 # One dependency object, so tests (and the app) can override exactly this check.
-require_auditor = require_role(Role.AUDITOR)
+require_auditor = require_staff(Role.AUDITOR)  # token AND active staff record (C5)
 
-AuditorDep = Annotated[Principal, Depends(require_auditor)]
+AuditorDep = Annotated[StaffPrincipal, Depends(require_auditor)]
 RuntimeDep = Annotated[AuditRuntime, Depends(get_audit_runtime)]
 FromDate = Annotated[date, Query(alias="from", description="First day (UTC), YYYY-MM-DD, included.")]
 ToDate = Annotated[date, Query(alias="to", description="Last day (UTC), YYYY-MM-DD, included.")]
@@ -76,7 +78,7 @@ async def checkpoints(
 
 
 async def _report(
-    kind: ReportKind, auditor: Principal, runtime: AuditRuntime, session: SessionDep, clock: ClockDep,
+    kind: ReportKind, auditor: StaffPrincipal, runtime: AuditRuntime, session: SessionDep, clock: ClockDep,
     first: date, last: date, fmt: ReportFormat,
 ) -> Response:
     output = await generate_report(

@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.clock import Clock
 from app.console.dev_login import s256
@@ -37,8 +38,9 @@ from app.console.settings import ConsoleSettings
 from app.console.templating import page
 from app.deps import AppContext
 from app.errors import AppError, Forbidden, Unauthorized
-from app.identity.principal import Principal, Role, TokenVerifier
+from app.identity.principal import STAFF_ROLES, MissingRole, Principal, Role, TokenVerifier
 from app.identity.settings import DEV_ISSUER_PATH
+from app.identity.staff.service import StaffInactive, StaffPrincipal, UnknownStaff, authorize_staff
 from app.logs import get_logger
 
 log = get_logger("voicelog.console")
@@ -106,13 +108,29 @@ async def current_session(request: Request) -> ConsoleSession | None:
     return session
 
 async def signed_in(request: Request, *roles: Role) -> tuple[ConsoleSession, Principal]:
-    """The session and principal, holding at least one of `roles` (any role when none is named)."""
+    """The session and principal, holding at least one of `roles` (any role when none is named).
+
+    Staff roles are checked exactly as the API's `require_staff` does (C5: token AND active staff record);
+    `customer_admin` and `ticketing` from the token alone. A page never asks for both kinds at once.
+    """
     session = await current_session(request)
     if session is None or session.principal is None:
         raise NeedsSignIn()
-    if roles and not any(session.principal.has(r) for r in roles):
+    if roles and set(roles) <= STAFF_ROLES:
+        async with _ctx(request).session_factory() as db:
+            await console_staff(db, session.principal, *roles)
+    elif roles and set(roles) & STAFF_ROLES:
+        raise ValueError("signed_in takes staff roles or token-only roles, not both")
+    elif roles and not any(session.principal.has(r) for r in roles):
         raise MissingConsoleRole(f"This page needs one of the roles: {', '.join(r.value for r in roles)}.")
     return session, session.principal
+
+async def console_staff(db: AsyncSession, principal: Principal, *roles: Role) -> StaffPrincipal:
+    """`authorize_staff`, the API's one token-AND-record check, with its refusal shown as the console's."""
+    try:
+        return await authorize_staff(session=db, principal=principal, roles=roles)
+    except (MissingRole, UnknownStaff, StaffInactive) as refused:
+        raise MissingConsoleRole(refused.detail) from refused
 
 def set_cookie(response: Response, state: ConsoleState, name: str, value: str, *, max_age: int,
                same_site: str) -> None:

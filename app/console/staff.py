@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.context import AccessContext
-from app.access.service import NotStaff, Person, require_person
-from app.console.auth import MissingConsoleRole
+from app.access.service import Person
+from app.console.auth import MissingConsoleRole, console_staff
 from app.identity.principal import Principal, Role
 
 
@@ -17,10 +19,10 @@ def access_context(request: Request) -> AccessContext:
 
 
 async def staff_person(session: AsyncSession, request: Request, who: Principal, role: Role) -> Person:
-    """The same defense in depth as the access API: an active staff record holding `role`, and the token's role."""
-    try:
-        return await require_person(session=session, directory=access_context(request).directory,
-                                    subject=who.subject, token_roles=frozenset(r.value for r in who.roles),
-                                    role=role.value)
-    except NotStaff as refused:
-        raise MissingConsoleRole(refused.detail) from refused
+    """The access service's view of the caller, after the API's one check (token AND active record hold `role`);
+    its roles are those both grant, so no later decision counts a role the token or the record lacks."""
+    staff = await console_staff(session, who, role)
+    person = await access_context(request).directory.person(session, who.subject)
+    if person is None:
+        raise MissingConsoleRole("Your identity has no staff record.")
+    return replace(person, roles=frozenset(r.value for r in staff.roles))

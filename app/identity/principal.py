@@ -21,6 +21,11 @@ class Role(StrEnum):
     TICKETING = "ticketing"
 
 
+STAFF_ROLES = frozenset({Role.ENGINEER, Role.MANAGER, Role.AUDITOR, Role.ADMIN})
+"""Roles that count only when the person's active staff record holds them too (C5: token AND record).
+`customer_admin` and `ticketing` are token roles of customers and services, who have no staff record."""
+
+
 @dataclass(frozen=True)
 class Principal:
     """A verified identity: OIDC subject, roles from the token, tenant for customer admins."""
@@ -63,7 +68,17 @@ async def authenticate(request: Request) -> Principal:
 
 
 def require_role(*roles: Role) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
-    """Dependency factory: the caller must hold at least one of `roles`."""
+    """Dependency factory for token-only roles (`customer_admin`, `ticketing`): the token holds one of `roles`.
+
+    A staff role is refused here, when the route is built: it needs the staff record too, so it goes through
+    `app.identity.staff.deps.require_staff` (the one token-AND-record check), never the token alone.
+    """
+    if not roles:
+        raise ValueError("require_role takes one or more roles")
+    staff = sorted(r.value for r in roles if r in STAFF_ROLES)
+    if staff:
+        raise ValueError(f"require_role cannot check the staff role(s) {', '.join(staff)} from the token alone: "
+                         "use app.identity.staff.deps.require_staff (token AND active staff record)")
 
     async def dependency(request: Request) -> Principal:
         principal = await authenticate(request)
@@ -75,4 +90,4 @@ def require_role(*roles: Role) -> Callable[[Request], Coroutine[Any, Any, Princi
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
-"""Any authenticated caller; use `Depends(require_role(...))` when a role is needed."""
+"""Any authenticated caller; a staff role needs `require_staff`, a token-only role `require_role`."""

@@ -29,6 +29,7 @@ from tests.audit import tamper
 from tests.audit.scenario import append_and_chain, example_steps
 from tests.fixtures.audit import AuditDb, disable_audit_triggers
 from tests.fixtures.identity import MintToken, bearer
+from tests.fixtures.staff import add_staff_record
 
 
 @pytest.fixture
@@ -53,6 +54,7 @@ async def audit_api(
         await seal(session=session, clock=audit_clock, keyring=runtime.keyring, policy=CheckpointPolicy(),
                    wait=True)
         await export_checkpoints(session=session, sink=runtime.sink)
+        await add_staff_record(session, "audrey", Role.AUDITOR, now=audit_clock.now())  # C5: token AND record
         await session.commit()
     app.state.test_metrics = metrics
     transport = httpx.ASGITransport(app=app)

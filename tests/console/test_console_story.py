@@ -54,7 +54,7 @@ async def hire(stack: ConsoleStack, saw_pki: SawPki) -> Cast:
     team = f"voice-{tag}"
     assert (await stack.api("POST", "/admin/teams", ADMIN, json={"name": team})).status_code == 201
     cast = Cast(f"alice-{tag}", f"mona-{tag}", f"admin-{tag}", f"audrey-{tag}", saw_request_headers(saw_pki.valid.cert))
-    for subject, roles in ((cast.engineer, ["engineer"]), (cast.manager, ["manager"])):
+    for subject, roles in ((cast.engineer, ["engineer"]), (cast.manager, ["manager"]), (cast.auditor, ["auditor"])):
         response = await stack.api("POST", "/admin/staff", ADMIN, json={
             "subject": subject, "display_name": subject.split("-")[0].title(), "team": team, "roles": roles})
         assert response.status_code == 201, response.text

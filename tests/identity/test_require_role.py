@@ -1,4 +1,7 @@
-"""Role checks at the HTTP edge: `require_role` on a small FastAPI app, tokens from the dev issuer."""
+"""Token-only role checks at the HTTP edge: `require_role` on a small FastAPI app, tokens from the dev issuer.
+
+`require_role` serves the roles of customers and services (`customer_admin`, `ticketing`); it refuses the
+staff roles when a route is built, so they can only be checked by `require_staff` (token AND record, C5)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import pytest
 from fastapi import Depends, FastAPI
 
 from app.errors import install_error_handlers
-from app.identity.principal import CurrentPrincipal, Principal, Role, TokenVerifier, require_role
+from app.identity.principal import STAFF_ROLES, CurrentPrincipal, Principal, Role, TokenVerifier, require_role
+from app.identity.staff import models as staff_models
 from tests.fixtures.identity import MintToken, bearer
 
 
@@ -20,13 +24,13 @@ def build_app(verifier: TokenVerifier | None) -> FastAPI:
     install_error_handlers(app)
     app.state.ctx = SimpleNamespace(token_verifier=verifier)
 
-    @app.get("/recordings/probe")
-    async def engineer_only(who: Annotated[Principal, Depends(require_role(Role.ENGINEER))]) -> dict[str, str]:
+    @app.get("/tickets/probe")
+    async def ticketing_only(who: Annotated[Principal, Depends(require_role(Role.TICKETING))]) -> dict[str, str]:
         return {"subject": who.subject}
 
-    @app.get("/reviews")
-    async def auditor_or_admin(
-        who: Annotated[Principal, Depends(require_role(Role.AUDITOR, Role.ADMIN))],
+    @app.get("/consents")
+    async def ticketing_or_customer_admin(
+        who: Annotated[Principal, Depends(require_role(Role.TICKETING, Role.CUSTOMER_ADMIN))],
     ) -> dict[str, str]:
         return {"subject": who.subject}
 
@@ -44,23 +48,36 @@ async def client(token_verifier: TokenVerifier) -> AsyncIterator[httpx.AsyncClie
         yield c
 
 
-async def test_engineer_reaches_an_engineer_route(client: httpx.AsyncClient, mint_token: MintToken) -> None:
-    response = await client.get("/recordings/probe", headers=bearer(mint_token("alice", [Role.ENGINEER])))
+@pytest.mark.parametrize("roles", [(r,) for r in sorted(STAFF_ROLES)] + [(Role.TICKETING, Role.ENGINEER), ()],
+                         ids=[r.value for r in sorted(STAFF_ROLES)] + ["mixed", "none"])
+def test_require_role_refuses_staff_roles_when_the_route_is_built(roles: tuple[Role, ...]) -> None:
+    with pytest.raises(ValueError, match="require_staff" if roles else "one or more"):
+        require_role(*roles)
+
+
+def test_the_staff_roles_are_the_roles_a_staff_record_holds() -> None:
+    assert STAFF_ROLES == staff_models.STAFF_ROLES
+    assert set(Role) - STAFF_ROLES == {Role.CUSTOMER_ADMIN, Role.TICKETING}
+
+
+async def test_ticketing_reaches_a_ticketing_route(client: httpx.AsyncClient, mint_token: MintToken) -> None:
+    response = await client.get("/tickets/probe", headers=bearer(mint_token("svc", [Role.TICKETING])))
 
     assert response.status_code == 200
-    assert response.json() == {"subject": "alice"}
+    assert response.json() == {"subject": "svc"}
 
 
 async def test_any_of_several_roles_is_enough(client: httpx.AsyncClient, mint_token: MintToken) -> None:
-    for role in (Role.AUDITOR, Role.ADMIN):
-        response = await client.get("/reviews", headers=bearer(mint_token("carol", [role])))
+    for role in (Role.TICKETING, Role.CUSTOMER_ADMIN):
+        response = await client.get("/consents", headers=bearer(mint_token("carol", [role])))
         assert response.status_code == 200
 
 
 async def test_missing_role_is_403(client: httpx.AsyncClient, mint_token: MintToken) -> None:
-    token = mint_token("mike", [Role.MANAGER, Role.AUDITOR, Role.CUSTOMER_ADMIN, "engineers"])
+    token = mint_token("mike", [Role.MANAGER, Role.AUDITOR, Role.ENGINEER, Role.ADMIN, Role.CUSTOMER_ADMIN,
+                                "ticketings"])
 
-    response = await client.get("/recordings/probe", headers=bearer(token))
+    response = await client.get("/tickets/probe", headers=bearer(token))
 
     assert response.status_code == 403
     assert response.headers["content-type"] == "application/problem+json"
@@ -76,7 +93,7 @@ async def test_authenticated_caller_without_roles(client: httpx.AsyncClient, min
 @pytest.mark.parametrize("headers", [{}, {"authorization": "Basic YWxpY2U6cHc="}, {"authorization": "Bearer "},
                                      {"authorization": "Bearer"}], ids=["none", "basic", "empty", "bare"])
 async def test_missing_credentials_are_401(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
-    response = await client.get("/recordings/probe", headers=headers)
+    response = await client.get("/tickets/probe", headers=headers)
 
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
@@ -86,11 +103,11 @@ async def test_missing_credentials_are_401(client: httpx.AsyncClient, headers: d
 async def test_invalid_token_is_a_401_problem_that_does_not_echo_it(
     client: httpx.AsyncClient, mint_token: MintToken
 ) -> None:
-    token = mint_token("alice", [Role.ENGINEER])
+    token = mint_token("svc", [Role.TICKETING])
     head, body, signature = token.split(".")
     forged = f"{head}.{body}.{signature[:-4]}AAAA"
 
-    response = await client.get("/recordings/probe", headers=bearer(forged))
+    response = await client.get("/tickets/probe", headers=bearer(forged))
 
     assert response.status_code == 401
     assert response.headers["content-type"] == "application/problem+json"
@@ -103,10 +120,10 @@ async def test_invalid_token_is_a_401_problem_that_does_not_echo_it(
 async def test_token_is_never_logged(
     client: httpx.AsyncClient, mint_token: MintToken, caplog: pytest.LogCaptureFixture
 ) -> None:
-    good = mint_token("alice", [Role.ENGINEER])
+    good = mint_token("svc", [Role.TICKETING])
     bad = good[:-6] + "AAAAAA"
-    await client.get("/recordings/probe", headers=bearer(good))
-    await client.get("/recordings/probe", headers=bearer(bad))
+    await client.get("/tickets/probe", headers=bearer(good))
+    await client.get("/tickets/probe", headers=bearer(bad))
 
     assert "identity.token.refused" in caplog.text
     assert good.split(".")[1] not in caplog.text

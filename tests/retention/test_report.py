@@ -33,6 +33,7 @@ from app.retention.models import RetentionReport
 from app.retention.report import CSV_HEADER, REPORT_KIND
 from app.retention.routes import router
 from tests.fixtures.identity import MintToken, bearer
+from tests.fixtures.staff import add_staff_record
 from tests.retention.test_purge import with_failing_deletes
 from tests.retention.world import LIFETIME, World
 
@@ -79,6 +80,9 @@ async def test_auditors_get_the_audit_retention_report_extended_with_blobs_pendi
     world: World, token_verifier: TokenVerifier, mint_token: MintToken, tmp_path: Path,
 ) -> None:
     period = await purged_world(world)
+    async with world.factory() as session:  # C5: the auditor role is in the token AND the active record
+        await add_staff_record(session, "ada", Role.AUDITOR, now=world.clock.now())
+        await session.commit()
     runtime = world.audit_runtime()
     query = f"/retention/report?from={period.first}&to={period.last}"
     transport = httpx.ASGITransport(app=api(world, runtime, token_verifier, tmp_path))
