@@ -10,7 +10,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import service, transparency
@@ -27,6 +26,7 @@ from app.access.playback.render import (
     wav_window,
 )
 from app.access.playback.service import AllowedRead, RecordingNotAvailable, audit_read, authorize_read
+from app.access.schemas import AccessRequestCreate, AccessRequestOut, Decision, Extension
 from app.capture.reader import RecordingStream
 from app.deps import ClockDep, SessionDep
 from app.errors import InvalidInput
@@ -51,44 +51,6 @@ async def _person(session: AsyncSession, ctx: AccessContext, who: Principal, *ro
     if person is None:
         raise service.NotStaff()
     return replace(person, roles=frozenset(r.value for r in staff.roles))
-
-
-# --- schemas -------------------------------------------------------------------------------------------
-
-
-class AccessRequestCreate(BaseModel):
-    ticket_id: str
-    request_ids: list[str] = Field(min_length=1, max_length=20, description="Request IDs the customer named.")
-    justification: str = Field(min_length=20, max_length=2000,
-                               description="Why you need these recordings; must name the ticket's reference.")
-    duration_minutes: int = Field(default=240, ge=5, le=480, description="Default 4 h, at most 8 h.")
-
-
-class Decision(BaseModel):
-    duration_minutes: int | None = Field(default=None, ge=1, le=480, description="Approve for less time.")
-    reason: str = Field(default="", max_length=200)
-
-
-class Extension(BaseModel):
-    justification: str = Field(min_length=20, max_length=2000)
-    duration_minutes: int = Field(default=240, ge=5, le=480)
-
-
-class AccessRequestOut(BaseModel):
-    id: str
-    requester: str
-    ticket_id: str
-    request_ids: list[str]
-    justification: str
-    state: str
-    requested_minutes: int
-    created_at: str
-    decided_by: str | None
-    decided_at: str | None
-    expires_at: str | None
-    extends_id: str | None
-    needs_customer_approval: bool
-    customer_approved: bool | None
 
 
 async def _out(session: AsyncSession, row: AccessRequest) -> AccessRequestOut:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from app.audit.actions import Actor
+from app.audit.actions import Actor, InvalidAuditEntry
 from app.audit.checkpoints import list_checkpoints
 from app.audit.jobs import publish
 from app.audit.reports.entries import Period
@@ -31,6 +31,7 @@ from app.audit.schemas import (
 )
 from app.audit.verifier import verify_chain
 from app.deps import ClockDep, SessionDep
+from app.errors import InvalidInput
 from app.identity.principal import Role
 from app.identity.staff.deps import require_staff
 from app.identity.staff.service import StaffPrincipal
@@ -42,9 +43,13 @@ require_auditor = require_staff(Role.AUDITOR)  # token AND active staff record (
 
 AuditorDep = Annotated[StaffPrincipal, Depends(require_auditor)]
 RuntimeDep = Annotated[AuditRuntime, Depends(get_audit_runtime)]
-FromDate = Annotated[date, Query(alias="from", description="First day (UTC), YYYY-MM-DD, included.")]
-ToDate = Annotated[date, Query(alias="to", description="Last day (UTC), YYYY-MM-DD, included.")]
+FIRST_REPORT_DAY, LAST_REPORT_DAY = date(2000, 1, 1), date(9999, 1, 1)  # room for retention's 30-day look-back
+FromDate = Annotated[date, Query(alias="from", ge=FIRST_REPORT_DAY, le=LAST_REPORT_DAY,
+                                 description="First day (UTC), YYYY-MM-DD, included (2000-01-01 or later).")]
+ToDate = Annotated[date, Query(alias="to", ge=FIRST_REPORT_DAY, le=LAST_REPORT_DAY,
+                               description="Last day (UTC), YYYY-MM-DD, included (at most 367 days after `from`).")]
 FormatQuery = Annotated[ReportFormat, Query(alias="format", description="`json` (signed document) or `csv`.")]
+MAX_SEQ = 2**63 - 1  # sequence and checkpoint numbers are 64-bit signed integers in the database
 
 
 @router.get("/keys", summary="Public keys that sign checkpoints and reports")
@@ -56,7 +61,8 @@ async def public_keys(runtime: RuntimeDep) -> PublicKeysOut:
 @router.get("/verify", summary="Verify the audit chain and its checkpoints")
 async def verify(
     _auditor: AuditorDep, runtime: RuntimeDep, session: SessionDep, clock: ClockDep,
-    from_seq: Annotated[int, Query(ge=1, description="First entry to check (its predecessor is trusted).")] = 1,
+    from_seq: Annotated[int, Query(ge=1, le=MAX_SEQ,
+                                   description="First entry to check (its predecessor is trusted).")] = 1,
 ) -> VerificationOut:
     result = await verify_chain(
         session=session, keys=runtime.keyring.public_keys(), exported=await runtime.sink.read_all(),
@@ -70,7 +76,7 @@ async def verify(
 @router.get("/checkpoints", summary="Signed checkpoints, oldest first")
 async def checkpoints(
     _auditor: AuditorDep, session: SessionDep,
-    after: Annotated[int, Query(ge=0, description="Only checkpoints numbered above this.")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Only checkpoints numbered above this.")] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[CheckpointOut]:
     found = await list_checkpoints(session, after=after, limit=limit)
@@ -126,9 +132,13 @@ async def verify_signed_report(
     body: SignedReportIn, _auditor: AuditorDep, runtime: RuntimeDep, session: SessionDep, clock: ClockDep,
 ) -> ReportVerificationOut:
     """Checks the signature, that the report's chain head is in an intact chain, and recomputes it."""
+    try:
+        content = report_content(body.report)
+    except InvalidAuditEntry:  # a float: no report voicelog signed holds one
+        raise InvalidInput("The report is not one voicelog signed: it holds a number with a fraction.") from None
     result = await verify_report(
         session=session, envelope=body.envelope, signature=body.signature,
-        content=report_content(body.report), keys=runtime.keyring.public_keys(),
+        content=content, keys=runtime.keyring.public_keys(),
         exported=await runtime.sink.read_all(), params=runtime.review_params,
         retention_days=runtime.settings.retention_days, now=clock.now(),
     )

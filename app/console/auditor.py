@@ -40,6 +40,9 @@ def _runtime(request: Request) -> AuditRuntime | None:
         return None
 
 
+FIRST_REPORT_DAY, LAST_REPORT_DAY = date(2000, 1, 1), date(9999, 1, 1)  # the API's bounds (app/audit/routes.py)
+
+
 def _period(request: Request, clock: Clock) -> Period:
     today = clock.now().date()
     try:
@@ -51,6 +54,8 @@ def _period(request: Request, clock: Clock) -> Period:
     except ValueError:
         last = today
     try:
+        if not FIRST_REPORT_DAY <= first <= last <= LAST_REPORT_DAY:
+            raise InvalidPeriod("out of the days a report can cover")
         return Period(first, last)
     except InvalidPeriod:
         return Period(today - timedelta(days=DEFAULT_DAYS - 1), today)
