@@ -172,7 +172,8 @@ def create_app(
         notifier=Notifier(settings.access_webhooks, ctx.metrics.registry),
     )
 
-    audit = AuditRuntime.from_settings(settings.audit, settings.data_dir, registry=ctx.metrics.registry)
+    audit = AuditRuntime.from_settings(settings.audit, settings.data_dir, registry=ctx.metrics.registry,
+                                       engine=engine)
     chain_keeper = ChainKeeper(audit, ctx.session_factory, clock)
     verifier = VerifierJob(audit, ctx.session_factory, clock)
 

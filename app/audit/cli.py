@@ -60,9 +60,11 @@ def _run(work: Callable[[async_sessionmaker[AsyncSession], AuditRuntime], Awaita
     async def main() -> T:
         url, data_dir, audit = _settings()
         engine = create_engine(url)
+        runtime = AuditRuntime.from_settings(audit, data_dir, engine=engine)
         try:
-            return await work(create_session_factory(engine), AuditRuntime.from_settings(audit, data_dir))
+            return await work(create_session_factory(engine), runtime)
         finally:
+            await runtime.sink.close()
             await engine.dispose()
 
     return run_or_exit(main)
@@ -101,8 +103,10 @@ def verify(
 
     async def work(factory: async_sessionmaker[AsyncSession], runtime: AuditRuntime) -> dict[str, Any]:
         keys = PublicKeySet.load(public_keys) if public_keys is not None else None
+        # An external auditor holds the public keys only: entry MACs are then reported as not checked.
         result = await run_verification(session_factory=factory, runtime=runtime, clock=SystemClock(),
-                                        from_seq=from_seq, keys=keys, exported=await _exported(checkpoints, runtime)())
+                                        from_seq=from_seq, keys=keys, exported=await _exported(checkpoints, runtime)(),
+                                        check_macs=public_keys is None)
         return result.to_json()
 
     result = _run(work)
@@ -115,6 +119,11 @@ def verify(
     else:
         damage = result["damage"]
         typer.echo(f"DAMAGE: {damage['kind']} at seq {damage['seq']}: {damage['message']}")
+    if not as_json:
+        age = result["unanchored_s"]
+        typer.echo(f"anchored through {result['anchored_through']}: {result['unanchored_entries']} entries "
+                   f"unanchored" + ("" if age is None else f", the oldest {age:.1f} s old") +
+                   f"; entry MACs {result['macs'].replace('_', ' ')}")
     for note in result["notes"] if not as_json else []:
         typer.echo(f"note: {note}", err=True)
     if not result["ok"]:

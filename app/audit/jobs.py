@@ -1,9 +1,10 @@
 """Background work of the audit trail, safe on every replica at once (C6).
 
 - ChainKeeper: every `sequencer_interval_s` it peeks at the inbox (one cheap statement); when something is
-  queued, and at least every `sequencer_idle_s` anyway, it runs a full round: chains queued entries and
-  signs a checkpoint when due (both under the chain lock, so replicas take turns), then exports new
-  checkpoints to the sink.
+  queued, at least every `sequencer_idle_s`, and at the moment a checkpoint falls due for unsealed entries,
+  it runs a full round: chains queued entries and signs a checkpoint when due (both under the chain lock,
+  so replicas take turns), then exports new checkpoints to the sink. Full rounds come at least every
+  `min(sequencer_idle_s, checkpoint_every_s)`, so the tail is anchored within about `checkpoint_every_s`.
 - VerifierJob: every `verify_every_minutes`, verifies the whole chain and publishes the result as metrics.
 Each unit of work has its own session and transaction; a failure is logged and counted, never raised.
 """
@@ -43,7 +44,7 @@ class ChainKeeper:
         async with self.session_factory() as session:
             result = await seal(
                 session=session, clock=self.clock, keyring=self.runtime.keyring, policy=self.runtime.policy,
-                batch=self.runtime.settings.sequencer_batch, force=force, wait=force,
+                batch=self.runtime.settings.sequencer_batch, force=force, wait=force, mac=self.runtime.mac_keys,
             )
             await session.commit()
         metrics = self.runtime.metrics
@@ -51,6 +52,8 @@ class ChainKeeper:
             metrics.chained.inc(result.chained)
             if result.checkpoint is not None:
                 metrics.checkpoints.inc()
+            for reason, count in result.rejected.items():
+                metrics.unauthenticated.labels(reason=reason).inc(count)
         if result.checkpoint is not None:
             log.info("audit.checkpoint.signed", checkpoint=result.checkpoint.number,
                      head_seq=result.checkpoint.head_seq, key_id=result.checkpoint.key_id)
@@ -68,6 +71,9 @@ class ChainKeeper:
             written = await export_checkpoints(session=session, sink=self.runtime.sink)
             newest = await last_checkpoint(session)
         self._exported_through = newest.number if newest else 0
+        if self.runtime.metrics is not None and newest is not None:
+            self.runtime.metrics.anchored_head.set(newest.head_seq)
+            self.runtime.metrics.last_anchored.set(newest.signed_at.timestamp())
         if written and self.runtime.metrics is not None:
             self.runtime.metrics.exported.inc(written)
         return written
@@ -88,9 +94,13 @@ class ChainKeeper:
                 # the full round comes every `sequencer_idle_s` whatever the peek says.
                 busy = False
                 if loop.time() >= next_full_round or await self.queued():
-                    next_full_round = loop.time() + settings.sequencer_idle_s
+                    started = loop.time()
                     result = await self.tick()
                     busy = result.chained >= settings.sequencer_batch
+                    # At least every checkpoint interval too: on SQLite nothing is queued to wake us, and
+                    # an entry chained inline must still be anchored within about one interval.
+                    idle = min(settings.sequencer_idle_s, settings.checkpoint_interval_s)
+                    next_full_round = started + self._until_next_round(result, idle)
             except Exception as exc:  # the keeper must outlive a database or sink outage
                 busy = False
                 if self.runtime.metrics is not None:
@@ -99,6 +109,13 @@ class ChainKeeper:
             if not busy:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), interval)
+
+    def _until_next_round(self, result: SealResult, idle_s: float) -> float:
+        """Seconds to the next full round: `idle_s`, or sooner when a checkpoint falls due by time for
+        entries already chained (so the cadence holds on SQLite too, where nothing is queued to wake us)."""
+        if result.next_due is None:
+            return idle_s
+        return min(idle_s, max(0.0, (result.next_due - self.clock.now()).total_seconds()))
 
     def start(self) -> asyncio.Task[None]:
         self._stop.clear()
@@ -113,6 +130,8 @@ class ChainKeeper:
             self._task = None
         with contextlib.suppress(Exception):
             await self.tick()
+        with contextlib.suppress(Exception):
+            await self.runtime.sink.close()
 
 
 async def run_verification(
@@ -123,19 +142,23 @@ async def run_verification(
     from_seq: int = 1,
     keys: PublicKeySet | None = None,
     exported: Sequence[Checkpoint] | None = None,
+    check_macs: bool = True,
 ) -> VerificationResult:
-    """Verify with the runtime's public keys and exported checkpoints; publish the result as metrics."""
+    """Verify with the runtime's public keys, MAC keys and exported checkpoints; publish the result as metrics."""
     exported = await runtime.sink.read_all() if exported is None else exported
     async with session_factory() as session:
         result = await verify_chain(
             session=session, keys=keys or runtime.keyring.public_keys(), exported=exported, from_seq=from_seq,
             now=clock.now(), pending_alarm_s=runtime.settings.pending_alarm_s,
+            mac_keys=runtime.mac_keys if check_macs else None,
+            mac_from_seq=runtime.settings.entry_mac_from_seq,
         )
         await session.rollback()
     if runtime.metrics is not None:
         publish(runtime.metrics, result)
     if result.ok:
         log.info("audit.verified", head_seq=result.head_seq, sealed_through=result.sealed_through,
+                 unanchored_entries=result.unanchored_entries, unanchored_s=result.unanchored_s,
                  entries=result.entries_checked, seconds=round(result.duration_s, 3))
     else:
         assert result.damage is not None  # noqa: S101 - not ok means damage
@@ -153,6 +176,8 @@ def publish(metrics: AuditMetrics, result: VerificationResult) -> None:
     metrics.last_verification.set(result.checked_at.timestamp())
     metrics.verification_seconds.set(result.duration_s)
     metrics.pending.set(result.pending)
+    metrics.unanchored_entries.set(result.unanchored_entries)
+    metrics.unanchored_seconds.set(result.unanchored_s or 0.0)
 
 
 class VerifierJob:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-DAMAGE_KINDS = ("edited", "deleted", "inserted", "reordered", "tail_truncated", "bad_signature")
+DAMAGE_KINDS = ("edited", "deleted", "inserted", "reordered", "tail_truncated", "bad_signature", "forged")
 
 
 class AuditMetrics:
@@ -43,6 +43,29 @@ class AuditMetrics:
         )
         self.exported = Counter(
             "voicelog_audit_checkpoints_exported", "Checkpoints copied to the external sink.", registry=registry
+        )
+        self.unauthenticated = Counter(
+            "voicelog_audit_unauthenticated_entries",
+            "Queued rows the sequencer chained without a MAC (forged, replayed or written without the key), by reason.",
+            ["reason"], registry=registry,
+        )
+        self.unanchored_entries = Gauge(
+            "voicelog_audit_unanchored_entries",
+            "Entries (chained or queued) no exported checkpoint covered at the last verification.", registry=registry,
+        )
+        self.unanchored_seconds = Gauge(
+            "voicelog_audit_unanchored_seconds",
+            "Age of the oldest entry no exported checkpoint covered at the last verification (0: none).",
+            registry=registry,
+        )
+        self.anchored_head = Gauge(
+            "voicelog_audit_anchored_head_seq", "Head seq of the newest checkpoint this replica saw exported.",
+            registry=registry,
+        )
+        self.last_anchored = Gauge(
+            "voicelog_audit_last_anchored_checkpoint_timestamp_seconds",
+            "signed_at of the newest checkpoint this replica saw exported (alert when it lags while entries arrive).",
+            registry=registry,
         )
         self.keeper_errors = Counter(
             "voicelog_audit_keeper_errors", "Chain keeper failures, by step.", ["step"], registry=registry

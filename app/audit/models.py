@@ -20,6 +20,8 @@ from app.db import Base, UTCDateTime
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
 HASH_LENGTH = 64
 ID_LENGTH = 128
+MAC_LENGTH = 86  # "hmac:" + 16 hex digits + ":" + 64 hex digits
+NONCE_LENGTH = 32
 
 
 class AuditEntryRow(Base):
@@ -39,11 +41,16 @@ class AuditEntryRow(Base):
     prev_hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
     entry_hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
     inbox_id: Mapped[int | None] = mapped_column(SeqType)  # bookkeeping, not hashed
+    # Beside the hash, not in it (migration 0010): `hmac:<key id>:<hex>` over (seq, entry_hash), and the
+    # writer's nonce of a queued entry (a replayed inbox row repeats one).
+    mac: Mapped[str | None] = mapped_column(String(MAC_LENGTH))
+    nonce: Mapped[str | None] = mapped_column(String(NONCE_LENGTH))
 
     __table_args__ = (
         Index("ix_audit_entries_recorded_at", "recorded_at"),
         Index("ix_audit_entries_request_id", "request_id"),
         Index("ix_audit_entries_grant_id", "grant_id"),
+        Index("ix_audit_entries_nonce", "nonce"),
         Index(
             "uq_audit_entries_inbox_id", "inbox_id", unique=True,
             postgresql_where=text("inbox_id IS NOT NULL"), sqlite_where=text("inbox_id IS NOT NULL"),
@@ -65,6 +72,8 @@ class AuditInboxRow(Base):
     saw_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
     resource_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
     detail: Mapped[str] = mapped_column(Text())
+    nonce: Mapped[str | None] = mapped_column(String(NONCE_LENGTH))  # 128 random bits, hex
+    writer_mac: Mapped[str | None] = mapped_column(String(MAC_LENGTH))
 
     # SQLite must never reuse an inbox id: a chained entry's `inbox_id` would vouch for a new row.
     __table_args__ = ({"sqlite_autoincrement": True},)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from fastapi import Request
 from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.audit.checkpoints import CheckpointPolicy, CheckpointSink, FileCheckpointSink
+from app.audit.entry_mac import EntryMacKeys, build_entry_mac_keys, register_entry_mac, set_default_entry_mac
 from app.audit.keys import Keyring, build_keyring
 from app.audit.metrics import AuditMetrics
 from app.audit.reports.access_review import AccessReviewParams
@@ -34,28 +36,46 @@ class AuditRuntime:
     keyring: Keyring
     sink: CheckpointSink
     metrics: AuditMetrics | None = None
+    mac_keys: EntryMacKeys | None = None  # None: MACs are neither written by the keeper nor checked
 
     @classmethod
     def from_settings(
-        cls, settings: AuditSettings, data_dir: Path, *, registry: CollectorRegistry | None = None
+        cls, settings: AuditSettings, data_dir: Path, *, registry: CollectorRegistry | None = None,
+        engine: AsyncEngine | None = None,
     ) -> AuditRuntime:
+        """Build the parts. The entry MAC keys become this process's default for appending, and `engine`'s
+        own (so an app in a process of several appends with its keys)."""
+        mac_keys = build_entry_mac_keys(settings, data_dir)
+        set_default_entry_mac(mac_keys)
+        if engine is not None and mac_keys is not None:
+            register_entry_mac(engine, mac_keys)
         return cls(
             settings=settings,
             keyring=build_keyring(settings, data_dir),
-            sink=FileCheckpointSink(settings.export_path(data_dir)),
+            sink=build_checkpoint_sink(settings, data_dir),
             metrics=AuditMetrics(registry) if registry is not None else None,
+            mac_keys=mac_keys,
         )
 
     @property
     def policy(self) -> CheckpointPolicy:
         return CheckpointPolicy(
             every_entries=self.settings.checkpoint_every_entries,
-            every=timedelta(minutes=self.settings.checkpoint_every_minutes),
+            every=timedelta(seconds=self.settings.checkpoint_interval_s),
         )
 
     @property
     def review_params(self) -> AccessReviewParams:
         return AccessReviewParams.from_settings(self.settings)
+
+
+def build_checkpoint_sink(settings: AuditSettings, data_dir: Path) -> CheckpointSink:
+    """Where checkpoints are anchored: Azure append blobs (production) or the append-only file."""
+    if settings.checkpoint_sink == "azure":
+        from app.audit.blob_sink import AzureBlobCheckpointSink
+
+        return AzureBlobCheckpointSink.from_settings(settings)
+    return FileCheckpointSink(settings.export_path(data_dir))
 
 
 def get_audit_runtime(request: Request) -> AuditRuntime:

@@ -21,7 +21,8 @@ class PublicKeysOut(BaseModel):
 
 
 class DamageOut(BaseModel):
-    kind: str = Field(description="edited, deleted, inserted, reordered, tail_truncated or bad_signature.")
+    kind: str = Field(
+        description="edited, deleted, inserted, reordered, tail_truncated, bad_signature or forged.")
     seq: int = Field(description="The first bad position in the chain.")
     checkpoint: int | None = Field(description="The checkpoint involved, if any.")
     message: str
@@ -41,6 +42,11 @@ class VerificationOut(BaseModel):
     stalled: bool = Field(description="Queued entries older than `pending_alarm_s`: the sequencer is not running.")
     checked_at: str
     duration_s: float
+    anchored_through: int = Field(description="The highest entry an exported (anchored) checkpoint covers.")
+    unanchored_entries: int = Field(description="Entries (chained or queued) past it: not anchored yet.")
+    unanchored_s: float | None = Field(description="Age in seconds of the oldest unanchored entry; null if none.")
+    macs: str = Field(description="`checked` (entry MAC keys given) or `not_checked` (public keys only).")
+    forged_entries: int = Field(description="Entries without a valid MAC (0 when MACs are not checked).")
     notes: list[str]
 
 

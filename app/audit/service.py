@@ -38,9 +38,13 @@ from app.audit.actions import (
     validate_entry,
     without_absent,
 )
-from app.audit.canonical import canonical_json, encode_entry
+from app.audit.canonical import canonical_json, canonical_time, encode_entry
+from app.audit.entry_mac import EntryMacKeys, encode_content, entry_mac_for, new_nonce
 from app.audit.models import AuditChainHead, AuditEntryRow, AuditInboxRow
 from app.clock import Clock
+from app.logs import get_logger
+
+log = get_logger("voicelog.audit")
 
 ENTRIES: Final = cast(Table, AuditEntryRow.__table__)
 INBOX: Final = cast(Table, AuditInboxRow.__table__)
@@ -103,14 +107,26 @@ def _content_values(
     }
 
 
-def _link(values: dict[str, Any], seq: int, prev_hash: str) -> dict[str, Any]:
-    """Give content its place in the chain: seq, prev hash and its own hash (canonical encoding)."""
+def _content_bytes(values: Mapping[str, Any]) -> bytes:
+    """What a writer's MAC covers besides its nonce (docs/AUDIT.md, "Entry MACs")."""
+    return encode_content(
+        canonical_time(values["recorded_at"]), values["actor_type"], values["actor_id"], values["action"],
+        values["ticket_id"], values["request_id"], values["grant_id"], values["saw_id"], values["resource_id"],
+        values["detail"],
+    )
+
+
+def _link(values: dict[str, Any], seq: int, prev_hash: str, mac: EntryMacKeys | None) -> dict[str, Any]:
+    """Give content its place in the chain: seq, prev hash, its own hash (canonical encoding) and its MAC.
+
+    With `mac` None the entry is chained unauthenticated: the verifier reports it as forged."""
     digest = hashlib.sha256(encode_entry(
         seq, values["recorded_at"], values["actor_type"], values["actor_id"], values["action"],
         values["ticket_id"], values["request_id"], values["grant_id"], values["saw_id"],
         values["resource_id"], values["detail"], prev_hash,
     )).hexdigest()
-    return {**values, "seq": seq, "prev_hash": prev_hash, "entry_hash": digest}
+    return {**values, "seq": seq, "prev_hash": prev_hash, "entry_hash": digest,
+            "mac": None if mac is None else mac.entry_mac(seq, digest)}
 
 
 def dialect_name(session: AsyncSession) -> str:
@@ -176,12 +192,16 @@ async def append_entry(
     await session.flush()
     if chain_now is None:
         chain_now = dialect_name(session) != "postgresql"
+    mac = entry_mac_for(session)
     if chain_now:
         head = await lock_chain_head(session)
         assert head is not None  # noqa: S101 - wait=True never returns None
-        entry, _ = await _append_prepared(session, head, recorded_at, actor, action, subjects, detail_json)
+        entry, _ = await _append_prepared(session, head, recorded_at, actor, action, subjects, detail_json, mac)
         return entry
     values = _content_values(recorded_at, actor, action, subjects, detail_json)
+    nonce = new_nonce()
+    values["nonce"] = nonce.hex()
+    values["writer_mac"] = None if mac is None else mac.inbox_mac(_content_bytes(values), nonce)
     inbox_id = (await session.execute(QUEUE_ENTRY, values)).scalar_one()
     return AuditEntry(recorded_at=recorded_at, actor=actor, action=action, subjects=subjects,
                       detail_json=detail_json, inbox_id=int(inbox_id), detail=json.loads(detail_json))
@@ -196,19 +216,22 @@ async def append_locked(
     action: AuditAction,
     subjects: Subjects | None = None,
     detail: Mapping[str, JSONValue] | None = None,
+    mac: EntryMacKeys | None = None,
 ) -> tuple[AuditEntry, ChainHead]:
-    """Chain one entry right after `head`; the caller already holds the chain lock (the keeper does)."""
+    """Chain one entry right after `head`; the caller already holds the chain lock (the keeper does).
+    `mac`: the keys to authenticate it with (default: the session's, as append_entry finds them)."""
     subjects = subjects or NO_SUBJECTS
     detail_json = prepare_detail(action, actor, subjects, detail)
-    return await _append_prepared(session, head, recorded_at.astimezone(UTC), actor, action, subjects, detail_json)
+    return await _append_prepared(session, head, recorded_at.astimezone(UTC), actor, action, subjects, detail_json,
+                                  mac or entry_mac_for(session))
 
 
 async def _append_prepared(
     session: AsyncSession, head: ChainHead, recorded_at: datetime, actor: Actor, action: AuditAction,
-    subjects: Subjects, detail_json: str,
+    subjects: Subjects, detail_json: str, mac: EntryMacKeys | None,
 ) -> tuple[AuditEntry, ChainHead]:
     values = _content_values(recorded_at, actor, action, subjects, detail_json)
-    linked = _link(values, head.seq + 1, head.entry_hash)
+    linked = _link(values, head.seq + 1, head.entry_hash, mac)
     await session.execute(CHAIN_ENTRY, linked)
     entry = AuditEntry(
         recorded_at=recorded_at, actor=actor, action=action, subjects=subjects, detail_json=detail_json,
@@ -219,16 +242,21 @@ async def _append_prepared(
 
 
 async def chain_locked(
-    session: AsyncSession, head: ChainHead, entries: Sequence[tuple[dict[str, Any], int | None]]
+    session: AsyncSession, head: ChainHead, entries: Sequence[tuple[dict[str, Any], int | None]],
+    *, mac: EntryMacKeys | None, authentic: Sequence[bool] | None = None,
 ) -> ChainHead:
-    """Chain content rows after `head` (the caller holds the chain lock); returns the new head."""
+    """Chain content rows after `head` (the caller holds the chain lock); returns the new head.
+
+    Each entry gets its MAC, except those `authentic` marks False: they are chained without one (the inbox is
+    append-only, so a forged row is kept, and the verifier names it)."""
     if not entries:
         return head
     seq, prev = head.seq, head.entry_hash
     rows = []
-    for values, inbox_id in entries:
+    for index, (values, inbox_id) in enumerate(entries):
         seq += 1
-        linked = _link(values, seq, prev)
+        ok = authentic is None or authentic[index]
+        linked = _link(values, seq, prev, mac if ok else None)
         linked["inbox_id"] = inbox_id
         rows.append(linked)
         prev = linked["entry_hash"]
@@ -247,21 +275,68 @@ async def integrate_pending(session: AsyncSession, *, limit: int = 2000, wait: b
     head = await lock_chain_head(session, wait=wait)
     if head is None:
         return 0
-    count, _ = await integrate_locked(session, head, limit=limit)
-    return count
+    return (await integrate_locked(session, head, limit=limit, mac=entry_mac_for(session))).count
 
 
-async def integrate_locked(session: AsyncSession, head: ChainHead, *, limit: int) -> tuple[int, ChainHead]:
-    """Chain queued entries after `head` (lock held) and delete them from the inbox."""
-    columns = [INBOX.c.id, *(INBOX.c[name] for name in CONTENT_COLUMNS)]
+@dataclass(frozen=True)
+class Integrated:
+    count: int
+    head: ChainHead
+    rejected: Mapping[str, int] = field(default_factory=dict)  # reason -> queued rows chained without a MAC
+
+
+QUEUED_COLUMNS: Final = (*CONTENT_COLUMNS, "nonce", "writer_mac")
+
+
+async def integrate_locked(
+    session: AsyncSession, head: ChainHead, *, limit: int, mac: EntryMacKeys | None
+) -> Integrated:
+    """Chain queued entries after `head` (lock held) and delete them from the inbox.
+
+    A queued row is chained authenticated only if its writer MAC verifies and its nonce was never chained
+    (nor seen earlier in this batch); any other row is chained without a MAC and raises an alarm (C6)."""
+    columns = [INBOX.c.id, *(INBOX.c[name] for name in QUEUED_COLUMNS)]
     result = await session.execute(select(*columns).order_by(INBOX.c.id).limit(limit))
-    pending = [(dict(zip(CONTENT_COLUMNS, row[1:], strict=True)), int(row[0])) for row in result]
-    if not pending:
-        return 0, head
-    head = await chain_locked(session, head, pending)
-    ids = [inbox_id for _, inbox_id in pending]
-    await session.execute(delete(INBOX).where(INBOX.c.id.in_(ids)))
-    return len(pending), head
+    rows = [(int(row[0]), dict(zip(QUEUED_COLUMNS, row[1:], strict=True))) for row in result]
+    if not rows:
+        return Integrated(0, head)
+    nonces = [values["nonce"] for _, values in rows if values["nonce"] is not None]
+    seen: set[str] = set()
+    if nonces:
+        chained = await session.execute(select(ENTRIES.c.nonce).where(ENTRIES.c.nonce.in_(nonces)))
+        seen = {str(n) for n in chained.scalars()}
+    authentic: list[bool] = []
+    rejected: dict[str, int] = {}
+    for inbox_id, values in rows:
+        reason = _inbox_rejection(values, mac, seen)
+        if values["nonce"] is not None:
+            seen.add(values["nonce"])
+        authentic.append(reason is None)
+        if reason is not None:
+            rejected[reason] = rejected.get(reason, 0) + 1
+            log.error("audit.inbox.unauthenticated", inbox_id=inbox_id, reason=reason)
+    pending = [({k: v for k, v in values.items() if k != "writer_mac"}, inbox_id) for inbox_id, values in rows]
+    head = await chain_locked(session, head, pending, mac=mac, authentic=authentic)
+    await session.execute(delete(INBOX).where(INBOX.c.id.in_([inbox_id for inbox_id, _ in rows])))
+    return Integrated(len(rows), head, rejected)
+
+
+def _inbox_rejection(values: Mapping[str, Any], mac: EntryMacKeys | None, seen: set[str]) -> str | None:
+    """Why a queued row cannot be chained as authentic, or None."""
+    if mac is None:
+        return "no_key"
+    nonce = values["nonce"]
+    if nonce is None or values["writer_mac"] is None:
+        return "missing_mac"
+    if nonce in seen:
+        return "replayed"
+    try:
+        raw_nonce = bytes.fromhex(nonce)
+    except ValueError:
+        return "bad_mac"
+    if not mac.check_inbox_mac(values["writer_mac"], _content_bytes(values), raw_nonce):
+        return "bad_mac"
+    return None
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -44,9 +45,38 @@ class AuditSettings(BaseModel):
     checkpoint_every_entries: int = Field(
         default=1000, ge=1, description="Sign a checkpoint once this many entries follow the last one."
     )
-    checkpoint_every_minutes: float = Field(
-        default=5.0, gt=0,
-        description="Sign a checkpoint at least this often while new entries arrive (bounds the unsealed tail).",
+    checkpoint_every_s: float = Field(
+        default=5.0, gt=0, le=3600,
+        description="Sign (and export) a checkpoint at least this often while new entries arrive: the bound on "
+        "the unanchored tail, in seconds. A checkpoint is never signed for the keeper's own entries alone.",
+    )
+    checkpoint_every_minutes: float | None = Field(
+        default=None, gt=0,
+        description="Deprecated spelling of `checkpoint_every_s` (minutes); when set it wins. Do not set both.",
+    )
+    checkpoint_sink: Literal["file", "azure"] = Field(
+        default="file",
+        description="Where checkpoints are anchored outside the database: `file` (an append-only JSON-lines "
+        "file, `checkpoint_export_path`; the embedded default) or `azure` (append blobs in a container with a "
+        "time-based immutability policy; production).",
+    )
+    checkpoint_blob_account_url: str | None = Field(
+        default=None,
+        description="With `checkpoint_sink=azure`: the storage account's blob endpoint, reached with Entra ID "
+        "(DefaultAzureCredential). The account must not be writable by database administrators.",
+    )
+    checkpoint_blob_connection_string: SecretStr | None = Field(
+        default=None,
+        description="With `checkpoint_sink=azure`: a connection string instead of the account URL "
+        "(Azurite, tests).",
+    )
+    checkpoint_blob_container: str = Field(
+        default="audit-checkpoints", min_length=3, max_length=63,
+        description="With `checkpoint_sink=azure`: the container (ops/deploy/storage.bicep makes it, WORM).",
+    )
+    checkpoint_blob_prefix: str = Field(
+        default="checkpoints/", max_length=200,
+        description="With `checkpoint_sink=azure`: name prefix of the append blobs (one per 10,000 checkpoints).",
     )
     signing_key_dir: Path | None = Field(
         default=None,
@@ -77,6 +107,24 @@ class AuditSettings(BaseModel):
         description="Append-only JSON-lines file every checkpoint is copied to (the external write-once "
         "place that makes a truncated tail detectable); default `<data_dir>/audit-checkpoints.jsonl`. Put it "
         "on storage the database administrators cannot write (and `chattr +a` it).",
+    )
+
+    # --- entry MACs: an entry written with the database role alone does not verify ------------------------
+    entry_mac_key: SecretStr | None = Field(
+        default=None,
+        description="The key that authenticates every entry (HMAC-SHA256): 32 random bytes, standard base64, "
+        "e.g. a Key Vault secret, shared by every replica, worker and CLI that writes audit entries. Unset: a "
+        "0600 file `entry-mac.key` in the signing key directory, created on first use.",
+    )
+    retired_entry_mac_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Previous (or not yet current) entry MAC keys, base64: entries and queued rows MAC'd with "
+        "them still verify. Rotate in two steps: add the new key here everywhere, then make it `entry_mac_key`.",
+    )
+    entry_mac_from_seq: int = Field(
+        default=1, ge=1,
+        description="Entries below this seq were chained before entry MACs existed (a chain upgraded past "
+        "migration 0010): their MACs are not checked. Set it once, to the first seq after the upgrade.",
     )
 
     # --- verification ----------------------------------------------------------------------------------------
@@ -139,9 +187,22 @@ class AuditSettings(BaseModel):
             raise ValueError("working_hours_end must be after working_hours_start")
         if self.signing_key is not None and self.signing_key_not_before is None:
             raise ValueError("`signing_key` needs `signing_key_not_before` (published on /audit/keys)")
+        if self.checkpoint_every_minutes is not None and "checkpoint_every_s" in self.model_fields_set:
+            raise ValueError("set `checkpoint_every_s` or the deprecated `checkpoint_every_minutes`, not both")
+        if self.checkpoint_sink == "azure" and not (
+            self.checkpoint_blob_account_url or self.checkpoint_blob_connection_string
+        ):
+            raise ValueError("`checkpoint_sink=azure` needs `checkpoint_blob_account_url` or a connection string")
         if self.retired_public_keys and self.signing_key is None:
             raise ValueError("`retired_public_keys` go with `signing_key`; the file keyring keeps its own")
         return self
+
+    @property
+    def checkpoint_interval_s(self) -> float:
+        """The time cadence of checkpoints, whichever spelling set it."""
+        if self.checkpoint_every_minutes is not None:
+            return self.checkpoint_every_minutes * 60
+        return self.checkpoint_every_s
 
     def key_dir(self, data_dir: Path) -> Path:
         return self.signing_key_dir or data_dir / "audit-keys"

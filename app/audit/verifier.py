@@ -4,7 +4,9 @@ Used by `voicelog audit verify`, GET /audit/verify and the scheduled job. It tru
 database: only the canonical encoding, the public keys it is given, and the exported checkpoints.
 What it can prove is in docs/AUDIT.md ("Verifier semantics"): everything up to the newest checkpoint is
 sealed; after it, an edit, deletion, insertion or reordering made without recomputing hashes is still
-found, and tail truncation is found through the chain head row and the exported checkpoints.
+found, and tail truncation is found through the chain head row and the exported checkpoints. Given the entry
+MAC keys it also reports every entry without a valid MAC (one written with SQL alone) as `forged`, and it
+says how much of the tail no exported checkpoint anchors yet (entries and seconds).
 """
 
 from __future__ import annotations
@@ -23,19 +25,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.canonical import GENESIS_HASH, canonical_time, encode_entry_text
 from app.audit.checkpoints import Checkpoint, list_checkpoints
+from app.audit.entry_mac import EntryMacKeys
 from app.audit.keys import PublicKeySet, SignatureCheck
 from app.audit.service import ENTRIES, HEAD, ChainHead, dialect_name, pending_state
 
 ENTRY_COLUMNS: Final = (
     ENTRIES.c.seq, ENTRIES.c.recorded_at, ENTRIES.c.actor_type, ENTRIES.c.actor_id, ENTRIES.c.action,
     ENTRIES.c.ticket_id, ENTRIES.c.request_id, ENTRIES.c.grant_id, ENTRIES.c.saw_id, ENTRIES.c.resource_id,
-    ENTRIES.c.detail, ENTRIES.c.prev_hash, ENTRIES.c.entry_hash,
+    ENTRIES.c.detail, ENTRIES.c.prev_hash, ENTRIES.c.entry_hash, ENTRIES.c.mac,
 )
-SEQ, PREV, HASH = 0, 11, 12
+SEQ, PREV, HASH, MAC = 0, 11, 12, 13
 PG_CANONICAL_TIME: Final = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'  # to_char() of canonical_time()
 PG_ENTRIES_AFTER: Final = (
     "SELECT seq, to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), actor_type, actor_id, "
-    "action, ticket_id, request_id, grant_id, saw_id, resource_id, detail, prev_hash, entry_hash "
+    "action, ticket_id, request_id, grant_id, saw_id, resource_id, detail, prev_hash, entry_hash, mac "
     "FROM audit_entries WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3"
 )
 RENUMBER_WINDOW: Final = 256  # how far a moved entry's original seq is searched for
@@ -49,6 +52,7 @@ class DamageKind(StrEnum):
     REORDERED = "reordered"
     TAIL_TRUNCATED = "tail_truncated"
     BAD_SIGNATURE = "bad_signature"
+    FORGED = "forged"
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,11 @@ class VerificationResult:
     checked_at: datetime
     duration_s: float
     notes: list[str] = field(default_factory=list)
+    anchored_through: int = 0  # highest seq an exported (anchored) checkpoint covers
+    unanchored_entries: int = 0  # chained entries after it, plus queued ones
+    unanchored_s: float | None = None  # age of the oldest of those (None: everything is anchored)
+    macs: str = "not_checked"  # "checked" with the entry MAC keys; "not_checked" with public keys only
+    forged_entries: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -96,6 +105,11 @@ class VerificationResult:
             "stalled": self.stalled,
             "checked_at": self.checked_at.isoformat(),
             "duration_s": round(self.duration_s, 3),
+            "anchored_through": self.anchored_through,
+            "unanchored_entries": self.unanchored_entries,
+            "unanchored_s": None if self.unanchored_s is None else round(self.unanchored_s, 3),
+            "macs": self.macs,
+            "forged_entries": self.forged_entries,
             "notes": self.notes,
         }
 
@@ -195,12 +209,18 @@ class _Walk:
     last_pinned_ok: int
     sealed_through: int = 0
     checked: int = 0
+    mac_keys: EntryMacKeys | None = None
+    mac_from: int = 1
+    first_forged: int | None = None
+    forged: int = 0
 
     def advance(self, rows: Sequence[Row], start: int, stop: int, pinned: dict[int, tuple[str, int]]
                 ) -> tuple[int | None, tuple[str, int] | None]:
         """Walk rows[start:stop]; stop at the first that does not continue the chain (its index) or that
         contradicts a checkpoint (its index and the pin). The verifier's hot loop: plain locals only."""
         sha256, encode = hashlib.sha256, encode_entry_text
+        check_mac = None if self.mac_keys is None else self.mac_keys.check_entry_mac
+        mac_from = self.mac_from
         seq, entry_hash, prev_hash = self.seq, self.entry_hash, self.prev_hash
         bad: tuple[int | None, tuple[str, int] | None] = (None, None)
         for index in range(start, stop):
@@ -215,6 +235,11 @@ class _Walk:
                     bad = (index, pin)
                     break
                 self.last_pinned_ok = self.sealed_through = seq + 1
+            if check_mac is not None and seq + 1 >= mac_from and not check_mac(row[MAC], seq + 1, digest):
+                # Chain-consistent but not written with the key: SQL alone made it (C6). Walk on.
+                self.forged += 1
+                if self.first_forged is None:
+                    self.first_forged = seq + 1
             seq, prev_hash, entry_hash = seq + 1, entry_hash, digest
             self.checked += 1
         self.seq, self.entry_hash, self.prev_hash = seq, entry_hash, prev_hash
@@ -278,15 +303,16 @@ def _pin_damage(anchor: _Anchor, row: Row, following: Row | None, pin: tuple[str
 
 def _check_checkpoints(
     stored: Sequence[Checkpoint], exported: Sequence[Checkpoint], keys: PublicKeySet
-) -> tuple[list[Damage], dict[int, tuple[str, int]], int]:
+) -> tuple[list[Damage], dict[int, tuple[str, int]], int, int]:
     """Signatures, windows and the prev-signature chain of every checkpoint, stored and exported.
 
-    Returns the damages found, the hash each verified checkpoint pins (seq -> (hash, number)) and the
-    number of checkpoints checked.
+    Returns the damages found, the hash each verified checkpoint pins (seq -> (hash, number)), the
+    number of checkpoints checked and the highest head seq a verified exported checkpoint names.
     """
     damages: list[Damage] = []
     pinned: dict[int, tuple[str, int]] = {}
     checked = 0
+    anchored = 0
     for source, checkpoints in (("stored", stored), ("exported", exported)):
         previous: Checkpoint | None = None
         for cp in checkpoints:
@@ -306,6 +332,8 @@ def _check_checkpoints(
                 damages.append(Damage(DamageKind.DELETED, start, f"{source} checkpoint {missing} is missing",
                                       expected_number))
             pinned.setdefault(cp.head_seq, (cp.head_hash, cp.number))
+            if source == "exported":
+                anchored = max(anchored, cp.head_seq)
             previous = cp
     by_number = {cp.number: cp for cp in stored}
     for cp in exported:
@@ -317,7 +345,7 @@ def _check_checkpoints(
         elif twin != cp:
             damages.append(Damage(DamageKind.EDITED, min(cp.head_seq, twin.head_seq),
                                   f"checkpoint {cp.number} differs from its exported copy", cp.number))
-    return damages, pinned, checked
+    return damages, pinned, checked, anchored
 
 
 async def verify_chain(
@@ -329,14 +357,19 @@ async def verify_chain(
     now: datetime,
     pending_alarm_s: float = 300.0,
     batch: int = 20_000,
+    mac_keys: EntryMacKeys | None = None,
+    mac_from_seq: int = 1,
 ) -> VerificationResult:
-    """Check the chain from `from_seq` and every checkpoint; the result names the first damage, if any."""
+    """Check the chain from `from_seq` and every checkpoint; the result names the first damage, if any.
+
+    With `mac_keys` every entry from `mac_from_seq` on must carry a valid MAC (else: `forged`); without
+    them (an auditor holding only the public keys) MACs are not checked and the result says so."""
     started = time.perf_counter()
     from_seq = max(1, from_seq)
     # Order matters when writers are busy: exported checkpoints (read by the caller) and stored ones come
     # before the head snapshot, so every checkpoint read refers to entries the walk will see.
     stored = await list_checkpoints(session)
-    damages, pinned, checkpoints_checked = _check_checkpoints(stored, exported, keys)
+    damages, pinned, checkpoints_checked, anchored = _check_checkpoints(stored, exported, keys)
     head, last_stored_seq = await _head_snapshot(session)
     limit = max(head.seq, last_stored_seq)  # entries appended while we verify wait for the next run
     notes: list[str] = []
@@ -359,7 +392,8 @@ async def verify_chain(
     if unanchored and rows:
         # `--from` past a missing entry: trust the first entry's own link, as the notes say.
         anchor = _Anchor(int(rows[0][SEQ]) - 1, str(rows[0][PREV]), None)
-    walk = _Walk(anchor.seq, anchor.entry_hash, anchor.prev_hash, last_pinned_ok=anchor.seq)
+    walk = _Walk(anchor.seq, anchor.entry_hash, anchor.prev_hash, last_pinned_ok=anchor.seq, mac_keys=mac_keys,
+                 mac_from=mac_from_seq)
     while rows:
         # The next batch is queried while this one is hashed (the database works, we hash).
         prefetch = asyncio.create_task(reader.after(rows[-1][SEQ], batch)) if len(rows) == batch else None
@@ -406,6 +440,10 @@ async def verify_chain(
             damages.append(Damage(DamageKind.EDITED, tail_seq, "the last entry does not match the chain head"))
     else:
         damages.append(walk_damage)
+    if walk.first_forged is not None:
+        damages.append(Damage(DamageKind.FORGED, walk.first_forged,
+                              f"entry {walk.first_forged} has no valid MAC: it was not written with the entry key "
+                              f"({walk.forged} such entries)"))
 
     pending = await pending_state(session)
     age = None if pending.oldest is None else max(0.0, (now - pending.oldest).total_seconds())
@@ -414,13 +452,29 @@ async def verify_chain(
         notes.append(f"{pending.count} queued entries, the oldest {age:.0f} s old: is the sequencer running?")
     # The earliest position wins; at a tie the walk's finding is the most precise, then a truncated tail
     # (which also explains checkpoints missing from the database).
-    first = min(damages, key=lambda d: (d.seq, d is not walk_damage, d.kind is not DamageKind.TAIL_TRUNCATED)
-                ) if damages else None
+    first = min(damages, key=lambda d: (d.seq, d is not walk_damage, d.kind is not DamageKind.TAIL_TRUNCATED,
+                                        d.kind is DamageKind.FORGED)) if damages else None
+    anchored_through = min(anchored, tail_seq)
+    unanchored_entries = max(0, tail_seq - anchored_through) + pending.count
+    oldest = await _recorded_at(session, anchored_through + 1) if tail_seq > anchored_through else None
+    if pending.oldest is not None and (oldest is None or pending.oldest < oldest):
+        oldest = pending.oldest
+    unanchored_s = None if oldest is None else max(0.0, (now - oldest).total_seconds())
     return VerificationResult(
         ok=first is None, damage=first, from_seq=from_seq, entries_checked=checked, head_seq=tail_seq,
         head_hash=tail_hash, checkpoints_checked=checkpoints_checked, sealed_through=sealed_through,
         pending=pending.count, oldest_pending_age_s=age, stalled=stalled, checked_at=now,
-        duration_s=time.perf_counter() - started, notes=notes,
+        duration_s=time.perf_counter() - started, notes=notes, anchored_through=anchored_through,
+        unanchored_entries=unanchored_entries, unanchored_s=unanchored_s,
+        macs="not_checked" if mac_keys is None else "checked", forged_entries=walk.forged,
     )
+
+
+async def _recorded_at(session: AsyncSession, seq: int) -> datetime | None:
+    moment: datetime | None = (await session.execute(
+        select(ENTRIES.c.recorded_at).where(ENTRIES.c.seq == seq))).scalar_one_or_none()
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

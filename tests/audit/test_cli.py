@@ -10,7 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from app.audit.cli import audit_cli
+from app.audit.entry_mac import build_entry_mac_keys, register_entry_mac
 from app.audit.keys import FileKeyring
+from app.audit.settings import AuditSettings
 from app.clock import ManualClock
 from app.db import create_engine, create_session_factory
 from tests.audit import tamper
@@ -20,8 +22,12 @@ from tests.fixtures.audit import AUDIT_EPOCH, disable_audit_triggers
 runner = CliRunner()
 
 
-async def _fill(url: str, entries_sets: int = 3) -> None:
+async def _fill(url: str, data_dir: Path, entries_sets: int = 3) -> None:
+    """Entries written as a service of this deployment writes them: with the data directory's entry key."""
     engine = create_engine(url)
+    keys = build_entry_mac_keys(AuditSettings(), data_dir)
+    assert keys is not None
+    register_entry_mac(engine, keys)
     clock = ManualClock(AUDIT_EPOCH)
     try:
         async with create_session_factory(engine)() as session:
@@ -47,7 +53,7 @@ async def _delete(url: str, seq: int) -> None:
 def cli_env(audit_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("VOICELOG_DATABASE_URL", audit_db_url)
     monkeypatch.setenv("VOICELOG_DATA_DIR", str(tmp_path))
-    asyncio.run(_fill(audit_db_url))
+    asyncio.run(_fill(audit_db_url, tmp_path))
     result = runner.invoke(audit_cli, ["checkpoint"])
     assert result.exit_code == 0, result.output
     assert "checkpoint 1 signs entry 26" in result.output

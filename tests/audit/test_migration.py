@@ -76,3 +76,29 @@ def test_audit_migration_upgrades_downgrades_and_upgrades_again(empty_database: 
 
     migrate.upgrade(url)
     assert _inspect(sync_url)[0] >= AUDIT_TABLES
+
+
+def _columns(sync_url: str, table: str) -> set[str]:
+    engine = sa.create_engine(sync_url)
+    try:
+        return {c["name"] for c in sa.inspect(engine).get_columns(table)}
+    finally:
+        engine.dispose()
+
+
+def test_entry_mac_migration_adds_and_removes_its_columns_and_keeps_the_triggers(
+    empty_database: tuple[str, str], db_kind: str
+) -> None:
+    url, sync_url = empty_database
+    migrate.upgrade(url, "0009_audit_head_definer")
+    before = _inspect(sync_url)
+    migrate.upgrade(url, "0010_audit_entry_mac")
+    assert {"mac", "nonce"} <= _columns(sync_url, "audit_entries")
+    assert {"nonce", "writer_mac"} <= _columns(sync_url, "audit_inbox")
+    assert _inspect(sync_url)[1:] == before[1:]  # triggers, functions and the head row untouched
+    migrate.downgrade(url, "0009_audit_head_definer")
+    assert not {"mac", "nonce"} & _columns(sync_url, "audit_entries")
+    assert not {"nonce", "writer_mac"} & _columns(sync_url, "audit_inbox")
+    assert _inspect(sync_url) == before
+    migrate.upgrade(url)
+    assert "mac" in _columns(sync_url, "audit_entries")
