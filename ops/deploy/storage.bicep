@@ -56,6 +56,13 @@ param publicNetworkAccess string = 'Disabled'
 @description('Log Analytics workspace resource ID for blob read/write/delete logs. Empty: no diagnostic setting.')
 param logAnalyticsWorkspaceId string = ''
 
+@description('Container the audit trail anchors its signed checkpoints in (voicelog setting `audit.checkpoint_blob_container`), in one region\'s account only. Empty: none in this account.')
+param auditCheckpointContainerName string = ''
+
+@description('Days each checkpoint blob stays immutable (WORM, time-based retention with protected append writes): nobody, the account\'s administrators included, can overwrite or delete it before then once the policy is locked.')
+@minValue(1)
+param auditCheckpointRetentionDays int = 2557
+
 @description('Tags for every resource.')
 param tags object = {}
 
@@ -129,6 +136,30 @@ resource container 'Microsoft.Storage/storageAccounts/blobServices/containers@20
   properties: {
     publicAccess: 'None'
     metadata: {}
+  }
+}
+
+// The audit trail's anchor (C6): append blobs of signed checkpoints, outside the database's reach. The policy
+// admits appends (allowProtectedAppendWrites) and refuses overwrites and deletes. Lock it after the first
+// deployment (`az storage container immutability-policy lock`): an unlocked policy can still be removed by an
+// account administrator, a locked one by no one. The lifecycle rule below never touches this container.
+// voicelog's identity needs Storage Blob Data Contributor on this container (appends; the policy refuses
+// its deletes); assign it with the deployment's other role assignments.
+resource auditCheckpoints 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = if (!empty(auditCheckpointContainerName)) {
+  parent: blobService
+  name: empty(auditCheckpointContainerName) ? 'unused' : auditCheckpointContainerName
+  properties: {
+    publicAccess: 'None'
+    metadata: {}
+  }
+}
+
+resource auditCheckpointsWorm 'Microsoft.Storage/storageAccounts/blobServices/containers/immutabilityPolicies@2023-05-01' = if (!empty(auditCheckpointContainerName)) {
+  parent: auditCheckpoints
+  name: 'default'
+  properties: {
+    immutabilityPeriodSinceCreationInDays: auditCheckpointRetentionDays
+    allowProtectedAppendWrites: true
   }
 }
 
