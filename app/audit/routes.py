@@ -67,6 +67,7 @@ async def verify(
     result = await verify_chain(
         session=session, keys=runtime.keyring.public_keys(), exported=await runtime.sink.read_all(),
         from_seq=from_seq, now=clock.now(), pending_alarm_s=runtime.settings.pending_alarm_s,
+        mac_keys=runtime.mac_keys, mac_from_seq=runtime.settings.entry_mac_from_seq,
     )
     if runtime.metrics is not None and from_seq == 1:
         publish(runtime.metrics, result)
