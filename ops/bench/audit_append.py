@@ -31,9 +31,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import migrate
 from app.audit import Actor, AuditAction, Subjects, append_entry
+from app.audit.canonical import canonical_time
+from app.audit.entry_mac import EntryMacKeys, encode_content, new_nonce
 from app.audit.jobs import ChainKeeper
 from app.audit.runtime import AuditRuntime
-from app.audit.service import INBOX, integrate_pending
+from app.audit.service import CONTENT_COLUMNS, INBOX, integrate_pending
 from app.audit.settings import AuditSettings
 from app.audit.verifier import verify_chain
 from app.clock import SystemClock
@@ -196,17 +198,29 @@ async def read_only(factory: async_sessionmaker[AsyncSession]) -> float:
         return count / (time.perf_counter() - began)
 
 
+def _queued(mac: EntryMacKeys, values: dict[str, object]) -> dict[str, object]:
+    """An inbox row as append_entry queues it: with its nonce and writer MAC (else it verifies as forged)."""
+    nonce = new_nonce()
+    recorded_at = values["recorded_at"]
+    assert isinstance(recorded_at, datetime)
+    fields = [values[c] for c in CONTENT_COLUMNS[1:]]
+    content = encode_content(canonical_time(recorded_at), *(None if f is None else str(f) for f in fields))  # type: ignore[arg-type]
+    return {**values, "nonce": nonce.hex(), "writer_mac": mac.inbox_mac(content, nonce)}
+
+
 async def bench_verification(kind: str, url: str, entries: int, data_dir: Path) -> None:
     engine = create_engine(url)
     factory = create_session_factory(engine)
-    keys = AuditRuntime.from_settings(AuditSettings(), data_dir).keyring.public_keys()
+    runtime = AuditRuntime.from_settings(AuditSettings(), data_dir, engine=engine)
+    keys, mac = runtime.keyring.public_keys(), runtime.mac_keys
+    assert mac is not None
     start = datetime(2030, 1, 1, tzinfo=UTC)
     try:
         async with factory() as session:
             existing = int((await session.execute(text("SELECT seq FROM audit_chain_head"))).scalar_one())
         to_add = max(0, entries - existing)
         for offset in range(0, to_add, 20_000):
-            rows = [{**row(i % 8, offset + i), "recorded_at": start + timedelta(milliseconds=offset + i)}
+            rows = [_queued(mac, {**row(i % 8, offset + i), "recorded_at": start + timedelta(milliseconds=offset + i)})
                     for i in range(min(20_000, to_add - offset))]
             async with factory() as session:
                 await session.execute(insert(INBOX), rows)
@@ -216,7 +230,7 @@ async def bench_verification(kind: str, url: str, entries: int, data_dir: Path) 
         for label in ("cold", "warm", "warm", "warm"):
             async with factory() as session:
                 began = time.perf_counter()
-                result = await verify_chain(session=session, keys=keys, now=CLOCK.now())
+                result = await verify_chain(session=session, keys=keys, now=CLOCK.now(), mac_keys=mac)
                 elapsed = time.perf_counter() - began
             assert result.ok, result.damage
             rate = result.entries_checked / elapsed
