@@ -17,9 +17,11 @@ import unicodedata
 from typing import Annotated, Final
 
 from pydantic import AfterValidator, Field
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.audit.actions import ID_PATTERN, MAX_ID_LENGTH
-from app.errors import InvalidInput
+from app.errors import PROBLEM_JSON, AppError, InvalidInput
 
 # Bidi embeddings, overrides and isolates: they make a name or a reason render as something else.
 _BIDI_CONTROLS: Final = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -119,3 +121,27 @@ def checked_form_int(value: str | None, *, field: str, default: int, minimum: in
     if not (text.isascii() and text.isdigit()) or len(text) > 9 or not minimum <= int(text) <= maximum:
         raise InvalidText(f"The {field} must be a whole number from {minimum} to {maximum}.")
     return int(text)
+
+
+class InvalidPath(AppError):
+    status = 400
+    code = "invalid_path"
+    title = "The path holds control characters"
+
+
+class ControlCharacterPathGuard:
+    """ASGI middleware: an HTTP path holding a control character names nothing here, so it is a 400
+    `invalid_path` before any route runs. Path ids are free text to FastAPI, and PostgreSQL refuses NUL in
+    text: without this, `/tickets/a%00b` was a 500 from deep inside a query."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _refused_character(scope.get("path", ""), frozenset()) is not None:
+            refused = InvalidPath("Percent-encoded control characters, line breaks and similar are not allowed "
+                                  "in a path.")
+            response = JSONResponse(refused.to_problem(), status_code=refused.status, media_type=PROBLEM_JSON)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -44,6 +44,7 @@ from app.errors import install_error_handlers
 from app.identity.routes import include_dev_routes
 from app.identity.staff.routes import router as staff_router
 from app.identity.tokens import build_token_verifier
+from app.input_text import ControlCharacterPathGuard
 from app.logs import get_logger
 from app.loop_lag import LoopLagMonitor
 from app.metrics import Metrics
@@ -265,6 +266,7 @@ def create_app(
     if tracing.enabled:  # innermost of ours: it sees the route the router matched, in the scope it fills
         app.add_middleware(TracingMiddleware, tracing=tracing)
     app.add_middleware(SawHeaderGuard, settings=settings.saw)  # SAW headers only from trusted proxies
+    app.add_middleware(ControlCharacterPathGuard)  # a path with a control character names nothing: 400
     include_dev_routes(app, settings.identity, settings.data_dir, clock=clock)
     app.include_router(relay_router)
     app.include_router(resources_router)

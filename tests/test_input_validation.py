@@ -208,6 +208,17 @@ async def test_a_token_subject_that_cannot_be_an_audit_actor_is_refused_the_same
     _problem(consents, 401, "invalid_subject")
 
 
+@pytest.mark.parametrize(("path", "caller"), [
+    ("/tickets/a%00b", "ticketing"), ("/admin/resources/a%00b", "admin"), ("/admin/staff/a%00b", "admin"),
+    ("/admin/teams/a%0Ab", "admin"), ("/admin/saws/a%1Bb", "admin"), ("/customer/resources/a%00b/consents", "customer"),
+])
+async def test_a_path_with_a_control_character_is_a_400_before_any_query(world: World, path: str, caller: str) -> None:
+    """PostgreSQL refuses NUL in text: such an id in a path was a 500 from inside the query."""
+    headers = {"admin": ADMIN, "ticketing": world.ticketing,
+               "customer": bearer(world.mint(f"admin-{world.tag}", [Role.CUSTOMER_ADMIN], tenant=world.tenant))}
+    _problem(await world.call("GET", path, headers[caller]), 400, "invalid_path")
+
+
 # --- the console's form checks (the same rules, as a form error instead of a 422) ---------------------------
 
 
