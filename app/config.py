@@ -20,6 +20,7 @@ from app.console.settings import ConsoleSettings
 from app.identity.settings import IdentitySettings
 from app.regions import RegionSettings
 from app.retention.settings import RetentionSettings
+from app.server.settings import ServerSettings
 from app.storage.settings import StorageSettings
 from app.tracing.settings import TracingSettings
 from app.vault.settings import VaultSettings
@@ -65,6 +66,11 @@ class Settings(BaseSettings):
         "data dir (file `admin-token`, mode 0600); with a database URL set, /admin/* is closed.",
     )
     log_level: str = Field(default="INFO", description="Log level of the JSON logs.")
+    server: ServerSettings = Field(
+        default_factory=ServerSettings,
+        description="The HTTP server's limits: request head sizes, head and keep-alive timeouts, connections "
+        "per client address (`VOICELOG_SERVER__*`).",
+    )
     identity: IdentitySettings = Field(
         default_factory=IdentitySettings,
         description="Bearer-token verification: the Entra ID issuer or the built-in dev issuer "
