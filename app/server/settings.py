@@ -8,10 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class ServerSettings(BaseModel):
-    """What one client may cost the server before the application sees a request: head sizes, how long a
-    head or an idle connection may take, and how many connections one address may hold. Applies to the API,
-    the console and the relay's WebSocket handshake alike; an established WebSocket call is never cut or
-    counted by these."""
+    """What one client may cost before the app sees a request; an established WebSocket call is never cut by it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
