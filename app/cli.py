@@ -26,6 +26,7 @@ from app.logs import configure_logging, get_logger
 from app.resources.schemas import ResourceCreate, ResourceOut
 from app.resources.service import add_resource, list_resources
 from app.retention.cli import retention_cli, worker
+from app.server.http_protocol import guarded_http_protocol
 
 cli = typer.Typer(help="voicelog: opt-in, encrypted session logging for realtime voice AI.", no_args_is_help=True)
 db_cli = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
@@ -86,7 +87,8 @@ def build_server(settings: Settings, host: str, port: int, app: FastAPI | None =
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=guarded_http_protocol(settings.server),  # httptools with head limits, timeouts, per-address bounds
+        timeout_keep_alive=settings.server.keep_alive_timeout_s,
         ws="websockets-sansio",
         ws_max_size=settings.relay_max_message_bytes,
         ws_max_queue=settings.relay_queue_frames,
