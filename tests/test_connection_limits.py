@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
-import psutil
+import psutil  # type: ignore[import-untyped]
 import pytest
 from azure.ai.voicelive.aio import connect as sdk_connect
 from azure.core.credentials import AzureKeyCredential
@@ -323,3 +323,15 @@ async def test_a_connection_past_the_open_bound_is_closed_at_once_and_calls_do_n
         finally:
             for call in calls:
                 await call.close()
+
+
+def test_only_the_listed_proxies_are_exempt_from_the_per_address_bounds() -> None:
+    guard = ConnectionGuard(ServerSettings(connection_limit_exempt=["10.244.0.0/16", "::1/128"]))
+    assert guard.is_exempt("10.244.3.7")
+    assert guard.is_exempt("::ffff:10.244.3.7")  # an IPv4 proxy seen by a dual-stack listener
+    assert guard.is_exempt("::1")
+    assert not guard.is_exempt("10.245.0.1")
+    assert not guard.is_exempt("127.0.0.1")
+    assert not ConnectionGuard(ServerSettings()).is_exempt("127.0.0.1")  # nobody by default
+    with pytest.raises(ValueError, match="every address"):
+        ServerSettings(connection_limit_exempt=["0.0.0.0/0"])
