@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
-import psutil  # type: ignore[import-untyped]
+import psutil
 import pytest
 from azure.ai.voicelive.aio import connect as sdk_connect
 from azure.core.credentials import AzureKeyCredential
