@@ -154,6 +154,7 @@ def db_upgrade(
     """Migrate the schema up (default: to the newest revision), then grant the service role its privileges."""
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    service_role = service_role or settings.database_service_role
     if service_role is not None:
         _valid_role_or_exit(service_role)
     migrate.upgrade(settings.resolved_database_url, revision)

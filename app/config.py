@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         description="PostgreSQL connections each process keeps open (serve, worker). Every replica of every "
         "region shares one server: replicas x (pool size + overflow) must stay under its max_connections.",
     )
+    database_service_role: str | None = Field(
+        default=None,
+        description="`voicelog db upgrade` only (run as the owner role): the PostgreSQL role the service "
+        "connects as, granted exactly its privileges after migrating (docs/AUDIT.md, Database roles).",
+    )
     database_max_overflow: int = Field(
         default=20, ge=0, le=200, description="PostgreSQL connections a process may open beyond the pool at peaks.",
     )

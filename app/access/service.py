@@ -51,15 +51,6 @@ class NotStaff(Forbidden):
     title = "You need an active staff record with this role"
 
 
-async def require_person(*, session: AsyncSession, directory: StaffDirectory, subject: str, token_roles: frozenset[str],
-                         role: str) -> Person:
-    """Defense in depth: the token carries `role` and the active staff record holds it too."""
-    person = await directory.person(session, subject)
-    if person is None or not person.active or role not in person.roles or role not in token_roles:
-        raise NotStaff(f"This needs an active staff record with the {role} role.")
-    return person
-
-
 class AccessRequestNotFound(NotFound):
     code = "access_request_not_found"
     title = "No such access request"

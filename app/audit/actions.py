@@ -276,20 +276,20 @@ def _check_field(action: AuditAction, name: str, spec: DetailField, value: JSONV
         if not isinstance(value, bool):
             raise InvalidAuditEntry(f"{where} must be a boolean")
     elif spec.kind is FieldKind.TIME:
-        if not isinstance(value, str) or not DETAIL_TIME_PATTERN.match(value):
+        if not isinstance(value, str) or not DETAIL_TIME_PATTERN.fullmatch(value):
             raise InvalidAuditEntry(f"{where} must be a UTC time from detail_time()")
     elif spec.kind is FieldKind.ID_LIST:
         if not isinstance(value, list | tuple) or not value or len(value) > spec.max_items:
             raise InvalidAuditEntry(f"{where} must be a non-empty list of at most {spec.max_items} ids")
         for item in value:
-            if not isinstance(item, str) or not ID_PATTERN.match(item):
+            if not isinstance(item, str) or not ID_PATTERN.fullmatch(item):
                 raise InvalidAuditEntry(f"{where} holds an item that is not an id")
     else:
         if not isinstance(value, str) or not value or len(value) > spec.max_length:
             raise InvalidAuditEntry(f"{where} must be a string of 1..{spec.max_length} characters")
         if spec.choices is not None and value not in spec.choices:
             raise InvalidAuditEntry(f"{where} must be one of {', '.join(sorted(spec.choices))}")
-        if spec.pattern is not None and not spec.pattern.match(value):
+        if spec.pattern is not None and not spec.pattern.fullmatch(value):
             raise InvalidAuditEntry(f"{where} has the wrong form")
         if any(ord(c) < 0x20 for c in value):
             raise InvalidAuditEntry(f"{where} holds control characters")
@@ -310,12 +310,12 @@ def validate_entry(
     """Raise InvalidAuditEntry unless the entry fits its action's schema (keys, types, sizes, subjects)."""
     if not isinstance(action, AuditAction):
         raise InvalidAuditEntry(f"unknown audit action {action!r}")
-    if not isinstance(actor.type, ActorType) or not ID_PATTERN.match(actor.id):
+    if not isinstance(actor.type, ActorType) or not ID_PATTERN.fullmatch(actor.id):
         raise InvalidAuditEntry("the actor needs a type and a printable id of at most 128 characters")
     schema = ACTION_SCHEMAS[action]
     for name in SUBJECT_NAMES:
         value = getattr(subjects, name)
-        if value is not None and not ID_PATTERN.match(value):
+        if value is not None and not ID_PATTERN.fullmatch(value):
             raise InvalidAuditEntry(f"{action.value}: subject `{name}` is not a printable id of <= 128 chars")
     missing_subjects = schema.subjects - subjects.present()
     if missing_subjects:

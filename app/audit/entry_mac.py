@@ -166,7 +166,7 @@ def build_entry_mac_keys(settings: AuditSettings, data_dir: Path, *, create: boo
 
 # Which keys an appending session uses: the keys registered for its engine (create_app, test fixtures), else
 # the process's default (the last AuditRuntime built: serve, worker, CLI), else those the environment's
-# settings name, if their key exists. Without any, entries are written unauthenticated and verify as forged.
+# settings name (made if missing). Without any, entries are written unauthenticated and verify as forged.
 _BY_ENGINE: weakref.WeakKeyDictionary[Engine, EntryMacKeys] = weakref.WeakKeyDictionary()
 _default: list[EntryMacKeys | None] = []
 
@@ -184,7 +184,9 @@ def _from_environment() -> EntryMacKeys | None:
 
     try:
         settings = Settings()
-        return build_entry_mac_keys(settings.audit, settings.data_dir, create=False)
+        # Made if missing, as `serve` would: a CLI that audits before the first `serve` (`resources add`,
+        # `staff ...`) must not write entries that later verify as forged.
+        return build_entry_mac_keys(settings.audit, settings.data_dir, create=True)
     except Exception:  # no usable settings: the entry is written unauthenticated
         return None
 

@@ -65,7 +65,8 @@ async def _verification(db: AsyncSession, runtime: AuditRuntime | None, clock: C
     if runtime is None:
         return None
     result = await verify_chain(session=db, keys=runtime.keyring.public_keys(), exported=await runtime.sink.read_all(),
-                                now=clock.now(), pending_alarm_s=runtime.settings.pending_alarm_s)
+                                now=clock.now(), pending_alarm_s=runtime.settings.pending_alarm_s,
+                                mac_keys=runtime.mac_keys, mac_from_seq=runtime.settings.entry_mac_from_seq)
     return result.to_json()
 
 

@@ -121,7 +121,7 @@ def build_dev_login_router(issuer: DevIssuer, clock: Clock) -> APIRouter:
         if q.get("response_type") != "code" or q.get("code_challenge_method") != "S256":
             return refuse(request, "Only response_type=code with PKCE (S256) is supported.")
         challenge, state = q.get("code_challenge", ""), q.get("state", "")
-        if not _PKCE.match(challenge) or not 16 <= len(state) <= 256 or not q.get("client_id"):
+        if not _PKCE.fullmatch(challenge) or not 16 <= len(state) <= 256 or not q.get("client_id"):
             return refuse(request, "client_id, state and a code_challenge are required.")
         transaction = pending.put(Authorization(
             client_id=q["client_id"][:128], redirect_uri=redirect_uri, state=state, code_challenge=challenge,
@@ -139,7 +139,7 @@ def build_dev_login_router(issuer: DevIssuer, clock: Clock) -> APIRouter:
         subject = (first(form, "subject") or "").strip()
         tenant = (first(form, "tenant") or "").strip() or None
         chosen = tuple(sorted({r for r in form.get("roles", []) if r in roles}))
-        if not _SUBJECT.match(subject) or (tenant is not None and not _TENANT.match(tenant)):
+        if not _SUBJECT.fullmatch(subject) or (tenant is not None and not _TENANT.fullmatch(tenant)):
             return refuse(request, "A subject (printable, no spaces) is required; a tenant is letters and digits.")
         name = (first(form, "name") or "").strip()[:256] or None
         code = codes.put(Authorization(**{**started.__dict__, "subject": subject, "roles": chosen,
@@ -156,7 +156,7 @@ def build_dev_login_router(issuer: DevIssuer, clock: Clock) -> APIRouter:
         granted = codes.take(first(form, "code"), clock.now())
         verifier = first(form, "code_verifier") or ""
         if (granted is None or first(form, "client_id") != granted.client_id
-                or first(form, "redirect_uri") != granted.redirect_uri or not _PKCE.match(verifier)
+                or first(form, "redirect_uri") != granted.redirect_uri or not _PKCE.fullmatch(verifier)
                 or not hmac.compare_digest(s256(verifier).encode(), granted.code_challenge.encode())):
             return _oauth_error("invalid_grant", "The code is unknown, used, expired, or the PKCE verifier is wrong.")
         access_token = issuer.sign(_claims(issuer, granted, clock.now()))

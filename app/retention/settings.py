@@ -72,10 +72,11 @@ class RetentionSettings(BaseModel):
         default=7, ge=1, le=366, description="Most past days the report job makes up after an outage."
     )
     audit_checkpoint_every_s: int = Field(
-        default=60, ge=1,
+        default=5, ge=1,
         description="`voicelog worker` only: how often its scheduler runs one round of the audit chain keeper "
-        "(chain queued entries, sign a checkpoint when the audit policy says one is due, export it). Under "
-        "`voicelog serve` the audit's own keeper does this, on `VOICELOG_AUDIT__CHECKPOINT_EVERY_MINUTES`.",
+        "(chain queued entries, sign a checkpoint when the audit policy says one is due, export it); it bounds "
+        "how long a tail the worker alone leaves unanchored. Under `voicelog serve` the audit's own keeper does "
+        "this, on `VOICELOG_AUDIT__CHECKPOINT_EVERY_S`.",
     )
     audit_verify_every_s: int | None = Field(
         default=None, ge=60,

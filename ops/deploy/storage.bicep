@@ -143,8 +143,8 @@ resource container 'Microsoft.Storage/storageAccounts/blobServices/containers@20
 // admits appends (allowProtectedAppendWrites) and refuses overwrites and deletes. Lock it after the first
 // deployment (`az storage container immutability-policy lock`): an unlocked policy can still be removed by an
 // account administrator, a locked one by no one. The lifecycle rule below never touches this container.
-// voicelog's identity needs Storage Blob Data Contributor on this container (appends; the policy refuses
-// its deletes); assign it with the deployment's other role assignments.
+// voicelog's identity gets Storage Blob Data Contributor on this container only (appends; the policy refuses
+// its overwrites and deletes): `checkpointAccess` below.
 resource auditCheckpoints 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = if (!empty(auditCheckpointContainerName)) {
   parent: blobService
   name: empty(auditCheckpointContainerName) ? 'unused' : auditCheckpointContainerName
@@ -202,6 +202,16 @@ resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05
 resource voicelogAccess 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(voicelogPrincipalId)) {
   scope: container
   name: guid(container.id, voicelogPrincipalId, blobDataContributorRoleId)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', blobDataContributorRoleId)
+    principalId: voicelogPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource checkpointAccess 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(voicelogPrincipalId) && !empty(auditCheckpointContainerName)) {
+  scope: auditCheckpoints
+  name: guid(auditCheckpoints.id, voicelogPrincipalId, blobDataContributorRoleId)
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', blobDataContributorRoleId)
     principalId: voicelogPrincipalId

@@ -115,3 +115,17 @@ def test_docs_list_every_action_with_exactly_its_detail_keys() -> None:
         assert action.value in rows, action
         documented = {m.group(1): not m.group(2) for m in re.finditer(r"`(\w+)`(\??):", rows[action.value])}
         assert documented == {name: spec.required for name, spec in schema.fields.items()}, action
+
+
+def test_a_trailing_newline_never_passes_an_anchored_form() -> None:
+    """`^...$` with `.match` accepts "x\\n" (issue 15, finding 5): ids, times and buckets are full matches."""
+    with pytest.raises(InvalidAuditEntry, match="printable id"):
+        validate_entry(AuditAction.TICKET_CLOSED, Actor.staff("alice\n"), Subjects(ticket="t"), {})
+    with pytest.raises(InvalidAuditEntry, match="subject `ticket`"):
+        validate_entry(AuditAction.TICKET_CLOSED, Actor.staff("alice"), Subjects(ticket="t\n"), {})
+    with pytest.raises(InvalidAuditEntry, match="UTC time"):
+        validate_entry(AuditAction.ACCESS_APPROVED, Actor.staff("alice"), Subjects(grant="g"),
+                       {"requester": "a", "expires_at": detail_time(NOW) + "\n"})
+    with pytest.raises(InvalidAuditEntry):
+        validate_entry(AuditAction.KEY_DESTROYED, Actor.staff("alice"), Subjects(),
+                       {"key_kind": "kek", "region": "eastus", "bucket": kek_bucket(NOW) + "\n"})

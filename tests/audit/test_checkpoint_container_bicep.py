@@ -18,3 +18,11 @@ def test_the_checkpoint_container_is_immutable_for_years_and_append_only() -> No
     # The recordings' lifecycle rule (delete after 31 days) is limited to the recordings container.
     (lifecycle,) = resources(path, "Microsoft.Storage/storageAccounts/managementPolicies")
     assert "'${containerName}/'" in lifecycle.body
+
+
+def test_voicelog_may_append_checkpoints_and_nothing_else_of_the_account() -> None:
+    """The keeper's identity writes the anchor; its role is scoped to that container alone."""
+    path = DEPLOY / "storage.bicep"
+    scopes = {prop(a.body, "scope") for a in resources(path, "Microsoft.Authorization/roleAssignments")}
+    assert "auditCheckpoints" in scopes
+    assert scopes <= {"container", "auditCheckpoints"}

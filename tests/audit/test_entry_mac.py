@@ -173,12 +173,11 @@ async def _queue_raw(session: AsyncSession, values: dict[str, Any]) -> None:
     await session.execute(insert(INBOX).values(**values))
 
 
+@pytest.mark.parametrize("db_kind", ["postgresql"])  # SQLite chains at once: it has no inbox
 @pytest.mark.parametrize("writer_mac", ["missing", "wrong_key"])
 async def test_a_forged_inbox_row_is_found_after_it_is_chained_and_sealed(
     audit_db: AuditDb, audit_clock: ManualClock, audit_runtime: AuditRuntime, writer_mac: str
 ) -> None:
-    if audit_db.kind != "postgresql":
-        pytest.skip("SQLite chains every entry at once: nothing waits in the inbox")
     await _sealed(audit_db, audit_clock, audit_runtime)
     values = _content(3, audit_clock)
     nonce = os.urandom(16)
@@ -205,11 +204,10 @@ async def test_a_forged_inbox_row_is_found_after_it_is_chained_and_sealed(
     assert (result.damage.kind, result.damage.seq) == (DamageKind.FORGED, forged)
 
 
+@pytest.mark.parametrize("db_kind", ["postgresql"])  # SQLite chains at once: it has no inbox
 async def test_a_replayed_copy_of_a_genuine_inbox_row_is_found(
     audit_db: AuditDb, audit_clock: ManualClock, audit_runtime: AuditRuntime
 ) -> None:
-    if audit_db.kind != "postgresql":
-        pytest.skip("SQLite chains every entry at once: nothing waits in the inbox")
     await _sealed(audit_db, audit_clock, audit_runtime)
     async with audit_db.factory() as session:
         genuine = await append_step(session, audit_clock, example_steps(7, audit_clock.now())[5])

@@ -178,7 +178,7 @@ def test_role_assignments_are_narrow_and_scoped_to_one_resource() -> None:
     for path in TEMPLATES:
         for assignment in resources(path, "Microsoft.Authorization/roleAssignments"):
             scope = prop(assignment.body, "scope")
-            assert scope in {"container", "vault", "databaseUrlSecret", "adminTokenSecret",
+            assert scope in {"container", "auditCheckpoints", "vault", "databaseUrlSecret", "adminTokenSecret",
                              "migrationDatabaseUrlSecret"}, (path.name, scope)
             assert prop(assignment.body, "principalType") == "'ServicePrincipal'"
             text = path.read_text()

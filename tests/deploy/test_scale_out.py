@@ -39,8 +39,10 @@ from app import migrate
 from app.audit import AuditAction, Subjects, append_entry
 from app.audit.actions import detail_time, kek_bucket
 from app.audit.checkpoints import Checkpoint, FileCheckpointSink, list_checkpoints
+from app.audit.entry_mac import build_entry_mac_keys, register_entry_mac
 from app.audit.models import AuditEntryRow, AuditInboxRow
 from app.audit.service import read_chain_head
+from app.audit.settings import AuditSettings
 from app.capture.models import Recording
 from app.capture.reader import read_recording
 from app.clock import ManualClock, SystemClock
@@ -423,6 +425,11 @@ async def scheduling_pair(cluster: Cluster) -> AsyncIterator[tuple[Replica, Repl
 async def shared_state(cluster: Cluster, clock: ManualClock) -> AsyncIterator[World]:
     """The retention tests' World on the cluster's own database, Azurite stores and KEK keyring."""
     engine = create_engine(cluster.database_url)
+    # The tests' own writes (purges, key destruction) are audited with the replicas' entry key, as a third
+    # replica's would be; without it they verify as forged.
+    mac_keys = build_entry_mac_keys(AuditSettings(), cluster.work / "data", create=False)
+    assert mac_keys is not None, "the replicas have made the entry key by now"
+    register_entry_mac(engine, mac_keys)
     stores = RegionRouter.from_settings(cluster.regions, StorageSettings(), clock=SystemClock())
     keyrings = build_keyrings(
         VaultSettings(local_keyring_dir=cluster.work / "keyring", local_master_key=SecretStr(cluster.master_key)),
