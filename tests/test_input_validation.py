@@ -250,3 +250,59 @@ def test_console_numbers_out_of_range_are_form_errors_not_overflows(value: str) 
 def test_the_audit_form_of_prose_is_one_line_within_its_limit() -> None:
     assert audit_form("a\r\n\tb\n\nc", 1000) == "a b c"
     assert len(audit_form("x\n" * 900, 1000)) == 1000
+
+
+# The schemathesis run (tests/test_schemathesis.py) uses SQLite; PostgreSQL refuses a NUL in text itself, so
+# every string query parameter and body field gets odd text there too (attack review of issue 15).
+ODD_TEXT = ["a\x00b", "\u202eevil", "x" * 5000, "\ud800"]
+
+
+def _resolve_schema(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+@pytest.mark.parametrize("db_kind", ["postgresql"], indirect=True)
+async def test_odd_text_in_any_string_parameter_or_body_field_is_never_a_5xx_on_postgresql(world: World) -> None:
+    spec = (await world.client.get("/openapi.json")).json()
+    customer = bearer(world.mint(f"admin-{world.tag}", [Role.CUSTOMER_ADMIN], tenant=world.tenant))
+    callers = [bearer(TEST_ADMIN_TOKEN), world.engineer, world.manager, world.ticketing, world.auditor, customer]
+    fill = {"ticket_id": world.ticket_id, "access_request_id": world.access_request_id, "request_id": world.recording,
+            "resource": f"res-{world.tag}", "resource_name": f"res-{world.tag}", "subject": f"alice-{world.tag}"}
+    failures: list[str] = []
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            params = op.get("parameters", [])
+            concrete = path
+            for p in params:
+                if p["in"] == "path":
+                    concrete = concrete.replace("{" + p["name"] + "}", fill.get(p["name"], "x"))
+            body_schema = None
+            content = op.get("requestBody", {}).get("content", {})
+            if "application/json" in content:
+                body_schema = _resolve_schema(spec, content["application/json"]["schema"])
+            cases: list[tuple[dict[str, str], Any]] = []
+            for p in params:
+                if p["in"] == "query" and _resolve_schema(spec, p.get("schema", {})).get("type") in ("string", None):
+                    cases += [({p["name"]: bad}, None) for bad in ODD_TEXT if bad != "\ud800"]
+            if body_schema and body_schema.get("type") == "object":
+                for name, prop in body_schema.get("properties", {}).items():
+                    prop = _resolve_schema(spec, prop)
+                    if prop.get("type") == "string" or any(_resolve_schema(spec, a).get("type") == "string"
+                                                          for a in prop.get("anyOf", [])):
+                        base = dict.fromkeys(body_schema.get("required", []), "x")
+                        cases += [({}, {**base, name: bad}) for bad in ODD_TEXT]
+            for query, body in cases:
+                for headers in callers:
+                    kwargs: dict[str, Any] = {"params": query}
+                    if body is not None:
+                        kwargs["content"] = json.dumps(body, ensure_ascii=True).encode()
+                        headers = {**headers, "content-type": "application/json"}
+                    response = await world.client.request(method.upper(), concrete, headers=headers, **kwargs)
+                    if response.status_code >= 500:
+                        failures.append(f"{method.upper()} {path} {query or body!r}: {response.status_code} "
+                                        f"{response.text[:120]}")
+                        break
+    assert world.app.state.ctx.engine.dialect.name == "postgresql"
+    assert not failures, "\n".join(failures[:40])
