@@ -50,10 +50,21 @@ def schema(sync_url: str) -> set[str]:
                 found |= {f"function:{f}" for f in conn.execute(text(
                     "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
                     "WHERE n.nspname = 'public'")).scalars()}
-                # How a function runs is part of what a revision makes (0009: SECURITY DEFINER, fixed path).
+                # How a function runs is part of what a revision makes (0009: SECURITY DEFINER, fixed path;
+                # 0011: a fixed search_path on every audit trigger function, schema-qualified tables).
                 found |= {f"definer:{name}:{config}" for name, config in conn.execute(text(
                     "SELECT p.proname, array_to_string(p.proconfig, ',') FROM pg_proc p "
                     "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' AND p.prosecdef"))}
+                found |= {f"config:{name}:{config}" for name, config in conn.execute(text(
+                    "SELECT p.proname, array_to_string(p.proconfig, ',') FROM pg_proc p "
+                    "JOIN pg_namespace n ON n.oid = p.pronamespace "
+                    "WHERE n.nspname = 'public' AND p.proconfig IS NOT NULL"))}
+                found |= {f"qualified:{name}" for name in conn.execute(text(
+                    "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                    "WHERE n.nspname = 'public' AND p.prosrc LIKE '%public.audit_%'")).scalars()}
+                found |= {f"check:{table}.{name}" for table, name in conn.execute(text(
+                    "SELECT c.conrelid::regclass::text, c.conname FROM pg_constraint c "
+                    "JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = 'public' AND c.contype = 'c'"))}
             else:
                 found |= {f"trigger:{t}" for t in conn.execute(text(
                     "SELECT name FROM sqlite_master WHERE type = 'trigger'")).scalars()}
@@ -145,6 +156,53 @@ def test_0009_runs_the_chain_head_trigger_as_its_owner_with_a_fixed_search_path(
         engine.dispose()
 
 
+AUDIT_FUNCTIONS = ("audit_reject_change", "audit_entries_extend_head", "audit_chain_head_forward",
+                   "audit_inbox_delete_chained", "audit_checkpoints_extend")
+
+
+def test_0011_fixes_the_search_path_of_every_audit_trigger_function_and_checks_nonces(
+    empty_db: tuple[str, str],
+) -> None:
+    """Every audit trigger function runs with `search_path = public, pg_temp` and names its tables
+    `public.<table>` (a TEMP table cannot stand in for one); only the head function is SECURITY DEFINER. Nonces
+    must be 32 lower-case hex digits (a CHECK on PostgreSQL, a BEFORE INSERT trigger on SQLite)."""
+    url, sync_url = empty_db
+    engine = create_engine(sync_url)
+    try:
+        if not url.startswith("postgresql"):
+            migrate.upgrade(url, "0010_audit_entry_mac")
+            before = schema(sync_url)
+            migrate.upgrade(url, "0011_audit_fixed_search_path")
+            assert schema(sync_url) - before == {"trigger:audit_inbox_nonce_canonical",
+                                                 "trigger:audit_entries_nonce_canonical"}
+            migrate.downgrade(url, "0010_audit_entry_mac")
+            assert schema(sync_url) == before
+            return
+        query = text("SELECT proname, prosecdef, proconfig, prosrc LIKE '%public.audit_%' FROM pg_proc "
+                     "WHERE proname LIKE 'audit_%' ORDER BY proname")
+        checks = text("SELECT conname, convalidated FROM pg_constraint WHERE contype = 'c' AND conname LIKE '%nonce%'")
+        fixed = ["search_path=public, pg_temp"]
+        migrate.upgrade(url, "0010_audit_entry_mac")
+        with engine.connect() as conn:
+            before = {row[0]: tuple(row[1:]) for row in conn.execute(query)}
+        assert before["audit_entries_extend_head"] == (True, fixed, False)
+        assert before["audit_inbox_delete_chained"] == (False, None, False)
+        migrate.upgrade(url, "0011_audit_fixed_search_path")
+        with engine.connect() as conn:
+            after = {row[0]: tuple(row[1:]) for row in conn.execute(query)}
+            assert set(conn.execute(checks).all()) == {("ck_audit_inbox_nonce_canonical", True),
+                                                        ("ck_audit_entries_nonce_canonical", True)}
+        reads_tables = set(AUDIT_FUNCTIONS) - {"audit_reject_change"}
+        assert after == {name: (name == "audit_entries_extend_head", fixed, name in reads_tables)
+                         for name in AUDIT_FUNCTIONS}
+        migrate.downgrade(url, "0010_audit_entry_mac")
+        with engine.connect() as conn:
+            assert {row[0]: tuple(row[1:]) for row in conn.execute(query)} == before
+            assert conn.execute(checks).all() == []
+    finally:
+        engine.dispose()
+
+
 def test_every_revision_steps_down_and_up_again(empty_db: tuple[str, str]) -> None:
     """Walk the whole history one revision at a time, down to base and back up, checking the schema (tables,
     triggers, functions) at each step: every downgrade removes what its revision made, and only that."""
@@ -162,7 +220,7 @@ def test_every_revision_steps_down_and_up_again(empty_db: tuple[str, str]) -> No
         else:
             assert now < seen[-1], f"the downgrade of {revision} must remove what it made"
         seen.append(now)
-    assert steps >= 9  # 0001..0009, then nothing
+    assert steps >= 11  # 0001..0011, then nothing
     for expected in reversed(seen[:-1]):
         migrate.upgrade(url, "+1")
         assert schema(sync_url) == expected

@@ -42,7 +42,8 @@ class AuditEntryRow(Base):
     entry_hash: Mapped[str] = mapped_column(String(HASH_LENGTH))
     inbox_id: Mapped[int | None] = mapped_column(SeqType)  # bookkeeping, not hashed
     # Beside the hash, not in it (migration 0010): `hmac:<key id>:<hex>` over (seq, entry_hash), and the
-    # writer's nonce of a queued entry (a replayed inbox row repeats one).
+    # writer's nonce of a queued entry (a replayed inbox row repeats one). A nonce is 32 lower-case hex digits
+    # (migration 0011: a CHECK on PostgreSQL, a BEFORE INSERT trigger on SQLite).
     mac: Mapped[str | None] = mapped_column(String(MAC_LENGTH))
     nonce: Mapped[str | None] = mapped_column(String(NONCE_LENGTH))
 
