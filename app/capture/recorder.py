@@ -25,6 +25,7 @@ from app.audit.actions import Actor, AuditAction, Subjects, detail_time, kek_buc
 from app.audit.service import append_entry
 from app.capture.buffer import BufferItem, FrameBuffer, MemoryBudget
 from app.capture.frame_log import BINARY, C2S, S2C, TEXT, EndRecord, GapRecord, encode_end, encode_frame, encode_gap
+from app.capture.lifecycle import APPENDS, ENDED, GIVEN_UP, OWNS_ROW, TAKES_FRAMES, Backoff, Event, Phase, next_phase
 from app.capture.metrics import CaptureMetrics
 from app.capture.models import Recording
 from app.capture.recovery import close_stale_recordings
@@ -48,29 +49,28 @@ SYSTEM = Actor.system("recorder")
 
 @dataclass(eq=False)
 class LiveRecording:
+    """One recorded session in this process: its phase (`lifecycle.py`) and the data that is not phase."""
+
     info: SessionInfo
     consent: ActiveConsent
     buffer: FrameBuffer
     key: RecordingKey
     opened_mono: float
-    started: bool = False
+    phase: Phase = Phase.NEEDS_KEY
     dek: DataKey | None = None
     wrapped: bytes = b""
-    row_written: bool = False
     writer: SegmentWriter | None = None
     offset: int = 0
     pending: list[tuple[bytearray, int]] = field(default_factory=list)
     last_seal_mono: float = 0.0
     frames: int = 0
     segments: int = 0
-    closed: bool = False
-    end: EndRecord | None = None
-    abandoned: bool = False
-    no_row: bool = False
-    failing_since: float | None = None
-    failure: str | None = None
-    next_try_mono: float = 0.0
-    backoff_s: float = 0.0
+    end: EndRecord | None = None  # the session's end, once the relay reported it: the next seal is the last
+    failure: str | None = None  # the last failure; the incomplete reason once given up
+    retry: Backoff = field(default_factory=Backoff)
+
+    def apply(self, event: Event) -> None:
+        self.phase = next_phase(self.phase, event)
 
 
 class RecordingTap:
@@ -83,7 +83,7 @@ class RecordingTap:
 
     def on_frame(self, direction: Direction, offset_ns: int, payload: str | bytes) -> None:
         recording = self._recording
-        if recording.abandoned or recording.closed:
+        if recording.end is not None or recording.phase not in TAKES_FRAMES:
             return
         recording.buffer.add(direction, offset_ns // 1000, payload)
         recording.frames += 1
@@ -92,7 +92,6 @@ class RecordingTap:
         recording = self._recording
         offset_us = int((time.monotonic() - recording.opened_mono) * 1e6)
         recording.end = EndRecord(offset_us, client_code or 0, upstream_code or 0, reason)
-        recording.closed = True
 
 
 def encode_items(items: list[BufferItem], end: EndRecord | None) -> bytes:
@@ -174,10 +173,8 @@ class Recorder:
     async def stop(self, timeout: float = 10.0) -> None:
         """Seal what can be sealed within `timeout`, then stop."""
         for recording in self.live.values():
-            if not recording.closed:
-                recording.end = recording.end or EndRecord(
-                    int((time.monotonic() - recording.opened_mono) * 1e6), 0, 0, "relay stopped")
-                recording.closed = True
+            if recording.end is None:
+                recording.end = EndRecord(int((time.monotonic() - recording.opened_mono) * 1e6), 0, 0, "relay stopped")
         deadline = time.monotonic() + timeout
         while self.live and time.monotonic() < deadline:
             await asyncio.sleep(self.settings.tick_s)
@@ -214,40 +211,42 @@ class Recorder:
             await self.step(recording)
         except Exception as exc:  # a bug here must never take the sealer down
             self.metrics.errors.labels("sealer_bug").inc()
-            log.error("recording.sealer.error", request_id=recording.info.request_id, error=type(exc).__name__)
-            self._fail(recording, "internal_error", give_up=True)
+            log.error("recording.sealer.error", request_id=recording.info.request_id, error=type(exc).__name__,
+                      phase=recording.phase)
+            if recording.phase not in ENDED:  # a bug after the recording was forgotten leaves nothing to give up
+                self._fail(recording, "internal_error", give_up=True)
 
     async def step(self, recording: LiveRecording) -> None:
-        """One look at one recording: start it, seal what is due, append, finish. Never raises on I/O."""
+        """One look at one recording: do what its phase asks, as far as it gets. Never raises on I/O.
+
+        The phase is read again after every await: an erasure may abandon the recording meanwhile, and then
+        nothing more is started.
+        """
         now = time.monotonic()
-        if recording.abandoned:
+        if recording.phase in GIVEN_UP:
             await self._finish_abandoned(recording)
             return
-        if now < recording.next_try_mono:
+        if now < recording.retry.next_try:
             return
-        if recording.dek is None and not await self._attempt(
+        if recording.phase is Phase.NEEDS_KEY and not await self._attempt(
                 recording, "key_service_unavailable", self._make_key(recording)):
             return
-        if not recording.row_written and not await self._attempt(
+        if recording.phase is Phase.NEEDS_ROW and not await self._attempt(
                 recording, "database_unavailable", self._insert_row(recording)):
             return
-        if recording.abandoned:  # the consent ended before the row was written: nothing is stored
-            return
-        if not recording.started and not await self._attempt(
+        if recording.phase is Phase.NEEDS_BLOB and not await self._attempt(
                 recording, "store_unavailable", self._create_blob(recording)):
             return
-        if self._due(recording, now):
+        if recording.phase is Phase.STREAMING and self._due(recording, now):
             await self._seal(recording, now)
-        if recording.pending and not await self._attempt(recording, "store_unavailable", self._append(recording)):
+        if recording.phase in APPENDS and recording.pending and not await self._attempt(
+                recording, "store_unavailable", self._append(recording)):
             return
-        if recording.closed and recording.writer is not None and recording.writer.finished \
-                and not recording.pending:
+        if recording.phase is Phase.FINAL_SEALED and not recording.pending:
             await self._attempt(recording, "database_unavailable", self._finish(recording))
 
     def _due(self, recording: LiveRecording, now: float) -> bool:
-        if recording.writer is None or recording.writer.finished:
-            return False
-        if recording.closed:
+        if recording.end is not None:
             return True
         return (recording.buffer.buffered >= self.settings.segment_bytes
                 or now - recording.last_seal_mono >= self.settings.segment_seconds)
@@ -262,19 +261,13 @@ class Recorder:
                         error=type(exc).__name__)
             self._fail(recording, reason, give_up=False)
             return False
-        recording.failing_since = None
-        recording.backoff_s = 0.0
+        recording.retry.succeeded()
         return True
 
     def _fail(self, recording: LiveRecording, reason: str, *, give_up: bool) -> None:
-        now = time.monotonic()
-        if recording.failing_since is None:
-            recording.failing_since = now
         recording.failure = reason
-        recording.backoff_s = min(5.0, max(0.25, recording.backoff_s * 2))
-        recording.next_try_mono = now + recording.backoff_s
-        if give_up or now - recording.failing_since >= self.settings.retry_deadline_s:
-            recording.abandoned = True
+        if recording.retry.failed(time.monotonic(), self.settings.retry_deadline_s) or give_up:
+            recording.apply(Event.ABANDON)
 
     # --- start ------------------------------------------------------------------------------------------
 
@@ -285,6 +278,7 @@ class Recorder:
                                              started_at=info.started_at)
         recording.dek, recording.wrapped = dek, wrapped.to_bytes()
         recording.writer = SegmentWriter(dek, region=info.region, request_id=info.request_id)
+        recording.apply(Event.KEY_MADE)
 
     async def _create_blob(self, recording: LiveRecording) -> None:
         assert recording.writer is not None  # noqa: S101 - set with the DEK
@@ -292,7 +286,7 @@ class Recorder:
         await store.create(recording.key)
         if recording.offset == 0:
             recording.offset = await store.append(recording.key, recording.writer.header, offset=0)
-        recording.started = True
+        recording.apply(Event.BLOB_CREATED)
 
     async def _insert_row(self, recording: LiveRecording, *, failed: str | None = None) -> None:
         """The row and its `recording.started` entry, in one transaction (C6). `failed`: it never started.
@@ -307,9 +301,7 @@ class Recorder:
             current = await session.get(Consent, consent.consent_id)
             if current is None or not current.covers(info.started_at):
                 recording.failure = "consent_ended"
-                recording.abandoned = True
-                recording.row_written = True  # nothing to write, ever
-                recording.no_row = True
+                recording.apply(Event.CONSENT_ENDED)  # nothing to write, ever
                 return
             session.add(Recording(
                 request_id=info.request_id, resource_id=info.resource_id, region=info.region,
@@ -332,7 +324,7 @@ class Recorder:
                     subjects=Subjects(request_id=info.request_id), detail={"reason": failed},
                 )
             await session.commit()
-        recording.row_written = True
+        recording.apply(Event.ROW_WRITTEN)
         self.metrics.started.inc()
         log.info("recording.started", request_id=info.request_id, region=info.region)
 
@@ -344,8 +336,8 @@ class Recorder:
         writer = recording.writer
         assert writer is not None  # noqa: S101 - only called once started
         items, size = recording.buffer.take()
-        final = recording.closed
-        end = recording.end if final else None
+        end = recording.end
+        final = end is not None
         if self._sealer is None:
             self._sealer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder-sealer")
         sealed = await asyncio.get_running_loop().run_in_executor(
@@ -353,10 +345,12 @@ class Recorder:
         recording.pending.append((sealed, size))
         recording.last_seal_mono = now
         self.metrics.sealed_bytes.inc(len(sealed))
+        if final:
+            recording.apply(Event.LAST_SEGMENT_SEALED)
 
     async def _append(self, recording: LiveRecording) -> None:
         store = self.stores.store(recording.info.region)
-        while recording.pending:
+        while recording.pending and recording.phase in APPENDS:
             sealed, size = recording.pending[0]
             recording.offset = await store.append(recording.key, bytes(sealed), offset=recording.offset)
             recording.pending.pop(0)
@@ -368,7 +362,9 @@ class Recorder:
     async def _finish(self, recording: LiveRecording) -> None:
         dropped = recording.buffer.dropped_frames
         await self._close_row(recording, state="complete", reason=None, dropped=dropped)
-        self._forget(recording)
+        if recording.phase is not Phase.FINAL_SEALED:
+            return  # abandoned meanwhile (an erasure): its own finish finds the row closed and adds nothing
+        self._forget(recording, Event.FINISHED)
         self.metrics.completed.labels("complete").inc()
         log.info("recording.complete", request_id=recording.info.request_id, segments=recording.segments,
                  bytes=recording.offset, frames=recording.frames, dropped_frames=dropped)
@@ -382,18 +378,17 @@ class Recorder:
         _, size = recording.buffer.take()
         recording.buffer.release(size)
         try:
-            if recording.no_row:
-                pass
-            elif recording.row_written:
+            if recording.phase is Phase.ABANDONED:
                 await self._close_row(recording, state="incomplete", reason=reason,
                                       dropped=recording.buffer.dropped_frames)
-            else:
+            elif recording.phase is Phase.ABANDONED_BEFORE_ROW:
                 # Never started (key service or database down): leave a visible, keyless row if we can.
                 await self._insert_row(recording, failed=reason)
+            # DISCARDING: the consent had ended, nothing was ever written and nothing will be.
         except Exception:
             # The row stays `recording` (or never exists); recovery closes stale rows by heartbeat.
             log.warning("recording.close_failed", request_id=recording.info.request_id)
-        self._forget(recording)
+        self._forget(recording, Event.RELEASED)
         self.metrics.completed.labels("incomplete").inc()
         log.warning("recording.incomplete", request_id=recording.info.request_id, reason=reason)
 
@@ -424,7 +419,8 @@ class Recorder:
                 )
             await session.commit()
 
-    def _forget(self, recording: LiveRecording) -> None:
+    def _forget(self, recording: LiveRecording, event: Event) -> None:
+        recording.apply(event)
         self.live.pop(recording.info.request_id, None)
         if recording.dek is not None:
             recording.dek.destroy()
@@ -436,7 +432,7 @@ class Recorder:
         for request_id in request_ids & set(self.live):
             recording = self.live[request_id]
             recording.failure = reason
-            recording.abandoned = True
+            recording.apply(Event.ABANDON)
 
     async def _recover_stale(self) -> None:
         """At start and every half `stale_after_s`: close what dead replicas left `recording`."""
@@ -459,7 +455,7 @@ class Recorder:
         if now - self._last_heartbeat < self.settings.heartbeat_s:
             return
         self._last_heartbeat = now
-        ids = [r.info.request_id for r in self.live.values() if r.row_written and not r.abandoned]
+        ids = [r.info.request_id for r in self.live.values() if r.phase in OWNS_ROW]
         if not ids:
             return
         try:
