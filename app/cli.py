@@ -168,6 +168,8 @@ def db_upgrade(
         raise typer.Exit(2) from exc
     typer.echo(f"granted {summary.role} its privileges on {len(summary.tables)} tables "
                f"and {len(summary.sequences)} sequences")
+    for note in summary.notes():
+        typer.echo(f"note: {note}")
 
 
 def _valid_role_or_exit(name: str) -> None:
@@ -207,11 +209,17 @@ def db_check_privileges(
             "role": facts.role, "state": assessment.state.value, "reasons": list(assessment.reasons),
             "tables": {t.table: sorted(t.privileges) for t in facts.tables},
             "differences": differences, "undeclared": undeclared,
+            "schema_create": facts.schema_create, "database_temp": facts.database_temp,
+            "notes": list(assessment.notes),
         }, indent=2))
     else:
         typer.echo(f"role {facts.role}: {assessment.state.value}")
         for reason in assessment.reasons:
             typer.echo(f"  ! {reason}")
+        typer.echo(f"  schema {facts.schema}\t{'CREATE' if facts.schema_create else '-'}")
+        typer.echo(f"  database\t{'TEMPORARY' if facts.database_temp else '-'}")
+        for note in assessment.notes:
+            typer.echo(f"  note: {note}")
         for t in facts.tables:
             typer.echo(f"  {t.table}\t{' '.join(sorted(t.privileges)) or '-'}")
         if role is not None:

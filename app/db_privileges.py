@@ -7,6 +7,11 @@ privileges there are SELECT and INSERT plus the two exceptions named in SERVICE_
 
 Every table has an explicit decision in SERVICE_GRANTS; granting refuses a database holding a table without
 one, so a new table is a decision, never a default. There is deliberately no ALTER DEFAULT PRIVILEGES.
+
+Beyond the tables: the service role may not CREATE in the schema (granting revokes it from the role and from
+PUBLIC, which holds it in databases made before PostgreSQL 15), and it loses TEMPORARY on the database where
+the granting role can take it (PUBLIC holds TEMPORARY by default; that stays the database owner's decision,
+and the audit trigger functions do not depend on it: migration 0011 fixes their search_path).
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from typing import Final
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.logs import get_logger
+
+log = get_logger("voicelog.database")
 
 ROLE_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 READ_WRITE: Final = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
@@ -99,6 +108,21 @@ class GrantSummary:
     role: str
     tables: tuple[str, ...]
     sequences: tuple[str, ...]
+    public_create_revoked: bool = False  # PUBLIC held CREATE on the schema and granting took it
+    can_create_in_schema: bool = False  # the role may still CREATE in the schema (the owner must revoke it)
+    has_temp: bool = False  # the role may still create TEMP tables (through PUBLIC, unless revoked there)
+
+    def notes(self) -> tuple[str, ...]:
+        """What an operator should know beyond the table grants, one line each."""
+        out = []
+        if self.public_create_revoked:
+            out.append("revoked CREATE on the schema from PUBLIC")
+        if self.can_create_in_schema:
+            out.append(f"{self.role} may still CREATE in the schema: its owner must revoke CREATE from PUBLIC")
+        if self.has_temp:
+            out.append(f"{self.role} may create TEMP tables (TEMPORARY through PUBLIC): harmless to the audit "
+                       "triggers; REVOKE TEMPORARY ON DATABASE ... FROM PUBLIC to close it")
+        return tuple(out)
 
 
 _TABLES = text(
@@ -114,6 +138,13 @@ _SEQUENCES = text(
     "WHERE n.nspname = current_schema() AND s.relkind = 'S' ORDER BY s.relname"
 )
 _ROLE = text("SELECT oid, rolsuper FROM pg_roles WHERE rolname = :role")
+# PUBLIC as a grantee is spelled 'public' in has_*_privilege.
+_PUBLIC_CREATE = text("SELECT has_schema_privilege('public', current_schema(), 'CREATE')")
+_MAY_REVOKE_CREATE = text("SELECT has_schema_privilege(current_user, current_schema(), 'CREATE WITH GRANT OPTION')")
+_MAY_REVOKE_TEMP = text(
+    "SELECT has_database_privilege(current_user, current_database(), 'TEMPORARY WITH GRANT OPTION')")
+_SCHEMA_CREATE = text("SELECT has_schema_privilege(CAST(:role AS name), current_schema(), 'CREATE')")
+_DATABASE_TEMP = text("SELECT has_database_privilege(CAST(:role AS name), current_database(), 'TEMPORARY')")
 _OWNED = text(
     "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
     "WHERE n.nspname = current_schema() AND (c.relowner = :oid OR pg_has_role(:oid, c.relowner, 'MEMBER'))"
@@ -148,6 +179,19 @@ async def grant_service_privileges(conn: AsyncConnection, role: str) -> GrantSum
     schema = _quote(conn, str((await conn.execute(text("SELECT current_schema()"))).scalar_one()))
     await conn.execute(text(f"GRANT USAGE ON SCHEMA {schema} TO {grantee}"))
     await conn.execute(text(f"REVOKE CREATE ON SCHEMA {schema} FROM {grantee}"))
+    public_create_revoked = False
+    if (await conn.execute(_PUBLIC_CREATE)).scalar_one():
+        # Databases made before PostgreSQL 15 let everyone CREATE in schema public: the service role too.
+        if (await conn.execute(_MAY_REVOKE_CREATE)).scalar_one():
+            await conn.execute(text(f"REVOKE CREATE ON SCHEMA {schema} FROM PUBLIC"))
+            public_create_revoked = True
+            log.warning("database.schema.public_create_revoked", schema=schema)
+        else:
+            log.warning("database.schema.public_create_kept", schema=schema,
+                        reason="the granting role may not revoke it: the schema's owner must")
+    if (await conn.execute(_MAY_REVOKE_TEMP)).scalar_one():
+        database = _quote(conn, str((await conn.execute(text("SELECT current_database()"))).scalar_one()))
+        await conn.execute(text(f"REVOKE TEMPORARY ON DATABASE {database} FROM {grantee}"))
     for table in tables:
         grant = SERVICE_GRANTS[table]
         target = f"{schema}.{_quote(conn, table)}"
@@ -169,7 +213,13 @@ async def grant_service_privileges(conn: AsyncConnection, role: str) -> GrantSum
             # USAGE: nextval() for the owning table's serial column; not SELECT/UPDATE (setval).
             await conn.execute(text(f"GRANT USAGE ON SEQUENCE {target} TO {grantee}"))
             granted_sequences.append(sequence)
-    return GrantSummary(role=role, tables=tuple(tables), sequences=tuple(granted_sequences))
+    can_create = bool((await conn.execute(_SCHEMA_CREATE, {"role": role})).scalar_one())
+    has_temp = bool((await conn.execute(_DATABASE_TEMP, {"role": role})).scalar_one())
+    if can_create or has_temp:
+        log.warning("database.role.schema_or_temp", role=role, schema_create=can_create, database_temp=has_temp)
+    return GrantSummary(role=role, tables=tuple(tables), sequences=tuple(granted_sequences),
+                        public_create_revoked=public_create_revoked, can_create_in_schema=can_create,
+                        has_temp=has_temp)
 
 
 async def grant_service_privileges_at(database_url: str, role: str) -> GrantSummary:
@@ -215,12 +265,16 @@ class RoleFacts:
     superuser: bool
     can_set_replication_role: bool
     tables: tuple[TableFacts, ...]
+    schema_create: bool = False  # may CREATE in the current schema (directly or through PUBLIC)
+    database_temp: bool = False  # may create TEMP tables in the database (PUBLIC holds it by default)
+    schema: str = "public"
 
 
 @dataclass(frozen=True)
 class RoleAssessment:
     state: RoleState
     reasons: tuple[str, ...]
+    notes: tuple[str, ...] = ()  # facts worth knowing that do not make the role unsafe
 
 
 def assess_role(facts: RoleFacts) -> RoleAssessment:
@@ -238,11 +292,19 @@ def assess_role(facts: RoleFacts) -> RoleAssessment:
         extra = t.privileges - SERVICE_GRANTS[t.table].expected()
         if extra and not (t.owned or t.member_of_owner or facts.superuser):
             found.append((RoleState.EXCESS, f"{facts.role} holds {', '.join(sorted(extra))} on {t.table}"))
+    if facts.schema_create and not facts.superuser:
+        # Objects of its own in the app's schema (functions, operators, tables) are what search_path attacks
+        # on the trigger functions need; grant_service_privileges revokes it from the role and from PUBLIC.
+        found.append((RoleState.EXCESS, f"{facts.role} may CREATE in schema {facts.schema}"))
+    notes: tuple[str, ...] = ()
+    if facts.database_temp and not facts.superuser:
+        notes = (f"{facts.role} may create TEMP tables (TEMPORARY on the database, usually through PUBLIC); the "
+                 "audit trigger functions ignore them (fixed search_path, migration 0011)",)
     if not found:
-        return RoleAssessment(RoleState.OK, ())
+        return RoleAssessment(RoleState.OK, (), notes)
     order = list(RoleState)
     worst = min((state for state, _ in found), key=order.index)
-    return RoleAssessment(worst, tuple(reason for _, reason in found))
+    return RoleAssessment(worst, tuple(reason for _, reason in found), notes)
 
 
 _FACTS = text(
@@ -286,8 +348,12 @@ async def inspect_role(conn: AsyncConnection, role: str | None = None) -> RoleFa
                 held.add(f"{privilege}({','.join(columns)})")
         tables.append(TableFacts(table=row["relname"], owner=row["owner"], owned=row["owned"],
                                  member_of_owner=row["member"], privileges=frozenset(held)))
+    schema = str((await conn.execute(text("SELECT current_schema()"))).scalar_one())
     return RoleFacts(role=role, superuser=bool(superuser), can_set_replication_role=replication,
-                     tables=tuple(tables))
+                     tables=tuple(tables),
+                     schema_create=bool((await conn.execute(_SCHEMA_CREATE, {"role": role})).scalar_one()),
+                     database_temp=bool((await conn.execute(_DATABASE_TEMP, {"role": role})).scalar_one()),
+                     schema=schema)
 
 
 async def check_connected_role(engine: AsyncEngine) -> RoleAssessment:

@@ -171,6 +171,45 @@ async def test_the_service_role_cannot_delete_an_unchained_inbox_row(
     assert "not chained yet" in message
 
 
+async def test_the_service_role_cannot_delete_a_queued_entry_by_shadowing_audit_entries_with_a_temp_table(
+    service_engine: AsyncEngine, audit_clock: ManualClock, tmp_path: Path,
+) -> None:
+    """Review of issue 15: audit_inbox_delete_chained() named `audit_entries` unqualified and ran with the
+    caller's search_path, so a TEMP table of that name (search_path = pg_temp, public) answered its EXISTS and
+    the service role deleted a genuine entry before the sequencer chained it. Since 0011 every audit trigger
+    function has a fixed search_path and schema-qualified tables; the entry is chained and verifies."""
+    runtime = AuditRuntime.from_settings(AuditSettings(signing_key_dir=tmp_path / "audit-keys",
+                                                       checkpoint_export_path=tmp_path / "audit-checkpoints.jsonl"),
+                                         tmp_path, engine=service_engine)
+    factory = create_session_factory(service_engine)
+    await ChainKeeper(runtime, factory, audit_clock).tick(force=True)  # start from a drained inbox
+    async with factory() as session:  # the application (with the MAC key) queues a genuine entry
+        entry = await append_entry(session=session, clock=audit_clock, actor=Actor.staff("alice-read"),
+                                   action=AuditAction.TICKET_CREATED, subjects=Subjects(ticket="T-alice-read"))
+        await session.commit()
+    victim = entry.inbox_id
+    assert victim is not None
+    # A connection of its own: the temp table must not reach the pool. The service role's SQL alone.
+    attacker = create_engine(service_engine.url.render_as_string(hide_password=False))
+    try:
+        async with attacker.connect() as conn:
+            await conn.execute(text("SET LOCAL search_path = pg_temp, public"))
+            await conn.execute(text("CREATE TEMP TABLE audit_entries (inbox_id bigint) ON COMMIT DROP"))
+            await conn.execute(text("INSERT INTO audit_entries VALUES (:id)"), {"id": victim})
+            with pytest.raises(DBAPIError, match="not chained yet"):
+                await conn.execute(text("DELETE FROM public.audit_inbox WHERE id = :id"), {"id": victim})
+            await conn.rollback()
+    finally:
+        await attacker.dispose()
+    await ChainKeeper(runtime, factory, audit_clock).tick(force=True)
+    async with factory() as session:  # chained, authentic (the module's database holds other tests' keys' entries)
+        chained = (await session.execute(text(
+            "SELECT seq, entry_hash, mac FROM audit_entries WHERE inbox_id = :id"), {"id": victim})).all()
+    assert len(chained) == 1
+    assert runtime.mac_keys is not None
+    assert runtime.mac_keys.check_entry_mac(chained[0].mac, chained[0].seq, chained[0].entry_hash)
+
+
 # --- ... and still does all its work --------------------------------------------------------------
 
 
@@ -287,6 +326,54 @@ async def test_the_start_up_check_names_the_owner_the_superuser_and_passes_the_s
             await engine.dispose()
 
 
+def _in_database(roles: TwoRoles, sql: str) -> None:
+    with psycopg.connect(f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname={roles.database}",
+                         autocommit=True) as conn:
+        conn.execute(sql)  # type: ignore[arg-type]  # test-made names of [a-z0-9_] only
+
+
+async def test_the_role_check_reports_create_on_the_schema_through_public_and_granting_revokes_it(
+    roles: TwoRoles, service_engine: AsyncEngine,
+) -> None:
+    """Review of issue 15: a database made before PostgreSQL 15 (or restored from one) grants CREATE on schema
+    public to PUBLIC. The role check called that ok, and granting revoked CREATE from the role itself only."""
+    _in_database(roles, "GRANT CREATE ON SCHEMA public TO PUBLIC")
+    try:
+        assessment = await check_connected_role(service_engine)
+        assert assessment.state is RoleState.EXCESS
+        assert any("CREATE in schema public" in reason for reason in assessment.reasons)
+        summary = await asyncio.to_thread(migrate.grant_service_role, roles.owner_url, roles.service)  # as deployed
+        assert summary.public_create_revoked
+        assert not summary.can_create_in_schema
+        assert "permission denied" in await refused(service_engine, "CREATE TABLE public.sneaky_rv (id int)")
+        assert (await check_connected_role(service_engine)).state is RoleState.OK
+    finally:
+        _in_database(roles, "REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+
+
+async def test_granting_revokes_temporary_from_the_service_role_and_reports_temp_through_public(
+    roles: TwoRoles, service_engine: AsyncEngine,
+) -> None:
+    """TEMP is reported, not refused: PUBLIC holds it by default (the database owner's decision), and since
+    0011 a TEMP table shadows nothing the audit triggers read."""
+    _in_database(roles, f'GRANT TEMPORARY ON DATABASE "{roles.database}" TO {roles.service}')
+    _in_database(roles, f'REVOKE TEMPORARY ON DATABASE "{roles.database}" FROM PUBLIC')
+    try:
+        summary = await asyncio.to_thread(migrate.grant_service_role, roles.owner_url, roles.service)
+        assert not summary.has_temp  # the direct grant is gone, and PUBLIC has none here
+        assert "permission denied" in await refused(service_engine, "CREATE TEMP TABLE t_rv (id int)")
+        facts_state = await check_connected_role(service_engine)
+        assert (facts_state.state, facts_state.notes) == (RoleState.OK, ())
+    finally:
+        _in_database(roles, f'GRANT TEMPORARY ON DATABASE "{roles.database}" TO PUBLIC')
+    summary = await asyncio.to_thread(migrate.grant_service_role, roles.owner_url, roles.service)
+    assert summary.has_temp  # through PUBLIC: said, not revoked
+    assert any("TEMP" in note for note in summary.notes())
+    assessment = await check_connected_role(service_engine)
+    assert assessment.state is RoleState.OK
+    assert any("TEMP" in note for note in assessment.notes)
+
+
 async def test_a_member_of_the_owner_role_is_reported(roles: TwoRoles) -> None:
     member = f"{roles.service}_m"
     _admin(f"CREATE ROLE {member} LOGIN IN ROLE {roles.owner}")
@@ -311,6 +398,10 @@ def test_the_assessment_puts_the_worst_finding_first() -> None:
     clean = TableFacts(table="audit_entries", owner="o", owned=False, member_of_owner=False,
                        privileges=frozenset({"SELECT", "INSERT"}))
     assert assess_role(RoleFacts("app", False, False, (clean,))).state is RoleState.OK
+    assert assess_role(RoleFacts("app", False, False, (clean,), schema_create=True)).state is RoleState.EXCESS
+    temp = assess_role(RoleFacts("app", False, False, (clean,), database_temp=True))
+    assert temp.state is RoleState.OK
+    assert temp.notes
 
 
 async def readyz_role(base: str) -> str:
@@ -362,7 +453,11 @@ def test_db_upgrade_grants_the_service_role_and_check_privileges_reports_it(
     assert exact.exit_code == 0, exact.output
     report = json.loads(exact.output)
     assert (report["state"], report["differences"], report["undeclared"]) == ("ok", {}, [])
+    assert report["schema_create"] is False
+    assert isinstance(report["database_temp"], bool)
     monkeypatch.setenv("VOICELOG_DATABASE_URL", roles.service_url)
     as_service = runner.invoke(cli, ["db", "check-privileges"])
     assert as_service.exit_code == 0, as_service.output
     assert f"role {roles.service}: ok" in as_service.output
+    assert "schema public\t-" in as_service.output
+    assert "database\t" in as_service.output
