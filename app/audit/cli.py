@@ -124,6 +124,11 @@ def verify(
         typer.echo(f"anchored through {result['anchored_through']}: {result['unanchored_entries']} entries "
                    f"unanchored" + ("" if age is None else f", the oldest {age:.1f} s old") +
                    f"; entry MACs {result['macs'].replace('_', ' ')}")
+        for use in result["mac_keys"]:  # what to pin as a retired key's last_seq after a rotation
+            role = "current" if use["current"] else (
+                "retired, any seq" if use["last_seq"] is None else f"retired, last seq {use['last_seq']}")
+            highest = "no entry" if use["highest_seq"] is None else f"highest seq {use['highest_seq']}"
+            typer.echo(f"entry MAC key {use['key_id']} ({role}): {highest}")
     for note in result["notes"] if not as_json else []:
         typer.echo(f"note: {note}", err=True)
     if not result["ok"]:

@@ -6,6 +6,9 @@
   was never chained before (a copied row is a replay); every entry it chains (and every entry chained inline)
   carries `mac = HMAC(K, "voicelog/audit/entry-mac/v1\\n" || u64(seq) || entry_hash)`, bound to its position.
 - The verifier, given the keys, reports an entry without a valid `mac` as `forged`.
+- A nonce has one spelling, 32 lower-case hex digits (`canonical_nonce`): anything else is a bad MAC, so a copy
+  with its nonce re-spelled is not a new nonce. A retired key may carry a last seq: its MACs (entry or writer)
+  count only up to it, so rotating a leaked key ends its power to append.
 Byte layout and a test vector: docs/AUDIT.md ("Entry MACs"). Keys: a setting (Key Vault secret) or a 0600
 file beside the signing keys; the key id is `hmac:` + 16 hex digits of SHA-256(key).
 """
@@ -18,11 +21,12 @@ import contextlib
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import stat
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -40,6 +44,7 @@ NONCE_BYTES: Final = 16
 KEY_ID_LENGTH: Final = 21  # "hmac:" + 16 hex digits
 MAC_LENGTH: Final = KEY_ID_LENGTH + 1 + 64  # key id ":" 64 hex digits
 KEY_FILE: Final = "entry-mac.key"
+NONCE_TEXT: Final = re.compile(r"[0-9a-f]{32}")
 
 
 class EntryMacKeyError(AppError):
@@ -69,21 +74,34 @@ def encode_content(
     return b"".join(out)
 
 
+def canonical_nonce(text: object) -> bytes | None:
+    """A nonce's 16 bytes when `text` is its one spelling (32 lower-case hex digits), else None."""
+    if not isinstance(text, str) or not NONCE_TEXT.fullmatch(text):
+        return None
+    return bytes.fromhex(text)
+
+
 @dataclass(frozen=True)
 class EntryMacKeys:
-    """The key that MACs new entries and every key whose MACs are accepted (current and retired), by id."""
+    """The key that MACs new entries and every key whose MACs are accepted (current and retired), by id;
+    `last_seq` bounds a retired key: its MACs count only at seqs up to it."""
 
     current_id: str
     keys: Mapping[str, bytes]
+    last_seq: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, current: bytes, retired: Iterable[bytes] = ()) -> EntryMacKeys:
-        for key in (current, *retired):
+    def of(cls, current: bytes, retired: Iterable[bytes | tuple[bytes, int | None]] = ()) -> EntryMacKeys:
+        """`retired`: keys, or (key, last seq or None for any seq)."""
+        bounded = [(k, None) if isinstance(k, bytes) else k for k in retired]
+        for key in (current, *(k for k, _ in bounded)):
             if len(key) != KEY_BYTES:
                 raise EntryMacKeyError(f"an entry MAC key is {KEY_BYTES} bytes")
-        keys = {mac_key_id(k): k for k in retired}
+        keys = {mac_key_id(k): k for k, _ in bounded}
+        last = {mac_key_id(k): n for k, n in bounded if n is not None}
         keys[mac_key_id(current)] = current
-        return cls(mac_key_id(current), keys)
+        last.pop(mac_key_id(current), None)  # the current key MACs every new entry
+        return cls(mac_key_id(current), keys, last)
 
     def _tag(self, key_id: str, message: bytes) -> str:
         return f"{key_id}:{hmac.digest(self.keys[key_id], message, 'sha256').hex()}"
@@ -94,19 +112,32 @@ class EntryMacKeys:
     def entry_mac(self, seq: int, entry_hash: str) -> str:
         return self._tag(self.current_id, ENTRY_MAC_DOMAIN + seq.to_bytes(8, "big") + bytes.fromhex(entry_hash))
 
-    def _check(self, mac: str | None, message: bytes) -> bool:
+    def _verified_by(self, mac: str | None, message: bytes, seq: int | None) -> str | None:
+        """The id of the key `mac` verifies under, if it may MAC at `seq` (None: a bounded key may not)."""
         if mac is None or len(mac) != MAC_LENGTH or mac[KEY_ID_LENGTH] != ":":
-            return False
-        key = self.keys.get(mac[:KEY_ID_LENGTH])
+            return None
+        key_id = mac[:KEY_ID_LENGTH]
+        key = self.keys.get(key_id)
         if key is None:
-            return False
-        return hmac.compare_digest(mac[KEY_ID_LENGTH + 1:], hmac.digest(key, message, "sha256").hex())
+            return None
+        last = self.last_seq.get(key_id)
+        if last is not None and (seq is None or seq > last):
+            return None
+        if not hmac.compare_digest(mac[KEY_ID_LENGTH + 1:], hmac.digest(key, message, "sha256").hex()):
+            return None
+        return key_id
 
-    def check_inbox_mac(self, mac: str | None, content: bytes, nonce: bytes) -> bool:
-        return self._check(mac, INBOX_MAC_DOMAIN + content + nonce)
+    def check_inbox_mac(self, mac: str | None, content: bytes, nonce: bytes, seq: int | None = None) -> bool:
+        """`seq`: where the row would be chained (a retired key with a last seq is refused past it, or
+        without a position)."""
+        return self._verified_by(mac, INBOX_MAC_DOMAIN + content + nonce, seq) is not None
+
+    def entry_mac_key(self, mac: str | None, seq: int, entry_hash: str) -> str | None:
+        """The id of the key that MAC'd entry `seq`, or None if `mac` is not valid there."""
+        return self._verified_by(mac, ENTRY_MAC_DOMAIN + seq.to_bytes(8, "big") + bytes.fromhex(entry_hash), seq)
 
     def check_entry_mac(self, mac: str | None, seq: int, entry_hash: str) -> bool:
-        return self._check(mac, ENTRY_MAC_DOMAIN + seq.to_bytes(8, "big") + bytes.fromhex(entry_hash))
+        return self.entry_mac_key(mac, seq, entry_hash) is not None
 
 
 def new_nonce() -> bytes:
@@ -151,7 +182,8 @@ def _create_key_file(path: Path) -> bytes:
 
 def build_entry_mac_keys(settings: AuditSettings, data_dir: Path, *, create: bool = True) -> EntryMacKeys | None:
     """The keys the settings name: the configured key, else `<key dir>/entry-mac.key` (made if `create`)."""
-    retired = [_decode_key(k.get_secret_value(), "retired_entry_mac_keys") for k in settings.retired_entry_mac_keys]
+    retired = [(_decode_key(k.key.get_secret_value(), "retired_entry_mac_keys"), k.last_seq)
+               for k in settings.retired_entry_mac_keys]
     if settings.entry_mac_key is not None:
         return EntryMacKeys.of(_decode_key(settings.entry_mac_key.get_secret_value(), "entry_mac_key"), retired)
     path = settings.key_dir(data_dir) / KEY_FILE

@@ -39,7 +39,7 @@ from app.audit.actions import (
     without_absent,
 )
 from app.audit.canonical import canonical_json, canonical_time, encode_entry
-from app.audit.entry_mac import EntryMacKeys, encode_content, entry_mac_for, new_nonce
+from app.audit.entry_mac import EntryMacKeys, canonical_nonce, encode_content, entry_mac_for, new_nonce
 from app.audit.models import AuditChainHead, AuditEntryRow, AuditInboxRow
 from app.clock import Clock
 from app.logs import get_logger
@@ -293,24 +293,31 @@ async def integrate_locked(
 ) -> Integrated:
     """Chain queued entries after `head` (lock held) and delete them from the inbox.
 
-    A queued row is chained authenticated only if its writer MAC verifies and its nonce was never chained
-    (nor seen earlier in this batch); any other row is chained without a MAC and raises an alarm (C6)."""
+    A queued row is chained authenticated only if its nonce is canonical (32 lower-case hex digits), its
+    writer MAC verifies under a key valid at the seq it gets, and its nonce was never chained (nor seen
+    earlier in this batch); any other row is chained without a MAC and raises an alarm (C6)."""
     columns = [INBOX.c.id, *(INBOX.c[name] for name in QUEUED_COLUMNS)]
     result = await session.execute(select(*columns).order_by(INBOX.c.id).limit(limit))
     rows = [(int(row[0]), dict(zip(QUEUED_COLUMNS, row[1:], strict=True))) for row in result]
     if not rows:
         return Integrated(0, head)
-    nonces = [values["nonce"] for _, values in rows if values["nonce"] is not None]
-    seen: set[str] = set()
+    # Nonces compare as bytes: the canonical spelling is their one text form (writers and the CHECK use it).
+    nonces = sorted({raw.hex() for _, values in rows if (raw := canonical_nonce(values["nonce"])) is not None})
+    seen: set[bytes] = set()
     if nonces:
         chained = await session.execute(select(ENTRIES.c.nonce).where(ENTRIES.c.nonce.in_(nonces)))
-        seen = {str(n) for n in chained.scalars()}
+        seen = {raw for n in chained.scalars() if (raw := canonical_nonce(n)) is not None}
     authentic: list[bool] = []
     rejected: dict[str, int] = {}
-    for inbox_id, values in rows:
-        reason = _inbox_rejection(values, mac, seen)
-        if values["nonce"] is not None:
-            seen.add(values["nonce"])
+    for index, (inbox_id, values) in enumerate(rows):
+        raw_nonce = canonical_nonce(values["nonce"])
+        reason = _inbox_rejection(values, raw_nonce, mac, seen, head.seq + 1 + index)
+        if raw_nonce is not None:
+            seen.add(raw_nonce)
+        elif values["nonce"] is not None:
+            # Queued before migration 0011 made the spelling a CHECK: chain it without its nonce, which the
+            # CHECK on audit_entries would refuse (and with it the whole batch, stalling the chain).
+            values["nonce"] = None
         authentic.append(reason is None)
         if reason is not None:
             rejected[reason] = rejected.get(reason, 0) + 1
@@ -321,20 +328,18 @@ async def integrate_locked(
     return Integrated(len(rows), head, rejected)
 
 
-def _inbox_rejection(values: Mapping[str, Any], mac: EntryMacKeys | None, seen: set[str]) -> str | None:
-    """Why a queued row cannot be chained as authentic, or None."""
+def _inbox_rejection(values: Mapping[str, Any], raw_nonce: bytes | None, mac: EntryMacKeys | None,
+                     seen: set[bytes], seq: int) -> str | None:
+    """Why a queued row (to be chained at `seq`) cannot be chained as authentic, or None."""
     if mac is None:
         return "no_key"
-    nonce = values["nonce"]
-    if nonce is None or values["writer_mac"] is None:
+    if values["nonce"] is None or values["writer_mac"] is None:
         return "missing_mac"
-    if nonce in seen:
-        return "replayed"
-    try:
-        raw_nonce = bytes.fromhex(nonce)
-    except ValueError:
+    if raw_nonce is None:  # not the one spelling of a nonce: a re-spelled copy is no new nonce
         return "bad_mac"
-    if not mac.check_inbox_mac(values["writer_mac"], _content_bytes(values), raw_nonce):
+    if raw_nonce in seen:
+        return "replayed"
+    if not mac.check_inbox_mac(values["writer_mac"], _content_bytes(values), raw_nonce, seq):
         return "bad_mac"
     return None
 

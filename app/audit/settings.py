@@ -20,6 +20,20 @@ class RetiredPublicKey(BaseModel):
     not_after: datetime = Field(description="End of the key's validity window (UTC, exclusive).")
 
 
+class RetiredEntryMacKey(BaseModel):
+    """An entry MAC key no longer current: its MACs verify up to `last_seq` (unset: at any seq)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: SecretStr = Field(description="The retired key: 32 bytes, standard base64.")
+    last_seq: int | None = Field(
+        default=None, ge=0,
+        description="The last seq it may MAC (`voicelog audit verify` reports each key's highest). Unset: "
+        "any seq, so whoever holds a leaked retired key can still append; pin it once every process runs the "
+        "new key.",
+    )
+
+
 class AuditSettings(BaseModel):
     """How the audit trail is sealed, exported, verified and reported on. Defaults suit the embedded mode."""
 
@@ -116,10 +130,11 @@ class AuditSettings(BaseModel):
         "e.g. a Key Vault secret, shared by every replica, worker and CLI that writes audit entries. Unset: a "
         "0600 file `entry-mac.key` in the signing key directory, created on first use.",
     )
-    retired_entry_mac_keys: list[SecretStr] = Field(
+    retired_entry_mac_keys: list[RetiredEntryMacKey] = Field(
         default_factory=list,
-        description="Previous (or not yet current) entry MAC keys, base64: entries and queued rows MAC'd with "
-        "them still verify. Rotate in two steps: add the new key here everywhere, then make it `entry_mac_key`.",
+        description="Previous (or not yet current) entry MAC keys (JSON list of `{\"key\": base64, \"last_seq\": "
+        "N}`; a bare base64 string is a key without `last_seq`): entries and queued rows MAC'd with them verify up "
+        "to `last_seq`. Rotation: docs/AUDIT.md, \"Entry MACs\".",
     )
     entry_mac_from_seq: int = Field(
         default=1, ge=1,
@@ -162,6 +177,14 @@ class AuditSettings(BaseModel):
     repeated_denials: int = Field(
         default=3, ge=2, description="Flag a requester with at least this many denials (access or reads)."
     )
+
+    @field_validator("retired_entry_mac_keys", mode="before")
+    @classmethod
+    def _bare_mac_keys(cls, keys: object) -> object:
+        """A bare key (the form before `last_seq` existed) is a retired key valid at any seq."""
+        if not isinstance(keys, list):
+            return keys
+        return [{"key": k} if isinstance(k, str | SecretStr) else k for k in keys]
 
     @field_validator("working_days")
     @classmethod

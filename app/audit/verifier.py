@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, DateTime, String, func, select, type_coerce
+from sqlalchemy import ColumnElement, DateTime, String, func, or_, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.canonical import GENESIS_HASH, canonical_time, encode_entry_text
@@ -35,6 +35,8 @@ ENTRY_COLUMNS: Final = (
     ENTRIES.c.detail, ENTRIES.c.prev_hash, ENTRIES.c.entry_hash, ENTRIES.c.mac,
 )
 SEQ, PREV, HASH, MAC = 0, 11, 12, 13
+NONCE_PATTERN: Final = "^[0-9a-f]{32}$"  # migration 0011's CHECK
+NONCE_TEXT_LENGTH: Final = 32
 PG_CANONICAL_TIME: Final = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'  # to_char() of canonical_time()
 PG_ENTRIES_AFTER: Final = (
     "SELECT seq, to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), actor_type, actor_id, "
@@ -69,6 +71,21 @@ class Damage:
 
 
 @dataclass(frozen=True)
+class MacKeyUse:
+    """An entry MAC key as the walk found it: the highest seq with a valid MAC under it (None: none), whether
+    it is the current key, and the last seq it may MAC (a retired key's pin; None: unbounded)."""
+
+    key_id: str
+    current: bool
+    last_seq: int | None
+    highest_seq: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key_id": self.key_id, "current": self.current, "last_seq": self.last_seq,
+                "highest_seq": self.highest_seq}
+
+
+@dataclass(frozen=True)
 class VerificationResult:
     ok: bool
     damage: Damage | None
@@ -89,6 +106,7 @@ class VerificationResult:
     unanchored_s: float | None = None  # age of the oldest of those (None: everything is anchored)
     macs: str = "not_checked"  # "checked" with the entry MAC keys; "not_checked" with public keys only
     forged_entries: int = 0
+    mac_keys: tuple[MacKeyUse, ...] = ()  # with the entry MAC keys: each key and the highest seq it MACs
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +128,7 @@ class VerificationResult:
             "unanchored_s": None if self.unanchored_s is None else round(self.unanchored_s, 3),
             "macs": self.macs,
             "forged_entries": self.forged_entries,
+            "mac_keys": [use.to_json() for use in self.mac_keys],
             "notes": self.notes,
         }
 
@@ -213,14 +232,15 @@ class _Walk:
     mac_from: int = 1
     first_forged: int | None = None
     forged: int = 0
+    highest: dict[str, int] = field(default_factory=dict)  # MAC key id -> highest seq it validly MACs
 
     def advance(self, rows: Sequence[Row], start: int, stop: int, pinned: dict[int, tuple[str, int]]
                 ) -> tuple[int | None, tuple[str, int] | None]:
         """Walk rows[start:stop]; stop at the first that does not continue the chain (its index) or that
         contradicts a checkpoint (its index and the pin). The verifier's hot loop: plain locals only."""
         sha256, encode = hashlib.sha256, encode_entry_text
-        check_mac = None if self.mac_keys is None else self.mac_keys.check_entry_mac
-        mac_from = self.mac_from
+        mac_key = None if self.mac_keys is None else self.mac_keys.entry_mac_key
+        mac_from, highest = self.mac_from, self.highest
         seq, entry_hash, prev_hash = self.seq, self.entry_hash, self.prev_hash
         bad: tuple[int | None, tuple[str, int] | None] = (None, None)
         for index in range(start, stop):
@@ -235,11 +255,15 @@ class _Walk:
                     bad = (index, pin)
                     break
                 self.last_pinned_ok = self.sealed_through = seq + 1
-            if check_mac is not None and seq + 1 >= mac_from and not check_mac(row[MAC], seq + 1, digest):
-                # Chain-consistent but not written with the key: SQL alone made it (C6). Walk on.
-                self.forged += 1
-                if self.first_forged is None:
-                    self.first_forged = seq + 1
+            if mac_key is not None and seq + 1 >= mac_from:
+                key_id = mac_key(row[MAC], seq + 1, digest)
+                if key_id is None:
+                    # Chain-consistent but not written with a key valid there: SQL alone made it (C6). Walk on.
+                    self.forged += 1
+                    if self.first_forged is None:
+                        self.first_forged = seq + 1
+                else:
+                    highest[key_id] = seq + 1
             seq, prev_hash, entry_hash = seq + 1, entry_hash, digest
             self.checked += 1
         self.seq, self.entry_hash, self.prev_hash = seq, entry_hash, prev_hash
@@ -440,6 +464,8 @@ async def verify_chain(
             damages.append(Damage(DamageKind.EDITED, tail_seq, "the last entry does not match the chain head"))
     else:
         damages.append(walk_damage)
+    if mac_keys is not None:
+        await _forged_by_nonce(session, walk, mac_keys, max(from_seq, mac_from_seq))
     if walk.first_forged is not None:
         damages.append(Damage(DamageKind.FORGED, walk.first_forged,
                               f"entry {walk.first_forged} has no valid MAC: it was not written with the entry key "
@@ -467,7 +493,29 @@ async def verify_chain(
         duration_s=time.perf_counter() - started, notes=notes, anchored_through=anchored_through,
         unanchored_entries=unanchored_entries, unanchored_s=unanchored_s,
         macs="not_checked" if mac_keys is None else "checked", forged_entries=walk.forged,
+        mac_keys=() if mac_keys is None else tuple(
+            MacKeyUse(key_id, key_id == mac_keys.current_id, mac_keys.last_seq.get(key_id), walk.highest.get(key_id))
+            for key_id in sorted(mac_keys.keys, key=lambda k: (k != mac_keys.current_id, k))),
     )
+
+
+async def _forged_by_nonce(session: AsyncSession, walk: _Walk, mac_keys: EntryMacKeys, first: int) -> None:
+    """Entries with a valid MAC but a nonce not in its one spelling: replays a sequencer chained as authentic
+    before migration 0011 (it compared nonce text, not bytes). Counted as forged with the walk's finds."""
+    nonce = ENTRIES.c.nonce
+    odd: ColumnElement[bool]
+    if dialect_name(session) == "postgresql":
+        odd = nonce.op("!~")(NONCE_PATTERN)
+    else:
+        odd = or_(func.length(nonce) != NONCE_TEXT_LENGTH, nonce.op("GLOB")("*[^0-9a-f]*"))
+    rows = await session.execute(
+        select(ENTRIES.c.seq, ENTRIES.c.mac, ENTRIES.c.entry_hash)
+        .where(ENTRIES.c.seq >= first, ENTRIES.c.seq <= walk.seq, nonce.is_not(None), odd).order_by(ENTRIES.c.seq))
+    for seq, mac, entry_hash in rows:
+        if not mac_keys.check_entry_mac(mac, int(seq), str(entry_hash)):
+            continue  # the walk counted it already
+        walk.forged += 1
+        walk.first_forged = int(seq) if walk.first_forged is None else min(walk.first_forged, int(seq))
 
 
 async def _recorded_at(session: AsyncSession, seq: int) -> datetime | None:

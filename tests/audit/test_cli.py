@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from pathlib import Path
 
@@ -66,6 +67,24 @@ def test_verify_exits_zero_on_an_intact_chain(cli_env: Path) -> None:
     assert "ok: entries 1..26 verified" in result.output
     assert "sealed through 26" in result.output
     assert (cli_env / "audit-checkpoints.jsonl").read_text().count("\n") == 1
+
+
+def test_verify_reports_the_highest_seq_of_each_mac_key_to_pin_after_a_rotation(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/AUDIT.md, "Entry MACs": rotate, wait for every process to run the new key, pin the old key's last seq
+    at the highest seq verify reports for it."""
+    old = build_entry_mac_keys(AuditSettings(), cli_env)
+    assert old is not None
+    before = json.loads(runner.invoke(audit_cli, ["verify", "--json"]).output)
+    assert before["mac_keys"] == [{"key_id": old.current_id, "current": True, "last_seq": None, "highest_seq": 26}]
+    monkeypatch.setenv("VOICELOG_AUDIT__ENTRY_MAC_KEY", base64.b64encode(bytes(range(32))).decode())
+    retired = base64.b64encode(old.keys[old.current_id]).decode()
+    monkeypatch.setenv("VOICELOG_AUDIT__RETIRED_ENTRY_MAC_KEYS", json.dumps([{"key": retired, "last_seq": 26}]))
+    result = runner.invoke(audit_cli, ["verify"])
+    assert result.exit_code == 0, result.output
+    assert "entry MAC key hmac:630dcd2966c43366 (current): no entry" in result.output
+    assert f"entry MAC key {old.current_id} (retired, last seq 26): highest seq 26" in result.output
 
 
 def test_verify_names_the_damage_and_exits_one(cli_env: Path, audit_db_url: str) -> None:

@@ -6,6 +6,8 @@ The attacker here holds the service's SQL: the append-only triggers stay on, and
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
 import hmac
 import os
@@ -13,28 +15,36 @@ import stat
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import migrate
+from app.audit.actions import Actor, AuditAction, Subjects
 from app.audit.canonical import canonical_time, encode_entry
 from app.audit.checkpoints import CheckpointPolicy, export_checkpoints, list_checkpoints, seal
 from app.audit.entry_mac import (
     EntryMacKeyError,
     EntryMacKeys,
     build_entry_mac_keys,
+    canonical_nonce,
     encode_content,
     mac_key_id,
+    register_entry_mac,
 )
 from app.audit.keys import FileKeyring
 from app.audit.runtime import AuditRuntime
-from app.audit.service import ENTRIES, INBOX, read_chain_head
+from app.audit.service import ENTRIES, INBOX, append_entry, chain_locked, lock_chain_head, read_chain_head
 from app.audit.settings import AuditSettings
 from app.audit.verifier import DamageKind, VerificationResult, verify_chain
 from app.clock import ManualClock
+from app.db import create_engine, create_session_factory
 from tests.audit.scenario import append_and_chain, append_step, example_steps
 from tests.fixtures.audit import AuditDb
+from tests.fixtures.database import create_pg_database, drop_pg_database, worker_id
 
 VECTOR_KEY = bytes(range(32))
 
@@ -75,8 +85,6 @@ def test_the_entry_key_file_is_made_once_0600_and_retired_keys_still_verify(tmp_
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert build_entry_mac_keys(settings, tmp_path) == first
     mac = first.entry_mac(7, "ab" * 32)
-
-    import base64
 
     new_key = os.urandom(32)
     rotated = AuditSettings(entry_mac_key=base64.b64encode(new_key).decode(),
@@ -251,3 +259,203 @@ async def test_entries_before_entry_mac_from_seq_are_not_checked(
         result = await verify_chain(session=session, keys=audit_keyring.public_keys(), exported=exported,
                                     now=audit_clock.now(), mac_keys=audit_runtime.mac_keys, mac_from_seq=legacy + 1)
     assert result.ok, result.damage
+
+
+# --- nonces have one spelling (review of issue 15) --------------------------------------------------
+
+
+def test_a_nonce_has_one_spelling() -> None:
+    assert canonical_nonce("00" * 16) == bytes(16)
+    for odd in ["AB" * 16, "Ab" * 16, "ab" * 15, "ab" * 17, "ab" * 16 + "\n", " " + "ab" * 16, "zz" * 16, None, 7]:
+        assert canonical_nonce(odd) is None, odd
+
+
+@pytest.mark.parametrize("db_kind", ["postgresql"])  # SQLite chains at once: it has no inbox
+async def test_a_replayed_inbox_row_with_an_uppercase_nonce_is_refused_by_the_database(
+    audit_db: AuditDb, audit_clock: ManualClock, audit_runtime: AuditRuntime
+) -> None:
+    """Review of issue 15: the replay check compared nonce text, the MAC check `bytes.fromhex(nonce)`, so a copy
+    of a genuine queued row (the service role may read it while queued) with its nonce upper-cased passed both
+    and was chained as authentic. Now the CHECK of migration 0011 refuses the copy, in the inbox and in the
+    chain; the genuine entry is chained once and the trail verifies."""
+    await _sealed(audit_db, audit_clock, audit_runtime)
+    async with audit_db.factory() as session:
+        genuine = await append_step(session, audit_clock, example_steps(8, audit_clock.now())[4])
+        await session.commit()
+        columns = [c for c in INBOX.c if c.name != "id"]
+        captured = dict((await session.execute(select(*columns).where(INBOX.c.id == genuine.inbox_id)))
+                        .mappings().one())
+    replay = {**captured, "nonce": captured["nonce"].upper()}
+    assert replay["nonce"] != captured["nonce"]
+    async with audit_db.factory() as session:
+        with pytest.raises(IntegrityError, match="nonce"):
+            await _queue_raw(session, replay)
+    await _sealed(audit_db, audit_clock, audit_runtime, sets=0)  # the genuine row is chained
+    async with audit_db.factory() as session:
+        with pytest.raises(IntegrityError, match="nonce"):
+            await _queue_raw(session, replay)  # after it was chained
+    async with audit_db.factory() as session:  # nor straight into the chain
+        head = await read_chain_head(session)
+        linked = [({k: v for k, v in replay.items() if k != "writer_mac"}, None)]
+        with pytest.raises(IntegrityError, match="nonce"):
+            await chain_locked(session, head, linked, mac=None)
+    async with audit_db.factory() as session:
+        copies = (await session.execute(select(func.count()).select_from(ENTRIES).where(
+            ENTRIES.c.actor_id == captured["actor_id"], ENTRIES.c.detail == captured["detail"],
+            ENTRIES.c.action == captured["action"], ENTRIES.c.recorded_at == captured["recorded_at"]))).scalar_one()
+    assert copies == 1
+    result = await _verify(audit_db, audit_clock, audit_runtime)
+    assert result.ok, result.damage
+
+
+@pytest.mark.parametrize("db_kind", ["sqlite"])
+async def test_sqlite_refuses_a_nonce_in_any_other_spelling_too(audit_db: AuditDb, audit_clock: ManualClock) -> None:
+    values = _content(3, audit_clock)
+    async with audit_db.factory() as session:
+        for odd in ["AB" * 16, "ab" * 15, "ab" * 16 + "\n", "zz" * 16]:
+            with pytest.raises(IntegrityError, match="32 lower-case hex digits"):
+                await _queue_raw(session, {**values, "nonce": odd, "writer_mac": None})
+        await _queue_raw(session, {**values, "nonce": "ab" * 16, "writer_mac": None})  # the one spelling
+        await session.rollback()
+
+
+async def test_rows_queued_or_chained_with_an_odd_nonce_before_0011_are_found_and_never_stall_the_sequencer(
+    audit_clock: ManualClock, audit_runtime: AuditRuntime, request: pytest.FixtureRequest,
+) -> None:
+    """A chain attacked before migration 0011: an upper-cased replay chained as authentic by the old sequencer,
+    and another still queued. The migration adds the CHECKs NOT VALID (the trail cannot be rewritten); the
+    queued copy is chained without a MAC and without its nonce (the CHECK would refuse the whole batch), and the
+    verifier reports both as forged."""
+    name = f"voicelog_audit_odd_nonce_{worker_id(request.config)}_{uuid4().hex[:8]}"
+    url = create_pg_database(name)
+    engine = create_engine(url)
+    try:
+        await asyncio.to_thread(migrate.upgrade, url, "0010_audit_entry_mac")
+        keys = audit_runtime.mac_keys
+        assert keys is not None
+        register_entry_mac(engine, keys)
+        factory = create_session_factory(engine)
+        async with factory() as session:
+            await append_and_chain(session, audit_clock, example_steps(1, audit_clock.now()))
+            await session.commit()
+        async with factory() as session:  # what the sequencer before 0011 did with an upper-cased copy
+            nonce = os.urandom(16).hex()
+            head = await lock_chain_head(session)
+            assert head is not None
+            old_replay = await chain_locked(session, head, [({**_content(2, audit_clock), "nonce": nonce.upper()},
+                                                             None)], mac=keys)
+            await session.commit()
+        async with factory() as session:  # a genuine queued row and its upper-cased copy, still queued
+            genuine = await append_step(session, audit_clock, example_steps(2, audit_clock.now())[5])
+            await session.commit()
+            captured = dict((await session.execute(select(*[c for c in INBOX.c if c.name != "id"]).where(
+                INBOX.c.id == genuine.inbox_id))).mappings().one())
+            await _queue_raw(session, {**captured, "nonce": captured["nonce"].upper()})
+            await session.commit()
+        await asyncio.to_thread(migrate.upgrade, url, "0011_audit_fixed_search_path")
+        async with factory() as session:
+            checks = dict((await session.execute(text(
+                "SELECT conname, convalidated FROM pg_constraint WHERE conname LIKE '%nonce_canonical'"))).all())
+            assert checks == {"ck_audit_inbox_nonce_canonical": False, "ck_audit_entries_nonce_canonical": False}
+            sealed = await seal(session=session, clock=audit_clock, keyring=audit_runtime.keyring,
+                                policy=CheckpointPolicy(), force=True, wait=True, mac=keys)
+            await session.commit()
+        assert dict(sealed.rejected) == {"bad_mac": 1}
+        async with factory() as session:
+            assert (await session.execute(select(func.count()).select_from(INBOX))).scalar_one() == 0
+            copy = (await session.execute(select(ENTRIES.c.seq, ENTRIES.c.nonce, ENTRIES.c.mac).where(
+                ENTRIES.c.actor_id == captured["actor_id"], ENTRIES.c.detail == captured["detail"]
+            ).order_by(ENTRIES.c.seq))).all()
+            assert [(row.nonce, row.mac is None) for row in copy] == [(captured["nonce"], False), (None, True)]
+            result = await verify_chain(session=session, keys=audit_runtime.keyring.public_keys(), exported=(),
+                                        now=audit_clock.now(), mac_keys=keys)
+        assert result.damage is not None
+        assert (result.damage.kind, result.damage.seq) == (DamageKind.FORGED, old_replay.seq)
+        assert result.forged_entries == 2
+    finally:
+        await engine.dispose()
+        drop_pg_database(name)
+
+
+# --- retired MAC keys end at a pinned seq (review of issue 15) ----------------------------------------
+
+
+def _b64(key: bytes) -> str:
+    return base64.b64encode(key).decode()
+
+
+async def test_an_entry_macd_with_a_retired_key_after_its_last_seq_is_forged(
+    audit_db: AuditDb, audit_clock: ManualClock, tmp_path: Path,
+) -> None:
+    """Rotation after a leak: K1 leaked, K2 becomes current, K1 stays retired so the past verifies. Before, a
+    retired key verified at any seq, so whoever held K1 kept appending entries that verify. Pinned to the last
+    seq it MAC'd (as `voicelog audit verify` reports it), K1 verifies up to there and is forged after it,
+    whether the holder chains inline or queues a row the sequencer chains."""
+    k1, k2 = bytes(range(32)), bytes(range(1, 33))
+    before_rotation = AuditRuntime.from_settings(
+        AuditSettings(signing_key_dir=tmp_path / "keys", checkpoint_export_path=tmp_path / "cp.jsonl",
+                      entry_mac_key=_b64(k1)), tmp_path, engine=audit_db.engine)
+    await _sealed(audit_db, audit_clock, before_rotation, sets=1)
+    found = await _verify(audit_db, audit_clock, before_rotation)
+    assert found.ok, found.damage
+    assert [(u.key_id, u.current, u.highest_seq) for u in found.mac_keys] == [(mac_key_id(k1), True, found.head_seq)]
+    last_k1 = found.head_seq
+
+    def rotated(last_seq: int | None) -> AuditRuntime:
+        retired: dict[str, Any] = {"key": _b64(k1)} if last_seq is None else {"key": _b64(k1), "last_seq": last_seq}
+        return AuditRuntime.from_settings(
+            AuditSettings(signing_key_dir=tmp_path / "keys", checkpoint_export_path=tmp_path / "cp.jsonl",
+                          entry_mac_key=_b64(k2), retired_entry_mac_keys=[retired]), tmp_path, engine=audit_db.engine)
+
+    runtime = rotated(last_k1)
+    await _sealed(audit_db, audit_clock, runtime, sets=1)  # the service goes on with K2
+    assert (await _verify(audit_db, audit_clock, runtime)).ok
+
+    attacker = create_engine(audit_db.url)  # the service role's SQL plus the leaked K1
+    register_entry_mac(attacker, EntryMacKeys.of(k1))
+    try:
+        async with create_session_factory(attacker)() as session:
+            forged = await append_entry(session=session, clock=audit_clock, actor=Actor.staff("mallory"),
+                                        action=AuditAction.ACCESS_APPROVED, subjects=Subjects(grant="G-forged"),
+                                        detail={"requester": "mallory", "expires_at": "2030-03-04T11:00:00.000000Z"},
+                                        chain_now=True)
+            await session.commit()
+        if audit_db.kind == "postgresql":  # a queued row MAC'd with K1: the sequencer refuses it past K1's seq
+            async with create_session_factory(attacker)() as session:
+                await append_entry(session=session, clock=audit_clock, actor=Actor.staff("mallory"),
+                                   action=AuditAction.TICKET_CREATED, subjects=Subjects(ticket="T-forged"))
+                await session.commit()
+            async with audit_db.factory() as session:
+                sealed = await seal(session=session, clock=audit_clock, keyring=runtime.keyring,
+                                    policy=CheckpointPolicy(), force=True, wait=True, mac=runtime.mac_keys)
+                await session.commit()
+            assert dict(sealed.rejected) == {"bad_mac": 1}
+    finally:
+        await attacker.dispose()
+    after = await _verify(audit_db, audit_clock, runtime)
+    assert after.damage is not None
+    assert (after.damage.kind, after.damage.seq) == (DamageKind.FORGED, forged.seq)
+    assert after.forged_entries == (2 if audit_db.kind == "postgresql" else 1)
+    uses = {u.key_id: u for u in after.mac_keys}
+    assert (uses[mac_key_id(k1)].last_seq, uses[mac_key_id(k1)].highest_seq) == (last_k1, last_k1)
+    assert uses[mac_key_id(k2)].current
+    # Without a pinned seq a retired key still verifies anywhere (docs/AUDIT.md says so): pin it.
+    assert (await _verify(audit_db, audit_clock, rotated(None))).forged_entries == after.forged_entries - 1
+
+
+def test_retired_mac_keys_are_configured_bare_or_with_a_last_seq() -> None:
+    k1, k2 = os.urandom(32), os.urandom(32)
+    settings = AuditSettings(entry_mac_key=_b64(os.urandom(32)),
+                             retired_entry_mac_keys=[_b64(k1), {"key": _b64(k2), "last_seq": 41}])
+    keys = build_entry_mac_keys(settings, Path("/nonexistent"))
+    assert keys is not None
+    assert dict(keys.last_seq) == {mac_key_id(k2): 41}
+    retired = EntryMacKeys.of(k2)
+    assert keys.check_entry_mac(retired.entry_mac(41, "ab" * 32), 41, "ab" * 32)
+    assert not keys.check_entry_mac(retired.entry_mac(42, "ab" * 32), 42, "ab" * 32)
+    content, nonce = b"content", bytes(16)
+    assert keys.check_inbox_mac(retired.inbox_mac(content, nonce), content, nonce, 41)
+    assert not keys.check_inbox_mac(retired.inbox_mac(content, nonce), content, nonce, 42)
+    assert not keys.check_inbox_mac(retired.inbox_mac(content, nonce), content, nonce)  # no position: refused
+    with pytest.raises(ValueError, match="last_seq"):
+        AuditSettings(retired_entry_mac_keys=[{"key": _b64(k1), "last_seq": -1}])
