@@ -16,17 +16,19 @@ from app.access.saw.cli import saw_cli
 from app.audit.actions import Actor
 from app.audit.cli import audit_cli
 from app.config import Settings
-from app.db import create_engine, create_session_factory
+from app.context import context_of
 from app.db_privileges import SERVICE_GRANTS, PrivilegeError, RoleState, validate_role_name
 from app.errors import AppError
 from app.heap import settle_after_startup
 from app.identity.cli import dev_cli
 from app.identity.staff.cli import staff_cli, teams_cli
 from app.logs import configure_logging, get_logger
+from app.relay.routes import Relay
 from app.resources.schemas import ResourceCreate, ResourceOut
 from app.resources.service import add_resource, list_resources
 from app.retention.cli import retention_cli, worker
 from app.server.http_protocol import guarded_http_protocol
+from app.wiring import opened_context
 
 cli = typer.Typer(help="voicelog: opt-in, encrypted session logging for realtime voice AI.", no_args_is_help=True)
 db_cli = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
@@ -49,9 +51,11 @@ log = get_logger("voicelog.cli")
 class DrainingServer(uvicorn.Server):
     """uvicorn closes WebSockets with 1012 at once on SIGTERM; we first let live sessions finish."""
 
-    def __init__(self, config: uvicorn.Config, drain_timeout: float, *, settle_heap: bool = False) -> None:
+    def __init__(self, config: uvicorn.Config, drain_timeout: float, relay: Relay, *,
+                 settle_heap: bool = False) -> None:
         super().__init__(config)
         self.drain_timeout = drain_timeout
+        self.relay = relay
         self.settle_heap = settle_heap
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -62,18 +66,10 @@ class DrainingServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
             server.close()
-        app = self.config.loaded_app
-        relay = getattr(getattr(app, "state", None), "relay", None) if app is not None else None
-        if relay is None:
-            # Middleware wraps the FastAPI app; find the relay on the innermost app.
-            inner = getattr(app, "app", None)
-            while inner is not None and relay is None:
-                relay = getattr(getattr(inner, "state", None), "relay", None)
-                inner = getattr(inner, "app", None)
-        if relay is not None:
-            log.info("relay.drain.started", sessions=len(relay.registry), timeout_s=self.drain_timeout)
-            closed = await relay.registry.drain(self.drain_timeout)
-            log.info("relay.drain.finished", closed_sessions=closed)
+        registry = self.relay.registry
+        log.info("relay.drain.started", sessions=len(registry), timeout_s=self.drain_timeout)
+        closed = await registry.drain(self.drain_timeout)
+        log.info("relay.drain.finished", closed_sessions=closed)
         await super().shutdown(sockets)
 
 
@@ -82,8 +78,9 @@ def build_server(settings: Settings, host: str, port: int, app: FastAPI | None =
     """uvicorn tuned for the relay: uvloop, no per-message deflate, our own (redacted) logging."""
     from app.main import create_app
 
+    app = app or create_app(settings)
     config = uvicorn.Config(
-        app or create_app(settings),
+        app,
         host=host,
         port=port,
         loop="uvloop",
@@ -99,7 +96,7 @@ def build_server(settings: Settings, host: str, port: int, app: FastAPI | None =
         proxy_headers=False,  # the peer address is what SAW trust checks; never taken from a header
         timeout_graceful_shutdown=int(settings.relay_drain_timeout_s) + 15,
     )
-    return DrainingServer(config, settings.relay_drain_timeout_s, settle_heap=settle_heap)
+    return DrainingServer(config, settings.relay_drain_timeout_s, context_of(app).relay, settle_heap=settle_heap)
 
 
 @cli.command()
@@ -251,21 +248,15 @@ def resources_add(
     settings = Settings()
 
     async def run() -> ResourceOut:
-        from app.clock import SystemClock
-
-        engine = create_engine(settings.resolved_database_url)
-        try:
-            async with create_session_factory(engine)() as session:
-                resource = await add_resource(
-                    session=session,
-                    clock=SystemClock(),
-                    data=ResourceCreate(name=name, region=region, upstream_endpoint=upstream, owner_tenant=tenant),
-                    regions=settings.region_names, actor=Actor.service("cli"),
-                )
-                await session.commit()
-                return ResourceOut.model_validate(resource)
-        finally:
-            await engine.dispose()
+        async with opened_context(settings) as ctx, ctx.session_factory() as session:
+            resource = await add_resource(
+                session=session,
+                clock=ctx.clock,
+                data=ResourceCreate(name=name, region=region, upstream_endpoint=upstream, owner_tenant=tenant),
+                regions=settings.region_names, actor=Actor.service("cli"),
+            )
+            await session.commit()
+            return ResourceOut.model_validate(resource)
 
     try:
         out = asyncio.run(run())
@@ -281,12 +272,8 @@ def resources_list(as_json: Annotated[bool, typer.Option("--json", help="JSON ou
     settings = Settings()
 
     async def run() -> list[ResourceOut]:
-        engine = create_engine(settings.resolved_database_url)
-        try:
-            async with create_session_factory(engine)() as session:
-                return [ResourceOut.model_validate(r) for r in await list_resources(session=session)]
-        finally:
-            await engine.dispose()
+        async with opened_context(settings) as ctx, ctx.session_factory() as session:
+            return [ResourceOut.model_validate(r) for r in await list_resources(session=session)]
 
     rows = asyncio.run(run())
     if as_json:

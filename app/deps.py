@@ -1,41 +1,25 @@
-"""FastAPI dependencies as `Annotated` aliases; the app's parts live on `app.state.ctx`."""
+"""FastAPI dependencies as `Annotated` aliases over the one `AppContext` (app/context.py)."""
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.capture.recorder import Recorder
 from app.clock import Clock
 from app.config import Settings
-from app.errors import Forbidden, Unauthorized
-from app.identity.principal import TokenVerifier
-from app.metrics import Metrics
+from app.context import ContextDep
+from app.errors import AppError, Forbidden, Unauthorized
+from app.resources.directory import ResourceDirectory
+from app.storage.router import RegionRouter
+from app.tickets.consent_cache import ConsentCache
+from app.vault.keyring import RegionKeyrings
 
-
-@dataclass
-class AppContext:
-    """The parts create_app wires together; passed down explicitly, never read from a global."""
-
-    settings: Settings
-    clock: Clock
-    engine: AsyncEngine
-    session_factory: async_sessionmaker[AsyncSession]
-    metrics: Metrics
-    admin_token: str | None
-    token_verifier: TokenVerifier | None = None
-
-
-def get_context(request: Request) -> AppContext:
-    ctx: AppContext = request.app.state.ctx
-    return ctx
-
-
-ContextDep = Annotated[AppContext, Depends(get_context)]
+__all__ = ["ContextDep"]  # re-exported: routes import every dependency alias from here
 
 
 def get_settings(ctx: ContextDep) -> Settings:
@@ -47,19 +31,49 @@ def get_clock(ctx: ContextDep) -> Clock:
 
 
 async def get_session(ctx: ContextDep) -> AsyncIterator[AsyncSession]:
-    """One transaction per request, committed before the response is sent (scope="function")."""
+    """One transaction per request, committed before the response is sent (scope="function"); an error rolls
+    it back, except one that keeps what was written (an audited refusal). Steps registered with
+    `app.transaction.after_commit` run right after the commit."""
     async with ctx.session_factory() as session:
         try:
             yield session
             await session.commit()
+        except AppError as error:
+            await (session.commit() if error.keeps_transaction else session.rollback())
+            raise
         except BaseException:
             await session.rollback()
             raise
 
 
+def get_stores(ctx: ContextDep) -> RegionRouter:
+    return ctx.stores
+
+
+def get_keyrings(ctx: ContextDep) -> RegionKeyrings:
+    return ctx.keyrings
+
+
+def get_recorder(ctx: ContextDep) -> Recorder:
+    return ctx.recorder
+
+
+def get_consents(ctx: ContextDep) -> ConsentCache:
+    return ctx.consents
+
+
+def get_resources(ctx: ContextDep) -> ResourceDirectory:
+    return ctx.resources
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+StoresDep = Annotated[RegionRouter, Depends(get_stores)]
+KeyringsDep = Annotated[RegionKeyrings, Depends(get_keyrings)]
+RecorderDep = Annotated[Recorder, Depends(get_recorder)]
+ConsentsDep = Annotated[ConsentCache, Depends(get_consents)]
+ResourcesDep = Annotated[ResourceDirectory, Depends(get_resources)]
 
 
 class AdminDisabled(Forbidden):

@@ -18,6 +18,7 @@ class AppError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     title: ClassVar[str] = "Internal error"
+    keeps_transaction: ClassVar[bool] = False  # True: what was written (the refusal's audit entry) is committed
 
     def __init__(self, detail: str | None = None, **extra: Any) -> None:
         super().__init__(detail or self.title)

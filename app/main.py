@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import secrets
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
@@ -18,41 +15,28 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.asyncio.server import Server
 
 from app import __version__
-from app.access.context import AccessContext
 from app.access.jobs import run_access_job
-from app.access.metrics import AccessMetrics
-from app.access.notify import Notifier
-from app.access.people import SawRegistry, StaffRecords
-from app.access.ratelimit import ReadLimiter
 from app.access.routes import router as access_router
 from app.access.saw.routes import router as saw_router
 from app.access.saw.trust import SawHeaderGuard
 from app.audit.actions import Actor
 from app.audit.jobs import ChainKeeper, VerifierJob
 from app.audit.routes import router as audit_router
-from app.audit.runtime import AuditRuntime
-from app.capture.metrics import CaptureMetrics
-from app.capture.recorder import Recorder
 from app.capture.routes import router as capture_router
-from app.clock import Clock, SystemClock
+from app.clock import Clock
 from app.config import Settings
 from app.console.mount import include_console
-from app.db import create_engine, create_session_factory
+from app.context import AppContext, attach_context
 from app.db_privileges import RoleAssessment, RoleState, check_connected_role
-from app.deps import AppContext
 from app.errors import install_error_handlers
 from app.identity.routes import include_dev_routes
 from app.identity.staff.routes import router as staff_router
-from app.identity.tokens import build_token_verifier
 from app.input_text import ControlCharacterPathGuard
 from app.logs import get_logger
 from app.loop_lag import LoopLagMonitor
-from app.metrics import Metrics
-from app.relay.routes import Relay
 from app.relay.routes import router as relay_router
 from app.relay.standin.server import Standin
 from app.relay.tap import TapFactory
-from app.resources.directory import ResourceDirectory
 from app.resources.routes import router as resources_router
 from app.resources.schemas import ResourceCreate
 from app.resources.service import add_resource, get_resource_by_name
@@ -60,35 +44,14 @@ from app.retention.jobs import JobContext, ScheduledJob
 from app.retention.routes import router as retention_router
 from app.retention.scheduler import build_scheduler
 from app.storage.errors import StorageError
-from app.storage.router import RegionRouter
-from app.tickets.consent_cache import ConsentCache
 from app.tickets.routes import router as tickets_router
-from app.tracing import Tracing, TracingMiddleware
-from app.vault.factory import build_keyrings
+from app.tracing import TracingMiddleware
+from app.wiring import build_context, close_context
 
 log = get_logger("voicelog")
 
 DEMO_RESOURCE = "demo"
 DEMO_TENANT = "demo-tenant"
-
-
-def _embedded_admin_token(data_dir: Path) -> str:
-    """The embedded default's admin token: generated once, kept in a 0600 file, never logged."""
-    path = data_dir / "admin-token"
-    if path.exists():
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token + "\n")
-    return token
-
-
-def _admin_token(settings: Settings) -> str | None:
-    if settings.admin_token is not None:
-        return settings.admin_token.get_secret_value()
-    return _embedded_admin_token(settings.data_dir) if settings.embedded else None
 
 
 DATABASE_PROBE_TIMEOUT_S = 2.0  # with the stores' probes beside it, /readyz answers within the probe's 4 s
@@ -142,39 +105,10 @@ def create_app(
     settings: Settings, *, clock: Clock | None = None, tap_factory: TapFactory | None = None
 ) -> FastAPI:
     """Build the service. Nothing is global: tests build as many apps as they like."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(settings.resolved_database_url, pool_size=settings.database_pool_size,
-                           max_overflow=settings.database_max_overflow)
-    clock = clock or SystemClock()
-    ctx = AppContext(
-        settings=settings,
-        clock=clock,
-        engine=engine,
-        session_factory=create_session_factory(engine),
-        metrics=Metrics(),
-        admin_token=_admin_token(settings),
-        token_verifier=build_token_verifier(settings.identity, settings.data_dir, clock=clock),
-    )
-    consents = ConsentCache(clock=clock, refresh_s=settings.consent_refresh_s)
-    stores = RegionRouter.from_settings(settings.regions, settings.storage, clock=clock)
-    keyrings = build_keyrings(settings.vault, keyvault_urls={r.name: r.keyvault_url for r in settings.regions},
-                              data_dir=settings.data_dir, clock=clock)
-    recorder = Recorder(settings=settings.capture, clock=clock, consents=consents, keyrings=keyrings,
-                        stores=stores, session_factory=ctx.session_factory,
-                        metrics=CaptureMetrics(ctx.metrics.registry))
-    tracing = Tracing(settings.tracing, version=__version__)
+    ctx = build_context(settings, clock=clock, tap_factory=tap_factory)
+    clock, access, audit = ctx.clock, ctx.access, ctx.audit
+    consents, stores, recorder, resources, relay = ctx.consents, ctx.stores, ctx.recorder, ctx.resources, ctx.relay
     loop_lag = LoopLagMonitor(ctx.metrics.registry)
-    resources = ResourceDirectory(refresh_s=settings.resource_refresh_s, registry=ctx.metrics.registry)
-    relay = Relay(ctx, tap_factory or recorder, tracing, resources)
-    access = AccessContext(
-        directory=StaffRecords(), saws=SawRegistry(), limiter=ReadLimiter(),
-        metrics=AccessMetrics(ctx.metrics.registry),
-        retention=timedelta(hours=settings.vault.bucket_lifetime_hours),
-        notifier=Notifier(settings.access_webhooks, ctx.metrics.registry),
-    )
-
-    audit = AuditRuntime.from_settings(settings.audit, settings.data_dir, registry=ctx.metrics.registry,
-                                       engine=engine)
     chain_keeper = ChainKeeper(audit, ctx.session_factory, clock)
     verifier = VerifierJob(audit, ctx.session_factory, clock)
 
@@ -185,11 +119,12 @@ def create_app(
     # Every replica runs the scheduler; jobs claim their work (row claims, advisory locks), so none runs twice.
     scheduler = build_scheduler(
         settings=settings.retention, lifetime=settings.vault.bucket_lifetime, session_factory=ctx.session_factory,
-        clock=clock, keyrings=keyrings, stores=stores, audit=audit, registry=ctx.metrics.registry,
+        clock=clock, keyrings=ctx.keyrings, stores=stores, audit=audit, registry=ctx.metrics.registry,
         extra_jobs=[ScheduledJob(name="access_grants", every=timedelta(minutes=1), run=access_job)],
         audit_jobs=False,  # this process runs the audit's own chain keeper and verifier
-        tracer=tracing.tracer,
+        tracer=ctx.tracing.tracer,
     )
+    engine = ctx.engine
 
     database_role: list[RoleAssessment] = []  # filled once by the start-up check; /readyz reads it
 
@@ -231,13 +166,10 @@ def create_app(
             await consents.stop()
             await resources.stop()
             await loop_lag.stop()
-            await keyrings.aclose()
-            await stores.close()
             if standin_server is not None:
                 standin_server.close()
                 await standin_server.wait_closed()
-            await engine.dispose()
-            await tracing.shutdown()
+            await close_context(ctx)
             log.info("voicelog.stopped")
 
     app = FastAPI(
@@ -252,19 +184,10 @@ def create_app(
         ),
         lifespan=lifespan,
     )
-    app.state.ctx = ctx
-    app.state.relay = relay
-    app.state.consents = consents
-    app.state.resources = resources
-    app.state.recorder = recorder
-    app.state.stores = stores
-    app.state.keyrings = keyrings
-    app.state.access = access
-    app.state.audit = audit
-    app.state.tracing = tracing
+    attach_context(app, ctx)
     install_error_handlers(app)
-    if tracing.enabled:  # innermost of ours: it sees the route the router matched, in the scope it fills
-        app.add_middleware(TracingMiddleware, tracing=tracing)
+    if ctx.tracing.enabled:  # innermost of ours: it sees the route the router matched, in the scope it fills
+        app.add_middleware(TracingMiddleware, tracing=ctx.tracing)
     app.add_middleware(SawHeaderGuard, settings=settings.saw)  # SAW headers only from trusted proxies
     app.add_middleware(ControlCharacterPathGuard)  # a path with a control character names nothing: 400
     include_dev_routes(app, settings.identity, settings.data_dir, clock=clock)
@@ -277,7 +200,7 @@ def create_app(
     app.include_router(access_router)
     app.include_router(audit_router)
     app.include_router(retention_router)
-    include_console(app, settings)
+    include_console(app, ctx)
 
     @app.get("/healthz", tags=["operations"], summary="Process is alive")
     async def healthz() -> dict[str, str]:

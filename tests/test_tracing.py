@@ -269,7 +269,7 @@ async def test_tracing_is_off_unless_voicelog_is_given_an_endpoint(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.removesuffix("/v1/traces"))
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", collector.url)
     async with relay_for(tmp_path, standin) as relay:
-        assert relay.app.state.tracing.enabled is False
+        assert relay.app.state.ctx.tracing.enabled is False
         async with connect(f"{relay.ws}/resources/acme{ECHO}", additional_headers=KEY) as ws:
             await ws.send("hello")
             assert await ws.recv() == "hello"

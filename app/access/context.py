@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 
 from app.access.metrics import AccessMetrics
 from app.access.notify import Notifier
 from app.access.playback.service import SawLookup
 from app.access.ratelimit import ReadLimiter
 from app.access.service import StaffDirectory
+from app.context import ContextDep
 
 
 @dataclass
@@ -25,10 +26,8 @@ class AccessContext:
     notifier: Notifier
 
 
-def get_access_context(request: Request) -> AccessContext:
-    """The one place that reads it from app.state (typed for everyone else)."""
-    ctx: AccessContext = request.app.state.access
-    return ctx
+def get_access_context(ctx: ContextDep) -> AccessContext:
+    return ctx.access
 
 
 AccessDep = Annotated[AccessContext, Depends(get_access_context)]

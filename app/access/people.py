@@ -6,6 +6,7 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.policy import SawView
+from app.access.saw.settings import SawSettings
 from app.access.saw.trust import current_saw
 from app.access.service import Person
 from app.identity.staff.service import get_staff, managers_of, teams_managed_by
@@ -31,8 +32,12 @@ class StaffRecords:
 class SawRegistry:
     """SawLookup over app/access/saw: the mutual-TLS fingerprint from a trusted proxy, registered, unrevoked."""
 
+    def __init__(self, settings: SawSettings) -> None:
+        self.settings = settings  # which proxies are trusted to report the client certificate
+
     async def saw_for(self, session: AsyncSession, request: Request, owner_subject: str) -> SawView | None:
-        saw = await current_saw(session=session, request=request, owner_subject=owner_subject)
+        saw = await current_saw(session=session, request=request, owner_subject=owner_subject,
+                                settings=self.settings)
         if saw is None:
             return None
         return SawView(id=saw.id, owner_subject=saw.owner_subject, revoked=saw.revoked)

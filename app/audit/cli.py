@@ -31,7 +31,6 @@ from app.audit.reports.service import (
 )
 from app.audit.reports.signing import report_content
 from app.audit.runtime import AuditRuntime
-from app.audit.settings import AuditSettings
 from app.clock import SystemClock
 from app.errors import AppError
 
@@ -43,29 +42,14 @@ T = TypeVar("T")
 CLI_ACTOR = Actor.system("cli")
 
 
-def _settings() -> tuple[str, Path, AuditSettings]:
-    from app.config import Settings
-
-    settings = Settings()
-    audit = getattr(settings, "audit", None)  # Settings.audit once wired; the defaults until then
-    if not isinstance(audit, AuditSettings):
-        audit = AuditSettings()
-    return settings.resolved_database_url, settings.data_dir, audit
-
-
 def _run(work: Callable[[async_sessionmaker[AsyncSession], AuditRuntime], Awaitable[T]]) -> T:
     """Run `work` against the configured database and audit runtime; errors become exit code 2."""
-    from app.db import create_engine, create_session_factory
+    from app.config import Settings
+    from app.wiring import opened_context
 
     async def main() -> T:
-        url, data_dir, audit = _settings()
-        engine = create_engine(url)
-        runtime = AuditRuntime.from_settings(audit, data_dir, engine=engine)
-        try:
-            return await work(create_session_factory(engine), runtime)
-        finally:
-            await runtime.sink.close()
-            await engine.dispose()
+        async with opened_context(Settings()) as ctx:
+            return await work(ctx.session_factory, ctx.audit)
 
     return run_or_exit(main)
 

@@ -21,7 +21,7 @@ from app.audit.reports.service import (
     verify_report,
 )
 from app.audit.reports.signing import report_content
-from app.audit.runtime import AuditRuntime, get_audit_runtime
+from app.audit.runtime import AuditRuntime, AuditRuntimeDep
 from app.audit.schemas import (
     CheckpointOut,
     PublicKeysOut,
@@ -42,7 +42,7 @@ router = APIRouter(prefix="/audit", tags=["audit"])
 require_auditor = require_staff(Role.AUDITOR)  # token AND active staff record (C5)
 
 AuditorDep = Annotated[StaffPrincipal, Depends(require_auditor)]
-RuntimeDep = Annotated[AuditRuntime, Depends(get_audit_runtime)]
+RuntimeDep = AuditRuntimeDep
 FIRST_REPORT_DAY, LAST_REPORT_DAY = date(2000, 1, 1), date(9999, 1, 1)  # room for retention's 30-day look-back
 FromDate = Annotated[date, Query(alias="from", ge=FIRST_REPORT_DAY, le=LAST_REPORT_DAY,
                                  description="First day (UTC), YYYY-MM-DD, included (2000-01-01 or later).")]

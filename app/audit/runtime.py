@@ -1,8 +1,8 @@
 """The audit parts an app holds: settings, keyring, checkpoint sink and metrics (built once, passed down).
 
-create_app wires it: `app.state.audit = AuditRuntime.from_settings(settings.audit, settings.data_dir,
-registry=ctx.metrics.registry)`, and starts `ChainKeeper` and `VerifierJob` (app/audit/jobs.py) in its
-lifespan. Routes reach it through `get_audit_runtime`.
+`app.wiring.build_context` builds it (`AppContext.audit`) for the app, the CLI and the worker; create_app
+starts `ChainKeeper` and `VerifierJob` (app/audit/jobs.py) in its lifespan. Routes reach it through
+`AuditRuntimeDep`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,13 +22,7 @@ from app.audit.keys import Keyring, build_keyring
 from app.audit.metrics import AuditMetrics
 from app.audit.reports.access_review import AccessReviewParams
 from app.audit.settings import AuditSettings
-from app.errors import AppError
-
-
-class AuditNotConfigured(AppError):
-    status = 503
-    code = "audit_not_configured"
-    title = "The audit trail is not configured in this process"
+from app.context import ContextDep
 
 
 @dataclass
@@ -78,11 +73,8 @@ def build_checkpoint_sink(settings: AuditSettings, data_dir: Path) -> Checkpoint
     return FileCheckpointSink(settings.export_path(data_dir))
 
 
-def get_audit_runtime(request: Request) -> AuditRuntime:
-    """The app's AuditRuntime: `app.state.ctx.audit` if the context carries one, else `app.state.audit`."""
-    runtime = getattr(getattr(request.app.state, "ctx", None), "audit", None) or getattr(
-        request.app.state, "audit", None
-    )
-    if not isinstance(runtime, AuditRuntime):
-        raise AuditNotConfigured()
-    return runtime
+def get_audit_runtime(ctx: ContextDep) -> AuditRuntime:
+    return ctx.audit
+
+
+AuditRuntimeDep = Annotated[AuditRuntime, Depends(get_audit_runtime)]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 
 from app.capture import service
 from app.capture.schemas import CustomerRecordingOut, ErasureReceiptOut
-from app.deps import ClockDep, SessionDep
+from app.deps import ContextDep, SessionDep
 from app.identity.principal import Principal, Role, require_role
 from app.input_text import SingleLine
 from app.tickets.service import customer_resource
@@ -35,20 +36,14 @@ async def list_recordings(
 
 @router.post("/customer/resources/{resource}/consents/{consent_id}/erasure",
              summary="Erase every recording made under a consent, now (customer admin)")
-async def erase(resource: str, consent_id: str, by: CustomerAdmin, session: SessionDep, clock: ClockDep,
-                request: Request) -> ErasureReceiptOut:
+async def erase(resource: str, consent_id: str, by: CustomerAdmin, session: SessionDep,
+                ctx: ContextDep) -> ErasureReceiptOut:
     """Ends the consent, destroys each recording's data key (every copy is unreadable from then on),
     then deletes the blobs. Returns a receipt per recording."""
-    state = request.app.state
     owned = await customer_resource(session=session, principal=by, name=resource)
-    consent, receipts = await service.shred_consent_recordings(
-        session=session, clock=clock, keyrings=state.keyrings, by=by, resource=owned, consent_id=consent_id)
+    destroyed = await service.erase_customer_recordings(
+        session=session, clock=ctx.clock, keyrings=ctx.keyrings, consents=ctx.consents, by=by, resource=owned,
+        consent_id=consent_id)
     await session.commit()  # the keys are gone before any blob is touched
-    state.consents.forget(owned.id)
-    request_ids = [r.request_id for r in receipts]
-    state.recorder.abandon(set(request_ids), "erased")
-    pending = await service.delete_erased_blobs(session=session, clock=clock, stores=state.stores,
-                                                request_ids=request_ids)
-    bodies, digest = service.receipts_digest(receipts)
-    return ErasureReceiptOut(consent_id=consent.id, erased_at=clock.now(), recordings=len(receipts),
-                             receipts=bodies, blobs_pending=pending, receipt_sha256=digest)
+    receipt = await destroyed.finish(session=session, clock=ctx.clock, stores=ctx.stores, recorder=ctx.recorder)
+    return ErasureReceiptOut(**asdict(receipt))

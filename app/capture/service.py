@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,13 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit.actions import Actor, AuditAction, Subjects
 from app.audit.service import append_entry
 from app.capture.models import Recording
+from app.capture.recorder import Recorder
 from app.clock import Clock
 from app.identity.principal import Principal
 from app.resources.models import Resource
 from app.retention.shred import ShredReceipt, delete_blob, shred_recording
 from app.storage.router import RegionRouter
+from app.tickets.consent_cache import ConsentCache
 from app.tickets.models import Consent
-from app.tickets.service import require_consent
+from app.tickets.service import end_consent, require_consent
 from app.vault.keyring import RegionKeyrings
 
 
@@ -32,22 +36,48 @@ async def recordings_of_resource(
     return (await session.execute(query.order_by(Recording.started_at.desc()).limit(limit))).scalars().all()
 
 
-async def shred_consent_recordings(
-    *, session: AsyncSession, clock: Clock, keyrings: RegionKeyrings, by: Principal, resource: Resource,
-    consent_id: str,
-) -> tuple[Consent, list[ShredReceipt]]:
+@dataclass(frozen=True)
+class ErasureReceipt:
+    consent_id: str
+    erased_at: datetime
+    recordings: int
+    receipts: list[dict[str, object]]
+    blobs_pending: list[str]
+    receipt_sha256: str
+
+
+@dataclass(frozen=True)
+class KeysDestroyed:
+    """Erasure, step 1 done in the caller's transaction; the caller commits, then calls `finish`."""
+
+    consent: Consent
+    receipts: list[ShredReceipt]
+
+    async def finish(self, *, session: AsyncSession, clock: Clock, stores: RegionRouter,
+                     recorder: Recorder) -> ErasureReceipt:
+        """Erasure, step 2, once the destroyed keys are committed (C7 order: every copy is unreadable first):
+        stop the live recordings, delete the blobs (flushed; failures retried later), make the receipt."""
+        request_ids = [r.request_id for r in self.receipts]
+        recorder.abandon(set(request_ids), "erased")
+        pending = await delete_erased_blobs(session=session, clock=clock, stores=stores, request_ids=request_ids)
+        bodies, digest = receipts_digest(self.receipts)
+        return ErasureReceipt(consent_id=self.consent.id, erased_at=clock.now(), recordings=len(self.receipts),
+                              receipts=bodies, blobs_pending=pending, receipt_sha256=digest)
+
+
+async def erase_customer_recordings(
+    *, session: AsyncSession, clock: Clock, keyrings: RegionKeyrings, consents: ConsentCache, by: Principal,
+    resource: Resource, consent_id: str,
+) -> KeysDestroyed:
     """Erasure, step 1: end the consent and destroy the data key of every recording made under it.
 
-    The caller commits before deleting any blob, so every copy is unreadable first (C7 order).
+    The caller commits, then calls `finish` (the API and the console alike).
     """
     consent = await require_consent(session=session, resource=resource, consent_id=consent_id)
-    now = clock.now()
     actor = Actor.customer_admin(by.subject)
     if consent.ended_at is None:
-        consent.ended_at, consent.ended_by, consent.end_reason = now, by.subject, "erased"
-        await append_entry(session=session, clock=clock, actor=actor, action=AuditAction.CONSENT_WITHDRAWN,
-                           subjects=Subjects(ticket=consent.ticket_id, resource=resource.id),
-                           detail={"consent": consent.id})
+        await end_consent(session=session, clock=clock, consents=consents, consent=consent, actor=actor,
+                          ended_by=by.subject, reason="erased", at=clock.now())
     rows = (await session.execute(
         select(Recording).where(Recording.consent_id == consent.id, Recording.shredded_at.is_(None))
         .order_by(Recording.started_at)
@@ -60,7 +90,7 @@ async def shred_consent_recordings(
     receipts = [await shred_recording(session=session, clock=clock, keyrings=keyrings, recording=r,
                                       reason="erasure", actor=actor) for r in rows]
     await session.flush()
-    return consent, receipts
+    return KeysDestroyed(consent, receipts)
 
 
 async def delete_erased_blobs(

@@ -13,7 +13,7 @@ from app.audit.actions import Actor
 from app.audit.reports.access_review import AccessReviewParams
 from app.audit.reports.entries import InvalidPeriod, Period
 from app.audit.reports.service import ReportFormat, ReportKind, compute_report, generate_report
-from app.audit.runtime import AuditNotConfigured, AuditRuntime, get_audit_runtime
+from app.audit.runtime import AuditRuntime
 from app.audit.service import read_chain_head
 from app.audit.settings import AuditSettings
 from app.audit.verifier import verify_chain
@@ -21,23 +21,11 @@ from app.clock import Clock
 from app.console import charts
 from app.console.auth import signed_in
 from app.console.templating import page
-from app.deps import AppContext
+from app.context import AppContext
 from app.errors import NotFound
 from app.identity.principal import Role
 
 DEFAULT_DAYS = 14
-
-
-def _ctx(request: Request) -> AppContext:
-    ctx: AppContext = request.app.state.ctx
-    return ctx
-
-
-def _runtime(request: Request) -> AuditRuntime | None:
-    try:
-        return get_audit_runtime(request)
-    except AuditNotConfigured:
-        return None
 
 
 FIRST_REPORT_DAY, LAST_REPORT_DAY = date(2000, 1, 1), date(9999, 1, 1)  # the API's bounds (app/audit/routes.py)
@@ -79,15 +67,16 @@ async def _report(db: AsyncSession, runtime: AuditRuntime | None, kind: ReportKi
     return dict(report)
 
 
-def build_auditor_router(clock: Clock) -> APIRouter:
+def build_auditor_router(ctx: AppContext) -> APIRouter:
+    clock = ctx.clock
     router = APIRouter(prefix="/console/auditor", include_in_schema=False)
 
     @router.get("")
     async def access_review(request: Request) -> Response:
-        session, _who = await signed_in(request, Role.AUDITOR)
+        session, _who = await signed_in(request, ctx, Role.AUDITOR)
         period = _period(request, clock)
-        runtime = _runtime(request)
-        async with _ctx(request).session_factory() as db:
+        runtime = ctx.audit
+        async with ctx.session_factory() as db:
             report = await _report(db, runtime, ReportKind.ACCESS_REVIEW, period, clock)
             verification = await _verification(db, runtime, clock)
         figures = [charts.grants_per_day(report, period.days()), charts.time_to_approval(report),
@@ -97,10 +86,10 @@ def build_auditor_router(clock: Clock) -> APIRouter:
 
     @router.get("/retention")
     async def retention(request: Request) -> Response:
-        session, _who = await signed_in(request, Role.AUDITOR)
+        session, _who = await signed_in(request, ctx, Role.AUDITOR)
         period = _period(request, clock)
-        runtime = _runtime(request)
-        async with _ctx(request).session_factory() as db:
+        runtime = ctx.audit
+        async with ctx.session_factory() as db:
             report = await _report(db, runtime, ReportKind.RETENTION, period, clock)
             verification = await _verification(db, runtime, clock)
         return page(request, "retention.html", session, report=report, period=period,
@@ -110,13 +99,13 @@ def build_auditor_router(clock: Clock) -> APIRouter:
     @router.get("/reports/{kind}.{fmt}")
     async def download(kind: str, fmt: str, request: Request) -> Response:
         """The signed report, exactly as `GET /audit/reports/...` makes it (and audited the same way)."""
-        _session, who = await signed_in(request, Role.AUDITOR)
+        _session, who = await signed_in(request, ctx, Role.AUDITOR)
         kinds = {"access-review": ReportKind.ACCESS_REVIEW, "retention": ReportKind.RETENTION}
         if kind not in kinds or fmt not in ("csv", "json"):
             raise NotFound()
-        runtime = get_audit_runtime(request)
+        runtime = ctx.audit
         period = _period(request, clock)
-        async with _ctx(request).session_factory() as db:
+        async with ctx.session_factory() as db:
             output = await generate_report(
                 session=db, clock=clock, keyring=runtime.keyring, kind=kinds[kind], fmt=ReportFormat(fmt),
                 period=period, params=runtime.review_params, retention_days=runtime.settings.retention_days,

@@ -21,7 +21,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.clock import Clock
 from app.console.dev_login import s256
 from app.console.login_key import LoginKey
 from app.console.security import checked_form
@@ -36,7 +35,7 @@ from app.console.sessions import (
 )
 from app.console.settings import ConsoleSettings
 from app.console.templating import page
-from app.deps import AppContext
+from app.context import AppContext
 from app.errors import AppError, Forbidden, Unauthorized
 from app.identity.principal import STAFF_ROLES, MissingRole, Principal, Role, TokenVerifier
 from app.identity.settings import DEV_ISSUER_PATH
@@ -65,13 +64,11 @@ class ConsoleState:
     def login_cookie(self) -> str:
         return "__Host-voicelog-login" if self.settings.cookie_secure else "voicelog-login"
 
-def console_state(request: Request) -> ConsoleState:
-    state: ConsoleState = request.app.state.console
-    return state
-
-def _ctx(request: Request) -> AppContext:
-    ctx: AppContext = request.app.state.ctx
-    return ctx
+def console_state(ctx: AppContext) -> ConsoleState:
+    """The console's parts; its routes are mounted only when the context has them."""
+    if ctx.console is None:
+        raise RuntimeError("the console is switched off in this context")
+    return ctx.console
 
 class NeedsSignIn(Unauthorized):
     code = "console_sign_in"
@@ -81,7 +78,7 @@ class MissingConsoleRole(Forbidden):
     code = "missing_role"
     title = "Your identity does not have the role this page needs"
 
-async def current_session(request: Request) -> ConsoleSession | None:
+async def current_session(request: Request, ctx: AppContext) -> ConsoleSession | None:
     """The signed-in session, its token re-verified on every request (expiry follows the token and the clock).
 
     Read once per request (an error page rendered after the handler sees the same session), and saved back
@@ -91,7 +88,7 @@ async def current_session(request: Request) -> ConsoleSession | None:
         cached: ConsoleSession | None = request.state.console_session
         return cached
     request.state.console_session = None
-    state, ctx = console_state(request), _ctx(request)
+    state = console_state(ctx)
     session = await state.sessions.get(request.cookies.get(state.session_cookie), ctx.clock.now())
     if session is None or session.token is None:
         return None
@@ -107,17 +104,17 @@ async def current_session(request: Request) -> ConsoleSession | None:
     request.state.console_session = session
     return session
 
-async def signed_in(request: Request, *roles: Role) -> tuple[ConsoleSession, Principal]:
+async def signed_in(request: Request, ctx: AppContext, *roles: Role) -> tuple[ConsoleSession, Principal]:
     """The session and principal, holding at least one of `roles` (any role when none is named).
 
     Staff roles are checked exactly as the API's `require_staff` does (C5: token AND active staff record);
     `customer_admin` and `ticketing` from the token alone. A page never asks for both kinds at once.
     """
-    session = await current_session(request)
+    session = await current_session(request, ctx)
     if session is None or session.principal is None:
         raise NeedsSignIn()
     if roles and set(roles) <= STAFF_ROLES:
-        async with _ctx(request).session_factory() as db:
+        async with ctx.session_factory() as db:
             await console_staff(db, session.principal, *roles)
     elif roles and set(roles) & STAFF_ROLES:
         raise ValueError("signed_in takes staff roles or token-only roles, not both")
@@ -177,12 +174,13 @@ async def _exchange(request: Request, state: ConsoleState, login: PendingLogin, 
         raise NeedsSignIn("The issuer refused the sign-in code.")
     return token
 
-def build_auth_router(clock: Clock) -> APIRouter:
+def build_auth_router(ctx: AppContext) -> APIRouter:
     router = APIRouter(prefix="/console", include_in_schema=False)
+    clock = ctx.clock
 
     @router.get("/login")
     async def login(request: Request) -> Response:
-        state = console_state(request)
+        state = console_state(ctx)
         verifier = secrets.token_urlsafe(64)
         login = PendingLogin(state=secrets.token_urlsafe(32), code_verifier=verifier, nonce=secrets.token_urlsafe(24),
                              redirect_uri=_redirect_uri(request, state.settings),
@@ -203,7 +201,7 @@ def build_auth_router(clock: Clock) -> APIRouter:
 
     @router.get("/callback")
     async def callback(request: Request) -> Response:
-        state, ctx = console_state(request), _ctx(request)
+        state = console_state(ctx)
         pending = open_pending_login(request.cookies.get(state.login_cookie), await state.login_key.get())
         presented = request.query_params.get("state", "")
         code = request.query_params.get("code")
@@ -241,7 +239,7 @@ def build_auth_router(clock: Clock) -> APIRouter:
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
-        state = console_state(request)
+        state = console_state(ctx)
         session = await state.sessions.get(request.cookies.get(state.session_cookie), clock.now())
         if session is not None:
             await checked_form(request, session)

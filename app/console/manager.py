@@ -13,12 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access import service as access
 from app.access.models import AccessRequest
 from app.access.notify import notify_team
+from app.access.service import StaffDirectory
+from app.access.states import AccessRequestState
 from app.clock import Clock
 from app.console.auth import signed_in
 from app.console.security import checked_form, first
-from app.console.staff import access_context, staff_person
+from app.console.staff import staff_person
 from app.console.templating import page
-from app.deps import AppContext
+from app.context import AppContext
 from app.errors import AppError, InvalidInput
 from app.identity.principal import Role
 from app.identity.staff.service import get_team, list_staff
@@ -27,11 +29,6 @@ from app.tickets.models import Ticket
 
 SHORTER = (15, 30, 60, 120, 240)
 RECENT = timedelta(days=7)
-
-
-def _ctx(request: Request) -> AppContext:
-    ctx: AppContext = request.app.state.ctx
-    return ctx
 
 
 @dataclass(frozen=True)
@@ -45,22 +42,22 @@ class History:
 
 def requester_history(rows: list[AccessRequest], current: AccessRequest, now: datetime) -> History:
     past = [r for r in rows if r.id != current.id]
-    states = Counter(r.state for r in past)
+    states: Counter[str] = Counter(r.state for r in past)
     notes = []
     recent = [r for r in past if now - r.created_at <= RECENT]
     if len(recent) >= 3:
         notes.append(f"{len(recent)} other requests in the last 7 days")
-    if states.get("denied"):
-        notes.append(f"denied {states['denied']} time(s) before")
+    if states.get(AccessRequestState.DENIED):
+        notes.append(f"denied {states[AccessRequestState.DENIED]} time(s) before")
     if current.requested_duration_s >= 8 * 3600:
         notes.append("asks for the longest duration (8 h)")
-    if sum(1 for r in past if r.state == "approved" and r.ticket_id == current.ticket_id):
+    if sum(1 for r in past if r.state == AccessRequestState.APPROVED and r.ticket_id == current.ticket_id):
         notes.append("already holds a grant on this ticket")
     return History(past=past[:5], states=dict(states), notes=notes)
 
 
-async def _queue(db: AsyncSession, request: Request, person: access.Person, clock: Clock) -> list[dict[str, object]]:
-    directory = access_context(request).directory
+async def _queue(db: AsyncSession, directory: StaffDirectory, person: access.Person,
+                 clock: Clock) -> list[dict[str, object]]:
     teams = await directory.teams_managed(db, person.subject)
     rows = await access.queue_for(session=db, manager=person, team_ids=teams)
     out: list[dict[str, object]] = []
@@ -74,16 +71,17 @@ async def _queue(db: AsyncSession, request: Request, person: access.Person, cloc
     return out
 
 
-def build_manager_router(clock: Clock) -> APIRouter:
+def build_manager_router(ctx: AppContext) -> APIRouter:
+    clock = ctx.clock
     router = APIRouter(prefix="/console/manager", include_in_schema=False)
 
     @router.get("")
     async def manager_home(request: Request) -> Response:
-        session, who = await signed_in(request, Role.MANAGER)
-        async with _ctx(request).session_factory() as db:
-            person = await staff_person(db, request, who, Role.MANAGER)
-            queue = await _queue(db, request, person, clock)
-            team_ids = await access_context(request).directory.teams_managed(db, who.subject)
+        session, who = await signed_in(request, ctx, Role.MANAGER)
+        async with ctx.session_factory() as db:
+            person = await staff_person(db, ctx.access, who, Role.MANAGER)
+            queue = await _queue(db, ctx.access.directory, person, clock)
+            team_ids = await ctx.access.directory.teams_managed(db, who.subject)
             teams = []
             for team_id in team_ids:
                 team = await get_team(session=db, team_id=team_id)
@@ -93,12 +91,12 @@ def build_manager_router(clock: Clock) -> APIRouter:
 
     @router.post("/requests/{access_request_id}/{verdict}")
     async def decide(access_request_id: str, verdict: str, request: Request) -> Response:
-        session, who = await signed_in(request, Role.MANAGER)
+        session, who = await signed_in(request, ctx, Role.MANAGER)
         form = await checked_form(request, session)
-        directory = access_context(request).directory
-        async with _ctx(request).session_factory() as db:
+        directory = ctx.access.directory
+        async with ctx.session_factory() as db:
             try:
-                person = await staff_person(db, request, who, Role.MANAGER)
+                person = await staff_person(db, ctx.access, who, Role.MANAGER)
                 if verdict == "approve":
                     minutes = checked_form_int(first(form, "duration_minutes"), field="duration", default=0,
                                                minimum=0, maximum=480)
@@ -116,7 +114,7 @@ def build_manager_router(clock: Clock) -> APIRouter:
                 else:
                     raise InvalidInput("Approve or deny.")
                 await db.commit()
-                await notify_team(session=db, notifier=access_context(request).notifier, row=row,
+                await notify_team(session=db, notifier=ctx.access.notifier, row=row,
                                   event=f"access.{row.state}")
             except AppError as error:
                 await db.rollback()

@@ -1,6 +1,6 @@
 """The web console: server-rendered pages for engineers, managers, customer admins and auditors.
 
-Wire it with one call after create_app: `include_console(app, settings)`.
+`build_console_state` makes its parts for the AppContext; `include_console(app, ctx)` mounts it.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.console.auditor import build_auditor_router
@@ -32,51 +33,53 @@ from app.console.security import ConsoleSecurityHeaders, CsrfRejected
 from app.console.sessions import SaveTouchedSessions, SessionStore
 from app.console.settings import ConsoleSettings
 from app.console.templating import HERE, page
-from app.deps import AppContext
+from app.context import AppContext
 from app.identity.routes import load_dev_issuer
 from app.logs import get_logger
 
 log = get_logger("voicelog.console")
 
-__all__ = ["ConsoleSettings", "include_console"]
+__all__ = ["ConsoleSettings", "build_console_state", "include_console"]
 
 
-def include_console(app: FastAPI, settings: Settings, console: ConsoleSettings | None = None) -> bool:
-    """Mount `/console` (and, with the dev issuer on, its sign-in form) on `app`; returns whether it did.
-
-    `console` defaults to `settings.console` when Settings carries it, else to ConsoleSettings().
-    """
-    console = console or getattr(settings, "console", None) or ConsoleSettings()
+def build_console_state(settings: Settings, session_factory: async_sessionmaker[AsyncSession]) -> ConsoleState | None:
+    """The console's parts (session stores, login key), or None when `settings.console` switches it off."""
+    console = settings.console
     if not console.enabled:
-        return False
-    ctx: AppContext = app.state.ctx
-    clock = ctx.clock
-    app.state.console = ConsoleState(
+        return None
+    return ConsoleState(
         settings=console,
-        sessions=SessionStore(session_factory=ctx.session_factory, kind="session",
+        sessions=SessionStore(session_factory=session_factory, kind="session",
                               idle=timedelta(minutes=console.session_idle_minutes),
                               absolute=timedelta(hours=console.session_max_hours), capacity=console.max_sessions),
-        logins=SessionStore(session_factory=ctx.session_factory, kind="login", idle=LOGIN_TTL, absolute=LOGIN_TTL,
+        logins=SessionStore(session_factory=session_factory, kind="login", idle=LOGIN_TTL, absolute=LOGIN_TTL,
                             capacity=console.max_sessions),
-        login_key=LoginKey(ctx.session_factory),
+        login_key=LoginKey(session_factory),
         dev_issuer=settings.identity.dev_issuer_enabled,
     )
+
+
+def include_console(app: FastAPI, ctx: AppContext) -> bool:
+    """Mount `/console` (and, with the dev issuer on, its sign-in form) on `app`; returns whether it did."""
+    if ctx.console is None:
+        return False
+    settings, clock = ctx.settings, ctx.clock
     issuer = load_dev_issuer(settings.identity, settings.data_dir, clock=clock)
     if issuer is not None:
         app.include_router(build_dev_login_router(issuer, clock))
     app.add_middleware(ConsoleSecurityHeaders)
     app.add_middleware(SaveTouchedSessions)
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
-    app.include_router(build_auth_router(clock))
-    app.include_router(build_engineer_router(clock))
-    app.include_router(build_manager_router(clock))
-    app.include_router(build_customer_router(clock))
-    app.include_router(build_auditor_router(clock))
-    app.include_router(build_playback_router(clock))
+    app.include_router(build_auth_router(ctx))
+    app.include_router(build_engineer_router(ctx))
+    app.include_router(build_manager_router(ctx))
+    app.include_router(build_customer_router(ctx))
+    app.include_router(build_auditor_router(ctx))
+    app.include_router(build_playback_router(ctx))
 
     @app.get("/console", include_in_schema=False)
     async def console_home(request: Request) -> Response:
-        session = await current_session(request)
+        session = await current_session(request, ctx)
         if session is None:
             return page(request, "signed_out.html", None, message=None)
         return page(request, "home.html", session)
@@ -88,7 +91,7 @@ def include_console(app: FastAPI, settings: Settings, console: ConsoleSettings |
                     message="Your session ended. Sign in again and repeat the action.")
 
     async def refused(request: Request, exc: Exception) -> Response:
-        session = await current_session(request)
+        session = await current_session(request, ctx)
         return page(request, "refused.html", session, status_code=403, error=exc)
 
     app.add_exception_handler(NeedsSignIn, sign_in_first)

@@ -26,11 +26,8 @@ class _IdentityFromEnv(BaseSettings):
 
 
 def identity_settings(settings: Settings) -> IdentitySettings:
-    """The identity settings the service runs with: `settings.identity` if present, else the environment."""
-    configured = getattr(settings, "identity", None)
-    if isinstance(configured, IdentitySettings):
-        return configured
-    return _IdentityFromEnv().identity
+    """The identity settings the service runs with."""
+    return settings.identity
 
 
 @dev_cli.callback()

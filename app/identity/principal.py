@@ -9,6 +9,7 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Request
 
+from app.context import AppContext, ContextDep
 from app.errors import Forbidden, Unauthorized
 
 
@@ -56,9 +57,9 @@ class AuthenticationUnavailable(Unauthorized):
     title = "No identity issuer is configured"
 
 
-async def authenticate(request: Request) -> Principal:
+async def authenticate(request: Request, ctx: ContextDep) -> Principal:
     """The caller's Principal from `Authorization: Bearer`; 401 when absent or invalid."""
-    verifier: TokenVerifier | None = getattr(request.app.state.ctx, "token_verifier", None)
+    verifier = ctx.token_verifier
     if verifier is None:
         raise AuthenticationUnavailable()
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -67,7 +68,7 @@ async def authenticate(request: Request) -> Principal:
     return await verifier.verify(token.strip())
 
 
-def require_role(*roles: Role) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
+def require_role(*roles: Role) -> Callable[[Request, AppContext], Coroutine[Any, Any, Principal]]:
     """Dependency factory for token-only roles (`customer_admin`, `ticketing`): the token holds one of `roles`.
 
     A staff role is refused here, when the route is built: it needs the staff record too, so it goes through
@@ -80,8 +81,8 @@ def require_role(*roles: Role) -> Callable[[Request], Coroutine[Any, Any, Princi
         raise ValueError(f"require_role cannot check the staff role(s) {', '.join(staff)} from the token alone: "
                          "use app.identity.staff.deps.require_staff (token AND active staff record)")
 
-    async def dependency(request: Request) -> Principal:
-        principal = await authenticate(request)
+    async def dependency(request: Request, ctx: ContextDep) -> Principal:
+        principal = await authenticate(request, ctx)
         if not any(principal.has(r) for r in roles):
             raise MissingRole(f"This needs one of the roles: {', '.join(r.value for r in roles)}.")
         return principal

@@ -12,12 +12,15 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, WebSocket
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.responses import JSONResponse
 
+from app.clock import Clock
 from app.config import Settings
-from app.deps import AppContext
+from app.context import ContextDep
 from app.errors import PROBLEM_JSON
 from app.logs import get_logger, redact_query
+from app.metrics import RelayMetrics
 from app.relay.registry import SessionRegistry
 from app.relay.session import RelaySession, SessionStats
 from app.relay.tap import Direction, FrameTap, SessionInfo, TapFactory
@@ -44,12 +47,14 @@ def new_request_id() -> str:
 class Relay:
     """Session admission and bookkeeping; the frame pumps live in RelaySession."""
 
-    def __init__(self, ctx: AppContext, tap_factory: TapFactory, tracing: Tracing,
+    def __init__(self, *, settings: Settings, clock: Clock, session_factory: async_sessionmaker[AsyncSession],
+                 metrics: RelayMetrics, tap_factory: TapFactory, tracing: Tracing,
                  resources: ResourceDirectory) -> None:
-        self.ctx = ctx
+        self.settings = settings
+        self.clock = clock
+        self.session_factory = session_factory
         self.resources = resources
-        self.settings: Settings = ctx.settings
-        self.metrics = ctx.metrics.relay
+        self.metrics = metrics
         self.tap_factory = tap_factory
         self.registry = SessionRegistry()
         self.tracing = tracing
@@ -76,7 +81,7 @@ class Relay:
             await self.deny(websocket, 503, "draining", "The relay is shutting down; reconnect.", span=span)
             return
         try:
-            resource = await self.resources.find(resource_name, self.ctx.session_factory)
+            resource = await self.resources.find(resource_name, self.session_factory)
         except DirectoryUnavailable:
             self.metrics.errors.labels("resources_unavailable").inc()
             await self.deny(websocket, 503, "resources_unavailable",
@@ -138,7 +143,7 @@ class Relay:
             resource_name=resource.name,
             region=resource.region,
             path=suffix,
-            started_at=self.ctx.clock.now(),
+            started_at=self.clock.now(),
         )
         try:
             await websocket.accept(subprotocol=upstream.subprotocol, headers=response_headers)
@@ -241,14 +246,9 @@ def session_attributes(stats: SessionStats) -> dict[str, str | int]:
     return out
 
 
-def _relay(websocket: WebSocket) -> Relay:
-    relay: Relay = websocket.app.state.relay
-    return relay
-
-
-def _make_endpoint(suffix: str) -> Callable[[WebSocket, str], Awaitable[None]]:
-    async def relay_endpoint(websocket: WebSocket, resource: str) -> None:
-        await _relay(websocket).handle(websocket, resource, suffix)
+def _make_endpoint(suffix: str) -> Callable[[WebSocket, str, ContextDep], Awaitable[None]]:
+    async def relay_endpoint(websocket: WebSocket, resource: str, ctx: ContextDep) -> None:
+        await ctx.relay.handle(websocket, resource, suffix)
 
     relay_endpoint.__name__ = "relay" + re.sub(r"\W", "_", suffix)
     return relay_endpoint
@@ -259,7 +259,8 @@ for _suffix in RELAY_SUFFIXES:
 
 
 @router.websocket("/resources/{resource}/{rest:path}")
-async def unknown_relay_path(websocket: WebSocket, resource: str, rest: str) -> None:  # noqa: ARG001
+async def unknown_relay_path(websocket: WebSocket, resource: str, rest: str,  # noqa: ARG001
+                             ctx: ContextDep) -> None:
     """Only the pipeline's own realtime paths are relayed; anything else is a clear 404."""
-    await _relay(websocket).deny(websocket, 404, "unknown_path",
+    await ctx.relay.deny(websocket, 404, "unknown_path",
                                  f"Relayed paths are {', '.join(RELAY_SUFFIXES)}.")

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, status
 
-from app.deps import AdminDep, ClockDep, SessionDep, SettingsDep
+from app.deps import AdminDep, ClockDep, ResourcesDep, SessionDep, SettingsDep
 from app.resources import service
 from app.resources.schemas import ResourceCreate, ResourceOut
+from app.transaction import after_commit
 
 router = APIRouter(prefix="/admin/resources", tags=["admin: resources"])
 
@@ -32,9 +33,8 @@ async def show_resource(name: str, _admin: AdminDep, session: SessionDep) -> Res
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a resource")
 async def delete_resource(name: str, _admin: AdminDep, session: SessionDep, clock: ClockDep,
-                          request: Request) -> None:
+                          resources: ResourcesDep) -> None:
     """Only a resource with no tickets. This replica stops routing its sessions at once, every other
     replica at its next successful reload (every `VOICELOG_RESOURCE_REFRESH_S`)."""
     await service.remove_resource(session=session, clock=clock, name=name)
-    await session.commit()
-    request.app.state.resources.forget(name)
+    after_commit(session, lambda: resources.forget(name))  # a reload begun after the commit sees it gone

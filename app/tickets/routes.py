@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Depends, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.context import AccessDep
 from app.access.notify import notify_ended_grants
-from app.deps import ClockDep, SessionDep
+from app.deps import ClockDep, ConsentsDep, SessionDep
 from app.identity.principal import Principal, Role, require_role
 from app.identity.staff.deps import StaffEngineer
 from app.resources.models import Resource
@@ -37,12 +37,6 @@ async def _consent_out(session: AsyncSession, consent: Consent, resource: Resour
                       not_before=consent.not_before, not_after=consent.not_after, granted_by=consent.granted_by,
                       granted_at=consent.granted_at, ended_at=consent.ended_at,
                       require_customer_approval=consent.require_customer_approval)
-
-
-def _forget_consents(request: Request, resource_id: str) -> None:
-    cache = getattr(request.app.state, "consents", None)
-    if cache is not None:
-        cache.forget(resource_id)
 
 
 @router.post("/tickets", status_code=status.HTTP_201_CREATED, summary="File a ticket (ticketing system)")
@@ -75,10 +69,9 @@ async def unassign(ticket_id: str, engineer: str, by: Ticketing, session: Sessio
 
 
 @router.post("/tickets/{ticket_id}/close", summary="Close a ticket; its consents end")
-async def close(ticket_id: str, by: Ticketing, session: SessionDep, clock: ClockDep, request: Request) -> TicketOut:
-    ticket = await service.close_ticket(session=session, clock=clock, by=by, ticket_id=ticket_id)
-    await session.commit()  # before the cache forgets: a reload begun after that must see the change
-    _forget_consents(request, ticket.resource_id)
+async def close(ticket_id: str, by: Ticketing, session: SessionDep, clock: ClockDep,
+                consents: ConsentsDep) -> TicketOut:
+    ticket = await service.close_ticket(session=session, clock=clock, consents=consents, by=by, ticket_id=ticket_id)
     return await _ticket_out(session, ticket)
 
 
@@ -107,10 +100,8 @@ async def list_consents(resource: str, by: CustomerAdmin, session: SessionDep, c
 @router.post("/customer/resources/{resource}/consents/{consent_id}/withdraw",
              summary="Withdraw a consent: recording stops (customer admin)")
 async def withdraw_consent(resource: str, consent_id: str, by: CustomerAdmin, session: SessionDep,
-                           clock: ClockDep, request: Request) -> ConsentOut:
+                           clock: ClockDep, consents: ConsentsDep) -> ConsentOut:
     owned = await service.customer_resource(session=session, principal=by, name=resource)
-    consent = await service.withdraw_consent(session=session, clock=clock, by=by, resource=owned,
+    consent = await service.withdraw_consent(session=session, clock=clock, consents=consents, by=by, resource=owned,
                                              consent_id=consent_id)
-    await session.commit()  # before the cache forgets: a reload begun after that must see the change
-    _forget_consents(request, owned.id)
     return await _consent_out(session, consent, owned, clock)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,6 +20,10 @@ from app.resources.models import Resource
 from app.resources.service import ResourceNotFound, get_resource_by_name, require_resource
 from app.tickets.models import Consent, Ticket, TicketAssignment
 from app.tickets.schemas import ConsentCreate, TicketCreate
+from app.transaction import after_commit
+
+if TYPE_CHECKING:
+    from app.tickets.consent_cache import ConsentCache
 
 
 class TicketNotFound(NotFound):
@@ -143,22 +148,21 @@ async def unassign_engineer(
     return ticket
 
 
-async def close_ticket(*, session: AsyncSession, clock: Clock, by: Principal, ticket_id: str) -> Ticket:
+async def close_ticket(
+    *, session: AsyncSession, clock: Clock, consents: ConsentCache, by: Principal, ticket_id: str
+) -> Ticket:
     """Closing a ticket ends its consents: recording stops and grants under it lose their effect."""
     ticket = await require_ticket(session=session, ticket_id=ticket_id)
     if not ticket.is_open:
         return ticket
     now = clock.now()
     ticket.closed_at = now
-    consents = await session.execute(
+    open_consents = await session.execute(
         select(Consent).where(Consent.ticket_id == ticket_id, Consent.ended_at.is_(None))
     )
-    for consent in consents.scalars():
-        consent.ended_at, consent.ended_by, consent.end_reason = now, by.subject, "ticket_closed"
-        await append_entry(session=session, clock=clock, actor=Actor.service(by.subject),
-                           action=AuditAction.CONSENT_WITHDRAWN,
-                           subjects=Subjects(ticket=ticket_id, resource=consent.resource_id),
-                           detail={"consent": consent.id})
+    for consent in open_consents.scalars():
+        await end_consent(session=session, clock=clock, consents=consents, consent=consent,
+                          actor=Actor.service(by.subject), ended_by=by.subject, reason="ticket_closed", at=now)
     await append_entry(session=session, clock=clock, actor=Actor.service(by.subject),
                        action=AuditAction.TICKET_CLOSED, subjects=Subjects(ticket=ticket_id))
     return ticket
@@ -216,18 +220,30 @@ async def require_consent(*, session: AsyncSession, resource: Resource, consent_
     return consent
 
 
+async def end_consent(
+    *, session: AsyncSession, clock: Clock, consents: ConsentCache, consent: Consent, actor: Actor, ended_by: str,
+    reason: str, at: datetime,
+) -> None:
+    """The one way a consent ends (withdrawn, ticket closed, erased): recorded, audited, and once the caller's
+    transaction commits, this replica's consent cache forgets the resource (C1: recording stops at once)."""
+    consent.ended_at, consent.ended_by, consent.end_reason = at, ended_by, reason
+    await append_entry(session=session, clock=clock, actor=actor, action=AuditAction.CONSENT_WITHDRAWN,
+                       subjects=Subjects(ticket=consent.ticket_id, resource=consent.resource_id),
+                       detail={"consent": consent.id})
+    resource_id = consent.resource_id
+    after_commit(session, lambda: consents.forget(resource_id))
+
+
 async def withdraw_consent(
-    *, session: AsyncSession, clock: Clock, by: Principal, resource: Resource, consent_id: str
+    *, session: AsyncSession, clock: Clock, consents: ConsentCache, by: Principal, resource: Resource,
+    consent_id: str,
 ) -> Consent:
     consent = await require_consent(session=session, resource=resource, consent_id=consent_id)
     now = clock.now()
     if consent.ended_at is not None or consent.not_after <= now:
         raise ConsentEnded()
-    consent.ended_at, consent.ended_by, consent.end_reason = now, by.subject, "withdrawn"
-    await append_entry(session=session, clock=clock, actor=Actor.customer_admin(by.subject),
-                       action=AuditAction.CONSENT_WITHDRAWN,
-                       subjects=Subjects(ticket=consent.ticket_id, resource=resource.id),
-                       detail={"consent": consent.id})
+    await end_consent(session=session, clock=clock, consents=consents, consent=consent,
+                      actor=Actor.customer_admin(by.subject), ended_by=by.subject, reason="withdrawn", at=now)
     return consent
 
 

@@ -334,8 +334,8 @@ async def test_customer_sees_every_request_and_read_without_names(env: Env) -> N
     assert await approve(env, grant) == 200
     transcript = await read(env, "/transcript")
     assert transcript.status_code == 200
-    state = env.stack.relay.app.state
-    async with state.ctx.session_factory() as session:  # let the sequencer chain queued entries (PostgreSQL)
+    state = env.stack.relay.app.state.ctx
+    async with state.session_factory() as session:  # let the sequencer chain queued entries (PostgreSQL)
         await integrate_pending(session, wait=True)
         await session.commit()
     log = await env.stack.api("GET", f"/customer/resources/{env.stack.resource}/access-log", env.stack.customer)
@@ -363,8 +363,8 @@ async def test_the_team_webhook_hears_of_requests_decisions_and_expiry_signed(
                         retention=RetentionSettings(scheduler_enabled=False)) as env:
         grant = await ask(env, minutes=10)
         assert await approve(env, grant) == 200
-        state = env.stack.relay.app.state
-        counts = await run_access_job(session_factory=state.ctx.session_factory, clock=state.ctx.clock,
+        state = env.stack.relay.app.state.ctx
+        counts = await run_access_job(session_factory=state.session_factory, clock=state.clock,
                                       access=state.access)
         assert counts["warned"] == 1  # 10 minutes left: inside the 15-minute warning
         loop = asyncio.get_running_loop()

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -21,10 +22,11 @@ from app.audit.routes import router
 from app.audit.runtime import AuditRuntime
 from app.clock import ManualClock
 from app.config import Settings
-from app.deps import AppContext
+from app.context import attach_context
 from app.errors import install_error_handlers
 from app.identity.principal import Role, TokenVerifier
 from app.metrics import Metrics
+from app.wiring import build_context
 from tests.audit import tamper
 from tests.audit.scenario import append_and_chain, example_steps
 from tests.fixtures.audit import AuditDb, disable_audit_triggers
@@ -43,11 +45,10 @@ async def audit_api(
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(router)
-    app.state.ctx = AppContext(
-        settings=Settings(data_dir=tmp_path, database_url=audit_db.url), clock=audit_clock, engine=audit_db.engine,
-        session_factory=audit_db.factory, metrics=metrics, admin_token=None, token_verifier=token_verifier,
-    )
-    app.state.audit = runtime
+    ctx = build_context(Settings(data_dir=tmp_path, database_url=audit_db.url), clock=audit_clock,
+                        engine=audit_db.engine, audit=runtime)
+    attach_context(app, replace(ctx, session_factory=audit_db.factory, metrics=metrics, admin_token=None,
+                                token_verifier=token_verifier))
     async with audit_db.factory() as session:
         for n in range(3):
             await append_and_chain(session, audit_clock, example_steps(n, audit_clock.now()))

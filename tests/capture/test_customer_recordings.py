@@ -74,7 +74,7 @@ async def test_erasure_destroys_keys_then_blobs_and_a_copy_taken_before_stays_un
     stack: RecordingStack,
 ) -> None:
     ids = [await echo_session(stack), await echo_session(stack)]
-    state = stack.relay.app.state
+    state = stack.relay.app.state.ctx
     copies = {}
     for request_id in ids:
         row = await stack.recording(request_id)
@@ -103,7 +103,7 @@ async def test_erasure_destroys_keys_then_blobs_and_a_copy_taken_before_stays_un
     assert consents.json()[0]["state"] == "erased"
     new_session = await echo_session(stack)
     assert new_session not in {r.request_id for r in await stack.recordings()}  # recording stopped too
-    async with state.ctx.session_factory() as session:
+    async with state.session_factory() as session:
         actions = [*(await session.execute(select(AuditEntryRow.action))).scalars(),
                    *(await session.execute(select(AuditInboxRow.action))).scalars()]
     assert "consent.erasure_requested" in actions
@@ -123,14 +123,14 @@ async def test_other_tenant_cannot_erase(stack: RecordingStack, mint_token: Mint
 async def test_a_recording_left_by_a_dead_replica_is_closed_incomplete(stack: RecordingStack) -> None:
     request_id = await echo_session(stack)
     row = await stack.recording(request_id)
-    state = stack.relay.app.state
-    async with state.ctx.session_factory() as session:
+    state = stack.relay.app.state.ctx
+    async with state.session_factory() as session:
         stale = await session.get(Recording, request_id)
         assert stale is not None
         stale.state, stale.owner = "recording", "replica-that-died"
         stale.heartbeat_at = stale.started_at - timedelta(minutes=5)
         await session.commit()
-    closed = await close_stale_recordings(session_factory=state.ctx.session_factory, clock=state.ctx.clock,
+    closed = await close_stale_recordings(session_factory=state.session_factory, clock=state.clock,
                                           stores=state.stores, stale_after=timedelta(seconds=60), live=set())
     recovered = await stack.recording(request_id)
     assert closed >= 1

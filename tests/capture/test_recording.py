@@ -75,7 +75,7 @@ async def test_consented_sdk_session_is_recorded_exactly_in_its_region(
         request_id = await sdk_session(stack, standin, "ORCHID-41")
         row = await stack.recording(request_id)
         contents = await stack.contents(request_id)
-        stores = stack.relay.app.state.stores
+        stores = stack.relay.app.state.ctx.stores
         key = RecordingKey(request_id, row.started_at)
         in_region = await stores.store("westeurope").exists(key)
         elsewhere = await stores.store("eastus").exists(key)
@@ -134,13 +134,13 @@ async def test_without_consent_nothing_is_stored_anywhere(
             for _ in range(50):
                 await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA"}))
                 await ws.recv()
-        assert stack.relay.app.state.recorder.live == {}
+        assert stack.relay.app.state.ctx.recorder.live == {}
         async with stack.relay.app.state.ctx.session_factory() as session:
             rows = (await session.execute(select(func.count()).select_from(Recording))).scalar_one()
             audited = [*(await session.execute(select(AuditEntryRow.request_id))).scalars(),
                        *(await session.execute(select(AuditInboxRow.request_id))).scalars()]
         blobs = [o for r in ("eastus", "westeurope")
-                 async for o in stack.relay.app.state.stores.store(r).list_objects()]
+                 async for o in stack.relay.app.state.ctx.stores.store(r).list_objects()]
         after = {p for p in tmp_path.rglob("*") if p.is_file()}
     assert rows == 0
     assert blobs == []
@@ -166,7 +166,7 @@ async def test_withdrawal_stops_new_recordings_within_the_documented_bound(
                                identity=identity_settings, mint_token=mint_token, consent=False) as stack:
         consent_id = await stack.grant_consent()
         url = f"{stack.relay.ws}/resources/{stack.resource}{ECHO}"
-        consents = stack.relay.app.state.consents
+        consents = stack.relay.app.state.ctx.consents
         loop = asyncio.get_running_loop()
         reloads: list[tuple[float, float]] = []  # (started, finished) of each reload the cache's loop completed
         reload = consents.reload
@@ -214,7 +214,7 @@ LOAD_SLACK_S = 5.0  # a loaded CI machine may stall the event loop and the seale
 
 async def stored_so_far(stack: RecordingStack, request_id: str) -> tuple[Recording, OpenedStream | None]:
     """The row, and the stream as stored right now (None while nothing whole is stored yet)."""
-    state = stack.relay.app.state
+    state = stack.relay.app.state.ctx
     row = await stack.recording(request_id, settled=False)
     if row.wrapped_dek is None:
         return row, None

@@ -1,7 +1,6 @@
 """A voicelog app with the console mounted, served on a loopback port, and a Chromium to drive it.
 
-The stack gives the app an audit runtime (`app.state.audit`) if it has none, so the auditor pages can
-verify and sign.
+The app's context carries its audit runtime (`ctx.audit`), so the auditor pages can verify and sign.
 """
 
 from __future__ import annotations
@@ -77,7 +76,7 @@ class ConsoleStack:
             await asyncio.sleep(0.05)
 
     async def reload_consents(self) -> None:
-        await self.app.state.consents.reload(self.app.state.ctx.session_factory)
+        await self.app.state.ctx.consents.reload(self.app.state.ctx.session_factory)
 
     async def chain_audit(self) -> None:
         """What the audit ChainKeeper does every 0.2 s once wired: chain the queued entries."""

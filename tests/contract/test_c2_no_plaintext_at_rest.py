@@ -121,7 +121,7 @@ async def test_marker_reaches_no_sink_unencrypted_and_decrypts_back(
             for _ in range(4):
                 await ws.recv()
         row = await stack.recording(request_id)
-        stores = stack.relay.app.state.stores
+        stores = stack.relay.app.state.ctx.stores
         blob = b"".join([chunk async for chunk in stores.store(row.region).stream(
             RecordingKey(request_id, row.started_at))])
         contents = await stack.contents(request_id)

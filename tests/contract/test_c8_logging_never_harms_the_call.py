@@ -87,7 +87,7 @@ async def test_key_service_failing(
 ) -> None:
     async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
                                identity=identity_settings, mint_token=mint_token) as stack:
-        monkeypatch.setattr(stack.relay.app.state.keyrings, "for_region", lambda _region: FailingKeyring())
+        monkeypatch.setattr(stack.relay.app.state.ctx.keyrings, "for_region", lambda _region: FailingKeyring())
         request_id, worst = await paced_session(stack, seconds=2, break_at=0, breaker=lambda: None)
         row = await stack.recording(request_id, timeout=30)
     assert worst < HANG

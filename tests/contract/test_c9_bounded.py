@@ -43,7 +43,7 @@ async def test_a_flood_beyond_the_cap_keeps_memory_bounded_and_marks_the_gap(
                               session_cap_bytes=2 * MiB, process_cap_bytes=4 * MiB)
     async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
                                identity=identity_settings, mint_token=mint_token, capture=capture) as stack:
-        store = stack.relay.app.state.stores.store("westeurope")
+        store = stack.relay.app.state.ctx.stores.store("westeurope")
         real_append = store.append
         outage = asyncio.Event()
 
@@ -69,7 +69,7 @@ async def test_a_flood_beyond_the_cap_keeps_memory_bounded_and_marks_the_gap(
                 await ws.send(message)
                 assert await ws.recv() == message  # the call itself loses nothing
             rss_growth = process.memory_info().rss - rss_before
-            held = stack.relay.app.state.recorder.budget.used
+            held = stack.relay.app.state.ctx.recorder.budget.used
             outage.clear()
             await ws.send(b"last")
             assert await ws.recv() == b"last"

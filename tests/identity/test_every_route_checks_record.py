@@ -255,7 +255,7 @@ class Probe:
         token = self.mint(self.who(name), [role])
         url = concrete(path, self.tag)
         if need.refusal in ("console", "console_read"):
-            state: ConsoleState = self.app.state.console
+            state: ConsoleState = self.app.state.ctx.console
             session = await state.sessions.create(self.app.state.ctx.clock.now(), token=token)
             headers = {"cookie": f"{state.session_cookie}={session.id}"}
             body = None

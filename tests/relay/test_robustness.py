@@ -48,7 +48,7 @@ DRAIN_S = 5.0  # the live session must still get a word in on a slow, loaded mac
 
 
 async def test_drain_refuses_new_sessions_lets_live_ones_run_then_closes_them(relay: RelayHandle) -> None:
-    registry = relay.app.state.relay.registry
+    registry = relay.app.state.ctx.relay.registry
     async with connect(relay.ws + ECHO, additional_headers=AUTH) as ws:
         draining = asyncio.create_task(registry.drain(DRAIN_S))
         deadline = asyncio.get_running_loop().time() + DRAIN_S

@@ -7,6 +7,7 @@ import base64
 import csv
 import io
 import json
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,15 +24,15 @@ from app.audit.reports.signing import check_report_signature, report_content
 from app.audit.runtime import AuditRuntime
 from app.audit.service import ChainHead, read_chain_head
 from app.config import Settings
-from app.deps import AppContext
+from app.context import attach_context
 from app.errors import install_error_handlers
 from app.identity.principal import Role, TokenVerifier
-from app.metrics import Metrics
 from app.retention.cli import retention_cli
 from app.retention.jobs import DAILY_REPORT
 from app.retention.models import RetentionReport
 from app.retention.report import CSV_HEADER, REPORT_KIND
 from app.retention.routes import router
+from app.wiring import build_context
 from tests.fixtures.identity import MintToken, bearer
 from tests.fixtures.staff import add_staff_record
 from tests.retention.test_purge import with_failing_deletes
@@ -67,10 +68,8 @@ def audit_part(report: dict[str, Any]) -> dict[str, Any]:
 
 def api(world: World, runtime: AuditRuntime, verifier: TokenVerifier, tmp_path: Path) -> FastAPI:
     app = FastAPI()
-    app.state.ctx = AppContext(settings=Settings(data_dir=tmp_path / "app"), clock=world.clock, engine=world.engine,
-                               session_factory=world.factory, metrics=Metrics(), admin_token=None,
-                               token_verifier=verifier)
-    app.state.audit = runtime
+    ctx = build_context(Settings(data_dir=tmp_path / "app"), clock=world.clock, engine=world.engine, audit=runtime)
+    attach_context(app, replace(ctx, session_factory=world.factory, admin_token=None, token_verifier=verifier))
     install_error_handlers(app)
     app.include_router(router)
     return app

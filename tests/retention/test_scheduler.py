@@ -174,7 +174,7 @@ async def test_failures_are_counted_recorded_and_never_stop_other_jobs(world: Wo
 async def test_voicelog_worker_runs_the_jobs_until_stopped(tmp_path: Path, db_kind: str) -> None:
     settings = Settings(data_dir=tmp_path / "data", standin_enabled=False, demo_resource=False)
     stop = asyncio.Event()
-    worker = asyncio.create_task(run_worker(settings, settings_audit(), RetentionSettings(), stop=stop))
+    worker = asyncio.create_task(run_worker(settings, stop=stop))
     from app.db import create_engine, create_session_factory
 
     engine = create_engine(settings.resolved_database_url)
@@ -194,12 +194,6 @@ async def test_voicelog_worker_runs_the_jobs_until_stopped(tmp_path: Path, db_ki
         stop.set()
         await asyncio.wait_for(worker, 30)
         await engine.dispose()
-
-
-def settings_audit() -> object:
-    from app.audit.settings import AuditSettings
-
-    return AuditSettings()
 
 
 async def test_a_process_that_runs_the_audit_keeper_itself_leaves_the_audit_jobs_out(world: World) -> None:

@@ -249,7 +249,7 @@ async def test_a_slow_reload_that_read_before_a_grant_does_not_hide_it(api: Api)
 async def test_a_slow_reload_that_read_before_a_withdrawal_does_not_bring_the_consent_back(api: Api) -> None:
     """The withdrawal on this replica forgets the consent at once (C1); a reload that read the database
     before the withdrawal committed must not restore it when it finishes."""
-    cache: ConsentCache = api.app.state.consents  # type: ignore[attr-defined]
+    cache: ConsentCache = api.app.state.ctx.consents  # type: ignore[attr-defined]
     ctx = api.app.state.ctx  # type: ignore[attr-defined]
     ticket = await new_ticket(api)
     resource_id = (await api.client.get(f"/admin/resources/{api.resource}", headers=ADMIN)).json()["id"]
@@ -281,7 +281,7 @@ async def test_the_cache_forgets_a_consent_only_once_its_withdrawal_is_committed
     """The refresh loop may start a reload the moment the API forgets the consent; the withdrawal (and a
     ticket's closure) must be committed by then, or that reload reads the consent still in force and puts
     it back. Another connection looks at the database at the moment of each forget."""
-    cache: ConsentCache = api.app.state.consents  # type: ignore[attr-defined]
+    cache: ConsentCache = api.app.state.ctx.consents  # type: ignore[attr-defined]
     sync_url = app_db_url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
     observer = sa.create_engine(sync_url)
     seen_at_forget: list[tuple[str, object]] = []

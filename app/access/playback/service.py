@@ -36,6 +36,7 @@ class RecordingNotAvailable(NotFound):
 
     code = "recording_not_available"
     title = "No recording you may read has this request ID"
+    keeps_transaction = True  # the refusal is audited even though the read fails
 
 
 class SawLookup(Protocol):

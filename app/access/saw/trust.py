@@ -120,17 +120,10 @@ def saw_fingerprint(request: HTTPConnection, settings: SawSettings) -> str | Non
     return normalize_fingerprint(value) if value is not None else None
 
 
-def saw_settings_of(request: HTTPConnection) -> SawSettings:
-    """The service's SAW settings (`settings.saw`); none configured means no proxy is trusted."""
-    ctx = getattr(request.app.state, "ctx", None)
-    configured = getattr(getattr(ctx, "settings", None), "saw", None)
-    return configured if isinstance(configured, SawSettings) else SawSettings()
-
-
 async def current_saw(*, session: AsyncSession, request: HTTPConnection, owner_subject: str,
-                      settings: SawSettings | None = None) -> Saw | None:
+                      settings: SawSettings) -> Saw | None:
     """The registered, unrevoked SAW this request comes from, if it is bound to `owner_subject`; else None."""
-    fingerprint = saw_fingerprint(request, settings or saw_settings_of(request))
+    fingerprint = saw_fingerprint(request, settings)
     if fingerprint is None:
         return None
     saw = await find_saw_by_fingerprint(session=session, cert_sha256=fingerprint)
@@ -145,7 +138,7 @@ async def current_saw(*, session: AsyncSession, request: HTTPConnection, owner_s
 
 
 async def require_current_saw(*, session: AsyncSession, request: HTTPConnection, owner_subject: str,
-                              settings: SawSettings | None = None) -> Saw:
+                              settings: SawSettings) -> Saw:
     """`current_saw`, or 403 `saw_required`."""
     saw = await current_saw(session=session, request=request, owner_subject=owner_subject, settings=settings)
     if saw is None:

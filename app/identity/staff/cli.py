@@ -17,13 +17,13 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.actions import Actor
-from app.clock import Clock, SystemClock
+from app.clock import Clock
 from app.config import Settings
-from app.db import create_engine, create_session_factory
 from app.errors import AppError
 from app.identity.principal import Role
 from app.identity.staff import service
 from app.identity.staff.schemas import StaffCreate, StaffOut, StaffUpdate, TeamCreate, TeamOut
+from app.wiring import opened_context
 
 CLI_ACTOR = Actor.system("cli")
 T = TypeVar("T")
@@ -48,14 +48,10 @@ def run_admin_work(work: Callable[[AsyncSession, Clock], Awaitable[T]]) -> T:
         raise typer.Exit(2) from None
 
     async def run() -> T:
-        engine = create_engine(settings.resolved_database_url)
-        try:
-            async with create_session_factory(engine)() as session:
-                result = await work(session, SystemClock())
-                await session.commit()
-                return result
-        finally:
-            await engine.dispose()
+        async with opened_context(settings) as ctx, ctx.session_factory() as session:
+            result = await work(session, ctx.clock)
+            await session.commit()
+            return result
 
     try:
         return asyncio.run(run())

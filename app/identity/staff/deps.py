@@ -24,8 +24,8 @@ def require_staff(*roles: Role) -> Callable[..., Coroutine[Any, Any, StaffPrinci
     if not roles or not set(roles) <= STAFF_ROLES:
         raise ValueError("require_staff takes one or more of: engineer, manager, auditor, admin")
 
-    async def dependency(request: Request, session: SessionDep) -> StaffPrincipal:
-        principal = await authenticate(request)
+    async def dependency(request: Request, ctx: ContextDep, session: SessionDep) -> StaffPrincipal:
+        principal = await authenticate(request, ctx)
         return await authorize_staff(session=session, principal=principal, roles=roles)
 
     return dependency
@@ -61,7 +61,7 @@ async def require_admin_caller(request: Request, ctx: ContextDep, session: Sessi
         if ctx.admin_token is None:
             raise AdminDisabled("Set VOICELOG_ADMIN_TOKEN or configure an identity issuer.")
         raise Unauthorized("The admin token is not valid.")
-    principal = await authenticate(request)
+    principal = await authenticate(request, ctx)
     staff = await authorize_staff(session=session, principal=principal, roles=(Role.ADMIN,))
     return AdminCaller(actor=Actor.staff(staff.subject), staff=staff)
 

@@ -1,0 +1,112 @@
+"""`read_recording_part`: one read of one part of one recording, for the API and the console alike (C4-C6).
+
+Authorize (a refusal is audited and answered `RecordingNotAvailable`, whose audit entry the caller's
+transaction keeps), plan the bytes (a single `Range` for audio), audit the read with the bytes it serves,
+then hand back what to send; the body streams with one segment in memory at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.access.context import AccessContext
+from app.access.playback.render import (
+    parse_range,
+    plan_track,
+    timeline,
+    track_pcm,
+    transcripts,
+    wav_header,
+    wav_window,
+)
+from app.access.playback.service import AllowedRead, RecordingNotAvailable, audit_read, authorize_read
+from app.capture.reader import RecordingStream
+from app.clock import Clock
+from app.identity.principal import Principal
+from app.storage.router import RegionRouter
+from app.vault.keyring import RegionKeyrings
+
+Part = Literal["audio_inbound", "audio_outbound", "timeline", "transcripts"]
+Speaker = Literal["caller", "service"]
+PART_OF_SPEAKER: dict[str, Part] = {"caller": "audio_inbound", "service": "audio_outbound"}
+SPEAKER_OF_PART = {part: speaker for speaker, part in PART_OF_SPEAKER.items()}
+
+
+@dataclass(frozen=True)
+class PartRead:
+    """What to send for an authorized, audited read."""
+
+    allowed: AllowedRead
+    media_type: str
+    body: AsyncIterator[bytes]
+    headers: dict[str, str] = field(default_factory=dict)
+    status: int = 200
+
+
+def ndjson(line: dict[str, object]) -> bytes:
+    return (json.dumps(line, separators=(",", ":")) + "\n").encode()
+
+
+async def read_recording_part(
+    *, session: AsyncSession, clock: Clock, access: AccessContext, keyrings: RegionKeyrings, stores: RegionRouter,
+    request: Request, who: Principal, request_id: str, part: Part, range_header: str | None = None,
+) -> PartRead:
+    """Authorize, audit and plan one read; raises RecordingNotAvailable (audited) for every refusal."""
+    allowed = await authorize_read(session=session, clock=clock, directory=access.directory, saws=access.saws,
+                                   limiter=access.limiter, metrics=access.metrics, request=request, who=who,
+                                   request_id=request_id, part=part, retention=access.retention)
+    if allowed is None:
+        raise RecordingNotAvailable()
+
+    def stream() -> RecordingStream:
+        return RecordingStream(allowed.recording, keyrings=keyrings, stores=stores)
+
+    async def audited(nbytes: int) -> None:
+        await audit_read(session=session, clock=clock, who=who, allowed=allowed, part=part, nbytes=nbytes,
+                         device=allowed.saw.id, metrics=access.metrics)
+
+    if part == "timeline":
+        nbytes = 0
+        async for line in timeline(stream()):  # pass one: the size, for the audit entry
+            nbytes += len(ndjson(line))
+        await audited(nbytes)
+
+        async def lines() -> AsyncIterator[bytes]:  # pass two: streamed
+            async for line in timeline(stream()):
+                yield ndjson(line)
+
+        return PartRead(allowed, "application/x-ndjson", lines(),
+                        {"Cache-Control": "no-store", "Content-Length": str(nbytes)})
+    if part == "transcripts":
+        body = {"request_id": request_id, "transcripts": await transcripts(stream())}
+        await audited(len(json.dumps(body, separators=(",", ":")).encode()))  # as audited since the first build
+        sent = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        return PartRead(allowed, "application/json", _once(sent), {"Cache-Control": "no-store"})
+    speaker = SPEAKER_OF_PART[part]
+    plan = await plan_track(stream(), speaker)
+    header = wav_header(plan.rate, plan.data_bytes)
+    total = len(header) + plan.data_bytes
+    window = parse_range(range_header, total)
+    start, end = window if window else (0, total - 1)
+    await audited(end - start + 1)
+    headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start + 1),
+               "X-Voicelog-Gaps": json.dumps(plan.gaps, separators=(",", ":")), "Cache-Control": "no-store"}
+    if window:
+        headers["Content-Range"] = f"bytes {start}-{end}/{total}"
+    return PartRead(allowed, "audio/wav", wav_window(header, track_pcm(stream(), speaker), start, end), headers,
+                    status=206 if window else 200)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def read_whole(part: PartRead) -> bytes:
+    """The body of a read, all of it (the console renders timeline and transcripts on its page)."""
+    return b"".join([chunk async for chunk in part.body])

@@ -1,0 +1,29 @@
+"""Steps that must follow a commit (forget a cached view of what just changed), registered by the service
+that made the change and run by whoever commits its transaction: the request's session dependency, a CLI
+or a job. A rollback drops them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+_AFTER_COMMIT = "voicelog.after_commit"
+
+
+def after_commit(session: AsyncSession, step: Callable[[], None]) -> None:
+    """Run `step` once `session`'s transaction has committed (a reload begun after it sees the change)."""
+    session.sync_session.info.setdefault(_AFTER_COMMIT, []).append(step)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    for step in session.info.pop(_AFTER_COMMIT, []):
+        step()
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_after_commit(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
