@@ -1,10 +1,11 @@
-"""uvicorn's httptools protocol with the limits it lacks: head sizes, a head timeout, connections per address.
+"""uvicorn's httptools protocol with the limits it lacks: head and body sizes, head and body timeouts,
+connections per address.
 
 The cost stays off the hot path: one addition and one comparison per socket read while a head is being read,
-one timer per request head, one dict update per connection. A WebSocket leaves this protocol at its upgrade
-(uvicorn hands the transport to the WebSocket protocol), so relayed frames never pass through here.
-Header values are never logged: they carry credentials.
-"""
+one timer per request head, one more per request with a body (re-armed only when it fires) and an addition, a
+comparison and a clock read per body chunk, one dict update per connection. A WebSocket leaves this protocol
+at its upgrade (uvicorn hands the transport to the WebSocket protocol), so relayed frames never pass through
+here. Header values are never logged: they carry credentials."""
 
 from __future__ import annotations
 
@@ -29,12 +30,17 @@ _LOG_EVERY_S = 1.0  # refusals come in floods when they come: one line per reaso
 
 
 class HeadRefused(Exception):
-    """Raised in a parser callback to stop parsing; httptools wraps it, `data_received` unwraps it."""
+    """Raised in a parser callback to stop parsing; httptools wraps it, `data_received` unwraps it. `in_body`:
+    raised while reading the body of a request the app already has (its cycle is answered for, not queued)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, *, in_body: bool = False) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.in_body = in_body
+
+
+REPORT_VERIFY = b"/audit/reports/verify"  # the one route whose body (a signed report) may be large
 
 
 class ConnectionGuard:
@@ -97,6 +103,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._max_head = limits.max_header_bytes
         self._max_headers = limits.max_header_count
         self._header_timeout = limits.header_timeout_s
+        self._max_body = limits.max_body_bytes
+        self._body_idle_timeout = limits.body_idle_timeout_s
+        self._body_timeout = limits.body_timeout_s
+        self._body_limit = limits.max_body_bytes  # of the request whose body is being read
+        self._body_bytes = 0  # read of that body so far
+        self._body_last = 0.0  # loop time of its last read (or of its head's end)
+        self._body_deadline = 0.0  # loop time by which it must be complete
+        self._body_timer: TimerHandle | None = None  # armed from the end of a head to the end of its body
         self._head_bytes: int | None = None  # bytes read of the head in progress; None while reading a body
         self._field_bytes = 0  # exact bytes of the header fields parsed so far in this head
         self._head_timer: TimerHandle | None = None
@@ -120,6 +134,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_body_timer()
         self._release_peer()
         super().connection_lost(exc)
 
@@ -140,7 +155,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         except httptools.HttpParserError as exc:
             refusal = exc.__context__
-            self._refuse(refusal if isinstance(refusal, HeadRefused) else HeadRefused(400, "malformed"))
+            if isinstance(refusal, HeadRefused) and refusal.in_body:
+                self._refuse_body(refusal)
+            else:
+                self._refuse(refusal if isinstance(refusal, HeadRefused) else HeadRefused(400, "malformed"))
             return
         if self._head_bytes is not None and self._head_bytes > self._max_head:
             # A head still incomplete past the limit (one long header is buffered inside the parser).
@@ -149,6 +167,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         # An established call is never counted against its address, nor timed out here.
         self._cancel_head_timer()
+        self._cancel_body_timer()
         self._release_peer()
         super().handle_websocket_upgrade()
 
@@ -174,28 +193,101 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._cancel_head_timer()
         self._head_bytes = None
+        if self.parser.should_upgrade() and self._should_upgrade():
+            super().on_headers_complete()  # a WebSocket handshake: no body, never refused by the HTTP bound
+            return
         peer = self._peer
-        if (peer is not None and self.guard.held(peer) > self.guard.settings.max_http_connections_per_address
-                and not (self.parser.should_upgrade() and self._should_upgrade())):
+        if peer is not None and self.guard.held(peer) > self.guard.settings.max_http_connections_per_address:
             raise HeadRefused(503, "http_connections_per_address")
+        has_body = False
+        for name, value in self.headers:  # lower-cased; llhttp has checked Content-Length is one number
+            if name == b"content-length":
+                length = int(value)
+                has_body = length > 0
+                if length > self._max_body and length > self._limit_for_this_request():
+                    raise HeadRefused(413, "body_bytes")  # before the app sees it, and before any body is read
+            elif name == b"transfer-encoding":
+                has_body = True
         super().on_headers_complete()
+        if has_body:
+            self._body_limit = self._limit_for_this_request()
+            self._body_bytes = 0
+            now = self.loop.time()
+            self._body_last = now
+            self._body_deadline = now + self._body_timeout
+            self._body_timer = self.loop.call_later(self._body_idle_timeout, self._body_timer_fired)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._body_limit:  # a chunked body; a Content-Length one was checked with its head
+            raise HeadRefused(413, "body_bytes", in_body=True)
+        self._body_last = self.loop.time()
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._head_bytes = 0  # whatever follows is the next request's head
+        self._cancel_body_timer()
         super().on_message_complete()
+
+    def _limit_for_this_request(self) -> int:
+        url = self.url
+        if (url.startswith(REPORT_VERIFY) and (len(url) == len(REPORT_VERIFY) or url[len(REPORT_VERIFY)] == 63)
+                and self.parser.get_method() == b"POST"):  # 63: "?"
+            return self.guard.settings.max_report_body_bytes
+        return self._max_body
+
+    # --- body timeout ----------------------------------------------------------------------------------
+
+    def _body_timer_fired(self) -> None:
+        self._body_timer = None
+        now = self.loop.time()
+        cycle = self.cycle
+        if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
+            # voicelog stopped reading until the app takes what it has (or the client waits for our 100
+            # Continue): not the client's delay. Time it again from here.
+            self._body_last = now
+            self._body_deadline = max(self._body_deadline, now + self._body_idle_timeout)
+        elif now >= self._body_deadline or now - self._body_last >= self._body_idle_timeout:
+            self._refuse_body(HeadRefused(408, "body_timeout", in_body=True))
+            return
+        due = min(self._body_last + self._body_idle_timeout, self._body_deadline)
+        self._body_timer = self.loop.call_later(max(due - now, 0.0), self._body_timer_fired)
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
 
     # --- refusals --------------------------------------------------------------------------------------
 
-    def _refuse(self, refusal: HeadRefused) -> None:
+    def _refuse_body(self, refusal: HeadRefused) -> None:
+        """A body too slow or too large. The app has the request: if it has not started answering, its request
+        ends (it reads a disconnect, whatever it still answers is dropped) and the client gets `refusal`;
+        otherwise, or while an earlier pipelined response is being written, the connection is just closed."""
+        self._cancel_body_timer()
+        cycle = self.cycle
+        if cycle.response_started or self.pipeline:
+            self._refused = True
+            self.guard.note_refusal(refusal.reason, self.client[0] if self.client else None)
+            if not self.transport.is_closing():
+                self.transport.close()
+            return
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self._refuse(refusal, answered_for=True)
+
+    def _refuse(self, refusal: HeadRefused, *, answered_for: bool = False) -> None:
         """Answer with `refusal.status` and close; keep reading (and dropping) until the client stops or the
         head timer ends it, since closing with unread bytes would reset the connection before it reads the
-        answer."""
+        answer. `answered_for`: the current cycle's own response is dropped and this is it."""
         self._refused = True
         self._head_bytes = None
+        self._cancel_body_timer()
         self.guard.note_refusal(refusal.reason, self.client[0] if self.client else None)
         if self.transport.is_closing():
             return
-        if (self.cycle is not None and not self.cycle.response_complete) or not self.transport.can_write_eof():
+        if ((not answered_for and self.cycle is not None and not self.cycle.response_complete)
+                or not self.transport.can_write_eof()):
             self.transport.close()  # a response is still being written (pipelining), or TLS: just close
             return
         phrase = http.HTTPStatus(refusal.status).phrase.encode("ascii")

@@ -1,4 +1,4 @@
-"""The HTTP server's own limits (`VOICELOG_SERVER__*`): request heads, timeouts, connections per address."""
+"""The HTTP server's own limits (`VOICELOG_SERVER__*`): request heads and bodies, timeouts, connections per address."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class ServerSettings(BaseModel):
-    """What one client may cost before the app sees a request; an established WebSocket call is never cut by it."""
+    """What one client may cost the server; an established WebSocket call is never cut by it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
@@ -31,6 +31,33 @@ class ServerSettings(BaseModel):
         description="A request head must be complete this long after a connection opens (first request) or "
         "after its first byte (later requests on a kept-alive connection); otherwise the connection is closed. "
         "A connection that never sends anything is closed after this long too.",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, le=1024 * 1024 * 1024,
+        description="Largest request body of any route but `POST /audit/reports/verify`: a declared "
+        "Content-Length over it is answered 413 before any of the body is read, a chunked body is answered 413 "
+        "(and the connection closed) as soon as it passes it. Every JSON and form body of the API and the "
+        "console is a few KiB.",
+    )
+    max_report_body_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024,
+        description="Largest body of `POST /audit/reports/verify`, a signed JSON report as voicelog generated "
+        "it: a year's access review of a busy deployment (every read listed) runs to tens of MiB. The body is "
+        "read before the auditor check, so this is what an unauthenticated client may make the server hold "
+        "per connection there. A larger report is verified offline with `voicelog audit report verify FILE`.",
+    )
+    body_idle_timeout_s: float = Field(
+        default=15.0, gt=0, le=600,
+        description="Longest gap between two reads of a request body (from the end of the head to its first "
+        "byte, then between bytes); longer is answered 408 and the connection closed (just closed if the app "
+        "has already started answering). A pause voicelog makes itself, while the app has not yet taken what "
+        "was read, does not count.",
+    )
+    body_timeout_s: float = Field(
+        default=120.0, gt=0, le=3600,
+        description="A request body must be complete this long after its head, however steadily it trickles; "
+        "otherwise 408 and the connection closed as for `body_idle_timeout_s`. 120 s takes 1 MiB at 9 KB/s and "
+        "a 64 MiB report at 4.5 Mbit/s.",
     )
     keep_alive_timeout_s: int = Field(
         default=75, ge=1, le=3600,
@@ -74,4 +101,8 @@ class ServerSettings(BaseModel):
             raise ValueError("max_open_connections_per_address must be at least max_http_connections_per_address")
         if self.max_header_bytes < self.max_request_line_bytes:
             raise ValueError("max_header_bytes must be at least max_request_line_bytes")
+        if self.max_report_body_bytes < self.max_body_bytes:
+            raise ValueError("max_report_body_bytes must be at least max_body_bytes")
+        if self.body_timeout_s < self.body_idle_timeout_s:
+            raise ValueError("body_timeout_s must be at least body_idle_timeout_s")
         return self
