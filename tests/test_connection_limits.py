@@ -1,5 +1,5 @@
-"""The HTTP server bounds what a client costs before the app sees a request (issue 15, finding 7): head sizes,
-a head timeout, connections per address; a relayed call is never cut or counted by any of it."""
+"""The HTTP server bounds what a client costs (issue 15, finding 7): head and body sizes, head and body
+timeouts, connections per address; a relayed call is never cut or counted by any of it."""
 
 from __future__ import annotations
 
@@ -249,6 +249,133 @@ async def test_a_trickling_head_is_closed_after_the_header_timeout_on_every_requ
             sent = await asyncio.wait_for(trickling, 15)
             assert sent < len(head), "the whole head got through"
             writer.close()
+
+
+async def drip(writer: asyncio.StreamWriter, every_s: float, count: int) -> None:
+    """Send one byte every `every_s`, `count` times, or until the server closes."""
+    with contextlib.suppress(ConnectionError):
+        for _ in range(count):
+            writer.write(b"a")
+            await writer.drain()
+            await asyncio.sleep(every_s)
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def post_head(path: str, length: int) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+BODY_TIMEOUTS = {"header_timeout_s": HEAD_TIMEOUT_S, "body_idle_timeout_s": 0.5, "body_timeout_s": 1.5,
+                 "keep_alive_timeout_s": 30}
+
+
+async def test_a_trickled_request_body_is_answered_408_and_closed_at_the_body_timeout(
+    tmp_path: Path, standin: StandinHandle,
+) -> None:
+    """Unauthenticated, Content-Length 100000, 4 B/s: each byte comes well within the idle gap, so only the
+    overall body timeout ends it; the connection's per-address slot is freed. A body sent in pieces within the
+    timeouts reaches the app."""
+    async with limited_relay(tmp_path, standin, **BODY_TIMEOUTS) as relay:
+        guard = guard_of(relay)
+        body = b'{"title": "' + b"t" * 600 + b'"}'
+        reader, writer = await open_raw(relay.port)
+        writer.write(post_head("/tickets", len(body)))
+        for start in range(0, len(body), 200):
+            await asyncio.sleep(0.1)
+            writer.write(body[start:start + 200])
+        assert await read_status(reader) == 401  # the app's own answer: no ticketing credentials
+        writer.close()
+
+        reader, writer = await open_raw(relay.port)
+        writer.write(post_head("/tickets", 100_000))
+        dripping = asyncio.create_task(drip(writer, 0.25, 400))
+        try:
+            assert await read_status(reader) == 408
+            assert await closed_by_server(reader, 10)
+            await until(lambda: guard.held(LOOPBACK) == 0)
+        finally:
+            await stop(dripping)
+            writer.close()
+
+
+async def test_a_request_whose_body_never_comes_is_answered_408_and_its_slot_freed(
+    tmp_path: Path, standin: StandinHandle,
+) -> None:
+    async with limited_relay(tmp_path, standin, **BODY_TIMEOUTS) as relay:
+        guard = guard_of(relay)
+        reader, writer = await open_raw(relay.port)
+        writer.write(post_head("/admin/staff", 10))
+        await until(lambda: guard.held(LOOPBACK) == 1)
+        assert await read_status(reader) == 408
+        assert await closed_by_server(reader, 10)
+        await until(lambda: guard.held(LOOPBACK) == 0)
+        writer.close()
+
+
+async def test_a_body_still_trickling_after_the_answer_is_closed(tmp_path: Path, standin: StandinHandle) -> None:
+    """The app answered without reading the body; the client keeps the body coming, which also holds off the
+    keep-alive timeout. The body timeout closes it (no 408: the answer is already out)."""
+    async with limited_relay(tmp_path, standin, **BODY_TIMEOUTS) as relay:
+        guard = guard_of(relay)
+        reader, writer = await open_raw(relay.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n")
+        assert await read_status(reader) == 200
+        dripping = asyncio.create_task(drip(writer, 0.25, 400))
+        try:
+            assert await closed_by_server(reader, 10)
+            await until(lambda: guard.held(LOOPBACK) == 0)
+        finally:
+            await stop(dripping)
+            writer.close()
+
+
+async def answer_to(port: int, head: bytes, body: bytes = b"") -> int:
+    """The status of one request; a 413 must also close the connection."""
+    reader, writer = await open_raw(port)
+    writer.write(head + body)
+    status = await read_status(reader)
+    if status == 413:
+        assert await closed_by_server(reader, 10)
+    writer.close()
+    return status
+
+
+async def test_a_body_over_max_body_bytes_is_refused_with_413_and_a_report_may_be_larger(
+    tmp_path: Path, standin: StandinHandle,
+) -> None:
+    async with limited_relay(tmp_path, standin, max_body_bytes=4096, max_report_body_bytes=65536) as relay:
+        # Declared too large: refused from the head, before any body is sent.
+        assert await answer_to(relay.port, post_head("/tickets", 4097)) == 413
+        # Chunked, no length declared: refused once the body passes the bound.
+        chunk = b"%x\r\n%s\r\n" % (1024, b"a" * 1024)
+        chunked = (b"POST /tickets HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n")
+        assert await answer_to(relay.port, chunked, chunk * 5) == 413
+        # Within the bound: the app answers (no ticketing credentials).
+        assert await answer_to(relay.port, post_head("/tickets", 2), b"{}") == 401
+        # A signed report may be larger than any other body, up to its own bound.
+        report = b'{"report": "' + b"r" * 8000 + b'"}'
+        status = await answer_to(relay.port, post_head("/audit/reports/verify", len(report)), report)
+        assert status in (401, 403)
+        assert await answer_to(relay.port, post_head("/audit/reports/verify", 65537)) == 413
+        assert await answer_to(relay.port, post_head("/audit/reports/verify?x=1", 65537)) == 413
+        assert await answer_to(relay.port, post_head("/audit/reports/verify/x", 8000)) == 413
+
+
+def test_body_bounds_and_timeouts_are_settable_and_checked() -> None:
+    defaults = ServerSettings()
+    assert (defaults.max_body_bytes, defaults.max_report_body_bytes) == (MIB, 64 * MIB)
+    assert (defaults.body_idle_timeout_s, defaults.body_timeout_s) == (15.0, 120.0)
+    with pytest.raises(ValueError, match="max_report_body_bytes"):
+        ServerSettings(max_body_bytes=2 * MIB, max_report_body_bytes=MIB)
+    with pytest.raises(ValueError, match="body_timeout_s"):
+        ServerSettings(body_idle_timeout_s=30, body_timeout_s=10)
 
 
 # --- connections per address -------------------------------------------------------------------------------
