@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import DateTime, MetaData, String, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -48,6 +49,27 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+StateT = TypeVar("StateT", bound=StrEnum)
+
+
+class StrEnumText(TypeDecorator[StateT]):
+    """A StrEnum stored as its value in a plain VARCHAR (the schema is that of `String(length)`): rows read
+    back as members, and a value outside the enum is refused on write, never stored."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[StateT], length: int) -> None:
+        super().__init__(length)
+        self.enum, self.length = enum, length
+
+    def process_bind_param(self, value: StateT | str | None, dialect: Dialect) -> str | None:  # noqa: ARG002
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> StateT | None:  # noqa: ARG002
+        return None if value is None else self.enum(value)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.models import AccessRequest
+from app.access.states import AccessRequestState
 from app.audit.actions import Actor, AuditAction, Subjects
 from app.audit.service import append_entry
 from app.clock import Clock
@@ -39,14 +40,15 @@ async def end_grants_of(
     now = clock.now()
     query = (select(AccessRequest)
              .where(AccessRequest.requester == engineer, AccessRequest.revoked_at.is_(None),
-                    or_(AccessRequest.state == "pending",
-                        (AccessRequest.state == "approved") & (AccessRequest.expires_at > now)))
+                    or_(AccessRequest.state == AccessRequestState.PENDING,
+                        (AccessRequest.state == AccessRequestState.APPROVED) & (AccessRequest.expires_at > now)))
              .order_by(AccessRequest.created_at).with_for_update())
     if ticket_id is not None:
         query = query.where(AccessRequest.ticket_id == ticket_id)
     rows = list((await session.execute(query)).scalars())
     for row in rows:
-        row.state, row.revoked_at, row.revoked_by, row.revoke_reason = "revoked", now, actor.id, reason.value
+        row.state, row.revoked_at, row.revoked_by = AccessRequestState.REVOKED, now, actor.id
+        row.revoke_reason = reason.value
         await append_entry(session=session, clock=clock, actor=actor, action=AuditAction.ACCESS_REVOKED,
                            subjects=Subjects(grant=row.id, ticket=row.ticket_id), detail={"reason": reason.value})
     await session.flush()

@@ -6,7 +6,8 @@ from datetime import datetime
 from sqlalchemy import Boolean, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, UTCDateTime
+from app.access.states import AccessRequestState
+from app.db import Base, StrEnumText, UTCDateTime
 
 
 class AccessRequest(Base):
@@ -24,7 +25,8 @@ class AccessRequest(Base):
     justification: Mapped[str] = mapped_column(Text)
     requested_duration_s: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    state: Mapped[AccessRequestState] = mapped_column(StrEnumText(AccessRequestState, 16),
+                                                     default=AccessRequestState.PENDING, index=True)
     decided_by: Mapped[str | None] = mapped_column(String(128), default=None)
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     decision_reason: Mapped[str | None] = mapped_column(String(200), default=None)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from app.access.states import AccessRequestState
 from app.retention.policy import recording_expired
 
 
@@ -63,7 +64,7 @@ class GrantView:
     requester: str
     ticket_id: str
     request_ids: frozenset[str]
-    state: str  # "approved" is the only state that reads
+    state: AccessRequestState  # approved is the only state that reads
     approved_by: str | None
     approver_was_manager: bool  # of the requester's team when approving; the present is checked too
     expires_at: datetime | None
@@ -139,7 +140,7 @@ def decide_read(
         return ReadDecision.deny(DenyReason.GRANT_OTHER_RECORDING)
     if grant.revoked:
         return ReadDecision.deny(DenyReason.GRANT_REVOKED)
-    if grant.state != "approved" or grant.approved_by is None or grant.expires_at is None:
+    if grant.state != AccessRequestState.APPROVED or grant.approved_by is None or grant.expires_at is None:
         return ReadDecision.deny(DenyReason.GRANT_NOT_APPROVED)
     if _same(grant.approved_by, grant.requester):
         return ReadDecision.deny(DenyReason.SELF_APPROVED)

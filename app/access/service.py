@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.models import AccessRequest, AccessRequestItem
 from app.access.policy import GrantView
+from app.access.states import AccessRequestState
 from app.audit.actions import Actor, AuditAction, Subjects, detail_time
 from app.audit.service import append_entry
 from app.capture.models import Recording
@@ -158,7 +159,7 @@ async def create_request(
     row = AccessRequest(
         requester=requester.subject, requester_team_id=requester.team_id, ticket_id=ticket.id,
         justification=justification, requested_duration_s=int(data.duration.total_seconds()),
-        created_at=clock.now(), state="pending", extends_id=extends.id if extends else None,
+        created_at=clock.now(), state=AccessRequestState.PENDING, extends_id=extends.id if extends else None,
         needs_customer_approval=lockbox.first() is not None, approver_was_manager=False,
     )
     session.add(row)
@@ -172,7 +173,7 @@ async def create_request(
 
 
 def _lapsed(row: AccessRequest, now: datetime) -> bool:
-    return row.state == "pending" and now >= row.created_at + PENDING_LAPSES_AFTER
+    return row.state == AccessRequestState.PENDING and now >= row.created_at + PENDING_LAPSES_AFTER
 
 
 async def _all_of_resource(session: AsyncSession, ids: list[str], resource_id: str) -> bool:
@@ -215,12 +216,12 @@ async def approve(
     row = await require_request(session=session, access_request_id=access_request_id)
     await _check_decider(session=session, directory=directory, row=row, decider=manager)
     now = clock.now()
-    if row.state != "pending" or _lapsed(row, now):
+    if row.state != AccessRequestState.PENDING or _lapsed(row, now):
         raise NotPending()
     granted = int(min(duration.total_seconds(), row.requested_duration_s) if duration else row.requested_duration_s)
     if granted < 60:
         raise InvalidInput("A grant lasts at least one minute.")
-    row.state, row.decided_by, row.decided_at = "approved", manager.subject, now
+    row.state, row.decided_by, row.decided_at = AccessRequestState.APPROVED, manager.subject, now
     row.approver_was_manager = True
     row.granted_duration_s, row.expires_at = granted, now + timedelta(seconds=granted)
     await append_entry(session=session, clock=clock, actor=Actor.staff(manager.subject),
@@ -238,9 +239,10 @@ async def deny(
     await _check_decider(session=session, directory=directory, row=row, decider=manager,
                          requester_must_qualify=False)
     now = clock.now()
-    if row.state != "pending" or _lapsed(row, now):
+    if row.state != AccessRequestState.PENDING or _lapsed(row, now):
         raise NotPending()
-    row.state, row.decided_by, row.decided_at, row.decision_reason = "denied", manager.subject, now, reason[:200]
+    row.state, row.decided_by, row.decided_at = AccessRequestState.DENIED, manager.subject, now
+    row.decision_reason = reason[:200]
     await append_entry(session=session, clock=clock, actor=Actor.staff(manager.subject),
                        action=AuditAction.ACCESS_DENIED, subjects=Subjects(grant=row.id, ticket=row.ticket_id),
                        detail={"requester": row.requester, "reason": reason[:64] or "denied"})
@@ -257,9 +259,10 @@ async def revoke(
         await _check_decider(session=session, directory=directory, row=row, decider=by,
                              requester_must_qualify=False)
     now = clock.now()
-    if row.state not in ("pending", "approved") or row.revoked_at is not None:
+    if row.state not in (AccessRequestState.PENDING, AccessRequestState.APPROVED) or row.revoked_at is not None:
         raise NotActiveGrant()
-    row.state, row.revoked_at, row.revoked_by, row.revoke_reason = "revoked", now, by.subject, reason[:200]
+    row.state, row.revoked_at, row.revoked_by = AccessRequestState.REVOKED, now, by.subject
+    row.revoke_reason = reason[:200]
     await append_entry(session=session, clock=clock, actor=Actor.staff(by.subject),
                        action=AuditAction.ACCESS_REVOKED, subjects=Subjects(grant=row.id, ticket=row.ticket_id),
                        detail={"reason": reason[:64] or "revoked"})
@@ -275,7 +278,7 @@ async def extend(
     if row.requester != requester.subject:
         raise AccessRequestNotFound()
     now = clock.now()
-    if row.state != "approved" or row.expires_at is None or now >= row.expires_at:
+    if row.state != AccessRequestState.APPROVED or row.expires_at is None or now >= row.expires_at:
         raise NotActiveGrant()
     return await create_request(
         session=session, clock=clock, requester=requester, extends=row,
@@ -312,7 +315,8 @@ async def expiring_soon(*, session: AsyncSession, clock: Clock, limit: int = 500
     """Scheduled: grants ending within 15 minutes not yet warned about (each is returned once)."""
     now = clock.now()
     rows = (await session.execute(
-        select(AccessRequest).where(AccessRequest.state == "approved", AccessRequest.expiry_warned_at.is_(None),
+        select(AccessRequest).where(AccessRequest.state == AccessRequestState.APPROVED,
+                                    AccessRequest.expiry_warned_at.is_(None),
                                     AccessRequest.expires_at > now, AccessRequest.expires_at <= now + EXPIRY_WARNING)
         .limit(limit).with_for_update(skip_locked=True))).scalars().all()
     for row in rows:
@@ -327,18 +331,18 @@ async def expire_and_lapse(
     """Scheduled: mark grants past their end `expired` and requests unreviewed for 24 h `lapsed`."""
     now = clock.now()
     expired = (await session.execute(
-        select(AccessRequest).where(AccessRequest.state == "approved", AccessRequest.expires_at <= now)
+        select(AccessRequest).where(AccessRequest.state == AccessRequestState.APPROVED, AccessRequest.expires_at <= now)
         .limit(limit).with_for_update(skip_locked=True))).scalars().all()
     for row in expired:
-        row.state = "expired"
+        row.state = AccessRequestState.EXPIRED
         await append_entry(session=session, clock=clock, actor=Actor.system("access"),
                            action=AuditAction.ACCESS_EXPIRED, subjects=Subjects(grant=row.id, ticket=row.ticket_id))
     lapsed = (await session.execute(
-        select(AccessRequest).where(AccessRequest.state == "pending",
+        select(AccessRequest).where(AccessRequest.state == AccessRequestState.PENDING,
                                     AccessRequest.created_at <= now - PENDING_LAPSES_AFTER)
         .limit(limit).with_for_update(skip_locked=True))).scalars().all()
     for row in lapsed:
-        row.state, row.decided_at, row.decision_reason = "lapsed", now, "unreviewed for 24 h"
+        row.state, row.decided_at, row.decision_reason = AccessRequestState.LAPSED, now, "unreviewed for 24 h"
         await append_entry(session=session, clock=clock, actor=Actor.system("access"),
                            action=AuditAction.ACCESS_DENIED, subjects=Subjects(grant=row.id, ticket=row.ticket_id),
                            detail={"requester": row.requester, "reason": "lapsed"})
@@ -356,7 +360,7 @@ async def queue_for(*, session: AsyncSession, manager: Person, team_ids: Sequenc
     if not team_ids:
         return []
     rows = await session.execute(
-        select(AccessRequest).where(AccessRequest.state == "pending",
+        select(AccessRequest).where(AccessRequest.state == AccessRequestState.PENDING,
                                     AccessRequest.requester_team_id.in_(list(team_ids)),
                                     AccessRequest.requester != manager.subject)
         .order_by(AccessRequest.created_at))
@@ -371,7 +375,8 @@ async def grant_for_read(*, session: AsyncSession, requester: str, request_id: s
         .order_by(AccessRequest.created_at.desc()).limit(20))).scalars().all()
     if not rows:
         return None
-    active = [r for r in rows if r.state == "approved" and r.expires_at is not None and r.expires_at > now]
+    active = [r for r in rows
+              if r.state == AccessRequestState.APPROVED and r.expires_at is not None and r.expires_at > now]
     row = active[0] if active else rows[0]
     return GrantView(
         id=row.id, requester=row.requester, ticket_id=row.ticket_id,

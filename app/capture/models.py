@@ -1,11 +1,22 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, UTCDateTime
+from app.db import Base, StrEnumText, UTCDateTime
+
+
+class RecordingState(StrEnum):
+    """A recording row's state, stored as its value (the API shows the same string)."""
+
+    RECORDING = "recording"  # a replica is writing it (heartbeats `heartbeat_at`)
+    COMPLETE = "complete"
+    INCOMPLETE = "incomplete"  # ended early; `incomplete_reason` says why (C8)
+    ERASED = "erased"  # data key destroyed on the customer's request
+    PURGED = "purged"  # data key destroyed at the end of retention (C7)
 
 
 class Recording(Base):
@@ -32,7 +43,8 @@ class Recording(Base):
     bucket_start: Mapped[datetime] = mapped_column(UTCDateTime())
     wrapped_dek: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     blob_name: Mapped[str] = mapped_column(String(160))
-    state: Mapped[str] = mapped_column(String(16), default="recording")
+    state: Mapped[RecordingState] = mapped_column(StrEnumText(RecordingState, 16),
+                                                 default=RecordingState.RECORDING)
     incomplete_reason: Mapped[str | None] = mapped_column(String(64), default=None)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     segments: Mapped[int] = mapped_column(Integer, default=0)

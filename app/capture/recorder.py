@@ -27,7 +27,7 @@ from app.capture.buffer import BufferItem, FrameBuffer, MemoryBudget
 from app.capture.frame_log import BINARY, C2S, S2C, TEXT, EndRecord, GapRecord, encode_end, encode_frame, encode_gap
 from app.capture.lifecycle import APPENDS, ENDED, GIVEN_UP, OWNS_ROW, TAKES_FRAMES, Backoff, Event, Phase, next_phase
 from app.capture.metrics import CaptureMetrics
-from app.capture.models import Recording
+from app.capture.models import Recording, RecordingState
 from app.capture.recovery import close_stale_recordings
 from app.capture.settings import CaptureSettings
 from app.clock import Clock
@@ -308,7 +308,7 @@ class Recorder:
                 ticket_id=consent.ticket_id, consent_id=consent.consent_id, correlation_id=info.correlation_id,
                 started_at=info.started_at, bucket_start=bucket,
                 wrapped_dek=None if failed else recording.wrapped,
-                blob_name=recording.key.name, state="incomplete" if failed else "recording",
+                blob_name=recording.key.name, state=RecordingState.INCOMPLETE if failed else RecordingState.RECORDING,
                 incomplete_reason=failed, ended_at=self.clock.now() if failed else None,
                 owner=None if failed else self.replica_id, heartbeat_at=self.clock.now(),
             ))
@@ -361,7 +361,7 @@ class Recorder:
 
     async def _finish(self, recording: LiveRecording) -> None:
         dropped = recording.buffer.dropped_frames
-        await self._close_row(recording, state="complete", reason=None, dropped=dropped)
+        await self._close_row(recording, state=RecordingState.COMPLETE, reason=None, dropped=dropped)
         if recording.phase is not Phase.FINAL_SEALED:
             return  # abandoned meanwhile (an erasure): its own finish finds the row closed and adds nothing
         self._forget(recording, Event.FINISHED)
@@ -379,7 +379,7 @@ class Recorder:
         recording.buffer.release(size)
         try:
             if recording.phase is Phase.ABANDONED:
-                await self._close_row(recording, state="incomplete", reason=reason,
+                await self._close_row(recording, state=RecordingState.INCOMPLETE, reason=reason,
                                       dropped=recording.buffer.dropped_frames)
             elif recording.phase is Phase.ABANDONED_BEFORE_ROW:
                 # Never started (key service or database down): leave a visible, keyless row if we can.
@@ -392,11 +392,13 @@ class Recorder:
         self.metrics.completed.labels("incomplete").inc()
         log.warning("recording.incomplete", request_id=recording.info.request_id, reason=reason)
 
-    async def _close_row(self, recording: LiveRecording, *, state: str, reason: str | None, dropped: int) -> None:
+    async def _close_row(self, recording: LiveRecording, *, state: RecordingState, reason: str | None,
+                         dropped: int) -> None:
         info = recording.info
         async with self.session_factory() as session:
             result = await session.execute(
-                update(Recording).where(Recording.request_id == info.request_id, Recording.state == "recording")
+                update(Recording).where(Recording.request_id == info.request_id,
+                                         Recording.state == RecordingState.RECORDING)
                 .values(state=state, incomplete_reason=reason, ended_at=self.clock.now(),
                         segments=recording.segments, bytes_committed=recording.offset, frames=recording.frames,
                         dropped_frames=dropped, owner=None)
@@ -408,10 +410,10 @@ class Recorder:
                 session=session, clock=self.clock, actor=SYSTEM, action=AuditAction.RECORDING_SEALED_SUMMARY,
                 subjects=Subjects(request_id=info.request_id),
                 detail={"segments": recording.segments, "bytes": recording.offset, "frames": recording.frames,
-                        "dropped_frames": dropped, "complete": state == "complete",
+                        "dropped_frames": dropped, "complete": state is RecordingState.COMPLETE,
                         "duration_ms": int((time.monotonic() - recording.opened_mono) * 1000)},
             )
-            if state == "incomplete":
+            if state is RecordingState.INCOMPLETE:
                 await append_entry(
                     session=session, clock=self.clock, actor=SYSTEM, action=AuditAction.RECORDING_INCOMPLETE,
                     subjects=Subjects(request_id=info.request_id),
@@ -461,7 +463,7 @@ class Recorder:
         try:
             async with self.session_factory() as session:
                 await session.execute(
-                    update(Recording).where(Recording.request_id.in_(ids), Recording.state == "recording")
+                    update(Recording).where(Recording.request_id.in_(ids), Recording.state == RecordingState.RECORDING)
                     .values(heartbeat_at=self.clock.now(), owner=self.replica_id)
                 )
                 await session.commit()

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.actions import Actor, AuditAction, Subjects
 from app.audit.service import append_entry
-from app.capture.models import Recording
+from app.capture.models import Recording, RecordingState
 from app.clock import Clock
 from app.logs import get_logger
 from app.storage.errors import StorageError
@@ -39,7 +39,7 @@ async def close_stale_recordings(
     async with session_factory() as session:
         query = (
             select(Recording)
-            .where(Recording.state == "recording",
+            .where(Recording.state == RecordingState.RECORDING,
                    or_(Recording.heartbeat_at < cutoff, Recording.heartbeat_at.is_(None)))
             .order_by(Recording.started_at)
             .limit(limit)
@@ -54,7 +54,7 @@ async def close_stale_recordings(
                     RecordingKey(recording.request_id, recording.started_at))
             except StorageError:
                 length = recording.bytes_committed  # the store is down: keep what we knew
-            recording.state = "incomplete"
+            recording.state = RecordingState.INCOMPLETE
             recording.incomplete_reason = RELAY_RESTARTED
             recording.ended_at = _max(now, recording.started_at)
             recording.bytes_committed = length

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.actions import Actor, AuditAction, Subjects, detail_time, kek_bucket
 from app.audit.service import append_entry
-from app.capture.models import Recording
+from app.capture.models import Recording, RecordingState
 from app.clock import Clock
 from app.logs import get_logger
 from app.storage.errors import NotFound, StorageError
@@ -128,7 +128,7 @@ def _mark_shredded(recording: Recording, *, now: datetime, reason: str) -> _Shre
     recording.wrapped_dek = None
     recording.shredded_at = now
     recording.shred_reason = reason
-    recording.state = "erased" if reason == "erasure" else "purged"
+    recording.state = RecordingState.ERASED if reason == "erasure" else RecordingState.PURGED
     recording.owner = None
     recording.receipt = receipt.to_json()
     return _Shredded(recording, receipt, wrapped is not None)

@@ -1,0 +1,37 @@
+"""Recording and access-request states are StrEnums stored as their plain values (the schema is unchanged)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import String, bindparam, create_engine, text
+from sqlalchemy.exc import StatementError
+
+from app.access.models import AccessRequest
+from app.access.states import AccessRequestState
+from app.capture.models import Recording, RecordingState
+from app.db import StrEnumText
+
+
+def test_the_stored_values_are_the_strings_the_api_has_always_shown() -> None:
+    assert [s.value for s in RecordingState] == ["recording", "complete", "incomplete", "erased", "purged"]
+    assert [s.value for s in AccessRequestState] == ["pending", "approved", "denied", "revoked", "expired",
+                                                     "lapsed"]
+
+
+def test_the_columns_are_still_varchar_16() -> None:
+    for column in (Recording.__table__.c.state, AccessRequest.__table__.c.state):
+        assert isinstance(column.type, StrEnumText)
+        assert isinstance(column.type.impl_instance, String)
+        assert column.type.impl_instance.length == 16
+
+
+def test_values_are_stored_as_plain_strings_and_read_back_as_members() -> None:
+    state = StrEnumText(AccessRequestState, 16)
+    with create_engine("sqlite://").connect() as conn:
+        stored = conn.execute(text("SELECT typeof(:s), :s").bindparams(
+            bindparam("s", AccessRequestState.APPROVED, type_=state))).one()
+        read = conn.execute(text("SELECT 'lapsed' AS s").columns(s=state)).scalar_one()
+        with pytest.raises(StatementError):
+            conn.execute(text("SELECT :s").bindparams(bindparam("s", "granted", type_=state)))
+    assert tuple(stored) == ("text", "approved")
+    assert read is AccessRequestState.LAPSED
