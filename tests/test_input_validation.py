@@ -16,10 +16,8 @@ from uuid import uuid4
 
 import httpx
 import pytest
-from sqlalchemy import select
 
 from app.access.models import AccessRequest
-from app.audit.models import AuditEntryRow, AuditInboxRow
 from app.capture.models import Recording
 from app.config import Settings
 from app.errors import InvalidInput
@@ -28,6 +26,7 @@ from app.identity.settings import IdentitySettings
 from app.input_text import audit_form, checked_form_int, checked_prose, checked_single_line
 from app.main import create_app
 from app.tickets.models import Ticket
+from tests.fixtures.audit import audit_rows
 from tests.fixtures.identity import MintToken, bearer
 from tests.fixtures.relay import TEST_ADMIN_TOKEN
 
@@ -57,9 +56,8 @@ class World:
 
     async def audited(self, action: str) -> list[dict[str, Any]]:
         async with self.app.state.ctx.session_factory() as session:
-            rows = [*(await session.execute(select(AuditEntryRow).where(AuditEntryRow.action == action))).scalars(),
-                    *(await session.execute(select(AuditInboxRow).where(AuditInboxRow.action == action))).scalars()]
-        return [r.detail if isinstance(r.detail, dict) else json.loads(r.detail) for r in rows]
+            details = [r[0] for r in await audit_rows(session, "detail", action=action)]
+        return [d if isinstance(d, dict) else json.loads(str(d)) for d in details]
 
 
 async def _ok(response: httpx.Response, status: int = 201) -> dict[str, Any]:

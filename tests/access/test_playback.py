@@ -24,18 +24,17 @@ import pytest
 from aiohttp import web
 from azure.ai.voicelive.aio import connect as sdk_connect
 from azure.core.credentials import AzureKeyCredential
-from sqlalchemy import select
 
 from app.access.jobs import run_access_job
 from app.access.models import AccessRequest
 from app.access.notify import TeamWebhook, signature
 from app.access.saw.settings import SawSettings
-from app.audit.models import AuditEntryRow, AuditInboxRow
 from app.audit.service import integrate_pending
 from app.capture.models import Recording
 from app.identity.principal import Role
 from app.identity.settings import IdentitySettings
 from app.retention.settings import RetentionSettings
+from tests.fixtures.audit import audit_rows
 from tests.fixtures.identity import MintToken, bearer
 from tests.fixtures.recording import RecordingStack, recording_stack
 from tests.fixtures.relay import STANDIN_API_KEY, TEST_ADMIN_TOKEN, StandinHandle
@@ -209,10 +208,7 @@ async def test_approved_engineer_on_her_saw_hears_exactly_what_was_said_and_hear
     texts = {(t["speaker"], t["text"].split(" of ")[0]) for t in transcript.json()["transcripts"]}
     assert texts == {("caller", "speech"), ("service", "echo")}
     async with env.stack.relay.app.state.ctx.session_factory() as session:
-        reads = [*(await session.execute(select(AuditEntryRow.detail).where(AuditEntryRow.action == "recording.read")
-                                         )).scalars(),
-                 *(await session.execute(select(AuditInboxRow.detail).where(AuditInboxRow.action == "recording.read")
-                                         )).scalars()]
+        reads = [r[0] for r in await audit_rows(session, "detail", action="recording.read")]
     assert len(reads) == 4
     assert any(f'"bytes":{len(caller.content)}' in d for d in reads)
 
@@ -306,10 +302,7 @@ async def test_refusals_are_audited_with_their_reason_and_rate_limited(env: Env)
     limited = await read(env, "/events")
     assert (limited.status_code, limited.json()["code"]) == (429, "rate_limited")
     async with env.stack.relay.app.state.ctx.session_factory() as session:
-        details = [*(await session.execute(select(AuditEntryRow.detail)
-                                           .where(AuditEntryRow.action == "recording.read_denied"))).scalars(),
-                   *(await session.execute(select(AuditInboxRow.detail)
-                                           .where(AuditInboxRow.action == "recording.read_denied"))).scalars()]
+        details = [r[0] for r in await audit_rows(session, "detail", action="recording.read_denied")]
     assert len(details) == 20
     assert all('"reason":"no_grant"' in d for d in details)
 

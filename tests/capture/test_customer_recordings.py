@@ -7,10 +7,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 from websockets.asyncio.client import connect
 
-from app.audit.models import AuditEntryRow, AuditInboxRow
 from app.capture.models import Recording
 from app.capture.recovery import close_stale_recordings
 from app.identity.principal import Role
@@ -19,6 +17,7 @@ from app.storage.layout import RecordingKey
 from app.vault.envelope import unwrap_data_key
 from app.vault.errors import KeyUnavailable
 from app.vault.segments import open_stream
+from tests.fixtures.audit import audit_rows
 from tests.fixtures.identity import MintToken, bearer
 from tests.fixtures.recording import RecordingStack, recording_stack
 from tests.fixtures.relay import STANDIN_API_KEY, StandinHandle
@@ -104,8 +103,7 @@ async def test_erasure_destroys_keys_then_blobs_and_a_copy_taken_before_stays_un
     new_session = await echo_session(stack)
     assert new_session not in {r.request_id for r in await stack.recordings()}  # recording stopped too
     async with state.session_factory() as session:
-        actions = [*(await session.execute(select(AuditEntryRow.action))).scalars(),
-                   *(await session.execute(select(AuditInboxRow.action))).scalars()]
+        actions = [r[0] for r in await audit_rows(session, "action")]
     assert "consent.erasure_requested" in actions
     assert actions.count("recording.purged") >= 2
     assert actions.count("key.destroyed") >= 2

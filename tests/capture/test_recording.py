@@ -29,6 +29,7 @@ from app.tickets.models import Consent
 from app.vault.envelope import unwrap_data_key
 from app.vault.errors import MalformedHeader, ShortRead
 from app.vault.segments import OpenedStream, open_stream
+from tests.fixtures.audit import audit_rows
 from tests.fixtures.blob import AzuriteRegions
 from tests.fixtures.identity import MintToken
 from tests.fixtures.recording import RecordingStack, recording_stack
@@ -80,8 +81,7 @@ async def test_consented_sdk_session_is_recorded_exactly_in_its_region(
         in_region = await stores.store("westeurope").exists(key)
         elsewhere = await stores.store("eastus").exists(key)
         async with stack.relay.app.state.ctx.session_factory() as session:
-            actions = [*(await session.execute(select(AuditEntryRow.action))).scalars(),
-                       *(await session.execute(select(AuditInboxRow.action))).scalars()]
+            actions = [r[0] for r in await audit_rows(session, "action")]
     assert row.state == "complete"
     assert (row.region, row.ticket_id, row.wrapped_dek is not None) == ("westeurope", stack.ticket_id, True)
     assert row.blob_name == key.name

@@ -10,6 +10,7 @@ import pytest
 
 from app.config import Settings
 from app.main import create_app
+from tests.fixtures.audit import audit_rows
 from tests.fixtures.relay import TEST_ADMIN_TOKEN
 
 ADMIN = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
@@ -107,9 +108,7 @@ async def test_health_readiness_and_metrics(api: httpx.AsyncClient, db_kind: str
 async def test_resource_changes_are_audited_and_one_with_tickets_cannot_be_removed(
     api: httpx.AsyncClient, request: pytest.FixtureRequest
 ) -> None:
-    from sqlalchemy import select
 
-    from app.audit.models import AuditEntryRow, AuditInboxRow
     from app.tickets.models import Ticket
 
     name = f"audited-{abs(hash(request.node.name)) % 10**8}"
@@ -122,8 +121,5 @@ async def test_resource_changes_are_audited_and_one_with_tickets_cannot_be_remov
     refused = await api.delete(f"/admin/resources/{name}", headers=ADMIN)
     assert (refused.status_code, refused.json()["code"]) == (409, "resource_in_use")
     async with app.state.ctx.session_factory() as session:
-        actions = [*(await session.execute(select(AuditEntryRow.action).where(
-                       AuditEntryRow.resource_id == created["id"]))).scalars(),
-                   *(await session.execute(select(AuditInboxRow.action).where(
-                       AuditInboxRow.resource_id == created["id"]))).scalars()]
+        actions = [r[0] for r in await audit_rows(session, "action", resource_id=created["id"])]
     assert actions == ["resource.created"]

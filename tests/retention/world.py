@@ -18,7 +18,6 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.audit.actions import Actor, AuditAction, Subjects, detail_time, kek_bucket
-from app.audit.models import AuditEntryRow, AuditInboxRow
 from app.audit.runtime import AuditRuntime
 from app.audit.service import append_entry, integrate_pending
 from app.audit.settings import AuditSettings
@@ -37,6 +36,7 @@ from app.vault.envelope import create_data_key, unwrap_data_key
 from app.vault.keyring import RegionKeyrings
 from app.vault.local import LocalKeyring
 from app.vault.segments import SegmentWriter, open_stream
+from tests.fixtures.audit import audit_rows
 
 REGIONS = ("eastus", "westeurope")
 LIFETIME = timedelta(days=30)
@@ -209,11 +209,8 @@ class World:
     async def entries(self, action: AuditAction) -> list[tuple[str | None, str]]:
         """(request_id, detail) of every entry of `action`, chained or still queued."""
         async with self.factory() as session:
-            chained = (await session.execute(select(AuditEntryRow.request_id, AuditEntryRow.detail)
-                                             .where(AuditEntryRow.action == action.value))).all()
-            queued = (await session.execute(select(AuditInboxRow.request_id, AuditInboxRow.detail)
-                                            .where(AuditInboxRow.action == action.value))).all()
-        return [(r[0], r[1]) for r in [*chained, *queued]]
+            rows = await audit_rows(session, "request_id", "detail", action=action.value)
+        return [(r[0], r[1]) for r in rows]
 
     async def count(self, *conditions: Any) -> int:
         async with self.factory() as session:
