@@ -3,7 +3,6 @@ revoke, extend, expire and lapse. Every step is an audit entry in the same trans
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,10 +20,10 @@ from app.capture.models import Recording
 from app.clock import Clock
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound
 from app.input_text import audit_form
+from app.request_id import RequestId, is_request_id
 from app.tickets.models import Consent, Ticket
 from app.tickets.service import is_assigned
 
-REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 PENDING_LAPSES_AFTER = timedelta(hours=24)
 MIN_JUSTIFICATION = 20
 
@@ -144,7 +143,7 @@ async def create_request(
     if not ticket.is_open:
         raise TicketNotOpen()
     ids = list(dict.fromkeys(data.request_ids))
-    if not 1 <= len(ids) <= 20 or not all(REQUEST_ID.fullmatch(i) for i in ids):
+    if not 1 <= len(ids) <= 20 or not all(is_request_id(i) for i in ids):
         raise InvalidInput("Name 1 to 20 request IDs (32 hex digits each).")
     if not await _all_of_resource(session, ids, ticket.resource_id):
         raise UnknownRequestIds("Every request ID must be a recording of the resource this ticket is about.")
@@ -367,7 +366,9 @@ async def queue_for(*, session: AsyncSession, manager: Person, team_ids: Sequenc
     return rows.scalars().all()
 
 
-async def grant_for_read(*, session: AsyncSession, requester: str, request_id: str, now: datetime) -> GrantView | None:
+async def grant_for_read(
+    *, session: AsyncSession, requester: str, request_id: RequestId, now: datetime,
+) -> GrantView | None:
     """The requester's best grant naming `request_id`: an active one if any, else the latest (for the reason)."""
     rows = (await session.execute(
         select(AccessRequest).join(AccessRequestItem, AccessRequestItem.access_request_id == AccessRequest.id)

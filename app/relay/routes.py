@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
@@ -25,6 +24,7 @@ from app.relay.registry import SessionRegistry
 from app.relay.session import RelaySession, SessionStats
 from app.relay.tap import Direction, FrameTap, SessionInfo, TapFactory
 from app.relay.upstream import UpstreamError, build_target, open_upstream
+from app.request_id import RequestId, new_request_id
 from app.resources.directory import DirectoryUnavailable, ResourceDirectory
 from app.tracing import Tracing
 
@@ -34,14 +34,6 @@ router = APIRouter()
 RELAY_SUFFIXES = ("/voice-live/realtime", "/v1/realtime", "/openai/realtime", "/openai/v1/realtime")
 _CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 TAP_OPEN_TIMEOUT_S = 0.5
-
-
-def new_request_id() -> str:
-    """128 random bits as 32 lowercase hex digits, made by the server (never taken from the client).
-
-    Hex rather than base64url: it never starts with `-` or `_`, so it is a safe blob and file name.
-    """
-    return secrets.token_hex(16)
 
 
 class Relay:
@@ -205,7 +197,7 @@ class Relay:
                 return None
 
     async def deny(
-        self, websocket: WebSocket, status: int, code: str, detail: str, request_id: str | None = None,
+        self, websocket: WebSocket, status: int, code: str, detail: str, request_id: RequestId | None = None,
         span: Span | None = None,
     ) -> None:
         """Refuse the handshake with an HTTP status and problem+json, where the server supports it."""

@@ -7,6 +7,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+from app.request_id import RequestId
+
 
 class Direction(StrEnum):
     CLIENT_TO_SERVICE = "c2s"
@@ -17,7 +19,7 @@ class Direction(StrEnum):
 class SessionInfo:
     """What a tap may know of a session: ids and routing, never credentials."""
 
-    request_id: str
+    request_id: RequestId
     correlation_id: str | None
     resource_id: str
     resource_name: str

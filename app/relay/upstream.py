@@ -9,6 +9,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.typing import Subprotocol
 
+from app.request_id import RequestId
+
 # Hop-by-hop and handshake headers are the relay's own; everything else (api-key, Authorization,
 # User-Agent, OpenAI-Beta, ...) passes through untouched.
 _NOT_FORWARDED = frozenset(
@@ -46,7 +48,7 @@ class UpstreamError(Exception):
 
 
 def build_target(
-    *, endpoint: str, suffix: str, query: bytes, client_headers: Iterable[tuple[bytes, bytes]], request_id: str
+    *, endpoint: str, suffix: str, query: bytes, client_headers: Iterable[tuple[bytes, bytes]], request_id: RequestId
 ) -> UpstreamTarget:
     """Upstream URL = resource endpoint + the path after /resources/{name} + the client's query as is."""
     url = endpoint + suffix

@@ -11,14 +11,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 
+from app.request_id import STORED_NAME, is_stored_name
 from app.storage.errors import TooLarge
 from app.storage.settings import StorageSettings
 
-REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{7,127}")
-"""A request ID as the relay makes them (random, URL-safe); no dots, so part suffixes stay unambiguous."""
-
 _OBJECT_NAME = re.compile(
-    r"(?P<y>\d{4})/(?P<m>\d{2})/(?P<d>\d{2})/(?P<h>\d{2})/(?P<rid>[A-Za-z0-9][A-Za-z0-9_-]{7,127})"
+    rf"(?P<y>\d{{4}})/(?P<m>\d{{2}})/(?P<d>\d{{2}})/(?P<h>\d{{2}})/(?P<rid>{STORED_NAME.pattern})"
     r"(?:\.(?P<part>[1-9]\d{0,4}))?"
 )
 _LIST_PREFIX = re.compile(r"(\d{4}/((\d{2}/)((\d{2}/)(\d{2}/)?)?)?)?")
@@ -26,13 +24,17 @@ _LIST_PREFIX = re.compile(r"(\d{4}/((\d{2}/)((\d{2}/)(\d{2}/)?)?)?)?")
 
 @dataclass(frozen=True)
 class RecordingKey:
-    """One recording inside its region: its request ID and the time it started (any zone; named in UTC)."""
+    """One recording inside its region: its request ID and the time it started (any zone; named in UTC).
+
+    `request_id` is the name's last segment: a `RequestId` for everything the relay records, or a name in
+    the wider legacy shape (`app.request_id.STORED_NAME`) that a listing reads back; both stay readable.
+    """
 
     request_id: str
     started_at: datetime
 
     def __post_init__(self) -> None:
-        if not REQUEST_ID.fullmatch(self.request_id):
+        if not is_stored_name(self.request_id):
             raise ValueError("request_id must be 8-128 characters of [A-Za-z0-9_-]")
         if self.started_at.tzinfo is None:
             raise ValueError("started_at must be timezone-aware")
