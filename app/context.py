@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from app.resources.directory import ResourceDirectory
     from app.storage.router import RegionRouter
     from app.tickets.consent_cache import ConsentCache
-    from app.tracing import Tracing
+    from app.tracing.provider import Tracing
     from app.vault.keyring import RegionKeyrings
 
 

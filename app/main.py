@@ -45,7 +45,7 @@ from app.retention.routes import router as retention_router
 from app.retention.scheduler import build_scheduler
 from app.storage.errors import StorageError
 from app.tickets.routes import router as tickets_router
-from app.tracing import TracingMiddleware
+from app.tracing.http import TracingMiddleware
 from app.wiring import build_context, close_context
 
 log = get_logger("voicelog")

@@ -36,7 +36,7 @@ from app.relay.tap import TapFactory
 from app.resources.directory import ResourceDirectory
 from app.storage.router import RegionRouter
 from app.tickets.consent_cache import ConsentCache
-from app.tracing import Tracing
+from app.tracing.provider import Tracing
 from app.vault.factory import build_keyrings
 
 

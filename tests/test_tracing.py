@@ -28,7 +28,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from app.identity.settings import IdentitySettings
-from app.tracing import TracingSettings
+from app.tracing.settings import TracingSettings
 from tests.fixtures.identity import MintToken
 from tests.fixtures.recording import recording_stack
 from tests.fixtures.relay import STANDIN_API_KEY, TEST_ADMIN_TOKEN, StandinHandle, relay_for

@@ -2,7 +2,8 @@
 
 Every service records what it does with one call, in its own transaction:
 
-    from app.audit import Actor, AuditAction, Subjects, append_entry, detail_time
+    from app.audit.actions import Actor, AuditAction, Subjects, detail_time
+    from app.audit.service import append_entry
 
     await append_entry(session=session, clock=clock, actor=Actor.staff(me.subject),
                        action=AuditAction.ACCESS_APPROVED, subjects=Subjects(grant=grant.id),
@@ -10,30 +11,3 @@ Every service records what it does with one call, in its own transaction:
 
 `audit` calls no other domain. docs/AUDIT.md has the detail schema of every action.
 """
-
-from app.audit.actions import (
-    ACTION_SCHEMAS,
-    Actor,
-    ActorType,
-    AuditAction,
-    InvalidAuditEntry,
-    JSONValue,
-    Subjects,
-    detail_time,
-    kek_bucket,
-)
-from app.audit.service import AuditEntry, append_entry
-
-__all__ = [
-    "ACTION_SCHEMAS",
-    "Actor",
-    "ActorType",
-    "AuditAction",
-    "AuditEntry",
-    "InvalidAuditEntry",
-    "JSONValue",
-    "Subjects",
-    "append_entry",
-    "detail_time",
-    "kek_bucket",
-]

@@ -26,7 +26,7 @@ from app.relay.tap import Direction, FrameTap, SessionInfo, TapFactory
 from app.relay.upstream import UpstreamError, build_target, open_upstream
 from app.request_id import RequestId, new_request_id
 from app.resources.directory import DirectoryUnavailable, ResourceDirectory
-from app.tracing import Tracing
+from app.tracing.provider import Tracing
 
 log = get_logger("voicelog.relay")
 router = APIRouter()

@@ -3,9 +3,3 @@
 Spans say what happened and how long it took (routes, status and close codes, counts, request IDs), never
 what was said: no frame content, query strings, headers or bodies.
 """
-
-from app.tracing.http import TracingMiddleware
-from app.tracing.provider import Tracing
-from app.tracing.settings import TracingSettings
-
-__all__ = ["Tracing", "TracingMiddleware", "TracingSettings"]

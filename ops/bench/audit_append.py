@@ -30,12 +30,12 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import migrate
-from app.audit import Actor, AuditAction, Subjects, append_entry
+from app.audit.actions import Actor, AuditAction, Subjects
 from app.audit.canonical import canonical_time
 from app.audit.entry_mac import EntryMacKeys, encode_content, new_nonce
 from app.audit.jobs import ChainKeeper
 from app.audit.runtime import AuditRuntime
-from app.audit.service import CONTENT_COLUMNS, INBOX, integrate_pending
+from app.audit.service import CONTENT_COLUMNS, INBOX, append_entry, integrate_pending
 from app.audit.settings import AuditSettings
 from app.audit.verifier import verify_chain
 from app.clock import SystemClock

@@ -42,11 +42,18 @@ from app.resources.models import Resource
 from app.retention.metrics import RetentionMetrics
 from app.retention.purge import Purger
 from app.retention.settings import RetentionSettings
-from app.storage import AzureBlobStore, LocalDirStore, RecordingKey, RegionRouter, StorageSettings
+from app.storage.azure import AzureBlobStore
 from app.storage.errors import NotFound
+from app.storage.layout import RecordingKey
+from app.storage.local import LocalDirStore
 from app.storage.protocol import BlobStore
+from app.storage.router import RegionRouter
+from app.storage.settings import StorageSettings
 from app.tickets.models import Consent, Ticket
-from app.vault import LocalKeyring, RegionKeyrings, SegmentWriter, create_data_key
+from app.vault.envelope import create_data_key
+from app.vault.keyring import RegionKeyrings
+from app.vault.local import LocalKeyring
+from app.vault.segments import SegmentWriter
 
 REGION = "eastus"
 LIFETIME = timedelta(days=30)

@@ -34,8 +34,10 @@ from pathlib import Path
 
 from azure.storage.blob.aio import BlobClient, BlobServiceClient
 
-from app.storage import AzureBlobStore, LocalDirStore, RecordingKey, StorageSettings
-from app.storage.azure import client_options
+from app.storage.azure import AzureBlobStore, client_options
+from app.storage.layout import RecordingKey
+from app.storage.local import LocalDirStore
+from app.storage.settings import StorageSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 AZURITE = ROOT / "node_modules" / ".bin" / "azurite-blob"

@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from app.vault import HEADER_SIZE, DataKey, SegmentReader, SegmentWriter
+from app.vault.datakey import DataKey
+from app.vault.segments import HEADER_SIZE, SegmentReader, SegmentWriter
 
 PCM_2S = 2 * 24_000 * 2
 SIZES = [("2 s PCM16 @ 24 kHz", PCM_2S), ("256 KiB", 256 * 1024)]

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import exc, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit import Actor, AuditAction, InvalidAuditEntry, Subjects, append_entry
+from app.audit.actions import Actor, AuditAction, InvalidAuditEntry, Subjects
 from app.audit.canonical import GENESIS_HASH
 from app.audit.keys import PublicKeySet
-from app.audit.service import ENTRIES, INBOX, integrate_pending, read_chain_head
+from app.audit.service import ENTRIES, INBOX, append_entry, integrate_pending, read_chain_head
 from app.audit.verifier import verify_chain
 from app.clock import ManualClock
 from tests.audit.scenario import append_and_chain, append_step, example_steps

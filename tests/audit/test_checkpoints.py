@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from app.audit import AuditAction
+from app.audit.actions import AuditAction
 from app.audit.checkpoints import (
     CHECKPOINTS,
     CheckpointPolicy,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from app.audit import Actor, AuditAction, Subjects, detail_time, kek_bucket
+from app.audit.actions import Actor, AuditAction, Subjects, detail_time, kek_bucket
 from app.audit.keys import FileKeyring
 from app.audit.reports.access_review import AccessReviewParams
 from app.audit.reports.entries import Period

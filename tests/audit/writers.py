@@ -11,9 +11,10 @@ import asyncio
 import sys
 from pathlib import Path
 
-from app.audit import Actor, AuditAction, append_entry
+from app.audit.actions import Actor, AuditAction
 from app.audit.jobs import ChainKeeper
 from app.audit.runtime import AuditRuntime
+from app.audit.service import append_entry
 from app.audit.settings import AuditSettings
 from app.clock import SystemClock
 from app.db import create_engine, create_session_factory

@@ -36,12 +36,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app import migrate
-from app.audit import AuditAction, Subjects, append_entry
-from app.audit.actions import detail_time, kek_bucket
+from app.audit.actions import AuditAction, Subjects, detail_time, kek_bucket
 from app.audit.checkpoints import Checkpoint, FileCheckpointSink, list_checkpoints
 from app.audit.entry_mac import build_entry_mac_keys, register_entry_mac
 from app.audit.models import AuditEntryRow, AuditInboxRow
-from app.audit.service import read_chain_head
+from app.audit.service import append_entry, read_chain_head
 from app.audit.settings import AuditSettings
 from app.capture.models import Recording
 from app.capture.reader import read_recording

@@ -13,9 +13,13 @@ import pytest
 from azure.storage.blob.aio import BlobServiceClient
 
 from app.regions import RegionSettings
-from app.storage import AzureBlobStore, BlobStore, LocalDirStore, RecordingKey, StorageSettings
 from app.storage import local as local_module
+from app.storage.azure import AzureBlobStore
+from app.storage.layout import RecordingKey
+from app.storage.local import LocalDirStore
 from app.storage.local_file import FILE_HEADER, FRAME_HEADER
+from app.storage.protocol import BlobStore
+from app.storage.settings import StorageSettings
 from tests.fixtures.blob import AzuriteRegions
 from tests.storage.samples import REGION, small_settings
 from tests.storage.stalling_proxy import StallingProxy

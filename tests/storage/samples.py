@@ -6,7 +6,8 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from app.storage import RecordingKey, StorageSettings
+from app.storage.layout import RecordingKey
+from app.storage.settings import StorageSettings
 
 REGION = "eastus"
 

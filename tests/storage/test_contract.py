@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.storage import BlobStore, Conflict, NotFound, RecordingKey, StoreUnavailable, TooLarge
+from app.storage.errors import Conflict, NotFound, StoreUnavailable, TooLarge
+from app.storage.layout import RecordingKey
+from app.storage.protocol import BlobStore
 from tests.storage.conftest import Backend
 from tests.storage.samples import new_key, unit
 

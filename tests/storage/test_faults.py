@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from app.storage import AzureBlobStore, BlobStore, StoreUnavailable
+from app.storage.azure import AzureBlobStore
+from app.storage.errors import StoreUnavailable
+from app.storage.protocol import BlobStore
 from tests.fixtures.blob import AzuriteRegions, AzuriteServer
 from tests.storage.samples import REGION, new_key, small_settings, unit
 from tests.storage.stalling_proxy import StallingProxy

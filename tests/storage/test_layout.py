@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
-from app.storage import RecordingKey, StorageSettings, parse_part_name
-from app.storage.layout import check_list_prefix, next_part_needed
+from app.storage.layout import RecordingKey, check_list_prefix, next_part_needed, parse_part_name
+from app.storage.settings import StorageSettings
 
 
 def test_name_is_the_utc_start_hour_then_the_request_id() -> None:

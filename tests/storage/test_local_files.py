@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from app.storage import Corrupt, LocalDirStore, StoreUnavailable
 from app.storage import local_file as local_file_module
+from app.storage.errors import Corrupt, StoreUnavailable
 from app.storage.layout import RecordingKey
+from app.storage.local import LocalDirStore
 from app.storage.local_file import FILE_HEADER, FRAME_HEADER
 from tests.storage.samples import REGION, new_key, small_settings, unit
 

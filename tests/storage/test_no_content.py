@@ -8,7 +8,8 @@ import secrets
 import pytest
 from azure.storage.blob.aio import BlobServiceClient
 
-from app.storage import BlobStore, Conflict
+from app.storage.errors import Conflict
+from app.storage.protocol import BlobStore
 from tests.fixtures.blob import AzuriteRegions
 from tests.storage.conftest import Backend
 from tests.storage.samples import REGION, new_key

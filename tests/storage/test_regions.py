@@ -12,16 +12,10 @@ from pydantic import SecretStr
 
 from app.config import Settings
 from app.regions import RegionSettings
-from app.storage import (
-    READY,
-    UNREACHABLE,
-    AzureBlobStore,
-    LocalDirStore,
-    NotFound,
-    RegionRouter,
-    StoreUnavailable,
-    UnknownRegion,
-)
+from app.storage.azure import AzureBlobStore
+from app.storage.errors import NotFound, StoreUnavailable, UnknownRegion
+from app.storage.local import LocalDirStore
+from app.storage.router import READY, UNREACHABLE, RegionRouter
 from tests.fixtures.blob import AzuriteRegions, AzuriteServer
 from tests.storage.samples import new_key, small_settings, unit
 

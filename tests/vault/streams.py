@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from app.vault import DataKey, SegmentWriter
+from app.vault.datakey import DataKey
+from app.vault.segments import SegmentWriter
 
 REGION = "eastus"
 REQUEST_ID = "Xq3vN0b1T2r5aUeZkJmP8w"

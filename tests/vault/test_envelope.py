@@ -7,20 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.vault import (
-    DataKey,
-    KeyBucket,
-    MalformedWrappedKey,
-    RegionKeyrings,
-    UnknownRegion,
-    UnknownVersion,
-    UnwrapFailed,
-    WrappedKey,
-    create_data_key,
-    open_stream,
-    unwrap_data_key,
-)
-from app.vault.keyring import Keyring
+from app.vault.datakey import DataKey
+from app.vault.envelope import WrappedKey, create_data_key, unwrap_data_key
+from app.vault.errors import MalformedWrappedKey, UnknownRegion, UnknownVersion, UnwrapFailed
+from app.vault.keyring import KeyBucket, Keyring, RegionKeyrings
+from app.vault.segments import open_stream
 from tests.fixtures.keys import KEY_CLOCK_START
 from tests.vault.streams import REGION, REQUEST_ID, seal_stream
 

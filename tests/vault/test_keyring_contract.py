@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 
 from app.clock import ManualClock
-from app.vault import KeyBucket, KeyDestroyed, KeyUnavailable, UnwrapFailed
-from app.vault.keyring import Keyring
+from app.vault.errors import KeyDestroyed, KeyUnavailable, UnwrapFailed
+from app.vault.keyring import KeyBucket, Keyring
 from tests.fixtures.keys import KEY_CLOCK_START, KEY_LIFETIME
 
 DEK = bytes(range(32))

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from app.clock import ManualClock
-from app.vault import KeyBucket, KeyDestroyed, KeyServiceError, KeyVaultKeyring, VaultSettings, build_keyrings
+from app.vault.errors import KeyDestroyed, KeyServiceError
+from app.vault.factory import build_keyrings
+from app.vault.keyring import KeyBucket
+from app.vault.keyvault import KeyVaultKeyring
+from app.vault.settings import VaultSettings
 from tests.fakes.keyvault import RunningKeyVault
 from tests.fixtures.keys import KEY_CLOCK_START, keyvault_keyring_for
 

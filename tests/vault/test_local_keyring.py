@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from app.clock import ManualClock
-from app.vault import KeyBucket, KeyDestroyed, KeyServiceError, LocalKeyring, VaultSettings, build_keyrings
-from app.vault.local import decode_master_key
+from app.vault.errors import KeyDestroyed, KeyServiceError
+from app.vault.factory import build_keyrings
+from app.vault.keyring import KeyBucket
+from app.vault.local import LocalKeyring, decode_master_key
+from app.vault.settings import VaultSettings
 from tests.fixtures.keys import KEY_CLOCK_START, KEY_LIFETIME
 
 BUCKET = KeyBucket.of("eastus", KEY_CLOCK_START)

@@ -7,7 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.vault import HEADER_SIZE, DataKey, IntegrityError, ShortRead, StreamError, UnknownVersion, open_stream
+from app.vault.datakey import DataKey
+from app.vault.errors import IntegrityError, ShortRead, StreamError, UnknownVersion
+from app.vault.segments import HEADER_SIZE, open_stream
 from tests.vault.streams import REGION, REQUEST_ID, seal_stream
 
 DEK = DataKey(bytes(range(32)))
@@ -155,7 +157,7 @@ def test_c3_any_other_region_or_request_id_fails_at_segment_zero(texts: list[byt
 @relaxed
 @given(plaintexts, st.lists(st.integers(1, 50), max_size=40))
 def test_any_split_of_the_bytes_opens_the_same(texts: list[bytes], cuts: list[int]) -> None:
-    from app.vault import iter_segments
+    from app.vault.segments import iter_segments
 
     stream, _ = seal_stream(DEK, texts)
     chunks, position = [], 0

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from app.vault import (
+from app.vault.datakey import DataKey
+from app.vault.errors import IntegrityError, MalformedHeader, ShortRead, UnknownVersion, WriterClosed
+from app.vault.segments import (
     HEADER_SIZE,
+    MAX_SEGMENT_PLAINTEXT,
     SEGMENT_OVERHEAD,
-    DataKey,
-    IntegrityError,
-    MalformedHeader,
     SegmentReader,
     SegmentWriter,
-    ShortRead,
-    UnknownVersion,
-    WriterClosed,
+    aiter_segments,
     iter_segments,
     open_stream,
 )
-from app.vault.segments import MAX_SEGMENT_PLAINTEXT, aiter_segments
 from tests.vault.streams import REGION, REQUEST_ID, seal_stream
 
 

@@ -9,18 +9,11 @@ from datetime import timedelta
 import pytest
 
 from app.clock import ManualClock
-from app.vault import (
-    KeyBucket,
-    KeyDestroyed,
-    KeyUnavailable,
-    create_data_key,
-    destroy_bucket,
-    destroy_expired_buckets,
-    open_stream,
-    shred_data_key,
-    unwrap_data_key,
-)
-from app.vault.keyring import Keyring
+from app.vault.envelope import create_data_key, unwrap_data_key
+from app.vault.errors import KeyDestroyed, KeyUnavailable
+from app.vault.keyring import KeyBucket, Keyring
+from app.vault.segments import open_stream
+from app.vault.shredding import destroy_bucket, destroy_expired_buckets, shred_data_key
 from tests.fixtures.keys import KEY_CLOCK_START, KEY_LIFETIME
 from tests.vault.streams import REGION, seal_stream
 

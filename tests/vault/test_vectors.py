@@ -12,17 +12,12 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from app.clock import ManualClock
-from app.vault import (
-    DataKey,
-    IntegrityError,
-    KeyBucket,
-    LocalKeyring,
-    SegmentWriter,
-    WrappedKey,
-    data_key_context,
-    open_stream,
-    unwrap_data_key,
-)
+from app.vault.datakey import DataKey
+from app.vault.envelope import WrappedKey, data_key_context, unwrap_data_key
+from app.vault.errors import IntegrityError
+from app.vault.keyring import KeyBucket
+from app.vault.local import LocalKeyring
+from app.vault.segments import SegmentWriter, open_stream
 from tests.fixtures.keys import KEY_LIFETIME
 from tests.vectors import reference as ref
 
