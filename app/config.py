@@ -12,8 +12,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.access.notify import TeamWebhook
 from app.access.saw.settings import SawSettings
+from app.access.settings import TeamWebhook
 from app.audit.settings import AuditSettings
 from app.capture.settings import CaptureSettings
 from app.console.settings import ConsoleSettings

@@ -17,24 +17,15 @@ from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter
-from pydantic import BaseModel, Field, SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.endings import take_ended_grants
 from app.access.models import AccessRequest
+from app.access.settings import TeamWebhook
 from app.identity.staff.service import get_team
 from app.logs import get_logger
 
 log = get_logger("voicelog.notify")
-
-
-class TeamWebhook(BaseModel):
-    """Where a team's access events go, and the secret they are signed with."""
-
-    team: str = Field(description="Team name (as in /admin/teams).")
-    url: str = Field(pattern=r"^https://|^http://127\.0\.0\.1[:/]",
-                     description="HTTPS endpoint (plain http only to 127.0.0.1, for tests).")
-    secret: SecretStr = Field(description="HMAC-SHA256 key; the receiver checks `X-Voicelog-Signature`.")
 
 
 def signature(secret: bytes, timestamp: str, body: bytes) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import ipaddress
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from app.clock import Clock
 from app.identity.errors import InvalidToken, KeysUnavailable, UnknownKey
+from app.identity.settings import check_fetch_url
 from app.logs import get_logger
 
 log = get_logger("voicelog.identity")
@@ -42,27 +42,6 @@ class JwksUnavailable(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def check_fetch_url(url: str, *, allow_insecure_http: bool = False) -> str:
-    """An issuer, discovery or JWKS URL must be https; plain http only for loopback (tests, dev)."""
-    parts = urlsplit(url)
-    if not parts.hostname:
-        raise ValueError("the URL needs a host")
-    if parts.scheme == "https":
-        return url
-    if parts.scheme == "http" and (allow_insecure_http or _is_loopback(parts.hostname)):
-        return url
-    raise ValueError("the URL must use https (plain http is accepted only for loopback addresses)")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.identity.jwks import check_fetch_url
-
 TENANT_PLACEHOLDER = "{tenantid}"
 DEV_ISSUER_PATH = "/dev/oidc"
+
+
+def check_fetch_url(url: str, *, allow_insecure_http: bool = False) -> str:
+    """An issuer, discovery or JWKS URL must be https; plain http only for loopback (tests, dev)."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError("the URL needs a host")
+    if parts.scheme == "https":
+        return url
+    if parts.scheme == "http" and (allow_insecure_http or _is_loopback(parts.hostname)):
+        return url
+    raise ValueError("the URL must use https (plain http is accepted only for loopback addresses)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class IdentitySettings(BaseModel):

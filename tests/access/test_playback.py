@@ -27,8 +27,9 @@ from azure.core.credentials import AzureKeyCredential
 
 from app.access.jobs import run_access_job
 from app.access.models import AccessRequest
-from app.access.notify import TeamWebhook, signature
+from app.access.notify import signature
 from app.access.saw.settings import SawSettings
+from app.access.settings import TeamWebhook
 from app.audit.service import integrate_pending
 from app.capture.models import Recording
 from app.identity.principal import Role
