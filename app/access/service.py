@@ -16,13 +16,12 @@ from app.access.policy import GrantView
 from app.access.states import AccessRequestState
 from app.audit.actions import Actor, AuditAction, Subjects, detail_time
 from app.audit.service import append_entry
-from app.capture.models import Recording
+from app.capture.service import recordings_among
 from app.clock import Clock
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound
 from app.input_text import audit_form
 from app.request_id import RequestId, is_request_id
-from app.tickets.models import Consent, Ticket
-from app.tickets.service import is_assigned
+from app.tickets.service import is_assigned, needs_customer_approval, ticket_view
 
 PENDING_LAPSES_AFTER = timedelta(hours=24)
 MIN_JUSTIFICATION = 20
@@ -137,7 +136,7 @@ async def create_request(
     ticket's own resource (C4)."""
     if not requester.active or "engineer" not in requester.roles:
         raise NotStaff("This needs an active staff record with the engineer role.")
-    ticket = await session.get(Ticket, data.ticket_id)
+    ticket = await ticket_view(session=session, ticket_id=data.ticket_id)
     if ticket is None or not await is_assigned(session=session, ticket_id=data.ticket_id, engineer=requester.subject):
         raise NotAssignedToTicket()
     if not ticket.is_open:
@@ -153,13 +152,12 @@ async def create_request(
             f"At least {MIN_JUSTIFICATION} characters, naming the ticket ({ticket.external_ref}).")
     if not timedelta(minutes=5) <= data.duration <= timedelta(hours=8):
         raise InvalidInput("The duration must be between 5 minutes and 8 hours.")
-    lockbox = await session.execute(select(Consent.id).where(Consent.ticket_id == ticket.id,
-                                                             Consent.require_customer_approval.is_(True)))
+    lockbox = await needs_customer_approval(session=session, ticket_id=ticket.id)
     row = AccessRequest(
         requester=requester.subject, requester_team_id=requester.team_id, ticket_id=ticket.id,
         justification=justification, requested_duration_s=int(data.duration.total_seconds()),
         created_at=clock.now(), state=AccessRequestState.PENDING, extends_id=extends.id if extends else None,
-        needs_customer_approval=lockbox.first() is not None, approver_was_manager=False,
+        needs_customer_approval=lockbox, approver_was_manager=False,
     )
     session.add(row)
     await session.flush()
@@ -177,9 +175,7 @@ def _lapsed(row: AccessRequest, now: datetime) -> bool:
 
 async def _all_of_resource(session: AsyncSession, ids: list[str], resource_id: str) -> bool:
     """One query whatever the IDs are: unknown and other-resource IDs look alike, also in time (C4)."""
-    found = await session.execute(select(Recording.request_id)
-                                  .where(Recording.request_id.in_(ids), Recording.resource_id == resource_id))
-    return set(found.scalars()) == set(ids)
+    return await recordings_among(session=session, request_ids=ids, resource_id=resource_id) == set(ids)
 
 
 async def _check_decider(
@@ -290,7 +286,7 @@ async def customer_decide(
 ) -> AccessRequest:
     """Customer Lockbox: the resource's admin approves (or refuses) a grant on their recordings."""
     row = await require_request(session=session, access_request_id=access_request_id)
-    ticket = await session.get(Ticket, row.ticket_id)
+    ticket = await ticket_view(session=session, ticket_id=row.ticket_id)
     if ticket is None or ticket.resource_id != resource_id or not row.needs_customer_approval:
         raise AccessRequestNotFound()
     if row.customer_decided_at is not None:

@@ -36,8 +36,7 @@ from app.relay.tap import Direction, FrameTap, SessionInfo
 from app.storage.layout import RecordingKey
 from app.storage.router import RegionRouter
 from app.tickets.consent_cache import ConsentCache
-from app.tickets.models import Consent
-from app.tickets.service import ActiveConsent
+from app.tickets.service import ActiveConsent, consent_covers
 from app.vault.datakey import DataKey
 from app.vault.envelope import create_data_key
 from app.vault.keyring import RegionKeyrings
@@ -298,8 +297,8 @@ class Recorder:
         info, consent = recording.info, recording.consent
         bucket = recording.key.hour
         async with self.session_factory() as session:
-            current = await session.get(Consent, consent.consent_id)
-            if current is None or not current.covers(info.started_at):
+            if not await consent_covers(session=session, consent_id=consent.consent_id,
+                                        session_start=info.started_at):
                 recording.failure = "consent_ended"
                 recording.apply(Event.CONSENT_ENDED)  # nothing to write, ever
                 return

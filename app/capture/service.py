@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeAlias
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,6 +18,7 @@ from app.capture.models import Recording
 from app.capture.recorder import Recorder
 from app.clock import Clock
 from app.identity.principal import Principal
+from app.request_id import RequestId
 from app.resources.models import Resource
 from app.retention.shred import ShredReceipt, delete_blob, shred_recording
 from app.storage.router import RegionRouter
@@ -24,6 +26,22 @@ from app.tickets.consent_cache import ConsentCache
 from app.tickets.models import Consent
 from app.tickets.service import end_consent, require_consent
 from app.vault.keyring import RegionKeyrings
+
+RecordingRow: TypeAlias = Recording
+"""A recording's row as other domains hold it: found through this module, read, handed back to capture
+(the reader streams it); never queried by them."""
+
+
+async def find_recording(*, session: AsyncSession, request_id: RequestId) -> RecordingRow | None:
+    """One recording by request ID (a primary-key get: one lookup, none when the session already holds it)."""
+    return await session.get(Recording, request_id)
+
+
+async def recordings_among(*, session: AsyncSession, request_ids: list[str], resource_id: str) -> set[str]:
+    """Which of `request_ids` are recordings of the resource: one query whatever the IDs are (C4)."""
+    found = await session.execute(select(Recording.request_id)
+                                  .where(Recording.request_id.in_(request_ids), Recording.resource_id == resource_id))
+    return set(found.scalars())
 
 
 async def recordings_of_resource(

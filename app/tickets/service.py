@@ -280,3 +280,52 @@ async def active_consents(*, session: AsyncSession, now: datetime) -> list[Activ
         .order_by(Consent.granted_at)
     )
     return [ActiveConsent(r.id, r.ticket_id, r.resource_id, r.not_after) for r in rows]
+
+
+@dataclass(frozen=True)
+class TicketView:
+    """A ticket as other domains read it (they never query the tickets table themselves)."""
+
+    id: str
+    resource_id: str
+    external_ref: str
+    is_open: bool
+
+
+async def ticket_view(*, session: AsyncSession, ticket_id: str) -> TicketView | None:
+    """One ticket by ID (a primary-key get: one lookup, none when the session already holds it)."""
+    ticket = await session.get(Ticket, ticket_id)
+    if ticket is None:
+        return None
+    return TicketView(id=ticket.id, resource_id=ticket.resource_id, external_ref=ticket.external_ref,
+                      is_open=ticket.is_open)
+
+
+@dataclass(frozen=True)
+class ConsentFacts:
+    """A consent as other domains read it: whose ticket, whether it has ended."""
+
+    id: str
+    ticket_id: str
+    ended: bool
+
+
+async def consent_facts(*, session: AsyncSession, consent_id: str) -> ConsentFacts | None:
+    """One consent by ID (a primary-key get, as `ticket_view`)."""
+    consent = await session.get(Consent, consent_id)
+    if consent is None:
+        return None
+    return ConsentFacts(id=consent.id, ticket_id=consent.ticket_id, ended=consent.ended_at is not None)
+
+
+async def consent_covers(*, session: AsyncSession, consent_id: str, session_start: datetime) -> bool:
+    """True when the consent exists and was in force when a session began, and is not erased since (C1)."""
+    consent = await session.get(Consent, consent_id)
+    return consent is not None and consent.covers(session_start)
+
+
+async def needs_customer_approval(*, session: AsyncSession, ticket_id: str) -> bool:
+    """True when any consent on the ticket asks for the customer's approval of each grant (Lockbox)."""
+    lockbox = await session.execute(select(Consent.id).where(Consent.ticket_id == ticket_id,
+                                                             Consent.require_customer_approval.is_(True)))
+    return lockbox.first() is not None

@@ -20,13 +20,12 @@ from app.access.ratelimit import ReadLimiter
 from app.access.service import StaffDirectory, grant_for_read
 from app.audit.actions import Actor, AuditAction, Subjects
 from app.audit.service import append_entry
-from app.capture.models import Recording
+from app.capture.service import RecordingRow, find_recording
 from app.clock import Clock
 from app.errors import NotFound
 from app.identity.principal import Principal, Role
 from app.request_id import RequestId, is_request_id
-from app.tickets.models import Consent, Ticket
-from app.tickets.service import tickets_assigned_to
+from app.tickets.service import consent_facts, ticket_view, tickets_assigned_to
 
 NO_SUCH_ROW = "00000000-0000-0000-0000-000000000000"
 LOOKUP_STAND_IN: Final = RequestId("0" * 32)
@@ -51,7 +50,7 @@ class SawLookup(Protocol):
 
 @dataclass(frozen=True)
 class AllowedRead:
-    recording: Recording
+    recording: RecordingRow
     grant: GrantView
     saw: SawView
 
@@ -84,15 +83,15 @@ async def authorize_read(
     limiter.check_allowed(who.subject, saw.id if saw else None)
     well_formed = request_id if is_request_id(request_id) else None
     lookup = well_formed or LOOKUP_STAND_IN
-    recording = await session.get(Recording, lookup)
+    recording = await find_recording(session=session, request_id=lookup)
     grant = await grant_for_read(session=session, requester=who.subject, request_id=lookup, now=now)
-    consent = await session.get(Consent, recording.consent_id if recording else NO_SUCH_ROW)
-    ticket = await session.get(Ticket, grant.ticket_id if grant else NO_SUCH_ROW)
+    consent = await consent_facts(session=session, consent_id=recording.consent_id if recording else NO_SUCH_ROW)
+    ticket = await ticket_view(session=session, ticket_id=grant.ticket_id if grant else NO_SUCH_ROW)
     decision = decide_read(
         now=now, who=staff, saw=saw, grant=grant, request_id=request_id, retention=retention,
         recording=RecordingView(recording.request_id, recording.ticket_id, recording.started_at,
                                 shredded=recording.wrapped_dek is None) if recording else None,
-        consent=ConsentView(consent.ticket_id, ended=consent.ended_at is not None,
+        consent=ConsentView(consent.ticket_id, ended=consent.ended,
                             ticket_open=ticket is not None and ticket.is_open) if consent else None,
     )
     if decision.allowed and recording is not None and grant is not None and saw is not None:
