@@ -14,7 +14,6 @@ from app.clock import Clock
 from app.errors import Conflict, InvalidInput, NotFound
 from app.resources.models import Resource
 from app.resources.schemas import ResourceCreate
-from app.tickets.models import Ticket
 
 
 class UnknownRegion(InvalidInput):
@@ -99,8 +98,9 @@ async def list_resources(*, session: AsyncSession) -> Sequence[Resource]:
 async def remove_resource(*, session: AsyncSession, clock: Clock, name: str, actor: Actor = ADMIN_ACTOR) -> None:
     """Only a resource nothing refers to (no tickets, hence no consents or recordings) can be removed."""
     resource = await require_resource(session=session, name=name)
-    tickets = await session.execute(select(Ticket.id).where(Ticket.resource_id == resource.id).limit(1))
-    if tickets.first() is not None:
+    from app.tickets.service import resource_has_tickets  # tickets import this module: not at the top
+
+    if await resource_has_tickets(session=session, resource_id=resource.id):
         raise ResourceInUse()
     await session.delete(resource)
     await session.flush()

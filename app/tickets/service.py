@@ -329,3 +329,9 @@ async def needs_customer_approval(*, session: AsyncSession, ticket_id: str) -> b
     lockbox = await session.execute(select(Consent.id).where(Consent.ticket_id == ticket_id,
                                                              Consent.require_customer_approval.is_(True)))
     return lockbox.first() is not None
+
+
+async def resource_has_tickets(*, session: AsyncSession, resource_id: str) -> bool:
+    """True when any ticket (open or closed) is about the resource: one query."""
+    tickets = await session.execute(select(Ticket.id).where(Ticket.resource_id == resource_id).limit(1))
+    return tickets.first() is not None
