@@ -15,13 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.responses import JSONResponse
 
 from app.clock import Clock
-from app.config import Settings
 from app.context import ContextDep
 from app.errors import PROBLEM_JSON
 from app.logs import get_logger, redact_query
 from app.metrics import RelayMetrics
 from app.relay.registry import SessionRegistry
 from app.relay.session import RelaySession, SessionStats
+from app.relay.settings import RelaySettings
 from app.relay.tap import Direction, FrameTap, SessionInfo, TapFactory
 from app.relay.upstream import UpstreamError, build_target, open_upstream
 from app.request_id import RequestId, new_request_id
@@ -39,7 +39,7 @@ TAP_OPEN_TIMEOUT_S = 0.5
 class Relay:
     """Session admission and bookkeeping; the frame pumps live in RelaySession."""
 
-    def __init__(self, *, settings: Settings, clock: Clock, session_factory: async_sessionmaker[AsyncSession],
+    def __init__(self, *, settings: RelaySettings, clock: Clock, session_factory: async_sessionmaker[AsyncSession],
                  metrics: RelayMetrics, tap_factory: TapFactory, tracing: Tracing,
                  resources: ResourceDirectory) -> None:
         self.settings = settings
