@@ -6,28 +6,13 @@ from datetime import timedelta
 from typing import Annotated
 
 import typer
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import ValidationError
 
 from app.config import Settings
 from app.identity.principal import Role
 from app.identity.routes import load_dev_issuer
-from app.identity.settings import IdentitySettings
 
 dev_cli = typer.Typer(help="Development helpers: tokens from the built-in dev issuer.", no_args_is_help=True)
-
-
-class _IdentityFromEnv(BaseSettings):
-    """`VOICELOG_IDENTITY__*`, read the way Settings reads them once it carries an `identity` field."""
-
-    model_config = SettingsConfigDict(env_prefix="VOICELOG_", env_nested_delimiter="__", extra="ignore")
-
-    identity: IdentitySettings = Field(default_factory=IdentitySettings)
-
-
-def identity_settings(settings: Settings) -> IdentitySettings:
-    """The identity settings the service runs with."""
-    return settings.identity
 
 
 @dev_cli.callback()
@@ -46,11 +31,10 @@ def dev_token(
     """Print a bearer token signed by the dev issuer key the service uses (same data dir and settings)."""
     try:
         settings = Settings()
-        identity = identity_settings(settings)
     except ValidationError as exc:
         typer.echo(f"error: invalid settings: {exc.error_count()} error(s)\n{exc}", err=True)
         raise typer.Exit(2) from None
-    issuer = load_dev_issuer(identity, settings.data_dir)
+    issuer = load_dev_issuer(settings.identity, settings.data_dir)
     if issuer is None:
         typer.echo("error: the dev issuer is not enabled (set VOICELOG_IDENTITY__DEV_ISSUER_ENABLED=true)", err=True)
         raise typer.Exit(2)

@@ -30,14 +30,14 @@ def test_dev_issuer_together_with_a_production_issuer_is_refused(production: dic
 
 
 def test_dev_issuer_and_production_issuer_refused_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.identity.cli import _IdentityFromEnv
+    from app.config import Settings  # reads VOICELOG_IDENTITY__* as `voicelog serve` and the CLIs do
 
     monkeypatch.setenv("VOICELOG_IDENTITY__DEV_ISSUER_ENABLED", "true")
     monkeypatch.setenv("VOICELOG_IDENTITY__ISSUER", ENTRA)
     monkeypatch.setenv("VOICELOG_IDENTITY__AUDIENCE", AUDIENCE)
 
     with pytest.raises(ValidationError, match="dev issuer cannot be enabled"):
-        _IdentityFromEnv()
+        Settings()
 
 
 def test_production_issuer_needs_an_audience() -> None:
