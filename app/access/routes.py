@@ -148,7 +148,8 @@ async def audio(request_id: str, speaker: Literal["caller", "service"], who: Cur
     Streams with bounded memory; supports a single `Range`."""
     return _sent(await read_recording_part(
         session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        request=request, who=who, request_id=request_id, part=PART_OF_SPEAKER[speaker], range_header=range_header))
+        http_request=request, acting=who, request_id=request_id, part=PART_OF_SPEAKER[speaker],
+        range_header=range_header))
 
 
 @router.get("/recordings/{request_id}/events", summary="The event timeline (JSON lines, audio elided)",
@@ -157,7 +158,7 @@ async def events(request_id: str, who: CurrentPrincipal, session: SessionDep, ct
                  request: Request) -> StreamingResponse:
     return _sent(await read_recording_part(
         session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        request=request, who=who, request_id=request_id, part="timeline"))
+        http_request=request, acting=who, request_id=request_id, part="timeline"))
 
 
 @router.get("/recordings/{request_id}/transcript", summary="Transcripts the pipeline produced, with times",
@@ -166,7 +167,7 @@ async def transcript(request_id: str, who: CurrentPrincipal, session: SessionDep
                      request: Request) -> Response:
     read = await read_recording_part(
         session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        request=request, who=who, request_id=request_id, part="transcripts")
+        http_request=request, acting=who, request_id=request_id, part="transcripts")
     return Response(await read_whole(read), media_type=read.media_type, headers=read.headers)
 
 

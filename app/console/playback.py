@@ -87,7 +87,7 @@ def build_playback_router(ctx: AppContext) -> APIRouter:
 
     async def read(db: AsyncSession, request: Request, who: Principal, request_id: str, part: Part) -> PartRead:
         return await read_recording_part(session=db, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings,
-                                         stores=ctx.stores, request=request, who=who, request_id=request_id,
+                                         stores=ctx.stores, http_request=request, acting=who, request_id=request_id,
                                          part=part, range_header=request.headers.get("range"))
 
     @router.get("/{request_id}")

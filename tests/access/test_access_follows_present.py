@@ -88,8 +88,8 @@ class World:
     async def reads(self, name: str, request_id: str | None = None) -> bool:
         allowed = await authorize_read(
             session=self.session, clock=self.clock, directory=DIRECTORY, saws=SawOf(), limiter=ReadLimiter(),
-            metrics=AccessMetrics(CollectorRegistry()), request=cast(Request, None),
-            who=Principal(self.who(name), frozenset({Role.ENGINEER})), request_id=request_id or self.request_id,
+            metrics=AccessMetrics(CollectorRegistry()), http_request=cast(Request, None),
+            acting=Principal(self.who(name), frozenset({Role.ENGINEER})), request_id=request_id or self.request_id,
             part="transcripts", retention=timedelta(days=30))
         return allowed is not None
 

@@ -55,12 +55,12 @@ def ndjson(line: dict[str, object]) -> bytes:
 
 async def read_recording_part(
     *, session: AsyncSession, clock: Clock, access: AccessContext, keyrings: RegionKeyrings, stores: RegionRouter,
-    request: Request, who: Principal, request_id: str, part: Part, range_header: str | None = None,
+    http_request: Request, acting: Principal, request_id: str, part: Part, range_header: str | None = None,
 ) -> PartRead:
     """Authorize, audit and plan one read; raises RecordingNotAvailable (audited) for every refusal."""
     allowed = await authorize_read(session=session, clock=clock, directory=access.directory, saws=access.saws,
-                                   limiter=access.limiter, metrics=access.metrics, request=request, who=who,
-                                   request_id=request_id, part=part, retention=access.retention)
+                                   limiter=access.limiter, metrics=access.metrics, http_request=http_request,
+                                   acting=acting, request_id=request_id, part=part, retention=access.retention)
     if allowed is None:
         raise RecordingNotAvailable()
 
@@ -68,7 +68,7 @@ async def read_recording_part(
         return RecordingStream(allowed.recording, keyrings=keyrings, stores=stores)
 
     async def audited(nbytes: int) -> None:
-        await audit_read(session=session, clock=clock, who=who, allowed=allowed, part=part, nbytes=nbytes,
+        await audit_read(session=session, clock=clock, acting=acting, allowed=allowed, part=part, nbytes=nbytes,
                          device=allowed.saw.id, metrics=access.metrics)
 
     if part == "timeline":

@@ -43,8 +43,8 @@ class RecordingNotAvailable(NotFound):
 
 
 class SawLookup(Protocol):
-    async def saw_for(self, session: AsyncSession, request: Request, owner_subject: str) -> SawView | None:
-        """The registered, unrevoked SAW this request comes from, bound to that person; else None."""
+    async def saw_for(self, session: AsyncSession, http_request: Request, owner_subject: str) -> SawView | None:
+        """The registered, unrevoked SAW this HTTP request comes from, bound to that person; else None."""
         ...
 
 
@@ -63,28 +63,28 @@ async def authorize_read(
     saws: SawLookup,
     limiter: ReadLimiter,
     metrics: AccessMetrics,
-    request: Request,
-    who: Principal,
+    http_request: Request,
+    acting: Principal,
     request_id: str,
     part: str,
     retention: timedelta,
 ) -> AllowedRead | None:
     """None means refused: the caller commits the audit entry written here, then raises RecordingNotAvailable."""
     now = clock.now()
-    person = await directory.person(session, who.subject)
+    person = await directory.person(session, acting.subject)
     # The present, not the time of approval: today's team, its managers today, today's assignments (C5).
     team_managers = await directory.managers(session, person.team_id if person and person.team_id else NO_SUCH_ROW)
-    assigned = await tickets_assigned_to(session=session, engineer=who.subject)
-    staff = StaffView(who.subject, active=person.active,
-                      is_engineer="engineer" in person.roles and who.has(Role.ENGINEER),
+    assigned = await tickets_assigned_to(session=session, engineer=acting.subject)
+    staff = StaffView(acting.subject, active=person.active,
+                      is_engineer="engineer" in person.roles and acting.has(Role.ENGINEER),
                       team_id=person.team_id, team_managers=frozenset(team_managers),
                       assigned_tickets=assigned) if person else None
-    saw = await saws.saw_for(session, request, who.subject)
-    limiter.check_allowed(who.subject, saw.id if saw else None)
+    saw = await saws.saw_for(session, http_request, acting.subject)
+    limiter.check_allowed(acting.subject, saw.id if saw else None)
     well_formed = request_id if is_request_id(request_id) else None
     lookup = well_formed or LOOKUP_STAND_IN
     recording = await find_recording(session=session, request_id=lookup)
-    grant = await grant_for_read(session=session, requester=who.subject, request_id=lookup, now=now)
+    grant = await grant_for_read(session=session, requester=acting.subject, request_id=lookup, now=now)
     consent = await consent_facts(session=session, consent_id=recording.consent_id if recording else NO_SUCH_ROW)
     ticket = await ticket_view(session=session, ticket_id=grant.ticket_id if grant else NO_SUCH_ROW)
     decision = decide_read(
@@ -98,9 +98,9 @@ async def authorize_read(
         return AllowedRead(recording, grant, saw)
     reason = decision.reason.value if decision.reason else "unknown"
     metrics.denied.labels(reason).inc()
-    if limiter.record_denial(who.subject, saw.id if saw else None):
+    if limiter.record_denial(acting.subject, saw.id if saw else None):
         metrics.denial_bursts.inc()
-    await append_entry(session=session, clock=clock, actor=Actor.staff(who.subject),
+    await append_entry(session=session, clock=clock, actor=Actor.staff(acting.subject),
                        action=AuditAction.RECORDING_READ_DENIED,
                        subjects=Subjects(request_id=well_formed,
                                          saw=saw.id if saw else None, grant=grant.id if grant else None),
@@ -109,12 +109,13 @@ async def authorize_read(
 
 
 async def audit_read(
-    *, session: AsyncSession, clock: Clock, who: Principal, allowed: AllowedRead, part: str, nbytes: int,
+    *, session: AsyncSession, clock: Clock, acting: Principal, allowed: AllowedRead, part: str, nbytes: int,
     device: str, metrics: AccessMetrics,
 ) -> None:
     metrics.reads.labels(part).inc()
     metrics.read_bytes.labels(part).inc(nbytes)
-    await append_entry(session=session, clock=clock, actor=Actor.staff(who.subject), action=AuditAction.RECORDING_READ,
+    await append_entry(session=session, clock=clock, actor=Actor.staff(acting.subject),
+                       action=AuditAction.RECORDING_READ,
                        subjects=Subjects(request_id=allowed.recording.request_id, grant=allowed.grant.id,
                                          saw=allowed.saw.id),
                        detail={"bytes": nbytes, "part": part, "device": device[:128]})
