@@ -15,9 +15,9 @@ async def run_access_job(*, session_factory: async_sessionmaker[AsyncSession], c
     async with session_factory() as session:
         warned = await service.expiring_soon(session=session, clock=clock)
         expired, lapsed = await service.expire_and_lapse(session=session, clock=clock)
-        await session.commit()
         for row in warned:
             await notify_team(session=session, notifier=access.notifier, row=row, event="access.expiring_soon")
         for row in expired:
             await notify_team(session=session, notifier=access.notifier, row=row, event="access.expired")
+        await session.commit()  # the team hears of each once this is committed
     return {"warned": len(warned), "expired": len(expired), "lapsed": len(lapsed)}

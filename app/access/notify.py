@@ -24,6 +24,7 @@ from app.access.models import AccessRequest
 from app.access.settings import TeamWebhook
 from app.identity.staff.service import get_team
 from app.logs import get_logger
+from app.transaction import after_commit
 
 log = get_logger("voicelog.notify")
 
@@ -96,12 +97,13 @@ class Notifier:
 
 
 async def notify_team(*, session: AsyncSession, notifier: Notifier, row: AccessRequest, event: str) -> None:
-    """Tell the requester's team of an access event (API and console alike); ids, times and states only."""
+    """Tell the requester's team of an access event once `session`'s transaction has committed (a rolled-back
+    decision is never announced); ids, times and states only, as they are now."""
     team = await get_team(session=session, team_id=row.requester_team_id) if row.requester_team_id else None
     name = team.name if team else None
-    notifier.emit(name, event, {
-        "access_request": row.id, "ticket_id": row.ticket_id, "requester": row.requester, "team": name,
-        "state": row.state, "expires_at": row.expires_at.isoformat() if row.expires_at else None})
+    payload = {"access_request": row.id, "ticket_id": row.ticket_id, "requester": row.requester, "team": name,
+               "state": row.state, "expires_at": row.expires_at.isoformat() if row.expires_at else None}
+    after_commit(session, lambda: notifier.emit(name, event, payload))
 
 
 async def notify_ended_grants(*, session: AsyncSession, notifier: Notifier) -> None:

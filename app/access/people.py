@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.policy import SawView
 from app.access.saw.settings import SawSettings
 from app.access.saw.trust import current_saw
-from app.access.service import Person
-from app.identity.staff.service import get_staff, managers_of, teams_managed_by
+from app.access.service import NotStaff, Person, StaffDirectory
+from app.identity.principal import Principal, Role
+from app.identity.staff.service import authorize_staff, get_staff, managers_of, teams_managed_by
+
+
+async def acting_person(*, session: AsyncSession, directory: StaffDirectory, principal: Principal,
+                        roles: tuple[Role, ...]) -> Person:
+    """The one role check (`authorize_staff`: token AND active staff record hold one of `roles`, C5), then the
+    access view of the person with only the roles both grant, so no decision counts a role one of them lacks.
+    The API and the console both ask this; each shows the refusal its own way."""
+    staff = await authorize_staff(session=session, principal=principal, roles=roles)
+    person = await directory.person(session, principal.subject)
+    if person is None:
+        raise NotStaff()
+    return replace(person, roles=frozenset(r.value for r in staff.roles))
 
 
 class StaffRecords:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -10,16 +9,14 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.access import service, transparency
+from app.access import decisions, service, transparency
 from app.access.context import AccessContext, AccessDep
 from app.access.models import AccessRequest
-from app.access.notify import notify_team
-from app.access.playback.reads import PART_OF_SPEAKER, PartRead, read_recording_part, read_whole
+from app.access.people import acting_person
+from app.access.playback.reads import PART_OF_SPEAKER, PartRead, Speaker, read_recording_part, read_whole
 from app.access.schemas import AccessRequestCreate, AccessRequestOut, Decision, Extension
 from app.deps import ClockDep, ContextDep, SessionDep
-from app.errors import InvalidInput
 from app.identity.principal import Principal, Role, authenticate
-from app.identity.staff.service import authorize_staff
 from app.tickets.service import customer_resource
 
 router = APIRouter(tags=["access"])
@@ -27,13 +24,7 @@ CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
 
 
 async def _person(session: AsyncSession, ctx: AccessContext, who: Principal, *roles: Role) -> service.Person:
-    """The one role check (`authorize_staff`: token AND active staff record hold one of `roles`), then the
-    access view of the person with only the roles both grant, so no decision counts a role one of them lacks."""
-    staff = await authorize_staff(session=session, principal=who, roles=roles)
-    person = await ctx.directory.person(session, who.subject)
-    if person is None:
-        raise service.NotStaff()
-    return replace(person, roles=frozenset(r.value for r in staff.roles))
+    return await acting_person(session=session, directory=ctx.directory, principal=who, roles=roles)
 
 
 async def _out(session: AsyncSession, row: AccessRequest) -> AccessRequestOut:
@@ -56,10 +47,10 @@ async def _out(session: AsyncSession, row: AccessRequest) -> AccessRequestOut:
 async def create_request(body: AccessRequestCreate, who: CurrentPrincipal, session: SessionDep, clock: ClockDep,
                          access: AccessDep) -> AccessRequestOut:
     person = await _person(session, access, who, Role.ENGINEER)
-    row = await service.create_request(session=session, clock=clock, requester=person, data=service.NewRequest(
-        ticket_id=body.ticket_id, request_ids=body.request_ids, justification=body.justification,
-        duration=timedelta(minutes=body.duration_minutes)))
-    await notify_team(session=session, notifier=access.notifier, row=row, event="access.requested")
+    row = await decisions.request_access(
+        session=session, clock=clock, notifier=access.notifier, requester=person, data=service.NewRequest(
+            ticket_id=body.ticket_id, request_ids=body.request_ids, justification=body.justification,
+            duration=timedelta(minutes=body.duration_minutes)))
     return await _out(session, row)
 
 
@@ -81,9 +72,9 @@ async def approve(access_request_id: str, body: Decision, who: CurrentPrincipal,
                   clock: ClockDep, access: AccessDep) -> AccessRequestOut:
     person = await _person(session, access, who, Role.MANAGER)
     duration = timedelta(minutes=body.duration_minutes) if body.duration_minutes else None
-    row = await service.approve(session=session, clock=clock, directory=access.directory,
-                                access_request_id=access_request_id, manager=person, duration=duration)
-    await notify_team(session=session, notifier=access.notifier, row=row, event="access.approved")
+    row = await decisions.approve_access(session=session, clock=clock, directory=access.directory,
+                                         notifier=access.notifier, access_request_id=access_request_id,
+                                         manager=person, duration=duration)
     return await _out(session, row)
 
 
@@ -91,11 +82,9 @@ async def approve(access_request_id: str, body: Decision, who: CurrentPrincipal,
 async def deny(access_request_id: str, body: Decision, who: CurrentPrincipal, session: SessionDep, clock: ClockDep,
                access: AccessDep) -> AccessRequestOut:
     person = await _person(session, access, who, Role.MANAGER)
-    if not body.reason.strip():
-        raise InvalidInput("A denial needs a reason.")
-    row = await service.deny(session=session, clock=clock, directory=access.directory,
-                             access_request_id=access_request_id, manager=person, reason=body.reason.strip())
-    await notify_team(session=session, notifier=access.notifier, row=row, event="access.denied")
+    row = await decisions.deny_access(session=session, clock=clock, directory=access.directory,
+                                      notifier=access.notifier, access_request_id=access_request_id,
+                                      manager=person, reason=body.reason)
     return await _out(session, row)
 
 
@@ -103,9 +92,9 @@ async def deny(access_request_id: str, body: Decision, who: CurrentPrincipal, se
 async def revoke(access_request_id: str, body: Decision, who: CurrentPrincipal, session: SessionDep,
                  clock: ClockDep, access: AccessDep) -> AccessRequestOut:
     person = await _person(session, access, who, Role.ENGINEER, Role.MANAGER)
-    row = await service.revoke(session=session, clock=clock, directory=access.directory,
-                               access_request_id=access_request_id, by=person, reason=body.reason.strip())
-    await notify_team(session=session, notifier=access.notifier, row=row, event="access.revoked")
+    row = await decisions.revoke_access(session=session, clock=clock, directory=access.directory,
+                                        notifier=access.notifier, access_request_id=access_request_id,
+                                        by=person, reason=body.reason.strip())
     return await _out(session, row)
 
 
@@ -114,8 +103,9 @@ async def revoke(access_request_id: str, body: Decision, who: CurrentPrincipal, 
 async def extend(access_request_id: str, body: Extension, who: CurrentPrincipal, session: SessionDep,
                  clock: ClockDep, access: AccessDep) -> AccessRequestOut:
     person = await _person(session, access, who, Role.ENGINEER)
-    row = await service.extend(session=session, clock=clock, access_request_id=access_request_id, requester=person,
-                               duration=timedelta(minutes=body.duration_minutes), justification=body.justification)
+    row = await decisions.extend_access(session=session, clock=clock, access_request_id=access_request_id,
+                                        requester=person, duration=timedelta(minutes=body.duration_minutes),
+                                        justification=body.justification)
     return await _out(session, row)
 
 
@@ -124,8 +114,9 @@ async def extend(access_request_id: str, body: Extension, who: CurrentPrincipal,
 async def customer_verdict(resource: str, access_request_id: str, verdict: Literal["approve", "refuse"],
                            who: CurrentPrincipal, session: SessionDep, clock: ClockDep) -> AccessRequestOut:
     owned = await customer_resource(session=session, principal=who, name=resource)
-    row = await service.customer_decide(session=session, clock=clock, access_request_id=access_request_id,
-                                        customer=who.subject, resource_id=owned.id, approve=verdict == "approve")
+    row = await decisions.customer_decide_access(session=session, clock=clock,
+                                                 access_request_id=access_request_id, customer=who.subject,
+                                                 resource_id=owned.id, approve=verdict == "approve")
     return await _out(session, row)
 
 
@@ -141,7 +132,7 @@ def _sent(read: PartRead) -> StreamingResponse:
 
 @router.get("/recordings/{request_id}/audio/{speaker}.wav", summary="One direction of a recording as WAV",
             responses=NOT_AVAILABLE)
-async def audio(request_id: str, speaker: Literal["caller", "service"], who: CurrentPrincipal, session: SessionDep,
+async def audio(request_id: str, speaker: Speaker, who: CurrentPrincipal, session: SessionDep,
                 ctx: ContextDep, request: Request,
                 range_header: Annotated[str | None, Header(alias="range")] = None) -> StreamingResponse:
     """pcm16 WAV at the session's rate (G.711 decoded); gaps are silence, listed in `X-Voicelog-Gaps`.

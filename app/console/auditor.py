@@ -21,11 +21,13 @@ from app.clock import Clock
 from app.console import charts
 from app.console.auth import signed_in
 from app.console.templating import page
-from app.context import AppContext
+from app.deps import ContextDep, SessionDep
 from app.errors import NotFound
 from app.identity.principal import Role
 
 DEFAULT_DAYS = 14
+
+router = APIRouter(prefix="/console/auditor", include_in_schema=False)
 
 
 FIRST_REPORT_DAY, LAST_REPORT_DAY = date(2000, 1, 1), date(9999, 1, 1)  # the API's bounds (app/audit/routes.py)
@@ -67,53 +69,45 @@ async def _report(db: AsyncSession, runtime: AuditRuntime | None, kind: ReportKi
     return dict(report)
 
 
-def build_auditor_router(ctx: AppContext) -> APIRouter:
-    clock = ctx.clock
-    router = APIRouter(prefix="/console/auditor", include_in_schema=False)
+@router.get("")
+async def access_review(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    session, _who = await signed_in(request, ctx, Role.AUDITOR, db=db)
+    period = _period(request, ctx.clock)
+    runtime = ctx.audit
+    report = await _report(db, runtime, ReportKind.ACCESS_REVIEW, period, ctx.clock)
+    verification = await _verification(db, runtime, ctx.clock)
+    figures = [charts.grants_per_day(report, period.days()), charts.time_to_approval(report),
+               charts.grant_use(report)]
+    return page(request, "auditor.html", session, report=report, period=period, charts=figures,
+                verification=verification, signing=runtime is not None, kind="access-review")
 
-    @router.get("")
-    async def access_review(request: Request) -> Response:
-        session, _who = await signed_in(request, ctx, Role.AUDITOR)
-        period = _period(request, clock)
-        runtime = ctx.audit
-        async with ctx.session_factory() as db:
-            report = await _report(db, runtime, ReportKind.ACCESS_REVIEW, period, clock)
-            verification = await _verification(db, runtime, clock)
-        figures = [charts.grants_per_day(report, period.days()), charts.time_to_approval(report),
-                   charts.grant_use(report)]
-        return page(request, "auditor.html", session, report=report, period=period, charts=figures,
-                    verification=verification, signing=runtime is not None, kind="access-review")
 
-    @router.get("/retention")
-    async def retention(request: Request) -> Response:
-        session, _who = await signed_in(request, ctx, Role.AUDITOR)
-        period = _period(request, clock)
-        runtime = ctx.audit
-        async with ctx.session_factory() as db:
-            report = await _report(db, runtime, ReportKind.RETENTION, period, clock)
-            verification = await _verification(db, runtime, clock)
-        return page(request, "retention.html", session, report=report, period=period,
-                    charts=charts.purge_age_per_region(report), verification=verification,
-                    signing=runtime is not None, kind="retention")
+@router.get("/retention")
+async def retention(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    session, _who = await signed_in(request, ctx, Role.AUDITOR, db=db)
+    period = _period(request, ctx.clock)
+    runtime = ctx.audit
+    report = await _report(db, runtime, ReportKind.RETENTION, period, ctx.clock)
+    verification = await _verification(db, runtime, ctx.clock)
+    return page(request, "retention.html", session, report=report, period=period,
+                charts=charts.purge_age_per_region(report), verification=verification,
+                signing=runtime is not None, kind="retention")
 
-    @router.get("/reports/{kind}.{fmt}")
-    async def download(kind: str, fmt: str, request: Request) -> Response:
-        """The signed report, exactly as `GET /audit/reports/...` makes it (and audited the same way)."""
-        _session, who = await signed_in(request, ctx, Role.AUDITOR)
-        kinds = {"access-review": ReportKind.ACCESS_REVIEW, "retention": ReportKind.RETENTION}
-        if kind not in kinds or fmt not in ("csv", "json"):
-            raise NotFound()
-        runtime = ctx.audit
-        period = _period(request, clock)
-        async with ctx.session_factory() as db:
-            output = await generate_report(
-                session=db, clock=clock, keyring=runtime.keyring, kind=kinds[kind], fmt=ReportFormat(fmt),
-                period=period, params=runtime.review_params, retention_days=runtime.settings.retention_days,
-                requested_by=Actor.staff(who.subject))
-            await db.commit()
-        filename = f"{kinds[kind].value}_{period.first.isoformat()}_{period.last.isoformat()}.{fmt}"
-        return Response(output.body(), media_type=output.media_type,
-                        headers={"content-disposition": f'attachment; filename="{filename}"',
-                                 "x-audit-report-key-id": output.signed.key_id})
 
-    return router
+@router.get("/reports/{kind}.{fmt}")
+async def download(kind: str, fmt: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    """The signed report, exactly as `GET /audit/reports/...` makes it (and audited the same way)."""
+    _session, who = await signed_in(request, ctx, Role.AUDITOR, db=db)
+    kinds = {"access-review": ReportKind.ACCESS_REVIEW, "retention": ReportKind.RETENTION}
+    if kind not in kinds or fmt not in ("csv", "json"):
+        raise NotFound()
+    runtime = ctx.audit
+    period = _period(request, ctx.clock)
+    output = await generate_report(
+        session=db, clock=ctx.clock, keyring=runtime.keyring, kind=kinds[kind], fmt=ReportFormat(fmt),
+        period=period, params=runtime.review_params, retention_days=runtime.settings.retention_days,
+        requested_by=Actor.staff(who.subject))
+    filename = f"{kinds[kind].value}_{period.first.isoformat()}_{period.last.isoformat()}.{fmt}"
+    return Response(output.body(), media_type=output.media_type,
+                    headers={"content-disposition": f'attachment; filename="{filename}"',
+                             "x-audit-report-key-id": output.signed.key_id})

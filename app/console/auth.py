@@ -35,7 +35,7 @@ from app.console.sessions import (
 )
 from app.console.settings import ConsoleSettings
 from app.console.templating import page
-from app.context import AppContext
+from app.context import AppContext, ContextDep
 from app.errors import AppError, Forbidden, Unauthorized
 from app.identity.principal import STAFF_ROLES, MissingRole, Principal, Role, TokenVerifier
 from app.identity.settings import DEV_ISSUER_PATH
@@ -104,18 +104,19 @@ async def current_session(request: Request, ctx: AppContext) -> ConsoleSession |
     request.state.console_session = session
     return session
 
-async def signed_in(request: Request, ctx: AppContext, *roles: Role) -> tuple[ConsoleSession, Principal]:
+async def signed_in(request: Request, ctx: AppContext, *roles: Role,
+                    db: AsyncSession) -> tuple[ConsoleSession, Principal]:
     """The session and principal, holding at least one of `roles` (any role when none is named).
 
-    Staff roles are checked exactly as the API's `require_staff` does (C5: token AND active staff record);
-    `customer_admin` and `ticketing` from the token alone. A page never asks for both kinds at once.
+    Staff roles are checked exactly as the API's `require_staff` does (C5: token AND active staff record),
+    in the request's transaction `db`; `customer_admin` and `ticketing` from the token alone. A page never
+    asks for both kinds at once.
     """
     session = await current_session(request, ctx)
     if session is None or session.principal is None:
         raise NeedsSignIn()
     if roles and set(roles) <= STAFF_ROLES:
-        async with ctx.session_factory() as db:
-            await console_staff(db, session.principal, *roles)
+        await console_staff(db, session.principal, *roles)
     elif roles and set(roles) & STAFF_ROLES:
         raise ValueError("signed_in takes staff roles or token-only roles, not both")
     elif roles and not any(session.principal.has(r) for r in roles):
@@ -174,79 +175,79 @@ async def _exchange(request: Request, state: ConsoleState, login: PendingLogin, 
         raise NeedsSignIn("The issuer refused the sign-in code.")
     return token
 
-def build_auth_router(ctx: AppContext) -> APIRouter:
-    router = APIRouter(prefix="/console", include_in_schema=False)
-    clock = ctx.clock
+router = APIRouter(prefix="/console", include_in_schema=False)
 
-    @router.get("/login")
-    async def login(request: Request) -> Response:
-        state = console_state(ctx)
-        verifier = secrets.token_urlsafe(64)
-        login = PendingLogin(state=secrets.token_urlsafe(32), code_verifier=verifier, nonce=secrets.token_urlsafe(24),
-                             redirect_uri=_redirect_uri(request, state.settings),
-                             next_path=_safe_next(request.query_params.get("next")), created=clock.now())
-        query = urlencode({"response_type": "code", "client_id": state.settings.client_id,
-                           "redirect_uri": login.redirect_uri, "scope": state.settings.scope,
-                           "state": login.state, "nonce": login.nonce,
-                           "code_challenge": s256(verifier), "code_challenge_method": "S256"})
-        response = RedirectResponse(f"{_authorization_endpoint(state)}?{query}", status_code=303)
-        server_key = await state.login_key.get()
+
+@router.get("/login")
+async def login(request: Request, ctx: ContextDep) -> Response:
+    state = console_state(ctx)
+    verifier = secrets.token_urlsafe(64)
+    login = PendingLogin(state=secrets.token_urlsafe(32), code_verifier=verifier, nonce=secrets.token_urlsafe(24),
+                         redirect_uri=_redirect_uri(request, state.settings),
+                         next_path=_safe_next(request.query_params.get("next")), created=ctx.clock.now())
+    query = urlencode({"response_type": "code", "client_id": state.settings.client_id,
+                       "redirect_uri": login.redirect_uri, "scope": state.settings.scope,
+                       "state": login.state, "nonce": login.nonce,
+                       "code_challenge": s256(verifier), "code_challenge_method": "S256"})
+    response = RedirectResponse(f"{_authorization_endpoint(state)}?{query}", status_code=303)
+    server_key = await state.login_key.get()
+    cookie = seal_pending_login(login, server_key)
+    if len(cookie) > MAX_LOGIN_COOKIE:  # a long `next` of many-byte characters: sign in, go home
+        login.next_path = "/console"
         cookie = seal_pending_login(login, server_key)
-        if len(cookie) > MAX_LOGIN_COOKIE:  # a long `next` of many-byte characters: sign in, go home
-            login.next_path = "/console"
-            cookie = seal_pending_login(login, server_key)
-        set_cookie(response, state, state.login_cookie, cookie, max_age=int(LOGIN_TTL.total_seconds()),
-                   same_site="lax")
-        return response
+    set_cookie(response, state, state.login_cookie, cookie, max_age=int(LOGIN_TTL.total_seconds()),
+               same_site="lax")
+    return response
 
-    @router.get("/callback")
-    async def callback(request: Request) -> Response:
-        state = console_state(ctx)
-        pending = open_pending_login(request.cookies.get(state.login_cookie), await state.login_key.get())
-        presented = request.query_params.get("state", "")
-        code = request.query_params.get("code")
-        # Only a replica mints login cookies; even so, nothing in one is taken on trust.
-        if (pending is None or code is None
-                or not secrets.compare_digest(presented.encode(), pending[1].state.encode())
-                or pending[1].redirect_uri != _redirect_uri(request, state.settings)):
-            return page(request, "signed_out.html", None, status_code=400,
-                        message="That sign-in did not start here or has expired. Please sign in again.")
-        login_id, login = pending
-        if not -CLOCK_SKEW <= clock.now() - login.created <= LOGIN_TTL:  # begun on another replica's clock
-            return page(request, "signed_out.html", None, status_code=400, message="The sign-in expired.")
-        if not await state.logins.use_once(login_id, clock.now(), until=login.created + LOGIN_TTL + CLOCK_SKEW):
-            return page(request, "signed_out.html", None, status_code=400,
-                        message="That sign-in was already used. Please sign in again.")
-        try:
-            token = await _exchange(request, state, login, code)
-            verifier: TokenVerifier | None = ctx.token_verifier
-            if verifier is None:
-                raise NeedsSignIn("No identity issuer is configured.")
-            principal = await verifier.verify(token)
-            nonce = principal.claims.get("nonce")
-            if nonce is not None and not secrets.compare_digest(str(nonce).encode(), login.nonce.encode()):
-                raise NeedsSignIn("The token was issued for another sign-in.")
-        except AppError as refused:  # never a redirect loop back to the issuer
-            return page(request, "signed_out.html", None, status_code=401, message=f"Sign-in failed: {refused.detail}")
-        session = await state.sessions.sign_in(principal, token, clock.now())
-        log.info("console.signed_in", roles=sorted(r.value for r in principal.roles))
-        response = page(request, "continue.html", None, next_path=_safe_next(login.next_path))
-        set_cookie(response, state, state.session_cookie, session.id,
-                   max_age=int(state.settings.session_max_hours * 3600), same_site="strict")
-        response.delete_cookie(state.login_cookie, path="/", secure=state.settings.cookie_secure, httponly=True,
-                               samesite="lax")
-        return response
 
-    @router.post("/logout")
-    async def logout(request: Request) -> Response:
-        state = console_state(ctx)
-        session = await state.sessions.get(request.cookies.get(state.session_cookie), clock.now())
-        if session is not None:
-            await checked_form(request, session)
-            await state.sessions.drop(session)
-        response = page(request, "signed_out.html", None, message="You are signed out.")
-        response.delete_cookie(state.session_cookie, path="/", secure=state.settings.cookie_secure, httponly=True,
-                               samesite="strict")
-        return response
+@router.get("/callback")
+async def callback(request: Request, ctx: ContextDep) -> Response:
+    state = console_state(ctx)
+    pending = open_pending_login(request.cookies.get(state.login_cookie), await state.login_key.get())
+    presented = request.query_params.get("state", "")
+    code = request.query_params.get("code")
+    # Only a replica mints login cookies; even so, nothing in one is taken on trust.
+    if (pending is None or code is None
+            or not secrets.compare_digest(presented.encode(), pending[1].state.encode())
+            or pending[1].redirect_uri != _redirect_uri(request, state.settings)):
+        return page(request, "signed_out.html", None, status_code=400,
+                    message="That sign-in did not start here or has expired. Please sign in again.")
+    login_id, login = pending
+    if not -CLOCK_SKEW <= ctx.clock.now() - login.created <= LOGIN_TTL:  # begun on another replica's clock
+        return page(request, "signed_out.html", None, status_code=400, message="The sign-in expired.")
+    if not await state.logins.use_once(login_id, ctx.clock.now(), until=login.created + LOGIN_TTL + CLOCK_SKEW):
+        return page(request, "signed_out.html", None, status_code=400,
+                    message="That sign-in was already used. Please sign in again.")
+    try:
+        token = await _exchange(request, state, login, code)
+        verifier: TokenVerifier | None = ctx.token_verifier
+        if verifier is None:
+            raise NeedsSignIn("No identity issuer is configured.")
+        principal = await verifier.verify(token)
+        nonce = principal.claims.get("nonce")
+        if nonce is not None and not secrets.compare_digest(str(nonce).encode(), login.nonce.encode()):
+            raise NeedsSignIn("The token was issued for another sign-in.")
+    except AppError as refused:  # never a redirect loop back to the issuer
+        return page(request, "signed_out.html", None, status_code=401, message=f"Sign-in failed: {refused.detail}")
+    session = await state.sessions.sign_in(principal, token, ctx.clock.now())
+    log.info("console.signed_in", roles=sorted(r.value for r in principal.roles))
+    response = page(request, "continue.html", None, next_path=_safe_next(login.next_path))
+    set_cookie(response, state, state.session_cookie, session.id,
+               max_age=int(state.settings.session_max_hours * 3600), same_site="strict")
+    response.delete_cookie(state.login_cookie, path="/", secure=state.settings.cookie_secure, httponly=True,
+                           samesite="lax")
+    return response
 
-    return router
+
+@router.post("/logout")
+async def logout(request: Request, ctx: ContextDep) -> Response:
+    state = console_state(ctx)
+    session = await state.sessions.get(request.cookies.get(state.session_cookie), ctx.clock.now())
+    if session is not None:
+        await checked_form(request, session)
+        await state.sessions.drop(session)
+    response = page(request, "signed_out.html", None, message="You are signed out.")
+    response.delete_cookie(state.session_cookie, path="/", secure=state.settings.cookie_secure, httponly=True,
+                           samesite="strict")
+    return response
+

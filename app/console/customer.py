@@ -11,8 +11,7 @@ from app.capture import service as capture
 from app.console.auth import signed_in
 from app.console.security import checked_form, first
 from app.console.templating import page
-from app.context import AppContext
-from app.deps import SessionDep
+from app.deps import ContextDep, SessionDep
 from app.errors import AppError
 from app.identity.principal import Role
 from app.input_text import checked_form_int
@@ -21,93 +20,93 @@ from app.tickets import service as tickets
 from app.tickets.models import Ticket
 from app.tickets.schemas import ConsentCreate
 
+router = APIRouter(prefix="/console/customer", include_in_schema=False)
 
-def build_customer_router(ctx: AppContext) -> APIRouter:
-    clock = ctx.clock
-    router = APIRouter(prefix="/console/customer", include_in_schema=False)
 
-    @router.get("")
-    async def customer_home(request: Request, db: SessionDep) -> Response:
-        session, who = await signed_in(request, ctx, Role.CUSTOMER_ADMIN)
-        owned = []
-        for resource in await list_resources(session=db):
-            try:  # the tickets service decides what a tenant owns
-                owned.append(await tickets.customer_resource(session=db, principal=who, name=resource.name))
-            except ResourceNotFound:
-                continue
-        if len(owned) == 1:
-            return RedirectResponse(f"/console/customer/resources/{owned[0].name}", status_code=303)
-        return page(request, "customer_home.html", session, resources=owned)
+@router.get("")
+async def customer_home(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    session, who = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
+    owned = []
+    for resource in await list_resources(session=db):
+        try:  # the tickets service decides what a tenant owns
+            owned.append(await tickets.customer_resource(session=db, principal=who, name=resource.name))
+        except ResourceNotFound:
+            continue
+    if len(owned) == 1:
+        return RedirectResponse(f"/console/customer/resources/{owned[0].name}", status_code=303)
+    return page(request, "customer_home.html", session, resources=owned)
 
-    @router.get("/resources/{name}")
-    async def resource_page(name: str, request: Request, db: SessionDep) -> Response:
-        session, who = await signed_in(request, ctx, Role.CUSTOMER_ADMIN)
+
+@router.get("/resources/{name}")
+async def resource_page(name: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    session, who = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
+    resource = await tickets.customer_resource(session=db, principal=who, name=name)
+    now = ctx.clock.now()
+    consents = []
+    for consent in await tickets.consents_of_resource(session=db, resource=resource):
+        ticket = await db.get(Ticket, consent.ticket_id)
+        consents.append({"row": consent, "state": tickets.consent_state(consent, now),
+                         "ticket_ref": ticket.external_ref if ticket else "?"})
+    recordings = await capture.recordings_of_resource(session=db, resource=resource, limit=200)
+    log = await transparency.access_log(session=db, resource=resource, limit=200)
+    return page(request, "customer.html", session, resource=resource, consents=consents, recordings=recordings,
+                log=log)
+
+
+@router.post("/resources/{name}/consents")
+async def grant(name: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    session, who = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
+    form = await checked_form(request, session)
+    try:
         resource = await tickets.customer_resource(session=db, principal=who, name=name)
-        now = clock.now()
-        consents = []
-        for consent in await tickets.consents_of_resource(session=db, resource=resource):
-            ticket = await db.get(Ticket, consent.ticket_id)
-            consents.append({"row": consent, "state": tickets.consent_state(consent, now),
-                             "ticket_ref": ticket.external_ref if ticket else "?"})
-        recordings = await capture.recordings_of_resource(session=db, resource=resource, limit=200)
-        log = await transparency.access_log(session=db, resource=resource, limit=200)
-        return page(request, "customer.html", session, resource=resource, consents=consents, recordings=recordings,
-                    log=log)
+        days = checked_form_int(first(form, "days"), field="number of days", default=7, minimum=1, maximum=30)
+        data = ConsentCreate(ticket_id=(first(form, "ticket_id") or "").strip(), days=days,
+                             require_customer_approval=first(form, "require_customer_approval") == "on")
+        await tickets.grant_consent(session=db, clock=ctx.clock, by=who, resource=resource, data=data)
+        session.flash("ok", "Recording is on for this resource, for the ticket you named.")
+    except AppError as error:
+        await db.rollback()
+        session.flash("error", f"{error.title}: {error.detail}")
+    except ValidationError as error:
+        await db.rollback()
+        session.flash("error", "The consent is not valid: " + "; ".join(e["msg"] for e in error.errors()))
+    return RedirectResponse(f"/console/customer/resources/{name}", status_code=303)
 
-    @router.post("/resources/{name}/consents")
-    async def grant(name: str, request: Request, db: SessionDep) -> Response:
-        session, who = await signed_in(request, ctx, Role.CUSTOMER_ADMIN)
-        form = await checked_form(request, session)
-        try:
-            resource = await tickets.customer_resource(session=db, principal=who, name=name)
-            days = checked_form_int(first(form, "days"), field="number of days", default=7, minimum=1, maximum=30)
-            data = ConsentCreate(ticket_id=(first(form, "ticket_id") or "").strip(), days=days,
-                                 require_customer_approval=first(form, "require_customer_approval") == "on")
-            await tickets.grant_consent(session=db, clock=clock, by=who, resource=resource, data=data)
-            session.flash("ok", "Recording is on for this resource, for the ticket you named.")
-        except AppError as error:
-            await db.rollback()
-            session.flash("error", f"{error.title}: {error.detail}")
-        except ValidationError as error:
-            await db.rollback()
-            session.flash("error", "The consent is not valid: " + "; ".join(e["msg"] for e in error.errors()))
+
+@router.post("/resources/{name}/consents/{consent_id}/withdraw")
+async def withdraw(name: str, consent_id: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    session, who = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
+    await checked_form(request, session)
+    try:
+        resource = await tickets.customer_resource(session=db, principal=who, name=name)
+        await tickets.withdraw_consent(session=db, clock=ctx.clock, consents=ctx.consents, by=who, resource=resource,
+                                       consent_id=consent_id)
+        session.flash("ok", "Consent withdrawn: recording has stopped.")
+    except AppError as error:
+        await db.rollback()
+        session.flash("error", f"{error.title}: {error.detail}")
+    return RedirectResponse(f"/console/customer/resources/{name}", status_code=303)
+
+
+@router.post("/resources/{name}/consents/{consent_id}/erase")
+async def erase(name: str, consent_id: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    """The erasure API's use case and order: keys destroyed and committed, then blobs deleted."""
+    session, who = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
+    form = await checked_form(request, session)
+    if first(form, "confirm") != "erase":
+        session.flash("error", "Tick the box to confirm the erasure.")
         return RedirectResponse(f"/console/customer/resources/{name}", status_code=303)
-
-    @router.post("/resources/{name}/consents/{consent_id}/withdraw")
-    async def withdraw(name: str, consent_id: str, request: Request, db: SessionDep) -> Response:
-        session, who = await signed_in(request, ctx, Role.CUSTOMER_ADMIN)
-        await checked_form(request, session)
-        try:
-            resource = await tickets.customer_resource(session=db, principal=who, name=name)
-            await tickets.withdraw_consent(session=db, clock=clock, consents=ctx.consents, by=who, resource=resource,
-                                           consent_id=consent_id)
-            session.flash("ok", "Consent withdrawn: recording has stopped.")
-        except AppError as error:
-            await db.rollback()
-            session.flash("error", f"{error.title}: {error.detail}")
-        return RedirectResponse(f"/console/customer/resources/{name}", status_code=303)
-
-    @router.post("/resources/{name}/consents/{consent_id}/erase")
-    async def erase(name: str, consent_id: str, request: Request, db: SessionDep) -> Response:
-        """The erasure API's use case and order: keys destroyed and committed, then blobs deleted."""
-        session, who = await signed_in(request, ctx, Role.CUSTOMER_ADMIN)
-        form = await checked_form(request, session)
-        if first(form, "confirm") != "erase":
-            session.flash("error", "Tick the box to confirm the erasure.")
-            return RedirectResponse(f"/console/customer/resources/{name}", status_code=303)
-        try:
-            resource = await tickets.customer_resource(session=db, principal=who, name=name)
-            destroyed = await capture.erase_customer_recordings(
-                session=db, clock=clock, keyrings=ctx.keyrings, consents=ctx.consents, by=who, resource=resource,
-                consent_id=consent_id)
-            await db.commit()  # the keys are gone before any blob is touched
-            receipt = await destroyed.finish(session=db, clock=clock, stores=ctx.stores, recorder=ctx.recorder)
-            session.flash("ok", f"Erased {receipt.recordings} recording(s); their keys are destroyed "
-                          f"({len(receipt.blobs_pending)} blob deletion(s) retried later). "
-                          f"Receipt SHA-256 {receipt.receipt_sha256}.")
-        except AppError as error:
-            await db.rollback()
-            session.flash("error", f"{error.title}: {error.detail}")
-        return RedirectResponse(f"/console/customer/resources/{name}", status_code=303)
-
-    return router
+    try:
+        resource = await tickets.customer_resource(session=db, principal=who, name=name)
+        destroyed = await capture.erase_customer_recordings(
+            session=db, clock=ctx.clock, keyrings=ctx.keyrings, consents=ctx.consents, by=who, resource=resource,
+            consent_id=consent_id)
+        await db.commit()  # the keys are gone before any blob is touched
+        receipt = await destroyed.finish(session=db, clock=ctx.clock, stores=ctx.stores, recorder=ctx.recorder)
+        session.flash("ok", f"Erased {receipt.recordings} recording(s); their keys are destroyed "
+                      f"({len(receipt.blobs_pending)} blob deletion(s) retried later). "
+                      f"Receipt SHA-256 {receipt.receipt_sha256}.")
+    except AppError as error:
+        await db.rollback()
+        session.flash("error", f"{error.title}: {error.detail}")
+    return RedirectResponse(f"/console/customer/resources/{name}", status_code=303)

@@ -8,14 +8,14 @@ from datetime import timedelta
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
+from app.access import decisions
 from app.access import service as access
-from app.access.notify import notify_team
 from app.access.states import AccessRequestState
 from app.console.auth import signed_in
 from app.console.security import checked_form, first
 from app.console.staff import staff_person
 from app.console.templating import page
-from app.context import AppContext
+from app.deps import ContextDep, SessionDep
 from app.errors import AppError
 from app.identity.principal import Role
 from app.input_text import checked_form_int, checked_prose, checked_single_line
@@ -26,76 +26,65 @@ from app.tickets.service import tickets_of_engineer
 DURATIONS = (30, 60, 120, 240, 480)
 _SPLIT = re.compile(r"[\s,;]+")
 
+router = APIRouter(prefix="/console/engineer", include_in_schema=False)
 
-def build_engineer_router(ctx: AppContext) -> APIRouter:
-    clock = ctx.clock
-    router = APIRouter(prefix="/console/engineer", include_in_schema=False)
 
-    @router.get("")
-    async def engineer_home(request: Request) -> Response:
-        session, who = await signed_in(request, ctx, Role.ENGINEER)
-        async with ctx.session_factory() as db:
-            await staff_person(db, ctx.access, who, Role.ENGINEER)
-            tickets = [t for t in await tickets_of_engineer(session=db, engineer=who.subject) if t.is_open]
-            resources = {t.id: await db.get(Resource, t.resource_id) for t in tickets}
-            rows = await access.requests_of(session=db, requester=who.subject)
-            refs: dict[str, str] = {}
-            requests = []
-            now = clock.now()
-            for row in rows:
-                if row.ticket_id not in refs:
-                    ticket = await db.get(Ticket, row.ticket_id)
-                    refs[row.ticket_id] = ticket.external_ref if ticket else "?"
-                approved = row.state == AccessRequestState.APPROVED
-                live = approved and row.expires_at is not None and row.expires_at > now
-                requests.append({"row": row, "ticket_ref": refs[row.ticket_id], "live": live,
-                                 "state": AccessRequestState.EXPIRED if approved and not live else row.state,
-                                 "request_ids": await access.request_ids_of(session=db, access_request=row)})
-        return page(request, "engineer.html", session, tickets=tickets, resources=resources, requests=requests,
-                    durations=DURATIONS, now=now)
+@router.get("")
+async def engineer_home(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    session, who = await signed_in(request, ctx, Role.ENGINEER, db=db)
+    await staff_person(db, ctx.access, who, Role.ENGINEER)
+    tickets = [t for t in await tickets_of_engineer(session=db, engineer=who.subject) if t.is_open]
+    resources = {t.id: await db.get(Resource, t.resource_id) for t in tickets}
+    rows = await access.requests_of(session=db, requester=who.subject)
+    refs: dict[str, str] = {}
+    requests = []
+    now = ctx.clock.now()
+    for row in rows:
+        if row.ticket_id not in refs:
+            ticket = await db.get(Ticket, row.ticket_id)
+            refs[row.ticket_id] = ticket.external_ref if ticket else "?"
+        approved = row.state == AccessRequestState.APPROVED
+        live = approved and row.expires_at is not None and row.expires_at > now
+        requests.append({"row": row, "ticket_ref": refs[row.ticket_id], "live": live,
+                         "state": AccessRequestState.EXPIRED if approved and not live else row.state,
+                         "request_ids": await access.request_ids_of(session=db, access_request=row)})
+    return page(request, "engineer.html", session, tickets=tickets, resources=resources, requests=requests,
+                durations=DURATIONS, now=now)
 
-    @router.post("/requests")
-    async def ask(request: Request) -> Response:
-        session, who = await signed_in(request, ctx, Role.ENGINEER)
-        form = await checked_form(request, session)
-        ids = [i for i in _SPLIT.split((first(form, "request_ids") or "").strip().lower()) if i]
-        async with ctx.session_factory() as db:
-            try:
-                minutes = checked_form_int(first(form, "duration_minutes"), field="duration", default=240,
-                                           minimum=5, maximum=480)
-                justification = checked_prose(first(form, "justification") or "", field="justification",
-                                              max_length=2000)
-                person = await staff_person(db, ctx.access, who, Role.ENGINEER)
-                row = await access.create_request(session=db, clock=clock, requester=person, data=access.NewRequest(
-                    ticket_id=first(form, "ticket_id") or "", request_ids=ids,
-                    justification=justification, duration=timedelta(minutes=minutes)))
-                await db.commit()
-                await notify_team(session=db, notifier=ctx.access.notifier, row=row,
-                                  event="access.requested")
-                session.flash("ok", f"Access request {row.id[:8]} sent to your team's managers.")
-            except AppError as error:
-                await db.rollback()
-                session.flash("error", f"{error.title}: {error.detail}")
-        return RedirectResponse("/console/engineer", status_code=303)
 
-    @router.post("/requests/{access_request_id}/revoke")
-    async def give_back(access_request_id: str, request: Request) -> Response:
-        session, who = await signed_in(request, ctx, Role.ENGINEER)
-        form = await checked_form(request, session)
-        async with ctx.session_factory() as db:
-            try:
-                reason = checked_single_line(first(form, "reason") or "no longer needed", field="reason",
-                                             max_length=200)
-                person = await staff_person(db, ctx.access, who, Role.ENGINEER)
-                row = await access.revoke(session=db, clock=clock, directory=ctx.access.directory,
-                                          access_request_id=access_request_id, by=person, reason=reason)
-                await db.commit()
-                await notify_team(session=db, notifier=ctx.access.notifier, row=row,
-                                  event="access.revoked")
-                session.flash("ok", "Access ended.")
-            except AppError as error:
-                await db.rollback()
-                session.flash("error", f"{error.title}: {error.detail}")
-        return RedirectResponse("/console/engineer", status_code=303)
+@router.post("/requests")
+async def ask(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    session, who = await signed_in(request, ctx, Role.ENGINEER, db=db)
+    form = await checked_form(request, session)
+    ids = [i for i in _SPLIT.split((first(form, "request_ids") or "").strip().lower()) if i]
+    try:
+        minutes = checked_form_int(first(form, "duration_minutes"), field="duration", default=240,
+                                   minimum=5, maximum=480)
+        justification = checked_prose(first(form, "justification") or "", field="justification", max_length=2000)
+        person = await staff_person(db, ctx.access, who, Role.ENGINEER)
+        row = await decisions.request_access(
+            session=db, clock=ctx.clock, notifier=ctx.access.notifier, requester=person, data=access.NewRequest(
+                ticket_id=first(form, "ticket_id") or "", request_ids=ids, justification=justification,
+                duration=timedelta(minutes=minutes)))
+        session.flash("ok", f"Access request {row.id[:8]} sent to your team's managers.")
+    except AppError as error:
+        await db.rollback()
+        session.flash("error", f"{error.title}: {error.detail}")
+    return RedirectResponse("/console/engineer", status_code=303)
 
-    return router
+
+@router.post("/requests/{access_request_id}/revoke")
+async def give_back(access_request_id: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    session, who = await signed_in(request, ctx, Role.ENGINEER, db=db)
+    form = await checked_form(request, session)
+    try:
+        reason = checked_single_line(first(form, "reason") or "no longer needed", field="reason", max_length=200)
+        person = await staff_person(db, ctx.access, who, Role.ENGINEER)
+        await decisions.revoke_access(session=db, clock=ctx.clock, directory=ctx.access.directory,
+                                      notifier=ctx.access.notifier, access_request_id=access_request_id,
+                                      by=person, reason=reason)
+        session.flash("ok", "Access ended.")
+    except AppError as error:
+        await db.rollback()
+        session.flash("error", f"{error.title}: {error.detail}")
+    return RedirectResponse("/console/engineer", status_code=303)

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.access import decisions
 from app.access import service as access
 from app.access.models import AccessRequest
-from app.access.notify import notify_team
 from app.access.service import StaffDirectory
 from app.access.states import AccessRequestState
 from app.clock import Clock
@@ -20,7 +20,7 @@ from app.console.auth import signed_in
 from app.console.security import checked_form, first
 from app.console.staff import staff_person
 from app.console.templating import page
-from app.context import AppContext
+from app.deps import ContextDep, SessionDep
 from app.errors import AppError, InvalidInput
 from app.identity.principal import Role
 from app.identity.staff.service import get_team, list_staff
@@ -29,6 +29,8 @@ from app.tickets.models import Ticket
 
 SHORTER = (15, 30, 60, 120, 240)
 RECENT = timedelta(days=7)
+
+router = APIRouter(prefix="/console/manager", include_in_schema=False)
 
 
 @dataclass(frozen=True)
@@ -71,54 +73,44 @@ async def _queue(db: AsyncSession, directory: StaffDirectory, person: access.Per
     return out
 
 
-def build_manager_router(ctx: AppContext) -> APIRouter:
-    clock = ctx.clock
-    router = APIRouter(prefix="/console/manager", include_in_schema=False)
+@router.get("")
+async def manager_home(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    session, who = await signed_in(request, ctx, Role.MANAGER, db=db)
+    person = await staff_person(db, ctx.access, who, Role.MANAGER)
+    queue = await _queue(db, ctx.access.directory, person, ctx.clock)
+    team_ids = await ctx.access.directory.teams_managed(db, who.subject)
+    teams = []
+    for team_id in team_ids:
+        team = await get_team(session=db, team_id=team_id)
+        members = await list_staff(session=db, team_id=team_id)
+        teams.append({"name": team.name if team else team_id, "members": members})
+    return page(request, "manager.html", session, queue=queue, teams=teams)
 
-    @router.get("")
-    async def manager_home(request: Request) -> Response:
-        session, who = await signed_in(request, ctx, Role.MANAGER)
-        async with ctx.session_factory() as db:
-            person = await staff_person(db, ctx.access, who, Role.MANAGER)
-            queue = await _queue(db, ctx.access.directory, person, clock)
-            team_ids = await ctx.access.directory.teams_managed(db, who.subject)
-            teams = []
-            for team_id in team_ids:
-                team = await get_team(session=db, team_id=team_id)
-                members = await list_staff(session=db, team_id=team_id)
-                teams.append({"name": team.name if team else team_id, "members": members})
-        return page(request, "manager.html", session, queue=queue, teams=teams)
 
-    @router.post("/requests/{access_request_id}/{verdict}")
-    async def decide(access_request_id: str, verdict: str, request: Request) -> Response:
-        session, who = await signed_in(request, ctx, Role.MANAGER)
-        form = await checked_form(request, session)
-        directory = ctx.access.directory
-        async with ctx.session_factory() as db:
-            try:
-                person = await staff_person(db, ctx.access, who, Role.MANAGER)
-                if verdict == "approve":
-                    minutes = checked_form_int(first(form, "duration_minutes"), field="duration", default=0,
-                                               minimum=0, maximum=480)
-                    duration = timedelta(minutes=minutes) if minutes else None
-                    row = await access.approve(session=db, clock=clock, directory=directory,
-                                               access_request_id=access_request_id, manager=person, duration=duration)
-                    session.flash("ok", f"Approved {row.requester}'s request until {row.expires_at:%H:%M} UTC.")
-                elif verdict == "deny":
-                    reason = checked_single_line(first(form, "reason") or "", field="reason", max_length=200)
-                    if not reason:
-                        raise InvalidInput("A denial needs a reason.")
-                    row = await access.deny(session=db, clock=clock, directory=directory,
-                                            access_request_id=access_request_id, manager=person, reason=reason)
-                    session.flash("ok", f"Denied {row.requester}'s request.")
-                else:
-                    raise InvalidInput("Approve or deny.")
-                await db.commit()
-                await notify_team(session=db, notifier=ctx.access.notifier, row=row,
-                                  event=f"access.{row.state}")
-            except AppError as error:
-                await db.rollback()
-                session.flash("error", f"{error.title}: {error.detail}")
-        return RedirectResponse("/console/manager", status_code=303)
-
-    return router
+@router.post("/requests/{access_request_id}/{verdict}")
+async def decide(access_request_id: str, verdict: str, request: Request, ctx: ContextDep,
+                 db: SessionDep) -> Response:
+    session, who = await signed_in(request, ctx, Role.MANAGER, db=db)
+    form = await checked_form(request, session)
+    clock, directory, notifier = ctx.clock, ctx.access.directory, ctx.access.notifier
+    try:
+        person = await staff_person(db, ctx.access, who, Role.MANAGER)
+        if verdict == "approve":
+            minutes = checked_form_int(first(form, "duration_minutes"), field="duration", default=0,
+                                       minimum=0, maximum=480)
+            duration = timedelta(minutes=minutes) if minutes else None
+            row = await decisions.approve_access(session=db, clock=clock, directory=directory, notifier=notifier,
+                                                 access_request_id=access_request_id, manager=person,
+                                                 duration=duration)
+            session.flash("ok", f"Approved {row.requester}'s request until {row.expires_at:%H:%M} UTC.")
+        elif verdict == "deny":
+            reason = checked_single_line(first(form, "reason") or "", field="reason", max_length=200)
+            row = await decisions.deny_access(session=db, clock=clock, directory=directory, notifier=notifier,
+                                              access_request_id=access_request_id, manager=person, reason=reason)
+            session.flash("ok", f"Denied {row.requester}'s request.")
+        else:
+            raise InvalidInput("Approve or deny.")
+    except AppError as error:
+        await db.rollback()
+        session.flash("error", f"{error.title}: {error.detail}")
+    return RedirectResponse("/console/manager", status_code=303)

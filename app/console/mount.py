@@ -14,21 +14,10 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.console.auditor import build_auditor_router
-from app.console.auth import (
-    LOGIN_TTL,
-    ConsoleState,
-    MissingConsoleRole,
-    NeedsSignIn,
-    build_auth_router,
-    current_session,
-)
-from app.console.customer import build_customer_router
+from app.console import auditor, auth, customer, engineer, manager, playback
+from app.console.auth import LOGIN_TTL, ConsoleState, MissingConsoleRole, NeedsSignIn, current_session
 from app.console.dev_login import build_dev_login_router
-from app.console.engineer import build_engineer_router
 from app.console.login_key import LoginKey
-from app.console.manager import build_manager_router
-from app.console.playback import build_playback_router
 from app.console.security import ConsoleSecurityHeaders, CsrfRejected
 from app.console.sessions import SaveTouchedSessions, SessionStore
 from app.console.settings import ConsoleSettings
@@ -70,12 +59,8 @@ def include_console(app: FastAPI, ctx: AppContext) -> bool:
     app.add_middleware(ConsoleSecurityHeaders)
     app.add_middleware(SaveTouchedSessions)
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
-    app.include_router(build_auth_router(ctx))
-    app.include_router(build_engineer_router(ctx))
-    app.include_router(build_manager_router(ctx))
-    app.include_router(build_customer_router(ctx))
-    app.include_router(build_auditor_router(ctx))
-    app.include_router(build_playback_router(ctx))
+    for pages in (auth, engineer, manager, customer, auditor, playback):
+        app.include_router(pages.router)
 
     @app.get("/console", include_in_schema=False)
     async def console_home(request: Request) -> Response:

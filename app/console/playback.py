@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.access.playback.reads import PART_OF_SPEAKER, Part, PartRead, read_recording_part, read_whole
+from app.access.playback.reads import (
+    PART_OF_SPEAKER,
+    Part,
+    PartRead,
+    Speaker,
+    read_recording_part,
+    read_whole,
+)
 from app.access.playback.service import RecordingNotAvailable
 from app.console.auth import signed_in
 from app.console.templating import page
 from app.context import AppContext
-from app.deps import SessionDep
+from app.deps import ContextDep, SessionDep
 from app.identity.principal import Principal
 
 AUDIO_TYPES = frozenset({"input_audio_buffer.append", "response.audio.delta", "response.output_audio.delta",
@@ -82,38 +89,39 @@ def timeline_marks(events: list[TimelineEvent], width: float = 1000.0) -> tuple[
     return [Mark(round(e.seek_ms * width / span, 1), e.kind, f"{e.label} at {e.seek_ms} ms") for e in events], span
 
 
-def build_playback_router(ctx: AppContext) -> APIRouter:
-    router = APIRouter(prefix="/console/recordings", include_in_schema=False)
+router = APIRouter(prefix="/console/recordings", include_in_schema=False)
 
-    async def read(db: AsyncSession, request: Request, who: Principal, request_id: str, part: Part) -> PartRead:
-        return await read_recording_part(session=db, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings,
-                                         stores=ctx.stores, http_request=request, acting=who, request_id=request_id,
-                                         part=part, range_header=request.headers.get("range"))
 
-    @router.get("/{request_id}")
-    async def playback(request_id: str, request: Request, db: SessionDep) -> Response:
-        session, who = await signed_in(request, ctx)
-        try:
-            timeline = await read(db, request, who, request_id, "timeline")
-            lines = [json.loads(line) for line in (await read_whole(timeline)).splitlines()]
-            said_read = await read(db, request, who, request_id, "transcripts")
-        except RecordingNotAvailable as refused:  # audited; the request's transaction keeps the entry
-            return page(request, "not_available.html", session, status_code=refused.status, error=refused)
-        said = json.loads(await read_whole(said_read))["transcripts"]
-        allowed = timeline.allowed
-        events = [e for e in (_classify(line) for line in lines) if e is not None]
-        marks, span_ms = timeline_marks(events)
-        return page(request, "playback.html", session, request_id=request_id, recording=allowed.recording,
-                    grant=allowed.grant, events=events[:MAX_SHOWN_EVENTS],
-                    hidden=max(0, len(events) - MAX_SHOWN_EVENTS),
-                    marks=marks, span_ms=span_ms, transcripts=said, saw=allowed.saw)
+async def _read(ctx: AppContext, db: AsyncSession, request: Request, who: Principal, request_id: str,
+                part: Part) -> PartRead:
+    return await read_recording_part(session=db, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings,
+                                     stores=ctx.stores, http_request=request, acting=who, request_id=request_id,
+                                     part=part, range_header=request.headers.get("range"))
 
-    @router.get("/{request_id}/audio/{speaker}.wav")
-    async def audio(request_id: str, speaker: Literal["caller", "service"], request: Request,
-                    db: SessionDep) -> Response:
-        """The API's WAV of one direction (same authorization, audit and Range handling), for the page's player."""
-        _session, who = await signed_in(request, ctx)
-        wav = await read(db, request, who, request_id, PART_OF_SPEAKER[speaker])
-        return StreamingResponse(wav.body, status_code=wav.status, media_type=wav.media_type, headers=wav.headers)
 
-    return router
+@router.get("/{request_id}")
+async def playback(request_id: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    session, who = await signed_in(request, ctx, db=db)
+    try:
+        timeline = await _read(ctx, db, request, who, request_id, "timeline")
+        lines = [json.loads(line) for line in (await read_whole(timeline)).splitlines()]
+        said_read = await _read(ctx, db, request, who, request_id, "transcripts")
+    except RecordingNotAvailable as refused:  # audited; the request's transaction keeps the entry
+        return page(request, "not_available.html", session, status_code=refused.status, error=refused)
+    said = json.loads(await read_whole(said_read))["transcripts"]
+    allowed = timeline.allowed
+    events = [e for e in (_classify(line) for line in lines) if e is not None]
+    marks, span_ms = timeline_marks(events)
+    return page(request, "playback.html", session, request_id=request_id, recording=allowed.recording,
+                grant=allowed.grant, events=events[:MAX_SHOWN_EVENTS],
+                hidden=max(0, len(events) - MAX_SHOWN_EVENTS),
+                marks=marks, span_ms=span_ms, transcripts=said, saw=allowed.saw)
+
+
+@router.get("/{request_id}/audio/{speaker}.wav")
+async def audio(request_id: str, speaker: Speaker, request: Request, ctx: ContextDep,
+                db: SessionDep) -> Response:
+    """The API's WAV of one direction (same authorization, audit and Range handling), for the page's player."""
+    _session, who = await signed_in(request, ctx, db=db)
+    wav = await _read(ctx, db, request, who, request_id, PART_OF_SPEAKER[speaker])
+    return StreamingResponse(wav.body, status_code=wav.status, media_type=wav.media_type, headers=wav.headers)

@@ -1,22 +1,22 @@
-"""Who a console user is to the access service: the token's role and the staff record's, both (as the API)."""
+"""Who a console user is to the access service: the API's one check (`acting_person`), refused as the console's."""
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.context import AccessContext
-from app.access.service import Person
-from app.console.auth import MissingConsoleRole, console_staff
-from app.identity.principal import Principal, Role
+from app.access.people import acting_person
+from app.access.service import NotStaff, Person
+from app.console.auth import MissingConsoleRole
+from app.identity.principal import MissingRole, Principal, Role
+from app.identity.staff.service import StaffInactive, UnknownStaff
 
 
 async def staff_person(session: AsyncSession, access: AccessContext, who: Principal, role: Role) -> Person:
-    """The access service's view of the caller, after the API's one check (token AND active record hold `role`);
-    its roles are those both grant, so no later decision counts a role the token or the record lacks."""
-    staff = await console_staff(session, who, role)
-    person = await access.directory.person(session, who.subject)
-    if person is None:
-        raise MissingConsoleRole("Your identity has no staff record.")
-    return replace(person, roles=frozenset(r.value for r in staff.roles))
+    """The access service's view of the caller (token AND active record hold `role`), as the API asks it."""
+    try:
+        return await acting_person(session=session, directory=access.directory, principal=who, roles=(role,))
+    except NotStaff as refused:
+        raise MissingConsoleRole("Your identity has no staff record.") from refused
+    except (MissingRole, UnknownStaff, StaffInactive) as refused:
+        raise MissingConsoleRole(refused.detail) from refused
