@@ -17,6 +17,7 @@ from app.errors import AppError, Forbidden, Unauthorized
 from app.resources.directory import ResourceDirectory
 from app.storage.router import RegionRouter
 from app.tickets.consent_cache import ConsentCache
+from app.transaction import discard_after_commit
 from app.vault.keyring import RegionKeyrings
 
 __all__ = ["ContextDep"]  # re-exported: routes import every dependency alias from here
@@ -39,11 +40,20 @@ async def get_session(ctx: ContextDep) -> AsyncIterator[AsyncSession]:
             yield session
             await session.commit()
         except AppError as error:
-            await (session.commit() if error.keeps_transaction else session.rollback())
+            if error.keeps_transaction:
+                await session.commit()
+            else:
+                await _roll_back(session)
             raise
         except BaseException:
-            await session.rollback()
+            await _roll_back(session)
             raise
+
+
+async def _roll_back(session: AsyncSession) -> None:
+    """Roll back and drop the steps waiting on the commit that will not happen."""
+    await session.rollback()
+    discard_after_commit(session)
 
 
 def get_stores(ctx: ContextDep) -> RegionRouter:

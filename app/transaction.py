@@ -14,8 +14,19 @@ _AFTER_COMMIT = "voicelog.after_commit"
 
 
 def after_commit(session: AsyncSession, step: Callable[[], None]) -> None:
-    """Run `step` once `session`'s transaction has committed (a reload begun after it sees the change)."""
-    session.sync_session.info.setdefault(_AFTER_COMMIT, []).append(step)
+    """Run `step` once `session`'s transaction has committed (a reload begun after it sees the change).
+
+    The step belongs to the transaction in progress, begun here if there is none yet: without one, a
+    `rollback()` is a no-op that fires no event, and the step would outlive it into a later commit."""
+    sync = session.sync_session
+    if not sync.in_transaction():
+        sync.begin()  # no I/O: the connection is still taken at the first statement
+    sync.info.setdefault(_AFTER_COMMIT, []).append(step)
+
+
+def discard_after_commit(session: AsyncSession) -> None:
+    """Drop every step still waiting on `session`; whoever rolls back calls it, so none reaches a later commit."""
+    session.sync_session.info.pop(_AFTER_COMMIT, None)
 
 
 @event.listens_for(Session, "after_commit")
