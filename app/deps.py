@@ -9,16 +9,13 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.capture.recorder import Recorder
 from app.clock import Clock
 from app.config import Settings
 from app.context import ContextDep
 from app.errors import AppError, Forbidden, Unauthorized
 from app.resources.directory import ResourceDirectory
-from app.storage.router import RegionRouter
 from app.tickets.consent_cache import ConsentCache
 from app.transaction import discard_after_commit
-from app.vault.keyring import RegionKeyrings
 
 __all__ = ["ContextDep"]  # re-exported: routes import every dependency alias from here
 
@@ -56,18 +53,6 @@ async def _roll_back(session: AsyncSession) -> None:
     discard_after_commit(session)
 
 
-def get_stores(ctx: ContextDep) -> RegionRouter:
-    return ctx.stores
-
-
-def get_keyrings(ctx: ContextDep) -> RegionKeyrings:
-    return ctx.keyrings
-
-
-def get_recorder(ctx: ContextDep) -> Recorder:
-    return ctx.recorder
-
-
 def get_consents(ctx: ContextDep) -> ConsentCache:
     return ctx.consents
 
@@ -79,9 +64,6 @@ def get_resources(ctx: ContextDep) -> ResourceDirectory:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
-StoresDep = Annotated[RegionRouter, Depends(get_stores)]
-KeyringsDep = Annotated[RegionKeyrings, Depends(get_keyrings)]
-RecorderDep = Annotated[Recorder, Depends(get_recorder)]
 ConsentsDep = Annotated[ConsentCache, Depends(get_consents)]
 ResourcesDep = Annotated[ResourceDirectory, Depends(get_resources)]
 
