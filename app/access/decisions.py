@@ -41,9 +41,9 @@ async def deny_access(*, session: AsyncSession, clock: Clock, directory: StaffDi
 
 
 async def revoke_access(*, session: AsyncSession, clock: Clock, directory: StaffDirectory, notifier: Notifier,
-                        access_request_id: str, by: Person, reason: str) -> AccessRequest:
+                        access_request_id: str, acting: Person, reason: str) -> AccessRequest:
     row = await service.revoke(session=session, clock=clock, directory=directory,
-                               access_request_id=access_request_id, by=by, reason=reason)
+                               access_request_id=access_request_id, acting=acting, reason=reason)
     await notify_team(session=session, notifier=notifier, row=row, event="access.revoked")
     return row
 

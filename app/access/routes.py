@@ -23,8 +23,8 @@ router = APIRouter(tags=["access"])
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
 
 
-async def _person(session: AsyncSession, ctx: AccessContext, who: Principal, *roles: Role) -> service.Person:
-    return await acting_person(session=session, directory=ctx.directory, principal=who, roles=roles)
+async def _person(session: AsyncSession, ctx: AccessContext, acting: Principal, *roles: Role) -> service.Person:
+    return await acting_person(session=session, directory=ctx.directory, principal=acting, roles=roles)
 
 
 async def _out(session: AsyncSession, row: AccessRequest) -> AccessRequestOut:
@@ -44,9 +44,9 @@ async def _out(session: AsyncSession, row: AccessRequest) -> AccessRequestOut:
 
 
 @router.post("/access/requests", status_code=201, summary="Ask for just-in-time access (engineer)")
-async def create_request(body: AccessRequestCreate, who: CurrentPrincipal, session: SessionDep, clock: ClockDep,
+async def create_request(body: AccessRequestCreate, acting: CurrentPrincipal, session: SessionDep, clock: ClockDep,
                          access: AccessDep) -> AccessRequestOut:
-    person = await _person(session, access, who, Role.ENGINEER)
+    person = await _person(session, access, acting, Role.ENGINEER)
     row = await decisions.request_access(
         session=session, clock=clock, notifier=access.notifier, requester=person, data=service.NewRequest(
             ticket_id=body.ticket_id, request_ids=body.request_ids, justification=body.justification,
@@ -55,22 +55,22 @@ async def create_request(body: AccessRequestCreate, who: CurrentPrincipal, sessi
 
 
 @router.get("/access/requests", summary="My access requests and grants (engineer)")
-async def my_requests(who: CurrentPrincipal, session: SessionDep, access: AccessDep) -> list[AccessRequestOut]:
-    await _person(session, access, who, Role.ENGINEER)
-    return [await _out(session, r) for r in await service.requests_of(session=session, requester=who.subject)]
+async def my_requests(acting: CurrentPrincipal, session: SessionDep, access: AccessDep) -> list[AccessRequestOut]:
+    await _person(session, access, acting, Role.ENGINEER)
+    return [await _out(session, r) for r in await service.requests_of(session=session, requester=acting.subject)]
 
 
 @router.get("/access/queue", summary="Pending requests of the teams I manage (manager)")
-async def queue(who: CurrentPrincipal, session: SessionDep, access: AccessDep) -> list[AccessRequestOut]:
-    person = await _person(session, access, who, Role.MANAGER)
-    teams = await access.directory.teams_managed(session, who.subject)
+async def queue(acting: CurrentPrincipal, session: SessionDep, access: AccessDep) -> list[AccessRequestOut]:
+    person = await _person(session, access, acting, Role.MANAGER)
+    teams = await access.directory.teams_managed(session, acting.subject)
     return [await _out(session, r) for r in await service.queue_for(session=session, manager=person, team_ids=teams)]
 
 
 @router.post("/access/requests/{access_request_id}/approve", summary="Approve (manager of the requester's team)")
-async def approve(access_request_id: str, body: Decision, who: CurrentPrincipal, session: SessionDep,
+async def approve(access_request_id: str, body: Decision, acting: CurrentPrincipal, session: SessionDep,
                   clock: ClockDep, access: AccessDep) -> AccessRequestOut:
-    person = await _person(session, access, who, Role.MANAGER)
+    person = await _person(session, access, acting, Role.MANAGER)
     duration = timedelta(minutes=body.duration_minutes) if body.duration_minutes else None
     row = await decisions.approve_access(session=session, clock=clock, directory=access.directory,
                                          notifier=access.notifier, access_request_id=access_request_id,
@@ -79,9 +79,9 @@ async def approve(access_request_id: str, body: Decision, who: CurrentPrincipal,
 
 
 @router.post("/access/requests/{access_request_id}/deny", summary="Deny with a reason (manager)")
-async def deny(access_request_id: str, body: Decision, who: CurrentPrincipal, session: SessionDep, clock: ClockDep,
+async def deny(access_request_id: str, body: Decision, acting: CurrentPrincipal, session: SessionDep, clock: ClockDep,
                access: AccessDep) -> AccessRequestOut:
-    person = await _person(session, access, who, Role.MANAGER)
+    person = await _person(session, access, acting, Role.MANAGER)
     row = await decisions.deny_access(session=session, clock=clock, directory=access.directory,
                                       notifier=access.notifier, access_request_id=access_request_id,
                                       manager=person, reason=body.reason)
@@ -89,20 +89,20 @@ async def deny(access_request_id: str, body: Decision, who: CurrentPrincipal, se
 
 
 @router.post("/access/requests/{access_request_id}/revoke", summary="End a grant now (requester or manager)")
-async def revoke(access_request_id: str, body: Decision, who: CurrentPrincipal, session: SessionDep,
+async def revoke(access_request_id: str, body: Decision, acting: CurrentPrincipal, session: SessionDep,
                  clock: ClockDep, access: AccessDep) -> AccessRequestOut:
-    person = await _person(session, access, who, Role.ENGINEER, Role.MANAGER)
+    person = await _person(session, access, acting, Role.ENGINEER, Role.MANAGER)
     row = await decisions.revoke_access(session=session, clock=clock, directory=access.directory,
                                         notifier=access.notifier, access_request_id=access_request_id,
-                                        by=person, reason=body.reason.strip())
+                                        acting=person, reason=body.reason.strip())
     return await _out(session, row)
 
 
 @router.post("/access/requests/{access_request_id}/extend", status_code=201,
              summary="Ask for more time before the grant expires (needs a new approval)")
-async def extend(access_request_id: str, body: Extension, who: CurrentPrincipal, session: SessionDep,
+async def extend(access_request_id: str, body: Extension, acting: CurrentPrincipal, session: SessionDep,
                  clock: ClockDep, access: AccessDep) -> AccessRequestOut:
-    person = await _person(session, access, who, Role.ENGINEER)
+    person = await _person(session, access, acting, Role.ENGINEER)
     row = await decisions.extend_access(session=session, clock=clock, access_request_id=access_request_id,
                                         requester=person, duration=timedelta(minutes=body.duration_minutes),
                                         justification=body.justification)
@@ -112,10 +112,10 @@ async def extend(access_request_id: str, body: Extension, who: CurrentPrincipal,
 @router.post("/customer/resources/{resource}/access-requests/{access_request_id}/{verdict}",
              summary="Customer Lockbox: approve or refuse a grant on my recordings (customer admin)")
 async def customer_verdict(resource: str, access_request_id: str, verdict: Literal["approve", "refuse"],
-                           who: CurrentPrincipal, session: SessionDep, clock: ClockDep) -> AccessRequestOut:
-    owned = await customer_resource(session=session, principal=who, name=resource)
+                           acting: CurrentPrincipal, session: SessionDep, clock: ClockDep) -> AccessRequestOut:
+    owned = await customer_resource(session=session, principal=acting, name=resource)
     row = await decisions.customer_decide_access(session=session, clock=clock,
-                                                 access_request_id=access_request_id, customer=who.subject,
+                                                 access_request_id=access_request_id, customer=acting.subject,
                                                  resource_id=owned.id, approve=verdict == "approve")
     return await _out(session, row)
 
@@ -132,39 +132,39 @@ def _sent(read: PartRead) -> StreamingResponse:
 
 @router.get("/recordings/{request_id}/audio/{speaker}.wav", summary="One direction of a recording as WAV",
             responses=NOT_AVAILABLE)
-async def audio(request_id: str, speaker: Speaker, who: CurrentPrincipal, session: SessionDep,
+async def audio(request_id: str, speaker: Speaker, acting: CurrentPrincipal, session: SessionDep,
                 ctx: ContextDep, request: Request,
                 range_header: Annotated[str | None, Header(alias="range")] = None) -> StreamingResponse:
     """pcm16 WAV at the session's rate (G.711 decoded); gaps are silence, listed in `X-Voicelog-Gaps`.
     Streams with bounded memory; supports a single `Range`."""
     return _sent(await read_recording_part(
         session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        http_request=request, acting=who, request_id=request_id, part=PART_OF_SPEAKER[speaker],
+        http_request=request, acting=acting, request_id=request_id, part=PART_OF_SPEAKER[speaker],
         range_header=range_header))
 
 
 @router.get("/recordings/{request_id}/events", summary="The event timeline (JSON lines, audio elided)",
             responses={404: {"description": "One answer for every refusal."}})
-async def events(request_id: str, who: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
+async def events(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
                  request: Request) -> StreamingResponse:
     return _sent(await read_recording_part(
         session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        http_request=request, acting=who, request_id=request_id, part="timeline"))
+        http_request=request, acting=acting, request_id=request_id, part="timeline"))
 
 
 @router.get("/recordings/{request_id}/transcript", summary="Transcripts the pipeline produced, with times",
             responses={404: {"description": "One answer for every refusal."}})
-async def transcript(request_id: str, who: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
+async def transcript(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
                      request: Request) -> Response:
     read = await read_recording_part(
         session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        http_request=request, acting=who, request_id=request_id, part="transcripts")
+        http_request=request, acting=acting, request_id=request_id, part="transcripts")
     return Response(await read_whole(read), media_type=read.media_type, headers=read.headers)
 
 
 @router.get("/customer/resources/{resource}/access-log",
             summary="Access transparency: every access request and read on my recordings (customer admin)")
-async def access_log(resource: str, who: CurrentPrincipal, session: SessionDep) -> dict[str, object]:
+async def access_log(resource: str, acting: CurrentPrincipal, session: SessionDep) -> dict[str, object]:
     """Who (by role and team), when, under which ticket and justification; each read with part and bytes."""
-    owned = await customer_resource(session=session, principal=who, name=resource)
+    owned = await customer_resource(session=session, principal=acting, name=resource)
     return await transparency.access_log(session=session, resource=owned)

@@ -245,20 +245,20 @@ async def deny(
 
 
 async def revoke(
-    *, session: AsyncSession, clock: Clock, directory: StaffDirectory, access_request_id: str, by: Person,
+    *, session: AsyncSession, clock: Clock, directory: StaffDirectory, access_request_id: str, acting: Person,
     reason: str,
 ) -> AccessRequest:
     """The requester or a manager of their team ends a grant (or withdraws a pending request) at once."""
     row = await require_request(session=session, access_request_id=access_request_id)
-    if by.subject != row.requester:
-        await _check_decider(session=session, directory=directory, row=row, decider=by,
+    if acting.subject != row.requester:
+        await _check_decider(session=session, directory=directory, row=row, decider=acting,
                              requester_must_qualify=False)
     now = clock.now()
     if row.state not in (AccessRequestState.PENDING, AccessRequestState.APPROVED) or row.revoked_at is not None:
         raise NotActiveGrant()
-    row.state, row.revoked_at, row.revoked_by = AccessRequestState.REVOKED, now, by.subject
+    row.state, row.revoked_at, row.revoked_by = AccessRequestState.REVOKED, now, acting.subject
     row.revoke_reason = reason[:200]
-    await append_entry(session=session, clock=clock, actor=Actor.staff(by.subject),
+    await append_entry(session=session, clock=clock, actor=Actor.staff(acting.subject),
                        action=AuditAction.ACCESS_REVOKED, subjects=Subjects(grant=row.id, ticket=row.ticket_id),
                        detail={"reason": reason[:64] or "revoked"})
     return row

@@ -84,7 +84,7 @@ class KeysDestroyed:
 
 
 async def erase_customer_recordings(
-    *, session: AsyncSession, clock: Clock, keyrings: RegionKeyrings, consents: ConsentCache, by: Principal,
+    *, session: AsyncSession, clock: Clock, keyrings: RegionKeyrings, consents: ConsentCache, acting: Principal,
     resource: Resource, consent_id: str,
 ) -> KeysDestroyed:
     """Erasure, step 1: end the consent and destroy the data key of every recording made under it.
@@ -92,10 +92,10 @@ async def erase_customer_recordings(
     The caller commits, then calls `finish` (the API and the console alike).
     """
     consent = await require_consent(session=session, resource=resource, consent_id=consent_id)
-    actor = Actor.customer_admin(by.subject)
+    actor = Actor.customer_admin(acting.subject)
     if consent.ended_at is None:
         await end_consent(session=session, clock=clock, consents=consents, consent=consent, actor=actor,
-                          ended_by=by.subject, reason="erased", at=clock.now())
+                          ended_by=acting.subject, reason="erased", at=clock.now())
     rows = (await session.execute(
         select(Recording).where(Recording.consent_id == consent.id, Recording.shredded_at.is_(None))
         .order_by(Recording.started_at)

@@ -71,7 +71,7 @@ async def _report(db: AsyncSession, runtime: AuditRuntime | None, kind: ReportKi
 
 @router.get("")
 async def access_review(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, _who = await signed_in(request, ctx, Role.AUDITOR, db=db)
+    session, _acting = await signed_in(request, ctx, Role.AUDITOR, db=db)
     period = _period(request, ctx.clock)
     runtime = ctx.audit
     report = await _report(db, runtime, ReportKind.ACCESS_REVIEW, period, ctx.clock)
@@ -84,7 +84,7 @@ async def access_review(request: Request, ctx: ContextDep, db: SessionDep) -> Re
 
 @router.get("/retention")
 async def retention(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, _who = await signed_in(request, ctx, Role.AUDITOR, db=db)
+    session, _acting = await signed_in(request, ctx, Role.AUDITOR, db=db)
     period = _period(request, ctx.clock)
     runtime = ctx.audit
     report = await _report(db, runtime, ReportKind.RETENTION, period, ctx.clock)
@@ -97,7 +97,7 @@ async def retention(request: Request, ctx: ContextDep, db: SessionDep) -> Respon
 @router.get("/reports/{kind}.{fmt}")
 async def download(kind: str, fmt: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
     """The signed report, exactly as `GET /audit/reports/...` makes it (and audited the same way)."""
-    _session, who = await signed_in(request, ctx, Role.AUDITOR, db=db)
+    _session, acting = await signed_in(request, ctx, Role.AUDITOR, db=db)
     kinds = {"access-review": ReportKind.ACCESS_REVIEW, "retention": ReportKind.RETENTION}
     if kind not in kinds or fmt not in ("csv", "json"):
         raise NotFound()
@@ -106,7 +106,7 @@ async def download(kind: str, fmt: str, request: Request, ctx: ContextDep, db: S
     output = await generate_report(
         session=db, clock=ctx.clock, keyring=runtime.keyring, kind=kinds[kind], fmt=ReportFormat(fmt),
         period=period, params=runtime.review_params, retention_days=runtime.settings.retention_days,
-        requested_by=Actor.staff(who.subject))
+        requested_by=Actor.staff(acting.subject))
     filename = f"{kinds[kind].value}_{period.first.isoformat()}_{period.last.isoformat()}.{fmt}"
     return Response(output.body(), media_type=output.media_type,
                     headers={"content-disposition": f'attachment; filename="{filename}"',

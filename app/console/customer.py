@@ -25,11 +25,11 @@ router = APIRouter(prefix="/console/customer", include_in_schema=False)
 
 @router.get("")
 async def customer_home(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, who = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
+    session, acting = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
     owned = []
     for resource in await list_resources(session=db):
         try:  # the tickets service decides what a tenant owns
-            owned.append(await tickets.customer_resource(session=db, principal=who, name=resource.name))
+            owned.append(await tickets.customer_resource(session=db, principal=acting, name=resource.name))
         except ResourceNotFound:
             continue
     if len(owned) == 1:
@@ -39,8 +39,8 @@ async def customer_home(request: Request, ctx: ContextDep, db: SessionDep) -> Re
 
 @router.get("/resources/{name}")
 async def resource_page(name: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, who = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
-    resource = await tickets.customer_resource(session=db, principal=who, name=name)
+    session, acting = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
+    resource = await tickets.customer_resource(session=db, principal=acting, name=name)
     now = ctx.clock.now()
     consents = []
     for consent in await tickets.consents_of_resource(session=db, resource=resource):
@@ -55,14 +55,14 @@ async def resource_page(name: str, request: Request, ctx: ContextDep, db: Sessio
 
 @router.post("/resources/{name}/consents")
 async def grant(name: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, who = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
+    session, acting = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
     form = await checked_form(request, session)
     try:
-        resource = await tickets.customer_resource(session=db, principal=who, name=name)
+        resource = await tickets.customer_resource(session=db, principal=acting, name=name)
         days = checked_form_int(first(form, "days"), field="number of days", default=7, minimum=1, maximum=30)
         data = ConsentCreate(ticket_id=(first(form, "ticket_id") or "").strip(), days=days,
                              require_customer_approval=first(form, "require_customer_approval") == "on")
-        await tickets.grant_consent(session=db, clock=ctx.clock, by=who, resource=resource, data=data)
+        await tickets.grant_consent(session=db, clock=ctx.clock, acting=acting, resource=resource, data=data)
         session.flash("ok", "Recording is on for this resource, for the ticket you named.")
     except AppError as error:
         await db.rollback()
@@ -75,12 +75,12 @@ async def grant(name: str, request: Request, ctx: ContextDep, db: SessionDep) ->
 
 @router.post("/resources/{name}/consents/{consent_id}/withdraw")
 async def withdraw(name: str, consent_id: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, who = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
+    session, acting = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
     await checked_form(request, session)
     try:
-        resource = await tickets.customer_resource(session=db, principal=who, name=name)
-        await tickets.withdraw_consent(session=db, clock=ctx.clock, consents=ctx.consents, by=who, resource=resource,
-                                       consent_id=consent_id)
+        resource = await tickets.customer_resource(session=db, principal=acting, name=name)
+        await tickets.withdraw_consent(session=db, clock=ctx.clock, consents=ctx.consents, acting=acting,
+                                       resource=resource, consent_id=consent_id)
         session.flash("ok", "Consent withdrawn: recording has stopped.")
     except AppError as error:
         await db.rollback()
@@ -91,15 +91,15 @@ async def withdraw(name: str, consent_id: str, request: Request, ctx: ContextDep
 @router.post("/resources/{name}/consents/{consent_id}/erase")
 async def erase(name: str, consent_id: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
     """The erasure API's use case and order: keys destroyed and committed, then blobs deleted."""
-    session, who = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
+    session, acting = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
     form = await checked_form(request, session)
     if first(form, "confirm") != "erase":
         session.flash("error", "Tick the box to confirm the erasure.")
         return RedirectResponse(f"/console/customer/resources/{name}", status_code=303)
     try:
-        resource = await tickets.customer_resource(session=db, principal=who, name=name)
+        resource = await tickets.customer_resource(session=db, principal=acting, name=name)
         destroyed = await capture.erase_customer_recordings(
-            session=db, clock=ctx.clock, keyrings=ctx.keyrings, consents=ctx.consents, by=who, resource=resource,
+            session=db, clock=ctx.clock, keyrings=ctx.keyrings, consents=ctx.consents, acting=acting, resource=resource,
             consent_id=consent_id)
         await db.commit()  # the keys are gone before any blob is touched
         receipt = await destroyed.finish(session=db, clock=ctx.clock, stores=ctx.stores, recorder=ctx.recorder)

@@ -30,12 +30,12 @@ router = APIRouter(prefix="/console/engineer", include_in_schema=False)
 
 
 @router.get("")
-async def engineer_home(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, who = await signed_in(request, ctx, Role.ENGINEER, db=db)
-    await staff_person(db, ctx.access, who, Role.ENGINEER)
-    tickets = [t for t in await tickets_of_engineer(session=db, engineer=who.subject) if t.is_open]
+async def engineer_home(http_request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    session, acting = await signed_in(http_request, ctx, Role.ENGINEER, db=db)
+    await staff_person(db, ctx.access, acting, Role.ENGINEER)
+    tickets = [t for t in await tickets_of_engineer(session=db, engineer=acting.subject) if t.is_open]
     resources = {t.id: await db.get(Resource, t.resource_id) for t in tickets}
-    rows = await access.requests_of(session=db, requester=who.subject)
+    rows = await access.requests_of(session=db, requester=acting.subject)
     refs: dict[str, str] = {}
     requests = []
     now = ctx.clock.now()
@@ -48,20 +48,20 @@ async def engineer_home(request: Request, ctx: ContextDep, db: SessionDep) -> Re
         requests.append({"row": row, "ticket_ref": refs[row.ticket_id], "live": live,
                          "state": AccessRequestState.EXPIRED if approved and not live else row.state,
                          "request_ids": await access.request_ids_of(session=db, access_request=row)})
-    return page(request, "engineer.html", session, tickets=tickets, resources=resources, requests=requests,
+    return page(http_request, "engineer.html", session, tickets=tickets, resources=resources, requests=requests,
                 durations=DURATIONS, now=now)
 
 
 @router.post("/requests")
-async def ask(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, who = await signed_in(request, ctx, Role.ENGINEER, db=db)
-    form = await checked_form(request, session)
+async def ask(http_request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    session, acting = await signed_in(http_request, ctx, Role.ENGINEER, db=db)
+    form = await checked_form(http_request, session)
     ids = [i for i in _SPLIT.split((first(form, "request_ids") or "").strip().lower()) if i]
     try:
         minutes = checked_form_int(first(form, "duration_minutes"), field="duration", default=240,
                                    minimum=5, maximum=480)
         justification = checked_prose(first(form, "justification") or "", field="justification", max_length=2000)
-        person = await staff_person(db, ctx.access, who, Role.ENGINEER)
+        person = await staff_person(db, ctx.access, acting, Role.ENGINEER)
         row = await decisions.request_access(
             session=db, clock=ctx.clock, notifier=ctx.access.notifier, requester=person, data=access.NewRequest(
                 ticket_id=first(form, "ticket_id") or "", request_ids=ids, justification=justification,
@@ -74,15 +74,15 @@ async def ask(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
 
 
 @router.post("/requests/{access_request_id}/revoke")
-async def give_back(access_request_id: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, who = await signed_in(request, ctx, Role.ENGINEER, db=db)
-    form = await checked_form(request, session)
+async def give_back(access_request_id: str, http_request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    session, acting = await signed_in(http_request, ctx, Role.ENGINEER, db=db)
+    form = await checked_form(http_request, session)
     try:
         reason = checked_single_line(first(form, "reason") or "no longer needed", field="reason", max_length=200)
-        person = await staff_person(db, ctx.access, who, Role.ENGINEER)
+        person = await staff_person(db, ctx.access, acting, Role.ENGINEER)
         await decisions.revoke_access(session=db, clock=ctx.clock, directory=ctx.access.directory,
                                       notifier=ctx.access.notifier, access_request_id=access_request_id,
-                                      by=person, reason=reason)
+                                      acting=person, reason=reason)
         session.flash("ok", "Access ended.")
     except AppError as error:
         await db.rollback()

@@ -74,27 +74,27 @@ async def _queue(db: AsyncSession, directory: StaffDirectory, person: access.Per
 
 
 @router.get("")
-async def manager_home(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, who = await signed_in(request, ctx, Role.MANAGER, db=db)
-    person = await staff_person(db, ctx.access, who, Role.MANAGER)
+async def manager_home(http_request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    session, acting = await signed_in(http_request, ctx, Role.MANAGER, db=db)
+    person = await staff_person(db, ctx.access, acting, Role.MANAGER)
     queue = await _queue(db, ctx.access.directory, person, ctx.clock)
-    team_ids = await ctx.access.directory.teams_managed(db, who.subject)
+    team_ids = await ctx.access.directory.teams_managed(db, acting.subject)
     teams = []
     for team_id in team_ids:
         team = await get_team(session=db, team_id=team_id)
         members = await list_staff(session=db, team_id=team_id)
         teams.append({"name": team.name if team else team_id, "members": members})
-    return page(request, "manager.html", session, queue=queue, teams=teams)
+    return page(http_request, "manager.html", session, queue=queue, teams=teams)
 
 
 @router.post("/requests/{access_request_id}/{verdict}")
-async def decide(access_request_id: str, verdict: str, request: Request, ctx: ContextDep,
+async def decide(access_request_id: str, verdict: str, http_request: Request, ctx: ContextDep,
                  db: SessionDep) -> Response:
-    session, who = await signed_in(request, ctx, Role.MANAGER, db=db)
-    form = await checked_form(request, session)
+    session, acting = await signed_in(http_request, ctx, Role.MANAGER, db=db)
+    form = await checked_form(http_request, session)
     clock, directory, notifier = ctx.clock, ctx.access.directory, ctx.access.notifier
     try:
-        person = await staff_person(db, ctx.access, who, Role.MANAGER)
+        person = await staff_person(db, ctx.access, acting, Role.MANAGER)
         if verdict == "approve":
             minutes = checked_form_int(first(form, "duration_minutes"), field="duration", default=0,
                                        minimum=0, maximum=480)

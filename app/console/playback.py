@@ -92,36 +92,36 @@ def timeline_marks(events: list[TimelineEvent], width: float = 1000.0) -> tuple[
 router = APIRouter(prefix="/console/recordings", include_in_schema=False)
 
 
-async def _read(ctx: AppContext, db: AsyncSession, request: Request, who: Principal, request_id: str,
+async def _read(ctx: AppContext, db: AsyncSession, http_request: Request, acting: Principal, request_id: str,
                 part: Part) -> PartRead:
     return await read_recording_part(session=db, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings,
-                                     stores=ctx.stores, http_request=request, acting=who, request_id=request_id,
-                                     part=part, range_header=request.headers.get("range"))
+                                     stores=ctx.stores, http_request=http_request, acting=acting, request_id=request_id,
+                                     part=part, range_header=http_request.headers.get("range"))
 
 
 @router.get("/{request_id}")
-async def playback(request_id: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, who = await signed_in(request, ctx, db=db)
+async def playback(request_id: str, http_request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    session, acting = await signed_in(http_request, ctx, db=db)
     try:
-        timeline = await _read(ctx, db, request, who, request_id, "timeline")
+        timeline = await _read(ctx, db, http_request, acting, request_id, "timeline")
         lines = [json.loads(line) for line in (await read_whole(timeline)).splitlines()]
-        said_read = await _read(ctx, db, request, who, request_id, "transcripts")
+        said_read = await _read(ctx, db, http_request, acting, request_id, "transcripts")
     except RecordingNotAvailable as refused:  # audited; the request's transaction keeps the entry
-        return page(request, "not_available.html", session, status_code=refused.status, error=refused)
+        return page(http_request, "not_available.html", session, status_code=refused.status, error=refused)
     said = json.loads(await read_whole(said_read))["transcripts"]
     allowed = timeline.allowed
     events = [e for e in (_classify(line) for line in lines) if e is not None]
     marks, span_ms = timeline_marks(events)
-    return page(request, "playback.html", session, request_id=request_id, recording=allowed.recording,
+    return page(http_request, "playback.html", session, request_id=request_id, recording=allowed.recording,
                 grant=allowed.grant, events=events[:MAX_SHOWN_EVENTS],
                 hidden=max(0, len(events) - MAX_SHOWN_EVENTS),
                 marks=marks, span_ms=span_ms, transcripts=said, saw=allowed.saw)
 
 
 @router.get("/{request_id}/audio/{speaker}.wav")
-async def audio(request_id: str, speaker: Speaker, request: Request, ctx: ContextDep,
+async def audio(request_id: str, speaker: Speaker, http_request: Request, ctx: ContextDep,
                 db: SessionDep) -> Response:
     """The API's WAV of one direction (same authorization, audit and Range handling), for the page's player."""
-    _session, who = await signed_in(request, ctx, db=db)
-    wav = await _read(ctx, db, request, who, request_id, PART_OF_SPEAKER[speaker])
+    _session, acting = await signed_in(http_request, ctx, db=db)
+    wav = await _read(ctx, db, http_request, acting, request_id, PART_OF_SPEAKER[speaker])
     return StreamingResponse(wav.body, status_code=wav.status, media_type=wav.media_type, headers=wav.headers)

@@ -40,68 +40,69 @@ async def _consent_out(session: AsyncSession, consent: Consent, resource: Resour
 
 
 @router.post("/tickets", status_code=status.HTTP_201_CREATED, summary="File a ticket (ticketing system)")
-async def create_ticket(body: TicketCreate, by: Ticketing, session: SessionDep, clock: ClockDep) -> TicketOut:
-    ticket = await service.create_ticket(session=session, clock=clock, by=by, data=body)
+async def create_ticket(body: TicketCreate, acting: Ticketing, session: SessionDep, clock: ClockDep) -> TicketOut:
+    ticket = await service.create_ticket(session=session, clock=clock, acting=acting, data=body)
     return await _ticket_out(session, ticket)
 
 
 @router.get("/tickets/{ticket_id}", summary="Show a ticket (ticketing system)")
-async def show_ticket(ticket_id: str, _by: Ticketing, session: SessionDep) -> TicketOut:
+async def show_ticket(ticket_id: str, _acting: Ticketing, session: SessionDep) -> TicketOut:
     return await _ticket_out(session, await service.require_ticket(session=session, ticket_id=ticket_id))
 
 
 @router.post("/tickets/{ticket_id}/engineers", summary="Assign an engineer (ticketing system)")
-async def assign(ticket_id: str, body: AssignmentCreate, by: Ticketing, session: SessionDep,
+async def assign(ticket_id: str, body: AssignmentCreate, acting: Ticketing, session: SessionDep,
                  clock: ClockDep) -> TicketOut:
-    ticket = await service.assign_engineer(session=session, clock=clock, by=by, ticket_id=ticket_id,
+    ticket = await service.assign_engineer(session=session, clock=clock, acting=acting, ticket_id=ticket_id,
                                            engineer=body.engineer)
     return await _ticket_out(session, ticket)
 
 
 @router.delete("/tickets/{ticket_id}/engineers/{engineer}", summary="Unassign an engineer (ticketing system)")
-async def unassign(ticket_id: str, engineer: str, by: Ticketing, session: SessionDep, clock: ClockDep,
+async def unassign(ticket_id: str, engineer: str, acting: Ticketing, session: SessionDep, clock: ClockDep,
                    access: AccessDep) -> TicketOut:
     """Their grants under this ticket end too (audited, the team told as for a revocation)."""
-    ticket = await service.unassign_engineer(session=session, clock=clock, by=by, ticket_id=ticket_id,
+    ticket = await service.unassign_engineer(session=session, clock=clock, acting=acting, ticket_id=ticket_id,
                                              engineer=engineer)
     await notify_ended_grants(session=session, notifier=access.notifier)
     return await _ticket_out(session, ticket)
 
 
 @router.post("/tickets/{ticket_id}/close", summary="Close a ticket; its consents end")
-async def close(ticket_id: str, by: Ticketing, session: SessionDep, clock: ClockDep,
+async def close(ticket_id: str, acting: Ticketing, session: SessionDep, clock: ClockDep,
                 consents: ConsentsDep) -> TicketOut:
-    ticket = await service.close_ticket(session=session, clock=clock, consents=consents, by=by, ticket_id=ticket_id)
+    ticket = await service.close_ticket(session=session, clock=clock, consents=consents, acting=acting,
+                                        ticket_id=ticket_id)
     return await _ticket_out(session, ticket)
 
 
 @router.get("/me/tickets", summary="Open tickets I am assigned to (engineer)")
-async def my_tickets(me: StaffEngineer, session: SessionDep) -> list[TicketOut]:
-    tickets = await service.tickets_of_engineer(session=session, engineer=me.subject)
+async def my_tickets(acting: StaffEngineer, session: SessionDep) -> list[TicketOut]:
+    tickets = await service.tickets_of_engineer(session=session, engineer=acting.subject)
     return [await _ticket_out(session, t) for t in tickets if t.is_open]
 
 
 @router.post("/customer/resources/{resource}/consents", status_code=status.HTTP_201_CREATED,
              summary="Opt in: record this resource's sessions for a ticket (customer admin)")
-async def grant_consent(resource: str, body: ConsentCreate, by: CustomerAdmin, session: SessionDep,
+async def grant_consent(resource: str, body: ConsentCreate, acting: CustomerAdmin, session: SessionDep,
                         clock: ClockDep) -> ConsentOut:
-    owned = await service.customer_resource(session=session, principal=by, name=resource)
-    consent = await service.grant_consent(session=session, clock=clock, by=by, resource=owned, data=body)
+    owned = await service.customer_resource(session=session, principal=acting, name=resource)
+    consent = await service.grant_consent(session=session, clock=clock, acting=acting, resource=owned, data=body)
     return await _consent_out(session, consent, owned, clock)
 
 
 @router.get("/customer/resources/{resource}/consents", summary="My resource's consents (customer admin)")
-async def list_consents(resource: str, by: CustomerAdmin, session: SessionDep, clock: ClockDep) -> list[ConsentOut]:
-    owned = await service.customer_resource(session=session, principal=by, name=resource)
+async def list_consents(resource: str, acting: CustomerAdmin, session: SessionDep, clock: ClockDep) -> list[ConsentOut]:
+    owned = await service.customer_resource(session=session, principal=acting, name=resource)
     return [await _consent_out(session, c, owned, clock)
             for c in await service.consents_of_resource(session=session, resource=owned)]
 
 
 @router.post("/customer/resources/{resource}/consents/{consent_id}/withdraw",
              summary="Withdraw a consent: recording stops (customer admin)")
-async def withdraw_consent(resource: str, consent_id: str, by: CustomerAdmin, session: SessionDep,
+async def withdraw_consent(resource: str, consent_id: str, acting: CustomerAdmin, session: SessionDep,
                            clock: ClockDep, consents: ConsentsDep) -> ConsentOut:
-    owned = await service.customer_resource(session=session, principal=by, name=resource)
-    consent = await service.withdraw_consent(session=session, clock=clock, consents=consents, by=by, resource=owned,
-                                             consent_id=consent_id)
+    owned = await service.customer_resource(session=session, principal=acting, name=resource)
+    consent = await service.withdraw_consent(session=session, clock=clock, consents=consents, acting=acting,
+                                             resource=owned, consent_id=consent_id)
     return await _consent_out(session, consent, owned, clock)

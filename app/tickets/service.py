@@ -64,21 +64,21 @@ class TicketForOtherResource(InvalidInput):
 # --- tickets ----------------------------------------------------------------------------------------
 
 
-async def create_ticket(*, session: AsyncSession, clock: Clock, by: Principal, data: TicketCreate) -> Ticket:
+async def create_ticket(*, session: AsyncSession, clock: Clock, acting: Principal, data: TicketCreate) -> Ticket:
     resource = await require_resource(session=session, name=data.resource)
     existing = await session.execute(select(Ticket.id).where(Ticket.external_ref == data.external_ref))
     if existing.first() is not None:
         raise TicketExists(f"Ticket {data.external_ref!r} exists.")
-    ticket = Ticket(resource_id=resource.id, external_ref=data.external_ref, created_by=by.subject,
+    ticket = Ticket(resource_id=resource.id, external_ref=data.external_ref, created_by=acting.subject,
                     created_at=clock.now())
     session.add(ticket)
     await session.flush()
-    await append_entry(session=session, clock=clock, actor=Actor.service(by.subject),
+    await append_entry(session=session, clock=clock, actor=Actor.service(acting.subject),
                        action=AuditAction.TICKET_CREATED,
                        subjects=Subjects(ticket=ticket.id, resource=resource.id),
                        detail={"external_ref": data.external_ref})
     for engineer in dict.fromkeys(data.engineers):
-        await assign_engineer(session=session, clock=clock, by=by, ticket_id=ticket.id, engineer=engineer)
+        await assign_engineer(session=session, clock=clock, acting=acting, ticket_id=ticket.id, engineer=engineer)
     return ticket
 
 
@@ -112,23 +112,23 @@ async def tickets_assigned_to(*, session: AsyncSession, engineer: str) -> frozen
 
 
 async def assign_engineer(
-    *, session: AsyncSession, clock: Clock, by: Principal, ticket_id: str, engineer: str
+    *, session: AsyncSession, clock: Clock, acting: Principal, ticket_id: str, engineer: str
 ) -> Ticket:
     ticket = await require_ticket(session=session, ticket_id=ticket_id)
     if not ticket.is_open:
         raise TicketClosed()
     if await is_assigned(session=session, ticket_id=ticket_id, engineer=engineer):
         return ticket  # idempotent: assigning twice changes nothing and audits nothing
-    session.add(TicketAssignment(ticket_id=ticket_id, engineer=engineer, assigned_by=by.subject,
+    session.add(TicketAssignment(ticket_id=ticket_id, engineer=engineer, assigned_by=acting.subject,
                                  assigned_at=clock.now()))
-    await append_entry(session=session, clock=clock, actor=Actor.service(by.subject),
+    await append_entry(session=session, clock=clock, actor=Actor.service(acting.subject),
                        action=AuditAction.TICKET_ASSIGNED, subjects=Subjects(ticket=ticket_id),
                        detail={"engineer": engineer})
     return ticket
 
 
 async def unassign_engineer(
-    *, session: AsyncSession, clock: Clock, by: Principal, ticket_id: str, engineer: str
+    *, session: AsyncSession, clock: Clock, acting: Principal, ticket_id: str, engineer: str
 ) -> Ticket:
     ticket = await require_ticket(session=session, ticket_id=ticket_id)
     row = (await session.execute(
@@ -139,17 +139,17 @@ async def unassign_engineer(
     if row is None:
         raise NotAssigned()
     row.unassigned_at = clock.now()
-    await append_entry(session=session, clock=clock, actor=Actor.service(by.subject),
+    await append_entry(session=session, clock=clock, actor=Actor.service(acting.subject),
                        action=AuditAction.TICKET_UNASSIGNED, subjects=Subjects(ticket=ticket_id),
                        detail={"engineer": engineer})
     # Their grants under this ticket end with the assignment (C5; every read checks it anyway).
-    await end_grants_of(session=session, clock=clock, actor=Actor.service(by.subject), engineer=engineer,
+    await end_grants_of(session=session, clock=clock, actor=Actor.service(acting.subject), engineer=engineer,
                         reason=GrantEnding.UNASSIGNED, ticket_id=ticket_id)
     return ticket
 
 
 async def close_ticket(
-    *, session: AsyncSession, clock: Clock, consents: ConsentCache, by: Principal, ticket_id: str
+    *, session: AsyncSession, clock: Clock, consents: ConsentCache, acting: Principal, ticket_id: str
 ) -> Ticket:
     """Closing a ticket ends its consents: recording stops and grants under it lose their effect."""
     ticket = await require_ticket(session=session, ticket_id=ticket_id)
@@ -162,8 +162,8 @@ async def close_ticket(
     )
     for consent in open_consents.scalars():
         await end_consent(session=session, clock=clock, consents=consents, consent=consent,
-                          actor=Actor.service(by.subject), ended_by=by.subject, reason="ticket_closed", at=now)
-    await append_entry(session=session, clock=clock, actor=Actor.service(by.subject),
+                          actor=Actor.service(acting.subject), ended_by=acting.subject, reason="ticket_closed", at=now)
+    await append_entry(session=session, clock=clock, actor=Actor.service(acting.subject),
                        action=AuditAction.TICKET_CLOSED, subjects=Subjects(ticket=ticket_id))
     return ticket
 
@@ -190,7 +190,7 @@ async def customer_resource(*, session: AsyncSession, principal: Principal, name
 
 
 async def grant_consent(
-    *, session: AsyncSession, clock: Clock, by: Principal, resource: Resource, data: ConsentCreate
+    *, session: AsyncSession, clock: Clock, acting: Principal, resource: Resource, data: ConsentCreate
 ) -> Consent:
     ticket = await session.get(Ticket, data.ticket_id)
     if ticket is None:
@@ -200,12 +200,12 @@ async def grant_consent(
     if not ticket.is_open:
         raise TicketClosed()
     now = clock.now()
-    consent = Consent(resource_id=resource.id, ticket_id=ticket.id, granted_by=by.subject, granted_at=now,
+    consent = Consent(resource_id=resource.id, ticket_id=ticket.id, granted_by=acting.subject, granted_at=now,
                       not_before=now, not_after=now + timedelta(days=data.days),
                       require_customer_approval=data.require_customer_approval)
     session.add(consent)
     await session.flush()
-    await append_entry(session=session, clock=clock, actor=Actor.customer_admin(by.subject),
+    await append_entry(session=session, clock=clock, actor=Actor.customer_admin(acting.subject),
                        action=AuditAction.CONSENT_GRANTED,
                        subjects=Subjects(ticket=ticket.id, resource=resource.id),
                        detail={"consent": consent.id, "not_before": detail_time(consent.not_before),
@@ -235,7 +235,7 @@ async def end_consent(
 
 
 async def withdraw_consent(
-    *, session: AsyncSession, clock: Clock, consents: ConsentCache, by: Principal, resource: Resource,
+    *, session: AsyncSession, clock: Clock, consents: ConsentCache, acting: Principal, resource: Resource,
     consent_id: str,
 ) -> Consent:
     consent = await require_consent(session=session, resource=resource, consent_id=consent_id)
@@ -243,7 +243,7 @@ async def withdraw_consent(
     if consent.ended_at is not None or consent.not_after <= now:
         raise ConsentEnded()
     await end_consent(session=session, clock=clock, consents=consents, consent=consent,
-                      actor=Actor.customer_admin(by.subject), ended_by=by.subject, reason="withdrawn", at=now)
+                      actor=Actor.customer_admin(acting.subject), ended_by=acting.subject, reason="withdrawn", at=now)
     return consent
 
 

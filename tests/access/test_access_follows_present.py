@@ -132,12 +132,12 @@ async def add_recording(session: AsyncSession, clock: ManualClock, resource: Res
 async def add_ticket_with_recording(session: AsyncSession, clock: ManualClock, resource: Resource,
                                     engineers: list[str]) -> tuple[str, str, str]:
     ref = f"INC-{uuid4().hex[:10]}"
-    ticket = await tickets.create_ticket(session=session, clock=clock, by=TICKETING,
+    ticket = await tickets.create_ticket(session=session, clock=clock, acting=TICKETING,
                                          data=TicketCreate(resource=resource.name, external_ref=ref,
                                                            engineers=engineers))
     customer = Principal(f"admin@{resource.owner_tenant}", frozenset({Role.CUSTOMER_ADMIN}),
                          tenant=resource.owner_tenant)
-    consent = await tickets.grant_consent(session=session, clock=clock, by=customer, resource=resource,
+    consent = await tickets.grant_consent(session=session, clock=clock, acting=customer, resource=resource,
                                           data=ConsentCreate(ticket_id=ticket.id))
     return ticket.id, ref, await add_recording(session, clock, resource, ticket.id, consent.id)
 
@@ -172,7 +172,7 @@ async def test_engineer_unassigned_from_ticket_can_no_longer_read(world: World) 
     grant = await world.approve(await world.ask("alice"), "mona")
     assert await world.reads("alice")
 
-    await tickets.unassign_engineer(session=world.session, clock=world.clock, by=TICKETING,
+    await tickets.unassign_engineer(session=world.session, clock=world.clock, acting=TICKETING,
                                     ticket_id=world.ticket_id, engineer=world.who("alice"))
 
     assert not await world.reads("alice")
@@ -194,7 +194,7 @@ async def test_an_unassigned_engineer_is_refused_by_the_read_check_itself(world:
 async def test_unassigning_one_engineer_leaves_the_others_grants_alone(world: World) -> None:
     await world.approve(await world.ask("gina"), "max")
     await world.ask("alice")
-    await tickets.unassign_engineer(session=world.session, clock=world.clock, by=TICKETING,
+    await tickets.unassign_engineer(session=world.session, clock=world.clock, acting=TICKETING,
                                     ticket_id=world.ticket_id, engineer=world.who("alice"))
     assert await world.reads("gina")
 
@@ -303,7 +303,7 @@ async def test_a_rename_or_another_role_leaves_grants_alone(world: World) -> Non
 async def test_expired_denied_and_revoked_grants_are_not_ended_twice(world: World) -> None:
     revoked = await world.approve(await world.ask("alice"), "mona")
     await access.revoke(session=world.session, clock=world.clock, directory=DIRECTORY,
-                        access_request_id=revoked.id, by=await world.person("alice"), reason="done")
+                        access_request_id=revoked.id, acting=await world.person("alice"), reason="done")
     await staff.set_active(session=world.session, clock=world.clock, actor=ADMIN, subject=world.who("alice"),
                            active=False)
     assert revoked.revoke_reason == "done"

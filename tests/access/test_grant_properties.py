@@ -137,12 +137,12 @@ async def run(plan: list[tuple[object, ...]], database: Path) -> None:
                 elif kind == "wait":
                     clock.advance(timedelta(minutes=int(str(step[1]))))
                 elif kind == "unassign":
-                    await unassign_engineer(session=session, clock=clock, by=TICKETING, ticket_id="tic",
+                    await unassign_engineer(session=session, clock=clock, acting=TICKETING, ticket_id="tic",
                                             engineer=str(step[1]))
                     model.assigned.discard(str(step[1]))
                     model.end_grants_of(str(step[1]))
                 elif kind == "assign":
-                    await assign_engineer(session=session, clock=clock, by=TICKETING, ticket_id="tic",
+                    await assign_engineer(session=session, clock=clock, acting=TICKETING, ticket_id="tic",
                                           engineer=str(step[1]))
                     model.assigned.add(str(step[1]))
                 elif kind in ("move", "move_quietly"):
@@ -168,7 +168,7 @@ async def run(plan: list[tuple[object, ...]], database: Path) -> None:
                         model.grants[target].closed = True
                     else:
                         await service.revoke(session=session, clock=clock, directory=directory,
-                                             access_request_id=target, by=who, reason="done")
+                                             access_request_id=target, acting=who, reason="done")
                         model.grants[target].closed = True
                 await session.commit()
             except AppError:
