@@ -10,14 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access import service
 from app.access.models import AccessRequest
 from app.access.notify import Notifier, notify_team
-from app.access.service import NewRequest, Person, StaffDirectory
+from app.access.service import NewAccessRequest, Person, StaffDirectory
 from app.clock import Clock
 from app.errors import InvalidInput
 
 
 async def request_access(*, session: AsyncSession, clock: Clock, notifier: Notifier, requester: Person,
-                         data: NewRequest) -> AccessRequest:
-    row = await service.create_request(session=session, clock=clock, requester=requester, data=data)
+                         data: NewAccessRequest) -> AccessRequest:
+    row = await service.create_access_request(session=session, clock=clock, requester=requester, data=data)
     await notify_team(session=session, notifier=notifier, row=row, event="access.requested")
     return row
 
@@ -50,7 +50,7 @@ async def revoke_access(*, session: AsyncSession, clock: Clock, directory: Staff
 
 async def extend_access(*, session: AsyncSession, clock: Clock, access_request_id: str, requester: Person,
                         duration: timedelta, justification: str) -> AccessRequest:
-    """A new request for more time; the team's webhook is not told of it (its documented events are
+    """A new access request for more time; the team's webhook is not told of it (its documented events are
     requested, approved, denied, revoked, expiring soon and expired, and an extension never was one)."""
     return await service.extend(session=session, clock=clock, access_request_id=access_request_id,
                                 requester=requester, duration=duration, justification=justification)

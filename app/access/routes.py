@@ -48,7 +48,7 @@ async def create_request(body: AccessRequestCreate, acting: CurrentPrincipal, se
                          access: AccessDep) -> AccessRequestOut:
     person = await _person(session, access, acting, Role.ENGINEER)
     row = await decisions.request_access(
-        session=session, clock=clock, notifier=access.notifier, requester=person, data=service.NewRequest(
+        session=session, clock=clock, notifier=access.notifier, requester=person, data=service.NewAccessRequest(
             ticket_id=body.ticket_id, request_ids=body.request_ids, justification=body.justification,
             duration=timedelta(minutes=body.duration_minutes)))
     return await _out(session, row)
@@ -57,7 +57,7 @@ async def create_request(body: AccessRequestCreate, acting: CurrentPrincipal, se
 @router.get("/access/requests", summary="My access requests and grants (engineer)")
 async def my_requests(acting: CurrentPrincipal, session: SessionDep, access: AccessDep) -> list[AccessRequestOut]:
     await _person(session, access, acting, Role.ENGINEER)
-    return [await _out(session, r) for r in await service.requests_of(session=session, requester=acting.subject)]
+    return [await _out(session, r) for r in await service.access_requests_of(session=session, requester=acting.subject)]
 
 
 @router.get("/access/queue", summary="Pending requests of the teams I manage (manager)")

@@ -103,14 +103,14 @@ class TicketNotOpen(Conflict):
 
 
 @dataclass(frozen=True)
-class NewRequest:
+class NewAccessRequest:
     ticket_id: str
     request_ids: list[str]
     justification: str
     duration: timedelta
 
 
-async def _items(session: AsyncSession, access_request_id: str) -> list[str]:
+async def _named_request_ids(session: AsyncSession, access_request_id: str) -> list[str]:
     rows = await session.execute(select(AccessRequestItem.request_id)
                                  .where(AccessRequestItem.access_request_id == access_request_id)
                                  .order_by(AccessRequestItem.request_id))
@@ -118,18 +118,19 @@ async def _items(session: AsyncSession, access_request_id: str) -> list[str]:
 
 
 async def request_ids_of(*, session: AsyncSession, access_request: AccessRequest) -> list[str]:
-    return await _items(session, access_request.id)
+    return await _named_request_ids(session, access_request.id)
 
 
-async def require_request(*, session: AsyncSession, access_request_id: str) -> AccessRequest:
+async def require_access_request(*, session: AsyncSession, access_request_id: str) -> AccessRequest:
     row = await session.get(AccessRequest, access_request_id)
     if row is None:
         raise AccessRequestNotFound()
     return row
 
 
-async def create_request(
-    *, session: AsyncSession, clock: Clock, requester: Person, data: NewRequest, extends: AccessRequest | None = None,
+async def create_access_request(
+    *, session: AsyncSession, clock: Clock, requester: Person, data: NewAccessRequest,
+    extends: AccessRequest | None = None,
 ) -> AccessRequest:
     """An engineer assigned to the ticket asks for named request IDs, each a recording of the ticket's
     resource; an unknown ID and another resource's get one answer, so asking tells nothing beyond the
@@ -208,7 +209,7 @@ async def approve(
     duration: timedelta | None = None,
 ) -> AccessRequest:
     """Approve, optionally for less time than asked. The grant starts now and expires by itself."""
-    row = await require_request(session=session, access_request_id=access_request_id)
+    row = await require_access_request(session=session, access_request_id=access_request_id)
     await _check_decider(session=session, directory=directory, row=row, decider=manager)
     now = clock.now()
     if row.state != AccessRequestState.PENDING or _lapsed(row, now):
@@ -230,7 +231,7 @@ async def deny(
     *, session: AsyncSession, clock: Clock, directory: StaffDirectory, access_request_id: str, manager: Person,
     reason: str,
 ) -> AccessRequest:
-    row = await require_request(session=session, access_request_id=access_request_id)
+    row = await require_access_request(session=session, access_request_id=access_request_id)
     await _check_decider(session=session, directory=directory, row=row, decider=manager,
                          requester_must_qualify=False)
     now = clock.now()
@@ -248,8 +249,8 @@ async def revoke(
     *, session: AsyncSession, clock: Clock, directory: StaffDirectory, access_request_id: str, acting: Person,
     reason: str,
 ) -> AccessRequest:
-    """The requester or a manager of their team ends a grant (or withdraws a pending request) at once."""
-    row = await require_request(session=session, access_request_id=access_request_id)
+    """The requester or a manager of their team ends a grant (or withdraws a pending access request) at once."""
+    row = await require_access_request(session=session, access_request_id=access_request_id)
     if acting.subject != row.requester:
         await _check_decider(session=session, directory=directory, row=row, decider=acting,
                              requester_must_qualify=False)
@@ -268,16 +269,16 @@ async def extend(
     *, session: AsyncSession, clock: Clock, access_request_id: str, requester: Person, duration: timedelta,
     justification: str,
 ) -> AccessRequest:
-    """Ask, before expiry, for more time on the same recordings: a new request that needs a new approval."""
-    row = await require_request(session=session, access_request_id=access_request_id)
+    """Ask, before expiry, for more time on the same recordings: a new access request that needs a new approval."""
+    row = await require_access_request(session=session, access_request_id=access_request_id)
     if row.requester != requester.subject:
         raise AccessRequestNotFound()
     now = clock.now()
     if row.state != AccessRequestState.APPROVED or row.expires_at is None or now >= row.expires_at:
         raise NotActiveGrant()
-    return await create_request(
+    return await create_access_request(
         session=session, clock=clock, requester=requester, extends=row,
-        data=NewRequest(ticket_id=row.ticket_id, request_ids=await _items(session, row.id),
+        data=NewAccessRequest(ticket_id=row.ticket_id, request_ids=await _named_request_ids(session, row.id),
                         justification=justification, duration=duration))
 
 
@@ -285,7 +286,7 @@ async def customer_decide(
     *, session: AsyncSession, clock: Clock, access_request_id: str, customer: str, resource_id: str, approve: bool,
 ) -> AccessRequest:
     """Customer Lockbox: the resource's admin approves (or refuses) a grant on their recordings."""
-    row = await require_request(session=session, access_request_id=access_request_id)
+    row = await require_access_request(session=session, access_request_id=access_request_id)
     ticket = await ticket_view(session=session, ticket_id=row.ticket_id)
     if ticket is None or ticket.resource_id != resource_id or not row.needs_customer_approval:
         raise AccessRequestNotFound()
@@ -344,14 +345,14 @@ async def expire_and_lapse(
     return expired, lapsed
 
 
-async def requests_of(*, session: AsyncSession, requester: str) -> Sequence[AccessRequest]:
+async def access_requests_of(*, session: AsyncSession, requester: str) -> Sequence[AccessRequest]:
     rows = await session.execute(select(AccessRequest).where(AccessRequest.requester == requester)
                                  .order_by(AccessRequest.created_at.desc()).limit(200))
     return rows.scalars().all()
 
 
 async def queue_for(*, session: AsyncSession, manager: Person, team_ids: Sequence[str]) -> Sequence[AccessRequest]:
-    """Pending requests of the teams this person manages, never their own."""
+    """Pending access requests of the teams this person manages, never their own."""
     if not team_ids:
         return []
     rows = await session.execute(
@@ -377,7 +378,7 @@ async def grant_for_read(
     row = active[0] if active else rows[0]
     return GrantView(
         id=row.id, requester=row.requester, ticket_id=row.ticket_id,
-        request_ids=frozenset(await _items(session, row.id)), state=row.state, approved_by=row.decided_by,
+        request_ids=frozenset(await _named_request_ids(session, row.id)), state=row.state, approved_by=row.decided_by,
         approver_was_manager=row.approver_was_manager, expires_at=row.expires_at,
         revoked=row.revoked_at is not None, needs_customer_approval=row.needs_customer_approval,
         customer_approved=bool(row.customer_approved),

@@ -35,7 +35,7 @@ async def engineer_home(http_request: Request, ctx: ContextDep, db: SessionDep) 
     await staff_person(db, ctx.access, acting, Role.ENGINEER)
     tickets = [t for t in await tickets_of_engineer(session=db, engineer=acting.subject) if t.is_open]
     resources = {t.id: await db.get(Resource, t.resource_id) for t in tickets}
-    rows = await access.requests_of(session=db, requester=acting.subject)
+    rows = await access.access_requests_of(session=db, requester=acting.subject)
     refs: dict[str, str] = {}
     requests = []
     now = ctx.clock.now()
@@ -63,7 +63,7 @@ async def ask(http_request: Request, ctx: ContextDep, db: SessionDep) -> Respons
         justification = checked_prose(first(form, "justification") or "", field="justification", max_length=2000)
         person = await staff_person(db, ctx.access, acting, Role.ENGINEER)
         row = await decisions.request_access(
-            session=db, clock=ctx.clock, notifier=ctx.access.notifier, requester=person, data=access.NewRequest(
+            session=db, clock=ctx.clock, notifier=ctx.access.notifier, requester=person, data=access.NewAccessRequest(
                 ticket_id=first(form, "ticket_id") or "", request_ids=ids, justification=justification,
                 duration=timedelta(minutes=minutes)))
         session.flash("ok", f"Access request {row.id[:8]} sent to your team's managers.")

@@ -65,7 +65,7 @@ async def _queue(db: AsyncSession, directory: StaffDirectory, person: access.Per
     out: list[dict[str, object]] = []
     for row in rows:
         ticket = await db.get(Ticket, row.ticket_id)
-        history = requester_history(list(await access.requests_of(session=db, requester=row.requester)), row,
+        history = requester_history(list(await access.access_requests_of(session=db, requester=row.requester)), row,
                                     clock.now())
         out.append({"row": row, "ticket_ref": ticket.external_ref if ticket else "?", "history": history,
                     "request_ids": await access.request_ids_of(session=db, access_request=row),

@@ -76,10 +76,10 @@ class World:
         return found
 
     async def ask(self, name: str, request_ids: list[str] | None = None) -> AccessRequest:
-        return await access.create_request(
+        return await access.create_access_request(
             session=self.session, clock=self.clock, requester=await self.person(name),
-            data=access.NewRequest(self.ticket_id, request_ids or [self.request_id],
-                                   f"Caller heard clipped audio, see {self.ticket_ref}", timedelta(hours=1)))
+            data=access.NewAccessRequest(self.ticket_id, request_ids or [self.request_id],
+                                         f"Caller heard clipped audio, see {self.ticket_ref}", timedelta(hours=1)))
 
     async def approve(self, row: AccessRequest, manager: str) -> AccessRequest:
         return await access.approve(session=self.session, clock=self.clock, directory=DIRECTORY,

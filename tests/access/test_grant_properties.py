@@ -128,10 +128,10 @@ async def run(plan: list[tuple[object, ...]], database: Path) -> None:
             kind = step[0]
             try:
                 if kind == "request":
-                    row = await service.create_request(session=session, clock=clock,
-                                                       requester=directory.people[str(step[1])],
-                                                       data=service.NewRequest("tic", [RID], "need it for INC-1 now",
-                                                                               timedelta(minutes=int(str(step[2])))))
+                    row = await service.create_access_request(
+                        session=session, clock=clock, requester=directory.people[str(step[1])],
+                        data=service.NewAccessRequest("tic", [RID], "need it for INC-1 now",
+                                                      timedelta(minutes=int(str(step[2])))))
                     ids.append(row.id)
                     model.grants[row.id] = ModelGrant(requester=str(step[1]))
                 elif kind == "wait":
