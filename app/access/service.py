@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,6 +22,10 @@ from app.errors import Conflict, Forbidden, InvalidInput, NotFound
 from app.input_text import audit_form
 from app.request_id import RequestId, is_request_id
 from app.tickets.service import is_assigned, needs_customer_approval, ticket_view
+
+AccessRequestRow: TypeAlias = AccessRequest
+"""An access request's row as other domains hold it (the console's pages): returned by this module, read,
+handed back; never queried by them."""
 
 PENDING_LAPSES_AFTER = timedelta(hours=24)
 MIN_JUSTIFICATION = 20

@@ -17,7 +17,6 @@ from app.identity.principal import Role
 from app.input_text import checked_form_int
 from app.resources.service import ResourceNotFound, list_resources
 from app.tickets import service as tickets
-from app.tickets.models import Ticket
 from app.tickets.schemas import ConsentCreate
 
 router = APIRouter(prefix="/console/customer", include_in_schema=False)
@@ -44,7 +43,7 @@ async def resource_page(name: str, request: Request, ctx: ContextDep, db: Sessio
     now = ctx.clock.now()
     consents = []
     for consent in await tickets.consents_of_resource(session=db, resource=resource):
-        ticket = await db.get(Ticket, consent.ticket_id)
+        ticket = await tickets.ticket_view(session=db, ticket_id=consent.ticket_id)
         consents.append({"row": consent, "state": tickets.consent_state(consent, now),
                          "ticket_ref": ticket.external_ref if ticket else "?"})
     recordings = await capture.recordings_of_resource(session=db, resource=resource, limit=200)

@@ -19,9 +19,8 @@ from app.deps import ContextDep, SessionDep
 from app.errors import AppError
 from app.identity.principal import Role
 from app.input_text import checked_form_int, checked_prose, checked_single_line
-from app.resources.models import Resource
-from app.tickets.models import Ticket
-from app.tickets.service import tickets_of_engineer
+from app.resources.service import get_resource
+from app.tickets.service import ticket_view, tickets_of_engineer
 
 DURATIONS = (30, 60, 120, 240, 480)
 _SPLIT = re.compile(r"[\s,;]+")
@@ -34,14 +33,14 @@ async def engineer_home(http_request: Request, ctx: ContextDep, db: SessionDep) 
     session, acting = await signed_in(http_request, ctx, Role.ENGINEER, db=db)
     await staff_person(db, ctx.access, acting, Role.ENGINEER)
     tickets = [t for t in await tickets_of_engineer(session=db, engineer=acting.subject) if t.is_open]
-    resources = {t.id: await db.get(Resource, t.resource_id) for t in tickets}
+    resources = {t.id: await get_resource(session=db, resource_id=t.resource_id) for t in tickets}
     rows = await access.access_requests_of(session=db, requester=acting.subject)
     refs: dict[str, str] = {}
     requests = []
     now = ctx.clock.now()
     for row in rows:
         if row.ticket_id not in refs:
-            ticket = await db.get(Ticket, row.ticket_id)
+            ticket = await ticket_view(session=db, ticket_id=row.ticket_id)
             refs[row.ticket_id] = ticket.external_ref if ticket else "?"
         approved = row.state == AccessRequestState.APPROVED
         live = approved and row.expires_at is not None and row.expires_at > now

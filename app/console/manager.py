@@ -12,8 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import decisions
 from app.access import service as access
-from app.access.models import AccessRequest
-from app.access.service import StaffDirectory
+from app.access.service import AccessRequestRow, StaffDirectory
 from app.access.states import AccessRequestState
 from app.clock import Clock
 from app.console.auth import signed_in
@@ -25,7 +24,7 @@ from app.errors import AppError, InvalidInput
 from app.identity.principal import Role
 from app.identity.staff.service import get_team, list_staff
 from app.input_text import checked_form_int, checked_single_line
-from app.tickets.models import Ticket
+from app.tickets.service import ticket_view
 
 SHORTER = (15, 30, 60, 120, 240)
 RECENT = timedelta(days=7)
@@ -37,12 +36,12 @@ router = APIRouter(prefix="/console/manager", include_in_schema=False)
 class History:
     """What a manager wants to see of a requester before deciding (presentation only, no rule)."""
 
-    past: list[AccessRequest]
+    past: list[AccessRequestRow]
     states: dict[str, int]
     notes: list[str]
 
 
-def requester_history(rows: list[AccessRequest], current: AccessRequest, now: datetime) -> History:
+def requester_history(rows: list[AccessRequestRow], current: AccessRequestRow, now: datetime) -> History:
     past = [r for r in rows if r.id != current.id]
     states: Counter[str] = Counter(r.state for r in past)
     notes = []
@@ -64,7 +63,7 @@ async def _queue(db: AsyncSession, directory: StaffDirectory, person: access.Per
     rows = await access.queue_for(session=db, manager=person, team_ids=teams)
     out: list[dict[str, object]] = []
     for row in rows:
-        ticket = await db.get(Ticket, row.ticket_id)
+        ticket = await ticket_view(session=db, ticket_id=row.ticket_id)
         history = requester_history(list(await access.access_requests_of(session=db, requester=row.requester)), row,
                                     clock.now())
         out.append({"row": row, "ticket_ref": ticket.external_ref if ticket else "?", "history": history,

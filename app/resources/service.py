@@ -83,6 +83,11 @@ async def get_resource_by_name(*, session: AsyncSession, name: str) -> Resource 
     return result.scalar_one_or_none()
 
 
+async def get_resource(*, session: AsyncSession, resource_id: str) -> Resource | None:
+    """One resource by ID (a primary-key get: one lookup, none when the session already holds it)."""
+    return await session.get(Resource, resource_id)
+
+
 async def require_resource(*, session: AsyncSession, name: str) -> Resource:
     resource = await get_resource_by_name(session=session, name=name)
     if resource is None:
