@@ -13,6 +13,7 @@ from app.deps import ClockDep, ConsentsDep, SessionDep
 from app.identity.principal import Principal, Role, require_role
 from app.identity.staff.deps import StaffEngineer
 from app.resources.models import Resource
+from app.resources.service import get_resource
 from app.tickets import service
 from app.tickets.models import Consent, Ticket
 from app.tickets.schemas import AssignmentCreate, ConsentCreate, ConsentOut, TicketCreate, TicketOut
@@ -23,7 +24,7 @@ CustomerAdmin = Annotated[Principal, Depends(require_role(Role.CUSTOMER_ADMIN))]
 
 
 async def _ticket_out(session: AsyncSession, ticket: Ticket) -> TicketOut:
-    resource = await session.get(Resource, ticket.resource_id)
+    resource = await get_resource(session=session, resource_id=ticket.resource_id)
     return TicketOut(id=ticket.id, resource=resource.name if resource else "", external_ref=ticket.external_ref,
                      state="open" if ticket.is_open else "closed",
                      engineers=await service.assigned_engineers(session=session, ticket_id=ticket.id),
