@@ -13,14 +13,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.jobs import ChainKeeper, run_verification
 from app.audit.reports.entries import Period
 from app.audit.reports.service import ReportFormat
 from app.audit.runtime import AuditRuntime
-from app.capture.models import Recording
+from app.capture.retention_service import count_blobs_pending
 from app.clock import Clock
 from app.logs import get_logger
 from app.retention.metrics import RetentionMetrics
@@ -110,8 +110,7 @@ async def retry_pending_blobs(ctx: JobContext) -> int:
                                           concurrency=ctx.settings.blob_delete_concurrency)
         await session.commit()
     async with ctx.session_factory() as session:
-        left = (await session.execute(select(func.count()).select_from(Recording).where(
-            Recording.shredded_at.is_not(None), Recording.blob_deleted_at.is_(None)))).scalar_one()
+        left = await count_blobs_pending(session=session)
     ctx.metrics.blobs_deleted.inc(done)
     ctx.metrics.blobs_pending.set(int(left))
     return done

@@ -20,12 +20,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.actions import Actor, AuditAction, Subjects, detail_time, kek_bucket
 from app.audit.service import append_entry
-from app.capture.models import Recording
+from app.capture.retention_service import (
+    RecordingBlobState,
+    blob_states_of_hour,
+    hours_with_live_rows,
+    mark_blob_deleted,
+)
 from app.clock import Clock
 from app.logs import get_logger
 from app.retention.metrics import RetentionMetrics
@@ -65,16 +69,6 @@ class OrphanSweepResult:
     @property
     def items(self) -> int:
         return self.orphans_deleted + self.pending_deleted
-
-
-@dataclass(frozen=True)
-class _Row:
-    request_id: str
-    blob_name: str
-    started_at: datetime
-    state: str
-    shredded: bool
-    blob_deleted: bool
 
 
 async def audit_orphan_deletion(
@@ -145,22 +139,11 @@ class OrphanSweep:
 
     async def _hours_with_live_rows(self, region: str, older_than: datetime) -> list[datetime]:
         async with self.session_factory() as session:
-            found = (await session.execute(
-                select(Recording.bucket_start).where(
-                    Recording.region == region, Recording.shredded_at.is_(None), Recording.blob_deleted_at.is_(None),
-                    Recording.started_at < older_than,
-                ).distinct().order_by(Recording.bucket_start)
-            )).scalars()
-            return list(found)
+            return await hours_with_live_rows(session=session, region=region, started_before=older_than)
 
-    async def _rows(self, region: str, hour: datetime) -> dict[str, _Row]:
+    async def _rows(self, region: str, hour: datetime) -> dict[str, RecordingBlobState]:
         async with self.session_factory() as session:
-            found = await session.execute(
-                select(Recording.request_id, Recording.blob_name, Recording.started_at, Recording.state,
-                       Recording.shredded_at, Recording.blob_deleted_at)
-                .where(Recording.region == region, Recording.bucket_start == hour)
-            )
-            return {r[0]: _Row(r[0], r[1], r[2], r[3], r[4] is not None, r[5] is not None) for r in found}
+            return await blob_states_of_hour(session=session, region=region, bucket_start=hour)
 
     async def _check_hour(self, store: BlobStore, hour: datetime, objects: list[StoredObject], now: datetime,
                           result: OrphanSweepResult) -> None:
@@ -188,9 +171,7 @@ class OrphanSweep:
         if not await _delete(store, obj):
             return
         async with self.session_factory() as session:
-            await session.execute(update(Recording).where(
-                Recording.request_id == obj.request_id, Recording.blob_deleted_at.is_(None),
-            ).values(blob_deleted_at=self.clock.now()))
+            await mark_blob_deleted(session=session, request_id=obj.request_id, at=self.clock.now())
             await session.commit()
         result.pending_deleted += 1
 

@@ -27,14 +27,20 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
-from sqlalchemy import Table, func, select, tuple_, union, update
+from sqlalchemy import Table, select, union, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.actions import Actor, AuditAction, kek_bucket
 from app.audit.service import append_entry
-from app.capture.models import Recording
+from app.capture.retention_service import (
+    claim_blobs_pending,
+    claim_unshredded,
+    count_unshredded,
+    unpurged_buckets,
+    unshredded_page,
+)
 from app.clock import Clock
 from app.logs import get_logger
 from app.retention.locks import insert_ignoring_duplicates, is_postgresql, take_write_lock
@@ -46,6 +52,9 @@ from app.retention.shred import delete_blobs, erase_data_keys, shred_recordings
 from app.storage.router import RegionRouter
 from app.vault.keyring import KeyBucket, KeyDestruction, RegionKeyrings
 from app.vault.shredding import destroy_bucket, destroy_expired_buckets
+
+if TYPE_CHECKING:
+    from app.capture.service import RecordingRow
 
 log = get_logger("voicelog.retention")
 
@@ -183,9 +192,7 @@ class Purger:
 
     async def due_buckets(self, cutoff: datetime) -> list[KeyBucket]:
         """Buckets started by `cutoff` with rows not yet purged, or whose KEK is not recorded destroyed."""
-        rows = select(Recording.region, Recording.bucket_start).where(
-            Recording.blob_deleted_at.is_(None), Recording.shredded_at.is_(None), Recording.bucket_start <= cutoff,
-        ).distinct()
+        rows = unpurged_buckets(started_by=cutoff)
         opened = select(RetentionBucket.region, RetentionBucket.bucket_start).where(
             RetentionBucket.kek_destroyed_at.is_(None), RetentionBucket.bucket_start <= cutoff,
         )
@@ -271,28 +278,19 @@ class Purger:
                         error=type(error).__name__)
         return await self._rows_left(claim.bucket)
 
-    async def _unshredded(self, bucket: KeyBucket, *, after: tuple[datetime, str] | None) -> list[Recording]:
+    async def _unshredded(self, bucket: KeyBucket, *, after: tuple[datetime, str] | None) -> list[RecordingRow]:
         """The next page of the bucket's rows not yet purged, in start order (the bucket is claimed by us)."""
-        query = select(Recording).where(
-            Recording.region == bucket.region, Recording.bucket_start == bucket.hour, Recording.shredded_at.is_(None),
-        ).order_by(Recording.started_at, Recording.request_id).limit(self.settings.purge_batch * _PAGE_BATCHES)
-        if after is not None:
-            query = query.where(tuple_(Recording.started_at, Recording.request_id) > tuple_(*after))
         async with self.session_factory() as session:
-            return list((await session.execute(query)).scalars())
+            return await unshredded_page(session=session, region=bucket.region, bucket_start=bucket.hour, after=after,
+                                         limit=self.settings.purge_batch * _PAGE_BATCHES)
 
-    async def _mark_and_delete(self, batch: Sequence[Recording], result: PurgeResult) -> int:
+    async def _mark_and_delete(self, batch: Sequence[RecordingRow], result: PurgeResult) -> int:
         """Step 1 for a batch whose keys the key service already refuses: rows marked and audited, committed.
         Then step 2 for it. Returns how many rows this marked; raises if the transaction fails (the batch is
         retried by the next run)."""
         async with self.session_factory() as session:
             await take_write_lock(session)
-            query = select(Recording).where(
-                Recording.request_id.in_([r.request_id for r in batch]), Recording.shredded_at.is_(None),
-            )
-            if is_postgresql(session):
-                query = query.with_for_update(skip_locked=True)
-            rows = list((await session.execute(query)).scalars())
+            rows = await claim_unshredded(session=session, request_ids=[r.request_id for r in batch])
             await shred_recordings(session=session, clock=self.clock, recordings=rows, reason=RETENTION_REASON,
                                    actor=RETENTION_ACTOR)
             await session.commit()
@@ -303,17 +301,11 @@ class Purger:
             await self._delete_batch_blobs(rows, result)
         return len(rows)
 
-    async def _delete_batch_blobs(self, batch: Sequence[Recording], result: PurgeResult) -> None:
+    async def _delete_batch_blobs(self, batch: Sequence[RecordingRow], result: PurgeResult) -> None:
         """Step 2 for a committed batch; failures stay "blob pending". Never raises."""
         try:
             async with self.session_factory() as session:
-                query = select(Recording).where(
-                    Recording.request_id.in_([r.request_id for r in batch]), Recording.blob_deleted_at.is_(None),
-                    Recording.shredded_at.is_not(None),
-                )
-                if is_postgresql(session):
-                    query = query.with_for_update(skip_locked=True)
-                rows = list((await session.execute(query)).scalars())
+                rows = await claim_blobs_pending(session=session, request_ids=[r.request_id for r in batch])
                 done = await delete_blobs(clock=self.clock, stores=self.stores, recordings=rows,
                                           concurrency=self.settings.blob_delete_concurrency)
                 await session.commit()
@@ -330,10 +322,7 @@ class Purger:
 
     async def _rows_left(self, bucket: KeyBucket) -> int:
         async with self.session_factory() as session:
-            return int((await session.execute(select(func.count()).select_from(Recording).where(
-                Recording.region == bucket.region, Recording.bucket_start == bucket.hour,
-                Recording.shredded_at.is_(None),
-            ))).scalar_one())
+            return await count_unshredded(session=session, region=bucket.region, bucket_start=bucket.hour)
 
     # --- step 3 ---------------------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ from collections import Counter
 from datetime import date, datetime
 from typing import Final
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.actions import Actor, AuditAction, JSONValue
@@ -25,7 +24,7 @@ from app.audit.reports.retention import RETENTION_CSV_HEADER, build_retention_au
 from app.audit.reports.service import ReportFormat, SignedReportOutput
 from app.audit.reports.signing import report_content, sign_report, to_csv
 from app.audit.service import ChainHead, append_entry, integrate_pending, read_chain_head
-from app.capture.models import Recording
+from app.capture.retention_service import blobs_pending_shredded_between
 from app.clock import Clock
 from app.retention.locks import is_postgresql
 from app.retention.models import RetentionReport
@@ -56,13 +55,7 @@ async def chain_queued_entries(session_factory: async_sessionmaker[AsyncSession]
 
 async def blobs_pending(session: AsyncSession, period: Period) -> list[tuple[str, str, datetime, str | None]]:
     """(request_id, region, shredded_at, reason) of recordings purged in the period whose blob is still there."""
-    found = await session.execute(
-        select(Recording.request_id, Recording.region, Recording.shredded_at, Recording.shred_reason)
-        .where(Recording.blob_deleted_at.is_(None), Recording.shredded_at.is_not(None),
-               Recording.shredded_at >= period.start, Recording.shredded_at < period.end)
-        .order_by(Recording.shredded_at, Recording.request_id)
-    )
-    return [(str(r[0]), str(r[1]), r[2], r[3]) for r in found if r[2] is not None]
+    return await blobs_pending_shredded_between(session=session, start=period.start, end=period.end)
 
 
 async def build_retention_report(

@@ -14,15 +14,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.actions import Actor, AuditAction, Subjects, detail_time, kek_bucket
 from app.audit.service import append_entry
-from app.capture.models import Recording, RecordingState
+from app.capture.retention_service import claim_oldest_blobs_pending, mark_shredded
 from app.clock import Clock
 from app.logs import get_logger
+from app.request_id import RequestId
 from app.storage.errors import NotFound, StorageError
 from app.storage.layout import RecordingKey
 from app.storage.router import RegionRouter
@@ -30,12 +31,15 @@ from app.vault.errors import MalformedWrappedKey, UnknownVersion
 from app.vault.keyring import RegionKeyrings
 from app.vault.shredding import shred_data_key
 
+if TYPE_CHECKING:
+    from app.capture.service import RecordingRow
+
 log = get_logger("voicelog.retention")
 
 
 @dataclass(frozen=True)
 class ShredReceipt:
-    request_id: str
+    request_id: RequestId
     region: str
     kek_bucket: str
     started_at: datetime
@@ -52,7 +56,7 @@ class ShredReceipt:
         }, sort_keys=True, separators=(",", ":"))
 
 
-async def erase_data_key(*, keyrings: RegionKeyrings, recording: Recording, now: datetime) -> None:
+async def erase_data_key(*, keyrings: RegionKeyrings, recording: RecordingRow, now: datetime) -> None:
     """Have the key service refuse the recording's wrapped DEK from now on, in every copy (idempotent)."""
     wrapped = recording.wrapped_dek
     if wrapped is None:
@@ -67,12 +71,12 @@ async def erase_data_key(*, keyrings: RegionKeyrings, recording: Recording, now:
 
 
 async def erase_data_keys(
-    *, keyrings: RegionKeyrings, recordings: Sequence[Recording], now: datetime, concurrency: int = 1
+    *, keyrings: RegionKeyrings, recordings: Sequence[RecordingRow], now: datetime, concurrency: int = 1
 ) -> None:
     """`erase_data_key` for several recordings, `concurrency` key service calls at a time; raises on a failure."""
     gate = asyncio.Semaphore(max(1, concurrency))
 
-    async def one(recording: Recording) -> None:
+    async def one(recording: RecordingRow) -> None:
         async with gate:
             await erase_data_key(keyrings=keyrings, recording=recording, now=now)
 
@@ -80,7 +84,7 @@ async def erase_data_keys(
 
 
 async def shred_recording(
-    *, session: AsyncSession, clock: Clock, keyrings: RegionKeyrings, recording: Recording, reason: str,
+    *, session: AsyncSession, clock: Clock, keyrings: RegionKeyrings, recording: RecordingRow, reason: str,
     actor: Actor, key_erased: bool = False,
 ) -> ShredReceipt:
     """Step 1 in the caller's transaction: after its commit the recording is unreadable everywhere.
@@ -97,7 +101,7 @@ async def shred_recording(
 
 
 async def shred_recordings(
-    *, session: AsyncSession, clock: Clock, recordings: Sequence[Recording], reason: str, actor: Actor,
+    *, session: AsyncSession, clock: Clock, recordings: Sequence[RecordingRow], reason: str, actor: Actor,
 ) -> list[ShredReceipt]:
     """`shred_recording(key_erased=True)` for many rows at once: the rows are written in one flush (one
     batched UPDATE), then their audit entries. For a caller that erased the keys first (the purge)."""
@@ -111,12 +115,12 @@ async def shred_recordings(
 
 @dataclass(frozen=True)
 class _Shredded:
-    recording: Recording
+    recording: RecordingRow
     receipt: ShredReceipt
     had_key: bool
 
 
-def _mark_shredded(recording: Recording, *, now: datetime, reason: str) -> _Shredded:
+def _mark_shredded(recording: RecordingRow, *, now: datetime, reason: str) -> _Shredded:
     """The row's part of step 1: wrapped DEK gone, marked, receipt kept."""
     wrapped = recording.wrapped_dek
     receipt = ShredReceipt(
@@ -125,12 +129,7 @@ def _mark_shredded(recording: Recording, *, now: datetime, reason: str) -> _Shre
         wrapped_key_sha256=hashlib.sha256(wrapped).hexdigest() if wrapped is not None else None,
         blob_name=recording.blob_name,
     )
-    recording.wrapped_dek = None
-    recording.shredded_at = now
-    recording.shred_reason = reason
-    recording.state = RecordingState.ERASED if reason == "erasure" else RecordingState.PURGED
-    recording.owner = None
-    recording.receipt = receipt.to_json()
+    mark_shredded(recording, at=now, reason=reason, receipt=receipt.to_json())
     return _Shredded(recording, receipt, wrapped is not None)
 
 
@@ -149,7 +148,7 @@ async def _audit_shredded(*, session: AsyncSession, clock: Clock, actor: Actor, 
                                    "key_ref": receipt.wrapped_key_sha256 or ""})
 
 
-async def delete_blob(*, stores: RegionRouter, recording: Recording) -> bool:
+async def delete_blob(*, stores: RegionRouter, recording: RecordingRow) -> bool:
     """Step 2: delete the blob and its parts. False if the store failed (retried later)."""
     key = RecordingKey(recording.request_id, recording.started_at)
     try:
@@ -166,7 +165,7 @@ async def delete_blob(*, stores: RegionRouter, recording: Recording) -> bool:
 
 
 async def delete_blobs(
-    *, clock: Clock, stores: RegionRouter, recordings: Sequence[Recording], concurrency: int = 1
+    *, clock: Clock, stores: RegionRouter, recordings: Sequence[RecordingRow], concurrency: int = 1
 ) -> int:
     """Step 2 for several recordings, `concurrency` deletes at a time; marks those done (the caller flushes).
 
@@ -175,7 +174,7 @@ async def delete_blobs(
     """
     gate = asyncio.Semaphore(max(1, concurrency))
 
-    async def one(recording: Recording) -> bool:
+    async def one(recording: RecordingRow) -> bool:
         async with gate:
             return await delete_blob(stores=stores, recording=recording)
 
@@ -197,13 +196,7 @@ async def delete_pending_blobs(
     On PostgreSQL the rows are claimed (`FOR UPDATE SKIP LOCKED`) until the caller commits, so replicas
     retry different rows.
     """
-    query = (
-        select(Recording).where(Recording.shredded_at.is_not(None), Recording.blob_deleted_at.is_(None))
-        .order_by(Recording.shredded_at).limit(limit)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    rows = list((await session.execute(query)).scalars())
+    rows = await claim_oldest_blobs_pending(session=session, limit=limit)
     done = await delete_blobs(clock=clock, stores=stores, recordings=rows, concurrency=concurrency)
     await session.flush()
     return done
