@@ -7,6 +7,7 @@ from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, StrEnumText, UTCDateTime
+from app.request_id import RequestId
 
 
 class RecordingState(StrEnum):
@@ -33,7 +34,8 @@ class Recording(Base):
         Index("ix_recordings_bucket", "region", "bucket_start"),
     )
 
-    request_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # A NewType needs its column type spelled out (SQLAlchemy resolves no Core type for it); the column is unchanged.
+    request_id: Mapped[RequestId] = mapped_column(String(32), primary_key=True)
     resource_id: Mapped[str] = mapped_column(ForeignKey("resources.id", ondelete="RESTRICT"))
     region: Mapped[str] = mapped_column(String(32))
     ticket_id: Mapped[str] = mapped_column(ForeignKey("tickets.id", ondelete="RESTRICT"), index=True)

@@ -33,6 +33,7 @@ from app.capture.settings import CaptureSettings
 from app.clock import Clock
 from app.logs import get_logger
 from app.relay.tap import Direction, FrameTap, SessionInfo
+from app.request_id import RequestId
 from app.storage.layout import RecordingKey
 from app.storage.router import RegionRouter
 from app.tickets.consent_cache import ConsentCache
@@ -135,9 +136,9 @@ class Recorder:
         self.metrics = metrics
         self.replica_id = replica_id or f"{os.uname().nodename}-{os.getpid()}"[:64]
         self.budget = MemoryBudget(settings.process_cap_bytes)
-        self.live: dict[str, LiveRecording] = {}
+        self.live: dict[RequestId, LiveRecording] = {}
         self._task: asyncio.Task[None] | None = None
-        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._inflight: dict[RequestId, asyncio.Task[None]] = {}
         self._last_heartbeat = 0.0
         self._last_recovery = 0.0
         # One thread seals for every recording: a segment takes well under a millisecond, and each extra
@@ -428,7 +429,7 @@ class Recorder:
         self.metrics.active.set(len(self.live))
         self.metrics.dropped_frames.inc(recording.buffer.dropped_frames)
 
-    def abandon(self, request_ids: set[str], reason: str) -> None:
+    def abandon(self, request_ids: set[RequestId], reason: str) -> None:
         """Stop recording these sessions now (their consent was erased): nothing more is stored."""
         for request_id in request_ids & set(self.live):
             recording = self.live[request_id]

@@ -37,7 +37,7 @@ async def find_recording(*, session: AsyncSession, request_id: RequestId) -> Rec
     return await session.get(Recording, request_id)
 
 
-async def recordings_among(*, session: AsyncSession, request_ids: list[str], resource_id: str) -> set[str]:
+async def recordings_among(*, session: AsyncSession, request_ids: list[str], resource_id: str) -> set[RequestId]:
     """Which of `request_ids` are recordings of the resource: one query whatever the IDs are (C4)."""
     found = await session.execute(select(Recording.request_id)
                                   .where(Recording.request_id.in_(request_ids), Recording.resource_id == resource_id))
@@ -60,7 +60,7 @@ class ErasureReceipt:
     erased_at: datetime
     recordings: int
     receipts: list[dict[str, object]]
-    blobs_pending: list[str]
+    blobs_pending: list[RequestId]
     receipt_sha256: str
 
 
@@ -112,8 +112,8 @@ async def erase_customer_recordings(
 
 
 async def delete_erased_blobs(
-    *, session: AsyncSession, clock: Clock, stores: RegionRouter, request_ids: list[str]
-) -> list[str]:
+    *, session: AsyncSession, clock: Clock, stores: RegionRouter, request_ids: list[RequestId]
+) -> list[RequestId]:
     """Erasure, step 2: delete the blobs; returns the request IDs whose delete must be retried."""
     pending = []
     for request_id in request_ids:
