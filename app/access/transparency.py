@@ -8,7 +8,7 @@ trail's chained entries, so they show what an auditor would see.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,17 +17,18 @@ from app.access.models import AccessRequest, AccessRequestItem
 from app.audit.actions import AuditAction
 from app.audit.reports.entries import load_entries
 from app.audit.service import read_chain_head
-from app.capture.models import Recording
-from app.capture.service import recordings_of_resource
+from app.capture.service import among_recordings_of_resource, recordings_of_resource
 from app.identity.staff.service import get_team
-from app.resources.models import Resource
-from app.tickets.models import Ticket
+from app.tickets.service import with_ticket_ref_of_resource
+
+if TYPE_CHECKING:
+    from app.resources.models import Resource
 
 
 async def access_log(*, session: AsyncSession, resource: Resource, limit: int = 500) -> dict[str, Any]:
     requests = (await session.execute(
-        select(AccessRequest, Ticket.external_ref).join(Ticket, Ticket.id == AccessRequest.ticket_id)
-        .where(Ticket.resource_id == resource.id).order_by(AccessRequest.created_at.desc()).limit(limit)
+        with_ticket_ref_of_resource(select(AccessRequest), ticket_id=AccessRequest.ticket_id, resource_id=resource.id)
+        .order_by(AccessRequest.created_at.desc()).limit(limit)
     )).all()
     team_names: dict[str, str] = {}
     out_requests = []
@@ -38,9 +39,10 @@ async def access_log(*, session: AsyncSession, resource: Resource, limit: int = 
             team_names[team] = found.name if found else "unknown"
         # Only this resource's own recordings: an ID an engineer named from another tenant never shows here.
         ids = (await session.execute(
-            select(AccessRequestItem.request_id)
-            .join(Recording, Recording.request_id == AccessRequestItem.request_id)
-            .where(AccessRequestItem.access_request_id == row.id, Recording.resource_id == resource.id)
+            among_recordings_of_resource(
+                select(AccessRequestItem.request_id).where(AccessRequestItem.access_request_id == row.id),
+                request_id=AccessRequestItem.request_id, resource_id=resource.id,
+            )
         )).scalars().all()
         out_requests.append({
             "access_request": row.id, "requested_at": _iso(row.created_at), "requester_role": "engineer",

@@ -7,9 +7,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeAlias
+from typing import TypeAlias, TypeVarTuple
 
-from sqlalchemy import select
+from sqlalchemy import Select, SQLColumnExpression, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.actions import Actor, AuditAction, Subjects
@@ -42,6 +42,17 @@ async def recordings_among(*, session: AsyncSession, request_ids: list[str], res
     found = await session.execute(select(Recording.request_id)
                                   .where(Recording.request_id.in_(request_ids), Recording.resource_id == resource_id))
     return set(found.scalars())
+
+
+_Columns = TypeVarTuple("_Columns")
+
+
+def among_recordings_of_resource(
+    query: Select[*_Columns], *, request_id: SQLColumnExpression[str], resource_id: str,
+) -> Select[*_Columns]:
+    """`query` kept to rows whose `request_id` names a recording of the resource: a join in the caller's one
+    statement (C4)."""
+    return query.join(Recording, Recording.request_id == request_id).where(Recording.resource_id == resource_id)
 
 
 async def recordings_of_resource(

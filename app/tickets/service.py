@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVarTuple
 
-from sqlalchemy import select
+from sqlalchemy import Select, SQLColumnExpression, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.endings import GrantEnding, end_grants_of
@@ -335,3 +335,15 @@ async def resource_has_tickets(*, session: AsyncSession, resource_id: str) -> bo
     """True when any ticket (open or closed) is about the resource: one query."""
     tickets = await session.execute(select(Ticket.id).where(Ticket.resource_id == resource_id).limit(1))
     return tickets.first() is not None
+
+
+_Columns = TypeVarTuple("_Columns")
+
+
+def with_ticket_ref_of_resource(
+    query: Select[*_Columns], *, ticket_id: SQLColumnExpression[str], resource_id: str,
+) -> Select[*_Columns, str]:
+    """`query` kept to rows whose `ticket_id` is a ticket about the resource, that ticket's external reference
+    added as the last column: a join in the caller's one statement."""
+    return (query.add_columns(Ticket.external_ref).join(Ticket, Ticket.id == ticket_id)
+            .where(Ticket.resource_id == resource_id))
