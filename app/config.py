@@ -13,15 +13,18 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.access.saw.settings import SawSettings
-from app.access.settings import TeamWebhook
+from app.access.settings import AccessSettings
 from app.audit.settings import AuditSettings
 from app.capture.settings import CaptureSettings
 from app.console.settings import ConsoleSettings
 from app.identity.settings import IdentitySettings
 from app.regions import RegionSettings
+from app.relay.standin.settings import StandinSettings
+from app.resources.settings import ResourceSettings
 from app.retention.settings import RetentionSettings
 from app.server.settings import ServerSettings
 from app.storage.settings import StorageSettings
+from app.tickets.settings import ConsentSettings
 from app.tracing.settings import TracingSettings
 from app.vault.settings import VaultSettings
 
@@ -30,8 +33,13 @@ def _default_regions() -> list[RegionSettings]:
     return [RegionSettings(name="eastus"), RegionSettings(name="westeurope")]
 
 
-class Settings(BaseSettings):
-    """All of voicelog's configuration; one instance is built at start and passed down, never global."""
+# The domain bases are listed in the reverse of their rows' order in docs/CONFIGURATION.md: pydantic takes
+# the last base's fields first.
+class Settings(StandinSettings, ConsentSettings, ResourceSettings, AccessSettings, BaseSettings):
+    """All of voicelog's configuration; one instance is built at start and passed down, never global.
+
+    A domain's flat knobs (`VOICELOG_RESOURCE_REFRESH_S`, ...) are declared by its settings model, inherited
+    here so the variable names stay flat; nested ones (`VOICELOG_AUDIT__*`, ...) are fields below."""
 
     model_config = SettingsConfigDict(env_prefix="VOICELOG_", env_nested_delimiter="__", extra="ignore")
 
@@ -115,11 +123,6 @@ class Settings(BaseSettings):
         default_factory=SawSettings,
         description="Secure access workstations: which mutual-TLS proxies to believe (`VOICELOG_SAW__*`).",
     )
-    access_webhooks: list[TeamWebhook] = Field(
-        default_factory=list,
-        description="Per-team webhooks for access events (requested, approved, denied, revoked, expiring "
-        "soon, expired), HMAC-signed and retried: JSON list of `{team, url, secret}`.",
-    )
     audit: AuditSettings = Field(
         default_factory=AuditSettings,
         description="The audit trail: checkpoint cadence, signing keys, export (`VOICELOG_AUDIT__*`).",
@@ -142,31 +145,6 @@ class Settings(BaseSettings):
     capture: CaptureSettings = Field(
         default_factory=CaptureSettings,
         description="The recorder: segment cadence, memory caps, failure deadlines (`VOICELOG_CAPTURE__*`).",
-    )
-
-    # --- resources -----------------------------------------------------------------------------------
-    resource_refresh_s: float = Field(
-        default=5.0, gt=0, le=300,
-        description="How often each replica reloads every resource's routing into memory. Call set-up reads "
-        "only memory; a name not known triggers one early reload. A resource removed on another replica is "
-        "still routed here until this replica's next successful reload.",
-    )
-
-    # --- consent -------------------------------------------------------------------------------------
-    consent_refresh_s: float = Field(
-        default=2.0, gt=0, le=60,
-        description="How often each replica reloads the consents in force. A withdrawal or a closed ticket "
-        "stops new recordings on every replica within this bound plus one database round trip.",
-    )
-
-    # --- embedded stand-in upstream -----------------------------------------------------------------
-    standin_enabled: bool = Field(
-        default=True, description="Run the built-in stand-in upstream inside `voicelog serve`."
-    )
-    standin_host: str = Field(default="127.0.0.1", description="Address the in-process stand-in binds.")
-    standin_port: int = Field(default=8765, ge=0, le=65535, description="Port of the in-process stand-in.")
-    demo_resource: bool = Field(
-        default=True, description="Seed a resource `demo` (first region) whose upstream is the stand-in."
     )
 
     @field_validator("regions")
@@ -232,7 +210,9 @@ def settings_reference() -> str:
     def table(model: type[BaseModel], prefix: str) -> list[str]:
         rows = ["| Variable | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
         nested: list[tuple[str, type[BaseModel]]] = []
-        for name, field in model.model_fields.items():
+        own = vars(model).get("__annotations__", {})
+        # The model's own fields first, then those its domain bases declare (pydantic lists bases' first).
+        for name, field in sorted(model.model_fields.items(), key=lambda item: item[0] not in own):
             annotation = field.annotation
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 nested.append((name, annotation))
