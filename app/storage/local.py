@@ -227,9 +227,12 @@ class LocalDirStore:
                 path.mkdir(mode=DIR_MODE)
                 fsync_dir(path.parent)
 
-    def _load(self, key: RecordingKey, recording: _Recording, *, verify: bool = True) -> list[PartFile]:
-        """Open the recording's parts (repairing a torn tail); NotFound if it has no first part.
+    def _load(self, key: RecordingKey, recording: _Recording, *, verify: bool = True,
+              repair: bool = True) -> list[PartFile]:
+        """Open the recording's parts; NotFound if it has no first part.
 
+        Writers (`repair`) cut a torn tail or rewrite a torn header; readers never write: they skip the torn
+        bytes and keep such a layout out of the cache, so the next writer opens (and repairs) it afresh.
         The layout in memory is re-read when the files moved on without us (another store on the same
         directory), which two stat calls tell; appends skip them and check the size of the file they write.
         """
@@ -241,7 +244,10 @@ class LocalDirStore:
                 paths.append(path)
             if not paths:
                 raise NotFound(f"no recording {key.request_id} in region {self._region}")
-            recording.parts = [open_part_file(path) for path in paths]
+            parts = [open_part_file(path, repair=repair) for path in paths]
+            if any(part.torn for part in parts):
+                return parts
+            recording.parts = parts
         return recording.parts
 
     def _layout_current(self, key: RecordingKey, parts: list[PartFile]) -> bool:
@@ -312,14 +318,14 @@ class LocalDirStore:
 
     def _read(self, key: RecordingKey, offset: int, length: int | None) -> bytes:
         with self._locked(key) as recording:
-            parts = self._load(key, recording)
+            parts = self._load(key, recording, repair=False)
             total = _total(parts)
             end = total if length is None else min(total, offset + length)
             return _read_range(parts, offset, end)
 
     def _length(self, key: RecordingKey) -> int:
         with self._locked(key) as recording:
-            return _total(self._load(key, recording))
+            return _total(self._load(key, recording, repair=False))
 
     def _delete(self, key: RecordingKey) -> bool:
         with self._locked(key) as recording:

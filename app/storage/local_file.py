@@ -4,7 +4,8 @@ File:  b"VLBLOB\\x00\\x01" | created_at (u64 big-endian, microseconds since the 
 Frame: b"VLU1" | payload length (u32 BE) | CRC-32 of the payload | CRC-32 of the 12 bytes before | payload
 
 A crash can only tear the frame being appended (every append is fsynced before it returns), so opening
-a file cuts a torn tail back to the last whole unit. If a whole frame follows the damage, it is not a
+a file for writing cuts a torn tail back to the last whole unit; opening it for reading only skips the
+torn bytes and changes nothing (a read never writes). If a whole frame follows the damage, it is not a
 torn tail: Corrupt is raised and nothing is cut. All functions here block; the store runs them on its
 I/O threads.
 """
@@ -44,6 +45,8 @@ class PartFile:
     created_at: datetime
     frame_starts: array[int] = field(default_factory=lambda: array("q"))
     unit_ends: array[int] = field(default_factory=lambda: array("q"))
+    torn: bool = False
+    """Opened read-only over a torn header or tail that was left as it is: the next writer repairs it."""
 
     @property
     def units(self) -> int:
@@ -98,12 +101,17 @@ def read_created_at(path: Path) -> datetime:
     return datetime.fromtimestamp(micros / 1_000_000, UTC)
 
 
-def open_part_file(path: Path) -> PartFile:
-    """Index a part's frames, cutting a torn last frame back to the last whole unit (fsynced)."""
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+def open_part_file(path: Path, *, repair: bool = True) -> PartFile:
+    """Index a part's frames. With `repair` (the write path) a torn last frame is cut back to the last whole
+    unit and a torn header rewritten (fsynced); without it (reads) the file is opened read-only and the torn
+    bytes are only skipped, the part marked `torn`."""
+    fd = os.open(path, (os.O_RDWR if repair else os.O_RDONLY) | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
         if size < FILE_HEADER.size:
+            if not repair:
+                return PartFile(path=path, created_at=datetime.fromtimestamp(os.fstat(fd).st_mtime, UTC),
+                                torn=True)
             return _repair_torn_header(fd, path, size)
         magic, micros = FILE_HEADER.unpack(os.pread(fd, FILE_HEADER.size, 0))
         if magic != FILE_MAGIC:
@@ -127,6 +135,9 @@ def open_part_file(path: Path) -> PartFile:
         if end < size:
             if size - end > FRAME_HEADER.size + HARD_MAX_UNIT or _whole_frame_after(fd, end, size):
                 raise Corrupt(f"part {path.name} is damaged before its last unit")
+            if not repair:
+                part.torn = True
+                return part
             os.ftruncate(fd, end)
             os.fsync(fd)
             log.warning("storage.local.torn_tail_cut", part=path.name, cut_bytes=size - end, units=part.units)

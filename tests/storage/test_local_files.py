@@ -85,7 +85,8 @@ async def test_a_unit_torn_mid_write_is_cut_back_to_the_last_whole_unit(tmp_path
     os.truncate(path, whole - 120)  # the crash hit the middle of the fifth unit
     store = _store(tmp_path)
     assert await store.length(key) == 4 * 300
-    assert path.stat().st_size == FILE_HEADER.size + 4 * FRAME
+    assert await store.read(key) == b"".join(units[:4])
+    assert path.stat().st_size == whole - 120  # a read never writes: the torn bytes stay until a writer comes
     assert await store.append(key, units[4], offset=1200) == 1500  # the writer re-sends what was lost
     assert await store.read(key) == b"".join(units)
     await store.close()
@@ -97,7 +98,9 @@ async def test_a_torn_frame_header_is_cut(tmp_path: Path) -> None:
         handle.write(b"\x00\x00\x01")  # three bytes of the next frame's header
     store = _store(tmp_path)
     assert await store.read(key) == b"".join(units)
-    assert path.stat().st_size == FILE_HEADER.size + 3 * FRAME
+    assert path.stat().st_size == FILE_HEADER.size + 3 * FRAME + 3  # read-only
+    assert await store.append(key, unit(3), offset=900) == 1200  # the writer cuts it first
+    assert path.stat().st_size == FILE_HEADER.size + 4 * FRAME
     await store.close()
 
 
@@ -147,7 +150,25 @@ async def test_a_torn_create_leaves_an_empty_recording(tmp_path: Path) -> None:
     path.write_bytes(b"VLBL")  # the header never made it whole
     store = _store(tmp_path)
     assert await store.length(key) == 0
+    assert await store.read(key) == b""
+    assert path.read_bytes() == b"VLBL"  # reads leave it as it is
     assert await store.append(key, unit(0), offset=0) == 300
+    await store.close()
+
+
+@pytest.mark.parametrize("stored", [b"", b"VLBLOB"])
+async def test_reading_an_empty_or_torn_header_part_never_writes(tmp_path: Path, stored: bytes) -> None:
+    key = new_key()
+    path = tmp_path.joinpath(*key.name.split("/"))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(stored)
+    os.utime(path, (1_700_000_000, 1_700_000_000))
+    store = _store(tmp_path)
+    assert await store.length(key) == 0
+    assert [chunk async for chunk in store.stream(key)] == []
+    assert await store.read(key) == b""
+    assert path.read_bytes() == stored
+    assert path.stat().st_mtime == 1_700_000_000
     await store.close()
 
 
