@@ -42,6 +42,9 @@ class PendingGap:
 
 BufferItem = tuple[Direction, int, str | bytes] | GapRecord
 
+MARKER_MAX_BYTES = 1 + 8 + 8 + 4 + 8 + 1 + 255
+"""Upper bound of an encoded gap or end record (docs/FORMAT.md: fixed head plus a reason of <= 255 bytes)."""
+
 
 def payload_size(payload: str | bytes) -> int:
     if isinstance(payload, bytes):
@@ -108,3 +111,28 @@ class FrameBuffer:
         """The caller sealed and appended (or gave up on) `size` bytes taken earlier."""
         self.held = max(0, self.held - size)
         self.budget.give(size)
+
+
+def split_for_segments(items: list[BufferItem], max_bytes: int, reserve: int = 0
+                       ) -> list[tuple[list[BufferItem], int]]:
+    """Cut taken items into runs whose frame log stays within `max_bytes` (the last run also leaves room
+    for `reserve`, the end record), each with the size it was accounted with. A backlog after a stall
+    becomes several segments the store can append, never one it refuses. A single frame larger than the
+    cap travels alone."""
+    runs: list[tuple[list[BufferItem], int]] = []
+    run: list[BufferItem] = []
+    run_bytes = accounted = 0
+    for item in items:
+        size = MARKER_MAX_BYTES if isinstance(item, GapRecord) else payload_size(item[2])
+        if run and run_bytes + size > max_bytes:
+            runs.append((run, accounted))
+            run, run_bytes, accounted = [], 0, 0
+        run.append(item)
+        run_bytes += size
+        if not isinstance(item, GapRecord):
+            accounted += size
+    if run and reserve and run_bytes + reserve > max_bytes:
+        runs.append((run, accounted))
+        run, accounted = [], 0
+    runs.append((run, accounted))
+    return runs

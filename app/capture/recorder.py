@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.actions import Actor, AuditAction, Subjects, detail_time, kek_bucket
 from app.audit.service import append_entry
-from app.capture.buffer import BufferItem, FrameBuffer, MemoryBudget
+from app.capture.buffer import MARKER_MAX_BYTES, BufferItem, FrameBuffer, MemoryBudget, split_for_segments
 from app.capture.frame_log import BINARY, C2S, S2C, TEXT, EndRecord, GapRecord, encode_end, encode_frame, encode_gap
 from app.capture.lifecycle import APPENDS, ENDED, GIVEN_UP, OWNS_ROW, TAKES_FRAMES, Backoff, Event, Phase, next_phase
 from app.capture.metrics import CaptureMetrics
@@ -338,13 +338,21 @@ class Recorder:
         items, size = recording.buffer.take()
         end = recording.end
         final = end is not None
+        runs = split_for_segments(items, self.settings.segment_max_bytes, MARKER_MAX_BYTES if final else 0)
+        runs[-1] = (runs[-1][0], size - sum(accounted for _, accounted in runs[:-1]))  # the sizes add up exactly
         if self._sealer is None:
             self._sealer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder-sealer")
-        sealed = await asyncio.get_running_loop().run_in_executor(
-            self._sealer, lambda: writer.seal(encode_items(items, end), final=final))
-        recording.pending.append((sealed, size))
+
+        def seal_runs() -> list[bytearray]:
+            last = len(runs) - 1
+            return [writer.seal(encode_items(run, end if i == last else None), final=final and i == last)
+                    for i, (run, _) in enumerate(runs)]
+
+        sealed = await asyncio.get_running_loop().run_in_executor(self._sealer, seal_runs)
+        for segment, (_, accounted) in zip(sealed, runs, strict=True):
+            recording.pending.append((segment, accounted))
+            self.metrics.sealed_bytes.inc(len(segment))
         recording.last_seal_mono = now
-        self.metrics.sealed_bytes.inc(len(sealed))
         if final:
             recording.apply(Event.LAST_SEGMENT_SEALED)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 class CaptureSettings(BaseModel):
@@ -13,6 +13,12 @@ class CaptureSettings(BaseModel):
     )
     segment_bytes: int = Field(
         default=256 * 1024, ge=4096, description="...or as soon as this many bytes are buffered."
+    )
+    segment_max_bytes: int = Field(
+        default=1024 * 1024, ge=4096, le=3 * 1024 * 1024,
+        description="Largest frame log one segment carries: a backlog built up while sealing was held back "
+        "(a stalled store or loop) is sealed as several segments of at most this size, each well under the "
+        "store's 4 MiB append limit (`max_unit_bytes`). A single frame larger than this travels alone.",
     )
     session_cap_bytes: int = Field(
         default=8 * 1024 * 1024, ge=65536,
@@ -37,3 +43,9 @@ class CaptureSettings(BaseModel):
         description="A recording whose replica has not written a heartbeat for this long is closed as "
         "incomplete (`relay_restarted`) by any replica.",
     )
+
+    @model_validator(mode="after")
+    def _cap_above_cadence(self) -> CaptureSettings:
+        if self.segment_max_bytes < self.segment_bytes:
+            raise ValueError("segment_max_bytes must be at least segment_bytes")
+        return self

@@ -1,0 +1,89 @@
+"""The recorder never stalls on one slow dependency (issue 20): a backlog built while appends were held
+is sealed in segments the store can take, and a hung database never holds up appends to a healthy store."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from app.capture.settings import CaptureSettings
+from app.identity.settings import IdentitySettings
+from app.storage.layout import RecordingKey
+from app.storage.settings import StorageSettings
+from app.vault.envelope import unwrap_data_key
+from app.vault.segments import OpenedStream, open_stream
+from tests.fixtures.identity import MintToken
+from tests.fixtures.recording import RecordingStack, recording_stack
+from tests.fixtures.relay import STANDIN_API_KEY, StandinHandle
+
+ECHO = "/voice-live/realtime?x-standin-mode=echo"
+KiB = 1024
+
+
+async def opened(stack: RecordingStack, request_id: str) -> OpenedStream:
+    state = stack.relay.app.state.ctx
+    row = await stack.recording(request_id)
+    assert row.wrapped_dek is not None
+    blob = b"".join([c async for c in state.stores.store(row.region).stream(RecordingKey(request_id, row.started_at))])
+    dek = await unwrap_data_key(state.keyrings.for_region(row.region), row.wrapped_dek, region=row.region,
+                                request_id=request_id)
+    return open_stream(dek, blob, region=row.region, request_id=request_id)
+
+
+async def test_a_backlog_past_the_segment_cap_is_sealed_in_appendable_segments(
+    tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Appends held for a while (as a stalled store or loop would): the ~1.2 MiB built up meanwhile is
+    sealed in several segments under the cap, the store (limit 256 KiB a unit here, as Azure's 4 MiB in
+    production) takes each, and the recording opens complete with every frame."""
+    capture = CaptureSettings(tick_s=0.05, segment_seconds=0.5, heartbeat_s=0.5, retry_deadline_s=3.0,
+                              segment_bytes=16 * KiB, segment_max_bytes=64 * KiB)
+    storage = StorageSettings(create_containers=True, timeout_s=2.0, max_unit_bytes=256 * KiB)
+    async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
+                               identity=identity_settings, mint_token=mint_token, capture=capture,
+                               storage=storage) as stack:
+        store = stack.relay.app.state.ctx.stores.store("westeurope")
+        real_append = store.append
+        held = asyncio.Event()
+        released = asyncio.Event()
+
+        async def held_append(*args: Any, **kwargs: Any) -> int:
+            if held.is_set():
+                await released.wait()
+            return await real_append(*args, **kwargs)
+
+        monkeypatch.setattr(store, "append", held_append)
+        url = f"{stack.relay.ws}/resources/{stack.resource}{ECHO}"
+        sent: list[bytes] = []
+        async with connect(url, additional_headers={"api-key": STANDIN_API_KEY}, max_size=None) as ws:
+            request_id = ws.response.headers["x-ms-request-id"] if ws.response else ""
+            await ws.send(b"first")
+            await ws.recv()
+            await asyncio.sleep(0.3)  # streaming: the header is stored
+            held.set()
+            for i in range(60):  # 60 x 10 KiB each way
+                frame = i.to_bytes(4, "big") + os.urandom(10 * KiB)
+                await ws.send(frame)
+                assert await ws.recv() == frame
+                sent.append(frame)
+            await asyncio.sleep(1.0)  # sealing is held back behind the held append
+            released.set()
+            await ws.send(b"last")
+            await ws.recv()
+        row = await stack.recording(request_id, timeout=30)
+        stream = await opened(stack, request_id)
+        contents = await stack.contents(request_id)
+    assert (row.state, row.incomplete_reason) == ("complete", None)
+    assert stream.complete
+    big = [s for s in stream.segments if len(s) > 16 * KiB]
+    assert len(big) >= 10  # the backlog was cut, not sealed as one
+    assert all(len(s) <= 64 * KiB for s in stream.segments)
+    payloads = [f.payload for f in contents.frames if f.direction == 0]
+    assert payloads == [b"first", *sent, b"last"]
+    assert contents.gaps == []
