@@ -126,12 +126,22 @@ NOT_AVAILABLE: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown, not granted, not from your SAW, expired: one answer."}}
 
 
+STATE_HEADERS = (
+    "\n\nEvery allowed read says the recording's state in headers: `X-Voicelog-Recording-State` (recording, "
+    "complete, incomplete), `X-Voicelog-Incomplete-Reason` (when the recording ended early, e.g. "
+    "`store_unavailable`) and `X-Voicelog-Stored-Bytes`. A recording that stored nothing (the store was down "
+    "or full before its first segment) is a 200 with an empty body: a WAV of header only, no events, no "
+    "transcripts, and `X-Voicelog-Stored-Bytes: 0`.")
+
+
 def _sent(read: PartRead) -> StreamingResponse:
     return StreamingResponse(read.body, status_code=read.status, media_type=read.media_type, headers=read.headers)
 
 
 @router.get("/recordings/{request_id}/audio/{speaker}.wav", summary="One direction of a recording as WAV",
-            responses=NOT_AVAILABLE)
+            responses=NOT_AVAILABLE, description="pcm16 WAV at the session's rate (G.711 decoded); gaps are "
+            "silence, listed in `X-Voicelog-Gaps`. Streams with bounded memory; supports a single `Range`."
+            + STATE_HEADERS)
 async def audio(request_id: str, speaker: Speaker, acting: CurrentPrincipal, session: SessionDep,
                 ctx: ContextDep, request: Request,
                 range_header: Annotated[str | None, Header(alias="range")] = None) -> StreamingResponse:
@@ -144,7 +154,8 @@ async def audio(request_id: str, speaker: Speaker, acting: CurrentPrincipal, ses
 
 
 @router.get("/recordings/{request_id}/events", summary="The event timeline (JSON lines, audio elided)",
-            responses={404: {"description": "One answer for every refusal."}})
+            responses={404: {"description": "One answer for every refusal."}},
+            description="One JSON line per frame, gap and end." + STATE_HEADERS)
 async def events(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
                  request: Request) -> StreamingResponse:
     return _sent(await read_recording_part(
@@ -153,7 +164,8 @@ async def events(request_id: str, acting: CurrentPrincipal, session: SessionDep,
 
 
 @router.get("/recordings/{request_id}/transcript", summary="Transcripts the pipeline produced, with times",
-            responses={404: {"description": "One answer for every refusal."}})
+            responses={404: {"description": "One answer for every refusal."}},
+            description="The input and output transcripts, with their times." + STATE_HEADERS)
 async def transcript(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
                      request: Request) -> Response:
     read = await read_recording_part(

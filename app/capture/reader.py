@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from app.capture.frame_log import EndRecord, FrameRecord, GapRecord, Record, decode
 from app.capture.models import Recording
+from app.storage.errors import NotFound
 from app.storage.layout import RecordingKey
 from app.storage.router import RegionRouter
 from app.vault.envelope import unwrap_data_key
@@ -25,13 +26,14 @@ class RecordingUnreadable(Exception):
 
 
 class RecordingStream:
-    """Async iterator over a recording's records; `complete` is known once it is exhausted."""
+    """Async iterator over a recording's records; `complete` and `nothing_stored` are known once it is exhausted."""
 
     def __init__(self, recording: Recording, *, keyrings: RegionKeyrings, stores: RegionRouter) -> None:
         self._recording = recording
         self._keyrings = keyrings
         self._stores = stores
         self.complete = False
+        self.nothing_stored = False
         self.stored_bytes = 0
 
     async def __aiter__(self) -> AsyncIterator[Record]:
@@ -46,11 +48,20 @@ class RecordingStream:
         with dek:
             reader = SegmentReader(dek, region=recording.region, request_id=recording.request_id)
             key = RecordingKey(recording.request_id, recording.started_at)
-            async for chunk in self._stores.store(recording.region).stream(key):
-                self.stored_bytes += len(chunk)
-                for segment in reader.feed(chunk):
-                    for record in decode(segment.plaintext):
-                        yield record
+            try:
+                async for chunk in self._stores.store(recording.region).stream(key):
+                    self.stored_bytes += len(chunk)
+                    for segment in reader.feed(chunk):
+                        for record in decode(segment.plaintext):
+                            yield record
+            except NotFound:
+                if self.stored_bytes:
+                    raise  # it vanished under the read: not a recording that stored nothing
+            if self.stored_bytes == 0:
+                # Nothing stored (the store was down or full before the first segment, C8): no blob, or an
+                # empty one. It reads as empty and incomplete; the row says why.
+                self.nothing_stored = True
+                return
             self.complete = reader.close()
 
 

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import io
 import json
+import os
 import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,10 +32,13 @@ from app.access.notify import signature
 from app.access.saw.settings import SawSettings
 from app.access.settings import TeamWebhook
 from app.audit.service import integrate_pending
-from app.capture.models import Recording
+from app.capture.models import Recording, RecordingState
 from app.identity.principal import Role
 from app.identity.settings import IdentitySettings
 from app.retention.settings import RetentionSettings
+from app.storage.layout import RecordingKey
+from app.storage.local import LocalDirStore
+from app.storage.local_file import FILE_HEADER, FILE_MAGIC
 from tests.fixtures.audit import audit_rows
 from tests.fixtures.identity import MintToken, bearer
 from tests.fixtures.recording import RecordingStack, recording_stack
@@ -222,6 +226,56 @@ async def test_wav_supports_range_requests(env: Env) -> None:
     assert response.status_code == 206
     assert response.headers["content-range"] == f"bytes 100-1099/{len(whole)}"
     assert response.content == whole[100:1100]
+
+
+async def _stored_nothing(env: Env, blob: str) -> Path:
+    """Make the recorded session one that stored nothing: its row incomplete(store_unavailable) and its blob
+    missing, empty (a create torn by a full disk) or header only (created, no segment). The part's path."""
+    ctx = env.stack.relay.app.state.ctx
+    async with ctx.session_factory() as session:
+        row = await session.get(Recording, env.session.request_id)
+        assert row is not None
+        row.state, row.incomplete_reason = RecordingState.INCOMPLETE, "store_unavailable"
+        row.segments = row.bytes_committed = row.frames = 0
+        region, key = row.region, RecordingKey(row.request_id, row.started_at)
+        await session.commit()
+    store = ctx.stores.store(region)
+    assert isinstance(store, LocalDirStore)
+    path = store.root.joinpath(*key.part_name(0).split("/"))
+    assert await store.delete(key)
+    if blob != "missing":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"" if blob == "empty" else FILE_HEADER.pack(FILE_MAGIC, 1_700_000_000_000_000))
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+    return path
+
+
+@pytest.mark.parametrize("blob", ["missing", "empty", "header_only"])
+async def test_a_recording_that_stored_nothing_reads_as_empty_with_its_state(env: Env, blob: str) -> None:
+    path = await _stored_nothing(env, blob)
+    before = (path.read_bytes(), path.stat().st_mtime_ns) if blob != "missing" else None
+    unknown = await refusal(env, request_id=uuid4().hex)
+    assert await refusal(env) == unknown  # no grant yet: the uniform 404 (C4)
+    assert await approve(env, await ask(env)) == 200
+    assert await refusal(env, who=env.people.alice_elsewhere) == unknown  # not from her SAW: the same
+    answers = {part: await read(env, part) for part in ("/audio/caller.wav", "/audio/service.wav", "/events",
+                                                         "/transcript")}
+    for part, response in answers.items():
+        assert response.status_code == 200, (part, response.text)
+        assert response.headers["x-voicelog-recording-state"] == "incomplete"
+        assert response.headers["x-voicelog-incomplete-reason"] == "store_unavailable"
+        assert response.headers["x-voicelog-stored-bytes"] == "0"
+    assert pcm_of(answers["/audio/caller.wav"].content) == (24000, b"")
+    assert pcm_of(answers["/audio/service.wav"].content) == (24000, b"")
+    assert answers["/events"].content == b""
+    assert answers["/transcript"].json() == {"request_id": env.session.request_id, "transcripts": []}
+    if before is None:
+        assert not path.exists()  # a read creates nothing
+    else:
+        assert (path.read_bytes(), path.stat().st_mtime_ns) == before  # a read never writes
+    async with env.stack.relay.app.state.ctx.session_factory() as session:
+        reads = [r[0] for r in await audit_rows(session, "detail", action="recording.read")]
+    assert len(reads) == 4  # each honest answer is an audited read
 
 
 async def refusal(env: Env, who: dict[str, str] | None = None, request_id: str | None = None) -> tuple[int, dict]:  # type: ignore[type-arg]

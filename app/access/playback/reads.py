@@ -3,6 +3,11 @@
 Authorize (a refusal is audited and answered `RecordingNotAvailable`, whose audit entry the caller's
 transaction keeps), plan the bytes (a single `Range` for audio), audit the read with the bytes it serves,
 then hand back what to send; the body streams with one segment in memory at a time.
+
+Every allowed read answers the recording's honest state, whatever it is: the row's state and incomplete
+reason and the bytes its blob holds go in `X-Voicelog-*` headers. A recording that stored nothing (the
+store was down or full before its first segment: no blob, or an empty one) reads as empty, a 200 with
+no events, no transcripts or a WAV of header only, never a server error.
 """
 
 from __future__ import annotations
@@ -67,13 +72,22 @@ async def read_recording_part(
     def stream() -> RecordingStream:
         return RecordingStream(allowed.recording, keyrings=keyrings, stores=stores)
 
+    def state_headers(first_pass: RecordingStream) -> dict[str, str]:
+        row = allowed.recording
+        headers = {"Cache-Control": "no-store", "X-Voicelog-Recording-State": str(row.state),
+                   "X-Voicelog-Stored-Bytes": str(first_pass.stored_bytes)}
+        if row.incomplete_reason:
+            headers["X-Voicelog-Incomplete-Reason"] = row.incomplete_reason
+        return headers
+
     async def audited(nbytes: int) -> None:
         await audit_read(session=session, clock=clock, acting=acting, allowed=allowed, part=part, nbytes=nbytes,
                          device=allowed.saw.id, metrics=access.metrics)
 
+    first = stream()
     if part == "timeline":
         nbytes = 0
-        async for line in timeline(stream()):  # pass one: the size, for the audit entry
+        async for line in timeline(first):  # pass one: the size, for the audit entry
             nbytes += len(ndjson(line))
         await audited(nbytes)
 
@@ -82,21 +96,21 @@ async def read_recording_part(
                 yield ndjson(line)
 
         return PartRead(allowed, "application/x-ndjson", lines(),
-                        {"Cache-Control": "no-store", "Content-Length": str(nbytes)})
+                        {**state_headers(first), "Content-Length": str(nbytes)})
     if part == "transcripts":
-        body = {"request_id": request_id, "transcripts": await transcripts(stream())}
+        body = {"request_id": request_id, "transcripts": await transcripts(first)}
         await audited(len(json.dumps(body, separators=(",", ":")).encode()))  # as audited since the first build
         sent = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-        return PartRead(allowed, "application/json", _once(sent), {"Cache-Control": "no-store"})
+        return PartRead(allowed, "application/json", _once(sent), state_headers(first))
     speaker = SPEAKER_OF_PART[part]
-    plan = await plan_track(stream(), speaker)
+    plan = await plan_track(first, speaker)
     header = wav_header(plan.rate, plan.data_bytes)
     total = len(header) + plan.data_bytes
     window = parse_range(range_header, total)
     start, end = window if window else (0, total - 1)
     await audited(end - start + 1)
-    headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start + 1),
-               "X-Voicelog-Gaps": json.dumps(plan.gaps, separators=(",", ":")), "Cache-Control": "no-store"}
+    headers = {**state_headers(first), "Accept-Ranges": "bytes", "Content-Length": str(end - start + 1),
+               "X-Voicelog-Gaps": json.dumps(plan.gaps, separators=(",", ":"))}
     if window:
         headers["Content-Range"] = f"bytes {start}-{end}/{total}"
     return PartRead(allowed, "audio/wav", wav_window(header, track_pcm(stream(), speaker), start, end), headers,
