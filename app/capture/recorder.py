@@ -14,6 +14,7 @@ import contextlib
 import os
 import random
 import time
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -141,6 +142,9 @@ class Recorder:
         self._inflight: dict[RequestId, asyncio.Task[None]] = {}
         self._last_heartbeat = 0.0
         self._last_recovery = 0.0
+        self._upkeep: asyncio.Task[None] | None = None  # heartbeat and recovery, beside the steps
+        # Read at every scrape: the gauge is right even while the sealer loop or a step is held up.
+        metrics.backlog.set_function(lambda: self.budget.used)
         # One thread seals for every recording: a segment takes well under a millisecond, and each extra
         # thread doing Python work is one more contender for the GIL the relay's event loop needs.
         self._sealer: ThreadPoolExecutor | None = None
@@ -178,10 +182,11 @@ class Recorder:
         deadline = time.monotonic() + timeout
         while self.live and time.monotonic() < deadline:
             await asyncio.sleep(self.settings.tick_s)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._upkeep):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for task in self._inflight.values():
             task.cancel()
         await asyncio.gather(*self._inflight.values(), return_exceptions=True)
@@ -191,7 +196,8 @@ class Recorder:
 
     async def run(self) -> None:
         """Each tick, every recording gets one step; steps run side by side, so one slow region or
-        recording never holds up the others, and a recording never has two steps at once."""
+        recording never holds up the others, and a recording never has two steps at once. The database
+        upkeep (heartbeat, recovery) runs beside them: a hung query holds up neither steps nor appends (C8)."""
         inflight = self._inflight
         while True:
             started = time.monotonic()
@@ -201,9 +207,8 @@ class Recorder:
                     inflight[request_id] = asyncio.create_task(self._guarded_step(recording))
             for request_id in [r for r, t in inflight.items() if t.done() and r not in self.live]:
                 del inflight[request_id]
-            await self._heartbeat()
-            await self._recover_stale()
-            self.metrics.backlog.set(self.budget.used)
+            if self._upkeep is None or self._upkeep.done():
+                self._upkeep = asyncio.create_task(self._database_upkeep(), name="recorder-upkeep")
             await asyncio.sleep(max(0.0, self.settings.tick_s - (time.monotonic() - started)))
 
     async def _guarded_step(self, recording: LiveRecording) -> None:
@@ -232,7 +237,7 @@ class Recorder:
                 recording, "key_service_unavailable", self._make_key(recording)):
             return
         if recording.phase is Phase.NEEDS_ROW and not await self._attempt(
-                recording, "database_unavailable", self._insert_row(recording)):
+                recording, "database_unavailable", self._insert_row(recording), deadline=self.settings.db_timeout_s):
             return
         if recording.phase is Phase.NEEDS_BLOB and not await self._attempt(
                 recording, "store_unavailable", self._create_blob(recording)):
@@ -243,7 +248,8 @@ class Recorder:
                 recording, "store_unavailable", self._append(recording)):
             return
         if recording.phase is Phase.FINAL_SEALED and not recording.pending:
-            await self._attempt(recording, "database_unavailable", self._finish(recording))
+            await self._attempt(recording, "database_unavailable", self._finish(recording),
+                                deadline=self.settings.db_timeout_s)
 
     def _due(self, recording: LiveRecording, now: float) -> bool:
         if recording.end is not None:
@@ -251,10 +257,13 @@ class Recorder:
         return (recording.buffer.buffered >= self.settings.segment_bytes
                 or now - recording.last_seal_mono >= self.settings.segment_seconds)
 
-    async def _attempt(self, recording: LiveRecording, reason: str, work: object) -> bool:
-        """Await `work`; on failure back off, and past the deadline give the recording up (C8)."""
+    async def _attempt(self, recording: LiveRecording, reason: str, work: Coroutine[object, object, None], *,
+                       deadline: float | None = None) -> bool:
+        """Await `work` (within `deadline` s if given); on failure back off, and past the retry deadline
+        give the recording up (C8)."""
         try:
-            await work  # type: ignore[misc]
+            async with asyncio.timeout(deadline):
+                await work
         except Exception as exc:
             self.metrics.errors.labels(reason).inc()
             log.warning("recording.retry", request_id=recording.info.request_id, reason=reason,
@@ -386,12 +395,13 @@ class Recorder:
         _, size = recording.buffer.take()
         recording.buffer.release(size)
         try:
-            if recording.phase is Phase.ABANDONED:
-                await self._close_row(recording, state=RecordingState.INCOMPLETE, reason=reason,
-                                      dropped=recording.buffer.dropped_frames)
-            elif recording.phase is Phase.ABANDONED_BEFORE_ROW:
-                # Never started (key service or database down): leave a visible, keyless row if we can.
-                await self._insert_row(recording, failed=reason)
+            async with asyncio.timeout(self.settings.db_timeout_s):
+                if recording.phase is Phase.ABANDONED:
+                    await self._close_row(recording, state=RecordingState.INCOMPLETE, reason=reason,
+                                          dropped=recording.buffer.dropped_frames)
+                elif recording.phase is Phase.ABANDONED_BEFORE_ROW:
+                    # Never started (key service or database down): leave a visible, keyless row if we can.
+                    await self._insert_row(recording, failed=reason)
             # DISCARDING: the consent had ended, nothing was ever written and nothing will be.
         except Exception:
             # The row stays `recording` (or never exists); recovery closes stale rows by heartbeat.
@@ -443,6 +453,16 @@ class Recorder:
             recording = self.live[request_id]
             recording.failure = reason
             recording.apply(Event.ABANDON)
+
+    async def _database_upkeep(self) -> None:
+        """Heartbeat and recovery, each within `db_timeout_s`: a hung database costs one upkeep, no step."""
+        for upkeep, name in ((self._heartbeat, "heartbeat"), (self._recover_stale, "recovery")):
+            try:
+                async with asyncio.timeout(self.settings.db_timeout_s):
+                    await upkeep()
+            except TimeoutError:
+                self.metrics.errors.labels(f"{name}_timeout").inc()
+                log.warning("recording.upkeep_timeout", upkeep=name)
 
     async def _recover_stale(self) -> None:
         """At start and every half `stale_after_s`: close what dead replicas left `recording`."""

@@ -35,6 +35,12 @@ class CaptureSettings(BaseModel):
         description="A store, database or key service failing this long ends the recording as incomplete "
         "(the relayed session is never affected, C8). Within it the sealer retries with backoff.",
     )
+    db_timeout_s: float = Field(
+        default=5.0, gt=0, le=60,
+        description="Deadline of each of the recorder's database steps (row insert and close, heartbeat, "
+        "recovery of stale rows). A database that hangs past it counts as a failed step (retried until "
+        "`retry_deadline_s`), and never holds up appends to the store (C8).",
+    )
     heartbeat_s: float = Field(
         default=5.0, gt=0, description="How often a replica marks its live recordings as still being written."
     )

@@ -87,3 +87,85 @@ async def test_a_backlog_past_the_segment_cap_is_sealed_in_appendable_segments(
     payloads = [f.payload for f in contents.frames if f.direction == 0]
     assert payloads == [b"first", *sent, b"last"]
     assert contents.gaps == []
+
+
+class HungDatabase:
+    """A session factory whose sessions never answer until `answer` is set, then fail: a frozen server."""
+
+    def __init__(self) -> None:
+        self.answer = asyncio.Event()
+        self.calls = 0
+
+    def __call__(self) -> HungDatabase:
+        return self
+
+    async def __aenter__(self) -> HungDatabase:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        return None
+
+    def add(self, _row: object) -> None:
+        return None
+
+    def get_bind(self) -> Any:
+        raise ConnectionError("database frozen")
+
+    async def _hang(self, *_args: object, **_kwargs: object) -> Any:
+        self.calls += 1
+        await self.answer.wait()
+        raise ConnectionError("database frozen")
+
+    execute = commit = rollback = get = scalar = _hang
+
+
+async def test_a_hung_database_holds_up_no_append(
+    tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The database freezes (accepts, never answers) while the store is healthy: the heartbeat hangs, and
+    segments keep being sealed and appended; once it answers again the recording ends complete."""
+    capture = CaptureSettings(tick_s=0.05, segment_seconds=0.2, heartbeat_s=0.2, retry_deadline_s=30.0,
+                              db_timeout_s=1.0)
+    async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
+                               identity=identity_settings, mint_token=mint_token, capture=capture) as stack:
+        recorder = stack.relay.app.state.ctx.recorder
+        store = stack.relay.app.state.ctx.stores.store("westeurope")
+        real_append = store.append
+        appends: list[float] = []
+        loop = asyncio.get_running_loop()
+
+        async def counted_append(*args: Any, **kwargs: Any) -> int:
+            offset = await real_append(*args, **kwargs)
+            appends.append(loop.time())
+            return offset
+
+        monkeypatch.setattr(store, "append", counted_append)
+        url = f"{stack.relay.ws}/resources/{stack.resource}{ECHO}"
+        async with connect(url, additional_headers={"api-key": STANDIN_API_KEY}) as ws:
+            request_id = ws.response.headers["x-ms-request-id"] if ws.response else ""
+            await ws.send(b"first")
+            await ws.recv()
+            await stack.recording(request_id, settled=False)
+            await asyncio.sleep(0.5)  # streaming
+            hung = HungDatabase()
+            healthy = recorder.session_factory
+            recorder.session_factory = hung
+            frozen_at = loop.time()
+            for i in range(150):  # 3 s of a frame every 20 ms
+                await ws.send(i.to_bytes(4, "big") + os.urandom(960))
+                await ws.recv()
+                await asyncio.sleep(0.02)
+            during = [t for t in appends if t > frozen_at + 1.0]
+            hung_calls = hung.calls
+            recorder.session_factory = healthy
+            hung.answer.set()
+            await ws.send(b"last")
+            await ws.recv()
+        row = await stack.recording(request_id, timeout=30)
+        contents = await stack.contents(request_id)
+    assert hung_calls >= 1  # the heartbeat did meet the frozen database
+    assert len(during) >= 5  # segments kept reaching the healthy store while it hung
+    assert (row.state, row.incomplete_reason) == ("complete", None)
+    payloads = [f.payload for f in contents.frames if f.direction == 0]
+    assert (payloads[0], payloads[-1], len(payloads)) == (b"first", b"last", 152)

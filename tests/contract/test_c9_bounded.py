@@ -12,10 +12,12 @@ import psutil
 import pytest
 from websockets.asyncio.client import connect
 
+from app.capture.frame_log import FRAME_OVERHEAD
 from app.capture.settings import CaptureSettings
 from app.identity.settings import IdentitySettings
 from app.relay.standin.server import Standin, StandinOptions, bound_port
 from app.storage.errors import StoreUnavailable
+from tests.capture.test_stalls import HungDatabase
 from tests.fixtures.identity import MintToken
 from tests.fixtures.recording import recording_stack
 from tests.fixtures.relay import STANDIN_API_KEY, StandinHandle
@@ -87,3 +89,54 @@ async def test_a_flood_beyond_the_cap_keeps_memory_bounded_and_marks_the_gap(
     assert payloads[-1] == b"last"
     kept = len(payloads) - 2
     assert 0 < kept < 40  # about 2 MiB of 64 KiB frames fit under the cap
+
+
+async def test_the_backlog_gauge_counts_every_byte_held_while_the_sealer_is_held_up(
+    tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Appends held and the database frozen: `voicelog_recorder_backlog_bytes` is the bytes held (buffered
+    frames and sealed segments not yet stored), not the value from before the stall."""
+    capture = CaptureSettings(tick_s=0.05, segment_seconds=0.2, heartbeat_s=0.2, retry_deadline_s=30.0,
+                              db_timeout_s=1.0)
+    async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
+                               identity=identity_settings, mint_token=mint_token, capture=capture) as stack:
+        ctx = stack.relay.app.state.ctx
+        recorder = ctx.recorder
+        store = ctx.stores.store("westeurope")
+        real_append = store.append
+        released = asyncio.Event()
+
+        async def held_append(*args: object, **kwargs: object) -> int:
+            await released.wait()
+            return await real_append(*args, **kwargs)  # type: ignore[arg-type]
+
+        url = f"{stack.relay.ws}/resources/{stack.resource}{ECHO}"
+        async with connect(url, additional_headers={"api-key": STANDIN_API_KEY}) as ws:
+            request_id = ws.response.headers["x-ms-request-id"] if ws.response else ""
+            await ws.send(b"first")
+            await ws.recv()
+            await stack.recording(request_id, settled=False)
+            await asyncio.sleep(0.5)  # streaming, nothing held
+            monkeypatch.setattr(store, "append", held_append)
+            hung = HungDatabase()
+            healthy = recorder.session_factory
+            recorder.session_factory = hung
+            frame = os.urandom(8 * 1024)
+            for _ in range(100):
+                await ws.send(frame)
+                await ws.recv()
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.5)  # a few segments sealed and waiting
+            live = recorder.live[request_id]
+            held = live.buffer.held
+            pending = sum(size for _, size in live.pending)
+            gauge = recorder.metrics.backlog.collect()[0].samples[0].value
+            recorder.session_factory = healthy
+            hung.answer.set()
+            released.set()
+        await stack.recording(request_id, timeout=30)
+    frame_bytes = 2 * 100 * (len(frame) + FRAME_OVERHEAD)  # both directions
+    assert gauge == held  # one recording: everything it holds, sealed or not
+    assert pending > 0  # some of it was sealed, not yet stored
+    assert frame_bytes <= gauge <= frame_bytes + 64 * 1024  # plus the few small frames before the stall
