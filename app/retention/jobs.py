@@ -70,7 +70,8 @@ class JobContext:
                              stores=self.stores, settings=self.settings, lifetime=self.lifetime,
                              metrics=self.metrics, owner=self.owner)
         self.sweep = OrphanSweep(session_factory=self.session_factory, clock=self.clock, stores=self.stores,
-                                 min_age=self.settings.orphan_min_age, metrics=self.metrics)
+                                 min_age=self.settings.orphan_min_age, lifetime=self.lifetime,
+                                 metrics=self.metrics)
         self.keeper = ChainKeeper(self.audit, self.session_factory, self.clock)
 
 

@@ -5,9 +5,12 @@ hour's recording rows:
 
 - a blob whose row is shredded but whose delete is still pending: deleted now and the row marked (step 2 of
   a purge or erasure that is already audited);
-- a blob older than `orphan_min_age_s` with no row in that region, or whose recording was purged and its
-  blob deleted before (a restore from soft delete or backup, a writer that outlived its recording): an
-  orphan, deleted and audited (`ORPHAN_DELETED_ACTION`, see below);
+- a blob with no row in that region whose bucket's lifetime (30 days, C7) has passed: deleted whatever
+  the audit trail says of it, audited as `recording.purged` (reason `retention`; see
+  `audit_expired_orphan_purge`), so the retention report counts it;
+- a younger blob older than `orphan_min_age_s` with no row in that region, or whose recording was purged
+  and its blob deleted before (a restore from soft delete or backup, a writer that outlived its
+  recording): an orphan, deleted and audited (`ORPHAN_DELETED_ACTION`, see below);
 - a live row older than `orphan_min_age_s` whose blob is not there: flagged (metric and log, ids only).
 
 Orphans are unreadable once their bucket's KEK is gone; the sweep keeps the stores tidy and makes them
@@ -48,6 +51,8 @@ detail: region, blob_hour (`YYYY-MM-DDTHH`), created_at, parts, reason (`no_row`
 
 NO_ROW = "no_row"
 ROW_PURGED = "row_purged"
+EXPIRED_NO_ROW = "expired_no_row"
+"""No row, and the bucket's lifetime has passed: deleted and audited as `recording.purged` (reason retention)."""
 
 
 def orphan_audit_action() -> AuditAction | None:
@@ -69,6 +74,25 @@ class OrphanSweepResult:
     @property
     def items(self) -> int:
         return self.orphans_deleted + self.pending_deleted
+
+
+async def audit_expired_orphan_purge(
+    *, session: AsyncSession, clock: Clock, region: str, orphan: StoredObject
+) -> None:
+    """The entry of an orphan deleted past its bucket's lifetime, in `session` (the caller commits).
+
+    `recording.purged` with reason `retention`: no row means no other record of the recording, and this is
+    its retention purge. `started_at` is the blob's creation time (the nearest the store knows), `age_s`
+    the blob's age now, `kek_bucket` its hour; its content was undecryptable since that bucket's KEK went.
+    """
+    now = clock.now()
+    await append_entry(
+        session=session, clock=clock, actor=SWEEP_ACTOR, action=AuditAction.RECORDING_PURGED,
+        subjects=Subjects(request_id=orphan.request_id),
+        detail={"region": region, "started_at": detail_time(orphan.created_at),
+                "age_s": max(0, int((now - orphan.created_at).total_seconds())), "reason": "retention",
+                "kek_bucket": kek_bucket(orphan.hour)},
+    )
 
 
 async def audit_orphan_deletion(
@@ -96,12 +120,14 @@ class OrphanSweep:
         clock: Clock,
         stores: RegionRouter,
         min_age: timedelta,
+        lifetime: timedelta,
         metrics: RetentionMetrics | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.clock = clock
         self.stores = stores
         self.min_age = min_age
+        self.lifetime = lifetime
         self.metrics = metrics
 
     async def run(self) -> OrphanSweepResult:
@@ -158,6 +184,9 @@ class OrphanSweep:
             if ours and row is not None and not row.blob_deleted:
                 await self._finish_pending(store, obj, result)
                 continue
+            if row is None and hour + self.lifetime <= now:
+                await self._delete_orphan(store, obj, EXPIRED_NO_ROW, result)  # past 30 days: never kept
+                continue
             if obj.created_at > young:
                 continue  # too new to judge: its row may not be committed yet
             await self._delete_orphan(store, obj, ROW_PURGED if ours else NO_ROW, result)
@@ -179,8 +208,10 @@ class OrphanSweep:
                              result: OrphanSweepResult) -> None:
         """Entry and delete in one transaction: no entry without the delete, and the delete's entry commits with it."""
         async with self.session_factory() as session:
-            if not await audit_orphan_deletion(session=session, clock=self.clock, region=store.region, orphan=obj,
-                                               reason=reason):
+            if reason == EXPIRED_NO_ROW:
+                await audit_expired_orphan_purge(session=session, clock=self.clock, region=store.region, orphan=obj)
+            elif not await audit_orphan_deletion(session=session, clock=self.clock, region=store.region,
+                                                 orphan=obj, reason=reason):
                 result.orphans_kept += 1
                 log.warning("retention.orphan.kept", region=store.region, request_id=obj.request_id,
                             reason=reason, why="no_audit_action")

@@ -1,8 +1,10 @@
 """The orphan sweep, on the local store and on Azurite: orphans found (and deleted once their audit action
-exists), pending blobs finished, rows whose blob is missing flagged; nothing young or live touched."""
+exists, or at once past their bucket's 30 days), pending blobs finished, rows whose blob is missing flagged;
+nothing young or live touched."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -13,13 +15,16 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import update
 
-from app.audit.actions import Actor
+from app.audit.actions import Actor, AuditAction
+from app.audit.reports.entries import Period
+from app.audit.service import read_chain_head
 from app.capture.models import Recording
 from app.clock import ManualClock, SystemClock
 from app.regions import RegionSettings
 from app.retention import orphans
 from app.retention.metrics import RetentionMetrics
 from app.retention.orphans import NO_ROW, ROW_PURGED, OrphanSweep, orphan_audit_action
+from app.retention.report import build_retention_report
 from app.retention.shred import shred_recording
 from app.storage.layout import RecordingKey
 from tests.retention.conftest import built_world, local_regions
@@ -48,7 +53,7 @@ async def stray_blob(world: World, region: str, started_at: datetime) -> Recordi
 
 def sweep(world: World, registry: CollectorRegistry) -> OrphanSweep:
     return OrphanSweep(session_factory=world.factory, clock=world.clock, stores=world.stores,
-                       min_age=timedelta(hours=1), metrics=RetentionMetrics(registry))
+                       min_age=timedelta(hours=1), lifetime=timedelta(days=30), metrics=RetentionMetrics(registry))
 
 
 async def purge_now(world: World, recording: Recording, *, blob_deleted: bool) -> None:
@@ -124,3 +129,40 @@ async def test_with_its_audit_action_an_orphan_is_deleted_with_its_entry(
     assert not await world.blob_exists(purged)
     again = await sweep(world, CollectorRegistry()).run()
     assert (again.orphans_deleted, again.orphans_kept, len(audited)) == (0, 0, 2)
+
+
+async def test_orphans_past_their_buckets_thirty_days_are_deleted_audited_and_reported(sweep_world: World) -> None:
+    world = sweep_world
+    now = world.clock.now()
+    old = [await stray_blob(world, "westeurope", now - timedelta(days=31)),
+           await stray_blob(world, "eastus", now - timedelta(days=30, hours=2))]
+    younger = await stray_blob(world, "westeurope", now - timedelta(days=29))  # within its 30 days
+    world.clock.advance(timedelta(hours=1, minutes=1))  # every blob is past the 1 h minimum age
+    now = world.clock.now()
+    registry = CollectorRegistry()
+
+    result = await sweep(world, registry).run()
+
+    assert (result.orphans_deleted, result.orphans_kept) == (2, 1)
+    assert not await world.stores.store("westeurope").exists(old[0])
+    assert not await world.stores.store("eastus").exists(old[1])
+    assert await world.stores.store("westeurope").exists(younger)  # the documented rule: kept, no audit action
+    purged = {rid: json.loads(detail) for rid, detail in await world.entries(AuditAction.RECORDING_PURGED)}
+    assert set(purged) == {old[0].request_id, old[1].request_id}
+    assert {(d["region"], d["reason"], d["kek_bucket"]) for d in purged.values()} == {
+        ("westeurope", "retention", old[0].hour.strftime("%Y-%m-%dT%H")),
+        ("eastus", "retention", old[1].hour.strftime("%Y-%m-%dT%H"))}
+    sample = registry.get_sample_value
+    assert sample("voicelog_retention_orphan_blobs_deleted_total",
+                  {"region": "eastus", "reason": "expired_no_row"}) == 1
+    await world.chain()
+    async with world.factory() as session:
+        report = await build_retention_report(session=session, period=Period(now.date(), now.date()),
+                                              head=await read_chain_head(session), retention_days=30, as_of=now)
+    days = report["days"]
+    assert isinstance(days, list)
+    counted = {(d["region"], d["recordings_purged"], d["purged_for_retention"]) for d in days
+               if isinstance(d, dict) and d["day"] == now.date().isoformat()}
+    assert counted == {("westeurope", 1, 1), ("eastus", 1, 1)}  # the report counts them
+    again = await sweep(world, CollectorRegistry()).run()
+    assert (again.orphans_deleted, again.orphans_kept) == (0, 1)
