@@ -10,7 +10,6 @@ from datetime import timedelta
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.asyncio.server import Server
 
@@ -34,6 +33,7 @@ from app.identity.staff.routes import router as staff_router
 from app.input_text import ControlCharacterPathGuard
 from app.logs import get_logger
 from app.loop_lag import LoopLagMonitor
+from app.readiness import DATABASE_PROBE_TIMEOUT_S, DependencyProbes
 from app.relay.routes import router as relay_router
 from app.relay.standin.server import Standin
 from app.relay.tap import TapFactory
@@ -52,19 +52,7 @@ log = get_logger("voicelog")
 
 DEMO_RESOURCE = "demo"
 DEMO_TENANT = "demo-tenant"
-
-
-DATABASE_PROBE_TIMEOUT_S = 2.0  # with the stores' probes beside it, /readyz answers within the probe's 4 s
-
-
-async def _database_state(engine: AsyncEngine) -> str:
-    """"ok" or "unreachable", within DATABASE_PROBE_TIMEOUT_S whatever the database or the pool does."""
-    try:
-        async with asyncio.timeout(DATABASE_PROBE_TIMEOUT_S), engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except Exception:
-        return "unreachable"
-    return "ok"
+READINESS_FIRST_ROUND_WAIT_S = 1.0  # a healthy start reports its probes' results; a hung one starts anyway
 
 
 async def _check_database_role(engine: AsyncEngine, found: list[RoleAssessment]) -> None:
@@ -126,6 +114,7 @@ def create_app(
     )
     engine = ctx.engine
 
+    probes = DependencyProbes(engine=engine, stores=stores, regions=settings.region_names)
     database_role: list[RoleAssessment] = []  # filled once by the start-up check; /readyz reads it
 
     @contextlib.asynccontextmanager
@@ -142,6 +131,7 @@ def create_app(
             # C8: a region's store being down never keeps the relay from starting; /readyz says so.
             log.warning("storage.prepare_failed")
         loop_lag.start()
+        await probes.start(wait_s=READINESS_FIRST_ROUND_WAIT_S)
         await resources.start(ctx.session_factory)  # waits 5 s at most: a hung database must not hold start-up
         consents.start(ctx.session_factory)
         chain_keeper.start()
@@ -158,6 +148,7 @@ def create_app(
             if closed:
                 log.warning("relay.drain.closed_sessions", sessions=closed)
             await scheduler.shutdown()
+            await probes.stop()
             await role_check
             await recorder.stop()
             await verifier.stop()
@@ -211,14 +202,14 @@ def create_app(
         """503 while draining, or until the resource directory (which routes every session) has loaded once.
         The database and each region's store are reported but do not gate readiness: with the directory in
         memory, calls are admitted and relayed without them, and only recording degrades (C8); taking every
-        replica out of the load balancer for them would stop the calls themselves."""
+        replica out of the load balancer for them would stop the calls themselves. It reads memory only: the
+        database and the stores are probed in the background (app/readiness.py), so it answers at once."""
         checks: dict[str, str] = {"relay": "draining" if relay.registry.draining else "ok",
                                   "resources": "ok" if resources.loaded else "not_loaded"}
         ready = all(v == "ok" for v in checks.values())
-        database, storage = await asyncio.gather(_database_state(engine), stores.check_ready())
-        checks["database"] = database
+        checks["database"] = probes.database
         checks["database_role"] = database_role[0].state.value if database_role else RoleState.CHECKING.value
-        for region, state in storage.items():
+        for region, state in probes.storage.items():
             checks[f"storage:{region}"] = state
         return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
                             status_code=200 if ready else 503)
