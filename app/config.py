@@ -65,6 +65,22 @@ class Settings(StandinSettings, ConsentSettings, ResourceSettings, AccessSetting
     database_max_overflow: int = Field(
         default=20, ge=0, le=200, description="PostgreSQL connections a process may open beyond the pool at peaks.",
     )
+    database_connect_timeout_s: float = Field(
+        default=10.0, gt=0, le=120,
+        description="A new PostgreSQL connection of background work (recorder, jobs) gives up after this long; "
+        "API requests give up after the shorter of this and the request timeout.",
+    )
+    database_request_timeout_s: float = Field(
+        default=2.0, gt=0, le=60,
+        description="API requests only: each statement (client command timeout and PostgreSQL "
+        "statement_timeout), the wait for a pooled connection and a new connection give up after this long, "
+        "and the route answers 503 `database_unavailable` with Retry-After. Background jobs are not cut.",
+    )
+    database_request_pool_size: int = Field(
+        default=5, ge=1, le=100,
+        description="PostgreSQL connections each serving process keeps for API requests, beside the pool of "
+        "background work: replicas x (pool size + overflow + request pool size) must stay under max_connections.",
+    )
     regions: list[RegionSettings] = Field(
         default_factory=_default_regions,
         description="Configured regions (JSON list). A resource's region must be one of these (C3).",

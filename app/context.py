@@ -40,6 +40,8 @@ class AppContext:
     clock: Clock
     engine: AsyncEngine
     session_factory: async_sessionmaker[AsyncSession]
+    request_engine: AsyncEngine  # API requests' own pool, every wait bounded (the engine itself on SQLite)
+    request_session_factory: async_sessionmaker[AsyncSession]
     metrics: Metrics
     admin_token: str | None
     token_verifier: TokenVerifier | None

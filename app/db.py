@@ -6,12 +6,15 @@ PostgreSQL (asyncpg) in production, SQLite (aiosqlite) in the embedded default a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
+from types import TracebackType
 from typing import Any, TypeVar
 
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import DateTime, MetaData, String, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -87,22 +90,74 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 CONNECT_TIMEOUT_S = 10.0
 
 
-def create_engine(url: str, *, echo: bool = False, pool_size: int = 10, max_overflow: int = 20) -> AsyncEngine:
+def create_engine(
+    url: str, *, echo: bool = False, pool_size: int = 10, max_overflow: int = 20,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S, statement_timeout_s: float | None = None,
+) -> AsyncEngine:
     """Build the async engine; SQLite gets foreign keys, WAL and a busy timeout on every connection.
 
     On PostgreSQL each process holds up to `pool_size + max_overflow` connections: with one server shared by
     every replica of every region, that product is the connection budget (docs/DEPLOY.md, "Capacity").
-    A new connection gives up after `CONNECT_TIMEOUT_S`.
+    A new connection gives up after `connect_timeout_s`. With `statement_timeout_s` (the API requests' engine),
+    each statement and the wait for a pooled connection are bounded too, client side (a hung server) and
+    server side (a slow query); background work's engine leaves it unset, so long jobs are never cut.
     """
     kwargs: dict[str, Any] = {"echo": echo}
     if url.startswith("postgresql"):
         kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
+        if statement_timeout_s is not None:
+            kwargs["pool_timeout"] = statement_timeout_s
     if url.startswith("postgresql+asyncpg"):
-        kwargs["connect_args"] = {"timeout": CONNECT_TIMEOUT_S}
+        connect_args: dict[str, Any] = {"timeout": connect_timeout_s}
+        if statement_timeout_s is not None:
+            connect_args["command_timeout"] = statement_timeout_s
+            connect_args["server_settings"] = {"statement_timeout": str(int(statement_timeout_s * 1000))}
+        kwargs["connect_args"] = connect_args
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def create_request_engine(url: str, *, pool_size: int, connect_timeout_s: float, timeout_s: float) -> AsyncEngine:
+    """The API requests' own pool, every wait bounded by `timeout_s` (PostgreSQL; callers share the one
+    engine on SQLite, a local file with nothing to hang on)."""
+    return create_engine(url, pool_size=pool_size, max_overflow=0,
+                         connect_timeout_s=min(connect_timeout_s, timeout_s), statement_timeout_s=timeout_s)
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """An error that says the database cannot be reached or did not answer in time (refused, terminated,
+    timed out, pool exhausted), as opposed to one a statement caused (a constraint, a bad value)."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        # No statement: the error came opening a connection (refused, not accepting connections, too many).
+        return exc.statement is None or exc.connection_invalidated \
+            or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) or _is_outage_error(exc.orig)
+    if isinstance(exc, sa_exc.TimeoutError | sa_exc.DisconnectionError):
+        return True
+    if isinstance(exc, TimeoutError | OSError | asyncpg.PostgresError | asyncpg.InterfaceError):
+        return _is_outage_error(exc)
+    return False
+
+
+def _is_outage_error(exc: BaseException | None) -> bool:
+    if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError | asyncpg.CannotConnectNowError
+                  | asyncpg.QueryCanceledError | asyncpg.AdminShutdownError):
+        return True
+    if isinstance(exc, TimeoutError | OSError):
+        # Raised raw by asyncpg's connect and command timeout: count it when it came from the database driver.
+        return any(_from_driver(tb.tb_frame.f_globals.get("__name__", "")) for tb in _frames(exc.__traceback__))
+    return False
+
+
+def _from_driver(module: str) -> bool:
+    return module.split(".")[0] in {"asyncpg", "sqlalchemy"}
+
+
+def _frames(tb: TracebackType | None) -> Iterator[TracebackType]:
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

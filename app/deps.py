@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.clock import Clock
 from app.config import Settings
 from app.context import ContextDep
-from app.errors import AppError, Forbidden, Unauthorized
+from app.db import is_database_outage
+from app.errors import AppError, DatabaseUnavailable, Forbidden, Unauthorized
 from app.resources.directory import ResourceDirectory
 from app.tickets.consent_cache import ConsentCache
 from app.transaction import discard_after_commit
@@ -31,8 +32,9 @@ def get_clock(ctx: ContextDep) -> Clock:
 async def get_session(ctx: ContextDep) -> AsyncIterator[AsyncSession]:
     """One transaction per request, committed before the response is sent (scope="function"); an error rolls
     it back, except one that keeps what was written (an audited refusal). Steps registered with
-    `app.transaction.after_commit` run right after the commit."""
-    async with ctx.session_factory() as session:
+    `app.transaction.after_commit` run right after the commit. Its pool bounds every database wait: an
+    outage answers 503 `database_unavailable` with Retry-After, within the request timeout."""
+    async with ctx.request_session_factory() as session:
         try:
             yield session
             await session.commit()
@@ -42,6 +44,14 @@ async def get_session(ctx: ContextDep) -> AsyncIterator[AsyncSession]:
             else:
                 await _roll_back(session)
             raise
+        except Exception as error:
+            if not is_database_outage(error):
+                await _roll_back(session)
+                raise
+            # A refused, dropped or silent database: no round trip to roll back (it would wait again).
+            await session.invalidate()
+            discard_after_commit(session)
+            raise DatabaseUnavailable("Try again shortly.") from error
         except BaseException:
             await _roll_back(session)
             raise

@@ -9,7 +9,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.db import is_database_outage
+from app.logs import get_logger
+
 PROBLEM_JSON = "application/problem+json"
+
+log = get_logger("voicelog.errors")
 
 
 class AppError(Exception):
@@ -69,8 +74,21 @@ class Forbidden(AppError):
     title = "Not allowed"
 
 
+class DatabaseUnavailable(AppError):
+    """The database refused, dropped or did not answer within the request timeout: try again shortly."""
+
+    status = 503
+    code = "database_unavailable"
+    title = "The database is unavailable"
+    retry_after_s: ClassVar[int] = 5
+
+
 def problem_response(error: AppError, request: Request) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+    headers: dict[str, str] | None = None
+    if error.status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(error, DatabaseUnavailable):
+        headers = {"Retry-After": str(error.retry_after_s)}
     return JSONResponse(
         error.to_problem(instance=request.url.path),
         status_code=error.status,
@@ -113,7 +131,10 @@ def install_error_handlers(app: FastAPI) -> None:
         body.update(status=exc.status_code, code=code, title=title, type=f"https://voicelog.dev/problems/{code}")
         return JSONResponse(body, status_code=exc.status_code, media_type=PROBLEM_JSON, headers=exc.headers)
 
-    async def on_unexpected(request: Request, _exc: Exception) -> JSONResponse:
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if is_database_outage(exc):  # one the session dependency did not see (raised outside a request session)
+            log.warning("database.unavailable", path=request.url.path, error=type(exc).__name__)
+            return problem_response(DatabaseUnavailable("Try again shortly."), request)
         return problem_response(AppError("An unexpected error occurred."), request)
 
     app.add_exception_handler(AppError, on_app_error)

@@ -28,7 +28,7 @@ from app.clock import Clock, SystemClock
 from app.config import Settings
 from app.console.mount import build_console_state
 from app.context import AppContext
-from app.db import create_engine, create_session_factory
+from app.db import create_engine, create_request_engine, create_session_factory
 from app.identity.tokens import build_token_verifier
 from app.metrics import Metrics
 from app.relay.routes import Relay
@@ -67,8 +67,14 @@ def build_context(
     taps the recorder unless `tap_factory` says otherwise."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     clock = clock or SystemClock()
+    request_engine = engine
     engine = engine or create_engine(settings.resolved_database_url, pool_size=settings.database_pool_size,
-                                     max_overflow=settings.database_max_overflow)
+                                     max_overflow=settings.database_max_overflow,
+                                     connect_timeout_s=settings.database_connect_timeout_s)
+    if request_engine is None:
+        request_engine = engine if engine.dialect.name == "sqlite" else create_request_engine(
+            settings.resolved_database_url, pool_size=settings.database_request_pool_size,
+            connect_timeout_s=settings.database_connect_timeout_s, timeout_s=settings.database_request_timeout_s)
     session_factory = create_session_factory(engine)
     metrics = Metrics()
     consents = ConsentCache(clock=clock, refresh_s=settings.consent_refresh_s)
@@ -90,6 +96,7 @@ def build_context(
                                                 engine=engine)
     return AppContext(
         settings=settings, clock=clock, engine=engine, session_factory=session_factory, metrics=metrics,
+        request_engine=request_engine, request_session_factory=create_session_factory(request_engine),
         admin_token=admin_token(settings),
         token_verifier=build_token_verifier(settings.identity, settings.data_dir, clock=clock),
         stores=stores, keyrings=keyrings, consents=consents, recorder=recorder, resources=resources, relay=relay,
@@ -104,6 +111,8 @@ async def close_context(ctx: AppContext) -> None:
     await ctx.stores.close()
     await ctx.audit.sink.close()
     await ctx.engine.dispose()
+    if ctx.request_engine is not ctx.engine:
+        await ctx.request_engine.dispose()
     await ctx.tracing.shutdown()
 
 

@@ -64,7 +64,7 @@ class _Refused(AppError):
 async def test_the_request_session_runs_no_step_of_a_failed_request_at_a_later_commit(
         session_factory: async_sessionmaker[AsyncSession]) -> None:
     ran: list[str] = []
-    dependency = get_session(SimpleNamespace(session_factory=session_factory))  # type: ignore[arg-type]  # reads only this
+    dependency = get_session(SimpleNamespace(request_session_factory=session_factory))  # type: ignore[arg-type]  # reads only this
     session = await anext(dependency)
     after_commit(session, lambda: ran.append("failed request"))
     with pytest.raises(_Refused):
