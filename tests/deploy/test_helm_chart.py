@@ -348,9 +348,13 @@ USER_CONNECTIONS = {"Standard_D2ds_v5": 844, "Standard_D4ds_v5": 1703, "Standard
 def test_a_full_scale_region_fits_the_default_database_tier_connection_budget(
     objects: dict[tuple[str, str], dict[str, Any]], values: dict[str, Any]
 ) -> None:
-    """Every pod may hold pool + overflow connections; at maxReplicas they must fit the server's limit."""
+    """Every pod may hold pool + overflow + request pool connections; at maxReplicas they must fit the limit."""
+    from app.config import Settings
+
     env = {e["name"]: e.get("value") for e in container(objects)["env"]}
-    per_pod = int(env["VOICELOG_DATABASE_POOL_SIZE"]) + int(env["VOICELOG_DATABASE_MAX_OVERFLOW"])
+    request_pool = env.get("VOICELOG_DATABASE_REQUEST_POOL_SIZE") or Settings.model_fields[
+        "database_request_pool_size"].default
+    per_pod = int(env["VOICELOG_DATABASE_POOL_SIZE"]) + int(env["VOICELOG_DATABASE_MAX_OVERFLOW"]) + int(request_pool)
     sku = re.search(r"param skuName string = '([^']+)'", (ROOT / "ops" / "deploy" / "postgres.bicep").read_text())
     assert sku is not None
     assert values["autoscaling"]["maxReplicas"] * per_pod <= USER_CONNECTIONS[sku.group(1)]
