@@ -5,7 +5,8 @@ hour's recording rows:
 
 - a blob whose row is shredded but whose delete is still pending: deleted now and the row marked (step 2 of
   a purge or erasure that is already audited);
-- a blob with no row in that region whose bucket's lifetime (30 days, C7) has passed: deleted whatever
+- a blob older than `orphan_min_age_s` with no row in that region whose bucket's lifetime (30 days, C7)
+  has passed: deleted whatever
   the audit trail says of it, audited as `recording.purged` (reason `retention`; see
   `audit_expired_orphan_purge`), so the retention report counts it;
 - a younger blob older than `orphan_min_age_s` with no row in that region, or whose recording was purged
@@ -184,11 +185,11 @@ class OrphanSweep:
             if ours and row is not None and not row.blob_deleted:
                 await self._finish_pending(store, obj, result)
                 continue
+            if obj.created_at > young:
+                continue  # too new to judge: its row may not be committed yet (even in an old bucket)
             if row is None and hour + self.lifetime <= now:
                 await self._delete_orphan(store, obj, EXPIRED_NO_ROW, result)  # past 30 days: never kept
                 continue
-            if obj.created_at > young:
-                continue  # too new to judge: its row may not be committed yet
             await self._delete_orphan(store, obj, ROW_PURGED if ours else NO_ROW, result)
         for row in rows.values():
             if not row.shredded and row.started_at < young and row.blob_name not in names:

@@ -559,6 +559,14 @@ async def test_recordings_past_30_days_are_purged_once_while_both_replicas_run_t
     clock = ManualClock(max(s for _, s in starts))  # the recorder's time when these were made
     async with scheduling_pair(cluster) as (a, b), shared_state(cluster, clock) as world:
         await world.seed()
+
+        async def both_purged_once() -> bool:
+            return all([await purge_runs(r) >= 1 for r in (a, b)])
+
+        # A replica's first purge also sweeps the keyring for expired KEKs (then once an hour): the KEKs made
+        # below for long-past hours must not meet that sweep before their rows exist.
+        await poll("a first purge run on each replica", both_purged_once, timeout=PURGE_EVERY_S * 4,
+                   replicas=(a, b))
         copies = await recordings_past_their_30_days(world, starts)
         ids = {c.request_id for c in copies}
 
