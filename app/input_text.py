@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from typing import Annotated, Final
 
 from pydantic import AfterValidator, Field
@@ -91,26 +92,24 @@ def audit_form(prose: str, max_length: int) -> str:
     return _FOLDED.sub(" ", prose)[:max_length]
 
 
-def checked_single_line(value: str, *, field: str, max_length: int) -> str:
-    """A console form's one-line field, stripped; InvalidText (a form error) when it may not be stored."""
+def _checked_form_text(value: str, rule: Callable[[str], str], *, field: str, max_length: int) -> str:
     value = value.strip()
     if len(value) > max_length:
         raise InvalidText(f"The {field} is longer than {max_length} characters.")
     try:
-        return _single_line(value)
+        return rule(value)
     except ValueError as refused:
         raise InvalidText(f"The {field} {refused}.") from None
+
+
+def checked_single_line(value: str, *, field: str, max_length: int) -> str:
+    """A console form's one-line field, stripped; InvalidText (a form error) when it may not be stored."""
+    return _checked_form_text(value, _single_line, field=field, max_length=max_length)
 
 
 def checked_prose(value: str, *, field: str, max_length: int) -> str:
     """A console form's textarea, stripped; InvalidText (a form error) when it may not be stored."""
-    value = value.strip()
-    if len(value) > max_length:
-        raise InvalidText(f"The {field} is longer than {max_length} characters.")
-    try:
-        return _prose(value)
-    except ValueError as refused:
-        raise InvalidText(f"The {field} {refused}.") from None
+    return _checked_form_text(value, _prose, field=field, max_length=max_length)
 
 
 def checked_form_int(value: str | None, *, field: str, default: int, minimum: int, maximum: int) -> int:
