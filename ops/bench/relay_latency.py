@@ -1,12 +1,30 @@
-"""Relay latency benchmark: added per-frame latency of voicelog vs. a direct connection vs. nginx.
+"""Relay latency benchmark: added per-frame latency of voicelog's two data planes vs. a direct connection vs. nginx.
 
 Realistic load: each session sends a 20 ms pcm16 24 kHz frame (as an `input_audio_buffer.append` event)
 every 20 ms and the stand-in, in echo mode, sends every frame straight back, so each session also
-receives the same rate. For each path (direct to the stand-in, through nginx as a plain WebSocket proxy,
-through voicelog) and each concurrency it prints the round-trip p50/p99 and the latency added over the
-direct path, plus the proxy's CPU seconds per session-minute. Figures are printed, never asserted.
+receives the same rate. For each concurrency it measures, in this order:
 
-    .venv/bin/python ops/bench/relay_latency.py [--sessions 1,50,200] [--seconds 10]
+- `direct`: straight to the stand-in, the baseline every "added" figure is taken against;
+- `nginx`: nginx as a plain WebSocket proxy, the anchor the voicelog figures are compared with;
+- `voicelog-asgi`: voicelog serve with `VOICELOG_RELAY_DATA_PLANE=asgi` (uvicorn's WebSocket protocol, ASGI,
+  the `websockets` client);
+- `voicelog`: voicelog serve with `VOICELOG_RELAY_DATA_PLANE=direct` (the default: socket to socket in asyncio
+  protocol callbacks).
+
+The stand-in and nginx run for the whole benchmark. Each voicelog variant has its own data dir
+(`<tmp>/asgi`, `<tmp>/direct`, migrated and given the resource `bench` once) and its process runs only for
+its own measurement: started, its port and `/readyz` awaited, warmed up with one unmeasured 0.5 s session,
+measured, stopped with SIGTERM; so only one voicelog process is ever up, and each measurement has a fresh one.
+
+For each path it prints the round-trip p50/p99, the latency added over the direct path, frames lost and the
+proxy's CPU seconds per session-minute (the process and its children); for each voicelog measurement also
+the event loop lag voicelog reported during it (`voicelog_event_loop_lag_seconds` from `/metrics`, a
+100 ms timer, scraped before and after the run): timer firings more than 10 ms and 50 ms late out of all,
+and the largest lag to the histogram's bucket resolution ('<=25ms'). After the table, a ratios block: for
+each concurrency, each voicelog variant's CPU per session-minute divided by nginx's from the same run, and
+its added p99 next to nginx's. Figures are printed, never asserted.
+
+    .venv/bin/python ops/bench/relay_latency.py [--sessions 1,50,200,400] [--seconds 10] [--planes asgi,direct]
 """
 
 from __future__ import annotations
@@ -14,7 +32,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import math
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -22,6 +42,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +54,19 @@ from websockets.asyncio.client import connect
 FRAME_MS = 20
 FRAME_BYTES = 24000 * FRAME_MS // 1000 * 2
 ROOT = Path(__file__).resolve().parents[2]
+VOICELOG = [sys.executable, "-m", "app.cli_main"]
+QUERY = "/voice-live/realtime?api-version=2026-07-15&x-standin-mode=echo"
+PLANES = ("asgi", "direct")
+PATH_NAME = {"asgi": "voicelog-asgi", "direct": "voicelog"}  # the table's name for each data plane
+
+
+def parse_planes(value: str) -> list[str]:
+    """`--planes asgi,direct`: which voicelog data planes to run, in the order given."""
+    planes = [p.strip() for p in value.split(",") if p.strip()]
+    unknown = [p for p in planes if p not in PLANES]
+    if unknown or not planes:
+        raise argparse.ArgumentTypeError(f"--planes takes a list of {', '.join(PLANES)}; got {value!r}")
+    return planes
 
 
 def free_port() -> int:
@@ -50,6 +85,7 @@ def stop_processes(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None
             proc.wait(grace_s)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
 
 
 def wait_port(port: int, timeout: float = 20) -> None:
@@ -60,6 +96,90 @@ def wait_port(port: int, timeout: float = 20) -> None:
                 return
         time.sleep(0.05)
     raise RuntimeError(f"port {port} did not open")
+
+
+def wait_ready(port: int, timeout: float = 20) -> None:
+    """Until voicelog's `/readyz` answers 200 (relay up, resources loaded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"voicelog on port {port} did not become ready")
+
+
+def voicelog_env(work: Path, plane: str | None, **extra: str) -> dict[str, str]:
+    """The environment of one voicelog variant: its own data dir `work/<plane>` and its data plane (None: the
+    stand-in's, data dir `work/standin`)."""
+    env = {**os.environ, "VOICELOG_DATA_DIR": str(work / (plane or "standin")), "VOICELOG_STANDIN_ENABLED": "false",
+           "VOICELOG_DEMO_RESOURCE": "false", "VOICELOG_LOG_LEVEL": "WARNING", **extra}
+    if plane is not None:
+        env["VOICELOG_RELAY_DATA_PLANE"] = plane
+    return env
+
+
+def prepare_voicelog(env: dict[str, str], upstream_port: int, resources: dict[str, str]) -> None:
+    """`db upgrade`, then `resources add <name> --tenant <tenant>` for each, all pointing at the stand-in."""
+    subprocess.run([*VOICELOG, "db", "upgrade"], env=env, cwd=ROOT, check=True, capture_output=True)
+    for name, tenant in resources.items():
+        subprocess.run([*VOICELOG, "resources", "add", name, "--region", "eastus", "--upstream",
+                        f"ws://127.0.0.1:{upstream_port}", "--tenant", tenant], env=env, cwd=ROOT, check=True,
+                       capture_output=True)
+
+
+def start_voicelog(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    """`serve` on `port`; returns once it is ready, plus a second to let its start-up work settle."""
+    proc = subprocess.Popen([*VOICELOG, "serve", "--port", str(port)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        wait_ready(port)
+    except BaseException:
+        stop_processes([proc], 5)
+        raise
+    time.sleep(1)
+    return proc
+
+
+def scrape_metrics(port: int) -> str:
+    """voicelog's `/metrics` (Prometheus text; served without authentication)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+        return text
+
+
+def loop_lag_buckets(port: int) -> dict[float, float]:
+    """voicelog's `voicelog_event_loop_lag_seconds` histogram: cumulative counts by upper bound."""
+    return {float(le): float(n) for le, n in
+            re.findall(r'^voicelog_event_loop_lag_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)$', scrape_metrics(port),
+                       re.MULTILINE)}
+
+
+def late_share(before: dict[float, float], after: dict[float, float], bound: float) -> str:
+    """Timer firings between the two scrapes that were later than `bound`, as 'n/total'."""
+    if not after:
+        return "n/a"
+    total = after[math.inf] - before.get(math.inf, 0.0)
+    within = after[bound] - before.get(bound, 0.0)
+    return f"{total - within:.0f}/{total:.0f}"
+
+
+def worst_lag(before: dict[float, float], after: dict[float, float]) -> str:
+    """The bucket the latest timer firing between the two scrapes fell into, e.g. '<=25ms' or '>1000ms'."""
+    if not after:
+        return "n/a"
+    total = after[math.inf] - before.get(math.inf, 0.0)
+    bounds = sorted(after)
+    for i, bound in enumerate(bounds):
+        if after[bound] - before.get(bound, 0.0) >= total:
+            if math.isinf(bound):
+                return f">{bounds[i - 1] * 1000:.0f}ms"
+            return f"<={bound * 1000:g}ms"
+    return "n/a"
 
 
 WARMUP_FRAMES = 2000 // FRAME_MS  # a session's first 2 s: its own set-up, and the other sessions' starting
@@ -118,20 +238,35 @@ async def one_session(url: str, seconds: float, rtts: list[float], counts: list[
         reading.cancel()
 
 
+def cpu_by_pid(proc: psutil.Process) -> dict[int, float]:
+    """User + system CPU seconds of `proc` and each of its (recursive) children, by pid."""
+    result: dict[int, float] = {}
+    for p in (proc, *proc.children(recursive=True)):
+        try:
+            times = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        result[p.pid] = times.user + times.system
+    return result
+
+
+def warm_up(url: str) -> None:
+    """One short session through a freshly started relay, not measured: its first connection's one-off work
+    (lazy imports, first upstream connection) is then not in the first measured run's p99."""
+    uvloop.run(one_session(url, 0.5, [], [0, 0], 0.0))
+
+
 def run_load(url: str, sessions: int, seconds: float, proxy: psutil.Process | None) -> Result:
     async def main() -> Result:
         rtts: list[float] = []
         steady: list[float] = []
         counts = [0, 0]
-        cpu0 = proxy.cpu_times() if proxy else None
+        cpu0 = cpu_by_pid(proxy) if proxy else {}
         await asyncio.gather(*(one_session(url, seconds, rtts, counts, i * FRAME_MS / 1000 / max(1, sessions),
                                            steady) for i in range(sessions)))
         cpu = 0.0
-        if proxy and cpu0:
-            cpu1 = proxy.cpu_times()
-            cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
-            for child in proxy.children(recursive=True):
-                cpu += sum(child.cpu_times()[:2])
+        if proxy:  # only what each process (e.g. nginx's worker, a child of its master) spent during this run
+            cpu = sum(t - cpu0.get(pid, 0.0) for pid, t in cpu_by_pid(proxy).items())
         return Result(rtts, counts[0], counts[1], cpu, steady)
 
     return uvloop.run(main())
@@ -162,31 +297,55 @@ http {{
 """
 
 
+@dataclass
+class Row:
+    result: Result
+    cpu_per_session_min: float  # nan for the direct path
+    added99: float
+
+
+def print_ratios(rows: dict[tuple[int, str], Row], counts: list[int], planes: list[str], have_nginx: bool) -> None:
+    """Each voicelog variant against nginx measured in the same run: CPU ratio, and added p99 side by side."""
+    print()
+    print("ratios (anchor: nginx in this run; cpu = CPU s per session-minute, added = p99 over direct)")
+    if not have_nginx:
+        print("  n/a: nginx is not installed, so this run has no anchor")
+        return
+    print(f"{'sessions':>8} {'path':>13} {'cpu / nginx cpu':>16} {'added p99':>10} {'nginx added p99':>16}")
+    for n in counts:
+        nginx = rows.get((n, "nginx"))
+        for plane in planes:
+            name = PATH_NAME[plane]
+            row = rows.get((n, name))
+            if row is None or nginx is None:
+                continue
+            # CPU times tick in 10 ms: a short run at one session can leave nginx at 0, then there is no ratio
+            ratio = (f"x{row.cpu_per_session_min / nginx.cpu_per_session_min:.2f}" if nginx.cpu_per_session_min
+                     else "n/a (nginx 0)")
+            print(f"{n:>8} {name:>13} {ratio:>16} {row.added99:>8.2f}ms"
+                  f" {nginx.added99:>14.2f}ms", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sessions", default="1,50,200")
+    parser.add_argument("--sessions", default="1,50,200,400")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--planes", type=parse_planes, default=list(PLANES),
+                        help="voicelog data planes to measure, comma-separated (default asgi,direct)")
     args = parser.parse_args()
     counts = [int(x) for x in args.sessions.split(",")]
+    planes: list[str] = args.planes
     work = Path(tempfile.mkdtemp(prefix="voicelog-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
-    voicelog = [sys.executable, "-m", "app.cli_main"]
-    env = {**os.environ, "VOICELOG_DATA_DIR": str(work / "data"), "VOICELOG_STANDIN_ENABLED": "false",
-           "VOICELOG_DEMO_RESOURCE": "false", "VOICELOG_LOG_LEVEL": "WARNING"}
     try:
         standin_port = free_port()
-        procs.append(subprocess.Popen([*voicelog, "standin", "--port", str(standin_port)], env=env, cwd=ROOT,
+        procs.append(subprocess.Popen([*VOICELOG, "standin", "--port", str(standin_port)],
+                                      env=voicelog_env(work, None), cwd=ROOT,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_port(standin_port)
-        subprocess.run([*voicelog, "db", "upgrade"], env=env, cwd=ROOT, check=True, capture_output=True)
-        subprocess.run([*voicelog, "resources", "add", "bench", "--region", "eastus", "--upstream",
-                        f"ws://127.0.0.1:{standin_port}", "--tenant", "bench"], env=env, cwd=ROOT, check=True,
-                       capture_output=True)
-        relay_port = free_port()
-        relay = subprocess.Popen([*voicelog, "serve", "--port", str(relay_port)], env=env, cwd=ROOT,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(relay)
-        wait_port(relay_port)
+        envs = {plane: voicelog_env(work, plane) for plane in planes}
+        for env in envs.values():
+            prepare_voicelog(env, standin_port, {"bench": "bench"})
 
         nginx_bin = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
         nginx_port = free_port()
@@ -199,32 +358,50 @@ def main() -> None:
             procs.append(nginx)
             wait_port(nginx_port)
 
-        query = "/voice-live/realtime?api-version=2026-07-15&x-standin-mode=echo"
-        paths = {
-            "direct": (f"ws://127.0.0.1:{standin_port}{query}", None),
-            "nginx": (f"ws://127.0.0.1:{nginx_port}{query}", psutil.Process(nginx.pid) if nginx else None),
-            "voicelog": (f"ws://127.0.0.1:{relay_port}/resources/bench{query}", psutil.Process(relay.pid)),
-        }
         print(f"relay latency: {args.seconds:.0f} s per run, 20 ms pcm16 24 kHz frames each way, "
-              f"{os.cpu_count()} cores, one voicelog process")
-        print(f"{'sessions':>8} {'path':>9} {'rtt p50':>8} {'rtt p99':>8} {'added p50':>10} {'added p99':>10}"
-              f" {'lost':>5} {'cpu s/session-min':>18}")
+              f"{os.cpu_count()} cores; voicelog data planes: {', '.join(planes)}, one process each, "
+              f"started for its own runs only")
+        print(f"{'sessions':>8} {'path':>13} {'rtt p50':>8} {'rtt p99':>8} {'added p50':>10} {'added p99':>10}"
+              f" {'lost':>5} {'cpu s/session-min':>18} {'loop >10 ms':>12} {'loop >50 ms':>12} {'loop max':>9}")
+        rows: dict[tuple[int, str], Row] = {}
         for n in counts:
             direct: Result | None = None
-            for name, (url, proc) in paths.items():
-                if name == "nginx" and nginx is None:
-                    print(f"{n:>8} {name:>9}  (nginx not installed)")
-                    continue
+            for name in ("direct", "nginx", *(PATH_NAME[p] for p in planes)):
+                lag = ""
+                relay: subprocess.Popen[bytes] | None = None
+                if name == "direct":
+                    url, proc = f"ws://127.0.0.1:{standin_port}{QUERY}", None
+                elif name == "nginx":
+                    if nginx is None:
+                        print(f"{n:>8} {name:>13}  (nginx not installed)")
+                        continue
+                    url, proc = f"ws://127.0.0.1:{nginx_port}{QUERY}", psutil.Process(nginx.pid)
+                else:
+                    plane = next(p for p in planes if PATH_NAME[p] == name)
+                    relay_port = free_port()
+                    relay = start_voicelog(envs[plane], relay_port)
+                    procs.append(relay)
+                    url, proc = f"ws://127.0.0.1:{relay_port}/resources/bench{QUERY}", psutil.Process(relay.pid)
+                    warm_up(url)
+                    lag_before = loop_lag_buckets(relay_port)
                 result = run_load(url, n, args.seconds, proc)
+                if relay is not None:
+                    lag_after = loop_lag_buckets(relay_port)
+                    lag = (f" {late_share(lag_before, lag_after, 0.01):>12}"
+                           f" {late_share(lag_before, lag_after, 0.05):>12} {worst_lag(lag_before, lag_after):>9}")
+                    stop_processes([relay], 15)
+                    procs.remove(relay)
                 if name == "direct":
                     direct = result
-                added50 = result.pct(0.5) - direct.pct(0.5) if direct else float("nan")
-                added99 = result.pct(0.99) - direct.pct(0.99) if direct else float("nan")
-                cpu = result.cpu_s / (n * args.seconds / 60) if proc else float("nan")
-                print(f"{n:>8} {name:>9} {result.pct(0.5):>7.2f}ms {result.pct(0.99):>7.2f}ms"
-                      f" {added50 if name != 'direct' else 0:>9.2f}ms {added99 if name != 'direct' else 0:>9.2f}ms"
-                      f" {result.frames_lost:>5} {cpu:>18.3f}", flush=True)
+                added50 = result.pct(0.5) - direct.pct(0.5) if direct else math.nan
+                added99 = result.pct(0.99) - direct.pct(0.99) if direct else math.nan
+                cpu = result.cpu_s / (n * args.seconds / 60) if proc else math.nan
+                rows[(n, name)] = Row(result, cpu, added99)
+                print(f"{n:>8} {name:>13} {result.pct(0.5):>7.2f}ms {result.pct(0.99):>7.2f}ms"
+                      f" {added50:>8.2f}ms {added99:>8.2f}ms"
+                      f" {result.frames_lost:>5} {cpu:>18.3f}{lag}", flush=True)
                 time.sleep(1)
+        print_ratios(rows, counts, planes, nginx is not None)
     finally:
         stop_processes(procs, 15)
         shutil.rmtree(work, ignore_errors=True)
