@@ -79,12 +79,15 @@ def build_server(settings: Settings, host: str, port: int, app: FastAPI | None =
     from app.main import create_app
 
     app = app or create_app(settings)
+    relay = context_of(app).relay
+    take_over = relay.take_over if settings.relay_data_plane == "direct" else None
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="uvloop",
-        http=guarded_http_protocol(settings.server),  # httptools with head limits, timeouts, per-address bounds
+        # httptools with head limits, timeouts, per-address bounds; relayed WebSockets go to the direct data plane
+        http=guarded_http_protocol(settings.server, take_over),
         timeout_keep_alive=settings.server.keep_alive_timeout_s,
         ws="websockets-sansio",
         ws_max_size=settings.relay_max_message_bytes,
@@ -96,7 +99,7 @@ def build_server(settings: Settings, host: str, port: int, app: FastAPI | None =
         proxy_headers=False,  # the peer address is what SAW trust checks; never taken from a header
         timeout_graceful_shutdown=int(settings.relay_drain_timeout_s) + 15,
     )
-    return DrainingServer(config, settings.relay_drain_timeout_s, context_of(app).relay, settle_heap=settle_heap)
+    return DrainingServer(config, settings.relay_drain_timeout_s, relay, settle_heap=settle_heap)
 
 
 @cli.command()

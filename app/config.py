@@ -8,6 +8,7 @@ overrides them (PostgreSQL, Azure Blob Storage per region, Key Vault, Entra ID).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -127,7 +128,25 @@ class Settings(StandinSettings, ConsentSettings, ResourceSettings, AccessSetting
         default=30.0, ge=0, description="On shutdown, how long live sessions may finish before a 1001 close."
     )
     relay_ping_interval_s: float | None = Field(
-        default=20.0, description="Keepalive ping to the upstream; None disables."
+        default=20.0, description="Keepalive ping to the upstream (and, on the direct data plane, to the client); "
+        "a ping unanswered by the next one drops that side. None disables."
+    )
+    relay_max_sessions: int = Field(
+        default=400, ge=1, description="Sessions one process relays at once; a call beyond it is refused before "
+        "its handshake with 503 `relay_busy` and `Retry-After`, so it lands on another replica instead of making "
+        "every call here late. An admitted call is never refused later. Per process: a pod with N workers takes "
+        "N times this.",
+    )
+    relay_busy_loop_lag_s: float = Field(
+        default=0.1, gt=0, description="New calls are refused (503 `relay_busy`) while this process's event loop "
+        "has run this late within the last second (`voicelog_event_loop_lag_seconds`): its live calls' frames "
+        "are already waiting that long.",
+    )
+    relay_data_plane: Literal["direct", "asgi"] = Field(
+        default="direct", description="How relayed frames are carried. `direct`: the HTTP server hands each "
+        "relayed WebSocket's connection to the relay at its upgrade and frames go from socket to socket in "
+        "asyncio protocol callbacks (docs/ARCHITECTURE.md, data plane). `asgi`: the earlier path through uvicorn's "
+        "WebSocket protocol, the ASGI app and the `websockets` client, kept for comparison in the benchmarks.",
     )
 
     vault: VaultSettings = Field(

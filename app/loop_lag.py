@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 
 from prometheus_client import CollectorRegistry, Histogram
 
 PERIOD_S = 0.1
+RECENT = 10  # the samples `recent_lag_s` looks at: the last second
 
 
 class LoopLagMonitor:
@@ -24,13 +26,20 @@ class LoopLagMonitor:
             registry=registry,
         )
         self._task: asyncio.Task[None] | None = None
+        self._recent: deque[float] = deque(maxlen=RECENT)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             due = loop.time() + PERIOD_S
             await asyncio.sleep(PERIOD_S)
-            self.lag.observe(max(0.0, loop.time() - due))
+            lag = max(0.0, loop.time() - due)
+            self._recent.append(lag)
+            self.lag.observe(lag)
+
+    def recent_lag_s(self) -> float:
+        """The worst lag of the last second (0 before the first sample): the relay's admission reads it."""
+        return max(self._recent, default=0.0)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="loop-lag")

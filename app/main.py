@@ -32,7 +32,6 @@ from app.identity.routes import include_dev_routes
 from app.identity.staff.routes import router as staff_router
 from app.input_text import ControlCharacterPathGuard
 from app.logs import get_logger
-from app.loop_lag import LoopLagMonitor
 from app.readiness import DATABASE_PROBE_TIMEOUT_S, DependencyProbes
 from app.relay.routes import router as relay_router
 from app.relay.standin.server import Standin
@@ -96,7 +95,7 @@ def create_app(
     ctx = build_context(settings, clock=clock, tap_factory=tap_factory)
     clock, access, audit = ctx.clock, ctx.access, ctx.audit
     consents, stores, recorder, resources, relay = ctx.consents, ctx.stores, ctx.recorder, ctx.resources, ctx.relay
-    loop_lag = LoopLagMonitor(ctx.metrics.registry)
+    loop_lag = relay.loop_lag
     chain_keeper = ChainKeeper(audit, ctx.session_factory, clock)
     verifier = VerifierJob(audit, ctx.session_factory, clock)
 

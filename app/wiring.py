@@ -30,6 +30,7 @@ from app.console.mount import build_console_state
 from app.context import AppContext
 from app.db import create_engine, create_request_engine, create_session_factory
 from app.identity.tokens import build_token_verifier
+from app.loop_lag import LoopLagMonitor
 from app.metrics import Metrics
 from app.relay.routes import Relay
 from app.relay.tap import TapFactory
@@ -86,7 +87,8 @@ def build_context(
     tracing = Tracing(settings.tracing, version=__version__)
     resources = ResourceDirectory(refresh_s=settings.resource_refresh_s, registry=metrics.registry)
     relay = Relay(settings=settings, clock=clock, session_factory=session_factory, metrics=metrics.relay,
-                  tap_factory=tap_factory or recorder, tracing=tracing, resources=resources)
+                  tap_factory=tap_factory or recorder, tracing=tracing, resources=resources,
+                  loop_lag=LoopLagMonitor(metrics.registry))
     access = AccessContext(
         directory=StaffRecords(), saws=SawRegistry(settings.saw), limiter=ReadLimiter(),
         metrics=AccessMetrics(metrics.registry), retention=timedelta(hours=settings.vault.bucket_lifetime_hours),

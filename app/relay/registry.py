@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any, Protocol
 
-from app.relay.session import RelaySession
+
+class LiveSession(Protocol):
+    """A relayed session on either data plane."""
+
+    async def run(self) -> Any: ...
+
+    def request_close(self, code: int, reason: str) -> None: ...
 
 
 class SessionRegistry:
     def __init__(self) -> None:
-        self._sessions: set[RelaySession] = set()
+        self._sessions: set[LiveSession] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
@@ -18,11 +25,11 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def add(self, session: RelaySession) -> None:
+    def add(self, session: LiveSession) -> None:
         self._sessions.add(session)
         self._idle.clear()
 
-    def discard(self, session: RelaySession) -> None:
+    def discard(self, session: LiveSession) -> None:
         self._sessions.discard(session)
         if not self._sessions:
             self._idle.set()

@@ -6,24 +6,25 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+import httptools
 from fastapi import APIRouter, WebSocket
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from starlette.responses import JSONResponse
 
 from app.clock import Clock
 from app.context import ContextDep
-from app.errors import PROBLEM_JSON
 from app.logs import get_logger, redact_query
+from app.loop_lag import LoopLagMonitor
 from app.metrics import RelayMetrics
+from app.relay.handshakes import AsgiHandshake, ClientHandshake, DirectHandshake
 from app.relay.registry import SessionRegistry
-from app.relay.session import RelaySession, SessionStats
+from app.relay.session import SessionStats
 from app.relay.settings import RelaySettings
 from app.relay.tap import Direction, FrameTap, SessionInfo, TapFactory
-from app.relay.upstream import UpstreamError, build_target, open_upstream
+from app.relay.upstream import UpstreamError, build_target
 from app.request_id import RequestId, new_request_id
 from app.resources.directory import DirectoryUnavailable, ResourceDirectory
 from app.tracing.provider import Tracing
@@ -34,6 +35,7 @@ router = APIRouter()
 RELAY_SUFFIXES = ("/voice-live/realtime", "/v1/realtime", "/openai/realtime", "/openai/v1/realtime")
 _CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 TAP_OPEN_TIMEOUT_S = 0.5
+RETRY_AFTER_BUSY_S = 1
 
 
 class Relay:
@@ -41,7 +43,7 @@ class Relay:
 
     def __init__(self, *, settings: RelaySettings, clock: Clock, session_factory: async_sessionmaker[AsyncSession],
                  metrics: RelayMetrics, tap_factory: TapFactory, tracing: Tracing,
-                 resources: ResourceDirectory) -> None:
+                 resources: ResourceDirectory, loop_lag: LoopLagMonitor) -> None:
         self.settings = settings
         self.clock = clock
         self.session_factory = session_factory
@@ -49,17 +51,24 @@ class Relay:
         self.metrics = metrics
         self.tap_factory = tap_factory
         self.registry = SessionRegistry()
+        self.loop_lag = loop_lag
+        self._admitting: set[ClientHandshake] = set()  # handshakes admitted and not yet in the registry
+        self._tasks: set[asyncio.Task[None]] = set()  # direct sessions, held until they end
         self.tracing = tracing
 
     async def handle(self, websocket: WebSocket, resource_name: str, suffix: str) -> None:
+        """A session on the ASGI data plane (Starlette's WebSocket, `websockets` upstream)."""
+        await self.handle_handshake(AsgiHandshake(websocket), resource_name, suffix)
+
+    async def handle_handshake(self, handshake: ClientHandshake, resource_name: str, suffix: str) -> None:
         """One session, traced as one SERVER span from handshake to close (refusals included)."""
         span = self.tracing.tracer.start_span(
-            "relay.session", kind=SpanKind.SERVER, context=self.tracing.parent(websocket.scope["headers"]),
+            "relay.session", kind=SpanKind.SERVER, context=self.tracing.parent(handshake.raw_headers),
             attributes={"voicelog.relay.path": suffix},  # the resource once it is known: no caller's string
         )
         try:
             with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-                await self._handle(websocket, resource_name, suffix, span)
+                await self._handle(handshake, resource_name, suffix, span)
         except BaseException as exc:
             span.set_attribute("error.type", type(exc).__name__)
             span.set_status(Status(StatusCode.ERROR))
@@ -67,32 +76,85 @@ class Relay:
         finally:
             span.end()
 
-    async def _handle(self, websocket: WebSocket, resource_name: str, suffix: str, span: Span) -> None:
-        started = time.monotonic()
+    def take_over(self, transport: asyncio.Transport, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
+                  default_headers: list[tuple[bytes, bytes]]) -> bool:
+        """The direct data plane's entry: called by the HTTP protocol at a WebSocket upgrade. Returns False
+        for a path that is not under /resources/{name}/ (the ASGI app answers it, as it routes it)."""
+        try:
+            url = httptools.parse_url(target)
+            path = unquote(url.path.decode("ascii"))
+        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+            return False
+        if not path.startswith("/resources/"):
+            return False
+        name, slash, tail = path[len("/resources/"):].partition("/")
+        if not name or not slash:
+            return False
+        handshake = DirectHandshake(transport, headers=headers, query=url.query or b"",
+                                    default_headers=default_headers,
+                                    max_message=self.settings.relay_max_message_bytes)
+        suffix = "/" + tail
+        problem = handshake.bad_request(method)
+        if problem is not None:
+            work = self.refuse(handshake, 400, "bad_handshake", problem)
+        elif suffix not in RELAY_SUFFIXES:
+            work = self.refuse(handshake, 404, "unknown_path", f"Relayed paths are {', '.join(RELAY_SUFFIXES)}.")
+        else:
+            work = self.handle_handshake(handshake, name, suffix)
+        task = asyncio.get_running_loop().create_task(work, name="relay-handshake")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    def busy(self) -> str | None:
+        """Why this process takes no new call now (its session limit, or an event loop running late), or None.
+        Refused before the handshake, so the caller's retry lands on another replica; an admitted call is
+        never refused later."""
+        if len(self.registry) + len(self._admitting) >= self.settings.relay_max_sessions:
+            return "session_limit"
+        if self.loop_lag.recent_lag_s() > self.settings.relay_busy_loop_lag_s:
+            return "loop_late"
+        return None
+
+    async def _handle(self, handshake: ClientHandshake, resource_name: str, suffix: str, span: Span) -> None:
         if self.registry.draining:
-            await self.deny(websocket, 503, "draining", "The relay is shutting down; reconnect.", span=span)
+            await self.refuse(handshake, 503, "draining", "The relay is shutting down; reconnect.", span=span)
             return
+        busy = self.busy()
+        if busy is not None:
+            self.metrics.errors.labels(f"busy_{busy}").inc()
+            await self.refuse(handshake, 503, "relay_busy", "This relay is at its capacity; retry, and another "
+                              "replica will take the call.", span=span, retry_after=RETRY_AFTER_BUSY_S)
+            return
+        self._admitting.add(handshake)
+        try:
+            await self._admit(handshake, resource_name, suffix, span)
+        finally:
+            self._admitting.discard(handshake)
+
+    async def _admit(self, handshake: ClientHandshake, resource_name: str, suffix: str, span: Span) -> None:
+        started = time.monotonic()
         try:
             resource = await self.resources.find(resource_name, self.session_factory)
         except DirectoryUnavailable:
             self.metrics.errors.labels("resources_unavailable").inc()
-            await self.deny(websocket, 503, "resources_unavailable",
+            await self.refuse(handshake, 503, "resources_unavailable",
                             "The relay cannot look this resource up right now; retry shortly.", span=span)
             return
         if resource is None:
             self.metrics.errors.labels("unknown_resource").inc()
-            await self.deny(websocket, 404, "resource_not_found", "No such resource.", span=span)
+            await self.refuse(handshake, 404, "resource_not_found", "No such resource.", span=span)
             return
 
         request_id = new_request_id()
-        correlation = websocket.headers.get("x-ms-client-request-id")
+        correlation = handshake.header("x-ms-client-request-id")
         if correlation is not None and not _CORRELATION_ID.fullmatch(correlation):
             correlation = None
         target = build_target(
             endpoint=resource.upstream_endpoint,
             suffix=suffix,
-            query=websocket.scope.get("query_string", b""),
-            client_headers=websocket.scope["headers"],
+            query=handshake.query,
+            client_headers=handshake.raw_headers,
             request_id=request_id,
         )
         bound = log.bind(request_id=request_id, resource=resource.name, path=suffix)
@@ -107,13 +169,7 @@ class Relay:
                 set_status_on_exception=False, attributes=upstream_address(resource.upstream_endpoint),
             ) as connect_span:
                 try:
-                    upstream = await open_upstream(
-                        target,
-                        connect_timeout=self.settings.relay_connect_timeout_s,
-                        max_message_bytes=self.settings.relay_max_message_bytes,
-                        max_queue=self.settings.relay_queue_frames,
-                        ping_interval=self.settings.relay_ping_interval_s,
-                    )
+                    upstream = await handshake.open_upstream(target, self.settings)
                 except UpstreamError as exc:
                     connect_span.set_attributes({"error.type": exc.reason, "http.response.status_code": exc.status})
                     connect_span.set_status(Status(StatusCode.ERROR))
@@ -121,8 +177,8 @@ class Relay:
         except UpstreamError as exc:
             self.metrics.errors.labels(exc.reason).inc()
             bound.warning("relay.upstream.failed", reason=exc.reason, status=exc.status)
-            await self.deny(
-                websocket, exc.status, exc.reason, "The upstream did not accept the session.",
+            await self.refuse(
+                handshake, exc.status, exc.reason, "The upstream did not accept the session.",
                 request_id=request_id, span=span,
             )
             return
@@ -138,30 +194,22 @@ class Relay:
             started_at=self.clock.now(),
         )
         try:
-            await websocket.accept(subprotocol=upstream.subprotocol, headers=response_headers)
+            await handshake.accept(upstream, response_headers)
         except Exception:
-            await upstream.close(1001, "client gone")
             self.metrics.errors.labels("client_gone_at_accept").inc()
             span.set_attribute("voicelog.relay.ended_by", "client_gone_at_accept")
             return
         tap = await self._open_tap(info)
         span.set_attribute("voicelog.recording", tap is not None)
-        session = RelaySession(
-            websocket=websocket,
-            upstream=upstream,
-            info=info,
-            metrics=self.metrics,
-            tap=tap,
-            idle_timeout=self.settings.relay_idle_timeout_s,
-            max_session=self.settings.relay_max_session_s,
-        )
+        session = handshake.session(upstream, info=info, metrics=self.metrics, tap=tap, settings=self.settings)
         self.registry.add(session)
+        self._admitting.discard(handshake)  # counted in the registry from here
         self.metrics.active_sessions.inc()
         self.metrics.sessions_total.inc()
         bound.info(
             "relay.session.opened",
             correlation_id=correlation,
-            query=redact_query(websocket.scope.get("query_string", b"").decode("latin-1")),
+            query=redact_query(handshake.query.decode("latin-1")),
             recording=tap is not None,
             setup_ms=round((time.monotonic() - started) * 1000, 2),
         )
@@ -200,19 +248,24 @@ class Relay:
         self, websocket: WebSocket, status: int, code: str, detail: str, request_id: RequestId | None = None,
         span: Span | None = None,
     ) -> None:
-        """Refuse the handshake with an HTTP status and problem+json, where the server supports it."""
+        """Refuse an ASGI handshake (the routes that are not relayed)."""
+        await self.refuse(AsgiHandshake(websocket), status, code, detail, request_id, span)
+
+    async def refuse(
+        self, handshake: ClientHandshake, status: int, code: str, detail: str, request_id: RequestId | None = None,
+        span: Span | None = None, retry_after: int | None = None,
+    ) -> None:
+        """Refuse the handshake with an HTTP status and problem+json."""
         if span is not None:
             span.set_attributes({"voicelog.relay.refused": code, "http.response.status_code": status})
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
         body = {"type": f"https://voicelog.dev/problems/{code}", "title": detail, "status": status,
                 "code": code, "detail": detail}
-        headers = {"x-ms-request-id": request_id, "x-request-id": request_id} if request_id else None
-        response = JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
-        if "websocket.http.response" in websocket.scope.get("extensions", {}):
-            await websocket.send_denial_response(response)
-        else:
-            await websocket.close(code=1011 if status >= 500 else 1008, reason=code)
+        headers: dict[str, str] = {"x-ms-request-id": request_id, "x-request-id": request_id} if request_id else {}
+        if retry_after is not None:
+            headers["retry-after"] = str(retry_after)
+        await handshake.refuse(status, body, headers or None)
 
 
 def upstream_address(endpoint: str) -> dict[str, str | int]:

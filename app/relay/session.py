@@ -55,7 +55,9 @@ class DirectionCounter:
         self.pending_bytes = 0
 
     def count(self, payload: str | bytes, t0: float) -> None:
-        size = len(payload)
+        self.count_size(len(payload), t0)
+
+    def count_size(self, size: int, t0: float) -> None:
         self.frames += 1
         self.bytes += size
         self.pending_frames += 1

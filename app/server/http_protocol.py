@@ -13,6 +13,7 @@ import asyncio
 import http
 import time
 from asyncio import TimerHandle
+from collections.abc import Callable
 from ipaddress import IPv6Address, ip_address
 from typing import Any, ClassVar
 
@@ -25,6 +26,10 @@ from app.logs import get_logger
 from app.server.settings import ServerSettings
 
 log = get_logger("voicelog.server")
+
+# The relay's direct data plane: (transport, method, request target, headers, default response headers) ->
+# whether it took the connection.
+TakeOver = Callable[[asyncio.Transport, str, bytes, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]], bool]
 
 _LOG_EVERY_S = 1.0  # refusals come in floods when they come: one line per reason per second, with a count
 
@@ -46,8 +51,9 @@ REPORT_VERIFY = b"/audit/reports/verify"  # the one route whose body (a signed r
 class ConnectionGuard:
     """One per server: its limits, and how many connections each peer address holds that are not WebSockets."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, take_over: TakeOver | None = None) -> None:
         self.settings = settings
+        self.take_over = take_over
         self.open_by_address: dict[str, int] = {}
         self._exempt = tuple(settings.connection_limit_exempt)
         self._last_logged: dict[str, float] = {}
@@ -169,6 +175,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         self._cancel_body_timer()
         self._release_peer()
+        take_over = self.guard.take_over
+        if take_over is not None and take_over(self.transport, self.scope["method"], self.url, self.headers,
+                                               self.server_state.default_headers):
+            self.connections.discard(self)  # the direct data plane has the transport now
+            return
         super().handle_websocket_upgrade()
 
     # --- parser callbacks ------------------------------------------------------------------------------
@@ -321,10 +332,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._peer = None
 
 
-def guarded_http_protocol(settings: ServerSettings) -> type[GuardedHttpToolsProtocol]:
-    """The `http=` protocol class for one uvicorn server; its counts per address are that server's own."""
+def guarded_http_protocol(settings: ServerSettings,
+                          take_over: TakeOver | None = None) -> type[GuardedHttpToolsProtocol]:
+    """The `http=` protocol class for one uvicorn server; its counts per address are that server's own.
+    `take_over`: the relay's direct data plane, offered every WebSocket upgrade first."""
 
     class ServerHttpProtocol(GuardedHttpToolsProtocol):
-        guard = ConnectionGuard(settings)
+        guard = ConnectionGuard(settings, take_over)
+
 
     return ServerHttpProtocol
