@@ -139,7 +139,8 @@ class Settings(StandinSettings, ConsentSettings, ResourceSettings, AccessSetting
     )
     relay_busy_loop_lag_s: float = Field(
         default=0.1, gt=0, description="New calls are refused (503 `relay_busy`) while this process's event loop "
-        "has run this late within the last second (`voicelog_event_loop_lag_seconds`): its live calls' frames "
+        "runs this late: the median of the last second's samples of `voicelog_event_loop_lag_seconds` (a 100 ms "
+        "timer), so one pause refuses nobody but a loop late sample after sample does; its live calls' frames "
         "are already waiting that long.",
     )
     relay_data_plane: Literal["direct", "asgi"] = Field(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 from collections import deque
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -38,8 +39,11 @@ class LoopLagMonitor:
             self.lag.observe(lag)
 
     def recent_lag_s(self) -> float:
-        """The worst lag of the last second (0 before the first sample): the relay's admission reads it."""
-        return max(self._recent, default=0.0)
+        """The median lag of the last second's samples (0 until there are 5): the relay's admission reads it.
+        A median, so one pause (start-up, a collection) refuses nobody; a loop late sample after sample does."""
+        if len(self._recent) < RECENT // 2:
+            return 0.0
+        return statistics.median(self._recent)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="loop-lag")

@@ -14,7 +14,7 @@ import time
 from app.logs import get_logger
 from app.metrics import RelayMetrics
 from app.relay.legs import CLOSE_TIMEOUT_S, ClientLeg, Leg, UpstreamLeg
-from app.relay.session import DirectionCounter, SessionStats
+from app.relay.session import SessionStats
 from app.relay.tap import Direction, FrameTap, SessionInfo
 
 log = get_logger("voicelog.relay")
@@ -23,6 +23,7 @@ _NO_STATUS = 1005
 _ABNORMAL = 1006
 _GOING_AWAY = 1001
 _INTERNAL_ERROR = 1011
+PUBLISH_EVERY_S = 1.0
 
 
 class DirectSession:
@@ -41,7 +42,10 @@ class DirectSession:
         self._max_session = max_session
         self._ping_interval = ping_interval
         self._started = time.monotonic()
-        self._counters = {d: DirectionCounter(metrics, d) for d in Direction}
+        self._legs: dict[Direction, Leg] = {Direction.CLIENT_TO_SERVICE: client,
+                                            Direction.SERVICE_TO_CLIENT: upstream}
+        self._latency = {d: metrics.added_latency.labels(d.value) for d in Direction}
+        self._published = dict.fromkeys(Direction, (0, 0))
         self._tap_start_ns = time.monotonic_ns()
         self._ending = False
         self._timer: asyncio.TimerHandle | None = None
@@ -71,10 +75,10 @@ class DirectSession:
             for leg in (self.client, self.upstream):
                 leg.session = None
                 leg.abort()
-            for direction, counter in self._counters.items():
-                counter.flush()
-                self.stats.frames[direction] = counter.frames
-                self.stats.bytes[direction] = counter.bytes
+            self._publish()
+            for direction, source in self._legs.items():
+                self.stats.frames[direction] = source.frames
+                self.stats.bytes[direction] = source.bytes
             self._notify_tap_close()
         return self.stats
 
@@ -85,9 +89,11 @@ class DirectSession:
 
     # --- the hot path ----------------------------------------------------------------------------------
 
-    def relayed(self, direction: Direction, size: int, t0: float, payload: str | bytes) -> None:
-        """A message went through: count it and hand it to the tap (C8: a failing tap is detached)."""
-        self._counters[direction].count_size(size, t0)
+    def sample_latency(self, direction: Direction, seconds: float) -> None:
+        self._latency[direction].observe(seconds)
+
+    def tap_frame(self, direction: Direction, payload: str | bytes) -> None:
+        """A message went through a recorded session: hand it to the tap (C8: a failing tap is detached)."""
         tap = self.tap
         if tap is None:
             return
@@ -160,22 +166,32 @@ class DirectSession:
 
     # --- timeouts --------------------------------------------------------------------------------------
 
+    def _publish(self) -> None:
+        """Frame and byte counts reach Prometheus here, once a second and at the end, not per frame."""
+        for direction, leg in self._legs.items():
+            frames, size = self._published[direction]
+            if leg.frames != frames:
+                self._metrics.frames.labels(direction.value).inc(leg.frames - frames)
+                self._metrics.bytes.labels(direction.value).inc(leg.bytes - size)
+                self._published[direction] = (leg.frames, leg.bytes)
+
     def _schedule_check(self) -> None:
-        """Idleness is checked every quarter idle timeout (no per-frame clock reads)."""
+        """Counts are published and idleness checked every second (no per-frame clock reads)."""
         now = time.monotonic()
-        wake = min(now + self._idle_timeout / 4, self._started + self._max_session)
+        wake = min(now + min(PUBLISH_EVERY_S, self._idle_timeout / 4), self._started + self._max_session)
         self._timer = asyncio.get_running_loop().call_later(max(0.0, wake - now), self._check)
 
     def _check(self) -> None:
         self._timer = None
         if self._ending:
             return
+        self._publish()
         now = time.monotonic()
         if now >= self._started + self._max_session:
             if self._end("max_session"):
                 self._close_both(_GOING_AWAY, "maximum session length reached")
             return
-        frames = sum(c.frames for c in self._counters.values())
+        frames = self.client.frames + self.upstream.frames
         if frames != self._last_frames:
             self._last_frames, self._last_active = frames, now
         if now >= self._last_active + self._idle_timeout:

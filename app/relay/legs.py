@@ -28,6 +28,7 @@ from app.relay.wire import (
     apply_mask,
     close_payload,
     frame,
+    mask_key,
     masked_frame,
     parse_close,
 )
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
     from app.relay.direct_session import DirectSession
 
 CLOSE_TIMEOUT_S = 5.0  # how long a closing handshake may take before the connection is just dropped
-_TEXT = 0x1
+_TEXT, _BINARY = 0x1, 0x2
+_SAMPLE_MASK = 63  # the relay's own latency is observed on one message in 64
 
 
 class Leg(asyncio.Protocol):
@@ -60,6 +62,8 @@ class Leg(asyncio.Protocol):
         self._close_timer: asyncio.TimerHandle | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
         self._ping_payload: bytes | None = None
+        self.frames = 0  # messages relayed from this leg's peer, and their payload bytes
+        self.bytes = 0
 
     # --- asyncio.Protocol ------------------------------------------------------------------------------
 
@@ -113,6 +117,7 @@ class Leg(asyncio.Protocol):
         pos = 0
         size = len(view)
         masked_input = self.MASKED_INPUT
+        t0 = time.perf_counter()
         while size - pos >= 2 and self.state != "closed":
             first = view[pos]
             second = view[pos + 1]
@@ -138,41 +143,68 @@ class Leg(asyncio.Protocol):
             end = start + length
             if end > size:
                 break
-            t0 = time.perf_counter()
             opcode = first & 0x0F
-            payload: bytes
-            if masked_input:
-                payload = apply_mask(memoryview(view)[start:end], view[start - 4:start])
-            else:
-                payload = bytes(view[start:end])
-            if opcode >= 0x8:
-                self._control(first, opcode, payload)
-            elif first & 0x80 and opcode != CONTINUATION and self._fragments is None:
+            if (opcode in (_TEXT, _BINARY)) and first & 0x80 and self._fragments is None:
                 if self.state == "open":
-                    raw = view if (pos == 0 and end == size and not masked_input and isinstance(view, bytes)) \
-                        else None
-                    self._message(opcode, payload, raw, t0)
+                    self._message(view, pos, start, end, opcode, t0)
+            elif opcode >= 0x8:
+                self._control(first, opcode, self._payload(view, start, end))
+            elif opcode in (CONTINUATION, _TEXT, _BINARY):
+                self._fragment(first, opcode, self._payload(view, start, end), t0)
             else:
-                self._fragment(first, opcode, payload, t0)
+                raise ProtocolError(1002, "unknown opcode")
             pos = end
         return pos
 
-    def _message(self, opcode: int, payload: bytes, raw: bytes | None, t0: float) -> None:
-        """A whole data message: checked, forwarded to the other leg, counted and tapped."""
+    def _payload(self, view: bytes | bytearray, start: int, end: int) -> bytes:
+        """A frame's payload as sent (unmasked)."""
+        if self.MASKED_INPUT:
+            return apply_mask(memoryview(view)[start:end], view[start - 4:start])
+        return bytes(view[start:end])
+
+    def _message(self, view: bytes | bytearray, pos: int, start: int, end: int, opcode: int, t0: float) -> None:
+        """A whole data message in one frame: forwarded, counted, and decoded for the tap when there is one.
+
+        Without a tap the payload is never decoded: the client's frame is masked again in one pass and the
+        upstream's goes as received. Text is then checked by the endpoints (an invalid one is refused with
+        1007 by the upstream, and that close is passed on); a recorded session checks it here.
+        """
+        peer = self.peer
+        session = self.session
+        if peer is None or session is None or peer.state != "open":
+            return  # the session is ending: nothing more is relayed
+        if session.tap is None:
+            if self.MASKED_INPUT:
+                peer.forward_masked(view, pos, start, end)
+            else:
+                peer.forward_raw(view, pos, end)
+        else:
+            payload = self._payload(view, start, end)
+            self._relay_tapped(opcode, payload, t0)
+            return
+        self.frames += 1
+        self.bytes += end - start
+        if not self.frames & _SAMPLE_MASK:
+            session.sample_latency(self.DIRECTION, time.perf_counter() - t0)
+
+    def _relay_tapped(self, opcode: int, payload: bytes, t0: float) -> None:
+        """A whole message of a recorded session (or a joined fragmented one): checked, forwarded, tapped."""
         text: str | None = None
         if opcode == _TEXT:
             try:
                 text = str(payload, "utf-8")
             except UnicodeDecodeError as exc:
                 raise ProtocolError(1007, "invalid UTF-8 in text message") from exc
-        elif opcode != 0x2:
-            raise ProtocolError(1002, "unknown opcode")
         peer = self.peer
         session = self.session
         if peer is None or session is None or peer.state != "open":
-            return  # the session is ending: nothing more is relayed
-        peer.forward(opcode, payload, raw)
-        session.relayed(self.DIRECTION, len(payload), t0, payload if text is None else text)
+            return
+        peer.forward(opcode, payload)
+        self.frames += 1
+        self.bytes += len(payload)
+        if not self.frames & _SAMPLE_MASK:
+            session.sample_latency(self.DIRECTION, time.perf_counter() - t0)
+        session.tap_frame(self.DIRECTION, payload if text is None else text)
 
     def _fragment(self, first: int, opcode: int, payload: bytes, t0: float) -> None:
         """Fragments are joined and relayed as one message, as the recorder and the size cap see messages."""
@@ -191,7 +223,7 @@ class Leg(asyncio.Protocol):
             whole = bytes(self._fragments)
             self._fragments = None
             if self.state == "open":
-                self._message(self._fragment_opcode, whole, None, t0)
+                self._relay_tapped(self._fragment_opcode, whole, t0)
 
     def _control(self, first: int, opcode: int, payload: bytes) -> None:
         if not first & 0x80 or len(payload) > 125:
@@ -222,8 +254,16 @@ class Leg(asyncio.Protocol):
         if self._buffer:
             self.data_received(b"")
 
-    def forward(self, opcode: int, payload: bytes, raw: bytes | None) -> None:
-        """Write a data message from the other leg (`raw`: the frame as received, when it can go as is)."""
+    def forward(self, opcode: int, payload: bytes) -> None:
+        """Write a data message from the other leg."""
+        self.write_frame(opcode, payload)
+
+    def forward_raw(self, view: bytes | bytearray, pos: int, end: int) -> None:
+        """Write an unmasked frame from the upstream leg as received (only the client leg does)."""
+        raise NotImplementedError
+
+    def forward_masked(self, view: bytes | bytearray, pos: int, start: int, end: int) -> None:
+        """Write a masked frame from the client leg under our own mask (only the upstream leg does)."""
         raise NotImplementedError
 
     def write_frame(self, opcode: int, payload: bytes) -> None:
@@ -290,12 +330,14 @@ class ClientLeg(Leg):
     MASKED_INPUT = True
     DIRECTION = Direction.CLIENT_TO_SERVICE
 
-    def forward(self, opcode: int, payload: bytes, raw: bytes | None) -> None:
+    def forward_raw(self, view: bytes | bytearray, pos: int, end: int) -> None:
         transport = self.transport
-        if raw is not None and transport is not None:
-            transport.write(raw)
+        if transport is None or transport.is_closing():
+            return
+        if pos == 0 and end == len(view) and type(view) is bytes:
+            transport.write(view)  # the common case: one socket read, one frame, no copy
         else:
-            self.write_frame(opcode, payload)
+            transport.write(bytes(view[pos:end]))
 
     def write_frame(self, opcode: int, payload: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -315,8 +357,15 @@ class UpstreamLeg(Leg):
     MASKED_INPUT = False
     DIRECTION = Direction.SERVICE_TO_CLIENT
 
-    def forward(self, opcode: int, payload: bytes, raw: bytes | None) -> None:  # noqa: ARG002 - never as is
-        self.write_frame(opcode, payload)
+    def forward_masked(self, view: bytes | bytearray, pos: int, start: int, end: int) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        # The client's header (its mask bit is set) with our key, and its payload unmasked and masked again in one
+        # pass: XOR with a random `both`, our key being (client key XOR both).
+        both = mask_key()
+        ours = apply_mask(view[start - 4:start], both)
+        transport.write(b"".join((view[pos:start - 4], ours, apply_mask(view[start:end], both))))
 
     def write_frame(self, opcode: int, payload: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -90,7 +90,8 @@ class Relay:
         name, slash, tail = path[len("/resources/"):].partition("/")
         if not name or not slash:
             return False
-        handshake = DirectHandshake(transport, headers=headers, query=url.query or b"",
+        # The query as sent, whatever follows (a `#` makes no valid upstream URL: refused as on the ASGI plane).
+        handshake = DirectHandshake(transport, headers=headers, query=target.partition(b"?")[2],
                                     default_headers=default_headers,
                                     max_message=self.settings.relay_max_message_bytes)
         suffix = "/" + tail

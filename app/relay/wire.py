@@ -22,6 +22,7 @@ __all__ = [
     "apply_mask",
     "close_payload",
     "frame",
+    "mask_key",
     "masked_frame",
     "parse_close",
     "valid_client_key",
@@ -58,9 +59,24 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
     return _header((0x80 if fin else 0) | opcode, len(payload), 0) + payload
 
 
+_POOL_BYTES = 4096
+_pool = b""
+_pool_at = _POOL_BYTES
+
+
+def mask_key() -> bytes:
+    """4 bytes from the OS's CSPRNG, read 4 KiB at a time: one system call per 1,024 frames, not per frame."""
+    global _pool, _pool_at  # one pool per process, used on the event loop thread only
+    at = _pool_at
+    if at >= _POOL_BYTES:
+        _pool, at = os.urandom(_POOL_BYTES), 0
+    _pool_at = at + 4
+    return _pool[at:at + 4]
+
+
 def masked_frame(opcode: int, payload: bytes) -> bytes:
     """A masked frame (client to server) under a fresh random key."""
-    key = os.urandom(4)
+    key = mask_key()
     return _header(0x80 | opcode, len(payload), 0x80) + key + apply_mask(payload, key)
 
 
