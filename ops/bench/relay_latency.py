@@ -116,7 +116,11 @@ def voicelog_env(work: Path, plane: str | None, **extra: str) -> dict[str, str]:
     """The environment of one voicelog variant: its own data dir `work/<plane>` and its data plane (None: the
     stand-in's, data dir `work/standin`)."""
     env = {**os.environ, "VOICELOG_DATA_DIR": str(work / (plane or "standin")), "VOICELOG_STANDIN_ENABLED": "false",
-           "VOICELOG_DEMO_RESOURCE": "false", "VOICELOG_LOG_LEVEL": "WARNING", **extra}
+           "VOICELOG_DEMO_RESOURCE": "false", "VOICELOG_LOG_LEVEL": "WARNING",
+           # Every bench session comes from 127.0.0.1, as through a proxy on the host: the per-address bounds
+           # would refuse a burst of 400 handshakes. Capacity is measured here, not admission: no session limit.
+           "VOICELOG_SERVER__CONNECTION_LIMIT_EXEMPT": '["127.0.0.1/32"]', "VOICELOG_RELAY_MAX_SESSIONS": "100000",
+           "VOICELOG_RELAY_BUSY_LOOP_LAG_S": "3600", **extra}
     if plane is not None:
         env["VOICELOG_RELAY_DATA_PLANE"] = plane
     return env
