@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import time
@@ -275,7 +276,21 @@ class Recorder:
 
     def _fail(self, recording: LiveRecording, reason: str, *, give_up: bool) -> None:
         recording.failure = reason
-        if recording.retry.failed(time.monotonic(), self.settings.retry_deadline_s) or give_up:
+        now = time.monotonic()
+        deadline = self.settings.retry_deadline_s
+        if reason == "store_unavailable" and recording.phase in APPENDS and not give_up:
+            if recording.end is None:
+                # The call is live: wait for the store however long it is away. Memory stays within the C9 caps
+                # (what is sealed but not stored counts against them); past them frames are dropped from the
+                # recording and a gap is marked, and recording resumes when the store is back.
+                deadline = math.inf
+            else:
+                # The call has ended: the store gets `retry_deadline_s` from the end to take what is left.
+                ended = recording.opened_mono + recording.end.offset_us / 1e6
+                since = recording.retry.failing_since
+                if since is not None and since < ended:
+                    recording.retry.failing_since = ended
+        if recording.retry.failed(now, deadline) or give_up:
             recording.apply(Event.ABANDON)
 
     # --- start ------------------------------------------------------------------------------------------

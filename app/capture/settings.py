@@ -32,8 +32,11 @@ class CaptureSettings(BaseModel):
     tick_s: float = Field(default=0.25, gt=0, le=5, description="How often the sealer looks at each recording.")
     retry_deadline_s: float = Field(
         default=30.0, gt=0,
-        description="A store, database or key service failing this long ends the recording as incomplete "
-        "(the relayed session is never affected, C8). Within it the sealer retries with backoff.",
+        description="A database or key service failing this long ends the recording as incomplete (the relayed "
+        "session is never affected, C8); within it the sealer retries with backoff. A store that fails while "
+        "the call is live is waited for however long it is away (memory stays within the caps; past them a gap "
+        "is marked) and recording resumes when it is back; once the call has ended, the store gets this long "
+        "from the end to take what is left.",
     )
     db_timeout_s: float = Field(
         default=5.0, gt=0, le=60,

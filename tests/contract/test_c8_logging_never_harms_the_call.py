@@ -73,6 +73,61 @@ async def test_blob_store_dying_mid_session(
     assert row.segments >= 1  # what was stored before the outage is kept
 
 
+@pytest.mark.parametrize("session_cap", [None, 65536], ids=["within-memory", "past-the-session-cap"])
+async def test_recording_resumes_when_the_store_comes_back_after_the_retry_deadline(
+    tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+    azurite_factory: Callable[[str], AzuriteServer], session_cap: int | None,
+) -> None:
+    """The store is away for 4 s or more of a 12 s call, longer than the 3 s retry deadline: the recording
+    waits (in memory, within its cap) and ends complete; frames past the cap are a marked gap, never a lost
+    tail."""
+    from app.capture.settings import CaptureSettings
+    from tests.fixtures.recording import FAST_CAPTURE
+
+    server = azurite_factory("vlc8resume")
+    regions = [RegionSettings(name="eastus"),
+               RegionSettings(name="westeurope", blob_backend="azure", blob_container="c8resume",
+                              blob_connection_string=SecretStr(server.connection_string))]
+    capture = FAST_CAPTURE if session_cap is None else CaptureSettings(
+        **{**FAST_CAPTURE.model_dump(), "session_cap_bytes": session_cap})
+
+    async def outage() -> None:
+        await asyncio.to_thread(server.stop)
+
+        async def back_later() -> None:
+            await asyncio.sleep(3.0)
+            await asyncio.to_thread(server.start)
+            back_at.append(time.monotonic())
+
+        outages.append(asyncio.create_task(back_later()))
+
+    outages: list[asyncio.Task[None]] = []
+    back_at: list[float] = []
+    async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
+                               identity=identity_settings, mint_token=mint_token, regions=regions,
+                               capture=capture) as stack:
+        started = time.monotonic()
+        request_id, worst = await paced_session(stack, seconds=12, break_at=1.0, breaker=outage)
+        ended = time.monotonic()
+        await outages[0]
+        row = await stack.recording(request_id, timeout=30)
+        contents = await stack.contents(request_id)
+    assert worst < HANG
+    assert back_at[0] - started > 4.0  # the outage outlasted the retry deadline
+    assert row.state == "complete"
+    assert contents.complete
+    sent = [f for f in contents.frames if f.direction == 0]
+    if session_cap is None:
+        assert len(sent) == 600  # every frame of the call, the outage's included
+        assert contents.gaps == []
+    else:
+        assert contents.gaps  # the outage outlasted the cap: frames were dropped from the recording, marked
+        dropped = sum(g.frames for g in contents.gaps)
+        assert len(sent) + sum(1 for f in contents.frames if f.direction == 1) + dropped == 1200
+        assert back_at[0] < ended - 1.0, "the store came back too late in the call to show recording resume"
+        assert sent[-1].payload[:4] == (599).to_bytes(4, "big")  # recording resumed: the call's end is there
+
+
 class FailingKeyring:
     def __getattr__(self, name: str) -> Callable[..., Any]:
         async def fail(*_args: object, **_kwargs: object) -> None:
