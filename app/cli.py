@@ -28,6 +28,14 @@ from app.resources.schemas import ResourceCreate, ResourceOut
 from app.resources.service import add_resource, list_resources
 from app.retention.cli import retention_cli, worker
 from app.server.http_protocol import guarded_http_protocol
+from app.server.siblings import WorkerSlot
+from app.server.workers import (
+    UVICORN_GRACE_S,
+    WorkerCountError,
+    bind_listener,
+    resolve_worker_count,
+    serve_workers,
+)
 from app.wiring import opened_context
 
 cli = typer.Typer(help="voicelog: opt-in, encrypted session logging for realtime voice AI.", no_args_is_help=True)
@@ -74,11 +82,12 @@ class DrainingServer(uvicorn.Server):
 
 
 def build_server(settings: Settings, host: str, port: int, app: FastAPI | None = None, *,
-                 settle_heap: bool = False) -> DrainingServer:
-    """uvicorn tuned for the relay: uvloop, no per-message deflate, our own (redacted) logging."""
+                 settle_heap: bool = False, worker: WorkerSlot | None = None) -> DrainingServer:
+    """uvicorn tuned for the relay: uvloop, no per-message deflate, our own (redacted) logging. `worker`: which
+    of `voicelog serve`'s worker processes this is (None: the only one)."""
     from app.main import create_app
 
-    app = app or create_app(settings)
+    app = app or create_app(settings, worker=worker)
     relay = context_of(app).relay
     take_over = relay.take_over if settings.relay_data_plane == "direct" else None
     config = uvicorn.Config(
@@ -97,7 +106,7 @@ def build_server(settings: Settings, host: str, port: int, app: FastAPI | None =
         access_log=False,
         server_header=False,
         proxy_headers=False,  # the peer address is what SAW trust checks; never taken from a header
-        timeout_graceful_shutdown=int(settings.relay_drain_timeout_s) + 15,
+        timeout_graceful_shutdown=int(settings.relay_drain_timeout_s) + UVICORN_GRACE_S,
     )
     return DrainingServer(config, settings.relay_drain_timeout_s, relay, settle_heap=settle_heap)
 
@@ -107,13 +116,27 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default VOICELOG_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default VOICELOG_PORT).")] = None,
 ) -> None:
-    """Run the relay and API. On the embedded default the SQLite schema is migrated first."""
+    """Run the relay and API, in VOICELOG_WORKERS processes sharing the port (app/server/workers.py). On the
+    embedded default the SQLite schema is migrated first."""
     settings = Settings()
     configure_logging(settings.log_level)
+    try:
+        workers = resolve_worker_count(settings)
+    except WorkerCountError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    host, port = host or settings.host, settings.port if port is None else port
+    if workers > 1:
+        try:
+            listener = bind_listener(host, port)
+        except OSError as exc:
+            typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(1) from exc
+        raise typer.Exit(serve_workers(settings, listener, host, workers))
     if settings.embedded:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         migrate.upgrade(settings.resolved_database_url)
-    server = build_server(settings, host or settings.host, settings.port if port is None else port, settle_heap=True)
+    server = build_server(settings, host, port, settle_heap=True)
     server.run()
 
 

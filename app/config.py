@@ -149,6 +149,12 @@ class Settings(StandinSettings, ConsentSettings, ResourceSettings, AccessSetting
         "asyncio protocol callbacks (docs/ARCHITECTURE.md, data plane). `asgi`: the earlier path through uvicorn's "
         "WebSocket protocol, the ASGI app and the `websockets` client, kept for comparison in the benchmarks.",
     )
+    workers: int | None = Field(
+        default=None, ge=1, description="Processes `voicelog serve` runs, sharing its port: one event loop uses one "
+        "core, so a pod with N cores runs N. Unset: one per CPU this process may run on (`sched_getaffinity`; in "
+        "a container that is the node's, not the pod's: set it there) on PostgreSQL, 1 on SQLite. More than 1 on "
+        "SQLite is refused at start: its job locks are in-process only. Pools and session limits are per process.",
+    )
 
     vault: VaultSettings = Field(
         default_factory=VaultSettings,

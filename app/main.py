@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -42,6 +43,8 @@ from app.resources.service import add_resource, get_resource_by_name
 from app.retention.jobs import JobContext, ScheduledJob
 from app.retention.routes import router as retention_router
 from app.retention.scheduler import build_scheduler
+from app.server.merged_metrics import merge_worker_metrics
+from app.server.siblings import SiblingEndpoint, WorkerSlot, WorkerStatus, worker_metrics, worker_statuses
 from app.storage.errors import StorageError
 from app.tickets.routes import router as tickets_router
 from app.tracing.http import TracingMiddleware
@@ -89,9 +92,11 @@ async def _seed_demo_resource(ctx: AppContext, standin_port: int) -> None:
 
 
 def create_app(
-    settings: Settings, *, clock: Clock | None = None, tap_factory: TapFactory | None = None
+    settings: Settings, *, clock: Clock | None = None, tap_factory: TapFactory | None = None,
+    worker: WorkerSlot | None = None,
 ) -> FastAPI:
-    """Build the service. Nothing is global: tests build as many apps as they like."""
+    """Build the service. Nothing is global: tests build as many apps as they like. `worker`: which of
+    `voicelog serve`'s worker processes this app serves in (None: the only one, as in tests)."""
     ctx = build_context(settings, clock=clock, tap_factory=tap_factory)
     clock, access, audit = ctx.clock, ctx.access, ctx.audit
     consents, stores, recorder, resources, relay = ctx.consents, ctx.stores, ctx.recorder, ctx.resources, ctx.relay
@@ -115,14 +120,34 @@ def create_app(
 
     probes = DependencyProbes(engine=engine, stores=stores, regions=settings.region_names)
     database_role: list[RoleAssessment] = []  # filled once by the start-up check; /readyz reads it
+    # The stand-in binds one port and the demo resource is one row: one worker of a pod runs them.
+    first_worker = worker is None or worker.index == 0
+    siblings_of = worker if worker is not None and worker.count > 1 else None
+
+    def gating_checks() -> dict[str, str]:
+        """What decides readiness (see /readyz); the rest of its checks are reported only."""
+        return {"relay": "draining" if relay.registry.draining else "ok",
+                "resources": "ok" if resources.loaded else "not_loaded"}
+
+    def own_status() -> WorkerStatus:
+        return WorkerStatus(index=0 if worker is None else worker.index, pid=os.getpid(),
+                            ready=all(v == "ok" for v in gating_checks().values()),
+                            active_sessions=len(relay.registry))
+
+    def own_metrics() -> bytes:
+        return generate_latest(ctx.metrics.registry)
+
+    endpoint = None if siblings_of is None else SiblingEndpoint(siblings_of, metrics=own_metrics, status=own_status)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         standin_server: Server | None = None
+        if endpoint is not None:  # first up, last down: siblings see this worker start, drain and stop
+            await endpoint.start()
         role_check = asyncio.create_task(_check_database_role(engine, database_role), name="database-role-check")
-        if settings.standin_enabled:
+        if settings.standin_enabled and first_worker:
             standin_server = await Standin().start(settings.standin_host, settings.standin_port)
-        if settings.demo_resource:
+        if settings.demo_resource and first_worker:
             await _seed_demo_resource(ctx, settings.standin_port)
         try:
             await stores.prepare()
@@ -160,6 +185,8 @@ def create_app(
                 standin_server.close()
                 await standin_server.wait_closed()
             await close_context(ctx)
+            if endpoint is not None:
+                await endpoint.stop()
             log.info("voicelog.stopped")
 
     app = FastAPI(
@@ -202,19 +229,29 @@ def create_app(
         The database and each region's store are reported but do not gate readiness: with the directory in
         memory, calls are admitted and relayed without them, and only recording degrades (C8); taking every
         replica out of the load balancer for them would stop the calls themselves. It reads memory only: the
-        database and the stores are probed in the background (app/readiness.py), so it answers at once."""
-        checks: dict[str, str] = {"relay": "draining" if relay.registry.draining else "ok",
-                                  "resources": "ok" if resources.loaded else "not_loaded"}
+        database and the stores are probed in the background (app/readiness.py), so it answers at once.
+        With several worker processes, `workers` lists each (asked over its private socket, 0.5 s at most);
+        the status is still this worker's own: a probe through the shared port reaches one of them at random."""
+        checks = gating_checks()
         ready = all(v == "ok" for v in checks.values())
         checks["database"] = probes.database
         checks["database_role"] = database_role[0].state.value if database_role else RoleState.CHECKING.value
         for region, state in probes.storage.items():
             checks[f"storage:{region}"] = state
-        return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
-                            status_code=200 if ready else 503)
+        body: dict[str, object] = {"status": "ready" if ready else "not_ready", "checks": checks}
+        if siblings_of is not None:
+            body["worker"] = siblings_of.index
+            body["workers"] = [s.as_json() for s in await worker_statuses(siblings_of, own_status())]
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        """This process's registry; with several worker processes, every worker's samples, labelled `worker`
+        (a worker that does not answer within 1 s is left out and counted in
+        `voicelog_metrics_worker_unreachable`)."""
+        if siblings_of is None:
+            return Response(own_metrics(), media_type=CONTENT_TYPE_LATEST)
+        merged = merge_worker_metrics(await worker_metrics(siblings_of, own_metrics()))
+        return Response(merged, media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -184,6 +184,9 @@ def cluster(azurite: AzuriteRegions, request: pytest.FixtureRequest,
         "VOICELOG_CAPTURE__SEGMENT_SECONDS": "0.5",
         "VOICELOG_CAPTURE__TICK_S": "0.05",
         "VOICELOG_LOG_LEVEL": "INFO",
+        # One process per replica, as these tests mean it (a killed replica is a crashed process); several
+        # worker processes in one replica are tests/test_workers.py's.
+        "VOICELOG_WORKERS": "1",
     }
     for name in ("VOICELOG_PORT", "VOICELOG_HOST"):
         env.pop(name, None)

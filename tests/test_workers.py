@@ -1,0 +1,390 @@
+"""Several worker processes in one `voicelog serve` (issue 17): one port, calls spread over the workers, one
+/metrics and /readyz for all of them, a dead worker restarted without touching its siblings' calls, a SIGTERM
+that leaves nothing behind. Real processes on a real PostgreSQL database; the upstream is a `voicelog
+standin` process of its own, so killing a worker never takes a surviving call's upstream with it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from app import migrate
+from app.clock import SystemClock
+from app.config import Settings
+from app.db import create_engine, create_session_factory
+from app.resources.schemas import ResourceCreate
+from app.resources.service import add_resource
+from app.server.merged_metrics import UNREACHABLE, merge_worker_metrics
+from app.server.siblings import WorkerSlot, WorkerStatus, worker_statuses
+from app.server.workers import WorkerCountError, resolve_worker_count
+from tests.fixtures.database import create_pg_database, drop_pg_database, pg_url, worker_id
+
+# Heavy (three processes per server, each importing the whole app): never beside the scale-out replicas.
+pytestmark = pytest.mark.xdist_group("scale_out")
+
+ROOT = Path(__file__).resolve().parents[1]
+VOICELOG = [sys.executable, "-m", "app.cli_main"]
+ECHO = "/voice-live/realtime?x-standin-mode=echo"
+DRAIN_TIMEOUT_S = 3.0
+READY_WITHIN_S = 60.0  # two cold starts side by side on a loaded 2-core machine
+Workers = list[dict[str, Any]]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def upstream(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A `voicelog standin` process every server here routes resource `acme` to: no worker's death takes it."""
+    port = free_port()
+    process = subprocess.Popen([*VOICELOG, "standin", "--port", str(port)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield f"ws://127.0.0.1:{port}"
+    process.kill()
+    process.wait(10)
+
+
+async def register(resource: str, upstream: str, url: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with create_session_factory(engine)() as session:
+            await add_resource(session=session, clock=SystemClock(), data=ResourceCreate(
+                name=resource, region="eastus", upstream_endpoint=upstream, owner_tenant="t1"),
+                regions=["eastus", "westeurope"])
+            await session.commit()
+    finally:
+        await engine.dispose()
+
+
+@dataclass
+class Served:
+    """A `voicelog serve` supervisor with two workers; its output goes to a file whose tail explains a failure."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    log: Path
+    database: str
+    pids: set[int] = field(default_factory=set)  # every process under the supervisor we saw, for the leftovers check
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws(self, resource: str = "acme") -> str:
+        return f"ws://127.0.0.1:{self.port}/resources/{resource}{ECHO}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in self.log.read_text(errors="replace").splitlines()
+                 if line.startswith("{")]
+        return [line for line in lines if line.get("event") == name]
+
+    def note_children(self) -> None:
+        self.pids |= {child.pid for child in psutil.Process(self.process.pid).children(recursive=True)}
+
+    async def workers(self) -> Workers:
+        async with httpx.AsyncClient(timeout=5) as client:
+            workers: Workers = (await client.get(f"{self.http}/readyz")).json()["workers"]
+        return workers
+
+    async def wait_until(self, check: Callable[[Workers], bool], what: str) -> Workers:
+        """Poll /readyz's `workers` until `check` holds for them."""
+        deadline = time.monotonic() + READY_WITHIN_S
+        last: object = "no answer"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"voicelog serve exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                workers = await self.workers()
+                if check(workers):
+                    return workers
+                last = workers
+            except (httpx.TransportError, KeyError, ValueError) as exc:
+                last = repr(exc)
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"not {what} within {READY_WITHIN_S} s (last: {last}):\n{self.output()}")
+
+
+def all_ready(workers: Workers) -> bool:
+    return len(workers) == 2 and all(w["ready"] for w in workers)
+
+
+def start_served(upstream: str, work: Path, database: str) -> Served:
+    """Two workers on a database of their own (the demo resource is seeded with worker 0's stand-in port)."""
+    url = create_pg_database(database)
+    migrate.upgrade(url)
+    asyncio.run(register("acme", upstream, url))
+    env = {**os.environ, "VOICELOG_DATABASE_URL": url, "VOICELOG_WORKERS": "2", "VOICELOG_DATA_DIR": str(work / "data"),
+           "VOICELOG_STANDIN_ENABLED": "true", "VOICELOG_STANDIN_PORT": str(free_port()),
+           "VOICELOG_DEMO_RESOURCE": "true", "VOICELOG_RELAY_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
+           "VOICELOG_LOG_LEVEL": "INFO"}
+    for each in ("VOICELOG_HOST", "VOICELOG_PORT"):
+        env.pop(each, None)
+    work.mkdir(parents=True, exist_ok=True)
+    port, log = free_port(), work / "serve.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen([*VOICELOG, "serve", "--port", str(port)], cwd=ROOT, stdout=sink,
+                                   stderr=subprocess.STDOUT, env=env)
+    served = Served(process, port, work / "data", log, database)
+    try:
+        asyncio.run(served.wait_until(all_ready, "both workers ready"))
+        served.note_children()
+    except BaseException:
+        stop_served(served)
+        raise
+    return served
+
+
+def stop_served(served: Served) -> None:
+    """SIGTERM, then whatever is left of what we started is killed (a failed test must not leave workers)."""
+    if served.process.poll() is None:
+        served.process.send_signal(signal.SIGTERM)
+        try:
+            served.process.wait(DRAIN_TIMEOUT_S + 30)
+        except subprocess.TimeoutExpired:
+            served.process.kill()
+            served.process.wait(10)
+    for pid in leftovers(served.pids):
+        psutil.Process(pid).kill()
+    drop_pg_database(served.database)
+
+
+def leftovers(pids: set[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return alive
+
+
+@pytest.fixture(scope="module")
+def pair(upstream: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One server for the tests that only look (spread, metrics, readiness)."""
+    served = start_served(upstream, tmp_path_factory.mktemp("pair"), f"voicelog_workers_{worker_id(request.config)}")
+    yield served
+    stop_served(served)
+
+
+@pytest.fixture
+def served(upstream: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
+    """A server of the test's own, for the tests that kill or stop it."""
+    served = start_served(upstream, tmp_path, f"voicelog_workers_{worker_id(request.config)}_{uuid4().hex[:6]}")
+    yield served
+    stop_served(served)
+
+
+async def open_call(url: str) -> ClientConnection:
+    """A relayed echo call, proved live by one round trip."""
+    ws = await connect(url)
+    await ws.send("hello")
+    assert await ws.recv() == "hello"
+    return ws
+
+
+def sessions_by_worker(workers: Workers) -> dict[int, int]:
+    return {w["index"]: w["active_sessions"] for w in workers}
+
+
+async def scrape(served: Served) -> str:
+    async with httpx.AsyncClient(timeout=5) as client:  # a new connection each time: any worker may answer
+        response = await client.get(f"{served.http}/metrics")
+    assert response.status_code == 200
+    return response.text
+
+
+async def talk(call: ClientConnection, stop: asyncio.Event) -> None:
+    """A caller's audio rate: one 4 KB message every 20 ms, each echoed back."""
+    while not stop.is_set():
+        await call.send("x" * 4000)
+        await call.recv()
+        await asyncio.sleep(0.02)
+
+
+async def test_calls_through_one_port_spread_over_both_workers(pair: Served) -> None:
+    """Calls arrive one after the other while the earlier ones talk, as they do in production: the kernel gives
+    each to a worker waiting in accept(), and a busier one gets there later. (Idle workers may take a burst of
+    calls all on one: only load spreads them.)"""
+    calls, stop = [], asyncio.Event()
+    talking: list[asyncio.Task[None]] = []
+    try:
+        for _ in range(10):
+            calls.append(await open_call(pair.ws()))
+            talking.append(asyncio.create_task(talk(calls[-1], stop)))
+            await asyncio.sleep(0.05)
+        by_worker = sessions_by_worker(await pair.workers())
+        assert sum(by_worker.values()) == 10
+        assert min(by_worker.values()) >= 1, by_worker
+        families = {f.name: f for f in text_string_to_metric_families(await scrape(pair))}
+        gauge = {s.labels["worker"]: s.value for s in families["voicelog_relay_active_sessions"].samples}
+        assert gauge == {"0": by_worker[0], "1": by_worker[1]}
+    finally:
+        stop.set()
+        await asyncio.gather(*talking)
+        await asyncio.gather(*(call.close() for call in calls))
+
+
+async def test_metrics_through_one_port_carry_every_workers_samples_once_each(pair: Served) -> None:
+    await (await open_call(pair.ws())).close()  # a counter and a histogram with samples on one worker at least
+    for _ in range(4):  # whichever worker answers, the scrape is the pod's
+        text = await scrape(pair)
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        for name in ("voicelog_relay_active_sessions", "voicelog_relay_sessions",
+                     "voicelog_relay_added_latency_seconds", "voicelog_event_loop_lag_seconds"):
+            assert {s.labels["worker"] for s in families[name].samples} == {"0", "1"}, name
+        assert all("worker" in s.labels for f in families.values() for s in f.samples)
+        assert {s.labels["worker"]: s.value for s in families[UNREACHABLE].samples} == {"0": 0.0, "1": 0.0}
+        typed = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+        helped = [line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")]
+        assert len(typed) == len(set(typed)) == len(helped) == len(set(helped))
+        assert "voicelog_relay_sessions_total" in typed  # counters keep their suffix, histograms their series
+        assert {s.name for s in families["voicelog_relay_added_latency_seconds"].samples} >= {
+            "voicelog_relay_added_latency_seconds_bucket", "voicelog_relay_added_latency_seconds_count",
+            "voicelog_relay_added_latency_seconds_sum"}
+
+
+async def test_readyz_lists_each_worker_and_only_worker_0_runs_the_standin(pair: Served) -> None:
+    async with httpx.AsyncClient(timeout=5) as client:
+        response = await client.get(f"{pair.http}/readyz")
+    body = response.json()
+    assert response.status_code == 200
+    assert (body["status"], body["checks"]["relay"], body["checks"]["database"]) == ("ready", "ok", "ok")
+    assert body["worker"] in (0, 1)
+    assert [w["index"] for w in body["workers"]] == [0, 1]
+    pids = {w["pid"] for w in body["workers"]}
+    assert len(pids) == 2
+    assert pids <= {child.pid for child in psutil.Process(pair.process.pid).children()}
+    assert [e["worker"] for e in pair.events("standin.listening")] == [0]
+    await (await open_call(pair.ws("demo"))).close()  # the demo resource reaches worker 0's stand-in
+
+
+async def test_a_killed_worker_is_restarted_while_the_other_workers_call_goes_on(served: Served) -> None:
+    calls: dict[int, list[ClientConnection]] = {0: [], 1: []}
+    before = sessions_by_worker(await served.workers())
+    while not calls[1] and sum(map(len, calls.values())) < 40:  # a call on worker 1, to outlive worker 0
+        call = await open_call(served.ws())
+        after = sessions_by_worker(await served.workers())
+        (landed,) = [i for i in after if after[i] > before[i]]
+        calls[landed].append(call)
+        before = after
+    (survivor, *_) = calls[1]
+    pid0 = (await served.workers())[0]["pid"]
+
+    os.kill(pid0, signal.SIGKILL)
+    for call in calls[0]:  # worker 0's calls went with it
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(call.recv(), 10)
+    await survivor.send("still here")
+    assert await survivor.recv() == "still here"
+    workers = await served.wait_until(
+        lambda ws: all_ready(ws) and ws[0]["pid"] not in (None, pid0), "worker 0 restarted")
+    await survivor.send("and now")
+    assert await survivor.recv() == "and now"
+    assert workers[1]["active_sessions"] == len(calls[1])
+
+    (died,) = served.events("worker.died")
+    assert (died["worker"], died["pid"], died["exitcode"]) == (0, pid0, -signal.SIGKILL)
+    assert [e["worker"] for e in served.events("standin.listening")] == [0, 0]  # it came back with worker 0
+    fresh = await asyncio.gather(*(open_call(served.ws()) for _ in range(4)), open_call(served.ws("demo")))
+    await asyncio.gather(*(call.close() for call in [*fresh, *calls[1]]))
+    served.note_children()
+
+
+async def test_sigterm_drains_every_worker_then_exits_0_leaving_no_process(served: Served) -> None:
+    call = await open_call(served.ws())
+    served.note_children()
+    served.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while True:  # the supervisor's copy of the listener is closed too: new connections are refused, not held
+        try:
+            async with httpx.AsyncClient(timeout=1) as client:
+                await client.get(f"{served.http}/healthz")
+        except httpx.ConnectError:
+            break
+        assert time.monotonic() < deadline, "the port still takes connections after SIGTERM"
+        await asyncio.sleep(0.05)
+    await call.send("still talking")  # inside the drain window the call goes on
+    assert await call.recv() == "still talking"
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(call.recv(), DRAIN_TIMEOUT_S + 10)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1001
+
+    assert await asyncio.to_thread(served.process.wait, DRAIN_TIMEOUT_S + 30) == 0
+    deadline = time.monotonic() + 10  # the workers are joined; multiprocessing's tracker ends on its own
+    while leftovers(served.pids) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert leftovers(served.pids) == []
+    assert len(served.pids) >= 2
+    assert list((served.data_dir / "run").iterdir()) == []  # the workers' sockets went with the supervisor
+
+
+def test_sqlite_with_two_workers_is_refused_at_start_with_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "VOICELOG_WORKERS": "2", "VOICELOG_DATA_DIR": str(tmp_path / "data")}
+    env.pop("VOICELOG_DATABASE_URL", None)
+    done = subprocess.run([*VOICELOG, "serve", "--port", str(free_port())], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: VOICELOG_WORKERS=2 needs PostgreSQL: on SQLite the scheduler's and audit ")
+    assert not (tmp_path / "data").exists()  # refused before anything was made or migrated
+
+
+@pytest.mark.parametrize(("url", "workers", "expected"), [
+    (None, None, 1), ("sqlite+aiosqlite:////tmp/x.db", 1, 1), ("postgresql", None, 3), ("postgresql", 5, 5),
+    ("postgresql", 1, 1),
+])
+def test_worker_count_is_one_per_cpu_on_postgresql_and_one_on_sqlite(
+    tmp_path: Path, url: str | None, workers: int | None, expected: int,
+) -> None:
+    settings = Settings(data_dir=tmp_path, database_url=pg_url("x") if url == "postgresql" else url, workers=workers)
+    assert resolve_worker_count(settings, cpus=3) == expected
+
+
+@pytest.mark.parametrize("url", [None, "sqlite+aiosqlite:////tmp/x.db"])
+def test_more_than_one_worker_on_sqlite_is_refused(tmp_path: Path, url: str | None) -> None:
+    with pytest.raises(WorkerCountError, match="needs PostgreSQL"):
+        resolve_worker_count(Settings(data_dir=tmp_path, database_url=url, workers=2), cpus=3)
+
+
+def test_a_worker_that_does_not_answer_is_left_out_of_metrics_and_counted() -> None:
+    own = "# HELP x_total Things.\n# TYPE x_total counter\nx_total{kind=\"a\"} 2.0\n"
+    merged = merge_worker_metrics({0: own, 1: None, 2: "x_total{kind= garbage"}).decode()
+    families = {f.name: f for f in text_string_to_metric_families(merged)}
+    assert [(s.name, s.labels, s.value) for s in families["x"].samples] == [
+        ("x_total", {"kind": "a", "worker": "0"}, 2.0)]
+    assert {s.labels["worker"]: s.value for s in families[UNREACHABLE].samples} == {"0": 0.0, "1": 1.0, "2": 1.0}
+
+
+async def test_readyz_reports_a_worker_without_a_socket_as_unreachable(tmp_path: Path) -> None:
+    slot = WorkerSlot(index=1, count=3, run_dir=tmp_path)
+    own = WorkerStatus(index=1, pid=os.getpid(), ready=True, active_sessions=0)
+    statuses = await worker_statuses(slot, own)
+    assert statuses == [WorkerStatus.unreachable(0), own, WorkerStatus.unreachable(2)]
