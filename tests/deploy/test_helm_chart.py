@@ -18,11 +18,12 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from app.server.workers import STOP_MARGIN_S, UVICORN_GRACE_S
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "ops" / "deploy" / "helm" / "voicelog"
 RELEASE = {"Name": "voicelog", "Namespace": "voicelog"}
 K8S_VERSION = "1.30.0"
-UVICORN_GRACE_S = 15  # app/cli.py: timeout_graceful_shutdown = drain + 15
 ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}")
 REFERENCE = r"\.(Values|Release|Chart)((?:\.\w+)+)"
 
@@ -123,6 +124,8 @@ def test_probes_ask_readyz_and_healthz(objects: dict[tuple[str, str], dict[str, 
 def test_a_live_call_gets_the_whole_drain_before_the_pod_is_killed(
     objects: dict[tuple[str, str], dict[str, Any]]
 ) -> None:
+    """The kubelet kills after the grace period; before it come preStop and the supervisor's own bound on its
+    workers' shutdown (drain, uvicorn's grace, the app's shutdown: app/server/workers.py stop_timeout_s)."""
     relay_container = container(objects)
     env = {e["name"]: e.get("value") for e in relay_container["env"]}
     drain = float(env["VOICELOG_RELAY_DRAIN_TIMEOUT_S"])
@@ -130,7 +133,7 @@ def test_a_live_call_gets_the_whole_drain_before_the_pod_is_killed(
     assert command[0] == "sleep"
     pre_stop = float(command[1])
     grace = relay(objects)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace > pre_stop + drain + UVICORN_GRACE_S
+    assert grace > pre_stop + drain + UVICORN_GRACE_S + STOP_MARGIN_S
 
 
 def test_pods_run_unprivileged_on_a_read_only_root(objects: dict[tuple[str, str], dict[str, Any]]) -> None:
@@ -263,9 +266,15 @@ def test_voicelog_reads_the_certificate_headers_ingress_nginx_sends(
     assert json.loads(env["VOICELOG_SAW__TRUSTED_PROXIES"])  # never empty: else no SAW is ever seen
 
 
+def env_of(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[str, str]:
+    """The relay container's plain (non-secret) environment."""
+    return {e["name"]: e["value"] for e in container(objects)["env"] if "value" in e}
+
+
 def test_chart_environment_is_valid_settings(objects: dict[tuple[str, str], dict[str, Any]],
                                              monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from app.config import Settings
+    from app.server.workers import resolve_worker_count
 
     for each in container(objects)["env"]:
         if "value" in each:
@@ -273,6 +282,7 @@ def test_chart_environment_is_valid_settings(objects: dict[tuple[str, str], dict
     monkeypatch.setenv("VOICELOG_DATABASE_URL", "postgresql+asyncpg://voicelog@db.example:5432/voicelog")
     monkeypatch.setenv("VOICELOG_DATA_DIR", str(tmp_path))
     settings = Settings()
+    assert resolve_worker_count(settings, cpus=64) == int(env_of(objects)["VOICELOG_WORKERS"])  # never the node's
     assert settings.region_names == ["westeurope"]
     assert settings.regions[0].keyvault_url is not None
     assert not settings.identity.dev_issuer_enabled
@@ -348,22 +358,42 @@ USER_CONNECTIONS = {"Standard_D2ds_v5": 844, "Standard_D4ds_v5": 1703, "Standard
 def test_a_full_scale_region_fits_the_default_database_tier_connection_budget(
     objects: dict[tuple[str, str], dict[str, Any]], values: dict[str, Any]
 ) -> None:
-    """Every pod may hold pool + overflow + request pool connections; at maxReplicas they must fit the limit."""
+    """Every worker process of a pod has its own pools: it may hold pool + overflow + request pool connections,
+    so a pod holds workers times that; at maxReplicas they must fit the limit."""
     from app.config import Settings
 
     env = {e["name"]: e.get("value") for e in container(objects)["env"]}
     request_pool = env.get("VOICELOG_DATABASE_REQUEST_POOL_SIZE") or Settings.model_fields[
         "database_request_pool_size"].default
-    per_pod = int(env["VOICELOG_DATABASE_POOL_SIZE"]) + int(env["VOICELOG_DATABASE_MAX_OVERFLOW"]) + int(request_pool)
+    per_process = (int(env["VOICELOG_DATABASE_POOL_SIZE"]) + int(env["VOICELOG_DATABASE_MAX_OVERFLOW"])
+                   + int(request_pool))
+    per_pod = int(env["VOICELOG_WORKERS"]) * per_process
     sku = re.search(r"param skuName string = '([^']+)'", (ROOT / "ops" / "deploy" / "postgres.bicep").read_text())
     assert sku is not None
     assert values["autoscaling"]["maxReplicas"] * per_pod <= USER_CONNECTIONS[sku.group(1)]
 
 
 def test_the_memory_limit_leaves_room_for_the_recorder_cap(objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """The recorder's cap is per process: every worker may hold it, beside the process itself."""
     from app.capture.settings import CaptureSettings
 
     limit = container(objects)["resources"]["limits"]["memory"]
     units = {"Mi": 2**20, "Gi": 2**30}
     limit_bytes = int(limit[:-2]) * units[limit[-2:]]
-    assert limit_bytes >= CaptureSettings().process_cap_bytes + 512 * 2**20  # the cap plus the process itself
+    workers = int(env_of(objects)["VOICELOG_WORKERS"])
+    assert limit_bytes >= workers * (CaptureSettings().process_cap_bytes + 512 * 2**20)
+
+
+def test_a_pod_runs_one_worker_process_per_core_it_asks_for(
+    objects: dict[tuple[str, str], dict[str, Any]], values: dict[str, Any]
+) -> None:
+    """One event loop uses one core: VOICELOG_WORKERS is the CPU request, set explicitly (unset counts the node's
+    CPUs), and each worker's session limit is above the HPA's per-worker target, so scaling out comes first."""
+    env = env_of(objects)
+    workers = int(env["VOICELOG_WORKERS"])
+    assert workers == values["relay"]["workers"] >= 1
+    assert float(container(objects)["resources"]["requests"]["cpu"]) == workers
+    assert "cpu" not in container(objects)["resources"].get("limits", {})  # throttling is added latency
+    max_sessions = int(env["VOICELOG_RELAY_MAX_SESSIONS"])
+    assert max_sessions == values["relay"]["maxSessionsPerWorker"]
+    assert max_sessions > float(values["autoscaling"]["targetActiveSessionsPerPod"])
