@@ -57,7 +57,8 @@ async def extend_access(*, session: AsyncSession, clock: Clock, access_request_i
 
 
 async def customer_decide_access(*, session: AsyncSession, clock: Clock, access_request_id: str, customer: str,
-                                 resource_id: str, approve: bool) -> AccessRequest:
+                                 resource_id: str, approve: bool, retention: timedelta) -> AccessRequest:
     """Customer Lockbox; the team's webhook is not told (the customer's verdict has no event of its own)."""
     return await service.customer_decide(session=session, clock=clock, access_request_id=access_request_id,
-                                         customer=customer, resource_id=resource_id, approve=approve)
+                                         customer=customer, resource_id=resource_id, approve=approve,
+                                         retention=retention)

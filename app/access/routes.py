@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Request
@@ -11,10 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import decisions, service, transparency
 from app.access.context import AccessContext, AccessDep
+from app.access.grant_facts import grant_situations
 from app.access.models import AccessRequest
 from app.access.people import acting_person
 from app.access.playback.reads import PART_OF_SPEAKER, PartRead, Speaker, read_recording_part, read_whole
 from app.access.schemas import AccessRequestCreate, AccessRequestOut, Decision, Extension
+from app.clock import Clock
 from app.deps import ClockDep, ContextDep, SessionDep
 from app.identity.principal import Principal, Role, authenticate
 from app.tickets.service import customer_resource
@@ -27,17 +30,30 @@ async def _person(session: AsyncSession, ctx: AccessContext, acting: Principal, 
     return await acting_person(session=session, directory=ctx.directory, principal=acting, roles=roles)
 
 
-async def _out(session: AsyncSession, row: AccessRequest) -> AccessRequestOut:
-    def iso(value: object) -> str | None:
-        return value.isoformat() if value is not None else None  # type: ignore[attr-defined]
+async def _out_all(session: AsyncSession, clock: Clock, access: AccessContext,
+                   rows: Sequence[AccessRequest]) -> list[AccessRequestOut]:
+    """Each row with its one derived `status` (`grant_situations`, as the console shows it)."""
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value is not None else None
 
-    return AccessRequestOut(
-        id=row.id, requester=row.requester, ticket_id=row.ticket_id,
-        request_ids=await service.request_ids_of(session=session, access_request=row),
-        justification=row.justification, state=row.state, requested_minutes=row.requested_duration_s // 60,
-        created_at=row.created_at.isoformat(), decided_by=row.decided_by, decided_at=iso(row.decided_at),
-        expires_at=iso(row.expires_at), extends_id=row.extends_id,
-        needs_customer_approval=row.needs_customer_approval, customer_approved=row.customer_approved)
+    situations = await grant_situations(session=session, rows=rows, now=clock.now(), retention=access.retention)
+    out = []
+    for row in rows:
+        situation = situations[row.id]
+        out.append(AccessRequestOut(
+            id=row.id, requester=row.requester, ticket_id=row.ticket_id,
+            request_ids=await service.request_ids_of(session=session, access_request=row),
+            justification=row.justification, state=row.state, status=situation.status,
+            readable_request_ids=sorted(situation.readable), requested_minutes=row.requested_duration_s // 60,
+            granted_minutes=row.granted_duration_s // 60 if row.granted_duration_s is not None else None,
+            created_at=row.created_at.isoformat(), decided_by=row.decided_by, decided_at=iso(row.decided_at),
+            expires_at=iso(row.expires_at), extends_id=row.extends_id,
+            needs_customer_approval=row.needs_customer_approval, customer_approved=row.customer_approved))
+    return out
+
+
+async def _out(session: AsyncSession, clock: Clock, access: AccessContext, row: AccessRequest) -> AccessRequestOut:
+    return (await _out_all(session, clock, access, [row]))[0]
 
 
 # --- requests and grants ---------------------------------------------------------------------------------
@@ -51,20 +67,27 @@ async def create_request(body: AccessRequestCreate, acting: CurrentPrincipal, se
         session=session, clock=clock, notifier=access.notifier, requester=person, data=service.NewAccessRequest(
             ticket_id=body.ticket_id, request_ids=body.request_ids, justification=body.justification,
             duration=timedelta(minutes=body.duration_minutes)))
-    return await _out(session, row)
+    return await _out(session, clock, access, row)
 
 
-@router.get("/access/requests", summary="My access requests and grants (engineer)")
-async def my_requests(acting: CurrentPrincipal, session: SessionDep, access: AccessDep) -> list[AccessRequestOut]:
+@router.get("/access/requests", summary="My access requests and grants (engineer)",
+            description="Newest first, each with its derived `status` (waiting for the manager or the customer, "
+                        "approved until `expires_at`, expired, revoked, denied, lapsed, consent ended, recording "
+                        "erased) and the request IDs a read could be allowed for now.")
+async def my_requests(acting: CurrentPrincipal, session: SessionDep, clock: ClockDep,
+                      access: AccessDep) -> list[AccessRequestOut]:
     await _person(session, access, acting, Role.ENGINEER)
-    return [await _out(session, r) for r in await service.access_requests_of(session=session, requester=acting.subject)]
+    rows = await service.access_requests_of(session=session, requester=acting.subject)
+    return await _out_all(session, clock, access, rows)
 
 
 @router.get("/access/queue", summary="Pending requests of the teams I manage (manager)")
-async def queue(acting: CurrentPrincipal, session: SessionDep, access: AccessDep) -> list[AccessRequestOut]:
+async def queue(acting: CurrentPrincipal, session: SessionDep, clock: ClockDep,
+                access: AccessDep) -> list[AccessRequestOut]:
     person = await _person(session, access, acting, Role.MANAGER)
     teams = await access.directory.teams_managed(session, acting.subject)
-    return [await _out(session, r) for r in await service.queue_for(session=session, manager=person, team_ids=teams)]
+    return await _out_all(session, clock, access,
+                          await service.queue_for(session=session, manager=person, team_ids=teams))
 
 
 @router.post("/access/requests/{access_request_id}/approve", summary="Approve (manager of the requester's team)")
@@ -75,7 +98,7 @@ async def approve(access_request_id: str, body: Decision, acting: CurrentPrincip
     row = await decisions.approve_access(session=session, clock=clock, directory=access.directory,
                                          notifier=access.notifier, access_request_id=access_request_id,
                                          manager=person, duration=duration)
-    return await _out(session, row)
+    return await _out(session, clock, access, row)
 
 
 @router.post("/access/requests/{access_request_id}/deny", summary="Deny with a reason (manager)")
@@ -85,7 +108,7 @@ async def deny(access_request_id: str, body: Decision, acting: CurrentPrincipal,
     row = await decisions.deny_access(session=session, clock=clock, directory=access.directory,
                                       notifier=access.notifier, access_request_id=access_request_id,
                                       manager=person, reason=body.reason)
-    return await _out(session, row)
+    return await _out(session, clock, access, row)
 
 
 @router.post("/access/requests/{access_request_id}/revoke", summary="End a grant now (requester or manager)")
@@ -95,7 +118,7 @@ async def revoke(access_request_id: str, body: Decision, acting: CurrentPrincipa
     row = await decisions.revoke_access(session=session, clock=clock, directory=access.directory,
                                         notifier=access.notifier, access_request_id=access_request_id,
                                         acting=person, reason=body.reason.strip())
-    return await _out(session, row)
+    return await _out(session, clock, access, row)
 
 
 @router.post("/access/requests/{access_request_id}/extend", status_code=201,
@@ -106,18 +129,27 @@ async def extend(access_request_id: str, body: Extension, acting: CurrentPrincip
     row = await decisions.extend_access(session=session, clock=clock, access_request_id=access_request_id,
                                         requester=person, duration=timedelta(minutes=body.duration_minutes),
                                         justification=body.justification)
-    return await _out(session, row)
+    return await _out(session, clock, access, row)
 
 
 @router.post("/customer/resources/{resource}/access-requests/{access_request_id}/{verdict}",
-             summary="Customer Lockbox: approve or refuse a grant on my recordings (customer admin)")
+             summary="Customer Lockbox: approve or refuse a grant on my recordings (customer admin)",
+             description="Once, while the request's `status` is `waiting_for_customer` (its manager approved it; it "
+                         "has not expired, ended or been refused; a named recording can still be read). Audited as "
+                         "`access.approved`, or `access.denied` with reason `customer_refused`, by the customer "
+                         "admin. A request of another resource and an unknown ID get the same 404 "
+                         "`access_request_not_found`; a second decision is 409 `customer_already_decided`; a "
+                         "request in any other status is 409 `not_waiting_for_customer`. The console's Approve and "
+                         "Deny buttons call the same use case.")
 async def customer_verdict(resource: str, access_request_id: str, verdict: Literal["approve", "refuse"],
-                           acting: CurrentPrincipal, session: SessionDep, clock: ClockDep) -> AccessRequestOut:
+                           acting: CurrentPrincipal, session: SessionDep, clock: ClockDep,
+                           access: AccessDep) -> AccessRequestOut:
     owned = await customer_resource(session=session, principal=acting, name=resource)
     row = await decisions.customer_decide_access(session=session, clock=clock,
                                                  access_request_id=access_request_id, customer=acting.subject,
-                                                 resource_id=owned.id, approve=verdict == "approve")
-    return await _out(session, row)
+                                                 resource_id=owned.id, approve=verdict == "approve",
+                                                 retention=access.retention)
+    return await _out(session, clock, access, row)
 
 
 # --- playback (point-wise) ------------------------------------------------------------------------------
@@ -175,8 +207,14 @@ async def transcript(request_id: str, acting: CurrentPrincipal, session: Session
 
 
 @router.get("/customer/resources/{resource}/access-log",
-            summary="Access transparency: every access request and read on my recordings (customer admin)")
-async def access_log(resource: str, acting: CurrentPrincipal, session: SessionDep) -> dict[str, object]:
+            summary="Access transparency: every access request and read on my recordings (customer admin)",
+            description="Who (by role and team), when, under which ticket and justification; each request with its "
+                        "derived `status` (the values of `AccessRequestOut.status`; `waiting_for_customer` is the "
+                        "one to approve or refuse), `requested_minutes` and `granted_minutes`; each read with "
+                        "part and bytes.")
+async def access_log(resource: str, acting: CurrentPrincipal, session: SessionDep, clock: ClockDep,
+                     access: AccessDep) -> dict[str, object]:
     """Who (by role and team), when, under which ticket and justification; each read with part and bytes."""
     owned = await customer_resource(session=session, principal=acting, name=resource)
-    return await transparency.access_log(session=session, resource=owned)
+    return await transparency.access_log(session=session, resource=owned, now=clock.now(),
+                                         retention=access.retention)

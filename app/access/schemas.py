@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from app.access.grant_status import GrantStatus
 from app.input_text import Identifier, Prose, SingleLine
 
 JUSTIFICATION_DOC = ("Why you need these recordings; must name the ticket's reference. 20 to 2000 characters; "
@@ -31,14 +32,33 @@ class Extension(BaseModel):
     duration_minutes: int = Field(default=240, ge=5, le=480, description="Default 4 h, at most 8 h.")
 
 
+STATUS_DOC = (
+    "What the request is now, derived by one function (`app/access/grant_status.py`) from the row, the "
+    "customer's verdict (Lockbox), the named recordings and their consents: `waiting_for_manager`; "
+    "`waiting_for_customer` (the manager approved, the customer has not yet: no read is allowed, and the grant's "
+    "time runs); `approved` (until `expires_at`); `expired`; `revoked`; `denied` (by the manager or by the "
+    "customer); `lapsed` (never decided within 24 h); `consent_ended` (no named recording is under a consent of "
+    "the ticket any more: withdrawn, the ticket closed, or made under another ticket's consent); "
+    "`recording_erased` (every named recording is erased or past its 30 days). `state` is the stored value: it "
+    "stays `approved` while a grant waits for the customer or after the customer refused it.")
+
+
 class AccessRequestOut(BaseModel):
     id: str
     requester: str
     ticket_id: str
     request_ids: list[str]
     justification: str
-    state: str
+    state: str = Field(description="The stored state (pending, approved, denied, revoked, expired, lapsed); "
+                                   "read `status` for what the request is now.")
+    status: GrantStatus = Field(description=STATUS_DOC)
+    readable_request_ids: list[str] = Field(
+        description="The named request IDs a read could be allowed for now as far as the grant goes (empty unless "
+                    "`status` is `approved`); each read still checks the SAW, the assignment, the team and its "
+                    "manager at that moment (C5).")
     requested_minutes: int
+    granted_minutes: int | None = Field(description="The duration the manager approved (at most the one asked); "
+                                                    "null until approved.")
     created_at: str
     decided_by: str | None
     decided_at: str | None

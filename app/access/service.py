@@ -11,6 +11,8 @@ from typing import Protocol, TypeAlias
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.access.grant_facts import grant_situation_of
+from app.access.grant_status import PENDING_LAPSES_AFTER, GrantStatus
 from app.access.models import AccessRequest, AccessRequestItem
 from app.access.policy import GrantView
 from app.access.states import AccessRequestState
@@ -27,7 +29,6 @@ AccessRequestRow: TypeAlias = AccessRequest
 """An access request's row as other domains hold it (the console's pages): returned by this module, read,
 handed back; never queried by them."""
 
-PENDING_LAPSES_AFTER = timedelta(hours=24)
 MIN_JUSTIFICATION = 20
 
 
@@ -99,6 +100,16 @@ class NotPending(Conflict):
 class NotActiveGrant(Conflict):
     code = "grant_not_active"
     title = "The grant is not active"
+
+
+class CustomerAlreadyDecided(Conflict):
+    code = "customer_already_decided"
+    title = "You have already decided this request"
+
+
+class NotWaitingForCustomer(Conflict):
+    code = "not_waiting_for_customer"
+    title = "The request is not waiting for your approval"
 
 
 class TicketNotOpen(Conflict):
@@ -288,23 +299,36 @@ async def extend(
 
 async def customer_decide(
     *, session: AsyncSession, clock: Clock, access_request_id: str, customer: str, resource_id: str, approve: bool,
+    retention: timedelta,
 ) -> AccessRequest:
-    """Customer Lockbox: the resource's admin approves (or refuses) a grant on their recordings."""
-    row = await require_access_request(session=session, access_request_id=access_request_id)
+    """Customer Lockbox: the resource's admin approves (or refuses) a grant on their recordings, once, while it
+    waits for them (`GrantStatus.WAITING_FOR_CUSTOMER`: approved by the manager, live, something to read).
+    A request of another resource and an unknown ID get one answer. The row is locked, so two verdicts sent at
+    once are one decision and one audit entry (the other sees it decided)."""
+    row = (await session.execute(select(AccessRequest).where(AccessRequest.id == access_request_id)
+                                 .with_for_update().execution_options(populate_existing=True))).scalar_one_or_none()
+    if row is None:
+        raise AccessRequestNotFound()
     ticket = await ticket_view(session=session, ticket_id=row.ticket_id)
     if ticket is None or ticket.resource_id != resource_id or not row.needs_customer_approval:
         raise AccessRequestNotFound()
     if row.customer_decided_at is not None:
-        raise NotPending()
-    row.customer_decided_by, row.customer_decided_at, row.customer_approved = customer, clock.now(), approve
+        raise CustomerAlreadyDecided(f"You {'approved' if row.customer_approved else 'refused'} it at "
+                                     f"{row.customer_decided_at:%Y-%m-%d %H:%M} UTC.")
+    now = clock.now()
+    situation = await grant_situation_of(session=session, row=row, now=now, retention=retention)
+    if situation.status != GrantStatus.WAITING_FOR_CUSTOMER:
+        raise NotWaitingForCustomer(f"It is {situation.status.label}.")
+    row.customer_decided_by, row.customer_decided_at, row.customer_approved = customer, now, approve
     action = AuditAction.ACCESS_APPROVED if approve else AuditAction.ACCESS_DENIED
     detail: dict[str, str | int] = {"requester": row.requester}
     if approve:
-        detail["expires_at"] = detail_time(row.expires_at or clock.now())
+        detail["expires_at"] = detail_time(row.expires_at or now)
     else:
         detail["reason"] = "customer_refused"
     await append_entry(session=session, clock=clock, actor=Actor.customer_admin(customer), action=action,
                        subjects=Subjects(grant=row.id, ticket=row.ticket_id), detail=detail)
+    await session.flush()
     return row
 
 
@@ -367,6 +391,26 @@ async def queue_for(*, session: AsyncSession, manager: Person, team_ids: Sequenc
     return rows.scalars().all()
 
 
+async def requests_of_teams(*, session: AsyncSession, team_ids: Sequence[str], limit: int = 50
+                            ) -> Sequence[AccessRequest]:
+    """The latest access requests of these teams' engineers, whatever their state (a manager's overview)."""
+    if not team_ids:
+        return []
+    rows = await session.execute(select(AccessRequest).where(AccessRequest.requester_team_id.in_(list(team_ids)))
+                                 .order_by(AccessRequest.created_at.desc()).limit(limit))
+    return rows.scalars().all()
+
+
+async def access_requests_by_ids(*, session: AsyncSession, ids: Sequence[str]) -> dict[str, AccessRequest]:
+    """Rows by access request ID (the auditor's page looks up the grants its report names)."""
+    found: dict[str, AccessRequest] = {}
+    unique = list(dict.fromkeys(ids))
+    for start in range(0, len(unique), 500):
+        rows = await session.execute(select(AccessRequest).where(AccessRequest.id.in_(unique[start:start + 500])))
+        found.update((row.id, row) for row in rows.scalars())
+    return found
+
+
 async def grant_for_read(
     *, session: AsyncSession, requester: str, request_id: RequestId, now: datetime,
 ) -> GrantView | None:
@@ -377,8 +421,10 @@ async def grant_for_read(
         .order_by(AccessRequest.created_at.desc()).limit(20))).scalars().all()
     if not rows:
         return None
+    # A grant the customer refused never reads: it must not hide another live grant naming the same ID.
     active = [r for r in rows
-              if r.state == AccessRequestState.APPROVED and r.expires_at is not None and r.expires_at > now]
+              if r.state == AccessRequestState.APPROVED and r.expires_at is not None and r.expires_at > now
+              and r.customer_approved is not False]
     row = active[0] if active else rows[0]
     return GrantView(
         id=row.id, requester=row.requester, ticket_id=row.ticket_id,

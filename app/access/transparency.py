@@ -7,12 +7,13 @@ trail's chained entries, so they show what an auditor would see.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.access.grant_facts import grant_situations
 from app.access.models import AccessRequest, AccessRequestItem
 from app.audit.actions import AuditAction
 from app.audit.reports.entries import load_entries
@@ -25,11 +26,16 @@ if TYPE_CHECKING:
     from app.resources.models import Resource
 
 
-async def access_log(*, session: AsyncSession, resource: Resource, limit: int = 500) -> dict[str, Any]:
+async def access_log(*, session: AsyncSession, resource: Resource, now: datetime, retention: timedelta,
+                     limit: int = 500) -> dict[str, Any]:
+    """Each request with its one derived `status` (`grant_situations`): what the customer's console lists and
+    asks them to decide (`waiting_for_customer`)."""
     requests = (await session.execute(
         with_ticket_ref_of_resource(select(AccessRequest), ticket_id=AccessRequest.ticket_id, resource_id=resource.id)
         .order_by(AccessRequest.created_at.desc()).limit(limit)
     )).all()
+    situations = await grant_situations(session=session, rows=[row for row, _ref in requests], now=now,
+                                        retention=retention)
     team_names: dict[str, str] = {}
     out_requests = []
     for row, ticket_ref in requests:
@@ -48,8 +54,11 @@ async def access_log(*, session: AsyncSession, resource: Resource, limit: int = 
             "access_request": row.id, "requested_at": _iso(row.created_at), "requester_role": "engineer",
             "requester_team": team_names.get(team or ""), "ticket": ticket_ref,
             "justification": row.justification, "request_ids": sorted(ids), "state": row.state,
+            "status": situations[row.id].status.value, "requested_minutes": row.requested_duration_s // 60,
+            "granted_minutes": row.granted_duration_s // 60 if row.granted_duration_s is not None else None,
             "decided_at": _iso(row.decided_at), "decided_by_role": "manager" if row.decided_by else None,
-            "expires_at": _iso(row.expires_at), "customer_approved": row.customer_approved,
+            "expires_at": _iso(row.expires_at), "needs_customer_approval": row.needs_customer_approval,
+            "customer_approved": row.customer_approved, "customer_decided_at": _iso(row.customer_decided_at),
         })
     recordings = await recordings_of_resource(session=session, resource=resource, limit=5000)
     head = await read_chain_head(session)

@@ -9,6 +9,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.access.grant_facts import grant_situations
+from app.access.grant_status import GrantSituation
+from app.access.service import access_requests_by_ids
 from app.audit.actions import Actor
 from app.audit.reports.access_review import AccessReviewParams
 from app.audit.reports.entries import InvalidPeriod, Period
@@ -69,6 +72,16 @@ async def _report(db: AsyncSession, runtime: AuditRuntime | None, kind: ReportKi
     return dict(report)
 
 
+async def _now(db: AsyncSession, report: dict[str, Any], clock: Clock,
+               retention: timedelta) -> dict[str, GrantSituation]:
+    """Each reviewed grant's status now (`grant_situations`, as every page shows it), beside the report's
+    decision, which the audit trail records as of its first decision (a manager's; a customer's verdict after
+    it is a second entry)."""
+    ids = [g["grant"] for g in report.get("grants", []) if isinstance(g.get("grant"), str)]
+    rows = await access_requests_by_ids(session=db, ids=ids)
+    return await grant_situations(session=db, rows=list(rows.values()), now=clock.now(), retention=retention)
+
+
 @router.get("")
 async def access_review(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
     session, _acting = await signed_in(request, ctx, Role.AUDITOR, db=db)
@@ -78,8 +91,9 @@ async def access_review(request: Request, ctx: ContextDep, db: SessionDep) -> Re
     verification = await _verification(db, runtime, ctx.clock)
     figures = [charts.grants_per_day(report, period.days()), charts.time_to_approval(report),
                charts.grant_use(report)]
+    statuses = await _now(db, report, ctx.clock, ctx.access.retention)
     return page(request, "auditor.html", session, report=report, period=period, charts=figures,
-                verification=verification, signing=runtime is not None, kind="access-review")
+                verification=verification, signing=runtime is not None, kind="access-review", statuses=statuses)
 
 
 @router.get("/retention")

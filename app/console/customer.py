@@ -1,4 +1,5 @@
-"""Customer-admin pages: consents (grant, withdraw, erase), recorded request IDs, the access transparency log."""
+"""Customer-admin pages: consents (grant, withdraw, erase), recorded request IDs, the access transparency log,
+and (Lockbox) the requests that wait for the customer's approval, decided through the API's own use case."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
-from app.access import transparency
+from app.access import decisions, transparency
+from app.access.grant_status import GrantStatus
+from app.access.service import AccessRequestNotFound
 from app.capture import service as capture
 from app.console.auth import signed_in
 from app.console.security import checked_form, first
 from app.console.templating import page
 from app.deps import ContextDep, SessionDep
-from app.errors import AppError
+from app.errors import AppError, InvalidInput
 from app.identity.principal import Role
 from app.input_text import checked_form_int
 from app.resources.service import ResourceNotFound, list_resources
@@ -47,9 +50,11 @@ async def resource_page(name: str, request: Request, ctx: ContextDep, db: Sessio
         consents.append({"row": consent, "state": tickets.consent_state(consent, now),
                          "ticket_ref": ticket.external_ref if ticket else "?"})
     recordings = await capture.recordings_of_resource(session=db, resource=resource, limit=200)
-    log = await transparency.access_log(session=db, resource=resource, limit=200)
+    log = await transparency.access_log(session=db, resource=resource, now=now, retention=ctx.access.retention,
+                                        limit=200)
+    waiting = [a for a in log["access_requests"] if a["status"] == GrantStatus.WAITING_FOR_CUSTOMER]
     return page(request, "customer.html", session, resource=resource, consents=consents, recordings=recordings,
-                log=log)
+                log=log, waiting=waiting)
 
 
 @router.post("/resources/{name}/consents")
@@ -109,3 +114,35 @@ async def erase(name: str, consent_id: str, request: Request, ctx: ContextDep, d
         await db.rollback()
         session.flash("error", f"{error.title}: {error.detail}")
     return RedirectResponse(f"/console/customer/resources/{name}", status_code=303)
+
+
+NO_SUCH_REQUEST = "No access request with this ID waits for your decision on this resource."
+VERDICTS = {"approve": True, "deny": False}
+
+
+@router.post("/resources/{name}/access-requests/{access_request_id}/{verdict}")
+async def decide(name: str, access_request_id: str, verdict: str, request: Request, ctx: ContextDep,
+                 db: SessionDep) -> Response:
+    """Customer Lockbox from the console: the API's use case (`customer_decide_access`), audited the same way.
+    An unknown request, another resource's and a resource the tenant does not own get one message."""
+    session, acting = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
+    await checked_form(request, session)
+    back = f"/console/customer/resources/{name}"
+    try:
+        if verdict not in VERDICTS:
+            raise InvalidInput("Approve or deny.")
+        resource = await tickets.customer_resource(session=db, principal=acting, name=name)
+        await decisions.customer_decide_access(
+            session=db, clock=ctx.clock, access_request_id=access_request_id, customer=acting.subject,
+            resource_id=resource.id, approve=VERDICTS[verdict], retention=ctx.access.retention)
+        session.flash("ok", "Approved: the engineer may now read the recordings named, until the grant ends."
+                      if VERDICTS[verdict] else "Denied: no recording will be read under this request.")
+    except (ResourceNotFound, AccessRequestNotFound) as refused:
+        await db.rollback()
+        session.flash("error", NO_SUCH_REQUEST)
+        if isinstance(refused, ResourceNotFound):  # not theirs, or no such name: their own list, either way
+            back = "/console/customer"
+    except AppError as error:
+        await db.rollback()
+        session.flash("error", f"{error.title}: {error.detail}")
+    return RedirectResponse(back, status_code=303)

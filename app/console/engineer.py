@@ -10,7 +10,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from app.access import decisions
 from app.access import service as access
-from app.access.states import AccessRequestState
+from app.access.grant_facts import grant_situations
 from app.console.auth import signed_in
 from app.console.security import checked_form, first
 from app.console.staff import staff_person
@@ -35,20 +35,23 @@ async def engineer_home(http_request: Request, ctx: ContextDep, db: SessionDep) 
     tickets = [t for t in await tickets_of_engineer(session=db, engineer=acting.subject) if t.is_open]
     resources = {t.id: await get_resource(session=db, resource_id=t.resource_id) for t in tickets}
     rows = await access.access_requests_of(session=db, requester=acting.subject)
+    now = ctx.clock.now()
+    situations = await grant_situations(session=db, rows=rows, now=now, retention=ctx.access.retention)
+    # A link to play only where a read would be allowed: the grant's side (its status and each recording's)
+    # and this page coming from the engineer's own SAW, as playback checks (C5).
+    on_saw = await ctx.access.saws.saw_for(db, http_request, acting.subject) is not None
     refs: dict[str, str] = {}
     requests = []
-    now = ctx.clock.now()
     for row in rows:
         if row.ticket_id not in refs:
             ticket = await ticket_view(session=db, ticket_id=row.ticket_id)
             refs[row.ticket_id] = ticket.external_ref if ticket else "?"
-        approved = row.state == AccessRequestState.APPROVED
-        live = approved and row.expires_at is not None and row.expires_at > now
-        requests.append({"row": row, "ticket_ref": refs[row.ticket_id], "live": live,
-                         "state": AccessRequestState.EXPIRED if approved and not live else row.state,
+        situation = situations[row.id]
+        requests.append({"row": row, "ticket_ref": refs[row.ticket_id], "situation": situation,
+                         "links": situation.readable if on_saw else frozenset(),
                          "request_ids": await access.request_ids_of(session=db, access_request=row)})
     return page(http_request, "engineer.html", session, tickets=tickets, resources=resources, requests=requests,
-                durations=DURATIONS, now=now)
+                durations=DURATIONS, now=now, on_saw=on_saw)
 
 
 @router.post("/requests")

@@ -10,6 +10,7 @@ from fastapi import Request
 from fastapi.templating import Jinja2Templates
 from starlette.responses import HTMLResponse
 
+from app.access.grant_status import GrantStatus
 from app.console.sessions import ConsoleSession
 
 HERE = Path(__file__).parent
@@ -37,13 +38,21 @@ def _duration(seconds: float | int | None) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def _iso(value: datetime | None) -> str:
+def _iso(value: datetime | str | None) -> str:
+    if isinstance(value, str):  # already ISO (the access log's JSON shape)
+        return value
     return value.isoformat() if value is not None else ""
+
+
+def _grant_label(value: str) -> str:
+    """The words for a derived grant status (`GrantStatus.label`), for rows and JSON alike."""
+    return GrantStatus(value).label
 
 
 templates.env.filters["when"] = _when
 templates.env.filters["duration"] = _duration
 templates.env.filters["iso"] = _iso
+templates.env.filters["grant_label"] = _grant_label
 
 
 def page(request: Request, name: str, session: ConsoleSession | None, *, status_code: int = 200,

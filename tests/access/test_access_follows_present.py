@@ -340,7 +340,8 @@ async def test_customer_access_log_never_shows_another_tenants_request_id(world:
     world.session.add(AccessRequestItem(access_request_id=grant.id, request_id=world.other_request_id))
     await world.session.flush()
 
-    log = await access_log(session=world.session, resource=world.resource)
+    log = await access_log(session=world.session, resource=world.resource, now=world.clock.now(),
+                           retention=timedelta(days=30))
 
     (entry,) = log["access_requests"]
     assert entry["request_ids"] == [world.request_id]

@@ -169,6 +169,7 @@ NEEDS: dict[tuple[str, str], Need] = {
     ("POST", "/console/customer/resources/{name}/consents"): CUSTOMER,
     ("POST", "/console/customer/resources/{name}/consents/{consent_id}/withdraw"): CUSTOMER,
     ("POST", "/console/customer/resources/{name}/consents/{consent_id}/erase"): CUSTOMER,
+    ("POST", "/console/customer/resources/{name}/access-requests/{access_request_id}/{verdict}"): CUSTOMER,
     ("GET", "/console/auditor"): console(AUDITOR),
     ("GET", "/console/auditor/retention"): console(AUDITOR),
     ("GET", "/console/auditor/reports/{kind}.{fmt}"): console(AUDITOR),
