@@ -87,10 +87,13 @@ class ConsoleStack:
 
 @contextlib.asynccontextmanager
 async def console_stack(tmp_path: Path, standin: StandinHandle, identity: IdentitySettings,
-                        mint_token: MintToken) -> AsyncIterator[ConsoleStack]:
+                        mint_token: MintToken, database_url: str | None = None) -> AsyncIterator[ConsoleStack]:
+    """The app on `database_url` (a fresh SQLite file when None; names are unique per stack, so a shared
+    PostgreSQL database serves too)."""
     from app.cli import build_server
 
-    settings = relay_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'console.db'}", identity=identity,
+    url = database_url or f"sqlite+aiosqlite:///{tmp_path / 'console.db'}"
+    settings = relay_settings(tmp_path, url, identity=identity,
                               consent_refresh_s=0.2, capture=FAST_CAPTURE,
                               storage=StorageSettings(create_containers=True, timeout_s=2.0),
                               saw=SawSettings.model_validate({"trusted_proxies": ["127.0.0.1/32"]}))

@@ -114,7 +114,7 @@ async def ask_for_access(page: Page, world: World, request_id: str, minutes: str
     await page.get_by_label("Duration").select_option(minutes)
     await page.get_by_role("button", name="Ask my manager").click()
     await expect(page.get_by_role("status").filter(has_text="sent to your team's managers")).to_be_visible()
-    await expect(page.locator("table.requests")).to_contain_text("pending")
+    await expect(page.locator("table.requests")).to_contain_text("waiting for manager")
 
 
 async def test_the_whole_story_in_the_browser(world: World, standin: StandinHandle) -> None:
