@@ -61,6 +61,15 @@ def upstream(request: pytest.FixtureRequest) -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen([*VOICELOG, "standin", "--port", str(port)], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + READY_WITHIN_S
+    while process.poll() is None and time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    else:
+        process.kill()
+        raise AssertionError(f"voicelog standin did not listen on {port} (exit {process.poll()})")
     yield f"ws://127.0.0.1:{port}"
     process.kill()
     process.wait(10)
@@ -344,6 +353,23 @@ async def test_sigterm_drains_every_worker_then_exits_0_leaving_no_process(serve
     assert leftovers(served.pids) == []
     assert len(served.pids) >= 2
     assert list((served.data_dir / "run").iterdir()) == []  # the workers' sockets went with the supervisor
+
+
+async def test_the_workers_of_a_killed_supervisor_drain_and_exit_on_their_own(served: Served) -> None:
+    """SIGKILL cannot be forwarded: each worker sees its parent gone, drains like on SIGTERM and exits."""
+    call = await open_call(served.ws())
+    workers = {w["pid"] for w in await served.workers()}
+    served.process.kill()
+    served.process.wait(10)
+    with pytest.raises(ConnectionClosed) as closed:  # closed by the drain's end, not by a crash
+        await asyncio.wait_for(call.recv(), DRAIN_TIMEOUT_S + 10)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1001
+    deadline = time.monotonic() + 20
+    while leftovers(workers) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert leftovers(workers) == []
+    assert sorted(e["worker"] for e in served.events("worker.orphaned")) == [0, 1]
 
 
 def test_sqlite_with_two_workers_is_refused_at_start_with_one_line(tmp_path: Path) -> None:

@@ -117,17 +117,17 @@ def run_worker(slot: WorkerSlot, listener: socket.socket, host: str, port: int, 
     configure_logging(settings.log_level)
     structlog.contextvars.bind_contextvars(worker=slot.index)  # every log line of this process says which
     server = build_server(settings, host, port, worker=slot, settle_heap=True)
-    _stop_when_orphaned(server, supervisor_pid)
+    _stop_when_orphaned(server, supervisor_pid, slot.index)
     server.run(sockets=[listener])
 
 
-def _stop_when_orphaned(server: uvicorn.Server, supervisor_pid: int) -> None:
+def _stop_when_orphaned(server: uvicorn.Server, supervisor_pid: int, index: int) -> None:
     """A supervisor killed outright cannot stop its workers: each drains and exits once it sees it gone."""
 
     def watch() -> None:
         while os.getppid() == supervisor_pid:
             time.sleep(ORPHAN_CHECK_S)
-        log.warning("worker.orphaned", supervisor_pid=supervisor_pid)
+        log.warning("worker.orphaned", worker=index, supervisor_pid=supervisor_pid)  # a thread: no bound context
         server.should_exit = True
 
     threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
