@@ -61,6 +61,8 @@ class DirectSession:
         self.upstream.keep_alive(self._ping_interval)
         self.client.keep_alive(self._ping_interval)
         self._schedule_check()
+        if self.client.state == "closed":  # gone before or while its 101 was written
+            self._client_ended(1006, "")
         if self.upstream.state == "closed":
             if self._end("upstream_lost"):  # gone between its handshake and the client's
                 self._upstream_lost()

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import http
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from starlette.responses import JSONResponse
@@ -46,6 +46,10 @@ class ClientHandshake(Protocol):
         """Answer 101 with the upstream's subprotocol; raises if the client is gone (the upstream is closed)."""
         ...
 
+    async def drop_upstream(self, upstream: Any) -> None:
+        """Close an upstream opened for a call that will not be accepted."""
+        ...
+
     async def refuse(self, status: int, body: dict[str, Any], headers: Mapping[str, str] | None) -> None: ...
 
     def session(self, upstream: Any, *, info: SessionInfo, metrics: RelayMetrics, tap: FrameTap | None,
@@ -70,6 +74,10 @@ class AsgiHandshake:
             ping_interval=settings.relay_ping_interval_s,
         )
 
+    async def drop_upstream(self, upstream: ClientConnection) -> None:
+        with contextlib.suppress(Exception):
+            await upstream.close(1001, "relay shutting down")
+
     async def accept(self, upstream: ClientConnection, headers: list[tuple[bytes, bytes]]) -> None:
         try:
             await self.websocket.accept(subprotocol=upstream.subprotocol, headers=headers)
@@ -91,6 +99,32 @@ class AsgiHandshake:
                             idle_timeout=settings.relay_idle_timeout_s, max_session=settings.relay_max_session_s)
 
 
+REFUSED_LINGER_S = 2.0
+
+
+def _phrase(status: int) -> str:
+    """The reason phrase of `status`; a valid status without a registered one (499, 520, ...) gets none."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+class _Discard(asyncio.Protocol):
+    """A refused connection's last moments: input is dropped, `on_lost` is told when it ends."""
+
+    def __init__(self, on_lost: Callable[[], None] | None) -> None:
+        self.on_lost = on_lost
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002 - protocol signature
+        if self.on_lost is not None:
+            on_lost, self.on_lost = self.on_lost, None
+            on_lost()
+
+
 class DirectHandshake:
     """The direct data plane: the client's connection, taken over from the HTTP protocol at its upgrade.
 
@@ -98,11 +132,15 @@ class DirectHandshake:
     """
 
     def __init__(self, transport: asyncio.Transport, *, headers: list[tuple[bytes, bytes]], query: bytes,
-                 default_headers: list[tuple[bytes, bytes]], max_message: int) -> None:
+                 default_headers: list[tuple[bytes, bytes]], max_message: int,
+                 release: Callable[[], None] | None = None) -> None:
         self.raw_headers = headers
         self.query = query
         self.default_headers = default_headers
         self.leg = ClientLeg(max_message)
+        # Until its 101, the connection counts against its address (`max_open_connections_per_address`):
+        # `release` is called once, at the 101 or when the connection ends, whichever comes first.
+        self.leg.on_lost = release
         transport.set_protocol(self.leg)
         self.leg.connection_made(transport)
         transport.pause_reading()
@@ -129,6 +167,9 @@ class DirectHandshake:
         return await open_direct_upstream(target, connect_timeout=settings.relay_connect_timeout_s,
                                           max_message_bytes=settings.relay_max_message_bytes)
 
+    async def drop_upstream(self, upstream: UpstreamLeg) -> None:
+        upstream.close(1001, "relay shutting down")
+
     async def accept(self, upstream: UpstreamLeg, headers: list[tuple[bytes, bytes]]) -> None:
         transport = self.leg.transport
         if transport is None or transport.is_closing() or self.leg.state == "closed":
@@ -142,24 +183,36 @@ class DirectHandshake:
             lines.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode("latin-1"))
         lines.extend(name + b": " + value for name, value in [*self.default_headers, *headers])
         transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        release, self.leg.on_lost = self.leg.on_lost, None
+        if release is not None:
+            release()  # an established call is never counted against its address
 
     async def refuse(self, status: int, body: dict[str, Any], headers: Mapping[str, str] | None) -> None:
         transport = self.leg.transport
         if transport is None or transport.is_closing():
             return
         content = json.dumps(body, separators=(",", ":")).encode("utf-8")
-        phrase = http.HTTPStatus(status).phrase
-        lines = [f"HTTP/1.1 {status} {phrase}".encode("ascii")]
+        lines = [f"HTTP/1.1 {status} {_phrase(status)}".encode("ascii")]
         lines.extend(name + b": " + value for name, value in self.default_headers)
         lines.extend(f"{name}: {value}".encode("latin-1") for name, value in (headers or {}).items())
         lines += [f"content-type: {PROBLEM_JSON}".encode("ascii"), f"content-length: {len(content)}".encode("ascii"),
                   b"connection: close"]
         transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + content)
+        # Never parse frames from a connection that was not upgraded: what the client still sends is read and
+        # dropped until it closes (so it reads our answer), for at most REFUSED_LINGER_S.
+        discard = _Discard(self.leg.on_lost)
+        self.leg.on_lost = None
+        transport.set_protocol(discard)
+        discard.connection_made(transport)
         with contextlib.suppress(Exception):
             if transport.can_write_eof():
                 transport.write_eof()
-        transport.resume_reading()  # read (and drop) what the client still sends until it closes
-        asyncio.get_running_loop().call_later(5.0, self.leg.abort)
+        transport.resume_reading()
+        asyncio.get_running_loop().call_later(REFUSED_LINGER_S, transport.abort)
+
+    def abort(self) -> None:
+        """Drop the connection (a handshake that failed in an unexpected way)."""
+        self.leg.abort()
 
     def session(self, upstream: UpstreamLeg, *, info: SessionInfo, metrics: RelayMetrics, tap: FrameTap | None,
                 settings: RelaySettings) -> DirectSession:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 from app.relay.tap import Direction
@@ -64,6 +65,9 @@ class Leg(asyncio.Protocol):
         self._ping_payload: bytes | None = None
         self.frames = 0  # messages relayed from this leg's peer, and their payload bytes
         self.bytes = 0
+        self.on_lost: Callable[[], None] | None = None  # told once when the connection ends
+        self._write_paused = False
+        self._pong_owed: bytes | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------------------------
 
@@ -74,6 +78,9 @@ class Leg(asyncio.Protocol):
         was = self.state
         self.state = "closed"
         self._cancel_timers()
+        if self.on_lost is not None:
+            on_lost, self.on_lost = self.on_lost, None
+            on_lost()
         if self.peer is not None and self.peer.transport is not None and not self.peer.transport.is_closing():
             self.peer.transport.resume_reading()  # never leave the other side paused on our account
         if not self.closed.done():
@@ -82,11 +89,16 @@ class Leg(asyncio.Protocol):
             self.session.leg_lost(self)
 
     def pause_writing(self) -> None:
+        self._write_paused = True
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.transport.is_closing():
             peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._pong_owed is not None and self.state == "open":
+            payload, self._pong_owed = self._pong_owed, None
+            self.write_frame(PONG, payload)
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer.transport.is_closing():
             peer.transport.resume_reading()
@@ -139,6 +151,8 @@ class Leg(asyncio.Protocol):
                 raise ProtocolError(1002, "reserved bits set")
             if length > self.max_message:
                 raise ProtocolError(1009, "message too big")
+            if first & 0x08 and (length > 125 or not first & 0x80):  # a control frame, checked before buffering it
+                raise ProtocolError(1002, "fragmented or oversized control frame")
             start = pos + head + (4 if masked_input else 0)
             end = start + length
             if end > size:
@@ -229,7 +243,13 @@ class Leg(asyncio.Protocol):
         if not first & 0x80 or len(payload) > 125:
             raise ProtocolError(1002, "fragmented or oversized control frame")
         if opcode == PING:
-            if self.state == "open":
+            if self.state != "open":
+                return
+            if self._write_paused:
+                # Our peer is not reading: owe it one pong, for the latest ping (RFC 6455 5.5.3), so a ping flood
+                # from a peer that never reads cannot grow our write buffer.
+                self._pong_owed = bytes(payload)
+            else:
                 self.write_frame(PONG, bytes(payload))
         elif opcode == PONG:
             if self._ping_payload is not None and bytes(payload) == self._ping_payload:

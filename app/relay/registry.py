@@ -15,15 +15,37 @@ class LiveSession(Protocol):
     def request_close(self, code: int, reason: str) -> None: ...
 
 
+class Admission:
+    """One handshake being admitted; `done()` (idempotent) when it became a session or was refused."""
+
+    def __init__(self, registry: SessionRegistry) -> None:
+        self._registry: SessionRegistry | None = registry
+
+    def done(self) -> None:
+        registry, self._registry = self._registry, None
+        if registry is not None:
+            registry.admitting -= 1
+            registry.settle()
+
+
 class SessionRegistry:
+    """Live sessions and handshakes being admitted: admission counts both against the session limit, and
+    a drain waits for both (a handshake in flight when the drain begins is refused before its 101)."""
+
     def __init__(self) -> None:
         self._sessions: set[LiveSession] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self.admitting = 0
         self.draining = False
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def admit(self) -> Admission:
+        self.admitting += 1
+        self._idle.clear()
+        return Admission(self)
 
     def add(self, session: LiveSession) -> None:
         self._sessions.add(session)
@@ -31,7 +53,10 @@ class SessionRegistry:
 
     def discard(self, session: LiveSession) -> None:
         self._sessions.discard(session)
-        if not self._sessions:
+        self.settle()
+
+    def settle(self) -> None:
+        if not self._sessions and not self.admitting:
             self._idle.set()
 
     async def drain(self, timeout: float) -> int:

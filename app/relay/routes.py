@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httptools
@@ -20,7 +21,7 @@ from app.logs import get_logger, redact_query
 from app.loop_lag import LoopLagMonitor
 from app.metrics import RelayMetrics
 from app.relay.handshakes import AsgiHandshake, ClientHandshake, DirectHandshake
-from app.relay.registry import SessionRegistry
+from app.relay.registry import Admission, SessionRegistry
 from app.relay.session import SessionStats
 from app.relay.settings import RelaySettings
 from app.relay.tap import Direction, FrameTap, SessionInfo, TapFactory
@@ -52,7 +53,6 @@ class Relay:
         self.tap_factory = tap_factory
         self.registry = SessionRegistry()
         self.loop_lag = loop_lag
-        self._admitting: set[ClientHandshake] = set()  # handshakes admitted and not yet in the registry
         self._tasks: set[asyncio.Task[None]] = set()  # direct sessions, held until they end
         self.tracing = tracing
 
@@ -77,13 +77,16 @@ class Relay:
             span.end()
 
     def take_over(self, transport: asyncio.Transport, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
-                  default_headers: list[tuple[bytes, bytes]]) -> bool:
+                  default_headers: list[tuple[bytes, bytes]], release: Callable[[], None]) -> bool:
         """The direct data plane's entry: called by the HTTP protocol at a WebSocket upgrade. Returns False
-        for a path that is not under /resources/{name}/ (the ASGI app answers it, as it routes it)."""
+        for a path that is not under /resources/{name}/ (the ASGI app answers it, as it routes it). `release`
+        ends the connection's count against its address; called once, at the 101 or when it closes."""
         try:
             url = httptools.parse_url(target)
+            if url.path is None:  # an absolute-form target without a path
+                return False
             path = unquote(url.path.decode("ascii"))
-        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError, ValueError):
             return False
         if not path.startswith("/resources/"):
             return False
@@ -93,7 +96,7 @@ class Relay:
         # The query as sent, whatever follows (a `#` makes no valid upstream URL: refused as on the ASGI plane).
         handshake = DirectHandshake(transport, headers=headers, query=target.partition(b"?")[2],
                                     default_headers=default_headers,
-                                    max_message=self.settings.relay_max_message_bytes)
+                                    max_message=self.settings.relay_max_message_bytes, release=release)
         suffix = "/" + tail
         problem = handshake.bad_request(method)
         if problem is not None:
@@ -102,16 +105,25 @@ class Relay:
             work = self.refuse(handshake, 404, "unknown_path", f"Relayed paths are {', '.join(RELAY_SUFFIXES)}.")
         else:
             work = self.handle_handshake(handshake, name, suffix)
-        task = asyncio.get_running_loop().create_task(work, name="relay-handshake")
+        task = asyncio.get_running_loop().create_task(self._guarded(handshake, work), name="relay-handshake")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
+
+    async def _guarded(self, handshake: DirectHandshake, work: Coroutine[Any, Any, None]) -> None:
+        """A direct session's task: whatever goes wrong, the connection ends (never an orphaned socket)."""
+        try:
+            await work
+        except Exception as exc:
+            self.metrics.errors.labels("internal_error").inc()
+            log.error("relay.session.failed", error=type(exc).__name__)
+            handshake.abort()
 
     def busy(self) -> str | None:
         """Why this process takes no new call now (its session limit, or an event loop running late), or None.
         Refused before the handshake, so the caller's retry lands on another replica; an admitted call is
         never refused later."""
-        if len(self.registry) + len(self._admitting) >= self.settings.relay_max_sessions:
+        if len(self.registry) + self.registry.admitting >= self.settings.relay_max_sessions:
             return "session_limit"
         if self.loop_lag.recent_lag_s() > self.settings.relay_busy_loop_lag_s:
             return "loop_late"
@@ -127,13 +139,14 @@ class Relay:
             await self.refuse(handshake, 503, "relay_busy", "This relay is at its capacity; retry, and another "
                               "replica will take the call.", span=span, retry_after=RETRY_AFTER_BUSY_S)
             return
-        self._admitting.add(handshake)
+        admission = self.registry.admit()
         try:
-            await self._admit(handshake, resource_name, suffix, span)
+            await self._admit(handshake, resource_name, suffix, span, admission)
         finally:
-            self._admitting.discard(handshake)
+            admission.done()
 
-    async def _admit(self, handshake: ClientHandshake, resource_name: str, suffix: str, span: Span) -> None:
+    async def _admit(self, handshake: ClientHandshake, resource_name: str, suffix: str, span: Span,
+                     admission: Admission) -> None:
         started = time.monotonic()
         try:
             resource = await self.resources.find(resource_name, self.session_factory)
@@ -184,6 +197,11 @@ class Relay:
             )
             return
 
+        if self.registry.draining:  # the drain began while the upstream answered: no new call now
+            await handshake.drop_upstream(upstream)
+            await self.refuse(handshake, 503, "draining", "The relay is shutting down; reconnect.",
+                              request_id=request_id, span=span)
+            return
         response_headers = [(b"x-ms-request-id", request_id.encode()), (b"x-request-id", request_id.encode())]
         info = SessionInfo(
             request_id=request_id,
@@ -204,7 +222,7 @@ class Relay:
         span.set_attribute("voicelog.recording", tap is not None)
         session = handshake.session(upstream, info=info, metrics=self.metrics, tap=tap, settings=self.settings)
         self.registry.add(session)
-        self._admitting.discard(handshake)  # counted in the registry from here
+        admission.done()  # counted as a session from here
         self.metrics.active_sessions.inc()
         self.metrics.sessions_total.inc()
         bound.info(

@@ -27,9 +27,10 @@ from app.server.settings import ServerSettings
 
 log = get_logger("voicelog.server")
 
-# The relay's direct data plane: (transport, method, request target, headers, default response headers) ->
-# whether it took the connection.
-TakeOver = Callable[[asyncio.Transport, str, bytes, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]], bool]
+# The relay's direct data plane: (transport, method, request target, headers, default response headers, release
+# of the connection's count against its address) -> whether it took the connection.
+TakeOver = Callable[[asyncio.Transport, str, bytes, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]],
+                     Callable[[], None]], bool]
 
 _LOG_EVERY_S = 1.0  # refusals come in floods when they come: one line per reason per second, with a count
 
@@ -171,15 +172,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(HeadRefused(431, "header_bytes"))
 
     def handle_websocket_upgrade(self) -> None:
-        # An established call is never counted against its address, nor timed out here.
+        # An established call is never counted against its address, nor timed out here. On the direct data
+        # plane a handshake still counts until its 101 (or until it ends); the relay releases it then.
         self._cancel_head_timer()
         self._cancel_body_timer()
-        self._release_peer()
         take_over = self.guard.take_over
         if take_over is not None and take_over(self.transport, self.scope["method"], self.url, self.headers,
-                                               self.server_state.default_headers):
+                                               self.server_state.default_headers, self._release_peer):
             self.connections.discard(self)  # the direct data plane has the transport now
             return
+        self._release_peer()
         super().handle_websocket_upgrade()
 
     # --- parser callbacks ------------------------------------------------------------------------------
