@@ -143,7 +143,7 @@ def main() -> None:
            "VOICELOG_VAULT__LOCAL_KEYRING_DIR": str(work / "keyring"),
            "VOICELOG_VAULT__LOCAL_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
            "VOICELOG_STANDIN_ENABLED": "false", "VOICELOG_DEMO_RESOURCE": "false", "VOICELOG_LOG_LEVEL": "WARNING",
-           "VOICELOG_CONSENT_REFRESH_S": "0.5"}
+           "VOICELOG_CONSENT_REFRESH_S": "0.5", "VOICELOG_WORKERS": "1"}  # each replica is one process here
     env.pop("VOICELOG_PORT", None)
     procs: list[subprocess.Popen[bytes]] = []
     try:

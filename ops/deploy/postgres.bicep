@@ -29,7 +29,7 @@ targetScope = 'resourceGroup'
 param serverName string
 param location string = resourceGroup().location
 
-@description('Compute: General Purpose D8ds_v5 (8 vCores, 32 GiB, 3,422 user connections) carries one region at 10,000 concurrent sessions (200 pods x 12 connections), or two at a realistic recorded share; docs/DEPLOY.md, "Capacity".')
+@description('Compute: General Purpose D8ds_v5 (8 vCores, 32 GiB, 3,422 user connections) carries one region at 10,000 concurrent sessions (100 pods x 2 workers x 14 connections = 2,800), or two at a realistic recorded share; docs/DEPLOY.md, "Capacity".')
 param skuName string = 'Standard_D8ds_v5'
 
 @allowed([
