@@ -27,6 +27,8 @@ param logAnalyticsWorkspaceId string = ''
 param tags object = {}
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  // checkov:skip=CKV_AZURE_110:purge protection off by design (C7, header above): a destroyed KEK must be purged at once
+  // checkov:skip=CKV_AZURE_42:"recoverable" means purge protection on; soft delete is on (7 days), purge protection off for C7
   name: vaultName
   location: location
   tags: tags

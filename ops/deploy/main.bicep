@@ -178,25 +178,34 @@ resource secretsVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
 // Secret names are the Helm values secrets.databaseUrlSecret, secrets.adminTokenSecret and
 // migration.databaseUrlSecret.
 resource databaseUrlSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  // checkov:skip=CKV_AZURE_41:no expiry: every deployment rewrites the value, rotation is DEPLOY.md "Rotate keys"
+  // (a date set here would move with each deployment; where Key Vault enforces it, pods starting after it could not read the secret)
   parent: secretsVault
   name: 'voicelog-database-url'
   properties: {
+    contentType: 'text/plain'
     value: serviceDatabaseUrl
   }
 }
 
 resource adminTokenSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  // checkov:skip=CKV_AZURE_41:no expiry: every deployment rewrites the value, rotation is DEPLOY.md "Rotate keys"
+  // (a date set here would move with each deployment; where Key Vault enforces it, pods starting after it could not read the secret)
   parent: secretsVault
   name: 'voicelog-admin-token'
   properties: {
+    contentType: 'text/plain'
     value: adminToken
   }
 }
 
 resource migrationDatabaseUrlSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  // checkov:skip=CKV_AZURE_41:no expiry: every deployment rewrites the value, rotation is DEPLOY.md "Rotate keys"
+  // (a date set here would move with each deployment; where Key Vault enforces it, pods starting after it could not read the secret)
   parent: secretsVault
   name: 'voicelog-migration-database-url'
   properties: {
+    contentType: 'text/plain'
     value: ownerDatabaseUrl
   }
 }
