@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite runs against, besides the Python packages: Azurite (npm, pinned in
-# package-lock.json, into ./node_modules), and Debian's nginx and Chromium when tests need them.
+# package-lock.json, into ./node_modules), Debian's nginx and Chromium when tests need them, and checkov
+# (tests/deploy/test_deployment_checks.py) in a venv of its own.
 # PostgreSQL is expected at 127.0.0.1:5432 (it runs on the development and CI machines).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -20,6 +21,15 @@ done < ops/dev/apt-packages.txt
 if [ "${#need_apt[@]}" -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# checkov (PyPI) lints the Dockerfile, the Bicep and the rendered chart. Its own venv, not the project's: it
+# brings ~60 packages (boto3, numpy, ...) and pins some below the project's (packaging 23.2). ~30 s, ~290 MB, once.
+CHECKOV_VERSION=3.3.30
+checkov_venv=.venv/tools/checkov
+if ! compgen -G "${checkov_venv}/lib/python3*/site-packages/checkov-${CHECKOV_VERSION}.dist-info" >/dev/null; then
+  python3 -m venv "${checkov_venv}"
+  "${checkov_venv}/bin/pip" install -q --disable-pip-version-check "checkov==${CHECKOV_VERSION}"
 fi
 
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
