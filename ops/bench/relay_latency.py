@@ -25,6 +25,7 @@ each concurrency, each voicelog variant's CPU per session-minute divided by ngin
 its added p99 next to nginx's. Figures are printed, never asserted.
 
     .venv/bin/python ops/bench/relay_latency.py [--sessions 1,50,200,400] [--seconds 10] [--planes asgi,direct]
+        [--workers 2]   # N worker processes per voicelog, each variant on a fresh PostgreSQL database
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import math
 import os
 import re
+import secrets
 import shutil
 import socket
 import statistics
@@ -157,10 +160,14 @@ def scrape_metrics(port: int) -> str:
 
 
 def loop_lag_buckets(port: int) -> dict[float, float]:
-    """voicelog's `voicelog_event_loop_lag_seconds` histogram: cumulative counts by upper bound."""
-    return {float(le): float(n) for le, n in
-            re.findall(r'^voicelog_event_loop_lag_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)$', scrape_metrics(port),
-                       re.MULTILINE)}
+    """voicelog's `voicelog_event_loop_lag_seconds` histogram: cumulative counts by upper bound, summed over
+    its workers (with several, each sample has a `worker` label)."""
+    buckets: dict[float, float] = {}
+    pattern = (r'^voicelog_event_loop_lag_seconds_bucket\{(?:worker="[^"]*",)?le="([^"]+)"(?:,worker="[^"]*")?\} '
+               r'([0-9.e+]+)$')
+    for le, n in re.findall(pattern, scrape_metrics(port), re.MULTILINE):
+        buckets[float(le)] = buckets.get(float(le), 0.0) + float(n)
+    return buckets
 
 
 def late_share(before: dict[float, float], after: dict[float, float], bound: float) -> str:
@@ -336,6 +343,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--planes", type=parse_planes, default=list(PLANES),
                         help="voicelog data planes to measure, comma-separated (default asgi,direct)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="voicelog worker processes (VOICELOG_WORKERS); more than 1 runs each variant on its "
+                        "own fresh PostgreSQL database at 127.0.0.1:5432 (SQLite takes one worker)")
     args = parser.parse_args()
     counts = [int(x) for x in args.sessions.split(",")]
     planes: list[str] = args.planes
@@ -347,7 +357,7 @@ def main() -> None:
                                       env=voicelog_env(work, None), cwd=ROOT,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_port(standin_port)
-        envs = {plane: voicelog_env(work, plane) for plane in planes}
+        envs = {plane: voicelog_env(work, plane, **postgres_env(work, plane, args.workers)) for plane in planes}
         for env in envs.values():
             prepare_voicelog(env, standin_port, {"bench": "bench"})
 
@@ -363,7 +373,8 @@ def main() -> None:
             wait_port(nginx_port)
 
         print(f"relay latency: {args.seconds:.0f} s per run, 20 ms pcm16 24 kHz frames each way, "
-              f"{os.cpu_count()} cores; voicelog data planes: {', '.join(planes)}, one process each, "
+              f"{os.cpu_count()} cores; voicelog data planes: {', '.join(planes)}, "
+              f"{args.workers} worker process(es) each, "
               f"started for its own runs only")
         print(f"{'sessions':>8} {'path':>13} {'rtt p50':>8} {'rtt p99':>8} {'added p50':>10} {'added p99':>10}"
               f" {'lost':>5} {'cpu s/session-min':>18} {'loop >10 ms':>12} {'loop >50 ms':>12} {'loop max':>9}")
@@ -409,6 +420,42 @@ def main() -> None:
     finally:
         stop_processes(procs, 15)
         shutil.rmtree(work, ignore_errors=True)
+        if args.workers > 1:
+            for plane in planes:
+                drop_database(bench_database(plane))
+
+
+def bench_database(plane: str) -> str:
+    return f"voicelog_bench_relay_{plane}_{os.getpid()}"
+
+
+def drop_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_env(work: Path, plane: str, workers: int) -> dict[str, str]:
+    """With several workers: a fresh PostgreSQL database for this variant and the settings a non-embedded
+    deployment needs (as in scale_out.py). One worker keeps the embedded SQLite default."""
+    if workers <= 1:
+        return {}
+    import psycopg
+
+    name = bench_database(plane)
+    drop_database(name)
+    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    home = work / plane
+    return {"VOICELOG_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}",
+            "VOICELOG_REGIONS": json.dumps([{"name": "eastus", "blob_backend": "local",
+                                             "blob_path": str(home / "blobs")}]),
+            "VOICELOG_ADMIN_TOKEN": secrets.token_urlsafe(16), "VOICELOG_IDENTITY__DEV_ISSUER_ENABLED": "true",
+            "VOICELOG_IDENTITY__DEV_ISSUER_KEY_DIR": str(home / "dev-issuer"),
+            "VOICELOG_VAULT__LOCAL_KEYRING_DIR": str(home / "keyring"),
+            "VOICELOG_VAULT__LOCAL_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+            "VOICELOG_WORKERS": str(workers)}
 
 
 if __name__ == "__main__":
