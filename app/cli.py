@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import socket
 from typing import Annotated
 
@@ -22,7 +24,7 @@ from app.errors import AppError
 from app.heap import settle_after_startup
 from app.identity.cli import dev_cli
 from app.identity.staff.cli import staff_cli, teams_cli
-from app.logs import configure_logging, get_logger
+from app.logs import configure_cli_logging, configure_logging, get_logger
 from app.relay.routes import Relay
 from app.resources.schemas import ResourceCreate, ResourceOut
 from app.resources.service import add_resource, list_resources
@@ -54,6 +56,15 @@ cli.command("worker")(worker)
 cli.add_typer(resources_cli, name="resources")
 
 log = get_logger("voicelog.cli")
+
+
+@cli.callback()
+def command_logging() -> None:
+    """Every command logs to stderr, human-readably: stdout is the command's output alone (`--json`, CSV, a
+    report), fit for a pipe. `serve` and `worker` switch to JSON lines, still on stderr. The level is read from
+    the environment, not Settings: a bad setting fails the command that reads it, not every command."""
+    level = os.environ.get("VOICELOG_LOG_LEVEL", "INFO").upper()
+    configure_cli_logging(level if level in logging.getLevelNamesMapping() else "INFO")
 
 
 class DrainingServer(uvicorn.Server):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import unquote_plus
 
 import structlog
+from structlog.typing import Processor
 
 SECRET_KEYS = frozenset(
     {"api-key", "api_key", "apikey", "authorization", "token", "access_token", "password", "secret",
@@ -52,6 +53,20 @@ def _redact_secrets(_logger: Any, _name: str, event: MutableMapping[str, Any]) -
 
 def configure_logging(level: str = "INFO") -> None:
     """JSON lines on stderr through stdlib logging, so uvicorn's and ours share one format."""
+    _configure(level, [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()], sys.stderr)
+
+
+def configure_cli_logging(level: str = "INFO") -> None:
+    """A command's logs, human-readable, on stderr: its stdout carries only its output (`--json`, CSV, a
+    report), so `voicelog audit verify --json | jq` works. Unconfigured, structlog would print on stdout.
+
+    The process's own stderr: a command run in-process by a test harness (typer's CliRunner) swaps
+    `sys.stderr` for the command's duration only, and a handler kept on that stream would lose later logs."""
+    stream = sys.__stderr__ or sys.stderr
+    _configure(level, [structlog.dev.ConsoleRenderer(colors=stream.isatty())], stream)
+
+
+def _configure(level: str, rendering: list[Processor], stream: TextIO) -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_logger_name,
@@ -67,11 +82,9 @@ def configure_logging(level: str = "INFO") -> None:
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info,
-                    structlog.processors.JSONRenderer()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
