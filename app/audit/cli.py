@@ -122,13 +122,13 @@ def verify(
 def _report(kind: ReportKind, first: date, last: date, fmt: ReportFormat, output: Path | None,
             signature: Path | None) -> None:
     async def work(factory: async_sessionmaker[AsyncSession], runtime: AuditRuntime) -> ReportOutput:
-        async with factory() as session:
+        async with factory() as session:  # committed: the report.generated entry is part of the report (C6)
             result = await generate_report(
                 session=session, clock=SystemClock(), keyring=runtime.keyring, kind=kind, fmt=fmt,
                 period=Period(first, last), params=runtime.review_params,
-                retention_days=runtime.settings.retention_days,
+                retention_days=runtime.settings.retention_days, requested_by=CLI_ACTOR,
             )
-            await session.rollback()
+            await session.commit()
         return result
 
     write_signed_report(_run(work), output, signature)

@@ -73,3 +73,7 @@ class ReportVerificationOut(BaseModel):
     chain: str
     recomputed: str
     head_seq: int | None
+    unverified: list[str] = Field(
+        default_factory=list,
+        description="Figures that cannot be recomputed later (state that has changed since), each with what "
+        "was checked of it instead; `ok` holds when everything checkable matches.")

@@ -4,35 +4,40 @@ It is the audit trail's retention audit (`app.audit.reports.retention`: recordin
 ages at purge, KEK buckets and DEKs destroyed, anything overdue), computed at one chain head exactly as
 `voicelog audit report retention` computes it, extended with what only the database knows: recordings
 whose key is gone but whose blob delete is still pending ("blobs pending", per region and the day they were
-purged), as of the time it was made. The envelope's kind is `retention_storage`, so the audit's report
-verifier is not asked to recompute the storage columns; the audit columns recompute unchanged.
+purged), as of the time it was made. The envelope's kind is `retention_storage`; its format and how the
+audit's report verifier re-checks it live in `app.audit.reports.retention_storage`: the audit columns
+recompute unchanged, the blobs pending are checked against the chain as far as it knows them.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import date, datetime
 from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.audit.actions import Actor, AuditAction, JSONValue
-from app.audit.canonical import canonical_json, canonical_time
+from app.audit.actions import Actor, JSONValue
+from app.audit.canonical import canonical_json
 from app.audit.keys import Keyring
 from app.audit.reports.entries import Period
-from app.audit.reports.retention import RETENTION_CSV_HEADER, build_retention_audit
-from app.audit.reports.service import ReportFormat, SignedReportOutput
-from app.audit.reports.signing import report_content, sign_report, to_csv
-from app.audit.service import ChainHead, append_entry, integrate_pending, read_chain_head
+from app.audit.reports.retention import build_retention_audit
+from app.audit.reports.retention_storage import (
+    CSV_HEADER,
+    REPORT_KIND,
+    PendingBlob,
+    storage_content,
+    with_blobs_pending,
+)
+from app.audit.reports.service import ReportFormat, SignedReportOutput, record_report_generated
+from app.audit.reports.signing import sign_report
+from app.audit.service import ChainHead, integrate_pending, read_chain_head
 from app.capture.retention_service import blobs_pending_shredded_between
 from app.clock import Clock
 from app.retention.locks import is_postgresql
 from app.retention.models import RetentionReport
 
-REPORT_KIND: Final = "retention_storage"
 AUDIT_REPORT_KIND: Final = "retention"  # the kind `report.generated` entries name
-CSV_HEADER: Final = (*RETENTION_CSV_HEADER, "blobs_pending")
-PENDING_LISTED: Final = 1000
+__all__ = ["CSV_HEADER", "REPORT_KIND"]  # the report's format, importable from here too
 
 
 async def chain_queued_entries(session_factory: async_sessionmaker[AsyncSession], *, limit: int = 20_000) -> int:
@@ -53,9 +58,10 @@ async def chain_queued_entries(session_factory: async_sessionmaker[AsyncSession]
     return chained
 
 
-async def blobs_pending(session: AsyncSession, period: Period) -> list[tuple[str, str, datetime, str | None]]:
-    """(request_id, region, shredded_at, reason) of recordings purged in the period whose blob is still there."""
-    return await blobs_pending_shredded_between(session=session, start=period.start, end=period.end)
+async def blobs_pending(session: AsyncSession, period: Period) -> list[PendingBlob]:
+    """Recordings purged in the period whose blob is still there, oldest purge first."""
+    found = await blobs_pending_shredded_between(session=session, start=period.start, end=period.end)
+    return [PendingBlob(rid, region, at, reason) for rid, region, at, reason in found]
 
 
 async def build_retention_report(
@@ -64,30 +70,11 @@ async def build_retention_report(
     """The audit's retention audit of `period` at `head`, plus blobs pending as of `as_of`."""
     report = await build_retention_audit(session=session, period=period, head=head, retention_days=retention_days,
                                          as_of=as_of)
-    pending = await blobs_pending(session, period)
-    per_day = Counter((region, shredded.date().isoformat()) for _, region, shredded, _ in pending)
-    rows = report["days"]
-    assert isinstance(rows, list)  # noqa: S101 - built by build_retention_audit
-    for row in rows:
-        if isinstance(row, dict):
-            row["blobs_pending"] = per_day.get((str(row["region"]), str(row["day"])), 0)
-    totals = report["totals"]
-    assert isinstance(totals, dict)  # noqa: S101 - built by build_retention_audit
-    totals["blobs_pending"] = len(pending)
-    report["blobs_pending"] = [
-        {"request_id": rid, "region": region, "purged_at": canonical_time(at), "reason": reason}
-        for rid, region, at, reason in pending[:PENDING_LISTED]
-    ]
-    report["storage_as_of"] = canonical_time(as_of)
-    return report
+    return with_blobs_pending(report, await blobs_pending(session, period), as_of)
 
 
 def render(fmt: ReportFormat, report: dict[str, JSONValue]) -> bytes:
-    if fmt is ReportFormat.JSON:
-        return report_content(report)
-    days = report["days"]
-    assert isinstance(days, list)  # noqa: S101 - built by build_retention_report
-    return to_csv(CSV_HEADER, [[d.get(c) for c in CSV_HEADER] for d in days if isinstance(d, dict)])
+    return storage_content(report, as_csv=fmt is ReportFormat.CSV)
 
 
 async def generate_retention_report(
@@ -108,11 +95,8 @@ async def generate_retention_report(
     signed = sign_report(kind=REPORT_KIND, fmt=fmt.value, content=render(fmt, report), period=period.to_json(),
                          head=head, generated_at=now, key=keyring.signing_key(now))
     if requested_by is not None:
-        await append_entry(
-            session=session, clock=clock, actor=requested_by, action=AuditAction.REPORT_GENERATED,
-            detail={"report": AUDIT_REPORT_KIND, "period_from": period.first.isoformat(),
-                    "period_to": period.last.isoformat(), "head_seq": head.seq},
-        )
+        await record_report_generated(session=session, clock=clock, actor=requested_by, report=AUDIT_REPORT_KIND,
+                                      period=period, head=head)
     return SignedReportOutput(fmt, report, signed)
 
 

@@ -115,7 +115,8 @@ async def test_reports_come_signed_in_json_and_csv(audit_api: httpx.AsyncClient,
     assert document["envelope"]["kind"] == "access_review"
     assert len(document["report"]["grants"]) == 3
     checked = await audit_api.post("/audit/reports/verify", json=document, headers=headers)
-    assert checked.json() == {"ok": True, "signature": "ok", "chain": "ok", "recomputed": "match", "head_seq": 26}
+    assert checked.json() == {"ok": True, "signature": "ok", "chain": "ok", "recomputed": "match", "head_seq": 26,
+                              "unverified": []}
     document["report"]["totals"]["reads"] = 0
     assert (await audit_api.post("/audit/reports/verify", json=document, headers=headers)).json()["ok"] is False
 

@@ -31,7 +31,7 @@ NOT_IN_GRANT_REASONS: Final = frozenset({"request_not_in_grant"})
 
 class Anomaly(StrEnum):
     FAST_APPROVAL = "fast_approval"  # approved within `fast_approval_s` of the request
-    GRANT_UNUSED = "grant_unused"  # approved, ended within the period, never read
+    GRANT_UNUSED = "grant_unused"  # approved, ended within the period and before the report, never read
     READ_OUTSIDE_GRANT = "read_outside_grant"  # a read (or attempt) of a request ID the grant does not name
     READ_OUTSIDE_WINDOW = "read_outside_window"  # a read before approval or after expiry/revocation
     SELF_APPROVAL = "self_approval"  # requester approved their own request (C5 forbids it)
@@ -83,6 +83,7 @@ class GrantHistory:
     requested: ReportEntry | None = None
     decision: ReportEntry | None = None
     ended: ReportEntry | None = None
+    refused: ReportEntry | None = None  # a denial after the approval: the customer's refusal (Lockbox)
     reads: list[ReportEntry] = field(default_factory=list)
     denied_reads: list[ReportEntry] = field(default_factory=list)
     anomalies: set[Anomaly] = field(default_factory=set)
@@ -107,8 +108,10 @@ class GrantHistory:
         return self.decision.time("expires_at") if self.approved and self.decision else None
 
     def end_of_use(self) -> datetime | None:
-        """When the grant stopped allowing reads: revocation/expiry entry or its expiry time, whichever first."""
-        candidates = [t for t in (self.expires_at, self.ended.at if self.ended else None) if t is not None]
+        """When the grant stops allowing reads: its expiry time, or a revocation, expiry or refusal entry,
+        whichever comes first. It may lie after the report was made: the grant is then still live."""
+        ends = (self.expires_at, self.ended.at if self.ended else None, self.refused.at if self.refused else None)
+        candidates = [t for t in ends if t is not None]
         return min(candidates) if candidates else None
 
 
@@ -128,7 +131,10 @@ def _collect(entries: list[ReportEntry]) -> tuple[dict[str, GrantHistory], list[
         if e.action == AuditAction.ACCESS_REQUESTED:
             history.requested = history.requested or e
         elif e.action in (AuditAction.ACCESS_APPROVED, AuditAction.ACCESS_DENIED):
-            history.decision = history.decision or e
+            if history.decision is None:
+                history.decision = e
+            elif history.approved and e.action == AuditAction.ACCESS_DENIED:
+                history.refused = history.refused or e
         elif e.action in (AuditAction.ACCESS_EXPIRED, AuditAction.ACCESS_REVOKED):
             history.ended = history.ended or e
         elif e.action == AuditAction.RECORDING_READ:
@@ -139,9 +145,11 @@ def _collect(entries: list[ReportEntry]) -> tuple[dict[str, GrantHistory], list[
 
 
 def _flag(
-    grants: dict[str, GrantHistory], loose_denials: list[ReportEntry], period: Period, params: AccessReviewParams
+    grants: dict[str, GrantHistory], loose_denials: list[ReportEntry], period: Period, params: AccessReviewParams,
+    as_of: datetime,
 ) -> list[dict[str, JSONValue]]:
-    """Set each grant's anomalies; return every anomaly with its evidence (audit seqs)."""
+    """Set each grant's anomalies as of `as_of` (when the report is made); return every anomaly with its
+    evidence (audit seqs)."""
     found: list[dict[str, JSONValue]] = []
 
     def note(code: Anomaly, history: GrantHistory | None, seqs: list[int], detail: str,
@@ -171,7 +179,8 @@ def _flag(
             if params.off_hours(d.at):
                 note(Anomaly.OFF_HOURS_APPROVAL, h, [d.seq], f"approved at {_t(d.at)}")
             end = h.end_of_use()
-            if not h.reads and end is not None and end < period.end:
+            # Only a grant that has ended can have ended unused: one still live at `as_of` may yet be read.
+            if not h.reads and end is not None and end < period.end and end <= as_of:
                 note(Anomaly.GRANT_UNUSED, h, [d.seq], "the grant ended without a read")
         elif d is not None and d.action == AuditAction.ACCESS_DENIED and h.requester:
             denials[h.requester].append(d.seq)
@@ -256,9 +265,10 @@ def _grant_json(h: GrantHistory) -> dict[str, JSONValue]:
 
 
 async def build_access_review(
-    *, session: AsyncSession, period: Period, head: ChainHead, params: AccessReviewParams
+    *, session: AsyncSession, period: Period, head: ChainHead, params: AccessReviewParams, as_of: datetime
 ) -> dict[str, JSONValue]:
-    """The access review of `period`, from entries with seq <= head.seq."""
+    """The access review of `period` as of `as_of` (the report's generated_at, so it recomputes the same),
+    from entries with seq <= head.seq."""
     in_period = await load_entries(session, actions=GRANT_ACTIONS, upto_seq=head.seq,
                                    since=period.start, until=period.end)
     grant_ids = {e.grant for e in in_period if e.grant is not None}
@@ -266,7 +276,7 @@ async def build_access_review(
                                  grants=grant_ids)
     loose = [e for e in in_period if e.grant is None]
     grants, loose_denials = _collect(sorted([*history, *loose], key=lambda e: e.seq))
-    anomalies = _flag(grants, loose_denials, period, params)
+    anomalies = _flag(grants, loose_denials, period, params, as_of)
     ordered = sorted(grants.values(), key=lambda h: (h.requested.seq if h.requested else 0, h.grant))
     rows = [_grant_json(h) for h in ordered]
     return {
