@@ -132,3 +132,14 @@ async def test_an_honest_csv_report_verifies_and_edited_figures_do_not(world: Wo
         sidecar.write_text(json.dumps(_resigned(world, output.signed.envelope, content)))
         code, result = await _verify(world, saved)
         assert (code, result["signature"], result["chain"], result["recomputed"]) == (1, "ok", "ok", "differs")
+
+
+async def test_a_report_made_on_an_empty_chain_verifies(world: World, tmp_path: Path) -> None:
+    """A fresh install's first report is signed at head 0, the chain's genesis: nothing to find, nothing missing."""
+    day = world.clock.now().date()
+    output = await _report(world, Period(day, day), ReportFormat.JSON)
+    assert output.signed.envelope["head"] == {"seq": 0, "hash": "0" * 64}
+    saved = tmp_path / "retention.json"
+    saved.write_bytes(output.body())
+    code, result = await _verify(world, saved)
+    assert (code, result["ok"], result["chain"], result["recomputed"]) == (0, True, "ok", "match")

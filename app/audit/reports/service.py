@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.actions import Actor, AuditAction, JSONValue, parse_detail_time
+from app.audit.canonical import GENESIS_HASH
 from app.audit.checkpoints import Checkpoint
 from app.audit.keys import Keyring, PublicKeySet
 from app.audit.reports.access_review import (
@@ -198,7 +199,7 @@ async def verify_report(
     stored = (await session.execute(select(ENTRIES.c.entry_hash).where(ENTRIES.c.seq == head.seq))).scalar()
     if chain.damage is not None and chain.damage.seq <= head.seq:
         chain_state = chain.damage.kind.value
-    elif stored != head.entry_hash:
+    elif stored != head.entry_hash and (head.seq, head.entry_hash) != (0, GENESIS_HASH):  # 0: made on an empty chain
         chain_state = "head_not_found"
     else:
         chain_state = "ok"
