@@ -151,7 +151,11 @@ def start_served(upstream: str, work: Path, database: str) -> Served:
     env = {**os.environ, "VOICELOG_DATABASE_URL": url, "VOICELOG_WORKERS": "2", "VOICELOG_DATA_DIR": str(work / "data"),
            "VOICELOG_STANDIN_ENABLED": "true", "VOICELOG_STANDIN_PORT": str(free_port()),
            "VOICELOG_DEMO_RESOURCE": "true", "VOICELOG_RELAY_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
-           "VOICELOG_LOG_LEVEL": "INFO"}
+           "VOICELOG_LOG_LEVEL": "INFO",
+           # Small pools: each worker is a process with its own (defaults: up to 35 connections each), and the
+           # suite's other PostgreSQL tests share the server's 100 (CI failed with "too many clients" once).
+           "VOICELOG_DATABASE_POOL_SIZE": "2", "VOICELOG_DATABASE_MAX_OVERFLOW": "3",
+           "VOICELOG_DATABASE_REQUEST_POOL_SIZE": "1"}
     for each in ("VOICELOG_HOST", "VOICELOG_PORT"):
         env.pop(each, None)
     work.mkdir(parents=True, exist_ok=True)
