@@ -8,25 +8,20 @@ from either side is passed on with its code and reason, idle and maximum-length 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from app.logs import get_logger
 from app.metrics import RelayMetrics
-from app.relay.legs import CLOSE_TIMEOUT_S, ClientLeg, Leg, UpstreamLeg
-from app.relay.session import SessionStats
+from app.relay.legs import ClientLeg, Leg, UpstreamLeg
+from app.relay.session import _ABNORMAL, _GOING_AWAY, _INTERNAL_ERROR, _NO_STATUS, SessionStats, TapGuard
 from app.relay.tap import Direction, FrameTap, SessionInfo
 
 log = get_logger("voicelog.relay")
 
-_NO_STATUS = 1005
-_ABNORMAL = 1006
-_GOING_AWAY = 1001
-_INTERNAL_ERROR = 1011
 PUBLISH_EVERY_S = 1.0
 
 
-class DirectSession:
+class DirectSession(TapGuard):
     """Carries frames both ways until either side closes, a timeout fires, or we drain."""
 
     def __init__(self, *, client: ClientLeg, upstream: UpstreamLeg, info: SessionInfo, metrics: RelayMetrics,
@@ -93,18 +88,6 @@ class DirectSession:
 
     def sample_latency(self, direction: Direction, seconds: float) -> None:
         self._latency[direction].observe(seconds)
-
-    def tap_frame(self, direction: Direction, payload: str | bytes) -> None:
-        """A message went through a recorded session: hand it to the tap (C8: a failing tap is detached)."""
-        tap = self.tap
-        if tap is None:
-            return
-        try:
-            tap.on_frame(direction, time.monotonic_ns() - self._tap_start_ns, payload)
-        except Exception:
-            self.tap = None
-            self._metrics.errors.labels("tap_failed").inc()
-            log.warning("relay.tap.detached", request_id=self.info.request_id)
 
     # --- how a session ends ----------------------------------------------------------------------------
 
@@ -201,19 +184,3 @@ class DirectSession:
                 self._close_both(_GOING_AWAY, "idle timeout")
             return
         self._schedule_check()
-
-    def _notify_tap_close(self) -> None:
-        tap = self.tap
-        if tap is None:
-            return
-        try:
-            tap.on_close(self.stats.client_close, self.stats.upstream_close, self.stats.ended_by)
-        except Exception:
-            self._metrics.errors.labels("tap_failed").inc()
-            log.warning("relay.tap.close_failed", request_id=self.info.request_id)
-
-
-async def wait_closed(leg: Leg) -> None:
-    """Wait for a leg's connection to end, at most a closing handshake's time."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(leg.closed), CLOSE_TIMEOUT_S)

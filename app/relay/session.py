@@ -84,7 +84,38 @@ class SessionStats:
     ended_by: str = ""
 
 
-class RelaySession:
+class TapGuard:
+    """The tap as both data planes' sessions call it (C8): a failing tap is detached, the call never notices."""
+
+    tap: FrameTap | None
+    info: SessionInfo
+    stats: SessionStats
+    _metrics: RelayMetrics
+    _tap_start_ns: int
+
+    def tap_frame(self, direction: Direction, payload: str | bytes) -> None:
+        tap = self.tap
+        if tap is None:
+            return
+        try:
+            tap.on_frame(direction, time.monotonic_ns() - self._tap_start_ns, payload)
+        except Exception:
+            self.tap = None
+            self._metrics.errors.labels("tap_failed").inc()
+            log.warning("relay.tap.detached", request_id=self.info.request_id)
+
+    def _notify_tap_close(self) -> None:
+        tap = self.tap
+        if tap is None:
+            return
+        try:
+            tap.on_close(self.stats.client_close, self.stats.upstream_close, self.stats.ended_by)
+        except Exception:
+            self._metrics.errors.labels("tap_failed").inc()
+            log.warning("relay.tap.close_failed", request_id=self.info.request_id)
+
+
+class RelaySession(TapGuard):
     """Carries frames both ways untouched until either side closes, a timeout fires, or we drain."""
 
     def __init__(
@@ -189,7 +220,7 @@ class RelaySession:
             await send(payload)
             counter.count(payload, t0)
             if self.tap is not None:
-                self._tap_frame(Direction.CLIENT_TO_SERVICE, payload)
+                self.tap_frame(Direction.CLIENT_TO_SERVICE, payload)
 
     async def _upstream_to_client(self) -> None:
         """Returns when the upstream closes (ConnectionClosed propagates to the supervisor)."""
@@ -205,29 +236,7 @@ class RelaySession:
                 await send({"type": "websocket.send", "bytes": payload})
             counter.count(payload, t0)
             if self.tap is not None:
-                self._tap_frame(Direction.SERVICE_TO_CLIENT, payload)
-
-    def _tap_frame(self, direction: Direction, payload: str | bytes) -> None:
-        """C8: a failing tap is detached; the session never notices."""
-        tap = self.tap
-        if tap is None:
-            return
-        try:
-            tap.on_frame(direction, time.monotonic_ns() - self._tap_start_ns, payload)
-        except Exception:
-            self.tap = None
-            self._metrics.errors.labels("tap_failed").inc()
-            log.warning("relay.tap.detached", request_id=self.info.request_id)
-
-    def _notify_tap_close(self) -> None:
-        tap = self.tap
-        if tap is None:
-            return
-        try:
-            tap.on_close(self.stats.client_close, self.stats.upstream_close, self.stats.ended_by)
-        except Exception:
-            self._metrics.errors.labels("tap_failed").inc()
-            log.warning("relay.tap.close_failed", request_id=self.info.request_id)
+                self.tap_frame(Direction.SERVICE_TO_CLIENT, payload)
 
     async def _client_closed(self, c2s: asyncio.Task[Any]) -> None:
         exc = c2s.exception()
