@@ -17,6 +17,7 @@ from app import migrate
 from app.access.saw.cli import saw_cli
 from app.audit.actions import Actor
 from app.audit.cli import audit_cli
+from app.cli_workflow import register as register_workflow
 from app.config import Settings
 from app.context import context_of
 from app.db_privileges import SERVICE_GRANTS, PrivilegeError, RoleState, validate_role_name
@@ -54,6 +55,7 @@ cli.add_typer(audit_cli, name="audit")
 cli.add_typer(retention_cli, name="retention")
 cli.command("worker")(worker)
 cli.add_typer(resources_cli, name="resources")
+register_workflow(cli)
 
 log = get_logger("voicelog.cli")
 

@@ -341,6 +341,8 @@ async def test_sigterm_drains_every_worker_then_exits_0_leaving_no_process(serve
                 await client.get(f"{served.http}/healthz")
         except httpx.ConnectError:
             break
+        except (httpx.ReadError, httpx.RemoteProtocolError):
+            pass  # accepted into a backlog that closed under it: reset, not served; refusal comes next
         assert time.monotonic() < deadline, "the port still takes connections after SIGTERM"
         await asyncio.sleep(0.05)
     await call.send("still talking")  # inside the drain window the call goes on
