@@ -8,9 +8,11 @@ from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
+from pydantic import AwareDatetime
 
-from app.audit.actions import Actor, InvalidAuditEntry
+from app.audit.actions import Actor, AuditAction, InvalidAuditEntry
 from app.audit.checkpoints import list_checkpoints
+from app.audit.entries import DEFAULT_PAGE, MAX_PAGE, ActorMatch, EntryFilter, list_entries
 from app.audit.jobs import publish
 from app.audit.reports.entries import Period
 from app.audit.reports.service import (
@@ -23,6 +25,7 @@ from app.audit.reports.service import (
 from app.audit.reports.signing import report_content
 from app.audit.runtime import AuditRuntime, AuditRuntimeDep
 from app.audit.schemas import (
+    AuditEntriesOut,
     CheckpointOut,
     PublicKeysOut,
     ReportVerificationOut,
@@ -82,6 +85,34 @@ async def checkpoints(
 ) -> list[CheckpointOut]:
     found = await list_checkpoints(session, after=after, limit=limit)
     return [CheckpointOut.model_validate(c.to_json()) for c in found]
+
+
+@router.get("/entries", summary="Audit entries by chain position, filtered (auditors)")
+async def entries(
+    _auditor: AuditorDep, session: SessionDep,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Only entries with a seq above this (paging forward: "
+                                "the previous page's `next_after`).")] = 0,
+    before: Annotated[int | None, Query(ge=1, le=MAX_SEQ, description="Only entries with a seq below this, the "
+                                        "newest of them (paging back: `prev_before`). Omit both for the oldest.")
+                      ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="At most this many entries.")] = DEFAULT_PAGE,
+    action: Annotated[list[AuditAction] | None, Query(
+        description="Only these actions (repeat the parameter for several), e.g. `access.approved`.")] = None,
+    actor: Annotated[str | None, Query(
+        max_length=160, description="Only this actor: `TYPE:ID` (e.g. `staff:alice`) or a bare id of any type.")
+                     ] = None,
+    since: Annotated[AwareDatetime | None, Query(
+        description="Only entries recorded at or after this time (ISO 8601 with a zone).")] = None,
+    until: Annotated[AwareDatetime | None, Query(
+        description="Only entries recorded before this time (ISO 8601 with a zone).")] = None,
+) -> AuditEntriesOut:
+    """Each entry with its chain position and whether a signed checkpoint covers it yet. A view of the rows:
+    `GET /audit/verify` proves them. Bad filters are 422 (`invalid_input`, or `invalid_audit_filter` when
+    `until` is not after `since`). Listing is not audited (a follower would write on every poll)."""
+    where = EntryFilter(actions=frozenset(action or ()), actor=None if actor is None else ActorMatch.parse(actor),
+                        since=since, until=until)
+    page = await list_entries(session, where=where, after=after, before=before, limit=limit)
+    return AuditEntriesOut.model_validate(page.to_json())
 
 
 async def _report(

@@ -77,3 +77,39 @@ class ReportVerificationOut(BaseModel):
         default_factory=list,
         description="Figures that cannot be recomputed later (state that has changed since), each with what "
         "was checked of it instead; `ok` holds when everything checkable matches.")
+
+
+class EntryActorOut(BaseModel):
+    type: str = Field(description="`staff`, `customer_admin`, `service` or `system`.")
+    id: str = Field(description="The staff member's OIDC subject, the customer admin's subject, or a component.")
+
+
+class EntrySubjectsOut(BaseModel):
+    ticket: str | None = Field(description="The ticket's id, if the entry is about one.")
+    request_id: str | None = Field(description="The session's request ID, if the entry is about a recording.")
+    grant: str | None = Field(description="The access request (grant) id, if any.")
+    saw: str | None = Field(description="The SAW's id, if any.")
+    resource: str | None = Field(description="The customer resource's id, if any.")
+
+
+class AuditEntryOut(BaseModel):
+    seq: int = Field(description="Position in the hash chain, dense from 1.")
+    recorded_at: str = Field(description="When it happened (UTC, `YYYY-MM-DDTHH:MM:SS.ffffffZ`).")
+    action: str = Field(description="What happened, one of the actions in docs/AUDIT.md (e.g. `access.approved`).")
+    actor: EntryActorOut
+    subjects: EntrySubjectsOut
+    detail: dict[str, Any] = Field(
+        description="The action's detail: ids, counts, codes and times only (its schema is in docs/AUDIT.md).")
+    past_last_checkpoint: bool = Field(
+        description="True while no signed checkpoint covers the entry yet (seq above `sealed_through`).")
+
+
+class AuditEntriesOut(BaseModel):
+    entries: list[AuditEntryOut] = Field(description="Matching entries, oldest first.")
+    head_seq: int = Field(description="The newest chained entry.")
+    sealed_through: int = Field(description="The newest entry the last signed checkpoint covers (0: none yet).")
+    pending: int = Field(description="Entries committed but not chained yet; listed once chained.")
+    next_after: int | None = Field(
+        description="Pass as `after` for the next, newer page; null when no newer page can follow.")
+    prev_before: int | None = Field(
+        description="Pass as `before` for the previous, older page; null when none can precede.")
