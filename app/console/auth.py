@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.console.dev_login import s256
 from app.console.login_key import LoginKey
-from app.console.security import checked_form
+from app.console.security import checked_form, public_origin
 from app.console.sessions import (
     MAX_LOGIN_COOKIE,
     ConsoleSession,
@@ -141,9 +141,13 @@ def _safe_next(value: str | None) -> str:
         return value[:512]
     return "/console"
 
-def _redirect_uri(request: Request, settings: ConsoleSettings) -> str:
-    base = settings.public_url.rstrip("/") if settings.public_url else str(request.base_url).rstrip("/")
-    return f"{base}/console/callback"
+def _redirect_uri(request: Request, ctx: AppContext) -> str:
+    """`<public_url>/console/callback`; unset, the origin the browser used (through a trusted proxy such as
+    the SAW's nginx, its forwarded scheme and host: the local SAW keeps its https and port)."""
+    settings = console_state(ctx).settings
+    if settings.public_url:
+        return f"{settings.public_url.rstrip('/')}/console/callback"
+    return f"{public_origin(request, ctx.settings.saw.trusted_proxies)}/console/callback"
 
 def _authorization_endpoint(state: ConsoleState) -> str:
     if state.dev_issuer:
@@ -183,7 +187,7 @@ async def login(request: Request, ctx: ContextDep) -> Response:
     state = console_state(ctx)
     verifier = secrets.token_urlsafe(64)
     login = PendingLogin(state=secrets.token_urlsafe(32), code_verifier=verifier, nonce=secrets.token_urlsafe(24),
-                         redirect_uri=_redirect_uri(request, state.settings),
+                         redirect_uri=_redirect_uri(request, ctx),
                          next_path=_safe_next(request.query_params.get("next")), created=ctx.clock.now())
     query = urlencode({"response_type": "code", "client_id": state.settings.client_id,
                        "redirect_uri": login.redirect_uri, "scope": state.settings.scope,
@@ -209,7 +213,7 @@ async def callback(request: Request, ctx: ContextDep) -> Response:
     # Only a replica mints login cookies; even so, nothing in one is taken on trust.
     if (pending is None or code is None
             or not secrets.compare_digest(presented.encode(), pending[1].state.encode())
-            or pending[1].redirect_uri != _redirect_uri(request, state.settings)):
+            or pending[1].redirect_uri != _redirect_uri(request, ctx)):
         return page(request, "signed_out.html", None, status_code=400,
                     message="That sign-in did not start here or has expired. Please sign in again.")
     login_id, login = pending

@@ -3,7 +3,8 @@
 `GET /dev/oidc/authorize` shows a form (subject, roles, tenant) instead of a real sign-in; its POST redirects
 back with a one-time code; `POST /dev/oidc/oauth2/token` trades the code and the PKCE verifier for an access
 token signed by the dev key, which the console verifies with the app's real token verifier. Mounted only
-when the dev issuer is enabled; like the dev token endpoint, it answers loopback browsers only.
+when the dev issuer is enabled; like the dev token endpoint, it answers loopback browsers only (and, with the
+local development SAW, a browser on this machine through that SAW's nginx).
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from urllib.parse import urlencode, urlsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
+from app.access.saw.settings import SawSettings
+from app.access.saw.trust import is_trusted_peer
 from app.clock import Clock
-from app.console.security import first, read_form
+from app.console.security import first, public_origin, read_form
 from app.console.templating import templates
+from app.context import ContextDep
 from app.identity.dev_issuer import DevIssuer
 from app.identity.principal import Role
 from app.identity.settings import DEV_ISSUER_PATH
@@ -42,6 +46,8 @@ _SUBJECT = re.compile(r"^[\x21-\x7e]{1,128}$")
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 _CAPACITY = 1000
+LOOPBACK_ONLY = ("The dev issuer signs in loopback browsers only (or, with the local development SAW, browsers "
+                 "on this machine through its nginx: `voicelog dev saw`).")
 
 
 def s256(verifier: str) -> str:
@@ -85,11 +91,22 @@ class _Expiring:
         return value if value is not None and now - value.created <= self.ttl else None
 
 
-def _from_loopback(request: Request) -> bool:
-    if any(h in request.headers for h in _PROXY_HEADERS):
+def _from_loopback(request: Request, saw: SawSettings) -> bool:
+    """A browser on this machine: a loopback peer with no proxy headers, or (local development SAW only) the
+    local SAW's nginx, a trusted loopback proxy, reporting a loopback browser in `X-Real-IP`."""
+    peer = request.client.host if request.client else None
+    if not any(h in request.headers for h in _PROXY_HEADERS):
+        return _is_loopback(peer)
+    if not saw.local_dev or any(h in request.headers for h in ("forwarded", "x-forwarded-for")):
         return False
+    real = request.headers.getlist("x-real-ip")
+    return (len(real) == 1 and _is_loopback(real[0])
+            and is_trusted_peer(peer, (), saw.trusted_proxies) and _is_loopback(peer))
+
+
+def _is_loopback(host: str | None) -> bool:
     try:
-        return ipaddress.ip_address(request.client.host if request.client else "").is_loopback
+        return ipaddress.ip_address((host or "").strip()).is_loopback
     except ValueError:
         return False
 
@@ -110,13 +127,15 @@ def build_dev_login_router(issuer: DevIssuer, clock: Clock) -> APIRouter:
                                           status_code=status)
 
     @router.get("/authorize")
-    async def authorize(request: Request) -> Response:
-        if not _from_loopback(request):
-            return refuse(request, "The dev issuer signs in loopback browsers only.", 403)
+    async def authorize(request: Request, ctx: ContextDep) -> Response:
+        if not _from_loopback(request, ctx.settings.saw):
+            return refuse(request, LOOPBACK_ONLY, 403)
         q = request.query_params
         redirect_uri = q.get("redirect_uri", "")
         target = urlsplit(redirect_uri)
-        if target.path != CALLBACK_PATH or target.netloc != request.url.netloc or target.query or target.fragment:
+        origin = public_origin(request, ctx.settings.saw.trusted_proxies)
+        if (target.path != CALLBACK_PATH or f"{target.scheme}://{target.netloc}" != origin or target.query
+                or target.fragment):
             return refuse(request, "Unknown redirect_uri: the dev issuer only returns to this console.")
         if q.get("response_type") != "code" or q.get("code_challenge_method") != "S256":
             return refuse(request, "Only response_type=code with PKCE (S256) is supported.")
@@ -129,9 +148,9 @@ def build_dev_login_router(issuer: DevIssuer, clock: Clock) -> APIRouter:
         return templates.TemplateResponse(request, "dev_login.html", {"transaction": transaction, "roles": roles})
 
     @router.post("/authorize")
-    async def sign_in(request: Request) -> Response:
-        if not _from_loopback(request):
-            return refuse(request, "The dev issuer signs in loopback browsers only.", 403)
+    async def sign_in(request: Request, ctx: ContextDep) -> Response:
+        if not _from_loopback(request, ctx.settings.saw):
+            return refuse(request, LOOPBACK_ONLY, 403)
         form = await read_form(request)
         started = pending.take(first(form, "transaction"), clock.now())
         if started is None:  # the transaction id doubles as the form's CSRF token

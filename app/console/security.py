@@ -1,12 +1,17 @@
-"""Security headers for the console's pages, and form parsing with a CSRF check on every POST."""
+"""Security headers for the console's pages, form parsing with a CSRF check on every POST, and the origin the
+browser used (forwarded headers believed from trusted proxies only)."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+from ipaddress import IPv4Network, IPv6Network
 from urllib.parse import parse_qs
 
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.access.saw.trust import is_trusted_peer
 from app.console.sessions import ConsoleSession
 from app.errors import AppError, Forbidden
 
@@ -88,3 +93,29 @@ async def checked_form(request: Request, session: ConsoleSession) -> dict[str, l
 def first(form: dict[str, list[str]], name: str) -> str | None:
     values = form.get(name)
     return values[0] if values else None
+
+
+_FORWARDED_HOST = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?$")
+
+
+def _forwarded_once(request: Request, name: str) -> str | None:
+    values = request.headers.getlist(name)
+    return values[0].strip() if len(values) == 1 else None
+
+
+def public_origin(request: Request, trusted_proxies: Sequence[IPv4Network | IPv6Network]) -> str:
+    """`scheme://host[:port]` as the browser sees this service, for the sign-in's redirect URI.
+
+    Behind a trusted proxy (the SAW's nginx, `saw.trusted_proxies`) it is its `X-Forwarded-Proto` and
+    `X-Forwarded-Host`, each sent once and well-formed; from any other peer those headers are ignored and the
+    request's own scheme and Host are used, so no one can move a sign-in to another origin by a header.
+    """
+    own = f"{request.url.scheme}://{request.url.netloc}"
+    client = request.client.host if request.client else None
+    if not is_trusted_peer(client, request.headers.getlist("x-forwarded-for"), trusted_proxies):
+        return own
+    proto, host = _forwarded_once(request, "x-forwarded-proto"), _forwarded_once(request, "x-forwarded-host")
+    if proto not in ("http", "https") or host is None or not _FORWARDED_HOST.fullmatch(host):
+        return own
+    return f"{proto}://{host}"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from ipaddress import IPv4Network, IPv6Network
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
@@ -44,6 +44,13 @@ class SawSettings(BaseModel):
         default="X-SSL-Client-Verify",
         description="Header carrying the proxy's verification result; it must be exactly `SUCCESS`.",
     )
+    local_dev: bool = Field(
+        default=False,
+        description="The SAW front door is the LOCAL DEVELOPMENT nginx of `voicelog dev saw` on this host: "
+        "`trusted_proxies` may then hold loopback addresses only (default `127.0.0.1/32`), and the dev "
+        "issuer signs in a browser that reaches it through that nginx from this machine. Laptop only: "
+        "refused next to a production issuer, as the dev issuer is.",
+    )
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -51,6 +58,21 @@ class SawSettings(BaseModel):
         if any(net.prefixlen == 0 for net in value):
             raise ValueError("trusting every address (/0) would let anyone claim any SAW")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _local_proxy(cls, data: Any) -> Any:
+        """A local SAW's nginx runs on this host: trust it at 127.0.0.1 unless told otherwise."""
+        if isinstance(data, dict) and data.get("local_dev") in (True, "true", "True", "1", 1) \
+                and not data.get("trusted_proxies"):
+            return {**data, "trusted_proxies": ["127.0.0.1/32"]}
+        return data
+
+    @model_validator(mode="after")
+    def _local_is_loopback(self) -> SawSettings:
+        if self.local_dev and not all(net.network_address.is_loopback for net in self.trusted_proxies):
+            raise ValueError("a local development SAW (local_dev) trusts loopback proxies only")
+        return self
 
     @field_validator("fingerprint_header", "cert_header", "verify_header")
     @classmethod
@@ -62,3 +84,15 @@ class SawSettings(BaseModel):
     def header_names(self) -> frozenset[bytes]:
         """The SAW headers, lowercased as ASGI carries them."""
         return frozenset(h.lower().encode() for h in (self.fingerprint_header, self.cert_header, self.verify_header))
+
+
+class LocalSawBesideProductionIssuer(ValueError):
+    """`saw.local_dev` next to a production issuer: a laptop's SAW must never front real recordings."""
+
+
+def refuse_local_saw_beside_production(saw: SawSettings, *, production_issuer: bool) -> None:
+    """Start-up check (as the dev issuer's): the local development SAW only without a production issuer."""
+    if saw.local_dev and production_issuer:
+        raise LocalSawBesideProductionIssuer(
+            "the local development SAW (saw.local_dev) cannot be enabled together with a production issuer; "
+            "register a managed SAW from the SAW CA instead (docs/SAW.md)")
