@@ -15,7 +15,8 @@ from app.access.context import AccessContext, AccessDep
 from app.access.grant_facts import grant_situations
 from app.access.models import AccessRequest
 from app.access.people import acting_person
-from app.access.playback.reads import PART_OF_SPEAKER, PartRead, Speaker, read_recording_part, read_whole
+from app.access.playback.parts import PART_OF_SPEAKER, Speaker
+from app.access.playback.reads import PartRead, read_recording_part, read_whole
 from app.access.schemas import AccessRequestCreate, AccessRequestOut, Decision, Extension
 from app.clock import Clock
 from app.deps import ClockDep, ContextDep, SessionDep
@@ -170,10 +171,30 @@ def _sent(read: PartRead) -> StreamingResponse:
     return StreamingResponse(read.body, status_code=read.status, media_type=read.media_type, headers=read.headers)
 
 
-@router.get("/recordings/{request_id}/audio/{speaker}.wav", summary="One direction of a recording as WAV",
-            responses=NOT_AVAILABLE, description="pcm16 WAV at the session's rate (G.711 decoded); gaps are "
-            "silence, listed in `X-Voicelog-Gaps`. Streams with bounded memory; supports a single `Range`."
-            + STATE_HEADERS)
+@router.get("/recordings/{request_id}/audio/session.wav",
+            summary="Both directions on the session clock: stereo WAV, caller left, service right",
+            responses=NOT_AVAILABLE, description="pcm16 stereo at 24 kHz (8 and 16 kHz audio repeated to 24 kHz, "
+            "G.711 decoded). Sample 0 is the moment the relay accepted the session; each audio chunk starts when "
+            "its frame crossed the relay, or right after the same direction's previous chunk if that was still "
+            "playing (audio sent faster than real time is queued, as the client's player queues it); silence "
+            "wherever nothing was sent. So the caller's speech and what they heard play at the time they happened, "
+            "and an event's `t_ms` is its position in this file. The per-direction WAVs are the audio as sent, "
+            "joined back to back. Gaps in the recording are silence, listed in `X-Voicelog-Gaps` with their "
+            "session time. Streams with bounded memory; supports a single `Range`. One audited read, part "
+            "`audio_session`." + STATE_HEADERS)
+async def session_audio(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
+                        request: Request,
+                        range_header: Annotated[str | None, Header(alias="range")] = None) -> StreamingResponse:
+    return _sent(await read_recording_part(
+        session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
+        http_request=request, acting=acting, request_id=request_id, part="audio_session", range_header=range_header))
+
+
+@router.get("/recordings/{request_id}/audio/{speaker}.wav", summary="One direction of a recording as sent, as WAV",
+            responses=NOT_AVAILABLE, description="pcm16 WAV at the session's rate (G.711 decoded): the direction's "
+            "audio as sent, chunk after chunk with no pause between them (not on the session clock: see "
+            "`/audio/session.wav`); gaps are silence, listed in `X-Voicelog-Gaps`. Streams with bounded memory; "
+            "supports a single `Range`." + STATE_HEADERS)
 async def audio(request_id: str, speaker: Speaker, acting: CurrentPrincipal, session: SessionDep,
                 ctx: ContextDep, request: Request,
                 range_header: Annotated[str | None, Header(alias="range")] = None) -> StreamingResponse:
@@ -187,7 +208,12 @@ async def audio(request_id: str, speaker: Speaker, acting: CurrentPrincipal, ses
 
 @router.get("/recordings/{request_id}/events", summary="The event timeline (JSON lines, audio elided)",
             responses={404: {"description": "One answer for every refusal."}},
-            description="One JSON line per frame, gap and end." + STATE_HEADERS)
+            description="One JSON line per frame, gap and end, in session-time order. `t_ms` is the session time "
+            "(ms since the relay accepted the session, when the frame crossed it: the position in "
+            "`/audio/session.wav`); `direction` c2s or s2c; `type`; the pipeline's own offsets in the caller's "
+            "input audio (`audio_start_ms`, `audio_end_ms`) kept as they were sent; `audio_ms` on audio events "
+            "(their length); `response_id`, `item_id`, `response_status`, `error_code` where the event has them."
+            + STATE_HEADERS)
 async def events(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
                  request: Request) -> StreamingResponse:
     return _sent(await read_recording_part(
@@ -204,6 +230,40 @@ async def transcript(request_id: str, acting: CurrentPrincipal, session: Session
         session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
         http_request=request, acting=acting, request_id=request_id, part="transcripts")
     return Response(await read_whole(read), media_type=read.media_type, headers=read.headers)
+
+
+@router.get("/recordings/{request_id}/turns", summary="Turns, their latency, interruptions, errors and gaps",
+            responses={404: {"description": "One answer for every refusal."}},
+            description="Derived from the event timeline (both event families: Voice Live / Realtime preview "
+            "`response.audio.*`, Realtime GA `response.output_audio.*`). Per turn, in session time (ms): caller "
+            "speech start and stop (server VAD; the pipeline's own audio offsets beside them), commit, response "
+            "created, first response audio frame relayed to the client (`first_audio_ms`), response done and its "
+            "status; `latency_first_audio_ms` and `latency_done_ms` from the speech stop (the commit without "
+            "VAD); `interrupted` with `interrupted_by` `caller_speech` (the caller started speaking while the "
+            "response was in progress or its audio still playing on the session clock), `cancelled` or "
+            "`truncated`; the turn's errors and gaps. `summary` gives p50 (lower median) and max of both "
+            "latencies. One audited read, part `turns`." + STATE_HEADERS)
+async def turns(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
+                request: Request) -> Response:
+    read = await read_recording_part(
+        session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
+        http_request=request, acting=acting, request_id=request_id, part="turns")
+    return Response(await read_whole(read), media_type=read.media_type, headers=read.headers)
+
+
+@router.get("/recordings/{request_id}/bundle", summary="Debug bundle: every part of a recording in one zip",
+            responses={404: {"description": "One answer for every refusal."},
+                       200: {"content": {"application/zip": {}}, "description": "The zip, streamed."}},
+            description="`session.wav` (stereo, session clock), `caller.wav` and `service.wav` (as sent), "
+            "`events.ndjson`, `turns.json`, `transcript.json` and, last, `manifest.json`: the bundle format, "
+            "the request ID, the grant and the SAW it was read under, the recording's state, and each part's "
+            "name, size and SHA-256. One audited read, part `bundle`, whose `bytes` are the parts' total (the "
+            "zip streams, so its own size is not known before it is sent)." + STATE_HEADERS)
+async def bundle(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
+                 request: Request) -> StreamingResponse:
+    return _sent(await read_recording_part(
+        session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
+        http_request=request, acting=acting, request_id=request_id, part="bundle"))
 
 
 @router.get("/customer/resources/{resource}/access-log",

@@ -14,14 +14,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.access.playback.reads import (
-    PART_OF_SPEAKER,
-    Part,
-    PartRead,
-    Speaker,
-    read_recording_part,
-    read_whole,
-)
+from app.access.playback.parts import PART_OF_SPEAKER, Part, Speaker
+from app.access.playback.reads import PartRead, read_recording_part, read_whole
 from app.access.playback.service import RecordingNotAvailable
 from app.console.auth import signed_in
 from app.console.templating import page

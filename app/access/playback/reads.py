@@ -15,32 +15,28 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal
 
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.context import AccessContext
-from app.access.playback.render import (
-    parse_range,
-    plan_track,
-    timeline,
-    track_pcm,
-    transcripts,
-    wav_header,
-    wav_window,
+from app.access.playback.bundle import plan_bundle
+from app.access.playback.parts import (
+    Part,
+    json_body,
+    plan_wav,
+    timeline_lines,
+    timeline_size,
+    turns_body,
+    wav_pcm,
 )
+from app.access.playback.render import parse_range, transcripts, wav_window
 from app.access.playback.service import AllowedRead, RecordingNotAvailable, audit_read, authorize_read
 from app.capture.reader import RecordingStream
 from app.clock import Clock
 from app.identity.principal import Principal
 from app.storage.router import RegionRouter
 from app.vault.keyring import RegionKeyrings
-
-Part = Literal["audio_inbound", "audio_outbound", "timeline", "transcripts"]
-Speaker = Literal["caller", "service"]
-PART_OF_SPEAKER: dict[str, Part] = {"caller": "audio_inbound", "service": "audio_outbound"}
-SPEAKER_OF_PART = {part: speaker for speaker, part in PART_OF_SPEAKER.items()}
 
 
 @dataclass(frozen=True)
@@ -52,10 +48,6 @@ class PartRead:
     body: AsyncIterator[bytes]
     headers: dict[str, str] = field(default_factory=dict)
     status: int = 200
-
-
-def ndjson(line: dict[str, object]) -> bytes:
-    return (json.dumps(line, separators=(",", ":")) + "\n").encode()
 
 
 async def read_recording_part(
@@ -86,35 +78,33 @@ async def read_recording_part(
 
     first = stream()
     if part == "timeline":
-        nbytes = 0
-        async for line in timeline(first):  # pass one: the size, for the audit entry
-            nbytes += len(ndjson(line))
+        nbytes = await timeline_size(first)  # pass one: the size, for the audit entry; pass two streams
         await audited(nbytes)
-
-        async def lines() -> AsyncIterator[bytes]:  # pass two: streamed
-            async for line in timeline(stream()):
-                yield ndjson(line)
-
-        return PartRead(allowed, "application/x-ndjson", lines(),
+        return PartRead(allowed, "application/x-ndjson", timeline_lines(stream()),
                         {**state_headers(first), "Content-Length": str(nbytes)})
     if part == "transcripts":
         body = {"request_id": request_id, "transcripts": await transcripts(first)}
         await audited(len(json.dumps(body, separators=(",", ":")).encode()))  # as audited since the first build
-        sent = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+        return PartRead(allowed, "application/json", _once(json_body(body)), state_headers(first))
+    if part == "turns":
+        sent = await turns_body(first, request_id)
+        await audited(len(sent))
         return PartRead(allowed, "application/json", _once(sent), state_headers(first))
-    speaker = SPEAKER_OF_PART[part]
-    plan = await plan_track(first, speaker)
-    header = wav_header(plan.rate, plan.data_bytes)
-    total = len(header) + plan.data_bytes
-    window = parse_range(range_header, total)
-    start, end = window if window else (0, total - 1)
+    if part == "bundle":
+        bundle = await plan_bundle(stream, allowed=allowed, request_id=request_id, made_at=clock.now())
+        await audited(bundle.content_bytes)
+        return PartRead(allowed, "application/zip", bundle.body(), {
+            **state_headers(bundle.first), "Content-Disposition": f'attachment; filename="{bundle.filename}"'})
+    plan = await plan_wav(first, part)
+    window = parse_range(range_header, plan.total)
+    start, end = window if window else (0, plan.total - 1)
     await audited(end - start + 1)
     headers = {**state_headers(first), "Accept-Ranges": "bytes", "Content-Length": str(end - start + 1),
                "X-Voicelog-Gaps": json.dumps(plan.gaps, separators=(",", ":"))}
     if window:
-        headers["Content-Range"] = f"bytes {start}-{end}/{total}"
-    return PartRead(allowed, "audio/wav", wav_window(header, track_pcm(stream(), speaker), start, end), headers,
-                    status=206 if window else 200)
+        headers["Content-Range"] = f"bytes {start}-{end}/{plan.total}"
+    return PartRead(allowed, "audio/wav", wav_window(plan.header, wav_pcm(stream(), part, plan), start, end),
+                    headers, status=206 if window else 200)
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

@@ -28,7 +28,8 @@ GA_AUDIO_EVENT = "response.output_audio.delta"
 MAX_GAP_SILENCE_S = 600  # a gap longer than this is reported, not rendered in full
 
 
-def _event(frame: FrameRecord) -> dict[str, Any] | None:
+def event_of(frame: FrameRecord) -> dict[str, Any] | None:
+    """The JSON event a text frame carries, if it is one (an object with a string `type`)."""
     if frame.opcode != TEXT:
         return None
     try:
@@ -112,7 +113,7 @@ async def plan_track(records: AsyncIterable[Record], speaker: str) -> TrackPlan:
             continue
         if not isinstance(record, FrameRecord):
             continue
-        event = _event(record)
+        event = event_of(record)
         if event is None:
             continue
         formats.learn(event)
@@ -130,9 +131,10 @@ def _silence_bytes(gap: GapRecord, rate: int) -> int:
     return int(seconds * rate) * 2
 
 
-def wav_header(rate: int, data_bytes: int) -> bytes:
+def wav_header(rate: int, data_bytes: int, channels: int = 1) -> bytes:
     return (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVEfmt " +
-            struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16) + b"data" + struct.pack("<I", data_bytes))
+            struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * 2 * channels, 2 * channels, 16) + b"data" +
+            struct.pack("<I", data_bytes))
 
 
 async def track_pcm(records: AsyncIterable[Record], speaker: str) -> AsyncIterator[bytes]:
@@ -146,7 +148,7 @@ async def track_pcm(records: AsyncIterable[Record], speaker: str) -> AsyncIterat
             continue
         if not isinstance(record, FrameRecord):
             continue
-        event = _event(record)
+        event = event_of(record)
         if event is None:
             continue
         formats.learn(event)
@@ -162,7 +164,12 @@ _TIMELINE_FIELDS = ("item_id", "response_id", "audio_start_ms", "audio_end_ms", 
 
 
 async def timeline(records: AsyncIterable[Record]) -> AsyncIterator[dict[str, Any]]:
-    """One line per frame (audio payloads elided), gap and end: the event timeline."""
+    """One line per frame (audio payloads elided), gap and end, in session-time order: the event timeline.
+
+    `t_ms` is the session time (when the frame crossed the relay); a pipeline's own audio offsets
+    (`audio_start_ms`, `audio_end_ms`) stay beside it. Audio events carry `audio_ms`, their length.
+    """
+    formats = Formats()
     async for record in records:
         if isinstance(record, GapRecord):
             yield {"t_ms": record.from_us // 1000, "type": "gap", "to_ms": record.to_us // 1000,
@@ -174,16 +181,35 @@ async def timeline(records: AsyncIterable[Record]) -> AsyncIterator[dict[str, An
             line: dict[str, Any] = {"t_ms": record.offset_us // 1000,
                                     "direction": "c2s" if record.direction == C2S else "s2c",
                                     "bytes": len(record.payload)}
-            event = _event(record)
+            event = event_of(record)
             if event is None:
                 line["type"] = "binary" if record.opcode != TEXT else "unparsed"
             else:
+                formats.learn(event)
                 line["type"] = event["type"]
                 line.update({k: event[k] for k in _TIMELINE_FIELDS if isinstance(event.get(k), str | int)})
-                error = event.get("error")
-                if event["type"] == "error" and isinstance(error, dict):
-                    line["error_code"] = str(error.get("code") or error.get("type") or "")[:64]
+                line.update(_event_facts(record, event, formats))
             yield line
+
+
+def _event_facts(record: FrameRecord, event: dict[str, Any], formats: Formats) -> dict[str, Any]:
+    """The few facts the turns need beyond the type: an error's code, a response's status and id, audio length."""
+    facts: dict[str, Any] = {}
+    error = event.get("error")
+    if event["type"] == "error" and isinstance(error, dict):
+        facts["error_code"] = str(error.get("code") or error.get("type") or "")[:64]
+    response = event.get("response")
+    if isinstance(response, dict):
+        if isinstance(response.get("status"), str):
+            facts["response_status"] = response["status"][:32]
+        if isinstance(response.get("id"), str) and "response_id" not in event:
+            facts["response_id"] = response["id"][:64]
+    chunk = audio_chunk(record, event)
+    if chunk is not None:
+        fmt, rate = formats.of(record.direction)
+        samples = len(chunk) // 2 if fmt == "pcm16" else len(chunk)
+        facts["audio_ms"] = samples * 1000 // rate
+    return facts
 
 
 _TRANSCRIPT_EVENTS = {
@@ -201,7 +227,7 @@ async def transcripts(records: AsyncIterable[Record]) -> list[dict[str, Any]]:
     async for record in records:
         if not isinstance(record, FrameRecord) or record.direction == C2S:
             continue
-        event = _event(record)
+        event = event_of(record)
         if event is None or event["type"] not in _TRANSCRIPT_EVENTS:
             continue
         speaker, key = _TRANSCRIPT_EVENTS[event["type"]]
