@@ -1,4 +1,5 @@
-"""`voicelog audit verify | report access-review|retention|verify | checkpoint | keys` (mounted as `audit`).
+"""`voicelog audit verify | list | tail | report access-review|retention|verify | checkpoint | keys` (mounted as
+`audit`). They read the database directly, for an operator on the host; auditors elsewhere use the API.
 
 Exit codes: 0 fine, 1 damage found (or a report that does not verify), 2 could not run.
 """
@@ -16,8 +17,19 @@ from typing import Annotated, Any, TypeVar
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.audit.actions import Actor
+from app.audit.actions import Actor, AuditAction
 from app.audit.checkpoints import Checkpoint, FileCheckpointSink
+from app.audit.entries import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    ActorMatch,
+    EntryFilter,
+    EntryPage,
+    ListedEntry,
+    list_entries,
+    newest_entries,
+    parse_moment,
+)
 from app.audit.jobs import ChainKeeper, run_verification
 from app.audit.keys import FileKeyring, PublicKeySet
 from app.audit.reports.entries import Period
@@ -31,8 +43,10 @@ from app.audit.reports.service import (
 )
 from app.audit.reports.signing import report_content
 from app.audit.runtime import AuditRuntime
+from app.audit.service import read_chain_head
 from app.clock import SystemClock
 from app.errors import AppError
+from app.workflow.table import render_table
 
 audit_cli = typer.Typer(help="The tamper-evident audit trail: verify it, report from it.", no_args_is_help=True)
 report_cli = typer.Typer(help="Signed reports computed from the audit trail.", no_args_is_help=True)
@@ -243,3 +257,123 @@ def keys(rotate: Annotated[bool, typer.Option(help="Start a new signing key now 
         return runtime.keyring.public_keys().to_json()
 
     typer.echo(json.dumps(_run(work), indent=2))
+
+
+ActionOption = Annotated[list[AuditAction] | None, typer.Option(
+    "--action", help="Only this action (repeat for several), e.g. access.approved.")]
+ActorOption = Annotated[str | None, typer.Option(
+    "--actor", help="Only this actor: TYPE:ID (staff:alice) or a bare id of any type.")]
+SinceOption = Annotated[str | None, typer.Option(
+    "--since", help="Recorded at or after: 30m, 2h, 7d ago, a day (YYYY-MM-DD) or an ISO 8601 time (UTC).")]
+UntilOption = Annotated[str | None, typer.Option("--until", help="Recorded before (same forms as --since).")]
+LimitOption = Annotated[int, typer.Option("--limit", min=1, max=MAX_PAGE, help="At most this many entries.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+
+def _entry_filter(actions: list[AuditAction] | None, actor: str | None, since: str | None,
+                  until: str | None) -> EntryFilter:
+    """The filter, or the refusal in one line and exit code 2, as `run_or_exit` reports errors."""
+    now = SystemClock().now()
+    try:
+        return EntryFilter(actions=frozenset(actions or ()),
+                           actor=None if actor is None else ActorMatch.parse(actor),
+                           since=None if since is None else parse_moment(since, now=now),
+                           until=None if until is None else parse_moment(until, now=now))
+    except AppError as exc:
+        typer.echo(f"error: {exc.code}: {exc.detail}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _subjects_text(entry: ListedEntry) -> str:
+    return " ".join(f"{name}={value}" for name, value in entry.subjects.items() if value is not None)
+
+
+def _entry_cells(entry: ListedEntry) -> list[object]:
+    return [entry.seq, entry.to_json()["recorded_at"], entry.action, f"{entry.actor_type}:{entry.actor_id}",
+            _subjects_text(entry) or None, json.dumps(entry.detail, sort_keys=True, separators=(",", ":")),
+            "no" if entry.past_last_checkpoint else "yes"]
+
+
+ENTRY_HEADERS = ("SEQ", "RECORDED (UTC)", "ACTION", "ACTOR", "SUBJECTS", "DETAIL", "SIGNED")
+
+
+def _page_summary(page: EntryPage) -> str:
+    return (f"{len(page.entries)} entries; chain head {page.head_seq}, signed through {page.sealed_through}"
+            + (f", {page.pending} waiting to be chained" if page.pending else "")
+            + (f"; next page: --after {page.next_after}" if page.next_after is not None else ""))
+
+
+@audit_cli.command("list")
+def list_command(
+    action: ActionOption = None, actor: ActorOption = None, since: SinceOption = None, until: UntilOption = None,
+    after: Annotated[int, typer.Option("--after", min=0, help="Only entries with a seq above this.")] = 0,
+    limit: LimitOption = DEFAULT_PAGE, as_json: JsonOption = False,
+) -> None:
+    """Audit entries in chain order from --after, filtered; SIGNED says whether a checkpoint covers each yet."""
+    where = _entry_filter(action, actor, since, until)
+
+    async def work(factory: async_sessionmaker[AsyncSession], _runtime: AuditRuntime) -> EntryPage:
+        async with factory() as session:
+            return await list_entries(session, where=where, after=after, limit=limit)
+
+    page = _run(work)
+    if as_json:
+        typer.echo(json.dumps(page.to_json(), indent=2))
+        return
+    if page.entries:
+        typer.echo(render_table(ENTRY_HEADERS, [_entry_cells(e) for e in page.entries]))
+    typer.echo(_page_summary(page), err=True)  # stdout stays the table alone, fit for grep
+
+
+def _entry_line(entry: ListedEntry, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(entry.to_json(), separators=(",", ":"))
+    return "  ".join(str(c) for c in _entry_cells(entry) if c is not None)
+
+
+@audit_cli.command("tail")
+def tail(
+    action: ActionOption = None, actor: ActorOption = None, since: SinceOption = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=0, max=MAX_PAGE,
+                                       help="How many of the newest entries to show first.")] = 20,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing entries as they are chained.")
+                      ] = False,
+    interval: Annotated[float, typer.Option("--interval", min=0.2, max=60.0,
+                                            help="Seconds between polls with --follow.")] = 1.0,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per entry and line (JSON lines).")
+                       ] = False,
+) -> None:
+    """The newest entries, oldest first, one per line; with --follow, then each new one as it is chained
+    (Ctrl-C stops). SIGNED yes/no says whether a checkpoint covers the entry yet."""
+    where = _entry_filter(action, actor, since, None)
+
+    def emit(page: EntryPage) -> None:
+        for entry in page.entries:
+            typer.echo(_entry_line(entry, as_json))
+
+    async def follow_entries(factory: async_sessionmaker[AsyncSession], _runtime: AuditRuntime) -> None:
+        async with factory() as session:
+            if limit:
+                page = await newest_entries(session, where=where, limit=limit)
+                emit(page)
+                cursor = page.head_seq
+            else:
+                cursor = (await read_chain_head(session)).seq
+            await session.rollback()
+        if not as_json:
+            typer.echo(f"# {'following' if follow else 'shown'} up to entry {cursor}; SIGNED: covered by a "
+                       "signed checkpoint", err=True)
+        while follow:
+            await asyncio.sleep(interval)
+            async with factory() as session:
+                page = await list_entries(session, where=where, after=cursor, limit=MAX_PAGE)
+                await session.rollback()
+            emit(page)
+            # Every seq up to the head is chained (the chain is dense): nothing can appear below it later.
+            cursor = page.entries[-1].seq if page.next_after is not None else max(cursor, page.head_seq)
+            sys.stdout.flush()
+
+    try:
+        _run(follow_entries)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
