@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import sys
 from typing import Annotated
 
 import typer
@@ -30,6 +31,7 @@ from app.relay.routes import Relay
 from app.resources.schemas import ResourceCreate, ResourceOut
 from app.resources.service import add_resource, list_resources
 from app.retention.cli import retention_cli, worker
+from app.server.banner import Listening, PortInUse, check_port_free, port_in_use, serve_banner
 from app.server.http_protocol import guarded_http_protocol
 from app.server.siblings import WorkerSlot
 from app.server.workers import (
@@ -78,9 +80,19 @@ class DrainingServer(uvicorn.Server):
         self.drain_timeout = drain_timeout
         self.relay = relay
         self.settle_heap = settle_heap
+        self.banner: str | None = None  # printed once listening, for a person at a terminal
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if not self.started:
+            return
+        for server in self.servers:  # uvicorn says nothing when handed its sockets
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                log.info("voicelog.listening", host=host, port=port)
+        if self.banner is not None:
+            sys.stderr.write(self.banner)
+            sys.stderr.flush()
         if self.settle_heap:  # the process's own server only: a test process builds many apps
             settle_after_startup()
 
@@ -130,27 +142,47 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default VOICELOG_PORT).")] = None,
 ) -> None:
     """Run the relay and API, in VOICELOG_WORKERS processes sharing the port (app/server/workers.py). On the
-    embedded default the SQLite schema is migrated first."""
+    embedded default the SQLite schema is migrated first. On a terminal a banner says where everything is."""
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         workers = resolve_worker_count(settings)
     except WorkerCountError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     host, port = host or settings.host, settings.port if port is None else port
+    try:
+        if settings.standin_enabled:  # bound later by the app's start-up: checked before anything starts
+            check_port_free("the stand-in upstream's", settings.standin_host, settings.standin_port,
+                            "VOICELOG_STANDIN_PORT")
+        listener = _listen(host, port)
+    except PortInUse as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+    banner = serve_banner(settings, Listening(host, listener.getsockname()[1], workers)) \
+        if sys.stderr.isatty() else None
     if workers > 1:
-        try:
-            listener = bind_listener(host, port)
-        except OSError as exc:
-            typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
-            raise typer.Exit(1) from exc
+        if banner is not None:
+            sys.stderr.write(banner)
         raise typer.Exit(serve_workers(settings, listener, host, workers))
     if settings.embedded:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         migrate.upgrade(settings.resolved_database_url)
     server = build_server(settings, host, port, settle_heap=True)
-    server.run()
+    server.banner = banner
+    server.run(sockets=[listener])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The service's listening socket, bound before anything starts so a taken port is one clear line."""
+    try:
+        return bind_listener(host, port)
+    except OSError as exc:
+        in_use = port_in_use(exc, "the service's", host, port, "VOICELOG_PORT (or --port)")
+        if in_use is not None:
+            raise in_use from exc
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @cli.command()
@@ -162,7 +194,8 @@ def standin(
     """Run only the built-in stand-in upstream (Voice Live protocol; `?x-standin-mode=echo` echoes frames)."""
     from app.relay.standin.server import Standin, StandinOptions
 
-    configure_logging(Settings().log_level)
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
 
     async def run() -> None:
         server = await Standin(StandinOptions(api_key=api_key)).start(host, port)

@@ -19,6 +19,7 @@ from app.audit.settings import AuditSettings
 from app.capture.settings import CaptureSettings
 from app.console.settings import ConsoleSettings
 from app.identity.settings import IdentitySettings
+from app.logs import LogFormat
 from app.regions import RegionSettings
 from app.relay.standin.settings import StandinSettings
 from app.resources.settings import ResourceSettings
@@ -95,7 +96,13 @@ class Settings(StandinSettings, ConsentSettings, ResourceSettings, AccessSetting
         description="Bearer token for /admin/*. Unset: the embedded default generates one into the "
         "data dir (file `admin-token`, mode 0600); with a database URL set, /admin/* is closed.",
     )
-    log_level: str = Field(default="INFO", description="Log level of the JSON logs.")
+    log_level: str = Field(default="INFO", description="Log level of the service's logs (`DEBUG` adds "
+                           "APScheduler's line per job run).")
+    log_format: LogFormat = Field(
+        default="auto", description="`voicelog serve`'s logs on stderr: `json` (one JSON object a line), "
+        "`console` (human-readable, coloured on a terminal), or `auto`: `console` when stderr is a terminal, "
+        "`json` otherwise (a pipe, a file, a container's log). Other commands log human-readably.",
+    )
     server: ServerSettings = Field(
         default_factory=ServerSettings,
         description="The HTTP server's limits: request head sizes, head and keep-alive timeouts, connections "

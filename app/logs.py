@@ -1,11 +1,12 @@
-"""Structured JSON logs. Events, ids and sizes only: never frame content, never credentials."""
+"""Structured logs: JSON lines for machines, coloured lines for a person at a terminal. Events, ids and sizes
+only: never frame content, never credentials."""
 
 from __future__ import annotations
 
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 from urllib.parse import unquote_plus
 
 import structlog
@@ -51,9 +52,36 @@ def _redact_secrets(_logger: Any, _name: str, event: MutableMapping[str, Any]) -
     return event
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """JSON lines on stderr through stdlib logging, so uvicorn's and ours share one format."""
-    _configure(level, [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()], sys.stderr)
+LogFormat = Literal["auto", "json", "console"]
+
+
+def resolved_log_format(log_format: LogFormat, stream: TextIO) -> Literal["json", "console"]:
+    """`auto`: coloured lines for a person (the log stream is a terminal), JSON lines for anything else."""
+    if log_format != "auto":
+        return log_format
+    return "console" if stream.isatty() else "json"
+
+
+class SchedulerRunsAtDebug(logging.Filter):
+    """APScheduler logs every job run, add and removal at INFO (a dozen lines a minute on an idle service);
+    ours log what a run did. Its INFO lines become DEBUG, shown only when the service logs at DEBUG. On the
+    handler, so it sees every `apscheduler.*` logger whatever the executor's or job store's alias."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and record.name.startswith("apscheduler"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
+def configure_logging(level: str = "INFO", log_format: LogFormat = "json", stream: TextIO | None = None) -> None:
+    """The service's logs on stderr (or `stream`) through stdlib logging, so uvicorn's and ours share one
+    format: JSON lines, or (`console`, or `auto` on a terminal) coloured human-readable lines."""
+    stream = stream or sys.stderr
+    if resolved_log_format(log_format, stream) == "console":
+        _configure(level, [structlog.dev.ConsoleRenderer(colors=stream.isatty())], stream)
+        return
+    _configure(level, [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()], stream)
 
 
 def configure_cli_logging(level: str = "INFO") -> None:
@@ -86,6 +114,7 @@ def _configure(level: str, rendering: list[Processor], stream: TextIO) -> None:
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    handler.addFilter(SchedulerRunsAtDebug())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -114,7 +114,7 @@ def run_worker(slot: WorkerSlot, listener: socket.socket, host: str, port: int, 
     from app.cli import build_server  # the CLI imports this module
 
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     structlog.contextvars.bind_contextvars(worker=slot.index)  # every log line of this process says which
     server = build_server(settings, host, port, worker=slot, settle_heap=True)
     _stop_when_orphaned(server, supervisor_pid, slot.index)
