@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import itertools
 import json
 import math
 import struct
@@ -125,7 +126,7 @@ async def test_stereo_events_and_turns_agree_with_the_relay_clock(
         # Relay-side facts, straight from the frame log.
         c2s_audio = [f for f in frames if f.direction == C2S]
         speech_frames = [f for f in c2s_audio if base64.b64decode(json.loads(f.payload)["audio"]).strip(b"\0")]
-        bursts = [speech_frames[0]] + [b for a, b in zip(speech_frames, speech_frames[1:], strict=False)
+        bursts = [speech_frames[0]] + [b for a, b in itertools.pairwise(speech_frames)
                                        if b.offset_us - a.offset_us > 200_000]
         s2c = [f for f in frames if f.direction != C2S]
         stopped = [f for f in s2c if event_type(f) == "input_audio_buffer.speech_stopped"]
@@ -166,7 +167,8 @@ async def test_stereo_events_and_turns_agree_with_the_relay_clock(
         assert first["interrupted_at_ms"] == started[1].offset_us // 1000
         assert second["interrupted"] is False
         assert body["summary"]["interruptions"] == 1
-        assert body["summary"]["latency_first_audio_ms"]["max"] == max(t["latency_first_audio_ms"] for t in body["turns"])
+        latencies = [t["latency_first_audio_ms"] for t in body["turns"]]
+        assert body["summary"]["latency_first_audio_ms"]["max"] == max(latencies)
 
         async with stack.relay.app.state.ctx.session_factory() as db:
             parts = [json.loads(r[0])["part"] for r in await audit_rows(db, "detail", action="recording.read")]

@@ -1,32 +1,41 @@
-// voicelog console: playback page. Fetches each direction's WAV once (one audited read), draws its
-// waveform on a canvas, plays it from a blob: URL, and lets timeline events and transcripts seek.
+// voicelog console: playback page. Fetches each WAV once (one audited read each), draws its waveform on a
+// canvas and plays it from a blob: URL. The stereo WAV on the session clock (caller left, service right) is
+// the one player that timeline events and transcripts seek, to exactly their session time; the "as sent"
+// players are for listening to each direction on its own.
 "use strict";
 
 (function () {
   var players = {};
 
   function pcm16(buffer) {
-    // Find the "data" chunk of a RIFF/WAVE file; return {rate, samples: Int16Array}.
-    var view = new DataView(buffer), offset = 12, rate = 24000;
+    // Find the "data" chunk of a RIFF/WAVE file; return {rate, channels, samples: Int16Array (interleaved)}.
+    var view = new DataView(buffer), offset = 12, rate = 24000, channels = 1;
     while (offset + 8 <= view.byteLength) {
       var id = String.fromCharCode(view.getUint8(offset), view.getUint8(offset + 1),
         view.getUint8(offset + 2), view.getUint8(offset + 3));
       var size = view.getUint32(offset + 4, true);
-      if (id === "fmt ") rate = view.getUint32(offset + 12, true);
+      if (id === "fmt ") {
+        channels = view.getUint16(offset + 10, true);
+        rate = view.getUint32(offset + 12, true);
+      }
       if (id === "data") {
         var length = Math.min(size, view.byteLength - offset - 8) >> 1;
-        return { rate: rate, samples: new Int16Array(buffer.slice(offset + 8, offset + 8 + length * 2)) };
+        return { rate: rate, channels: channels,
+          samples: new Int16Array(buffer.slice(offset + 8, offset + 8 + length * 2)) };
       }
       offset += 8 + size + (size & 1);
     }
-    return { rate: rate, samples: new Int16Array(0) };
+    return { rate: rate, channels: channels, samples: new Int16Array(0) };
   }
 
-  function peaks(samples, columns) {
-    var out = new Float32Array(columns * 2), per = Math.max(1, Math.floor(samples.length / columns));
+  function peaks(samples, columns, channels, channel) {
+    // Min/max per column of one channel of interleaved samples.
+    var frames = Math.floor(samples.length / channels);
+    var out = new Float32Array(columns * 2), per = Math.max(1, Math.floor(frames / columns));
     for (var c = 0; c < columns; c++) {
-      var lo = 0, hi = 0, start = c * per, end = Math.min(samples.length, start + per);
-      for (var i = start; i < end; i++) {
+      var lo = 0, hi = 0, start = c * per, end = Math.min(frames, start + per);
+      for (var f = start; f < end; f++) {
+        var i = f * channels + channel;
         var v = samples[i];
         if (v < lo) lo = v;
         if (v > hi) hi = v;
@@ -39,7 +48,7 @@
 
   function draw(player) {
     var canvas = player.canvas, ctx = canvas.getContext("2d");
-    var w = canvas.width, h = canvas.height, mid = h / 2;
+    var w = canvas.width, h = canvas.height, lanes = player.lanes.length || 1, laneH = h / lanes;
     var style = getComputedStyle(canvas);
     ctx.clearRect(0, 0, w, h);
     ctx.fillStyle = style.getPropertyValue("--wave-bg") || "#f3f5f8";
@@ -52,31 +61,35 @@
       ctx.fillStyle = m.color;
       ctx.fillRect(x, 0, 2, h);
     });
-    if (player.peaks) {
+    if (player.lanes.length) {
       var played = player.audio.currentTime / duration * w;
-      for (var x = 0; x < w; x++) {
-        var lo = player.peaks[x * 2], hi = player.peaks[x * 2 + 1];
-        ctx.fillStyle = x < played ? (style.getPropertyValue("--wave-played") || "#0b5cad")
-          : (style.getPropertyValue("--wave") || "#5a7391");
-        ctx.fillRect(x, mid - hi * mid, 1, Math.max(1, (hi - lo) * mid));
-      }
+      player.lanes.forEach(function (lane, n) {
+        var mid = laneH * n + laneH / 2, half = laneH / 2 - 1;
+        for (var x = 0; x < w; x++) {
+          var lo = lane[x * 2], hi = lane[x * 2 + 1];
+          ctx.fillStyle = x < played ? (style.getPropertyValue("--wave-played") || "#0b5cad")
+            : (style.getPropertyValue("--wave") || "#5a7391");
+          ctx.fillRect(x, mid - hi * half, 1, Math.max(1, (hi - lo) * half));
+        }
+      });
       ctx.fillStyle = style.getPropertyValue("--playhead") || "#c0392b";
       ctx.fillRect(Math.round(played), 0, 2, h);
     }
   }
 
   function markColor(kind) {
-    return { speech: "#1e8449", response: "#6c3483", transcript: "#b9770e", error: "#c0392b",
+    return { speech: "#1e8449", response: "#6c3483", latency: "#d35400", transcript: "#b9770e", error: "#c0392b",
       gap: "#7f8c8d", end: "#34495e", session: "#2e86c1" }[kind] || null;
   }
 
   function collectMarks(track) {
+    // Event ticks on the session clock only: that is where session times are positions.
     var marks = [];
+    if (track !== "session") return marks;
     document.querySelectorAll("#events .seek").forEach(function (button) {
       var item = button.closest("li"), kind = (item.className.match(/event-(\w+)/) || [])[1];
       var color = markColor(kind);
-      if (!color || (button.dataset.track !== track && kind !== "gap" && kind !== "error")) return;
-      marks.push({ ms: Number(button.dataset.seekMs), color: color });
+      if (color) marks.push({ ms: Number(button.dataset.seekMs), color: color });
     });
     return marks;
   }
@@ -91,7 +104,7 @@
     if (!figure) return;
     var audio = figure.querySelector("audio"), canvas = figure.querySelector("canvas");
     var status = figure.querySelector(".track-status");
-    var player = { audio: audio, canvas: canvas, marks: collectMarks(track), duration: 0, peaks: null };
+    var player = { audio: audio, canvas: canvas, marks: collectMarks(track), duration: 0, lanes: [] };
     players[track] = player;
     canvas.width = Math.max(300, Math.floor(canvas.getBoundingClientRect().width)) || 960;
     audio.removeAttribute("src");
@@ -101,8 +114,10 @@
       return response.arrayBuffer();
     }).then(function (buffer) {
       var wav = pcm16(buffer);
-      player.duration = wav.samples.length / wav.rate;
-      player.peaks = peaks(wav.samples, canvas.width);
+      player.duration = wav.samples.length / wav.channels / wav.rate;
+      for (var channel = 0; channel < wav.channels; channel++) {
+        player.lanes.push(peaks(wav.samples, canvas.width, wav.channels, channel));
+      }
       audio.src = URL.createObjectURL(new Blob([buffer], { type: "audio/wav" }));
       audio.load();
       status.textContent = player.duration.toFixed(2) + " s of audio";
@@ -121,24 +136,24 @@
     });
   }
 
-  function seek(ms, track) {
-    Object.keys(players).forEach(function (name) {
-      var player = players[name];
-      if (!player.duration) return;
-      player.audio.currentTime = Math.min(ms / 1000, player.duration);
-      draw(player);
-    });
+  function seek(ms) {
+    // Exactly the event's session time on the session clock's player.
+    var player = players.session;
+    if (!player) return;
+    player.audio.currentTime = player.duration ? Math.min(ms / 1000, player.duration) : ms / 1000;
+    draw(player);
   }
 
   document.addEventListener("DOMContentLoaded", function () {
     if (!document.getElementById("playback")) return;
+    load("session");
     load("caller");
     load("service");
-    document.querySelectorAll(".seek").forEach(function (button) {
+    document.querySelectorAll("#events .seek, #transcripts .seek").forEach(function (button) {
       button.addEventListener("click", function () {
         document.querySelectorAll(".seek[aria-pressed]").forEach(function (b) { b.removeAttribute("aria-pressed"); });
         button.setAttribute("aria-pressed", "true");
-        seek(Number(button.dataset.seekMs), button.dataset.track);
+        seek(Number(button.dataset.seekMs));
       });
     });
   });
