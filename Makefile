@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: serve test lint install test-deps
+.PHONY: serve demo test lint install test-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ install: $(STAMP)
 
 serve: $(STAMP)
 	$(VENV)/bin/voicelog serve
+
+# The embedded defaults with a recorded call, a local SAW and a printed tour; Ctrl-C stops it.
+demo: $(STAMP)
+	$(VENV)/bin/python -m app.demo
 
 test-deps: $(STAMP)
 	bash ops/dev/install-test-deps.sh
