@@ -43,6 +43,7 @@ from app.resources.service import add_resource, get_resource_by_name
 from app.retention.jobs import JobContext, ScheduledJob
 from app.retention.routes import router as retention_router
 from app.retention.scheduler import build_scheduler
+from app.server.api_docs import include_api_docs
 from app.server.merged_metrics import merge_worker_metrics
 from app.server.siblings import SiblingEndpoint, WorkerSlot, WorkerStatus, worker_metrics, worker_statuses
 from app.storage.errors import StorageError
@@ -200,7 +201,10 @@ def create_app(
             "`application/problem+json` (RFC 9457) with a stable `code`."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served by include_api_docs from local assets, not a CDN
+        redoc_url=None,
     )
+    include_api_docs(app)
     attach_context(app, ctx)
     install_error_handlers(app)
     if ctx.tracing.enabled:  # innermost of ours: it sees the route the router matched, in the scope it fills

@@ -155,6 +155,7 @@ NEEDS: dict[tuple[str, str], Need] = {
     ("GET", "/retention/report"): AUDITOR,
     # The console.
     (MOUNT, "/console/static"): Public("vendored assets"),
+    (MOUNT, "/docs-assets"): Public("Swagger UI and ReDoc assets"),
     ("GET", "/console"): Public("the signed-out page, or links to the pages (each checks its role)"),
     ("GET", "/console/login"): Public("sign-in"),
     ("GET", "/console/callback"): Public("sign-in"),
