@@ -29,7 +29,7 @@ from app.access.saw.trust import is_trusted_peer
 from app.clock import Clock
 from app.console.security import first, public_origin, read_form
 from app.console.templating import templates
-from app.context import ContextDep
+from app.context import context_of
 from app.identity.dev_issuer import DevIssuer
 from app.identity.principal import Role
 from app.identity.settings import DEV_ISSUER_PATH
@@ -104,6 +104,11 @@ def _from_loopback(request: Request, saw: SawSettings) -> bool:
             and is_trusted_peer(peer, (), saw.trusted_proxies) and _is_loopback(peer))
 
 
+def _saw_settings(request: Request) -> SawSettings:
+    """The service's SAW settings; an app without a context (a bare router under test) trusts no proxy."""
+    return context_of(request.app).settings.saw if hasattr(request.app.state, "ctx") else SawSettings()
+
+
 def _is_loopback(host: str | None) -> bool:
     try:
         return ipaddress.ip_address((host or "").strip()).is_loopback
@@ -127,13 +132,14 @@ def build_dev_login_router(issuer: DevIssuer, clock: Clock) -> APIRouter:
                                           status_code=status)
 
     @router.get("/authorize")
-    async def authorize(request: Request, ctx: ContextDep) -> Response:
-        if not _from_loopback(request, ctx.settings.saw):
+    async def authorize(request: Request) -> Response:
+        saw = _saw_settings(request)
+        if not _from_loopback(request, saw):
             return refuse(request, LOOPBACK_ONLY, 403)
         q = request.query_params
         redirect_uri = q.get("redirect_uri", "")
         target = urlsplit(redirect_uri)
-        origin = public_origin(request, ctx.settings.saw.trusted_proxies)
+        origin = public_origin(request, saw.trusted_proxies)
         if (target.path != CALLBACK_PATH or f"{target.scheme}://{target.netloc}" != origin or target.query
                 or target.fragment):
             return refuse(request, "Unknown redirect_uri: the dev issuer only returns to this console.")
@@ -148,8 +154,8 @@ def build_dev_login_router(issuer: DevIssuer, clock: Clock) -> APIRouter:
         return templates.TemplateResponse(request, "dev_login.html", {"transaction": transaction, "roles": roles})
 
     @router.post("/authorize")
-    async def sign_in(request: Request, ctx: ContextDep) -> Response:
-        if not _from_loopback(request, ctx.settings.saw):
+    async def sign_in(request: Request) -> Response:
+        if not _from_loopback(request, _saw_settings(request)):
             return refuse(request, LOOPBACK_ONLY, 403)
         form = await read_form(request)
         started = pending.take(first(form, "transaction"), clock.now())
