@@ -1,9 +1,11 @@
-"""Auditor pages: access review and retention report with charts, signed downloads, chain verification."""
+"""Auditor pages: access review and retention report with charts, signed downloads, chain verification, and
+the audit entries browser (the same query as `GET /audit/entries`)."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -12,7 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.grant_facts import grant_situations
 from app.access.grant_status import GrantSituation
 from app.access.service import access_requests_by_ids
-from app.audit.actions import Actor
+from app.audit.actions import Actor, AuditAction
+from app.audit.entries import (
+    MAX_SEQ,
+    ActorMatch,
+    EntryFilter,
+    EntryPage,
+    InvalidEntryFilter,
+    list_entries,
+    newest_entries,
+)
 from app.audit.reports.access_review import AccessReviewParams
 from app.audit.reports.entries import InvalidPeriod, Period
 from app.audit.reports.service import ReportFormat, ReportKind, audited_report, generate_report
@@ -28,6 +39,8 @@ from app.errors import NotFound
 from app.identity.principal import Role
 
 DEFAULT_DAYS = 14
+ENTRIES_PER_PAGE, MAX_ENTRIES_PER_PAGE = 50, 500
+FILTER_FIELDS = ("action", "actor", "since", "until", "limit")
 
 router = APIRouter(prefix="/console/auditor", include_in_schema=False)
 
@@ -125,3 +138,65 @@ async def download(kind: str, fmt: str, request: Request, ctx: ContextDep, db: S
     return Response(output.body(), media_type=output.media_type,
                     headers={"content-disposition": f'attachment; filename="{filename}"',
                              "x-audit-report-key-id": output.signed.key_id})
+
+
+def _console_time(name: str, text: str) -> datetime | None:
+    """A `datetime-local` value (or any ISO time), read as UTC when it has no zone, as the form's label says."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidEntryFilter(f"`{name}` is not a time: use YYYY-MM-DDTHH:MM (UTC).") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _number(request: Request, name: str, *, low: int, high: int) -> int | None:
+    text = request.query_params.get(name, "")
+    if not text:
+        return None
+    if not text.isdigit() or len(text) > 19 or not low <= int(text) <= high:
+        raise InvalidEntryFilter(f"`{name}` must be a whole number from {low} to {high}.")
+    return int(text)
+
+
+def _entry_filter(request: Request) -> EntryFilter:
+    query = request.query_params
+    action = query.get("action", "")
+    if action and action not in {a.value for a in AuditAction}:
+        raise InvalidEntryFilter("Choose an action from the list.")
+    actor = query.get("actor", "").strip()
+    return EntryFilter(actions=frozenset({AuditAction(action)} if action else ()),
+                       actor=ActorMatch.parse(actor) if actor else None,
+                       since=_console_time("since", query.get("since", "")),
+                       until=_console_time("until", query.get("until", "")))
+
+
+@router.get("/entries")
+async def audit_entries(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
+    """Browse the chain: the newest matching entries first, older and newer pages by chain position."""
+    session, _acting = await signed_in(request, ctx, Role.AUDITOR, db=db)
+    filters = {name: request.query_params.get(name, "") for name in FILTER_FIELDS}
+    entries: EntryPage | None = None
+    error: str | None = None
+    try:
+        where = _entry_filter(request)
+        after = _number(request, "after", low=0, high=MAX_SEQ)
+        before = _number(request, "before", low=1, high=MAX_SEQ)
+        limit = _number(request, "limit", low=1, high=MAX_ENTRIES_PER_PAGE) or ENTRIES_PER_PAGE
+        if after is not None:
+            entries = await list_entries(db, where=where, after=after, limit=limit)
+        elif before is not None:
+            entries = await list_entries(db, where=where, before=before, limit=limit)
+        else:
+            entries = await newest_entries(db, where=where, limit=limit)
+    except InvalidEntryFilter as exc:
+        error = exc.detail
+    kept = {k: v for k, v in filters.items() if v}
+    links = {} if entries is None else {
+        "older": None if entries.prev_before is None else "?" + urlencode({**kept, "before": entries.prev_before}),
+        "newer": None if entries.next_after is None else "?" + urlencode({**kept, "after": entries.next_after}),
+    }
+    return page(request, "audit_entries.html", session, status_code=200 if error is None else 422,
+                entries=entries, error=error, filters=filters, links=links,
+                actions=[a.value for a in AuditAction])
