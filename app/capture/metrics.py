@@ -22,5 +22,9 @@ class CaptureMetrics:
                                       registry=registry)
         self.errors = Counter("voicelog_recorder_errors", "Recorder failures, by reason.", ["reason"],
                               registry=registry)
+        self.store_free = Gauge("voicelog_storage_free_bytes",
+                                "Free bytes on the filesystem of a local region store, as last probed with "
+                                "readiness (NaN before the first probe); under `local_min_free_bytes` /readyz "
+                                "reports the store `low_space`.", ["region"], registry=registry)
         for outcome in ("complete", "incomplete"):
             self.completed.labels(outcome)

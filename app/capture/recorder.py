@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import random
@@ -146,6 +147,9 @@ class Recorder:
         self._upkeep: asyncio.Task[None] | None = None  # heartbeat and recovery, beside the steps
         # Read at every scrape: the gauge is right even while the sealer loop or a step is held up.
         metrics.backlog.set_function(lambda: self.budget.used)
+        for region in stores.regions:  # the stores the recorder writes to: their headroom, where it is finite
+            if stores.has_free_space_check(region):
+                metrics.store_free.labels(region).set_function(functools.partial(stores.free_bytes, region))
         # One thread seals for every recording: a segment takes well under a millisecond, and each extra
         # thread doing Python work is one more contender for the GIL the relay's event loop needs.
         self._sealer: ThreadPoolExecutor | None = None

@@ -146,6 +146,14 @@ class LocalDirStore:
 
         await self._call("check", probe)
 
+    async def free_bytes(self) -> int:
+        """Bytes this process may still write on the filesystem of the region's directory (readiness)."""
+        def probe() -> int:
+            stats = os.statvfs(self._root)
+            return stats.f_bavail * stats.f_frsize
+
+        return await self._call("check", probe)
+
     async def close(self) -> None:
         if self._closed:
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +23,9 @@ log = get_logger("voicelog.storage")
 
 READY = "ok"
 UNREACHABLE = "unreachable"
+LOW_SPACE = "low_space"
+"""A local store that answers but whose filesystem has less than `local_min_free_bytes` free: appends will
+soon fail with a full disk. Reported, never gating readiness."""
 
 
 class RegionRouter:
@@ -42,6 +46,7 @@ class RegionRouter:
         self._stores = dict(stores)
         self._settings = settings or StorageSettings()
         self._on_close = list(on_close)
+        self._free_bytes: dict[str, int] = {}
 
     @classmethod
     def from_settings(
@@ -107,8 +112,17 @@ class RegionRouter:
         for store in self._stores.values():
             await store.prepare()
 
+    def has_free_space_check(self, region: str) -> bool:
+        """True for a region whose store is a local directory (its free space is probed with readiness)."""
+        return isinstance(self._stores.get(region), LocalDirStore)
+
+    def free_bytes(self, region: str) -> float:
+        """The free bytes the last readiness probe found for a local region's filesystem; NaN before one."""
+        return float(self._free_bytes.get(region, math.nan))
+
     async def check_ready(self) -> dict[str, str]:
-        """Per region "ok" or "unreachable", all probed at once, each within `ready_timeout_s` (/readyz)."""
+        """Per region "ok", "unreachable" or (local stores) "low_space", all probed at once, each within
+        `ready_timeout_s` (/readyz)."""
         names = list(self._stores)
         results = await asyncio.gather(*(self._probe(name) for name in names))
         return dict(zip(names, results, strict=True))
@@ -128,12 +142,20 @@ class RegionRouter:
                 await resource.close()
 
     async def _probe(self, region: str) -> str:
+        store = self._stores[region]
         try:
             async with asyncio.timeout(self._settings.ready_timeout_s):
-                await self._stores[region].check()
+                await store.check()
+                if not isinstance(store, LocalDirStore):
+                    return READY
+                free = self._free_bytes[region] = await store.free_bytes()
         except (StorageError, TimeoutError) as exc:
             log.warning("storage.region_unreachable", region=region, error=type(exc).__name__)
             return UNREACHABLE
+        if free < self._settings.local_min_free_bytes:
+            log.warning("storage.low_space", region=region, free_bytes=free,
+                        min_free_bytes=self._settings.local_min_free_bytes)
+            return LOW_SPACE
         return READY
 
 

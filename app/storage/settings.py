@@ -72,6 +72,14 @@ class StorageSettings(BaseModel):
     azure_connect_timeout_s: float = Field(
         default=3.0, gt=0, description="TCP+TLS connect timeout of one request to the storage account."
     )
+    local_min_free_bytes: int = Field(
+        default=1024 * MIB,
+        ge=0,
+        description="Local store: below this many free bytes on the filesystem of a region's directory, "
+        "/readyz reports that region's store as `low_space` (readiness stays 200: calls do not need the "
+        "store) and `voicelog_storage_free_bytes` shows it, before appends start failing on a full disk. "
+        "0 turns the check off. Azure stores have no such limit.",
+    )
     create_containers: bool = Field(
         default=False,
         description="`prepare()` creates a missing container (Azurite, dev). In production the deployment "
