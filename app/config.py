@@ -7,6 +7,7 @@ overrides them (PostgreSQL, Azure Blob Storage per region, Key Vault, Entra ID).
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Literal
 
@@ -111,7 +112,8 @@ class Settings(StandinSettings, ConsentSettings, ResourceSettings, AccessSetting
     identity: IdentitySettings = Field(
         default_factory=IdentitySettings,
         description="Bearer-token verification: the Entra ID issuer or the built-in dev issuer "
-        "(`VOICELOG_IDENTITY__*`). The embedded default turns the dev issuer on unless identity is set.",
+        "(`VOICELOG_IDENTITY__*`). The embedded default runs the dev issuer unless a production issuer is set "
+        "or `VOICELOG_IDENTITY__DEV_ISSUER_ENABLED=false`; other identity settings combine with it.",
     )
 
     # --- relay ---------------------------------------------------------------------------------------
@@ -211,10 +213,8 @@ class Settings(StandinSettings, ConsentSettings, ResourceSettings, AccessSetting
         for region in self.regions:
             if region.blob_backend == "local" and region.blob_path is None:
                 region.blob_path = self.data_dir / "blobs" / region.name
-        if self.embedded and "identity" not in self.model_fields_set:
-            # The laptop default signs people in with the dev issuer; production sets an issuer.
-            self.identity = IdentitySettings(dev_issuer_enabled=True,
-                                             dev_issuer_url=f"http://127.0.0.1:{self.port}/dev/oidc")
+        if self.embedded:  # the laptop default signs people in with the dev issuer; production sets an issuer
+            self.identity = self.identity.for_embedded_default(self.port)
         return self
 
     @property
@@ -274,7 +274,7 @@ def settings_reference() -> str:
             rows.append(f"| `{prefix}{name.upper()}` | `{_type_name(annotation)}` | {default} | {description} |")
         out = [*rows, ""]
         for name, sub in nested:
-            out += [f"### `{prefix}{name.upper()}__*`", "", (sub.__doc__ or "").strip(), ""]
+            out += [f"### `{prefix}{name.upper()}__*`", "", inspect.cleandoc(sub.__doc__ or ""), ""]
             out += table(sub, f"{prefix}{name.upper()}__")
         return out
 

@@ -34,7 +34,12 @@ def _is_loopback(host: str) -> bool:
 
 
 class IdentitySettings(BaseModel):
-    """How bearer tokens are verified. Nothing set: no verifier, every authenticated API answers 401."""
+    """How bearer tokens are verified: a production OIDC issuer (`issuer`, `audience`, ...) or the built-in dev
+    issuer, never both. On the embedded default (no `VOICELOG_DATABASE_URL`, as `make serve`) the dev issuer runs
+    unless `issuer` is set or `dev_issuer_enabled` is set to false, at `http://127.0.0.1:<VOICELOG_PORT>/dev/oidc`
+    unless `dev_issuer_url` is set; every other setting here combines with it (a longer `leeway_s`, another key
+    directory). With a database URL it runs only when `dev_issuer_enabled` is true. Neither issuer: no
+    verifier, every authenticated API answers 401."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -90,7 +95,8 @@ class IdentitySettings(BaseModel):
     dev_issuer_enabled: bool = Field(
         default=False,
         description="Run the built-in dev issuer (laptop and tests only): it signs any identity with any role "
-        "for anyone who can reach it. Refused together with any production issuer setting.",
+        "for anyone who can reach it. Refused together with any production issuer setting. Unset on the "
+        "embedded default: on unless `issuer` is set (see above).",
     )
     dev_issuer_key_dir: Path | None = Field(
         default=None,
@@ -101,7 +107,8 @@ class IdentitySettings(BaseModel):
         default="http://127.0.0.1:8000/dev/oidc",
         description="The dev issuer's `iss`, and where its routes are (path must be `/dev/oidc`). The service "
         "reads the dev keys in-process through these routes; set it to the URL the service is reachable at "
-        "only if outside tools should discover it.",
+        "only if outside tools should discover it. Unset on the embedded default: the port follows "
+        "`VOICELOG_PORT`.",
     )
     dev_audience: str = Field(default="voicelog-dev", min_length=1, description="The `aud` of dev tokens.")
 
@@ -156,6 +163,17 @@ class IdentitySettings(BaseModel):
     @property
     def production(self) -> bool:
         return self.issuer is not None
+
+    def for_embedded_default(self, port: int) -> IdentitySettings:
+        """The embedded default's rule (class docstring): the dev issuer on unless a production issuer is set or
+        it was turned off, its URL on `port` unless set; whatever else was set is kept, never dropped."""
+        chosen = self.model_fields_set
+        if self.production or ("dev_issuer_enabled" in chosen and not self.dev_issuer_enabled):
+            return self
+        values = self.model_dump(exclude_unset=True)
+        values["dev_issuer_enabled"] = True
+        values.setdefault("dev_issuer_url", f"http://127.0.0.1:{port}{DEV_ISSUER_PATH}")
+        return IdentitySettings.model_validate(values)
 
     def resolved_discovery_url(self) -> str | None:
         """Where the production verifier finds the JWKS URL; None when `jwks_url` is set."""

@@ -64,3 +64,24 @@ def test_refuses_beside_a_production_issuer(dev_env: Path, monkeypatch: pytest.M
     assert result.exit_code == 2
     assert "dev issuer cannot be enabled" in result.output
     assert "eyJ" not in result.output
+
+
+async def test_dev_token_on_the_embedded_default_with_another_identity_setting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make serve` with VOICELOG_IDENTITY__LEEWAY_S set still runs the dev issuer on its port: the CLI's token
+    carries that issuer and the service's own settings verify it (issue 19: the dev issuer used to go off)."""
+    from app.config import Settings
+
+    monkeypatch.setenv("VOICELOG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("VOICELOG_DATABASE_URL", raising=False)
+    monkeypatch.delenv("VOICELOG_IDENTITY__DEV_ISSUER_ENABLED", raising=False)
+    monkeypatch.setenv("VOICELOG_PORT", "8124")
+    monkeypatch.setenv("VOICELOG_IDENTITY__LEEWAY_S", "45")
+    result = runner.invoke(dev_cli, ["token", "--as", "alice", "--role", "engineer"])
+    assert result.exit_code == 0, result.output
+
+    settings = Settings()
+    verifier = build_token_verifier(settings.identity, settings.data_dir)
+    assert verifier is not None
+    principal = await verifier.verify(result.stdout.strip())
+    assert principal.subject == "alice"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,67 @@ def test_production_settings_build_a_discovery_verifier(tmp_path: Path) -> None:
     assert verifier.audience == AUDIENCE
     assert settings.resolved_discovery_url() == f"{ENTRA}/.well-known/openid-configuration"
     assert not (tmp_path / "dev-issuer").exists()
+
+
+@pytest.fixture
+def embedded_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The environment of `make serve`: no database URL, nothing of identity set unless a test sets it."""
+    monkeypatch.setenv("VOICELOG_DATA_DIR", str(tmp_path / "data"))
+    for name in [n for n in os.environ if n.startswith(("VOICELOG_IDENTITY__", "VOICELOG_DATABASE_URL"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("VOICELOG_PORT", "8123")
+    return monkeypatch
+
+
+def test_embedded_default_runs_the_dev_issuer_on_its_port(embedded_env: pytest.MonkeyPatch) -> None:
+    from app.config import Settings
+
+    identity = Settings().identity
+    assert identity.dev_issuer_enabled
+    assert identity.dev_issuer_url == "http://127.0.0.1:8123/dev/oidc"
+
+
+def test_embedded_dev_issuer_combines_with_other_identity_settings(embedded_env: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """Issue 19: any VOICELOG_IDENTITY__* used to turn the dev issuer off without a word."""
+    from app.config import Settings
+
+    embedded_env.setenv("VOICELOG_IDENTITY__LEEWAY_S", "45")
+    embedded_env.setenv("VOICELOG_IDENTITY__DEV_ISSUER_KEY_DIR", str(tmp_path / "keys"))
+    identity = Settings().identity
+    assert identity.dev_issuer_enabled
+    assert identity.dev_issuer_url == "http://127.0.0.1:8123/dev/oidc"
+    assert identity.leeway_s == 45
+    assert identity.dev_issuer_key_dir == tmp_path / "keys"
+
+
+def test_embedded_dev_issuer_url_set_explicitly_is_kept(embedded_env: pytest.MonkeyPatch) -> None:
+    from app.config import Settings
+
+    embedded_env.setenv("VOICELOG_IDENTITY__DEV_ISSUER_URL", "http://localhost:9000/dev/oidc")
+    assert Settings().identity.dev_issuer_url == "http://localhost:9000/dev/oidc"
+
+
+def test_embedded_dev_issuer_turned_off_stays_off(embedded_env: pytest.MonkeyPatch) -> None:
+    from app.config import Settings
+
+    embedded_env.setenv("VOICELOG_IDENTITY__DEV_ISSUER_ENABLED", "false")
+    assert not Settings().identity.dev_issuer_enabled
+
+
+def test_embedded_with_a_production_issuer_runs_no_dev_issuer(embedded_env: pytest.MonkeyPatch) -> None:
+    from app.config import Settings
+
+    embedded_env.setenv("VOICELOG_IDENTITY__ISSUER", ENTRA)
+    embedded_env.setenv("VOICELOG_IDENTITY__AUDIENCE", AUDIENCE)
+    identity = Settings().identity
+    assert not identity.dev_issuer_enabled
+    assert identity.issuer == ENTRA
+
+
+def test_with_a_database_url_the_dev_issuer_needs_turning_on(embedded_env: pytest.MonkeyPatch) -> None:
+    from app.config import Settings
+
+    embedded_env.setenv("VOICELOG_DATABASE_URL", "postgresql+asyncpg://127.0.0.1/voicelog")
+    embedded_env.setenv("VOICELOG_IDENTITY__LEEWAY_S", "45")
+    assert not Settings().identity.dev_issuer_enabled
