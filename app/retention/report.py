@@ -11,15 +11,16 @@ recompute unchanged, the blobs pending are checked against the chain as far as i
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Final
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.actions import Actor, JSONValue
 from app.audit.canonical import canonical_json
 from app.audit.keys import Keyring
-from app.audit.reports.entries import Period
+from app.audit.reports.entries import Period, first_entry_day
 from app.audit.reports.retention import build_retention_audit
 from app.audit.reports.retention_storage import (
     CSV_HEADER,
@@ -71,6 +72,20 @@ async def build_retention_report(
     report = await build_retention_audit(session=session, period=period, head=head, retention_days=retention_days,
                                          as_of=as_of)
     return with_blobs_pending(report, await blobs_pending(session, period), as_of)
+
+
+async def days_to_report(session: AsyncSession, *, first: date, last: date) -> list[date]:
+    """The days of [first, last] that need their daily report: none stored yet, and the service existed (its
+    audit trail had begun). A fresh install signs nothing for the days before its first start."""
+    began = await first_entry_day(session)
+    if began is None:
+        return []
+    first = max(first, began)
+    done = set((await session.execute(
+        select(RetentionReport.day).where(RetentionReport.day >= first, RetentionReport.day <= last)
+    )).scalars())
+    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    return [day for day in days if day not in done]
 
 
 def render(fmt: ReportFormat, report: dict[str, JSONValue]) -> bytes:

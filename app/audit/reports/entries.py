@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.actions import AuditAction, JSONValue, parse_detail_time
-from app.audit.service import ENTRIES
+from app.audit.service import ENTRIES, INBOX
 from app.errors import InvalidInput
 
 ID_CHUNK: Final = 500
@@ -49,6 +49,15 @@ class Period:
 
     def to_json(self) -> dict[str, JSONValue]:
         return {"from": self.first.isoformat(), "to": self.last.isoformat()}
+
+
+async def first_entry_day(session: AsyncSession) -> date | None:
+    """The UTC day of the audit trail's first entry, chained or still queued: the day the service began to do
+    anything. None on a trail with no entry yet. A day before it has nothing to report (C7's daily reports
+    start there, not `report_catch_up_days` before a fresh install's first start)."""
+    firsts = [await session.scalar(select(func.min(table.c.recorded_at))) for table in (ENTRIES, INBOX)]
+    found = [at for at in firsts if at is not None]
+    return min(found).date() if found else None
 
 
 @dataclass(frozen=True)
