@@ -1,9 +1,20 @@
-"""The workflow CLI's verbs (tickets, access, recordings, audit entries), registered on the root `voicelog` app."""
+"""The workflow CLI's verbs (tickets, access, recordings, audit entries), registered on the root `voicelog` app.
+
+tickets, access and recordings talk to a running service over HTTP with a bearer token (app/workflow/);
+`audit list | tail` live with the other audit commands (app/audit/cli.py) and read the database directly.
+"""
 
 from __future__ import annotations
 
 import typer
 
+from app.workflow.access import access_cli
+from app.workflow.recordings import recordings_cli
+from app.workflow.tickets import tickets_cli
+
 
 def register(cli: typer.Typer) -> None:
     """Add the workflow sub-commands to `cli`; kept apart so serve's module stays about serving."""
+    cli.add_typer(tickets_cli, name="tickets")
+    cli.add_typer(access_cli, name="access")
+    cli.add_typer(recordings_cli, name="recordings")

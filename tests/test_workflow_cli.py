@@ -1,0 +1,177 @@
+"""The workflow CLI (issue 19) against a running service: `voicelog tickets`, `access` and `recordings get`,
+each a real `voicelog` process talking HTTP with a bearer token; `--json` is all of stdout (json.loads), a
+refusal is one line with the API's code and a non-zero exit. The recording read goes through the SAW front
+door (the Debian nginx with ops/nginx/saw.conf, mutual TLS with the engineer's registered SAW certificate)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.identity.principal import Role
+from app.identity.settings import IdentitySettings
+from tests.console.stack import ADMIN, ConsoleStack, console_stack
+from tests.console.test_console_story import record_sdk_session
+from tests.fixtures.identity import MintToken, bearer
+from tests.fixtures.relay import StandinHandle
+from tests.fixtures.saw import NginxHandle, SawPki, run_saw_nginx
+
+ROOT = Path(__file__).resolve().parents[1]
+SILENCE = "caller says the agent went silent at 00:41"
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        assert self.code == 0, self.stderr
+        return json.loads(self.stdout)
+
+
+@dataclass
+class Desk:
+    """A served voicelog with a team (engineer, manager), the engineer's SAW behind nginx, and tokens."""
+
+    stack: ConsoleStack
+    nginx: NginxHandle
+    pki: SawPki
+    engineer: str
+    manager: str
+    tokens: dict[str, str]
+
+    async def voicelog(self, who: str, *args: str, url: str | None = None) -> Run:
+        """`voicelog ARGS` in its own process, as `who` (its token in VOICELOG_TOKEN), against the service."""
+        env = {**os.environ, "VOICELOG_URL": url or self.stack.http, "VOICELOG_TOKEN": self.tokens[who]}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "app.cli_main", *args, cwd=ROOT, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await process.communicate()
+        return Run(process.returncode or 0, out.decode(), err.decode())
+
+
+@pytest.fixture
+async def desk(tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+               saw_pki: SawPki) -> AsyncIterator[Desk]:
+    async with console_stack(tmp_path, standin, identity_settings, mint_token) as stack:
+        tag = stack.tag
+        team, engineer, manager = f"voice-{tag}", f"alice-{tag}", f"mona-{tag}"
+        assert (await stack.api("POST", "/admin/teams", ADMIN, json={"name": team})).status_code == 201
+        for subject, role in ((engineer, "engineer"), (manager, "manager")):
+            made = await stack.api("POST", "/admin/staff", ADMIN, json={
+                "subject": subject, "display_name": subject, "team": team, "roles": [role]})
+            assert made.status_code == 201, made.text
+        assert (await stack.api("POST", f"/admin/teams/{team}/managers", ADMIN,
+                                json={"subject": manager})).status_code == 200
+        saw = await stack.api("POST", "/admin/saws", ADMIN, json={"owner": engineer, "label": "SAW-CLI-1",
+                                                                 "cert_pem": saw_pki.valid.pem})
+        assert saw.status_code == 201, saw.text
+        tokens = {"ticketing": mint_token("svc-ticketing", [Role.TICKETING]),
+                  "engineer": mint_token(engineer, [Role.ENGINEER]), "manager": mint_token(manager, [Role.MANAGER]),
+                  "customer": mint_token(f"admin-{tag}", [Role.CUSTOMER_ADMIN], tenant=stack.tenant)}
+        async with run_saw_nginx(tmp_path / "nginx", saw_pki, upstream_port=stack.port) as nginx:
+            yield Desk(stack, nginx, saw_pki, engineer, manager, tokens)
+
+
+async def test_ticket_access_and_recording_from_the_terminal(desk: Desk, standin: StandinHandle,
+                                                             tmp_path: Path) -> None:
+    stack = desk.stack
+    ref = f"CLI-{stack.tag}"
+    ticket = (await desk.voicelog("ticketing", "tickets", "create", stack.resource, ref, "--json")).json()
+    assert (ticket["external_ref"], ticket["state"], ticket["engineers"]) == (ref, "open", [])
+    assigned = (await desk.voicelog("ticketing", "tickets", "assign", ticket["id"], desk.engineer, "--json")).json()
+    assert assigned["engineers"] == [desk.engineer]
+    shown = await desk.voicelog("ticketing", "tickets", "show", ticket["id"])
+    assert shown.code == 0, shown.stderr
+    assert shown.stdout.split("\n")[0].split() == ["ID", "REF", "RESOURCE", "STATE", "ENGINEERS", "CREATED"]
+    assert f"{ticket['id']}  {ref}" in shown.stdout
+
+    opted = await stack.api("POST", f"/customer/resources/{stack.resource}/consents",
+                            bearer(desk.tokens["customer"]), json={"ticket_id": ticket["id"]})
+    assert opted.status_code == 201, opted.text
+    await stack.reload_consents()
+    request_id = await record_sdk_session(stack, standin)
+
+    justification = f"{ref}: {SILENCE}"  # a justification names the ticket
+    asked = (await desk.voicelog("engineer", "access", "request", "--ticket", ticket["id"], "-r", request_id,
+                                 "-j", justification, "--minutes", "60", "--json")).json()
+    assert (asked["status"], asked["request_ids"], asked["requester"]) == (
+        "waiting_for_manager", [request_id], desk.engineer)
+    queue = (await desk.voicelog("manager", "access", "list", "--queue", "--json")).json()
+    assert [r["id"] for r in queue] == [asked["id"]]
+    table = await desk.voicelog("manager", "access", "list", "--queue")
+    assert table.stdout.split("\n")[1].split()[:3] == [asked["id"], "waiting_for_manager", desk.engineer]
+
+    approved = (await desk.voicelog("manager", "access", "approve", asked["id"], "--minutes", "30", "--json")).json()
+    assert (approved["status"], approved["granted_minutes"], approved["decided_by"]) == ("approved", 30, desk.manager)
+
+    # The read from the SAW: through nginx, with the engineer's registered certificate.
+    events_file = tmp_path / "events.ndjson"
+    saw = ["--url", desk.nginx.url, "--cert", str(desk.pki.valid.cert_path), "--key", str(desk.pki.valid.key_path),
+           "--cacert", str(desk.pki.server_ca.cert_path)]
+    got = (await desk.voicelog("engineer", "recordings", "get", request_id, "--part", "events", "-o",
+                               str(events_file), *saw, "--json")).json()
+    lines = [json.loads(line) for line in events_file.read_text().splitlines()]
+    assert got["bytes"] == events_file.stat().st_size > 0
+    assert (got["part"], got["state"], got["file"]) == ("events", "complete", str(events_file))
+    assert any(e.get("type") == "response.done" for e in lines)
+    # (stereo, turns and bundle wait for the audit's READ_PARTS to name them: the service answers 500 today.)
+    wav = tmp_path / "caller.wav"
+    caller = await desk.voicelog("engineer", "recordings", "get", request_id, "-p", "caller", "-o", str(wav), *saw)
+    assert caller.code == 0, caller.stderr
+    assert wav.read_bytes()[:4] == b"RIFF"
+    assert caller.stdout.split("\n")[1].split()[:3] == [request_id, "caller", str(wav.stat().st_size)]
+
+    # Not from the SAW: the API's one answer, one line, nothing written.
+    elsewhere = tmp_path / "service.wav"
+    refused = await desk.voicelog("engineer", "recordings", "get", request_id, "-p", "service", "-o", str(elsewhere))
+    assert refused.code == 1
+    assert refused.stdout == ""
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: recording_not_available (404): ")
+    assert not elsewhere.exists()
+    assert not elsewhere.with_name("service.wav.part").exists()
+
+    revoked = (await desk.voicelog("engineer", "access", "revoke", asked["id"], "--reason", "done", "--json")).json()
+    assert revoked["status"] == "revoked"
+    again = (await desk.voicelog("engineer", "access", "request", "-t", ticket["id"], "-r", request_id,
+                                 "-j", justification, "--json")).json()
+    denied = (await desk.voicelog("manager", "access", "deny", again["id"], "--reason", "already answered",
+                                  "--json")).json()
+    assert denied["status"] == "denied"
+    mine = (await desk.voicelog("engineer", "access", "list", "--json")).json()
+    assert [(r["id"], r["status"]) for r in mine] == [(again["id"], "denied"), (asked["id"], "revoked")]
+
+    closed = (await desk.voicelog("ticketing", "tickets", "close", ticket["id"], "--json")).json()
+    assert closed["state"] == "closed"
+
+
+async def test_refusals_and_bad_input_are_one_line_with_the_api_code(desk: Desk) -> None:
+    engineer_approves = await desk.voicelog("engineer", "access", "approve", "no-such-request", "--json")
+    assert engineer_approves.code == 1
+    assert engineer_approves.stdout == ""
+    assert engineer_approves.stderr.strip().splitlines()[-1].startswith("error: missing_role (403): ")
+
+    short = await desk.voicelog("engineer", "access", "request", "-t", desk.stack.ticket_id, "-r", "0" * 32,
+                                "-j", "too short")
+    assert short.code == 1
+    last = short.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: invalid_input (422): ")
+    assert "justification" in last
+
+    unknown = await desk.voicelog("ticketing", "tickets", "close", "no-such-ticket")
+    assert unknown.code == 1
+    assert unknown.stderr.strip().splitlines()[-1].startswith("error: ticket_not_found (404): ")
+
+    nobody = await desk.voicelog("engineer", "access", "list", url="http://127.0.0.1:9")
+    assert nobody.code == 2
+    assert "error: unreachable: Cannot reach http://127.0.0.1:9" in nobody.stderr
