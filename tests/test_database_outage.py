@@ -25,13 +25,23 @@ HANG_GUARD_S = 20  # a hang guard only: far above the 2 s request timeout, far b
 
 
 class FreezableProxy:
-    """A TCP proxy in front of PostgreSQL. Frozen, it is a stalled server: open connections carry no byte
-    either way and new ones are accepted and never answered."""
+    """A TCP proxy in front of PostgreSQL. Frozen, it is a stalled server (a SIGSTOPped one): open
+    connections carry no byte either way and new ones are accepted and not answered; thawed, what was held
+    goes on, as after SIGCONT."""
 
     def __init__(self) -> None:
         self.frozen = asyncio.Event()
+        self._thawed = asyncio.Event()
         self.held: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
+
+    def freeze(self) -> None:
+        self._thawed = asyncio.Event()
+        self.frozen.set()
+
+    def thaw(self) -> None:
+        self.frozen.clear()
+        self._thawed.set()
 
     @property
     def port(self) -> int:
@@ -44,7 +54,7 @@ class FreezableProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.held.append(writer)
         if self.frozen.is_set():
-            return  # accepted, never answered
+            await self._thawed.wait()  # accepted, not answered until thawed
         up_reader, up_writer = await asyncio.open_connection(PG_HOST, PG_PORT)
         self.held.append(up_writer)
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer),
@@ -53,9 +63,10 @@ class FreezableProxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while data := await reader.read(65536):
             if self.frozen.is_set():
-                await asyncio.Event().wait()  # held: the bytes never arrive
+                await self._thawed.wait()  # held: the bytes arrive once thawed
             writer.write(data)
             await writer.drain()
+        writer.close()  # one side closed: so does the other, as a real connection would
 
     async def close(self) -> None:
         for writer in self.held:

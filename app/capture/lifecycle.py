@@ -3,8 +3,10 @@
 The phase says what the sealer must do next for a recording and whether it may still write (C1, C8):
 
     needs_key -> needs_row -> needs_blob -> streaming -> final_sealed -> complete
+    needs_row --row_deferred--> needs_blob     (the database is away: the blob goes first, the row follows)
     any live phase --abandon--> abandoned_before_row | abandoned  --released--> incomplete
     needs_row --consent_ended--> discarding --released--> discarded   (nothing is ever stored)
+    a deferred row's phase --consent_ended--> discarding                (what was stored is deleted)
 
 The relay's end of the session is not a phase: it may come in any phase, and it is data (`EndRecord`)
 that makes the next seal the last one. Retries are a timer (`Backoff`), not a phase: they decide when the
@@ -41,6 +43,7 @@ class Phase(StrEnum):
 class Event(StrEnum):
     KEY_MADE = "key_made"
     ROW_WRITTEN = "row_written"
+    ROW_DEFERRED = "row_deferred"  # the database is away: stream to the blob now, write the row when it is back
     CONSENT_ENDED = "consent_ended"  # the row's consent check found it ended or erased (C1)
     BLOB_CREATED = "blob_created"
     LAST_SEGMENT_SEALED = "last_segment_sealed"
@@ -59,18 +62,24 @@ _P, _E = Phase, Event
 
 TRANSITIONS: Final[dict[Phase, dict[Event, Phase]]] = {
     _P.NEEDS_KEY: {_E.KEY_MADE: _P.NEEDS_ROW, _E.ABANDON: _P.ABANDONED_BEFORE_ROW},
-    _P.NEEDS_ROW: {_E.ROW_WRITTEN: _P.NEEDS_BLOB, _E.CONSENT_ENDED: _P.DISCARDING,
-                   _E.ABANDON: _P.ABANDONED_BEFORE_ROW},
-    _P.NEEDS_BLOB: {_E.BLOB_CREATED: _P.STREAMING, _E.ABANDON: _P.ABANDONED},
-    _P.STREAMING: {_E.LAST_SEGMENT_SEALED: _P.FINAL_SEALED, _E.ABANDON: _P.ABANDONED},
-    _P.FINAL_SEALED: {_E.FINISHED: _P.COMPLETE, _E.ABANDON: _P.ABANDONED},
+    _P.NEEDS_ROW: {_E.ROW_WRITTEN: _P.NEEDS_BLOB, _E.ROW_DEFERRED: _P.NEEDS_BLOB,
+                   _E.CONSENT_ENDED: _P.DISCARDING, _E.ABANDON: _P.ABANDONED_BEFORE_ROW},
+    # CONSENT_ENDED below: a deferred row's late consent check (the database came back and said no).
+    _P.NEEDS_BLOB: {_E.BLOB_CREATED: _P.STREAMING, _E.CONSENT_ENDED: _P.DISCARDING, _E.ABANDON: _P.ABANDONED},
+    _P.STREAMING: {_E.LAST_SEGMENT_SEALED: _P.FINAL_SEALED, _E.CONSENT_ENDED: _P.DISCARDING,
+                   _E.ABANDON: _P.ABANDONED},
+    _P.FINAL_SEALED: {_E.FINISHED: _P.COMPLETE, _E.CONSENT_ENDED: _P.DISCARDING, _E.ABANDON: _P.ABANDONED},
     # Late landings of I/O that was in flight when the recording was abandoned:
     _P.ABANDONED_BEFORE_ROW: {_E.KEY_MADE: _P.ABANDONED_BEFORE_ROW, _E.ROW_WRITTEN: _P.ABANDONED,
+                              _E.ROW_DEFERRED: _P.ABANDONED_BEFORE_ROW,
                               _E.CONSENT_ENDED: _P.DISCARDING, _E.ABANDON: _P.ABANDONED_BEFORE_ROW,
                               _E.RELEASED: _P.INCOMPLETE},
     _P.ABANDONED: {_E.BLOB_CREATED: _P.ABANDONED, _E.LAST_SEGMENT_SEALED: _P.ABANDONED,
                    _E.ABANDON: _P.ABANDONED, _E.RELEASED: _P.INCOMPLETE},
-    _P.DISCARDING: {_E.ABANDON: _P.DISCARDING, _E.RELEASED: _P.DISCARDED},
+    # Late landings on a discarded recording: nothing more is stored, whatever lands.
+    _P.DISCARDING: {_E.ABANDON: _P.DISCARDING, _E.BLOB_CREATED: _P.DISCARDING,
+                    _E.LAST_SEGMENT_SEALED: _P.DISCARDING, _E.CONSENT_ENDED: _P.DISCARDING,
+                    _E.RELEASED: _P.DISCARDED},
     _P.COMPLETE: {},
     _P.INCOMPLETE: {},
     _P.DISCARDED: {},

@@ -5,6 +5,11 @@ slow or fail (data key, database row, blob create, sealing, appends) happens in 
 retries with backoff for `retry_deadline_s` and then gives the recording up as incomplete. The relayed
 session never waits for it and never fails because of it (C8). Nothing is stored, logged or buffered for
 a session without an active consent (C1).
+
+The database is not needed to record: with it away, a recording's row is deferred (the blob goes first,
+under the consent cache's answer) and written with its progress and audit entries when it is back; a
+row's close waits for it as long as it is away (docs/ARCHITECTURE.md, "Recording through a database
+outage").
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ from app.capture.models import Recording, RecordingState
 from app.capture.recovery import close_stale_recordings
 from app.capture.settings import CaptureSettings
 from app.clock import Clock
+from app.db import is_database_outage
 from app.logs import get_logger
 from app.relay.tap import Direction, FrameTap, SessionInfo
 from app.request_id import RequestId
+from app.storage.errors import StorageError
 from app.storage.layout import RecordingKey
 from app.storage.router import RegionRouter
 from app.tickets.consent_cache import ConsentCache
@@ -69,6 +76,7 @@ class LiveRecording:
     frames: int = 0
     segments: int = 0
     end: EndRecord | None = None  # the session's end, once the relay reported it: the next seal is the last
+    row_deferred: bool = False  # its row could not be written when due: the upkeep writes it when it can
     failure: str | None = None  # the last failure; the incomplete reason once given up
     retry: Backoff = field(default_factory=Backoff)
 
@@ -144,7 +152,10 @@ class Recorder:
         self._inflight: dict[RequestId, asyncio.Task[None]] = {}
         self._last_heartbeat = 0.0
         self._last_recovery = 0.0
-        self._upkeep: asyncio.Task[None] | None = None  # heartbeat and recovery, beside the steps
+        self._upkeep: asyncio.Task[None] | None = None  # deferred rows, heartbeat and recovery, beside the steps
+        self._database_away = False  # the last database step failed as an outage: new rows are deferred
+        self._database_back_mono = 0.0  # when a database step last succeeded after an outage
+        self._deferred_retry = Backoff()
         # Read at every scrape: the gauge is right even while the sealer loop or a step is held up.
         metrics.backlog.set_function(lambda: self.budget.used)
         for region in stores.regions:  # the stores the recorder writes to: their headroom, where it is finite
@@ -241,8 +252,7 @@ class Recorder:
         if recording.phase is Phase.NEEDS_KEY and not await self._attempt(
                 recording, "key_service_unavailable", self._make_key(recording)):
             return
-        if recording.phase is Phase.NEEDS_ROW and not await self._attempt(
-                recording, "database_unavailable", self._insert_row(recording), deadline=self.settings.db_timeout_s):
+        if recording.phase is Phase.NEEDS_ROW and not await self._start_row(recording):
             return
         if recording.phase is Phase.NEEDS_BLOB and not await self._attempt(
                 recording, "store_unavailable", self._create_blob(recording)):
@@ -252,7 +262,7 @@ class Recorder:
         if recording.phase in APPENDS and recording.pending and not await self._attempt(
                 recording, "store_unavailable", self._append(recording)):
             return
-        if recording.phase is Phase.FINAL_SEALED and not recording.pending:
+        if recording.phase is Phase.FINAL_SEALED and not recording.pending and not recording.row_deferred:
             await self._attempt(recording, "database_unavailable", self._finish(recording),
                                 deadline=self.settings.db_timeout_s)
 
@@ -273,15 +283,22 @@ class Recorder:
             self.metrics.errors.labels(reason).inc()
             log.warning("recording.retry", request_id=recording.info.request_id, reason=reason,
                         error=type(exc).__name__)
-            self._fail(recording, reason, give_up=False)
+            outage = reason == "database_unavailable" and self._database_failed(exc)
+            self._fail(recording, reason, give_up=False, database_away=outage)
             return False
+        if reason == "database_unavailable":
+            self._database_answered()
         recording.retry.succeeded()
         return True
 
-    def _fail(self, recording: LiveRecording, reason: str, *, give_up: bool) -> None:
+    def _fail(self, recording: LiveRecording, reason: str, *, give_up: bool, database_away: bool = False) -> None:
         recording.failure = reason
         now = time.monotonic()
         deadline = self.settings.retry_deadline_s
+        if database_away and recording.phase is Phase.FINAL_SEALED:
+            # Everything is stored; only the row's close is left, and it holds no frame in memory: wait for
+            # the database however long it is away (C8), rather than leave the recording to recovery.
+            deadline = math.inf
         if reason == "store_unavailable" and recording.phase in APPENDS and not give_up:
             if recording.end is None:
                 # The call is live: wait for the store however long it is away. Memory stays within the C9 caps
@@ -316,29 +333,77 @@ class Recorder:
             recording.offset = await store.append(recording.key, recording.writer.header, offset=0)
         recording.apply(Event.BLOB_CREATED)
 
-    async def _insert_row(self, recording: LiveRecording, *, failed: str | None = None) -> None:
-        """The row and its `recording.started` entry, in one transaction (C6). `failed`: it never started.
+    async def _start_row(self, recording: LiveRecording) -> bool:
+        """The row before the blob, as a rule; with the database away (refused, or silent past
+        `db_timeout_s`) the row is deferred and the blob goes first, so the database never holds up a
+        recording (C8). Returns True when the recording may go on to its blob."""
+        if not self._database_away:
+            try:
+                async with asyncio.timeout(self.settings.db_timeout_s):
+                    covered = await self._insert_row(recording)
+            except Exception as exc:
+                self.metrics.errors.labels("database_unavailable").inc()
+                log.warning("recording.retry", request_id=recording.info.request_id, reason="database_unavailable",
+                            error=type(exc).__name__)
+                if not self._database_failed(exc):
+                    self._fail(recording, "database_unavailable", give_up=False)  # a statement's error: retried
+                    return False
+            else:
+                self._database_answered()
+                recording.retry.succeeded()
+                recording.apply(Event.ROW_WRITTEN if covered else Event.CONSENT_ENDED)
+                return covered and recording.phase is Phase.NEEDS_BLOB
+        recording.row_deferred = True
+        recording.apply(Event.ROW_DEFERRED)
+        self.metrics.errors.labels("row_deferred").inc()
+        log.warning("recording.row_deferred", request_id=recording.info.request_id, region=recording.info.region)
+        return recording.phase is Phase.NEEDS_BLOB
+
+    @property
+    def database_away(self) -> bool:
+        """True since a database step failed as an outage, until one succeeds."""
+        return self._database_away
+
+    def _database_answered(self) -> None:
+        if self._database_away:
+            self._database_away = False
+            self._database_back_mono = time.monotonic()
+            log.info("recording.database_back")
+
+    def _database_failed(self, exc: BaseException) -> bool:
+        """Note a failed database step; True when it says the database is away (refused, dropped, silent)."""
+        away = isinstance(exc, TimeoutError) or is_database_outage(exc)
+        if away:
+            self._database_away = True
+        return away
+
+    async def _insert_row(self, recording: LiveRecording, *, failed: str | None = None) -> bool:
+        """The row and its `recording.started` entry, in one transaction (C6). `failed`: it never started,
+        or (a deferred row) it was given up before its row could be written. False: the consent does not
+        cover the session, and nothing was written.
 
         The consent is checked once more in the database: it must have been in force when the session
         began (the cache may lag by `consent_refresh_s`), and it must not have been erased since (C1).
-        A session that began under a consent later withdrawn is recorded to its end.
+        A session that began under a consent later withdrawn is recorded to its end. A deferred row carries
+        the progress made meanwhile and keeps its data key, so what was stored stays readable.
         """
         info, consent = recording.info, recording.consent
         bucket = recording.key.hour
+        keep_key = recording.row_deferred or not failed
         async with self.session_factory() as session:
             if not await consent_covers(session=session, consent_id=consent.consent_id,
                                         session_start=info.started_at):
                 recording.failure = "consent_ended"
-                recording.apply(Event.CONSENT_ENDED)  # nothing to write, ever
-                return
+                return False  # nothing to write, ever
             session.add(Recording(
                 request_id=info.request_id, resource_id=info.resource_id, region=info.region,
                 ticket_id=consent.ticket_id, consent_id=consent.consent_id, correlation_id=info.correlation_id,
                 started_at=info.started_at, bucket_start=bucket,
-                wrapped_dek=None if failed else recording.wrapped,
+                wrapped_dek=recording.wrapped if keep_key else None,
                 blob_name=recording.key.name, state=RecordingState.INCOMPLETE if failed else RecordingState.RECORDING,
                 incomplete_reason=failed, ended_at=self.clock.now() if failed else None,
                 owner=None if failed else self.replica_id, heartbeat_at=self.clock.now(),
+                segments=recording.segments, bytes_committed=recording.offset, frames=recording.frames,
             ))
             await append_entry(
                 session=session, clock=self.clock, actor=SYSTEM, action=AuditAction.RECORDING_STARTED,
@@ -352,9 +417,10 @@ class Recorder:
                     subjects=Subjects(request_id=info.request_id), detail={"reason": failed},
                 )
             await session.commit()
-        recording.apply(Event.ROW_WRITTEN)
         self.metrics.started.inc()
-        log.info("recording.started", request_id=info.request_id, region=info.region)
+        log.info("recording.started", request_id=info.request_id, region=info.region,
+                 deferred=recording.row_deferred)
+        return True
 
     # --- seal and append ------------------------------------------------------------------------------
 
@@ -415,16 +481,25 @@ class Recorder:
         recording.buffer.release(size)
         try:
             async with asyncio.timeout(self.settings.db_timeout_s):
-                if recording.phase is Phase.ABANDONED:
+                if recording.phase is Phase.ABANDONED and recording.row_deferred:
+                    # Given up before its deferred row was written: the row says incomplete and keeps the key.
+                    if not await self._insert_row(recording, failed=reason):
+                        await self._delete_unconsented_blob(recording)
+                elif recording.phase is Phase.ABANDONED:
                     await self._close_row(recording, state=RecordingState.INCOMPLETE, reason=reason,
                                           dropped=recording.buffer.dropped_frames)
                 elif recording.phase is Phase.ABANDONED_BEFORE_ROW:
                     # Never started (key service or database down): leave a visible, keyless row if we can.
                     await self._insert_row(recording, failed=reason)
-            # DISCARDING: the consent had ended, nothing was ever written and nothing will be.
+                elif recording.row_deferred:
+                    # DISCARDING a deferred row: the database said the consent did not cover the session.
+                    await self._delete_unconsented_blob(recording)
+            # DISCARDING otherwise: the consent had ended, nothing was ever written and nothing will be.
         except Exception:
-            # The row stays `recording` (or never exists); recovery closes stale rows by heartbeat.
-            log.warning("recording.close_failed", request_id=recording.info.request_id)
+            # The row stays `recording` (or never exists: the blob is an orphan, docs/RETENTION.md); recovery
+            # closes stale rows by heartbeat.
+            log.warning("recording.close_failed", request_id=recording.info.request_id,
+                        row_deferred=recording.row_deferred)
         self._forget(recording, Event.RELEASED)
         self.metrics.completed.labels("incomplete").inc()
         log.warning("recording.incomplete", request_id=recording.info.request_id, reason=reason)
@@ -473,27 +548,69 @@ class Recorder:
             recording.failure = reason
             recording.apply(Event.ABANDON)
 
+    async def _delete_unconsented_blob(self, recording: LiveRecording) -> None:
+        """A deferred row's late consent check said no (C1): delete what was stored. Its data key never left
+        memory, so it was unreadable from the start; a delete that fails leaves an orphan the sweep removes."""
+        try:
+            await self.stores.store(recording.info.region).delete(recording.key)
+        except StorageError as exc:
+            log.warning("recording.discard_delete_failed", request_id=recording.info.request_id, error=exc.code)
+            return
+        log.warning("recording.discarded", request_id=recording.info.request_id, reason="consent_ended")
+
     async def _database_upkeep(self) -> None:
-        """Heartbeat and recovery, each within `db_timeout_s`: a hung database costs one upkeep, no step."""
-        for upkeep, name in ((self._heartbeat, "heartbeat"), (self._recover_stale, "recovery")):
+        """Deferred rows, heartbeat and recovery, each within `db_timeout_s`: a hung database costs one
+        upkeep, no step."""
+        for upkeep, name in ((self._write_deferred_rows, "deferred_rows"), (self._heartbeat, "heartbeat"),
+                             (self._recover_stale, "recovery")):
             try:
                 async with asyncio.timeout(self.settings.db_timeout_s):
                     await upkeep()
             except TimeoutError:
+                self._database_away = True
                 self.metrics.errors.labels(f"{name}_timeout").inc()
                 log.warning("recording.upkeep_timeout", upkeep=name)
+
+    async def _write_deferred_rows(self) -> None:
+        """Write the rows deferred during a database outage, oldest first, each with its progress so far and
+        its `recording.started` entry; stop at the first failure and try again after a backoff."""
+        now = time.monotonic()
+        waiting = [r for r in self.live.values() if r.row_deferred and r.phase in OWNS_ROW]
+        if not waiting or now < self._deferred_retry.next_try:
+            return
+        for recording in sorted(waiting, key=lambda r: r.opened_mono):
+            try:
+                covered = await self._insert_row(recording)
+            except Exception as exc:
+                self._database_failed(exc)
+                self._deferred_retry.failed(now, math.inf)
+                self.metrics.errors.labels("deferred_row_failed").inc()
+                log.warning("recording.deferred_row_failed", request_id=recording.info.request_id,
+                            error=type(exc).__name__, waiting=len(waiting))
+                return
+            self._database_answered()
+            self._deferred_retry.succeeded()
+            if covered:
+                recording.row_deferred = False
+            elif recording.phase in OWNS_ROW:
+                recording.apply(Event.CONSENT_ENDED)  # its finish deletes what was stored
 
     async def _recover_stale(self) -> None:
         """At start and every half `stale_after_s`: close what dead replicas left `recording`."""
         now = time.monotonic()
         if self._last_recovery and now - self._last_recovery < self.settings.stale_after_s / 2:
             return
+        if now - self._database_back_mono < 2 * self.settings.heartbeat_s:
+            # The database has just come back: every replica's heartbeats were refused as ours were, so
+            # the rows look stale though their writers live. Give them two heartbeats to say so first.
+            return
         self._last_recovery = now
         try:
             await close_stale_recordings(
                 session_factory=self.session_factory, clock=self.clock, stores=self.stores,
                 stale_after=timedelta(seconds=self.settings.stale_after_s), live=set(self.live))
-        except Exception:
+        except Exception as exc:
+            self._database_failed(exc)
             self.metrics.errors.labels("recovery_failed").inc()
             log.warning("recording.recovery_failed")
 
@@ -504,7 +621,7 @@ class Recorder:
         if now - self._last_heartbeat < self.settings.heartbeat_s:
             return
         self._last_heartbeat = now
-        ids = [r.info.request_id for r in self.live.values() if r.phase in OWNS_ROW]
+        ids = [r.info.request_id for r in self.live.values() if r.phase in OWNS_ROW and not r.row_deferred]
         if not ids:
             return
         try:
@@ -514,7 +631,9 @@ class Recorder:
                     .values(heartbeat_at=self.clock.now(), owner=self.replica_id)
                 )
                 await session.commit()
-        except Exception:
+            self._database_answered()
+        except Exception as exc:
+            self._database_failed(exc)
             self.metrics.errors.labels("heartbeat_failed").inc()
             log.warning("recording.heartbeat_failed", recordings=len(ids))
 
