@@ -270,7 +270,7 @@ async def _wait_listening(port: int, process: asyncio.subprocess.Process) -> Non
         return
 
 
-async def run_demo(options: DemoOptions, *, ready: Callable[[DemoWorld], Awaitable[None]] | None = None) -> None:
+async def run_demo(options: DemoOptions) -> None:
     """Serve, build the world, print the guide, and keep serving until SIGINT/SIGTERM."""
     from app import migrate
     from app.access.saw.settings import refuse_local_saw_beside_production
@@ -309,8 +309,6 @@ async def run_demo(options: DemoOptions, *, ready: Callable[[DemoWorld], Awaitab
             world = await _until(stop, build_world(settings, issuer, token, saw, nginx_running))
             if world is not None:
                 print(guide(world, settings, binary), flush=True)  # noqa: T201 - the demo's output
-                if ready is not None:
-                    await ready(world)
                 await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
