@@ -51,9 +51,9 @@ def silence(seconds: float) -> bytes:
 SCRIPT = [silence(0.4), voiced(1.0, 180), silence(1.0), voiced(0.6, 240), silence(0.8)]
 
 
-async def paced_sdk_session(stack: Any, standin: StandinHandle) -> Session:
-    """Send SCRIPT in real time while reading every server event; stop after the second response.done."""
-    audio = b"".join(SCRIPT)
+async def paced_sdk_session(stack: Any, standin: StandinHandle, script: list[bytes] | None = None) -> Session:
+    """Send `script` (SCRIPT) in real time while reading every server event; stop after the second response.done."""
+    audio = b"".join(script or SCRIPT)
     received = b""
     async with sdk_connect(endpoint=stack.endpoint, credential=AzureKeyCredential(STANDIN_API_KEY),
                            model="gpt-4o") as conn:

@@ -2,6 +2,11 @@
 
 Two event families exist: Voice Live and the Realtime beta name output events `response.audio.*`, the
 Realtime GA (`/v1/realtime`) names them `response.output_audio.*`. The relay carries either untouched.
+
+Two timings: `instant` answers a turn whole, at once (what tests and benchmarks have relied on); `realistic`
+hands the answer to the server as a `PendingResponse`, which the server plays out like a pipeline (a response
+delay, then audio in real time), and the caller speaking over it (server VAD) or a `response.cancel` cuts it
+off: `response.done` with status `cancelled`.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import binascii
 import json
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from app.relay.standin.audio import SAMPLE_RATES, EnergyVad, to_samples, tone
@@ -20,6 +26,8 @@ Event = dict[str, Any]
 DEFAULT_MODEL = "gpt-4o-realtime-preview"
 MAX_ECHO_SECONDS = 5.0
 AUDIO_DELTA_MS = 100
+RESPONSE_DELAY_S = 0.4
+"""Realistic timing: how long the stand-in 'thinks' between the end of a turn and its response."""
 
 
 def _id(prefix: str) -> str:
@@ -37,9 +45,22 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+@dataclass
+class PendingResponse:
+    """A response to play out (realistic timing): its events in order, and what `cancel` sends instead of the rest."""
+
+    response_id: str
+    events: list[Event]
+    sent: int = 0
+    audio_sent: int = 0
+
+
 class StandinSession:
-    def __init__(self, *, model: str | None, ga_names: bool) -> None:
+    def __init__(self, *, model: str | None, ga_names: bool, realistic: bool = False) -> None:
         self.ga_names = ga_names
+        self.realistic = realistic
+        self.pending: PendingResponse | None = None  # realistic: a response the server should start playing
+        self.interrupted = False  # realistic: the caller spoke over the response in progress
         self.session: dict[str, Any] = {
             "id": _id("sess"),
             "object": "realtime.session",
@@ -123,6 +144,8 @@ class StandinSession:
             return out
         for kind, at_ms in self._vad.feed(to_samples(audio, self._input_format())):
             if kind == "start":
+                if self.realistic and self._active_response is not None:
+                    self.interrupted = True  # barge-in: the server cuts the response off after this event
                 self._item_id = _id("item")
                 out.append(self._event("input_audio_buffer.speech_started", audio_start_ms=at_ms,
                                        item_id=self._item_id))
@@ -151,7 +174,10 @@ class StandinSession:
         return self._respond()
 
     def _on_response_cancel(self, _event: Event, cid: str | None) -> list[Event]:
-        # Responses are produced whole; there is never one in progress to cancel.
+        if self.realistic and self._active_response is not None:
+            self.interrupted = True
+            return []
+        # Instant responses are produced whole; there is never one in progress to cancel.
         return [self._error("response_cancel_not_active", "There is no active response to cancel.", cid)]
 
     def _on_item_create(self, event: Event, _cid: str | None) -> list[Event]:
@@ -227,7 +253,31 @@ class StandinSession:
             )),
         ]
         self._previous_item_id = item_id
+        if self.realistic:
+            self.pending = PendingResponse(response_id, out)
+            return []
         self._active_response = None
+        return out
+
+    def response_finished(self) -> None:
+        """The server played the pending response out, or cut it off."""
+        self._active_response = None
+        self.interrupted = False
+
+    def cancelled(self, response: PendingResponse) -> list[Event]:
+        """What ends a response cut off part-way: its audio done, and `response.done` with status cancelled."""
+        names = ("response.output_audio", "response.output_audio_transcript") if self.ga_names \
+            else ("response.audio", "response.audio_transcript")
+        done = next(e for e in response.events if e["type"] == "response.done")
+        first_delta = next((e for e in response.events if e["type"] == f"{names[0]}.delta"), None)
+        out: list[Event] = []
+        if first_delta is not None and response.audio_sent:
+            ref = {k: first_delta[k] for k in ("response_id", "item_id", "output_index", "content_index")}
+            out.append(self._event(f"{names[0]}.done", **ref))
+        body = dict(done["response"], status="cancelled",
+                    status_details={"type": "cancelled", "reason": "turn_detected"})
+        out.append(self._event("response.done", response=body))
+        self.response_finished()
         return out
 
     # --- helpers ----------------------------------------------------------------------------------

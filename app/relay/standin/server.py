@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from app.logs import get_logger
-from app.relay.standin.protocol import StandinSession
+from app.relay.standin.protocol import AUDIO_DELTA_MS, RESPONSE_DELAY_S, PendingResponse, StandinSession
 
 log = get_logger("voicelog.standin")
 
@@ -25,7 +26,11 @@ PROTOCOL_PATHS = {
     "/openai/v1/realtime": True,
 }
 ECHO_QUERY = "x-standin-mode"
-"""`?x-standin-mode=echo` on any protocol path: every frame is sent back untouched (benchmarks, tests)."""
+"""`?x-standin-mode=echo` on any protocol path: every frame is sent back untouched (benchmarks, tests);
+`=realistic` or `=instant` chooses the turn timing of that session whatever the server's default."""
+AUDIO_LEAD_S = 0.2
+"""Realistic timing: response audio is sent this far ahead of real time, as pipelines buffer the client."""
+AUDIO_DELTAS = frozenset({"response.audio.delta", "response.output_audio.delta"})
 
 
 @dataclass
@@ -48,11 +53,16 @@ class StandinOptions:
     """Keep every frame received and sent per request id (tests only: unbounded)."""
     test_controls: bool = False
     """Honour `x-standin.close` events that make the server close with a chosen code (tests only)."""
+    realistic: bool = False
+    """Answer turns like a pipeline: after a delay, audio in real time, cut off (`response.done` cancelled) when
+    the caller talks over it. Off: each answer is sent whole at once (what tests and benchmarks rely on)."""
 
 
 class Standin:
     def __init__(self, options: StandinOptions | None = None) -> None:
-        self.options = options or StandinOptions()
+        # Without options (the stand-in `voicelog serve` embeds), turns are realistic, so `make serve` shows
+        # response delays, latencies and barge-ins in playback.
+        self.options = options or StandinOptions(realistic=True)
         self.sessions: dict[str, ReceivedSession] = {}
 
     def _authorized(self, request: Request) -> bool:
@@ -85,13 +95,15 @@ class Standin:
         if self.options.keep_frames:
             record = ReceivedSession(parts.path, parse_qs(parts.query), conn.request.headers)
             self.sessions[request_id] = record
+        mode = parse_qs(parts.query).get(ECHO_QUERY, [""])[0]
         try:
-            if parse_qs(parts.query).get(ECHO_QUERY) == ["echo"]:
+            if mode == "echo":
                 await self._echo(conn, record)
             else:
                 model = parse_qs(parts.query).get("model", [None])[0]
-                await self._converse(conn, StandinSession(model=model, ga_names=PROTOCOL_PATHS[parts.path]),
-                                     record)
+                realistic = mode == "realistic" or (mode != "instant" and self.options.realistic)
+                await self._converse(conn, StandinSession(model=model, ga_names=PROTOCOL_PATHS[parts.path],
+                                                          realistic=realistic), record)
         except ConnectionClosed:
             pass
         finally:
@@ -108,18 +120,60 @@ class Standin:
     async def _converse(self, conn: ServerConnection, session: StandinSession,
                         record: ReceivedSession | None) -> None:
         await self._send(conn, session.created(), record)
-        async for message in conn:
-            if record is not None:
-                record.frames.append(message)
-            if isinstance(message, bytes):
-                events = session.handle_binary()
-            else:
-                if self.options.test_controls and await self._test_control(conn, message):
-                    return
-                events = session.handle_text(message)
-            for event in events:
-                await self._send(conn, event, record)
+        playing: tuple[PendingResponse, asyncio.Event, asyncio.Task[None]] | None = None
+        try:
+            async for message in conn:
+                if record is not None:
+                    record.frames.append(message)
+                if isinstance(message, bytes):
+                    events = session.handle_binary()
+                else:
+                    if self.options.test_controls and await self._test_control(conn, message):
+                        return
+                    events = session.handle_text(message)
+                for event in events:
+                    await self._send(conn, event, record)
+                if session.interrupted and playing is not None:
+                    response, stop, task = playing
+                    stop.set()
+                    await task
+                    playing = None
+                    if response.sent < len(response.events):
+                        for event in session.cancelled(response):
+                            await self._send(conn, event, record)
+                    session.response_finished()
+                if session.pending is not None:
+                    response, session.pending = session.pending, None
+                    stop = asyncio.Event()
+                    playing = (response, stop, asyncio.create_task(self._play(conn, session, response, stop, record)))
+        finally:
+            if playing is not None:
+                playing[1].set()
+                await playing[2]
 
+    async def _play(self, conn: ServerConnection, session: StandinSession, response: PendingResponse,
+                    stop: asyncio.Event, record: ReceivedSession | None) -> None:
+        """Realistic timing: wait, then send the response's events, its audio paced at real time (plus a lead).
+        Stops between two events when `stop` is set; sends nothing after that."""
+        loop = asyncio.get_running_loop()
+        if await _stopped(stop, RESPONSE_DELAY_S):
+            return
+        audio_started, audio_s = loop.time(), 0.0
+        try:
+            for event in response.events:
+                if event["type"] in AUDIO_DELTAS:
+                    due = audio_started + audio_s - AUDIO_LEAD_S - loop.time()
+                    if due > 0 and await _stopped(stop, due):
+                        return
+                    audio_s += AUDIO_DELTA_MS / 1000
+                    response.audio_sent += 1
+                if stop.is_set():
+                    return
+                await self._send(conn, event, record)
+                response.sent += 1
+        except ConnectionClosed:
+            return
+        session.response_finished()
     async def _test_control(self, conn: ServerConnection, message: str) -> bool:
         if '"x-standin.' not in message:
             return False
@@ -152,6 +206,15 @@ class Standin:
         )
         log.info("standin.listening", host=host, port=bound_port(server))
         return server
+
+
+async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait `seconds` unless `stop` is set first; True if it was."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 def bound_port(server: Server) -> int:
