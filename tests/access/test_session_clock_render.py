@@ -26,7 +26,7 @@ async def render(records: list[Record]) -> tuple[list[int], list[int]]:
             yield record
 
     plan = await plan_session_clock(stream())
-    data = b"".join([chunk async for chunk in session_clock_pcm(stream(), plan.samples)])
+    data = b"".join([chunk async for chunk in session_clock_pcm(stream, plan.samples)])
     assert len(data) == plan.data_bytes
     samples = struct.unpack(f"<{len(data) // 2}h", data)
     return list(samples[0::2]), list(samples[1::2])

@@ -102,7 +102,7 @@ class Bundle:
 
             for name, part in WAV_PARTS:
                 plan = self.wav_plans[name]
-                async for piece in entry(name, _with_header(plan.header, wav_pcm(self.stream(), part, plan)),
+                async for piece in entry(name, _with_header(plan.header, wav_pcm(self.stream, part, plan)),
                                          zipfile.ZIP_STORED):
                     yield piece
             for name, chunks in (("events.ndjson", timeline_lines(self.stream())), ("turns.json", _one(self.turns)),

@@ -7,7 +7,7 @@ byte; JSON parts are small and built whole. Shared by single reads and the debug
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -70,7 +70,8 @@ async def plan_wav(records: RecordingStream, part: Part) -> WavPlan:
     return WavPlan(header, len(header) + track.data_bytes, track.gaps)
 
 
-def wav_pcm(records: RecordingStream, part: Part, plan: WavPlan) -> AsyncIterator[bytes]:
+def wav_pcm(stream: Callable[[], RecordingStream], part: Part, plan: WavPlan) -> AsyncIterator[bytes]:
+    """Pass two of a WAV part: its pcm after the header (the session clock reads the recording once per channel)."""
     if part == "audio_session":
-        return session_clock_pcm(records, (plan.total - len(plan.header)) // (2 * CHANNELS))
-    return track_pcm(records, SPEAKER_OF_PART[part])
+        return session_clock_pcm(stream, (plan.total - len(plan.header)) // (2 * CHANNELS))
+    return track_pcm(stream(), SPEAKER_OF_PART[part])

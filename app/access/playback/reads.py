@@ -103,7 +103,7 @@ async def read_recording_part(
                "X-Voicelog-Gaps": json.dumps(plan.gaps, separators=(",", ":"))}
     if window:
         headers["Content-Range"] = f"bytes {start}-{end}/{plan.total}"
-    return PartRead(allowed, "audio/wav", wav_window(plan.header, wav_pcm(stream(), part, plan), start, end),
+    return PartRead(allowed, "audio/wav", wav_window(plan.header, wav_pcm(stream, part, plan), start, end),
                     headers, status=206 if window else 200)
 
 

@@ -6,16 +6,16 @@ direction's previous chunk was still playing (a pipeline sends response audio fa
 after that chunk, as the client's player queues it. Where nothing was sent there is silence, so one player
 plays what the caller said and heard, at the time they said and heard it.
 
-Everything is pcm16 at 24 kHz (8 and 16 kHz input is repeated sample by sample, nearest neighbour). Two passes
-over the stream, like the mono tracks: `plan_session_clock` sizes the WAV, `session_clock_pcm` renders it,
-holding only the audio queued ahead of the relay's clock.
+Everything is pcm16 at 24 kHz (8 and 16 kHz input is repeated sample by sample, nearest neighbour). Like the
+mono tracks, `plan_session_clock` sizes the WAV in one pass; `session_clock_pcm` renders it from one pass per
+channel, interleaved in step, so memory stays bounded whatever the recording's length or its audio's timing.
 """
 
 from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,35 +118,45 @@ async def plan_session_clock(records: AsyncIterable[Record]) -> ClockPlan:
     return plan
 
 
-async def session_clock_pcm(records: AsyncIterable[Record], total_samples: int) -> AsyncIterator[bytes]:
-    """Pass two: interleaved stereo pcm16, `total_samples` frames long (what `plan_session_clock` counted)."""
-    pending = array("h")  # stereo samples from `flushed` on
-    flushed = 0
+async def _channel(records: AsyncIterable[Record], channel: int) -> AsyncIterator[array[int]]:
+    """One channel on the clock: silence up to each of its chunks, then the chunk (pieces of bounded size)."""
+    written = 0
+    async for _now, placed_on, start, samples in placed_chunks(records):
+        if placed_on != channel or samples is None:
+            continue
+        while written < start:
+            count = min(start - written, FLUSH_SAMPLES)
+            yield array("h", bytes(2 * count))
+            written += count
+        yield samples
+        written += len(samples)
 
-    def grow(upto: int) -> None:
-        missing = (upto - flushed) * CHANNELS - len(pending)
-        if missing > 0:
-            pending.frombytes(bytes(2 * missing))
 
-    def take(upto: int) -> bytes:
-        nonlocal flushed, pending
-        grow(upto)
-        cut = (upto - flushed) * CHANNELS
-        out, pending = pending[:cut], pending[cut:]
-        flushed = upto
+async def session_clock_pcm(open_records: Callable[[], AsyncIterable[Record]],
+                            total_samples: int) -> AsyncIterator[bytes]:
+    """Pass two: interleaved stereo pcm16, `total_samples` frames long (what `plan_session_clock` counted).
+
+    Each channel is rendered from its own pass over the records, and the two are interleaved in step, so memory
+    holds a chunk per channel whatever the audio queued ahead (a client may send a file faster than real time)."""
+    channels = [_channel(open_records(), LEFT), _channel(open_records(), RIGHT)]
+    pending: list[array[int]] = [array("h"), array("h")]
+    ended = [False, False]
+    done = 0
+    while done < total_samples:
+        for index in (LEFT, RIGHT):
+            while not ended[index] and len(pending[index]) < FLUSH_SAMPLES:
+                try:
+                    pending[index].extend(await anext(channels[index]))
+                except StopAsyncIteration:
+                    ended[index] = True
+        count = min(total_samples - done, FLUSH_SAMPLES,
+                    *(len(pending[i]) for i in (LEFT, RIGHT) if not ended[i]))
+        frame = array("h", bytes(2 * CHANNELS * count))
+        for index in (LEFT, RIGHT):
+            piece = pending[index][:count]
+            frame[index : index + CHANNELS * len(piece) : CHANNELS] = piece
+            del pending[index][:count]
         if sys.byteorder == "big":
-            out.byteswap()
-        return out.tobytes()
-
-    async for now, channel, start, samples in placed_chunks(records):
-        if samples is not None:
-            grow(start + len(samples))
-            at = (start - flushed) * CHANNELS + channel
-            pending[at : at + len(samples) * CHANNELS : CHANNELS] = samples
-        # Nothing can be placed before the relay's clock any more: what lies before it is final.
-        while now - flushed > 0:
-            yield take(min(now, flushed + FLUSH_SAMPLES, total_samples))
-            if flushed >= total_samples:
-                return
-    while flushed < total_samples:
-        yield take(min(total_samples, flushed + FLUSH_SAMPLES))
+            frame.byteswap()
+        yield frame.tobytes()
+        done += count
