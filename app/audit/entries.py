@@ -48,8 +48,9 @@ class ActorMatch:
     @classmethod
     def parse(cls, text: str) -> ActorMatch:
         text = text.strip()
-        if not text or len(text) > MAX_ACTOR_LENGTH:
-            raise InvalidEntryFilter(f"`actor` must be an id or TYPE:ID, 1 to {MAX_ACTOR_LENGTH} characters.")
+        if not text or len(text) > MAX_ACTOR_LENGTH or not text.isprintable():
+            raise InvalidEntryFilter(
+                f"`actor` must be an id or TYPE:ID, 1 to {MAX_ACTOR_LENGTH} printable characters.")
         kind, sep, rest = text.partition(":")
         if sep and rest and kind in {t.value for t in ActorType}:
             return cls(id=rest, type=ActorType(kind))
@@ -65,9 +66,15 @@ class EntryFilter:
 
     def __post_init__(self) -> None:
         for name in ("since", "until"):
-            moment = getattr(self, name)
-            if moment is not None and moment.tzinfo is None:
+            moment: datetime | None = getattr(self, name)
+            if moment is None:
+                continue
+            if moment.tzinfo is None:
                 raise InvalidEntryFilter(f"`{name}` needs a time zone (e.g. a trailing Z for UTC).")
+            try:  # the database compares UTC: 9999-12-31T23:00-05:00 has no UTC time
+                moment.astimezone(UTC)
+            except OverflowError:
+                raise InvalidEntryFilter(f"`{name}` is out of range.") from None
         if self.since is not None and self.until is not None and self.until <= self.since:
             raise InvalidEntryFilter("`until` must be later than `since`.")
 

@@ -148,6 +148,8 @@ async def test_only_an_active_auditor_reads_entries(
     ({"after": "-1"}, "invalid_input"),
     ({"actor": "x" * 161}, "invalid_input"),
     ({"actor": " "}, "invalid_audit_filter"),
+    ({"actor": "staff:al\x00ice"}, "invalid_audit_filter"),  # PostgreSQL cannot even compare a NUL
+    ({"until": "9999-12-31T23:59:59-05:00"}, "invalid_audit_filter"),  # no UTC time to compare
 ])
 async def test_bad_filters_are_422_with_a_code(
     entries_api: httpx.AsyncClient, mint_token: MintToken, params: dict[str, str], code: str
