@@ -186,12 +186,14 @@ def parse_moment(text: str, *, now: datetime) -> datetime:
     """A CLI time: `30m`/`2h`/`7d`/`45s` ago, a day (`2026-12-05`, 00:00 UTC) or an ISO 8601 time (UTC if no
     zone is given)."""
     text = text.strip()
-    relative = _RELATIVE.match(text)
-    if relative is not None:
-        return now - timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
     try:
+        relative = _RELATIVE.match(text)
+        if relative is not None:
+            return now - timedelta(**{_UNITS[relative.group(2)]: int(relative.group(1))})
         moment = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     except ValueError:
         raise InvalidEntryFilter(
             f"{text!r} is not a time: give 30m, 2h, 7d, a day (YYYY-MM-DD) or an ISO 8601 time.") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidEntryFilter(f"{text!r} is out of range.") from None

@@ -83,6 +83,8 @@ def test_bad_filters_are_one_line_and_exit_two(cli_env: Path) -> None:
     assert later.exit_code == 2
     assert "`until` must be later than `since`" in later.stderr
     assert runner.invoke(audit_cli, ["list", "--action", "access.peeked"]).exit_code == 2
+    far = runner.invoke(audit_cli, ["list", "--since", "999999d"])
+    assert (far.exit_code, far.stderr) == (2, "error: invalid_audit_filter: '999999d' is out of range.\n")
 
 
 def test_tail_follow_prints_each_new_entry_as_it_is_chained(cli_env: Path, audit_db_url: str) -> None:
