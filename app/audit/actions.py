@@ -149,7 +149,8 @@ def _subjects(*names: str) -> frozenset[str]:
     return frozenset(names)
 
 
-READ_PARTS: Final = {"audio_inbound", "audio_outbound", "timeline", "transcripts", "manifest"}
+READ_PARTS: Final = {"audio_inbound", "audio_outbound", "audio_session", "timeline", "turns", "transcripts", "bundle",
+                      "manifest"}
 PURGE_REASONS: Final = {"retention", "erasure"}
 KEY_KINDS: Final = {"kek", "dek"}
 REPORT_KINDS: Final = {"access_review", "retention"}
