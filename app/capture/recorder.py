@@ -388,39 +388,52 @@ class Recorder:
         the progress made meanwhile and keeps its data key, so what was stored stays readable.
         """
         info, consent = recording.info, recording.consent
-        bucket = recording.key.hour
         keep_key = recording.row_deferred or not failed
         async with self.session_factory() as session:
-            if not await consent_covers(session=session, consent_id=consent.consent_id,
-                                        session_start=info.started_at):
+            if await session.get(Recording, info.request_id) is not None:
+                written_before = True  # an earlier try committed, but its answer was lost (a hung database)
+            elif not await consent_covers(session=session, consent_id=consent.consent_id,
+                                          session_start=info.started_at):
                 recording.failure = "consent_ended"
                 return False  # nothing to write, ever
-            session.add(Recording(
-                request_id=info.request_id, resource_id=info.resource_id, region=info.region,
-                ticket_id=consent.ticket_id, consent_id=consent.consent_id, correlation_id=info.correlation_id,
-                started_at=info.started_at, bucket_start=bucket,
-                wrapped_dek=recording.wrapped if keep_key else None,
-                blob_name=recording.key.name, state=RecordingState.INCOMPLETE if failed else RecordingState.RECORDING,
-                incomplete_reason=failed, ended_at=self.clock.now() if failed else None,
-                owner=None if failed else self.replica_id, heartbeat_at=self.clock.now(),
-                segments=recording.segments, bytes_committed=recording.offset, frames=recording.frames,
-            ))
-            await append_entry(
-                session=session, clock=self.clock, actor=SYSTEM, action=AuditAction.RECORDING_STARTED,
-                subjects=Subjects(request_id=info.request_id, resource=info.resource_id, ticket=consent.ticket_id),
-                detail={"region": info.region, "started_at": detail_time(info.started_at),
-                        "kek_bucket": kek_bucket(info.started_at), "consent": consent.consent_id},
-            )
-            if failed:
-                await append_entry(
-                    session=session, clock=self.clock, actor=SYSTEM, action=AuditAction.RECORDING_INCOMPLETE,
-                    subjects=Subjects(request_id=info.request_id), detail={"reason": failed},
-                )
-            await session.commit()
+            else:
+                written_before = False
+                await self._add_row(session, recording, failed=failed, keep_key=keep_key)
+                await session.commit()
+        if written_before and failed:
+            await self._close_row(recording, state=RecordingState.INCOMPLETE, reason=failed,
+                                  dropped=recording.buffer.dropped_frames)
         self.metrics.started.inc()
         log.info("recording.started", request_id=info.request_id, region=info.region,
                  deferred=recording.row_deferred)
         return True
+
+    async def _add_row(self, session: AsyncSession, recording: LiveRecording, *, failed: str | None,
+                       keep_key: bool) -> None:
+        """Add the row and its entries to `session` (the caller commits)."""
+        info, consent = recording.info, recording.consent
+        bucket = recording.key.hour
+        session.add(Recording(
+            request_id=info.request_id, resource_id=info.resource_id, region=info.region,
+            ticket_id=consent.ticket_id, consent_id=consent.consent_id, correlation_id=info.correlation_id,
+            started_at=info.started_at, bucket_start=bucket,
+            wrapped_dek=recording.wrapped if keep_key else None,
+            blob_name=recording.key.name, state=RecordingState.INCOMPLETE if failed else RecordingState.RECORDING,
+            incomplete_reason=failed, ended_at=self.clock.now() if failed else None,
+            owner=None if failed else self.replica_id, heartbeat_at=self.clock.now(),
+            segments=recording.segments, bytes_committed=recording.offset, frames=recording.frames,
+        ))
+        await append_entry(
+            session=session, clock=self.clock, actor=SYSTEM, action=AuditAction.RECORDING_STARTED,
+            subjects=Subjects(request_id=info.request_id, resource=info.resource_id, ticket=consent.ticket_id),
+            detail={"region": info.region, "started_at": detail_time(info.started_at),
+                    "kek_bucket": kek_bucket(info.started_at), "consent": consent.consent_id},
+        )
+        if failed:
+            await append_entry(
+                session=session, clock=self.clock, actor=SYSTEM, action=AuditAction.RECORDING_INCOMPLETE,
+                subjects=Subjects(request_id=info.request_id), detail={"reason": failed},
+            )
 
     # --- seal and append ------------------------------------------------------------------------------
 
@@ -573,7 +586,7 @@ class Recorder:
 
     async def _write_deferred_rows(self) -> None:
         """Write the rows deferred during a database outage, oldest first, each with its progress so far and
-        its `recording.started` entry; stop at the first failure and try again after a backoff."""
+        its `recording.started` entry; at the first outage stop and try again after a backoff."""
         now = time.monotonic()
         waiting = [r for r in self.live.values() if r.row_deferred and r.phase in OWNS_ROW]
         if not waiting or now < self._deferred_retry.next_try:
@@ -582,12 +595,15 @@ class Recorder:
             try:
                 covered = await self._insert_row(recording)
             except Exception as exc:
-                self._database_failed(exc)
-                self._deferred_retry.failed(now, math.inf)
                 self.metrics.errors.labels("deferred_row_failed").inc()
                 log.warning("recording.deferred_row_failed", request_id=recording.info.request_id,
                             error=type(exc).__name__, waiting=len(waiting))
-                return
+                if self._database_failed(exc):
+                    self._deferred_retry.failed(now, math.inf)  # still away: the rest wait with it
+                    return
+                # This row's own statement failed: its retry deadline applies, the others go on.
+                self._fail(recording, "database_unavailable", give_up=False)
+                continue
             self._database_answered()
             self._deferred_retry.succeeded()
             if covered:
