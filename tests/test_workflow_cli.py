@@ -115,26 +115,25 @@ async def test_ticket_access_and_recording_from_the_terminal(desk: Desk, standin
     approved = (await desk.voicelog("manager", "access", "approve", asked["id"], "--minutes", "30", "--json")).json()
     assert (approved["status"], approved["granted_minutes"], approved["decided_by"]) == ("approved", 30, desk.manager)
 
-    # The read from the SAW: through nginx, with the engineer's registered certificate.
-    events_file = tmp_path / "events.ndjson"
+    # The reads from the SAW, through nginx with the engineer's registered certificate, and one off the SAW.
     saw = ["--url", desk.nginx.url, "--cert", str(desk.pki.valid.cert_path), "--key", str(desk.pki.valid.key_path),
            "--cacert", str(desk.pki.server_ca.cert_path)]
-    got = (await desk.voicelog("engineer", "recordings", "get", request_id, "--part", "events", "-o",
-                               str(events_file), *saw, "--json")).json()
+    events_file, wav, elsewhere = tmp_path / "events.ndjson", tmp_path / "caller.wav", tmp_path / "service.wav"
+    # (stereo, turns and bundle wait for the audit's READ_PARTS to name them: the service answers 500 today.)
+    events_run, caller, refused = await asyncio.gather(
+        desk.voicelog("engineer", "recordings", "get", request_id, "--part", "events", "-o", str(events_file),
+                      *saw, "--json"),
+        desk.voicelog("engineer", "recordings", "get", request_id, "-p", "caller", "-o", str(wav), *saw),
+        desk.voicelog("engineer", "recordings", "get", request_id, "-p", "service", "-o", str(elsewhere)))
+    got = events_run.json()
     lines = [json.loads(line) for line in events_file.read_text().splitlines()]
     assert got["bytes"] == events_file.stat().st_size > 0
     assert (got["part"], got["state"], got["file"]) == ("events", "complete", str(events_file))
     assert any(e.get("type") == "response.done" for e in lines)
-    # (stereo, turns and bundle wait for the audit's READ_PARTS to name them: the service answers 500 today.)
-    wav = tmp_path / "caller.wav"
-    caller = await desk.voicelog("engineer", "recordings", "get", request_id, "-p", "caller", "-o", str(wav), *saw)
     assert caller.code == 0, caller.stderr
     assert wav.read_bytes()[:4] == b"RIFF"
     assert caller.stdout.split("\n")[1].split()[:3] == [request_id, "caller", str(wav.stat().st_size)]
-
     # Not from the SAW: the API's one answer, one line, nothing written.
-    elsewhere = tmp_path / "service.wav"
-    refused = await desk.voicelog("engineer", "recordings", "get", request_id, "-p", "service", "-o", str(elsewhere))
     assert refused.code == 1
     assert refused.stdout == ""
     assert refused.stderr.strip().splitlines()[-1].startswith("error: recording_not_available (404): ")
