@@ -84,6 +84,7 @@ def fuzzed_app(migrated_databases: dict[str, str], tmp_path: Path, identity_sett
         asgi.shutdown_lifespans()
 
 
+@pytest.mark.slow
 def test_no_route_answers_any_caller_with_a_server_error(fuzzed_app: tuple[Any, dict[str, dict[str, str]]]) -> None:
     app, callers = fuzzed_app
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -38,7 +38,7 @@ from app.server.workers import WorkerCountError, resolve_worker_count
 from tests.fixtures.database import create_pg_database, drop_pg_database, pg_url, worker_id
 
 # Heavy (three processes per server, each importing the whole app): never beside the scale-out replicas.
-pytestmark = pytest.mark.xdist_group("scale_out")
+pytestmark = [pytest.mark.xdist_group("scale_out"), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 VOICELOG = [sys.executable, "-m", "app.cli_main"]

@@ -52,7 +52,8 @@ SKIPPED = {
       for check in ("CKV_K8S_15", "CKV_K8S_43", "CKV_K8S_35")),
 }
 
-pytestmark = pytest.mark.xdist_group("deployment_checks")  # one worker: checkov runs once per module
+# one worker: checkov runs once per process
+pytestmark = [pytest.mark.xdist_group("deployment_checks"), pytest.mark.slow]
 
 
 def require(binary: Path | None, name: str, install: str) -> str:
@@ -230,9 +231,20 @@ def run_checkov(directory: Path, frameworks: list[str]) -> list[dict[str, Any]]:
     return reports
 
 
+_CHECKOV_REPORTS: dict[str, list[dict[str, Any]]] = {}  # per process: xdist may interleave another module's
+# tests with this group's, which tears a module fixture down and would run checkov (~40 s) a second time
+
+
 @pytest.fixture(scope="module")
 def checkov_reports(rendered: dict[str, dict[str, str]],
                     tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    if not _CHECKOV_REPORTS:
+        _CHECKOV_REPORTS.update(scan_with_checkov(rendered, tmp_path_factory))
+    return _CHECKOV_REPORTS
+
+
+def scan_with_checkov(rendered: dict[str, dict[str, str]],
+                      tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
     manifests = tmp_path_factory.mktemp("rendered")
     for values, texts in rendered.items():
         (manifests / values).mkdir()

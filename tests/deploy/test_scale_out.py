@@ -61,7 +61,7 @@ from tests.fixtures.blob import AzuriteRegions
 from tests.fixtures.database import create_pg_database, drop_pg_database, worker_id
 from tests.retention.world import RECORDER, REGIONS, Copy, World, marker_plaintext
 
-pytestmark = pytest.mark.xdist_group("scale_out")
+pytestmark = [pytest.mark.xdist_group("scale_out"), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 VOICELOG = [sys.executable, "-m", "app.cli_main"]

@@ -4,11 +4,12 @@ The clock is a ManualClock moved tick by tick; on each tick the purge job and th
 the scheduler runs them. Sessions start at random instants (quiet hours, busy hours, some exactly on the
 hour), some are erased by their customer, and one region's store refuses deletes for a while, twice.
 
-Ticks: the 60-day run ticks every 10 simulated minutes with `purge_lead_s=0` (86,400 one-minute ticks
-take ~7 minutes on SQLite alone, each run costing a few milliseconds even when nothing is due). That loses
-nothing: every bucket deadline is on an hour boundary, so with no lead every instant a purge is due lies
-on the 10-minute grid, and the purge finds nothing due between two deadlines (a purge there would be early,
-which the age bounds catch). The default lead (60 s, due at hh:59) is run at one-minute ticks across the
+Ticks: the 60-day run ticks twice per simulated hour with `purge_lead_s=0`: on the hour, and once at a
+random instant within the hour (86,400 one-minute ticks take ~7 minutes on SQLite alone, each run costing
+a few milliseconds even when nothing is due). That loses nothing: every bucket deadline is on an hour
+boundary, so with no lead every instant a purge is due is an on-the-hour tick, and the random tick runs the
+purge where nothing is due (a purge there would be early, which the age bounds catch), each hour at a
+different minute and second. The default lead (60 s, due at hh:59) is run at one-minute ticks across the
 deadlines of three hour buckets in `test_with_the_default_lead_...`.
 """
 
@@ -40,7 +41,7 @@ from app.vault.keyring import KeyBucket
 from tests.retention.world import LIFETIME, REGIONS, Copy, World
 
 SIM_DAYS = 60
-TICK = timedelta(minutes=10)
+HOUR = timedelta(hours=1)
 LEAD = timedelta(0)
 
 
@@ -105,7 +106,7 @@ async def test_sixty_days_every_recording_gone_at_30_days_never_before_29d23h_an
         while erasures and erasures[0][0] <= now:
             await erase(world, erasures.pop(0)[1])
         await purger.run()
-        if ticks % 3 == 0:  # the pending-blob job: every 30 simulated minutes is plenty for hour-long outages
+        if ticks % 2 == 0:  # the pending-blob job: hourly is plenty for hour-long outages
             async with world.factory() as session:
                 await delete_pending_blobs(session=session, clock=world.clock, stores=stores)
                 await session.commit()
@@ -114,9 +115,9 @@ async def test_sixty_days_every_recording_gone_at_30_days_never_before_29d23h_an
             due_now.append(heapq.heappop(deadlines)[1])
         if due_now:
             await assert_gone(world, due_now, copies, now)
-        world.clock.advance(TICK)
+        world.clock.advance(next_tick(now, epoch, rng) - now)
         ticks += 1
-    assert ticks == SIM_DAYS * 24 * 6
+    assert ticks == SIM_DAYS * 24 * 2
 
     rows = await world.rows()
     assert len(rows) == len(copies) > 800
@@ -126,8 +127,16 @@ async def test_sixty_days_every_recording_gone_at_30_days_never_before_29d23h_an
     assert min(ages.values()) >= LIFETIME - timedelta(hours=1) - LEAD  # none purged before 29 d 23 h
     assert min(ages.values()) < LIFETIME - timedelta(minutes=55)  # the bound is met, not just approached
     assert max(ages.values()) == LIFETIME  # sessions that began on the hour: exactly 30 days, not a second more
-    await assert_keks_destroyed_on_time(world, rows)
+    await assert_keks_destroyed_on_time(world, rows, now)
     await assert_report_matches_database_and_listings(world, epoch, rows)
+
+
+def next_tick(now: datetime, epoch: datetime, rng: random.Random) -> datetime:
+    """On the hour, the next tick is a random instant within that hour; from there, the next hour."""
+    hour_start = epoch + HOUR * ((now - epoch) // HOUR)
+    if now == hour_start:
+        return now + timedelta(seconds=rng.uniform(1, 3599))
+    return hour_start + HOUR
 
 
 async def erase(world: World, request_id: str) -> None:
@@ -154,8 +163,8 @@ async def assert_gone(world: World, request_ids: list[str], copies: dict[str, Co
                 assert not await world.blob_exists(row)
 
 
-async def assert_keks_destroyed_on_time(world: World, rows: list[Recording]) -> None:
-    now = world.clock.now() - TICK  # the last tick the purge ran at
+async def assert_keks_destroyed_on_time(world: World, rows: list[Recording], now: datetime) -> None:
+    """`now`: the last tick the purge ran at."""
     async with world.factory() as session:
         destroyed = {(b.region, b.bucket_start): b.kek_destroyed_at
                      for b in (await session.execute(select(RetentionBucket))).scalars()}
