@@ -120,11 +120,12 @@ async def test_ticket_access_and_recording_from_the_terminal(desk: Desk, standin
            "--cacert", str(desk.pki.server_ca.cert_path)]
     events_file, wav, elsewhere = tmp_path / "events.ndjson", tmp_path / "caller.wav", tmp_path / "service.wav"
     # (stereo, turns and bundle wait for the audit's READ_PARTS to name them: the service answers 500 today.)
-    events_run, caller, refused = await asyncio.gather(
+    events_run, caller, refused, transcript = await asyncio.gather(
         desk.voicelog("engineer", "recordings", "get", request_id, "--part", "events", "-o", str(events_file),
                       *saw, "--json"),
         desk.voicelog("engineer", "recordings", "get", request_id, "-p", "caller", "-o", str(wav), *saw),
-        desk.voicelog("engineer", "recordings", "get", request_id, "-p", "service", "-o", str(elsewhere)))
+        desk.voicelog("engineer", "recordings", "get", request_id, "-p", "service", "-o", str(elsewhere)),
+        desk.voicelog("engineer", "recordings", "get", request_id, "-p", "transcript", "-o", "-", *saw))
     got = events_run.json()
     lines = [json.loads(line) for line in events_file.read_text().splitlines()]
     assert got["bytes"] == events_file.stat().st_size > 0
@@ -133,6 +134,9 @@ async def test_ticket_access_and_recording_from_the_terminal(desk: Desk, standin
     assert caller.code == 0, caller.stderr
     assert wav.read_bytes()[:4] == b"RIFF"
     assert caller.stdout.split("\n")[1].split()[:3] == [request_id, "caller", str(wav.stat().st_size)]
+    assert transcript.code == 0, transcript.stderr
+    assert isinstance(json.loads(transcript.stdout), dict | list)  # `-o -`: the part alone on stdout
+    assert f"request_id={request_id} part=transcript bytes={len(transcript.stdout.encode())}" in transcript.stderr
     # Not from the SAW: the API's one answer, one line, nothing written.
     assert refused.code == 1
     assert refused.stdout == ""
