@@ -9,8 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from websockets.asyncio.client import connect
 
+from app.audit.actions import AuditAction
+from app.audit.models import AuditEntryRow
+from app.capture.models import Recording
 from app.capture.settings import CaptureSettings
 from app.identity.settings import IdentitySettings
 from app.storage.layout import RecordingKey
@@ -169,3 +173,58 @@ async def test_a_hung_database_holds_up_no_append(
     assert (row.state, row.incomplete_reason) == ("complete", None)
     payloads = [f.payload for f in contents.frames if f.direction == 0]
     assert (payloads[0], payloads[-1], len(payloads)) == (b"first", b"last", 152)
+
+
+class AnswerLostOnce:
+    """A session factory whose first commit of a new recording row lands but answers with a timeout, as a
+    hung server that wakes after the recorder's deadline does."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.lost = 0
+
+    def __call__(self) -> Any:
+        session = self.real()
+        real_add, real_commit = session.add, session.commit
+        added: list[object] = []
+
+        def add(instance: object) -> None:
+            added.append(instance)
+            real_add(instance)
+
+        async def commit() -> None:
+            await real_commit()
+            if any(isinstance(o, Recording) for o in added) and not self.lost:
+                self.lost += 1
+                raise TimeoutError("committed, but the answer was lost")
+
+        session.add, session.commit = add, commit
+        return session
+
+
+async def test_a_row_whose_commit_answer_was_lost_is_written_once(
+    tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+) -> None:
+    """The row's insert commits but the recorder hears a timeout: it defers the row, streams, finds the row
+    on its next try and takes it as written; one row, one `recording.started`, and the recording is whole."""
+    async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
+                               identity=identity_settings, mint_token=mint_token) as stack:
+        recorder = stack.relay.app.state.ctx.recorder
+        lossy = AnswerLostOnce(recorder.session_factory)
+        recorder.session_factory = lossy
+        url = f"{stack.relay.ws}/resources/{stack.resource}{ECHO}"
+        async with connect(url, additional_headers={"api-key": STANDIN_API_KEY}) as ws:
+            request_id = ws.response.headers["x-ms-request-id"] if ws.response else ""
+            for i in range(20):
+                await ws.send(i.to_bytes(4, "big"))
+                await ws.recv()
+        row = await stack.recording(request_id, timeout=30)
+        contents = await stack.contents(request_id)
+        async with stack.relay.app.state.ctx.session_factory() as session:
+            started = (await session.execute(select(AuditEntryRow.seq).where(
+                AuditEntryRow.request_id == request_id,
+                AuditEntryRow.action == AuditAction.RECORDING_STARTED.value))).all()
+    assert lossy.lost == 1
+    assert (row.state, row.incomplete_reason) == ("complete", None)
+    assert len(started) == 1
+    assert [f.payload for f in contents.frames if f.direction == 0] == [i.to_bytes(4, "big") for i in range(20)]
