@@ -144,6 +144,10 @@ async def test_ticket_access_and_recording_from_the_terminal(desk: Desk, standin
     assert not elsewhere.exists()
     assert not elsewhere.with_name("service.wav.part").exists()
 
+    extension = (await desk.voicelog("engineer", "access", "extend", asked["id"], "-j", justification, "-m", "15",
+                                     "--json")).json()
+    assert (extension["status"], extension["extends_id"], extension["requested_minutes"]) == (
+        "waiting_for_manager", asked["id"], 15)
     revoked = (await desk.voicelog("engineer", "access", "revoke", asked["id"], "--reason", "done", "--json")).json()
     assert revoked["status"] == "revoked"
     again = (await desk.voicelog("engineer", "access", "request", "-t", ticket["id"], "-r", request_id,
@@ -152,7 +156,10 @@ async def test_ticket_access_and_recording_from_the_terminal(desk: Desk, standin
                                   "--json")).json()
     assert denied["status"] == "denied"
     mine = (await desk.voicelog("engineer", "access", "list", "--json")).json()
-    assert [(r["id"], r["status"]) for r in mine] == [(again["id"], "denied"), (asked["id"], "revoked")]
+    statuses = {r["id"]: r["status"] for r in mine}
+    assert mine[0]["id"] == again["id"]  # newest first
+    assert set(statuses) == {asked["id"], extension["id"], again["id"]}
+    assert (statuses[asked["id"]], statuses[again["id"]]) == ("revoked", "denied")
 
     unassigned = (await desk.voicelog("ticketing", "tickets", "unassign", ticket["id"], desk.engineer,
                                       "--json")).json()

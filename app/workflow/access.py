@@ -1,7 +1,7 @@
-"""`voicelog access request | approve | deny | revoke | list`: just-in-time access through the API (C5).
+"""`voicelog access request | extend | approve | deny | revoke | list`: just-in-time access through the API (C5).
 
-An engineer asks (`request`) and lists their own (`list`); a manager lists the queue (`list --queue`) and
-decides (`approve`, `deny`); either ends a grant early (`revoke`).
+An engineer asks (`request`, `extend` for more time on a grant) and lists their own (`list`); a manager lists
+the queue (`list --queue`) and decides (`approve`, `deny`); either ends a grant early (`revoke`).
 """
 
 from __future__ import annotations
@@ -53,6 +53,19 @@ def request(
     """Ask for access to named recordings (engineer); your team's manager decides."""
     _one(url, token, as_json, "POST", "/access/requests",
          {"ticket_id": ticket, "request_ids": request_id, "justification": justification, "duration_minutes": minutes})
+
+
+@access_cli.command("extend")
+def extend(
+    access_request: IdArg,
+    justification: Annotated[str, typer.Option(
+        "--justification", "-j", help="Why more time (20 to 2000 characters, naming the ticket).")],
+    minutes: Annotated[int, typer.Option("--minutes", "-m", help="How much more (5 to 480).")] = 240,
+    url: UrlOption = DEFAULT, token: TokenOption = None, as_json: JsonOption = False,
+) -> None:
+    """Ask for more time before a grant expires (engineer): a new request that needs a new approval."""
+    _one(url, token, as_json, "POST", f"/access/requests/{quote(access_request, safe='')}/extend",
+         {"justification": justification, "duration_minutes": minutes})
 
 
 @access_cli.command("approve")
