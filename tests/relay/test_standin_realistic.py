@@ -3,10 +3,13 @@ that cuts the answer off, as recorded through voicelog and read back as turns an
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect as ws_connect
 
 from app.access.saw.settings import SawSettings
 from app.identity.settings import IdentitySettings
@@ -18,6 +21,7 @@ from tests.fixtures.identity import MintToken
 from tests.fixtures.recording import recording_stack
 from tests.fixtures.relay import STANDIN_API_KEY, StandinHandle
 from tests.fixtures.saw import SawPki
+from tests.relay.audio import frames, speech_like
 
 # Silence, speech, a pause long enough for the answer to play a while, speech over it, silence.
 BARGE_IN = [silence(0.4), voiced(1.0, 180), silence(1.6), voiced(0.6, 240), silence(0.8)]
@@ -64,3 +68,34 @@ async def test_caller_talking_over_the_answer_cuts_it_off(
         assert any(right[first["first_audio_ms"] * RATE // 1000 : first["interrupted_at_ms"] * RATE // 1000])
         quiet_from = (first["interrupted_at_ms"] + 500) * RATE // 1000  # lead + the delta in flight, at most
         assert not any(right[quiet_from : second["first_audio_ms"] * RATE // 1000])
+
+
+async def _turn(url: str, *, cancel_after_created: bool) -> list[dict[str, object]]:
+    """One burst-sent turn straight to the stand-in; the server events until response.done."""
+    events: list[dict[str, object]] = []
+    async with ws_connect(url, additional_headers={"api-key": STANDIN_API_KEY}) as conn:
+        for chunk in frames(speech_like(1.5)):
+            await conn.send(json.dumps({"type": "input_audio_buffer.append",
+                                        "audio": base64.b64encode(chunk).decode()}))
+        async for message in conn:
+            event = json.loads(message)
+            events.append(event)
+            if event["type"] == "response.created" and cancel_after_created:
+                await conn.send(json.dumps({"type": "response.cancel"}))
+            if event["type"] == "response.done":
+                return events
+    raise AssertionError("no response.done")
+
+
+async def test_response_cancel_cuts_the_answer_off_and_instant_mode_answers_whole(
+        realistic_standin: StandinHandle) -> None:
+    base = f"{realistic_standin.url}/voice-live/realtime"
+    cancelled = await _turn(base, cancel_after_created=True)
+    done = cancelled[-1]["response"]
+    assert isinstance(done, dict)
+    assert (done["status"], done["status_details"]) == ("cancelled", {"type": "cancelled",
+                                                                      "reason": "client_cancelled"})
+    whole = await _turn(f"{base}?x-standin-mode=instant", cancel_after_created=False)
+    deltas = [e for e in whole if e["type"] == "response.audio.delta"]
+    assert len([e for e in cancelled if e["type"] == "response.audio.delta"]) < len(deltas)
+    assert whole[-1]["response"]["status"] == "completed"  # type: ignore[index]

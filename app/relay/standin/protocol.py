@@ -60,7 +60,7 @@ class StandinSession:
         self.ga_names = ga_names
         self.realistic = realistic
         self.pending: PendingResponse | None = None  # realistic: a response the server should start playing
-        self.interrupted = False  # realistic: the caller spoke over the response in progress
+        self.interrupted: str | None = None  # realistic: why the response in progress is to be cut off
         self.session: dict[str, Any] = {
             "id": _id("sess"),
             "object": "realtime.session",
@@ -145,7 +145,7 @@ class StandinSession:
         for kind, at_ms in self._vad.feed(to_samples(audio, self._input_format())):
             if kind == "start":
                 if self.realistic and self._active_response is not None:
-                    self.interrupted = True  # barge-in: the server cuts the response off after this event
+                    self.interrupted = "turn_detected"  # barge-in: the server cuts the response off after this
                 self._item_id = _id("item")
                 out.append(self._event("input_audio_buffer.speech_started", audio_start_ms=at_ms,
                                        item_id=self._item_id))
@@ -175,7 +175,7 @@ class StandinSession:
 
     def _on_response_cancel(self, _event: Event, cid: str | None) -> list[Event]:
         if self.realistic and self._active_response is not None:
-            self.interrupted = True
+            self.interrupted = "client_cancelled"
             return []
         # Instant responses are produced whole; there is never one in progress to cancel.
         return [self._error("response_cancel_not_active", "There is no active response to cancel.", cid)]
@@ -262,7 +262,7 @@ class StandinSession:
     def response_finished(self) -> None:
         """The server played the pending response out, or cut it off."""
         self._active_response = None
-        self.interrupted = False
+        self.interrupted = None
 
     def cancelled(self, response: PendingResponse) -> list[Event]:
         """What ends a response cut off part-way: its audio done, and `response.done` with status cancelled."""
@@ -275,7 +275,7 @@ class StandinSession:
             ref = {k: first_delta[k] for k in ("response_id", "item_id", "output_index", "content_index")}
             out.append(self._event(f"{names[0]}.done", **ref))
         body = dict(done["response"], status="cancelled",
-                    status_details={"type": "cancelled", "reason": "turn_detected"})
+                    status_details={"type": "cancelled", "reason": self.interrupted or "turn_detected"})
         out.append(self._event("response.done", response=body))
         self.response_finished()
         return out

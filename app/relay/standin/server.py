@@ -133,7 +133,7 @@ class Standin:
                     events = session.handle_text(message)
                 for event in events:
                     await self._send(conn, event, record)
-                if session.interrupted and playing is not None:
+                if session.interrupted is not None and playing is not None:
                     response, stop, task = playing
                     stop.set()
                     await task
