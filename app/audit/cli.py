@@ -369,8 +369,10 @@ def tail(
                 page = await list_entries(session, where=where, after=cursor, limit=MAX_PAGE)
                 await session.rollback()
             emit(page)
-            # Every seq up to the head is chained (the chain is dense): nothing can appear below it later.
-            cursor = page.entries[-1].seq if page.next_after is not None else max(cursor, page.head_seq)
+            # Every seq up to the head is chained (the chain is dense): nothing can appear below it later. The
+            # query may also see entries chained after the head was read: never print those twice.
+            last = page.entries[-1].seq if page.entries else cursor
+            cursor = last if page.next_after is not None else max(cursor, page.head_seq, last)
             sys.stdout.flush()
 
     try:
