@@ -120,6 +120,7 @@
       }
       audio.src = URL.createObjectURL(new Blob([buffer], { type: "audio/wav" }));
       audio.load();
+      if (player.pendingSeek !== undefined) audio.currentTime = Math.min(player.pendingSeek, player.duration);
       status.textContent = player.duration.toFixed(2) + " s of audio";
       figure.dataset.loaded = "true";
       draw(player);
@@ -137,10 +138,14 @@
   }
 
   function seek(ms) {
-    // Exactly the event's session time on the session clock's player.
+    // Exactly the event's session time on the session clock's player (applied once loaded if it is not yet).
     var player = players.session;
     if (!player) return;
-    player.audio.currentTime = player.duration ? Math.min(ms / 1000, player.duration) : ms / 1000;
+    if (!player.duration) {
+      player.pendingSeek = ms / 1000;
+      return;
+    }
+    player.audio.currentTime = Math.min(ms / 1000, player.duration);
     draw(player);
   }
 
