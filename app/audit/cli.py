@@ -356,7 +356,7 @@ def tail(
             if limit:
                 page = await newest_entries(session, where=where, limit=limit)
                 emit(page)
-                cursor = page.head_seq
+                cursor = max([page.head_seq, *(e.seq for e in page.entries)])
             else:
                 cursor = (await read_chain_head(session)).seq
             await session.rollback()
