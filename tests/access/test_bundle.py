@@ -14,7 +14,7 @@ from uuid import uuid4
 import pytest
 
 from app.identity.settings import IdentitySettings
-from tests.access.test_playback import Env, approve, ask, make_env, pcm_of, read
+from tests.access.test_playback import Env, approve, ask, make_env, make_stored_nothing, pcm_of, read
 from tests.fixtures.audit import audit_rows
 from tests.fixtures.identity import MintToken
 from tests.fixtures.relay import StandinHandle
@@ -66,3 +66,20 @@ async def test_bundle_holds_every_part_hashed_in_its_manifest_and_is_one_audited
         reads = [json.loads(r[0]) for r in await audit_rows(session, "detail", action="recording.read")]
     assert reads == [{"bytes": sum(p["bytes"] for p in manifest["parts"]), "part": "bundle",
                       "device": env.people.saw_id}]
+
+
+async def test_new_parts_of_a_recording_that_stored_nothing_read_as_empty_with_its_state(env: Env) -> None:
+    await make_stored_nothing(env, "missing")
+    assert await approve(env, await ask(env)) == 200
+    answers = {part: await read(env, part) for part in ("/audio/session.wav", "/turns", "/bundle")}
+    for part, response in answers.items():
+        assert response.status_code == 200, (part, response.text)
+        assert response.headers["x-voicelog-recording-state"] == "incomplete"
+        assert response.headers["x-voicelog-stored-bytes"] == "0"
+    with wave.open(io.BytesIO(answers["/audio/session.wav"].content)) as stereo:
+        assert (stereo.getnchannels(), stereo.getnframes()) == (2, 0)
+    assert answers["/turns"].json()["turns"] == []
+    archive = zipfile.ZipFile(io.BytesIO(answers["/bundle"].content))
+    manifest = json.loads(archive.read("manifest.json"))
+    assert manifest["recording"]["incomplete_reason"] == "store_unavailable"
+    assert archive.read("events.ndjson") == b""

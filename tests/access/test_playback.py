@@ -228,7 +228,7 @@ async def test_wav_supports_range_requests(env: Env) -> None:
     assert response.content == whole[100:1100]
 
 
-async def _stored_nothing(env: Env, blob: str) -> Path:
+async def make_stored_nothing(env: Env, blob: str) -> Path:
     """Make the recorded session one that stored nothing: its row incomplete(store_unavailable) and its blob
     missing, empty (a create torn by a full disk) or header only (created, no segment). The part's path."""
     ctx = env.stack.relay.app.state.ctx
@@ -252,7 +252,7 @@ async def _stored_nothing(env: Env, blob: str) -> Path:
 
 @pytest.mark.parametrize("blob", ["missing", "empty", "header_only"])
 async def test_a_recording_that_stored_nothing_reads_as_empty_with_its_state(env: Env, blob: str) -> None:
-    path = await _stored_nothing(env, blob)
+    path = await make_stored_nothing(env, blob)
     before = (path.read_bytes(), path.stat().st_mtime_ns) if blob != "missing" else None
     unknown = await refusal(env, request_id=uuid4().hex)
     assert await refusal(env) == unknown  # no grant yet: the uniform 404 (C4)
