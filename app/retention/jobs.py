@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.jobs import ChainKeeper, run_verification
@@ -24,11 +23,11 @@ from app.capture.retention_service import count_blobs_pending
 from app.clock import Clock
 from app.logs import get_logger
 from app.retention.metrics import RetentionMetrics
-from app.retention.models import RetentionReport
 from app.retention.orphans import OrphanSweep
 from app.retention.purge import Purger
 from app.retention.report import (
     chain_queued_entries,
+    days_to_report,
     generate_retention_report,
     overdue_counts,
     stored_report,
@@ -122,15 +121,13 @@ async def sweep_orphans(ctx: JobContext) -> int:
 
 
 async def make_daily_reports(ctx: JobContext) -> int:
-    """Sign and keep the report of every finished UTC day that has none (up to `report_catch_up_days` back)."""
+    """Sign and keep the report of every finished UTC day that has none (up to `report_catch_up_days` back),
+    from the day the audit trail began: a fresh install signs nothing for the days before it existed."""
     now = ctx.clock.now()
     last = (now - timedelta(seconds=ctx.settings.report_delay_s)).astimezone(UTC).date() - timedelta(days=1)
     first = last - timedelta(days=ctx.settings.report_catch_up_days - 1)
     async with ctx.session_factory() as session:
-        done = set((await session.execute(
-            select(RetentionReport.day).where(RetentionReport.day >= first, RetentionReport.day <= last)
-        )).scalars())
-    missing = [day for day in _days(first, last) if day not in done]
+        missing = await days_to_report(session, first=first, last=last)  # none before the audit trail began
     if not missing:
         return 0
     await chain_queued_entries(ctx.session_factory)
@@ -176,7 +173,3 @@ def builtin_jobs(settings: RetentionSettings, audit: AuditRuntime) -> list[Sched
                      exclusive=True, offset=timedelta(minutes=15)),
         ScheduledJob(AUDIT_VERIFY, verify_every, audit_verify, exclusive=True, offset=timedelta(minutes=40)),
     ]
-
-
-def _days(first: date, last: date) -> list[date]:
-    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
