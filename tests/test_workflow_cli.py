@@ -118,12 +118,11 @@ async def test_ticket_access_and_recording_from_the_terminal(desk: Desk, standin
     # The reads from the SAW, through nginx with the engineer's registered certificate, and one off the SAW.
     saw = ["--url", desk.nginx.url, "--cert", str(desk.pki.valid.cert_path), "--key", str(desk.pki.valid.key_path),
            "--cacert", str(desk.pki.server_ca.cert_path)]
-    events_file, wav, elsewhere = tmp_path / "events.ndjson", tmp_path / "caller.wav", tmp_path / "service.wav"
-    # (stereo, turns and bundle wait for the audit's READ_PARTS to name them: the service answers 500 today.)
-    events_run, caller, refused, transcript = await asyncio.gather(
+    events_file, wav, elsewhere = tmp_path / "events.ndjson", tmp_path / "session.wav", tmp_path / "service.wav"
+    events_run, stereo, refused, transcript = await asyncio.gather(
         desk.voicelog("engineer", "recordings", "get", request_id, "--part", "events", "-o", str(events_file),
                       *saw, "--json"),
-        desk.voicelog("engineer", "recordings", "get", request_id, "-p", "caller", "-o", str(wav), *saw),
+        desk.voicelog("engineer", "recordings", "get", request_id, "-p", "stereo", "-o", str(wav), *saw),
         desk.voicelog("engineer", "recordings", "get", request_id, "-p", "service", "-o", str(elsewhere)),
         desk.voicelog("engineer", "recordings", "get", request_id, "-p", "transcript", "-o", "-", *saw))
     got = events_run.json()
@@ -131,9 +130,10 @@ async def test_ticket_access_and_recording_from_the_terminal(desk: Desk, standin
     assert got["bytes"] == events_file.stat().st_size > 0
     assert (got["part"], got["state"], got["file"]) == ("events", "complete", str(events_file))
     assert any(e.get("type") == "response.done" for e in lines)
-    assert caller.code == 0, caller.stderr
+    assert stereo.code == 0, stereo.stderr
     assert wav.read_bytes()[:4] == b"RIFF"
-    assert caller.stdout.split("\n")[1].split()[:3] == [request_id, "caller", str(wav.stat().st_size)]
+    assert int.from_bytes(wav.read_bytes()[22:24], "little") == 2  # both directions on the session clock
+    assert stereo.stdout.split("\n")[1].split()[:3] == [request_id, "stereo", str(wav.stat().st_size)]
     assert transcript.code == 0, transcript.stderr
     assert isinstance(json.loads(transcript.stdout), dict | list)  # `-o -`: the part alone on stdout
     assert f"request_id={request_id} part=transcript bytes={len(transcript.stdout.encode())}" in transcript.stderr
