@@ -48,7 +48,8 @@ from app.clock import SystemClock
 from app.errors import AppError
 from app.workflow.table import render_table
 
-audit_cli = typer.Typer(help="The tamper-evident audit trail: verify it, report from it.", no_args_is_help=True)
+audit_cli = typer.Typer(help="The tamper-evident audit trail: list and follow it, verify it, report from it.",
+                        no_args_is_help=True)
 report_cli = typer.Typer(help="Signed reports computed from the audit trail.", no_args_is_help=True)
 audit_cli.add_typer(report_cli, name="report")
 
