@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from websockets.asyncio.client import connect
 
 from app.audit.actions import AuditAction
 from app.audit.models import AuditEntryRow
 from app.capture.models import Recording
 from app.capture.settings import CaptureSettings
+from app.clock import ManualClock
 from app.identity.settings import IdentitySettings
+from app.retention.orphans import OrphanSweep
 from app.storage.layout import RecordingKey
 from app.storage.settings import StorageSettings
 from app.vault.envelope import unwrap_data_key
@@ -228,3 +232,61 @@ async def test_a_row_whose_commit_answer_was_lost_is_written_once(
     assert (row.state, row.incomplete_reason) == ("complete", None)
     assert len(started) == 1
     assert [f.payload for f in contents.frames if f.direction == 0] == [i.to_bytes(4, "big") for i in range(20)]
+
+
+class RefusedDatabase:
+    """A session factory whose every session is refused at its first statement: a stopped server."""
+
+    def __call__(self) -> RefusedDatabase:
+        return self
+
+    async def __aenter__(self) -> RefusedDatabase:
+        raise OperationalError("connect", {}, ConnectionRefusedError("database stopped"))
+
+    async def __aexit__(self, *_exc: object) -> None:
+        return None
+
+
+async def test_a_recording_whose_process_died_before_its_deferred_row_is_swept_by_the_orphan_rule(
+    tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A call begun with the database away streams to its blob, and the process dies before the database is
+    back: the blob has no row (its key died with the process), its request ID is in the log, and the orphan
+    sweep keeps it counted until its bucket's 30 days have passed, then deletes it with `recording.purged`."""
+    async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
+                               identity=identity_settings, mint_token=mint_token) as stack:
+        ctx = stack.relay.app.state.ctx
+        recorder, healthy = ctx.recorder, ctx.recorder.session_factory
+        store = ctx.stores.store("westeurope")
+        recorder.session_factory = RefusedDatabase()
+        async with connect(f"{stack.relay.ws}/resources/{stack.resource}{ECHO}",
+                           additional_headers={"api-key": STANDIN_API_KEY}) as ws:
+            request_id = ws.response.headers["x-ms-request-id"] if ws.response else ""
+            for i in range(20):
+                await ws.send(i.to_bytes(4, "big") + os.urandom(960))
+                await ws.recv()
+        async with asyncio.timeout(30):  # a hang guard: the call's frames reach the store at once
+            while not (found := [o async for o in store.list_objects() if o.request_id == request_id]) \
+                    or await store.length(found[0].key) < 20 * 964:
+                await asyncio.sleep(0.05)
+        blob = found[0]
+        await recorder.stop(timeout=0.2)  # the process dies: nothing more is written
+        recorder.live.clear()
+        recorder.session_factory = healthy
+        assert await stack.recordings() == []
+        born = blob.created_at
+        sweeps = []
+        for later in (timedelta(hours=2), timedelta(days=31)):
+            sweep = OrphanSweep(session_factory=healthy, clock=ManualClock(born + later), stores=ctx.stores,
+                                min_age=timedelta(hours=1), lifetime=timedelta(days=30))
+            result = await sweep.run()
+            sweeps.append((result.orphans_kept, result.orphans_deleted, await store.exists(blob.key)))
+        async with healthy() as session:
+            purged = (await session.execute(select(AuditEntryRow.detail).where(
+                AuditEntryRow.request_id == request_id,
+                AuditEntryRow.action == AuditAction.RECORDING_PURGED.value))).scalars().all()
+    assert any("recording.row_deferred" in r.getMessage() and request_id in r.getMessage() for r in caplog.records)
+    assert sweeps == [(1, 0, True), (0, 1, False)]  # kept and counted while young, deleted at 30 days
+    assert len(purged) == 1
+    assert '"reason":"retention"' in purged[0]
