@@ -157,6 +157,7 @@ async def test_the_whole_story_in_the_browser(world: World, standin: StandinHand
         await expect(engineer.locator(f'.track[data-track="{track}"]')).to_have_attribute("data-loaded", "true")
         duration = await engineer.locator(f"#audio-{track}").evaluate(AUDIO_DURATION)
         assert 1.0 < duration < 3.0
+    await expect(engineer.locator('.track[data-track="session"]')).to_have_attribute("data-loaded", "true")
     events = engineer.locator("#events")
     await expect(events).to_contain_text("input_audio_buffer.speech_started")
     await expect(events).to_contain_text("input_audio_buffer.speech_stopped")
@@ -167,8 +168,8 @@ async def test_the_whole_story_in_the_browser(world: World, standin: StandinHand
     stopped = events.get_by_role("button").filter(has_text="speech_stopped")
     await stopped.click()
     seek_ms = int(await stopped.get_attribute("data-seek-ms") or "0")
-    position = await engineer.locator("#audio-caller").evaluate("a => a.currentTime")
-    assert abs(position - seek_ms / 1000) < 0.05
+    position = await engineer.locator("#audio-session").evaluate("a => a.currentTime")
+    assert abs(position - seek_ms / 1000) < 0.001
     await shot(engineer, "07-engineer-playback")
     narrow = await browser.new_context(base_url=stack.http, viewport={"width": 420, "height": 900},
                                        extra_http_headers=cast.on_saw, storage_state=await _e.storage_state())
