@@ -57,7 +57,7 @@ def _run(args: list[str], monkeypatch: pytest.MonkeyPatch, token: str) -> tuple[
     result = CliRunner().invoke(cli, args)
     everything = result.output + (result.stderr if result.stderr_bytes is not None else "")
     if result.exception is not None and not isinstance(result.exception, SystemExit):
-        everything += repr(result.exception)
+        everything += f"Traceback ... {type(result.exception).__name__}: {result.exception}"  # what a terminal shows
     return result.exit_code, everything
 
 
@@ -104,3 +104,17 @@ def test_a_refused_read_writes_no_file_and_keeps_an_existing_one(
     assert code == 1
     assert kept.read_bytes() == b"an earlier download"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.bin"]
+
+
+@pytest.mark.parametrize("token", [SECRET.replace("SECRET", "SECR\u00c9T"), SECRET + "\u00a0"])
+def test_a_token_that_cannot_be_sent_is_one_line_without_a_traceback(
+    api: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, token: str
+) -> None:
+    """CLI.md: bad input is one line and an exit code, never a traceback (a non-ASCII character pasted into
+    the token, e.g. a no-break space, cannot go in an HTTP header)."""
+    monkeypatch.chdir(tmp_path)
+    code, printed = _run(["tickets", "show", "T-1", "--url", api], monkeypatch, token)
+    assert code in (1, 2), printed
+    assert "Traceback" not in printed
+    assert "UnicodeEncodeError" not in printed, printed
+    assert "probe-token" not in printed, printed
