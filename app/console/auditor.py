@@ -155,7 +155,7 @@ def _number(request: Request, name: str, *, low: int, high: int) -> int | None:
     text = request.query_params.get(name, "")
     if not text:
         return None
-    if not text.isdigit() or len(text) > 19 or not low <= int(text) <= high:
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or not low <= int(text) <= high:
         raise InvalidEntryFilter(f"`{name}` must be a whole number from {low} to {high}.")
     return int(text)
 

@@ -21,6 +21,7 @@ import httpx
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
 TIMEOUT: Final = httpx.Timeout(30.0, connect=10.0)
 _HTML_TITLE: Final = re.compile(r"<title>([^<]{1,200})</title>", re.IGNORECASE)
+_BEARER: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 class WorkflowError(Exception):
@@ -51,6 +52,9 @@ class ApiTarget:
         if not self.token:
             raise WorkflowError("no_token", "Pass --token or set VOICELOG_TOKEN (on a laptop: "
                                 "`voicelog dev token --as alice --role engineer`).")
+        if not _BEARER.fullmatch(self.token):  # never sent, never echoed (an HTTP library's error would quote it)
+            raise WorkflowError("malformed_token", "The token is not a bearer token (RFC 6750: letters, digits and "
+                                "-._~+/ only): a line ending or a space from a file or a paste? It was not sent.")
         return {"authorization": f"Bearer {self.token}", "accept": "application/json"}
 
 

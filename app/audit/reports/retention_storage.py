@@ -135,7 +135,8 @@ def _recheck_csv(content: bytes, audit: dict[str, JSONValue], as_of: datetime) -
     for row, line in zip(rows, claimed[1:], strict=True):
         assert isinstance(row, dict)  # noqa: S101
         purged = row["recordings_purged"]
-        pending = int(line[column]) if len(line) == len(CSV_HEADER) and line[column].isdigit() else -1
+        cell = line[column] if len(line) == len(CSV_HEADER) else ""
+        pending = int(cell) if cell.isascii() and cell.isdigit() else -1
         if not isinstance(purged, int) or not 0 <= pending <= purged:
             return StorageRecheck(False, (UNVERIFIED_PENDING_CSV,))
         per_day[(str(row["region"]), str(row["day"]))] = pending
