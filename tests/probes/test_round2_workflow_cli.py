@@ -24,6 +24,15 @@ REQUEST_ID = "0123456789abcdef0123456789abcdef"
 
 class _Api(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
+        if self.path.startswith("/moved/recordings/"):  # a front door that sends the client elsewhere
+            page = b"<html><head><title>301 Moved Permanently</title></head></html>"
+            self.send_response(301)
+            self.send_header("location", "https://saw.example" + self.path)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
         if self.path.startswith("/recordings/"):
             status, body = 404, {"type": "about:blank", "title": "No recording you may read has this request ID",
                                  "status": 404, "code": "recording_not_available"}
@@ -118,3 +127,13 @@ def test_a_token_that_cannot_be_sent_is_one_line_without_a_traceback(
     assert "Traceback" not in printed
     assert "UnicodeEncodeError" not in printed, printed
     assert "probe-token" not in printed, printed
+
+
+def test_a_redirect_is_not_a_read_and_writes_nothing(api: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """CLI.md: a part is written only once the read is allowed. A 301 from the front door (http to https, a
+    moved service) is not an allowed read: no file, a non-zero exit."""
+    monkeypatch.chdir(tmp_path)
+    code, printed = _run(["recordings", "get", REQUEST_ID, "--part", "stereo", "--url", f"{api}/moved"],
+                         monkeypatch, SECRET)
+    assert code != 0, printed
+    assert list(tmp_path.iterdir()) == [], printed
