@@ -22,6 +22,7 @@ from app.audit.checkpoints import Checkpoint, FileCheckpointSink
 from app.audit.entries import (
     DEFAULT_PAGE,
     MAX_PAGE,
+    MAX_SEQ,
     ActorMatch,
     EntryFilter,
     EntryPage,
@@ -89,7 +90,7 @@ def _exported(path: Path | None, runtime: AuditRuntime) -> Callable[[], Awaitabl
 @audit_cli.command("verify")
 def verify(
     from_seq: Annotated[int, typer.Option(
-        "--from", min=1, help="First entry to check; its predecessor is trusted.")] = 1,
+        "--from", min=1, max=MAX_SEQ, help="First entry to check; its predecessor is trusted.")] = 1,
     public_keys: Annotated[Path | None, typer.Option(
         "--public-keys", exists=True, dir_okay=False,
         help="Trusted public keys (JSON as served by GET /audit/keys). Default: this host's keyring.")] = None,
@@ -307,7 +308,8 @@ def _page_summary(page: EntryPage) -> str:
 @audit_cli.command("list")
 def list_command(
     action: ActionOption = None, actor: ActorOption = None, since: SinceOption = None, until: UntilOption = None,
-    after: Annotated[int, typer.Option("--after", min=0, help="Only entries with a seq above this.")] = 0,
+    after: Annotated[int, typer.Option("--after", min=0, max=MAX_SEQ,
+                                       help="Only entries with a seq above this.")] = 0,
     limit: LimitOption = DEFAULT_PAGE, as_json: JsonOption = False,
 ) -> None:
     """Audit entries in chain order from --after, filtered; SIGNED says whether a checkpoint covers each yet."""

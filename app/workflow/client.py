@@ -72,6 +72,10 @@ def _problem(response: httpx.Response) -> WorkflowError:
                                for e in errors if isinstance(e, dict))
             message = f"{message} {fields}".strip()
         return WorkflowError(body["code"], message, status=response.status_code)
+    if response.is_redirect:  # never followed: a token and a SAW certificate go to the --url given, nowhere else
+        return WorkflowError(f"http_{response.status_code}", "The service answered with a redirect to "
+                             f"{response.headers.get('location', '(none)')[:200]!r}, which is not followed: use "
+                             "that address as --url if it is the service.", status=response.status_code)
     # Not voicelog's answer: a proxy's page (nginx: "400 No required SSL certificate was sent"). Its title says why.
     title = _HTML_TITLE.search(response.text[:2000])
     return WorkflowError(f"http_{response.status_code}", title.group(1).strip() if title else
@@ -103,7 +107,7 @@ def api_client(target: ApiTarget) -> Iterator[httpx.Client]:
 def call_json(client: httpx.Client, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     """One API call whose answer is JSON; a non-2xx answer raises its problem as a WorkflowError."""
     response = client.request(method, path, json=body)
-    if response.status_code >= 400:
+    if not response.is_success:
         raise _problem(response)
     try:
         return response.json()
@@ -121,7 +125,7 @@ class Download:
 def download(client: httpx.Client, path: str, target: Path | None) -> Download:
     """Stream a response body to `target` (stdout's buffer when None), written only once the API said yes."""
     with client.stream("GET", path, headers={"accept": "*/*"}) as response:
-        if response.status_code >= 400:
+        if not response.is_success:  # a redirect too: its body is not the part (the front door is --url)
             response.read()
             raise _problem(response)
         size = 0

@@ -146,6 +146,10 @@ NEEDS: dict[tuple[str, str], Need] = {
     ("GET", "/recordings/{request_id}/audio/{speaker}.wav"): READ,
     ("GET", "/recordings/{request_id}/events"): READ,
     ("GET", "/recordings/{request_id}/transcript"): READ,
+    ("GET", "/recordings/{request_id}/audio/session.wav"): READ,
+    ("GET", "/recordings/{request_id}/turns"): READ,
+    ("GET", "/recordings/{request_id}/bundle"): READ,
+    ("GET", "/audit/entries"): AUDITOR,
     ("GET", "/audit/keys"): Public("verifiers outside voicelog need the public keys"),
     ("GET", "/audit/verify"): AUDITOR,
     ("GET", "/audit/checkpoints"): AUDITOR,
@@ -176,6 +180,9 @@ NEEDS: dict[tuple[str, str], Need] = {
     ("GET", "/console/auditor/reports/{kind}.{fmt}"): console(AUDITOR),
     ("GET", "/console/recordings/{request_id}"): CONSOLE_READ,
     ("GET", "/console/recordings/{request_id}/audio/{speaker}.wav"): CONSOLE_READ,
+    ("GET", "/console/recordings/{request_id}/audio/session.wav"): CONSOLE_READ,
+    ("GET", "/console/recordings/{request_id}/bundle"): CONSOLE_READ,
+    ("GET", "/console/auditor/entries"): console(AUDITOR),
 }
 
 # Well-formed bodies where the role is checked inside the endpoint, after the body is validated.
