@@ -29,8 +29,8 @@ from app.access.saw.trust import is_trusted_peer
 from app.clock import Clock
 from app.console.security import first, public_origin, read_form
 from app.console.templating import templates
-from app.context import context_of
 from app.identity.dev_issuer import DevIssuer
+from app.identity.loopback import names_this_machine
 from app.identity.principal import Role
 from app.identity.settings import DEV_ISSUER_PATH
 from app.logs import get_logger
@@ -46,8 +46,9 @@ _SUBJECT = re.compile(r"^[\x21-\x7e]{1,128}$")
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 _CAPACITY = 1000
-LOOPBACK_ONLY = ("The dev issuer signs in loopback browsers only (or, with the local development SAW, browsers "
-                 "on this machine through its nginx: `voicelog dev saw`).")
+LOOPBACK_ONLY = ("The dev issuer signs in loopback browsers only, addressing this machine as localhost or by a "
+                 "loopback address (or, with the local development SAW, browsers on this machine through its "
+                 "nginx: `voicelog dev saw`).")
 
 
 def s256(verifier: str) -> str:
@@ -104,11 +105,6 @@ def _from_loopback(request: Request, saw: SawSettings) -> bool:
             and is_trusted_peer(peer, (), saw.trusted_proxies) and _is_loopback(peer))
 
 
-def _saw_settings(request: Request) -> SawSettings:
-    """The service's SAW settings; an app without a context (a bare router under test) trusts no proxy."""
-    return context_of(request.app).settings.saw if hasattr(request.app.state, "ctx") else SawSettings()
-
-
 def _is_loopback(host: str | None) -> bool:
     try:
         return ipaddress.ip_address((host or "").strip()).is_loopback
@@ -121,7 +117,8 @@ def _oauth_error(error: str, description: str, status: int = 400) -> JSONRespons
                         headers={"cache-control": "no-store"})
 
 
-def build_dev_login_router(issuer: DevIssuer, clock: Clock) -> APIRouter:
+def build_dev_login_router(issuer: DevIssuer, clock: Clock, saw: SawSettings) -> APIRouter:
+    """The sign-in form and token endpoint; `saw` says which proxy may relay a browser (the local SAW's)."""
     router = APIRouter(prefix=DEV_ISSUER_PATH, tags=["dev issuer"], include_in_schema=False)
     pending = _Expiring(TRANSACTION_TTL)
     codes = _Expiring(CODE_TTL)
@@ -131,10 +128,14 @@ def build_dev_login_router(issuer: DevIssuer, clock: Clock) -> APIRouter:
         return templates.TemplateResponse(request, "dev_login_error.html", {"message": message},
                                           status_code=status)
 
+    def from_this_machine(request: Request) -> bool:
+        """A browser on this machine (directly, or through the local SAW) that names this machine in its URL."""
+        origin = urlsplit(public_origin(request, saw.trusted_proxies)).netloc
+        return _from_loopback(request, saw) and names_this_machine(origin, issuer.issuer)
+
     @router.get("/authorize")
     async def authorize(request: Request) -> Response:
-        saw = _saw_settings(request)
-        if not _from_loopback(request, saw):
+        if not from_this_machine(request):
             return refuse(request, LOOPBACK_ONLY, 403)
         q = request.query_params
         redirect_uri = q.get("redirect_uri", "")
@@ -155,7 +156,7 @@ def build_dev_login_router(issuer: DevIssuer, clock: Clock) -> APIRouter:
 
     @router.post("/authorize")
     async def sign_in(request: Request) -> Response:
-        if not _from_loopback(request, _saw_settings(request)):
+        if not from_this_machine(request):
             return refuse(request, LOOPBACK_ONLY, 403)
         form = await read_form(request)
         started = pending.take(first(form, "transaction"), clock.now())

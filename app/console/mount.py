@@ -55,7 +55,7 @@ def include_console(app: FastAPI, ctx: AppContext) -> bool:
     settings, clock = ctx.settings, ctx.clock
     issuer = load_dev_issuer(settings.identity, settings.data_dir, clock=clock)
     if issuer is not None:
-        app.include_router(build_dev_login_router(issuer, clock))
+        app.include_router(build_dev_login_router(issuer, clock, settings.saw))
     app.add_middleware(ConsoleSecurityHeaders)
     app.add_middleware(SaveTouchedSessions)
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from app.clock import Clock
 from app.errors import Forbidden
 from app.identity.dev_issuer import DevIssuer
+from app.identity.loopback import names_this_machine
 from app.identity.principal import Role
 from app.identity.settings import DEV_ISSUER_PATH, IdentitySettings
 from app.logs import get_logger
@@ -69,7 +70,7 @@ def build_dev_router(issuer: DevIssuer) -> APIRouter:
     @router.post("/token", summary="Mint a dev token (loopback callers only)", response_model=DevTokenResponse)
     async def dev_token(body: DevTokenRequest, request: Request, response: Response) -> DevTokenResponse:
         """Anyone who can call this is anyone they like: it answers loopback addresses only."""
-        if not _from_loopback(request):
+        if not _from_loopback(request) or not names_this_machine(request.headers.get("host"), issuer.issuer):
             raise DevTokenLoopbackOnly("Use `voicelog dev token` on the machine running the service.")
         token = issuer.mint(body.subject, body.roles, body.tenant, timedelta(seconds=body.ttl_s), name=body.name)
         log.info("identity.dev_token.minted", roles=sorted(r.value for r in body.roles), ttl_s=body.ttl_s)

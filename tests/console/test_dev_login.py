@@ -9,6 +9,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from app.access.saw.settings import SawSettings
 from app.clock import SystemClock
 from app.console.dev_login import build_dev_login_router, s256
 from app.identity.routes import load_dev_issuer
@@ -23,7 +24,7 @@ def client(identity_settings: IdentitySettings, tmp_path: Path) -> httpx.AsyncCl
     issuer = load_dev_issuer(identity_settings, tmp_path)
     assert issuer is not None
     app = FastAPI()
-    app.include_router(build_dev_login_router(issuer, SystemClock()))
+    app.include_router(build_dev_login_router(issuer, SystemClock(), SawSettings()))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
 
 
