@@ -4,6 +4,7 @@ empty doors. Each check imports in a fresh interpreter, so what other tests load
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,14 @@ def test_packages_re_export_nothing() -> None:
     news: dict[str, list[str]] = json.loads(out.stdout.strip().splitlines()[-1])
     extra = {name: [m for m in new if m != name and m not in parents(name)] for name, new in news.items()}
     assert {name: mods for name, mods in extra.items() if mods} == {}
+
+
+def test_only_the_context_module_touches_app_state() -> None:
+    """The typed context is the one way in (issue 16): no module reads or writes `app.state` but app/context.py,
+    so mypy sees every part's type and no fallback guesses at what is there."""
+    pattern = re.compile(r"\bapp\.state\b")
+    touching = sorted(f"{path.relative_to(ROOT)}:{number}" for path in (ROOT / "app").rglob("*.py")
+                      if path != ROOT / "app" / "context.py"
+                      for number, line in enumerate(path.read_text().splitlines(), 1)
+                      if pattern.search(line))
+    assert touching == []
