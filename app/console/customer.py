@@ -64,10 +64,12 @@ async def grant(name: str, request: Request, ctx: ContextDep, db: SessionDep) ->
     try:
         resource = await tickets.customer_resource(session=db, principal=acting, name=name)
         days = checked_form_int(first(form, "days"), field="number of days", default=7, minimum=1, maximum=30)
-        data = ConsentCreate(ticket_id=(first(form, "ticket_id") or "").strip(), days=days,
-                             require_customer_approval=first(form, "require_customer_approval") == "on")
-        await tickets.grant_consent(session=db, clock=ctx.clock, acting=acting, resource=resource, data=data)
-        session.flash("ok", "Recording is on for this resource, for the ticket you named.")
+        data = ConsentCreate.naming((first(form, "ticket_id") or "").strip(), days=days,
+                                    require_customer_approval=first(form, "require_customer_approval") == "on")
+        await tickets.grant_consent(session=db, clock=ctx.clock, acting=acting, resource=resource, data=data,
+                                    consents=ctx.consents)
+        session.flash("ok", "Recording is on for this resource, for the ticket you named: from now on for calls "
+                      "this server takes, on every server within a few seconds.")
     except AppError as error:
         await db.rollback()
         session.flash("error", f"{error.title}: {error.detail}")

@@ -3,8 +3,10 @@
 The cache reloads every active consent every `refresh_s` seconds. A consent that expires is dropped at
 its `not_after` exactly (checked on lookup); a withdrawal or a closed ticket on another replica stops new
 recordings within `refresh_s` plus one reload (the documented bound); on this replica at once, because the
-API that withdraws calls `forget`. If the database is unreachable the cache keeps its last view for at
-most `stale_after_s`, then answers "not recording": without a fresh opt-in, nothing is recorded.
+API that withdraws calls `forget`. An opt-in likewise: this replica records at once (the API that grants
+calls `learn` after its commit), the others within the same bound (`recording_from`). If the database is
+unreachable the cache keeps its last view for at most `stale_after_s`, then answers "not recording":
+without a fresh opt-in, nothing is recorded.
 
 Reloads may overlap (the refresh loop and an explicit reload); `SnapshotGuard` keeps a slow one from
 bringing back a withdrawn consent or hiding a newer grant.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -24,6 +26,8 @@ from app.snapshot_guard import SnapshotGuard
 from app.tickets.service import ActiveConsent, active_consents
 
 log = get_logger("voicelog.consent")
+
+RELOAD_ALLOWANCE_S = 1.0  # one reload of the consents in force, database round trip included, with a margin
 
 
 class ConsentCache:
@@ -35,6 +39,8 @@ class ConsentCache:
         self._loaded_at: float | None = None
         self._guard = SnapshotGuard()
         self._task: asyncio.Task[None] | None = None
+        self._reloads_started = 0
+        self._learned: dict[str, tuple[ActiveConsent, int]] = {}  # resource -> (consent, reloads started then)
 
     def lookup(self, resource_id: str, now: datetime | None = None) -> ActiveConsent | None:
         """The consent a new session of this resource records under, or None (C1)."""
@@ -48,10 +54,24 @@ class ConsentCache:
     def forget(self, resource_id: str) -> None:
         """Called right after this replica committed a withdrawal or a ticket closure."""
         self._by_resource.pop(resource_id, None)
+        self._learned.pop(resource_id, None)
         self._guard.drop(resource_id)
+
+    def learn(self, consent: ActiveConsent) -> None:
+        """Called right after this replica committed an opt-in: its next session records (issue 19: one started
+        0.24 s after the 201 used to wait for the next reload). Kept through reloads that began before it."""
+        self._by_resource.setdefault(consent.resource_id, consent)
+        self._learned[consent.resource_id] = (consent, self._reloads_started)
+
+    def recording_from(self, not_before: datetime) -> datetime:
+        """When every replica records a consent that starts at `not_before`: this one at once, the others after
+        their next reload (`refresh_s` plus one reload)."""
+        return not_before + timedelta(seconds=self.refresh_s + RELOAD_ALLOWANCE_S)
 
     async def reload(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
         number = self._guard.begin()
+        self._reloads_started += 1
+        started = self._reloads_started
         async with session_factory() as session:
             consents = await active_consents(session=session, now=self._clock.now())
         by_resource: dict[str, ActiveConsent] = {}
@@ -59,6 +79,11 @@ class ConsentCache:
             by_resource.setdefault(consent.resource_id, consent)
         if not self._guard.accept(number, by_resource):
             return  # a reload that started later has already put a fresher view in force
+        for resource_id, (consent, learned_at) in list(self._learned.items()):
+            if learned_at >= started:  # this read may have begun before the opt-in was committed
+                by_resource.setdefault(resource_id, consent)
+            else:  # it began after the commit: the database has the final word
+                del self._learned[resource_id]
         self._by_resource = by_resource
         self._loaded_at = self._clock.monotonic_ns() / 1e9
 

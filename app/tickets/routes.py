@@ -31,13 +31,17 @@ async def _ticket_out(session: AsyncSession, ticket: Ticket) -> TicketOut:
                      created_at=ticket.created_at, closed_at=ticket.closed_at)
 
 
-async def _consent_out(session: AsyncSession, consent: Consent, resource: Resource, clock: ClockDep) -> ConsentOut:
+async def _consent_out(session: AsyncSession, consent: Consent, resource: Resource, clock: ClockDep,
+                       consents: ConsentsDep) -> ConsentOut:
     ticket = await service.require_ticket(session=session, ticket_id=consent.ticket_id)
+    state = service.consent_state(consent, clock.now())
     return ConsentOut(id=consent.id, resource=resource.name, ticket_id=consent.ticket_id,
-                      ticket_ref=ticket.external_ref, state=service.consent_state(consent, clock.now()),
+                      ticket_ref=ticket.external_ref, state=state,
                       not_before=consent.not_before, not_after=consent.not_after, granted_by=consent.granted_by,
                       granted_at=consent.granted_at, ended_at=consent.ended_at,
-                      require_customer_approval=consent.require_customer_approval)
+                      require_customer_approval=consent.require_customer_approval,
+                      recording_from=consents.recording_from(consent.not_before)
+                      if state in ("active", "scheduled") else None)
 
 
 @router.post("/tickets", status_code=status.HTTP_201_CREATED, summary="File a ticket (ticketing system)")
@@ -86,16 +90,20 @@ async def my_tickets(acting: StaffEngineer, session: SessionDep) -> list[TicketO
 @router.post("/customer/resources/{resource}/consents", status_code=status.HTTP_201_CREATED,
              summary="Opt in: record this resource's sessions for a ticket (customer admin)")
 async def grant_consent(resource: str, body: ConsentCreate, acting: CustomerAdmin, session: SessionDep,
-                        clock: ClockDep) -> ConsentOut:
+                        clock: ClockDep, consents: ConsentsDep) -> ConsentOut:
+    """Name the ticket by `ticket_ref` (as support gave it) or `ticket_id`. Sessions that reach this replica
+    are recorded from the answer on; every replica records from `recording_from` (a few seconds later)."""
     owned = await service.customer_resource(session=session, principal=acting, name=resource)
-    consent = await service.grant_consent(session=session, clock=clock, acting=acting, resource=owned, data=body)
-    return await _consent_out(session, consent, owned, clock)
+    consent = await service.grant_consent(session=session, clock=clock, acting=acting, resource=owned, data=body,
+                                          consents=consents)
+    return await _consent_out(session, consent, owned, clock, consents)
 
 
 @router.get("/customer/resources/{resource}/consents", summary="My resource's consents (customer admin)")
-async def list_consents(resource: str, acting: CustomerAdmin, session: SessionDep, clock: ClockDep) -> list[ConsentOut]:
+async def list_consents(resource: str, acting: CustomerAdmin, session: SessionDep, clock: ClockDep,
+                        consents: ConsentsDep) -> list[ConsentOut]:
     owned = await service.customer_resource(session=session, principal=acting, name=resource)
-    return [await _consent_out(session, c, owned, clock)
+    return [await _consent_out(session, c, owned, clock, consents)
             for c in await service.consents_of_resource(session=session, resource=owned)]
 
 
@@ -106,4 +114,4 @@ async def withdraw_consent(resource: str, consent_id: str, acting: CustomerAdmin
     owned = await service.customer_resource(session=session, principal=acting, name=resource)
     consent = await service.withdraw_consent(session=session, clock=clock, consents=consents, acting=acting,
                                              resource=owned, consent_id=consent_id)
-    return await _consent_out(session, consent, owned, clock)
+    return await _consent_out(session, consent, owned, clock, consents)

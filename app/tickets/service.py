@@ -189,14 +189,31 @@ async def customer_resource(*, session: AsyncSession, principal: Principal, name
     return resource
 
 
-async def grant_consent(
-    *, session: AsyncSession, clock: Clock, acting: Principal, resource: Resource, data: ConsentCreate
-) -> Consent:
+async def consent_ticket(*, session: AsyncSession, resource: Resource, data: ConsentCreate) -> Ticket:
+    """The ticket a consent names, by ID or by its reference among this resource's tickets. A reference of
+    another resource's ticket is not found (nothing said of tickets the customer cannot see)."""
+    if data.ticket_ref is not None:
+        found = await session.execute(
+            select(Ticket).where(Ticket.resource_id == resource.id, Ticket.external_ref == data.ticket_ref))
+        ticket = found.scalar_one_or_none()
+        if ticket is None:
+            raise TicketNotFound(f"No ticket {data.ticket_ref!r} is about this resource.")
+        return ticket
     ticket = await session.get(Ticket, data.ticket_id)
     if ticket is None:
         raise TicketNotFound()
     if ticket.resource_id != resource.id:
         raise TicketForOtherResource()
+    return ticket
+
+
+async def grant_consent(
+    *, session: AsyncSession, clock: Clock, acting: Principal, resource: Resource, data: ConsentCreate,
+    consents: ConsentCache | None = None,
+) -> Consent:
+    """Opt in. Once the caller commits, `consents` (this replica's cache) records the resource's new sessions
+    at once; other replicas follow within their refresh (C1 holds: nothing is recorded before the commit)."""
+    ticket = await consent_ticket(session=session, resource=resource, data=data)
     if not ticket.is_open:
         raise TicketClosed()
     now = clock.now()
@@ -210,6 +227,9 @@ async def grant_consent(
                        subjects=Subjects(ticket=ticket.id, resource=resource.id),
                        detail={"consent": consent.id, "not_before": detail_time(consent.not_before),
                                "not_after": detail_time(consent.not_after)})
+    if consents is not None:
+        granted = ActiveConsent(consent.id, ticket.id, resource.id, consent.not_after)
+        after_commit(session, lambda: consents.learn(granted))
     return consent
 
 

@@ -13,6 +13,8 @@ class ConsentSettings(BaseModel):
 
     consent_refresh_s: float = Field(
         default=2.0, gt=0, le=60,
-        description="How often each replica reloads the consents in force. A withdrawal or a closed ticket "
-        "stops new recordings on every replica within this bound plus one database round trip.",
+        description="How often each replica reloads the consents in force. An opt-in records the next session at "
+        "once on the replica that accepted it and on every replica within this plus one reload (1 s allowed): "
+        "the API's answer gives that moment as `recording_from`. A withdrawal or a closed ticket stops new "
+        "recordings at once on its replica and on every replica within the same bound.",
     )

@@ -309,3 +309,56 @@ async def test_the_cache_forgets_a_consent_only_once_its_withdrawal_is_committed
     finally:
         observer.dispose()
     assert seen_at_forget == [("consents ended", True), ("consents ended", True)]
+
+
+async def test_customer_opts_in_by_the_tickets_reference(api: Api) -> None:
+    ticket = await new_ticket(api)
+    granted = await api.client.post(f"/customer/resources/{api.resource}/consents", headers=api.customer,
+                                    json={"ticket_ref": ticket["external_ref"], "days": 3})
+    assert granted.status_code == 201, granted.text
+    consent = granted.json()
+    assert (consent["ticket_id"], consent["ticket_ref"]) == (ticket["id"], ticket["external_ref"])
+    assert datetime.fromisoformat(consent["recording_from"]) > datetime.fromisoformat(consent["not_before"])
+
+
+async def test_a_reference_of_another_resources_ticket_is_not_found_like_an_unknown_one(
+        api: Api, mint_token: MintToken) -> None:
+    other = f"res-{uuid4().hex[:8]}"
+    assert (await api.client.post("/admin/resources", headers=ADMIN, json={
+        "name": other, "region": "eastus", "upstream_endpoint": "wss://up.example",
+        "owner_tenant": "someone-else"})).status_code == 201
+    theirs = await api.client.post("/tickets", headers=api.ticketing,
+                                   json={"resource": other, "external_ref": f"CS-{uuid4().hex[:8]}"})
+    answers = [await api.client.post(f"/customer/resources/{api.resource}/consents", headers=api.customer,
+                                     json={"ticket_ref": ref}) for ref in (theirs.json()["external_ref"], "CS-0")]
+    assert [(a.status_code, a.json()["code"]) for a in answers] == [(404, "ticket_not_found")] * 2
+    assert answers[0].json()["detail"].replace(theirs.json()["external_ref"], "X") \
+        == answers[1].json()["detail"].replace("CS-0", "X")
+
+
+@pytest.mark.parametrize("body", [{}, {"ticket_ref": "CS-1", "ticket_id": "x"}, {"ticket_ref": "bad ref!"}])
+async def test_a_consent_names_its_ticket_exactly_once(api: Api, body: dict[str, object]) -> None:
+    response = await api.client.post(f"/customer/resources/{api.resource}/consents", headers=api.customer,
+                                     json=body)
+    assert (response.status_code, response.json()["code"]) == (422, "invalid_input")
+
+
+async def test_the_replica_that_accepts_an_opt_in_records_at_once(api: Api) -> None:
+    """No reload between the 201 and the lookup, and one that read the database before the grant and finishes
+    after it does not hide it either (issue 19: a call 0.24 s after the 201 went unrecorded)."""
+    ctx = api.app.state.ctx  # type: ignore[attr-defined]
+    cache: ConsentCache = ctx.consents
+    ticket = await new_ticket(api)
+    resource_id = (await api.client.get(f"/admin/resources/{api.resource}", headers=ADMIN)).json()["id"]
+    await cache.reload(ctx.session_factory)  # the running cache, as the refresh loop left it
+    slow = SlowReads(ctx.session_factory)
+    stale = await slow.reload(cache)
+    granted = await api.client.post(f"/customer/resources/{api.resource}/consents", headers=api.customer,
+                                    json={"ticket_id": ticket["id"]})
+    assert granted.status_code == 201
+    active = cache.lookup(resource_id)
+    assert active is not None
+    assert active.consent_id == granted.json()["id"]
+    slow.release.set()
+    await stale
+    assert cache.lookup(resource_id) is not None
