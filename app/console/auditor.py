@@ -28,7 +28,6 @@ from app.audit.reports.access_review import AccessReviewParams
 from app.audit.reports.entries import InvalidPeriod, Period
 from app.audit.reports.service import ReportFormat, ReportKind, audited_report, generate_report
 from app.audit.runtime import AuditRuntime
-from app.audit.settings import AuditSettings
 from app.audit.verifier import verify_chain
 from app.clock import Clock
 from app.console import charts
@@ -66,19 +65,17 @@ def _period(request: Request, clock: Clock) -> Period:
         return Period(today - timedelta(days=DEFAULT_DAYS - 1), today)
 
 
-async def _verification(db: AsyncSession, runtime: AuditRuntime | None, clock: Clock) -> dict[str, Any] | None:
-    if runtime is None:
-        return None
+async def _verification(db: AsyncSession, runtime: AuditRuntime, clock: Clock) -> dict[str, Any]:
     result = await verify_chain(session=db, keys=runtime.keyring.public_keys(), exported=await runtime.sink.read_all(),
                                 now=clock.now(), pending_alarm_s=runtime.settings.pending_alarm_s,
                                 mac_keys=runtime.mac_keys, mac_from_seq=runtime.settings.entry_mac_from_seq)
     return result.to_json()
 
 
-async def _report(db: AsyncSession, runtime: AuditRuntime | None, kind: ReportKind, period: Period,
+async def _report(db: AsyncSession, runtime: AuditRuntime, kind: ReportKind, period: Period,
                   clock: Clock, acting: Actor) -> dict[str, Any]:
     """The report the page shows, made and audited (`report.generated`) as the API makes it."""
-    settings = runtime.settings if runtime is not None else AuditSettings()
+    settings = runtime.settings
     computed = await audited_report(session=db, clock=clock, kind=kind, period=period,
                                     params=AccessReviewParams.from_settings(settings),
                                     retention_days=settings.retention_days, requested_by=acting)
@@ -106,7 +103,7 @@ async def access_review(request: Request, ctx: ContextDep, db: SessionDep) -> Re
                charts.grant_use(report)]
     statuses = await _now(db, report, ctx.clock, ctx.access.retention)
     return page(request, "auditor.html", session, report=report, period=period, charts=figures,
-                verification=verification, signing=runtime is not None, kind="access-review", statuses=statuses)
+                verification=verification, kind="access-review", statuses=statuses)
 
 
 @router.get("/retention")
@@ -117,8 +114,7 @@ async def retention(request: Request, ctx: ContextDep, db: SessionDep) -> Respon
     report = await _report(db, runtime, ReportKind.RETENTION, period, ctx.clock, Actor.staff(acting.subject))
     verification = await _verification(db, runtime, ctx.clock)
     return page(request, "retention.html", session, report=report, period=period,
-                charts=charts.purge_age_per_region(report), verification=verification,
-                signing=runtime is not None, kind="retention")
+                charts=charts.purge_age_per_region(report), verification=verification, kind="retention")
 
 
 @router.get("/reports/{kind}.{fmt}")

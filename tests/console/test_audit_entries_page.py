@@ -53,7 +53,7 @@ async def test_auditor_browses_filters_and_pages_entries_with_their_chain_positi
     served, browser = stack
     _context, page = await sign_in(browser, served, "audrey", ["auditor"])
     await page.get_by_role("link", name="Access review", exact=True).click()
-    await page.get_by_role("link", name="Audit entries").click()
+    await page.get_by_role("navigation", name="Console sections").get_by_role("link", name="Audit entries").click()
     await expect(page.get_by_role("heading", name="Audit entries", exact=True)).to_be_visible()
     rows = page.locator("#entries tbody tr")
     await expect(rows.first).to_be_visible()
