@@ -1,7 +1,8 @@
 """`voicelog staff add|list|set-roles|set-team|deactivate|activate` and `voicelog teams add|add-manager|...`.
 
 The CLI talks to the configured database directly (an operator with database access); its changes are
-audited with the actor `system:cli`.
+audited with the actor `system:cli`. A change that ends grants (deactivation, losing the engineer role, a
+team move) tells the team's webhook as the admin API does, before the command exits.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.access.notify import notify_ended_grants
 from app.audit.actions import Actor
 from app.clock import Clock
 from app.config import Settings
@@ -48,9 +50,18 @@ def run_admin_work(work: Callable[[AsyncSession, Clock], Awaitable[T]]) -> T:
         raise typer.Exit(2) from None
 
     async def run() -> T:
-        async with opened_context(settings) as ctx, ctx.session_factory() as session:
-            result = await work(session, ctx.clock)
-            await session.commit()
+        async with opened_context(settings) as ctx:
+            notifier = ctx.access.notifier
+            notifier.start()
+            try:
+                async with ctx.session_factory() as session:
+                    result = await work(session, ctx.clock)
+                    # A team move, a lost engineer role or a deactivation ends grants: the team is told as
+                    # for a revocation, exactly as the admin API does (after the commit, never before).
+                    await notify_ended_grants(session=session, notifier=notifier)
+                    await session.commit()
+            finally:
+                await notifier.stop()  # delivers what the commit queued (with its retries) before exiting
             return result
 
     try:
