@@ -24,6 +24,9 @@ _FRAME_HEAD = struct.Struct(">BBBQI")
 _GAP = struct.Struct(">BQQIQB")
 _END = struct.Struct(">BQHHB")
 FRAME_OVERHEAD = _FRAME_HEAD.size
+pack_frame_head = _FRAME_HEAD.pack
+"""`pack_frame_head(FRAME, direction, opcode, offset_us, length)`: a FRAME record's head, for encoders that
+join heads and payloads in one pass instead of growing a buffer (the recorder's `encode_items`)."""
 
 
 class FrameLogError(ValueError):

@@ -32,7 +32,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.audit.actions import Actor, AuditAction, Subjects, detail_time, kek_bucket
 from app.audit.service import append_entry
 from app.capture.buffer import MARKER_MAX_BYTES, BufferItem, FrameBuffer, MemoryBudget, split_for_segments
-from app.capture.frame_log import BINARY, C2S, S2C, TEXT, EndRecord, GapRecord, encode_end, encode_frame, encode_gap
+from app.capture.frame_log import (
+    BINARY,
+    C2S,
+    FRAME,
+    S2C,
+    TEXT,
+    EndRecord,
+    GapRecord,
+    encode_end,
+    encode_gap,
+    pack_frame_head,
+)
 from app.capture.lifecycle import APPENDS, ENDED, GIVEN_UP, OWNS_ROW, TAKES_FRAMES, Backoff, Event, Phase, next_phase
 from app.capture.metrics import CaptureMetrics
 from app.capture.models import Recording, RecordingState
@@ -71,7 +82,7 @@ class LiveRecording:
     wrapped: bytes = b""
     writer: SegmentWriter | None = None
     offset: int = 0
-    pending: list[tuple[bytearray, int]] = field(default_factory=list)
+    pending: list[tuple[bytes, int]] = field(default_factory=list)
     last_seal_mono: float = 0.0
     frames: int = 0
     segments: int = 0
@@ -106,21 +117,35 @@ class RecordingTap:
 
 
 def encode_items(items: list[BufferItem], end: EndRecord | None) -> bytes:
-    """The frame log of one segment (docs/FORMAT.md, "Frame log")."""
-    out = bytearray()
+    """The frame log of one segment (docs/FORMAT.md, "Frame log"), exactly as `encode_frame` and friends write it.
+
+    Heads and payloads are gathered and joined once: each payload is copied once, with no buffer growing
+    behind it and no final copy, and the per-frame Python work (held under the GIL, on the sealer thread) is
+    one `struct.pack` and two list appends."""
+    parts: list[bytes | bytearray] = []
+    append = parts.append
+    head = pack_frame_head
+    c2s = Direction.CLIENT_TO_SERVICE
     for item in items:
         if isinstance(item, GapRecord):
-            encode_gap(out, item)
+            marker = bytearray()
+            encode_gap(marker, item)
+            append(marker)
             continue
         direction, offset_us, payload = item
-        code = C2S if direction is Direction.CLIENT_TO_SERVICE else S2C
+        code = C2S if direction is c2s else S2C
         if isinstance(payload, str):
-            encode_frame(out, code, TEXT, offset_us, payload.encode())
+            data = payload.encode()
+            append(head(FRAME, code, TEXT, offset_us, len(data)))
+            append(data)
         else:
-            encode_frame(out, code, BINARY, offset_us, payload)
+            append(head(FRAME, code, BINARY, offset_us, len(payload)))
+            append(payload)
     if end is not None:
-        encode_end(out, end)
-    return bytes(out)
+        marker = bytearray()
+        encode_end(marker, end)
+        append(marker)
+    return b"".join(parts)
 
 
 class Recorder:
@@ -218,6 +243,8 @@ class Recorder:
         while True:
             started = time.monotonic()
             for request_id, recording in list(self.live.items()):
+                if recording.phase is Phase.STREAMING and not recording.pending and not self._due(recording, started):
+                    continue  # its step would do nothing: no task for it (hundreds live, 4 ticks a second)
                 task = inflight.get(request_id)
                 if task is None or task.done():
                     inflight[request_id] = asyncio.create_task(self._guarded_step(recording))
@@ -438,25 +465,28 @@ class Recorder:
     # --- seal and append ------------------------------------------------------------------------------
 
     async def _seal(self, recording: LiveRecording, now: float) -> None:
-        """Take the buffer on the loop (the tap appends to it there), encode and encrypt in a thread, so
-        sealing many recordings at once never holds the relay's event loop for long."""
+        """Take the buffer on the loop (the tap appends to it there); cut, encode and encrypt in a thread, so
+        sealing many recordings at once never holds the relay's event loop for long: the loop's share is a
+        list swap and, afterwards, one append per segment."""
         writer = recording.writer
         assert writer is not None  # noqa: S101 - only called once started
         items, size = recording.buffer.take()
         end = recording.end
         final = end is not None
-        runs = split_for_segments(items, self.settings.segment_max_bytes, MARKER_MAX_BYTES if final else 0)
-        runs[-1] = (runs[-1][0], size - sum(accounted for _, accounted in runs[:-1]))  # the sizes add up exactly
+        max_bytes = self.settings.segment_max_bytes
         if self._sealer is None:
             self._sealer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder-sealer")
 
-        def seal_runs() -> list[bytearray]:
+        def seal_runs() -> list[tuple[bytes, int]]:
+            runs = split_for_segments(items, max_bytes, MARKER_MAX_BYTES if final else 0)
+            runs[-1] = (runs[-1][0], size - sum(accounted for _, accounted in runs[:-1]))  # the sizes add up exactly
             last = len(runs) - 1
-            return [writer.seal(encode_items(run, end if i == last else None), final=final and i == last)
-                    for i, (run, _) in enumerate(runs)]
+            # bytes() here, not on the loop: the store takes bytes, and a segment is up to 1 MiB to copy.
+            return [(bytes(writer.seal(encode_items(run, end if i == last else None), final=final and i == last)),
+                     accounted) for i, (run, accounted) in enumerate(runs)]
 
         sealed = await asyncio.get_running_loop().run_in_executor(self._sealer, seal_runs)
-        for segment, (_, accounted) in zip(sealed, runs, strict=True):
+        for segment, accounted in sealed:
             recording.pending.append((segment, accounted))
             self.metrics.sealed_bytes.inc(len(segment))
         recording.last_seal_mono = now
@@ -467,7 +497,7 @@ class Recorder:
         store = self.stores.store(recording.info.region)
         while recording.pending and recording.phase in APPENDS:
             sealed, size = recording.pending[0]
-            recording.offset = await store.append(recording.key, bytes(sealed), offset=recording.offset)
+            recording.offset = await store.append(recording.key, sealed, offset=recording.offset)
             recording.pending.pop(0)
             recording.segments += 1
             recording.buffer.release(size)

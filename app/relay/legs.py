@@ -42,6 +42,14 @@ _TEXT, _BINARY = 0x1, 0x2
 _SAMPLE_MASK = 63  # the relay's own latency is observed on one message in 64
 
 
+def _decode_text(payload: bytes) -> str:
+    """A recorded text message as the tap takes it; invalid UTF-8 fails the connection with 1007."""
+    try:
+        return str(payload, "utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(1007, "invalid UTF-8 in text message") from exc
+
+
 class Leg(asyncio.Protocol):
     """One WebSocket connection of a relayed session. `MASKED_INPUT`: frames from the peer carry a mask
     (the client leg, where we are the server); our own frames are masked on the other leg."""
@@ -179,36 +187,36 @@ class Leg(asyncio.Protocol):
     def _message(self, view: bytes | bytearray, pos: int, start: int, end: int, opcode: int, t0: float) -> None:
         """A whole data message in one frame: forwarded, counted, and decoded for the tap when there is one.
 
-        Without a tap the payload is never decoded: the client's frame is masked again in one pass and the
-        upstream's goes as received. Text is then checked by the endpoints (an invalid one is refused with
-        1007 by the upstream, and that close is passed on); a recorded session checks it here.
+        The client's frame is masked again in one pass and the upstream's goes as received, recorded or not.
+        Without a tap the payload is never decoded: text is then checked by the endpoints (an invalid one is
+        refused with 1007 by the upstream, and that close is passed on); a recorded session checks it here.
         """
         peer = self.peer
         session = self.session
         if peer is None or session is None or peer.state != "open":
             return  # the session is ending: nothing more is relayed
-        if session.tap is None:
-            if self.MASKED_INPUT:
-                peer.forward_masked(view, pos, start, end)
-            else:
-                peer.forward_raw(view, pos, end)
+        tapped: str | bytes | None = None
+        if session.tap is not None:
+            # Recorded: the tap gets the payload as sent (text decoded, which checks it: invalid UTF-8 is refused
+            # with 1007 before anything of it is relayed), but the frame itself goes on exactly as it would
+            # unrecorded, as received or masked again in one pass, never rebuilt from the payload.
+            tapped = self._payload(view, start, end)
+            if opcode == _TEXT:
+                tapped = _decode_text(tapped)
+        if self.MASKED_INPUT:
+            peer.forward_masked(view, pos, start, end)
         else:
-            payload = self._payload(view, start, end)
-            self._relay_tapped(opcode, payload, t0)
-            return
+            peer.forward_raw(view, pos, end)
         self.frames += 1
         self.bytes += end - start
         if not self.frames & _SAMPLE_MASK:
             session.sample_latency(self.DIRECTION, time.perf_counter() - t0)
+        if tapped is not None:
+            session.tap_frame(self.DIRECTION, tapped)
 
     def _relay_tapped(self, opcode: int, payload: bytes, t0: float) -> None:
         """A whole message of a recorded session (or a joined fragmented one): checked, forwarded, tapped."""
-        text: str | None = None
-        if opcode == _TEXT:
-            try:
-                text = str(payload, "utf-8")
-            except UnicodeDecodeError as exc:
-                raise ProtocolError(1007, "invalid UTF-8 in text message") from exc
+        text = _decode_text(payload) if opcode == _TEXT else None
         peer = self.peer
         session = self.session
         if peer is None or session is None or peer.state != "open":
