@@ -221,6 +221,23 @@ async def test_an_idle_connection_that_sends_nothing_is_closed(
     writer.close()
 
 
+async def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_timeout(
+    tmp_path: Path, standin: StandinHandle,
+) -> None:
+    """Between requests only `keep_alive_timeout_s` (here 1 s) holds a connection open: the default 75 s would
+    not close it within the 10 s waited here, and the header timeout (30 s here) is not what closes it."""
+    async with limited_relay(tmp_path, standin, header_timeout_s=30, keep_alive_timeout_s=1) as relay:
+        assert relay.server.config.timeout_keep_alive == 1
+        reader, writer = await open_raw(relay.port)
+        for _ in range(2):  # kept alive: a second request on the same connection is answered
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert await read_status(reader) == 200
+        assert await closed_by_server(reader, 10)  # then idle: closed by the server, not by us
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
 async def trickle(writer: asyncio.StreamWriter, head: bytes, every_s: float) -> int:
     """Send `head` one byte at a time; returns how many bytes went out before the server closed."""
     sent = 0
