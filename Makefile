@@ -18,7 +18,7 @@ serve: $(STAMP)
 
 # The embedded defaults with a recorded call, a local SAW and a printed tour; Ctrl-C stops it.
 demo: $(STAMP)
-	$(VENV)/bin/python -m app.demo
+	$(VENV)/bin/voicelog demo
 
 test-deps: $(STAMP)
 	bash ops/dev/install-test-deps.sh

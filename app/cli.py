@@ -1,4 +1,4 @@
-"""`voicelog serve | db upgrade|downgrade | resources add|list | standin`."""
+"""`voicelog serve | demo | db upgrade|downgrade | resources add|list | standin`, and the other groups registered."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from app.cli_workflow import register as register_workflow
 from app.config import Settings
 from app.context import context_of
 from app.db_privileges import SERVICE_GRANTS, PrivilegeError, RoleState, validate_role_name
+from app.demo import demo
 from app.errors import AppError
 from app.heap import settle_after_startup
 from app.identity.cli import dev_cli
@@ -58,6 +59,7 @@ cli.add_typer(retention_cli, name="retention")
 cli.command("worker")(worker)
 cli.add_typer(resources_cli, name="resources")
 register_workflow(cli)
+cli.command("demo")(demo)
 
 log = get_logger("voicelog.cli")
 

@@ -14,18 +14,17 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.access.saw.settings import SawSettings
+from app.access.saw.settings import SawSettings, refuse_local_saw_beside_production
 from app.access.settings import AccessSettings
 from app.audit.settings import AuditSettings
 from app.capture.settings import CaptureSettings
 from app.console.settings import ConsoleSettings
 from app.identity.settings import IdentitySettings
-from app.logs import LogFormat
 from app.regions import RegionSettings
 from app.relay.standin.settings import StandinSettings
 from app.resources.settings import ResourceSettings
 from app.retention.settings import RetentionSettings
-from app.server.settings import ServerSettings
+from app.server.settings import LogFormat, ServerSettings
 from app.storage.settings import StorageSettings
 from app.tickets.settings import ConsentSettings
 from app.tracing.settings import TracingSettings
@@ -100,8 +99,8 @@ class Settings(StandinSettings, ConsentSettings, ResourceSettings, AccessSetting
     log_level: str = Field(default="INFO", description="Log level of the service's logs (`DEBUG` adds "
                            "APScheduler's line per job run).")
     log_format: LogFormat = Field(
-        default="auto", description="`voicelog serve`'s logs on stderr: `json` (one JSON object a line), "
-        "`console` (human-readable, coloured on a terminal), or `auto`: `console` when stderr is a terminal, "
+        default="auto", description="`voicelog serve`'s and `voicelog worker`'s logs on stderr: `json` (one JSON "
+        "object a line), `console` (human-readable, coloured on a terminal), or `auto`: `console` when stderr is a terminal, "
         "`json` otherwise (a pipe, a file, a container's log). Other commands log human-readably.",
     )
     server: ServerSettings = Field(
@@ -215,6 +214,7 @@ class Settings(StandinSettings, ConsentSettings, ResourceSettings, AccessSetting
                 region.blob_path = self.data_dir / "blobs" / region.name
         if self.embedded:  # the laptop default signs people in with the dev issuer; production sets an issuer
             self.identity = self.identity.for_embedded_default(self.port)
+        refuse_local_saw_beside_production(self.saw, production_issuer=self.identity.production)
         return self
 
     @property

@@ -12,6 +12,8 @@ from urllib.parse import unquote_plus
 import structlog
 from structlog.typing import Processor
 
+from app.server.settings import LogFormat
+
 SECRET_KEYS = frozenset(
     {"api-key", "api_key", "apikey", "authorization", "token", "access_token", "password", "secret",
      "key", "cookie", "set-cookie", "x-api-key", "sig", "signature", "client_secret"}
@@ -51,8 +53,6 @@ def _redact_secrets(_logger: Any, _name: str, event: MutableMapping[str, Any]) -
             event[key] = REDACTED
     return event
 
-
-LogFormat = Literal["auto", "json", "console"]
 
 
 def resolved_log_format(log_format: LogFormat, stream: TextIO) -> Literal["json", "console"]:

@@ -82,7 +82,7 @@ def worker(
     from app.logs import configure_logging
 
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     run_or_exit(lambda: run_worker(settings, metrics_port=metrics_port))
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+LogFormat = Literal["auto", "json", "console"]  # serve's logs: JSON lines, readable, or by whether stderr is a TTY
 
 
 class ServerSettings(BaseModel):
