@@ -100,8 +100,8 @@ class Settings(StandinSettings, ConsentSettings, ResourceSettings, AccessSetting
                            "APScheduler's line per job run).")
     log_format: LogFormat = Field(
         default="auto", description="`voicelog serve`'s and `voicelog worker`'s logs on stderr: `json` (one JSON "
-        "object a line), `console` (human-readable, coloured on a terminal), or `auto`: `console` when stderr is a terminal, "
-        "`json` otherwise (a pipe, a file, a container's log). Other commands log human-readably.",
+        "object a line), `console` (human-readable, coloured on a terminal), or `auto`: `console` when stderr "
+        "is a terminal, `json` otherwise (a pipe, a file, a container's log). Other commands log human-readably.",
     )
     server: ServerSettings = Field(
         default_factory=ServerSettings,
