@@ -14,7 +14,7 @@ from app.access.endings import GrantEnding, end_grants_of
 from app.audit.actions import Actor, AuditAction, Subjects, detail_time
 from app.audit.service import append_entry
 from app.clock import Clock
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, NotFound
 from app.identity.principal import Principal, Role
 from app.resources.models import Resource
 from app.resources.service import ResourceNotFound, get_resource_by_name, require_resource
@@ -54,11 +54,6 @@ class ConsentNotFound(NotFound):
 class ConsentEnded(Conflict):
     code = "consent_ended"
     title = "The consent has already ended"
-
-
-class TicketForOtherResource(InvalidInput):
-    code = "ticket_resource_mismatch"
-    title = "The ticket is about another resource"
 
 
 # --- tickets ----------------------------------------------------------------------------------------
@@ -190,8 +185,8 @@ async def customer_resource(*, session: AsyncSession, principal: Principal, name
 
 
 async def consent_ticket(*, session: AsyncSession, resource: Resource, data: ConsentCreate) -> Ticket:
-    """The ticket a consent names, by ID or by its reference among this resource's tickets. A reference of
-    another resource's ticket is not found (nothing said of tickets the customer cannot see)."""
+    """The ticket a consent names, by ID or by its reference among this resource's tickets. Another resource's
+    ticket, by reference or by ID, is not found (nothing said of tickets the customer cannot see)."""
     if data.ticket_ref is not None:
         found = await session.execute(
             select(Ticket).where(Ticket.resource_id == resource.id, Ticket.external_ref == data.ticket_ref))
@@ -200,10 +195,8 @@ async def consent_ticket(*, session: AsyncSession, resource: Resource, data: Con
             raise TicketNotFound(f"No ticket {data.ticket_ref!r} is about this resource.")
         return ticket
     ticket = await session.get(Ticket, data.ticket_id)
-    if ticket is None:
+    if ticket is None or ticket.resource_id != resource.id:  # another tenant's ticket: as if there were none
         raise TicketNotFound()
-    if ticket.resource_id != resource.id:
-        raise TicketForOtherResource()
     return ticket
 
 
