@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from app.clock import Clock
     from app.config import Settings
     from app.console.auth import ConsoleState
+    from app.identity.dev_issuer import DevIssuer
     from app.identity.principal import TokenVerifier
     from app.metrics import Metrics
     from app.relay.routes import Relay
@@ -44,6 +45,7 @@ class AppContext:
     request_session_factory: async_sessionmaker[AsyncSession]
     metrics: Metrics
     admin_token: str | None
+    dev_issuer: DevIssuer | None  # loaded once: the token verifier, the dev routes and the console's sign-in
     token_verifier: TokenVerifier | None
     stores: RegionRouter
     keyrings: RegionKeyrings

@@ -275,22 +275,23 @@ async def run_demo(options: DemoOptions) -> None:
     from app import migrate
     from app.access.saw.settings import refuse_local_saw_beside_production
     from app.cli import build_server
-    from app.identity.routes import load_dev_issuer
-    from app.wiring import admin_token
+    from app.context import context_of
+    from app.main import create_app
 
     settings = demo_settings(options)
     _ports_free(options)
     refuse_local_saw_beside_production(settings.saw, production_issuer=settings.identity.production)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(migrate.upgrade, settings.resolved_database_url)
-    issuer = load_dev_issuer(settings.identity, settings.data_dir)
-    token = admin_token(settings)
+    app = create_app(settings)
+    ctx = context_of(app)  # the app's own dev issuer and admin token: loaded once, by its context's builder
+    issuer, token = ctx.dev_issuer, ctx.admin_token
     if issuer is None or token is None:
         raise DemoError("the demo runs on the embedded defaults only (unset VOICELOG_DATABASE_URL and "
                         "VOICELOG_IDENTITY__*)")
     saw = write_local_saw(settings.data_dir / "local-saw", owner=ENGINEER, port=options.saw_port,
                           upstream_port=settings.port)
-    server = build_server(settings, options.host, options.port)
+    server = build_server(settings, options.host, options.port, app)
     server.config.loop = "asyncio"
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # ours, below
     serving = asyncio.create_task(server.serve(), name="voicelog-demo-server")

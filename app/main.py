@@ -211,7 +211,7 @@ def create_app(
         app.add_middleware(TracingMiddleware, tracing=ctx.tracing)
     app.add_middleware(SawHeaderGuard, settings=settings.saw)  # SAW headers only from trusted proxies
     app.add_middleware(ControlCharacterPathGuard)  # a path with a control character names nothing: 400
-    include_dev_routes(app, settings.identity, settings.data_dir, clock=clock)
+    include_dev_routes(app, ctx.dev_issuer)
     app.include_router(relay_router)
     app.include_router(resources_router)
     app.include_router(tickets_router)

@@ -29,6 +29,7 @@ from app.config import Settings
 from app.console.mount import build_console_state
 from app.context import AppContext
 from app.db import create_engine, create_request_engine, create_session_factory
+from app.identity.routes import load_dev_issuer
 from app.identity.tokens import build_token_verifier
 from app.loop_lag import LoopLagMonitor
 from app.metrics import Metrics
@@ -96,11 +97,12 @@ def build_context(
     )
     audit = audit or AuditRuntime.from_settings(settings.audit, settings.data_dir, registry=metrics.registry,
                                                 engine=engine)
+    dev_issuer = load_dev_issuer(settings.identity, settings.data_dir, clock=clock)
     return AppContext(
         settings=settings, clock=clock, engine=engine, session_factory=session_factory, metrics=metrics,
         request_engine=request_engine, request_session_factory=create_session_factory(request_engine),
         admin_token=admin_token(settings),
-        token_verifier=build_token_verifier(settings.identity, settings.data_dir, clock=clock),
+        dev_issuer=dev_issuer, token_verifier=build_token_verifier(settings.identity, dev_issuer, clock=clock),
         stores=stores, keyrings=keyrings, consents=consents, recorder=recorder, resources=resources, relay=relay,
         access=access, audit=audit, tracing=tracing,
         console=build_console_state(settings, session_factory),

@@ -23,7 +23,6 @@ from app.console.sessions import SaveTouchedSessions, SessionStore
 from app.console.settings import ConsoleSettings
 from app.console.templating import HERE, page
 from app.context import AppContext
-from app.identity.routes import load_dev_issuer
 from app.logs import get_logger
 
 log = get_logger("voicelog.console")
@@ -52,10 +51,8 @@ def include_console(app: FastAPI, ctx: AppContext) -> bool:
     """Mount `/console` (and, with the dev issuer on, its sign-in form) on `app`; returns whether it did."""
     if ctx.console is None:
         return False
-    settings, clock = ctx.settings, ctx.clock
-    issuer = load_dev_issuer(settings.identity, settings.data_dir, clock=clock)
-    if issuer is not None:
-        app.include_router(build_dev_login_router(issuer, clock, settings.saw))
+    if ctx.dev_issuer is not None:
+        app.include_router(build_dev_login_router(ctx.dev_issuer, ctx.clock, ctx.settings.saw))
     app.add_middleware(ConsoleSecurityHeaders)
     app.add_middleware(SaveTouchedSessions)
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
@@ -82,5 +79,5 @@ def include_console(app: FastAPI, ctx: AppContext) -> bool:
     app.add_exception_handler(NeedsSignIn, sign_in_first)
     app.add_exception_handler(MissingConsoleRole, refused)
     app.add_exception_handler(CsrfRejected, refused)
-    log.info("console.enabled", dev_sign_in=issuer is not None)
+    log.info("console.enabled", dev_sign_in=ctx.dev_issuer is not None)
     return True

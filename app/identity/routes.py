@@ -89,11 +89,9 @@ def load_dev_issuer(identity: IdentitySettings, data_dir: Path, *, clock: Clock 
     )
 
 
-def include_dev_routes(
-    app: FastAPI, identity: IdentitySettings, data_dir: Path, *, clock: Clock | None = None
-) -> bool:
-    """Serve `/dev/oidc/*` on `app` when the dev issuer is enabled; returns whether it did."""
-    issuer = load_dev_issuer(identity, data_dir, clock=clock)
+def include_dev_routes(app: FastAPI, issuer: DevIssuer | None) -> bool:
+    """Serve `/dev/oidc/*` on `app` when the dev issuer is enabled (`issuer`, the context's); returns whether it
+    did."""
     if issuer is None:
         return False
     app.include_router(build_dev_router(issuer))

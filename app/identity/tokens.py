@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +17,7 @@ from fastapi import FastAPI
 from app.audit.actions import ID_PATTERN
 from app.clock import Clock, SystemClock
 from app.errors import Unauthorized
+from app.identity.dev_issuer import DevIssuer
 from app.identity.errors import (
     AudienceMismatch,
     InvalidToken,
@@ -29,7 +29,7 @@ from app.identity.errors import (
 )
 from app.identity.jwks import ALLOWED_ALGORITHMS, HttpJwksSource, JwksCache, PublicKey
 from app.identity.principal import Principal, Role, TokenVerifier
-from app.identity.routes import build_dev_router, load_dev_issuer
+from app.identity.routes import build_dev_router
 from app.identity.settings import TENANT_PLACEHOLDER, IdentitySettings
 from app.input_text import IDENTIFIER_RULE
 from app.logs import get_logger
@@ -207,11 +207,12 @@ def _roles(value: Any) -> set[Role]:
 
 def build_token_verifier(
     identity: IdentitySettings,
-    data_dir: Path,
+    dev_issuer: DevIssuer | None,
     *,
     clock: Clock | None = None,
 ) -> TokenVerifier | None:
-    """The verifier the settings describe: production issuer, dev issuer, or None (every API answers 401)."""
+    """The verifier the settings describe: production issuer, the dev issuer (loaded once by the context's
+    builder, `load_dev_issuer`), or None (every API answers 401)."""
     clock = clock or SystemClock()
     if identity.issuer is not None:
         assert identity.audience is not None  # noqa: S101 - the settings validator requires it
@@ -222,22 +223,21 @@ def build_token_verifier(
             timeout_s=identity.jwks_timeout_s,
         )
         return _verifier(identity, source, identity.issuer, identity.audience, clock, identity.staff_tenant)
-    issuer = load_dev_issuer(identity, data_dir, clock=clock)
-    if issuer is None:
+    if dev_issuer is None:
         return None
     # Same verification, same discovery and JWKS fetch as production; only the transport is in-process, so
     # the service never calls itself over the network (and works before it listens, or on port 0).
     dev_app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-    dev_app.include_router(build_dev_router(issuer))
+    dev_app.include_router(build_dev_router(dev_issuer))
     transport = httpx.ASGITransport(app=dev_app)
     source = HttpJwksSource(
-        issuer=issuer.issuer,
-        discovery_url=f"{issuer.issuer}/.well-known/openid-configuration",
+        issuer=dev_issuer.issuer,
+        discovery_url=f"{dev_issuer.issuer}/.well-known/openid-configuration",
         timeout_s=identity.jwks_timeout_s,
         client_factory=lambda: httpx.AsyncClient(transport=transport),
         allow_insecure_http=True,
     )
-    return _verifier(identity, source, issuer.issuer, issuer.audience, clock, None)
+    return _verifier(identity, source, dev_issuer.issuer, dev_issuer.audience, clock, None)
 
 
 def _verifier(

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from app.identity.cli import dev_cli
 from app.identity.principal import Role
+from app.identity.routes import load_dev_issuer
 from app.identity.settings import IdentitySettings
 from app.identity.tokens import build_token_verifier
 
@@ -28,7 +29,8 @@ async def test_dev_token_is_accepted_by_the_service_verifier(dev_env: Path) -> N
     assert result.exit_code == 0, result.output
     token = result.stdout.strip()
 
-    verifier = build_token_verifier(IdentitySettings(dev_issuer_enabled=True), dev_env)
+    identity = IdentitySettings(dev_issuer_enabled=True)
+    verifier = build_token_verifier(identity, load_dev_issuer(identity, dev_env))
     assert verifier is not None
     principal = await verifier.verify(token)
 
@@ -81,7 +83,7 @@ async def test_dev_token_on_the_embedded_default_with_another_identity_setting(
     assert result.exit_code == 0, result.output
 
     settings = Settings()
-    verifier = build_token_verifier(settings.identity, settings.data_dir)
+    verifier = build_token_verifier(settings.identity, load_dev_issuer(settings.identity, settings.data_dir))
     assert verifier is not None
     principal = await verifier.verify(result.stdout.strip())
     assert principal.subject == "alice"

@@ -17,7 +17,7 @@ from app.identity.dev_issuer import KEY_FILE, DevIssuer, DevIssuerKeyError, load
 from app.identity.errors import TokenExpired
 from app.identity.jwks import HttpJwksSource
 from app.identity.principal import Role
-from app.identity.routes import include_dev_routes
+from app.identity.routes import include_dev_routes, load_dev_issuer
 from app.identity.settings import IdentitySettings
 from app.identity.tokens import OidcTokenVerifier, build_token_verifier
 from tests.fixtures.identity import IDENTITY_EPOCH
@@ -85,7 +85,7 @@ def test_dev_verifier_uses_the_production_verifier_and_jwks_path(token_verifier:
 async def test_dev_tokens_expire_like_any_other(tmp_path: Path) -> None:
     clock = ManualClock(IDENTITY_EPOCH)
     identity = IdentitySettings(dev_issuer_enabled=True, leeway_s=10)
-    verifier = build_token_verifier(identity, tmp_path, clock=clock)
+    verifier = build_token_verifier(identity, load_dev_issuer(identity, tmp_path, clock=clock), clock=clock)
     assert verifier is not None
     issuer = DevIssuer.load_or_create(identity.dev_key_dir(tmp_path), issuer=identity.dev_issuer_url,
                                       audience=identity.dev_audience, clock=clock)
@@ -101,7 +101,7 @@ async def test_dev_tokens_expire_like_any_other(tmp_path: Path) -> None:
 def _app_with_dev_routes(identity: IdentitySettings, data_dir: Path) -> tuple[FastAPI, bool]:
     app = FastAPI()
     install_error_handlers(app)
-    included = include_dev_routes(app, identity, data_dir)
+    included = include_dev_routes(app, load_dev_issuer(identity, data_dir))
     return app, included
 
 

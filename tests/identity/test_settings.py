@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from app.identity.routes import load_dev_issuer
 from app.identity.settings import IdentitySettings
 from app.identity.tokens import OidcTokenVerifier, build_token_verifier
 
@@ -87,7 +88,7 @@ def test_unknown_knobs_are_refused() -> None:
 def test_defaults_configure_no_verifier(tmp_path: Path) -> None:
     settings = IdentitySettings()
 
-    assert build_token_verifier(settings, tmp_path) is None
+    assert build_token_verifier(settings, load_dev_issuer(settings, tmp_path)) is None
     assert not settings.dev_issuer_enabled
     assert settings.dev_key_dir(tmp_path) == tmp_path / "dev-issuer"
 
@@ -95,7 +96,7 @@ def test_defaults_configure_no_verifier(tmp_path: Path) -> None:
 def test_production_settings_build_a_discovery_verifier(tmp_path: Path) -> None:
     settings = IdentitySettings(issuer=ENTRA, audience=AUDIENCE)
 
-    verifier = build_token_verifier(settings, tmp_path)
+    verifier = build_token_verifier(settings, load_dev_issuer(settings, tmp_path))
 
     assert isinstance(verifier, OidcTokenVerifier)
     assert verifier.issuer == ENTRA
