@@ -16,8 +16,16 @@
 //        privateEndpointSubnetId=<subnet id> serviceDatabaseUrl=<...> ownerDatabaseUrl=<...> adminToken=<...>
 //
 // Outputs feed the Helm values: identityClientId -> workloadIdentity.clientId, migrationIdentityClientId ->
-// migration.workloadIdentityClientId, and VOICELOG_REGIONS gets
-// blob_account_url=blobEndpoint, keyvault_url=kekVaultUri. docs/DEPLOY.md walks through it.
+// migration.workloadIdentityClientId, blobEndpoint -> audit.checkpointBlobAccountUrl, auditCheckpointContainerName
+// -> audit.checkpointBlobContainer, and VOICELOG_REGIONS gets blob_account_url=blobEndpoint,
+// keyvault_url=kekVaultUri. docs/DEPLOY.md walks through it.
+//
+// The audit trail (docs/AUDIT.md): its WORM checkpoint container in the region's storage account (the anchor),
+// and its two keys in the secrets vault, readable by the relays' identity only. The keys are ONE pair for every
+// region (one audit chain in the shared database): generate them once (DEPLOY.md, "Audit keys") and pass the
+// same values to every region's first deployment (auditEntryMacKey, auditRetiredEntryMacKeys='[]',
+// auditSigningKey). Later deployments leave them empty and the vault keeps its values: a deployment never
+// rewrites a key by accident; a rotation passes the new value (a new secret version).
 
 targetScope = 'resourceGroup'
 
@@ -62,6 +70,23 @@ param ownerDatabaseUrl string
 @description('VOICELOG_ADMIN_TOKEN of the relays.')
 @secure()
 param adminToken string
+
+@description('Audit entry MAC key (32 random bytes, standard base64), the same in every region: written to the secret voicelog-audit-entry-mac-key when given. Empty: the secret stays as it is (it must exist: give it on the first deployment).')
+@secure()
+param auditEntryMacKey string = ''
+
+@description('Retired audit entry MAC keys (JSON list, `[]` until a rotation), the same in every region: written to voicelog-audit-retired-entry-mac-keys when given. Empty: the secret stays as it is (give `[]` on the first deployment).')
+@secure()
+param auditRetiredEntryMacKeys string = ''
+
+@description('Audit checkpoint signing key (raw 32-byte Ed25519 private key, standard base64), the same in every region: written to voicelog-audit-signing-key when given. Empty: the secret stays as it is (give it on the first deployment).')
+@secure()
+param auditSigningKey string = ''
+
+@description('Container of the audit trail\'s signed checkpoints in the region\'s storage account, under a time-based immutability policy (WORM, protected appends). Helm value audit.checkpointBlobContainer.')
+@minLength(3)
+@maxLength(63)
+param auditCheckpointContainerName string = 'audit-checkpoints'
 
 @description('Key Vault SKU for KEKs: premium for RSA-HSM keys (VOICELOG_VAULT__KEYVAULT_KEY_TYPE default).')
 @allowed([
@@ -126,6 +151,8 @@ module storage 'storage.bicep' = {
     location: location
     voicelogPrincipalId: identity.properties.principalId // Storage Blob Data Contributor on the container only
     publicNetworkAccess: 'Disabled'
+    // The audit anchor (C6): WORM container, voicelog's identity may read, create and append there, nothing else.
+    auditCheckpointContainerName: auditCheckpointContainerName
     logAnalyticsWorkspaceId: logAnalyticsWorkspaceId
     tags: tags
   }
@@ -240,6 +267,96 @@ resource migrationDatabaseUrlAccess 'Microsoft.Authorization/roleAssignments@202
   }
 }
 
+// --- the audit trail's keys ------------------------------------------------------------------------------
+// Written only when a value is given (first deployment, rotation); the role assignments name the secret as it
+// exists in the vault, so a region deployed without its keys fails here instead of starting relays without them.
+// Only the relays' identity reads them: not the migration Job (the owner role and the MAC key together could
+// append authentic-looking entries with the triggers off), not the KEK vault.
+
+module auditEntryMacKeyValue 'keyvault-secret.bicep' = if (!empty(auditEntryMacKey)) {
+  name: 'voicelog-secret-audit-entry-mac-key-${regionCode}'
+  params: {
+    vaultName: secretsVault.name
+    secretName: 'voicelog-audit-entry-mac-key'
+    value: auditEntryMacKey
+    contentType: 'application/octet-stream;base64'
+  }
+}
+
+module auditRetiredEntryMacKeysValue 'keyvault-secret.bicep' = if (!empty(auditRetiredEntryMacKeys)) {
+  name: 'voicelog-secret-audit-retired-entry-mac-keys-${regionCode}'
+  params: {
+    vaultName: secretsVault.name
+    secretName: 'voicelog-audit-retired-entry-mac-keys'
+    value: auditRetiredEntryMacKeys
+    contentType: 'application/json'
+  }
+}
+
+module auditSigningKeyValue 'keyvault-secret.bicep' = if (!empty(auditSigningKey)) {
+  name: 'voicelog-secret-audit-signing-key-${regionCode}'
+  params: {
+    vaultName: secretsVault.name
+    secretName: 'voicelog-audit-signing-key'
+    value: auditSigningKey
+    contentType: 'application/octet-stream;base64'
+  }
+}
+
+resource auditEntryMacKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: secretsVault
+  name: 'voicelog-audit-entry-mac-key'
+}
+
+resource auditRetiredEntryMacKeysSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: secretsVault
+  name: 'voicelog-audit-retired-entry-mac-keys'
+}
+
+resource auditSigningKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: secretsVault
+  name: 'voicelog-audit-signing-key'
+}
+
+resource auditEntryMacKeyAccess 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: auditEntryMacKeySecret
+  name: guid(secretsVault.id, 'voicelog-audit-entry-mac-key', identity.id, secretsUserRoleId)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', secretsUserRoleId)
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [
+    auditEntryMacKeyValue
+  ]
+}
+
+resource auditRetiredEntryMacKeysAccess 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: auditRetiredEntryMacKeysSecret
+  name: guid(secretsVault.id, 'voicelog-audit-retired-entry-mac-keys', identity.id, secretsUserRoleId)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', secretsUserRoleId)
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [
+    auditRetiredEntryMacKeysValue
+  ]
+}
+
+resource auditSigningKeyAccess 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: auditSigningKeySecret
+  name: guid(secretsVault.id, 'voicelog-audit-signing-key', identity.id, secretsUserRoleId)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', secretsUserRoleId)
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [
+    auditSigningKeyValue
+  ]
+}
+
 // --- private endpoints ---------------------------------------------------------------------------------
 // Private DNS zones (privatelink.blob.core.windows.net, privatelink.vaultcore.azure.net) are the network
 // hub's; link them to the AKS VNet.
@@ -327,6 +444,9 @@ output kekVaultUri string = kekVault.outputs.vaultUri
 
 @description('Helm value migration.workloadIdentityClientId (the migration Job).')
 output migrationIdentityClientId string = migrationIdentity.properties.clientId
+
+@description('Helm value audit.checkpointBlobContainer (the account is blobEndpoint: audit.checkpointBlobAccountUrl).')
+output auditCheckpointContainerName string = storage.outputs.auditCheckpointContainerName
 
 @description('Helm value secrets.keyVaultName.')
 output secretsVaultName string = secretsVault.name

@@ -56,7 +56,7 @@ param publicNetworkAccess string = 'Disabled'
 @description('Log Analytics workspace resource ID for blob read/write/delete logs. Empty: no diagnostic setting.')
 param logAnalyticsWorkspaceId string = ''
 
-@description('Container the audit trail anchors its signed checkpoints in (voicelog setting `audit.checkpoint_blob_container`), in one region\'s account only. Empty: none in this account.')
+@description('Container the audit trail anchors its signed checkpoints in (voicelog setting `audit.checkpoint_blob_container`). main.bicep makes one in every region\'s account, and each region\'s relays export the whole checkpoint sequence to their own. Empty: none in this account.')
 param auditCheckpointContainerName string = ''
 
 @description('Days each checkpoint blob stays immutable (WORM, time-based retention with protected append writes): nobody, the account\'s administrators included, can overwrite or delete it before then once the policy is locked.')
@@ -146,8 +146,8 @@ resource container 'Microsoft.Storage/storageAccounts/blobServices/containers@20
 // admits appends (allowProtectedAppendWrites) and refuses overwrites and deletes. Lock it after the first
 // deployment (`az storage container immutability-policy lock`): an unlocked policy can still be removed by an
 // account administrator, a locked one by no one. The lifecycle rule below never touches this container.
-// voicelog's identity gets Storage Blob Data Contributor on this container only (appends; the policy refuses
-// its overwrites and deletes): `checkpointAccess` below.
+// voicelog's identity gets `checkpointAppender` on this container only: read, create and append, no overwrite
+// and no delete (the policy refuses those to anyone anyway): `checkpointAccess` below.
 resource auditCheckpoints 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = if (!empty(auditCheckpointContainerName)) {
   parent: blobService
   name: empty(auditCheckpointContainerName) ? 'unused' : auditCheckpointContainerName
@@ -212,11 +212,37 @@ resource voicelogAccess 'Microsoft.Authorization/roleAssignments@2022-04-01' = i
   }
 }
 
+// Exactly what app/audit/blob_sink.py does: list the checkpoint blobs and read their tails (blobs/read), create
+// the next append blob if missing and append one block per checkpoint (blobs/add/action: new blobs and appends
+// only). No blobs/write (overwrite, properties, metadata), no delete, no container rights, no management plane.
+resource checkpointAppender 'Microsoft.Authorization/roleDefinitions@2022-04-01' = if (!empty(voicelogPrincipalId) && !empty(auditCheckpointContainerName)) {
+  name: guid(resourceGroup().id, accountName, 'voicelog-audit-checkpoint-appender')
+  properties: {
+    roleName: 'voicelog audit checkpoint appender (${accountName})'
+    description: 'Read, create and append voicelog audit checkpoint blobs in one container: no overwrite, no delete.'
+    type: 'CustomRole'
+    assignableScopes: [
+      resourceGroup().id
+    ]
+    permissions: [
+      {
+        actions: []
+        notActions: []
+        dataActions: [
+          'Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read'
+          'Microsoft.Storage/storageAccounts/blobServices/containers/blobs/add/action'
+        ]
+        notDataActions: []
+      }
+    ]
+  }
+}
+
 resource checkpointAccess 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(voicelogPrincipalId) && !empty(auditCheckpointContainerName)) {
   scope: auditCheckpoints
-  name: guid(auditCheckpoints.id, voicelogPrincipalId, blobDataContributorRoleId)
+  name: guid(auditCheckpoints.id, voicelogPrincipalId, 'voicelog-audit-checkpoint-appender')
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', blobDataContributorRoleId)
+    roleDefinitionId: checkpointAppender.id
     principalId: voicelogPrincipalId
     principalType: 'ServicePrincipal'
   }
@@ -249,6 +275,9 @@ output blobEndpoint string = account.properties.primaryEndpoints.blob
 
 @description('Container for the region\'s `blob_container` setting.')
 output containerName string = container.name
+
+@description('Container of the audit checkpoints (voicelog setting `audit.checkpoint_blob_container`); empty: none here.')
+output auditCheckpointContainerName string = auditCheckpointContainerName
 
 @description('Storage account resource ID (for the private endpoint).')
 output accountId string = account.id

@@ -76,18 +76,22 @@ class Declaration:
     symbol: str
     target: str  # 'Type@version' or a module path
     body: str
+    existing: bool = False  # `resource x '...' existing = {...}`: a reference, it configures nothing
 
 
 def declarations(path: Path) -> list[Declaration]:
     text = strip_comments(path.read_text())
     found = []
-    for match in re.finditer(r"^(resource|module)\s+(\w+)\s+'([^']+)'", text, re.MULTILINE):
-        found.append(Declaration(match.group(1), match.group(2), match.group(3), body_from(text, match.end())))
+    for match in re.finditer(r"^(resource|module)\s+(\w+)\s+'([^']+)'(\s+existing\b)?", text, re.MULTILINE):
+        found.append(Declaration(match.group(1), match.group(2), match.group(3), body_from(text, match.end()),
+                                 existing=match.group(4) is not None))
     return found
 
 
-def resources(path: Path, type_name: str) -> list[Declaration]:
-    return [d for d in declarations(path) if d.kind == "resource" and d.target.split("@")[0] == type_name]
+def resources(path: Path, type_name: str, *, existing: bool = False) -> list[Declaration]:
+    """The resources of a type the template deploys (`existing=True`: those it only refers to)."""
+    return [d for d in declarations(path) if d.kind == "resource" and d.target.split("@")[0] == type_name
+            and d.existing == existing]
 
 
 def prop(body: str, name: str) -> str | None:
@@ -179,7 +183,8 @@ def test_role_assignments_are_narrow_and_scoped_to_one_resource() -> None:
         for assignment in resources(path, "Microsoft.Authorization/roleAssignments"):
             scope = prop(assignment.body, "scope")
             assert scope in {"container", "auditCheckpoints", "vault", "databaseUrlSecret", "adminTokenSecret",
-                             "migrationDatabaseUrlSecret"}, (path.name, scope)
+                             "migrationDatabaseUrlSecret", "auditEntryMacKeySecret",
+                             "auditRetiredEntryMacKeysSecret", "auditSigningKeySecret"}, (path.name, scope)
             assert prop(assignment.body, "principalType") == "'ServicePrincipal'"
             text = path.read_text()
             assert not BROAD_ROLES & set(re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
@@ -241,7 +246,9 @@ def test_each_identity_reads_only_its_own_database_role_secret() -> None:
         if "secretsUserRoleId" in assignment.body:
             principal = prop(assignment.body, "principalId")
             readers.setdefault(principal, set()).add(prop(assignment.body, "scope"))
-    assert readers == {"identity.properties.principalId": {"databaseUrlSecret", "adminTokenSecret"},
+    assert readers == {"identity.properties.principalId": {"databaseUrlSecret", "adminTokenSecret",
+                                                           "auditEntryMacKeySecret", "auditRetiredEntryMacKeysSecret",
+                                                           "auditSigningKeySecret"},
                        "migrationIdentity.properties.principalId": {"migrationDatabaseUrlSecret"}}
     for symbol, param in (("databaseUrlSecret", "serviceDatabaseUrl"), ("migrationDatabaseUrlSecret",
                                                                          "ownerDatabaseUrl")):
