@@ -3,6 +3,7 @@ empty doors. Each check imports in a fresh interpreter, so what other tests load
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -74,3 +75,29 @@ def test_only_the_context_module_touches_app_state() -> None:
                       for number, line in enumerate(path.read_text().splitlines(), 1)
                       if pattern.search(line))
     assert touching == []
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every `app` module `path` imports, at the top or inside a function (absolute imports, as the code writes)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.update([node.module] if node.module != "app" else [f"app.{a.name}" for a in node.names])
+    return {m for m in found if m.split(".")[0] == "app"}
+
+
+def test_no_domain_module_but_a_cli_builds_the_context() -> None:
+    """The context is built at the edges (create_app, the CLI, the worker): inside a domain package only its
+    command-line module imports app.wiring; everything else is handed its parts (docs/ARCHITECTURE.md)."""
+    builders = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "app").glob("*/**/*.py")
+                      if "app.wiring" in imported_modules(path) and path.name != "cli.py")
+    assert builders == []
+
+
+def test_the_workflow_client_imports_nothing_of_app_but_itself() -> None:
+    """`app/workflow/` speaks HTTP to the API only, so it runs where no database or key is."""
+    outside = sorted(f"{path.relative_to(ROOT)}: {module}" for path in (ROOT / "app" / "workflow").rglob("*.py")
+                     for module in imported_modules(path) if not module.startswith("app.workflow"))
+    assert outside == []
