@@ -291,6 +291,8 @@ async def extend(
     now = clock.now()
     if row.state != AccessRequestState.APPROVED or row.expires_at is None or now >= row.expires_at:
         raise NotActiveGrant()
+    if requester.team_id != row.requester_team_id:  # moved since: the grant was her old team's to give (C5)
+        raise NotActiveGrant()
     return await create_access_request(
         session=session, clock=clock, requester=requester, extends=row,
         data=NewAccessRequest(ticket_id=row.ticket_id, request_ids=await _named_request_ids(session, row.id),
