@@ -66,13 +66,19 @@ class FrameBuffer:
     buffered: int = 0  # bytes of `items` only
 
     def add(self, direction: Direction, offset_us: int, payload: str | bytes) -> None:
-        size = payload_size(payload)
+        # `payload_size` and `budget.take`, inline: this runs on the relay's event loop for every recorded frame.
+        if isinstance(payload, bytes) or payload.isascii():
+            size = len(payload) + FRAME_OVERHEAD
+        else:
+            size = len(payload.encode()) + FRAME_OVERHEAD
         if self.held + size > self.session_cap:
             self._drop(offset_us, size, "session_cap")
             return
-        if not self.budget.take(size):
+        budget = self.budget
+        if budget.used + size > budget.cap:
             self._drop(offset_us, size, "process_cap")
             return
+        budget.used += size
         if self.gap is not None:
             self._close_gap()
         self.items.append((direction, offset_us, payload))

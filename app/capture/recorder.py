@@ -90,9 +90,16 @@ class LiveRecording:
     row_deferred: bool = False  # its row could not be written when due: the upkeep writes it when it can
     failure: str | None = None  # the last failure; the incomplete reason once given up
     retry: Backoff = field(default_factory=Backoff)
+    # `phase in TAKES_FRAMES`, kept beside the phase: the tap reads it for every frame, and hashing an Enum member
+    # is a Python-level call.
+    takes_frames: bool = field(init=False, default=True)
+
+    def __post_init__(self) -> None:
+        self.takes_frames = self.phase in TAKES_FRAMES
 
     def apply(self, event: Event) -> None:
         self.phase = next_phase(self.phase, event)
+        self.takes_frames = self.phase in TAKES_FRAMES
 
 
 class RecordingTap:
@@ -105,7 +112,7 @@ class RecordingTap:
 
     def on_frame(self, direction: Direction, offset_ns: int, payload: str | bytes) -> None:
         recording = self._recording
-        if recording.end is not None or recording.phase not in TAKES_FRAMES:
+        if recording.end is not None or not recording.takes_frames:
             return
         recording.buffer.add(direction, offset_ns // 1000, payload)
         recording.frames += 1

