@@ -57,7 +57,7 @@ class Trail:
 
     @property
     def factory(self) -> async_sessionmaker[AsyncSession]:
-        return create_session_factory(self.service)
+        return self.runtime.bind_sessions(create_session_factory(self.service))  # as build_context binds it
 
     def keeper(self) -> ChainKeeper:
         return ChainKeeper(self.runtime, self.factory, self.clock)
@@ -133,7 +133,7 @@ async def trail(roles: TwoRoles, clone: str, audit_clock: ManualClock, tmp_path:
     owner = create_engine(url(roles.owner), pool_size=1, max_overflow=1)
     runtime = AuditRuntime.from_settings(
         AuditSettings(signing_key_dir=tmp_path / "audit-keys", checkpoint_export_path=tmp_path / "anchor.jsonl"),
-        tmp_path, engine=service)  # the service appends with the entry MAC key, as create_app wires it
+        tmp_path)  # the service appends with the entry MAC key (Trail.factory), as create_app wires it
     try:
         yield Trail(service, owner, runtime, audit_clock, url(roles.service))
     finally:
@@ -259,8 +259,10 @@ async def test_an_owner_cut_past_an_anchored_checkpoint_is_still_found_after_the
 
     result = await trail.verify()
     assert result.damage is not None
-    assert result.damage.seq == keep + 1  # the first entry that is not the one checkpoint 2 anchored
-    assert result.damage.kind in {DamageKind.TAIL_TRUNCATED, DamageKind.EDITED, DamageKind.DELETED}
+    # Named from the last pin that still holds (checkpoint 1) to the one that does not (checkpoint 2).
+    assert (result.damage.kind, result.damage.seq, result.damage.checkpoint) == (
+        DamageKind.EDITED, first.head_seq + 1, second.number)
+    assert first.head_seq < keep + 1 <= second.head_seq
 
 
 async def test_an_owner_rewrite_of_the_unanchored_tail_with_recomputed_hashes_is_reported_forged(
