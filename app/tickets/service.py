@@ -11,7 +11,7 @@ from sqlalchemy import Select, SQLColumnExpression, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.endings import GrantEnding, end_grants_of
-from app.audit.actions import Actor, AuditAction, Subjects, detail_time
+from app.audit.actions import ID_PATTERN, Actor, AuditAction, Subjects, detail_time
 from app.audit.service import append_entry
 from app.clock import Clock
 from app.errors import Conflict, NotFound
@@ -306,7 +306,10 @@ class TicketView:
 
 
 async def ticket_view(*, session: AsyncSession, ticket_id: str) -> TicketView | None:
-    """One ticket by ID (a primary-key get: one lookup, none when the session already holds it)."""
+    """One ticket by ID (a primary-key get: one lookup, none when the session already holds it). An ID that
+    no ticket could have (a console form's raw value: a NUL, which PostgreSQL refuses in text) is none."""
+    if not ID_PATTERN.fullmatch(ticket_id):
+        return None
     ticket = await session.get(Ticket, ticket_id)
     if ticket is None:
         return None
