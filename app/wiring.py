@@ -91,7 +91,7 @@ def build_context(
                   tap_factory=tap_factory or recorder, tracing=tracing, resources=resources,
                   loop_lag=LoopLagMonitor(metrics.registry))
     access = AccessContext(
-        directory=StaffRecords(), saws=SawRegistry(settings.saw), limiter=ReadLimiter(),
+        directory=StaffRecords(), saws=SawRegistry(), limiter=ReadLimiter(),
         metrics=AccessMetrics(metrics.registry), retention=timedelta(hours=settings.vault.bucket_lifetime_hours),
         notifier=Notifier(settings.access_webhooks, metrics.registry),
     )

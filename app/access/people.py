@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.policy import SawView
-from app.access.saw.settings import SawSettings
-from app.access.saw.trust import current_saw
+from app.access.saw.trust import saw_of_fingerprint
 from app.access.service import NotStaff, Person, StaffDirectory
 from app.identity.principal import Principal, Role
 from app.identity.staff.service import authorize_staff, get_staff, managers_of, teams_managed_by
@@ -45,14 +43,11 @@ class StaffRecords:
 
 
 class SawRegistry:
-    """SawLookup over app/access/saw: the mutual-TLS fingerprint from a trusted proxy, registered, unrevoked."""
+    """SawLookup over app/access/saw: the SAW of the mutual-TLS fingerprint a trusted proxy reported (resolved
+    by the route, `saw_fingerprint`), registered, unrevoked."""
 
-    def __init__(self, settings: SawSettings) -> None:
-        self.settings = settings  # which proxies are trusted to report the client certificate
-
-    async def saw_for(self, session: AsyncSession, request: Request, owner_subject: str) -> SawView | None:
-        saw = await current_saw(session=session, request=request, owner_subject=owner_subject,
-                                settings=self.settings)
+    async def saw_for(self, session: AsyncSession, fingerprint: str | None, owner_subject: str) -> SawView | None:
+        saw = await saw_of_fingerprint(session=session, fingerprint=fingerprint, owner_subject=owner_subject)
         if saw is None:
             return None
         return SawView(id=saw.id, owner_subject=saw.owner_subject, revoked=saw.revoked)

@@ -17,6 +17,7 @@ from app.access.models import AccessRequest
 from app.access.people import acting_person
 from app.access.playback.parts import PART_OF_SPEAKER, Speaker
 from app.access.playback.reads import PartRead, read_recording_part, read_whole
+from app.access.saw.trust import saw_fingerprint
 from app.access.schemas import AccessRequestCreate, AccessRequestOut, Decision, Extension
 from app.clock import Clock
 from app.deps import ClockDep, ContextDep, SessionDep
@@ -24,6 +25,14 @@ from app.identity.principal import Principal, Role, authenticate
 from app.tickets.service import customer_resource
 
 router = APIRouter(tags=["access"])
+
+
+def presented_saw(request: Request, ctx: ContextDep) -> str | None:
+    """The SAW certificate's fingerprint a trusted proxy verified for this request, or None (C5)."""
+    return saw_fingerprint(request, ctx.settings.saw)
+
+
+PresentedSaw = Annotated[str | None, Depends(presented_saw)]
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
 
 
@@ -183,11 +192,11 @@ def _sent(read: PartRead) -> StreamingResponse:
             "session time. Streams with bounded memory; supports a single `Range`. One audited read, part "
             "`audio_session`." + STATE_HEADERS)
 async def session_audio(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
-                        request: Request,
+                        saw: PresentedSaw,
                         range_header: Annotated[str | None, Header(alias="range")] = None) -> StreamingResponse:
     return _sent(await read_recording_part(
         session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        http_request=request, acting=acting, request_id=request_id, part="audio_session", range_header=range_header))
+        saw_fingerprint=saw, acting=acting, request_id=request_id, part="audio_session", range_header=range_header))
 
 
 @router.get("/recordings/{request_id}/audio/{speaker}.wav", summary="One direction of a recording as sent, as WAV",
@@ -196,13 +205,13 @@ async def session_audio(request_id: str, acting: CurrentPrincipal, session: Sess
             "`/audio/session.wav`); gaps are silence, listed in `X-Voicelog-Gaps`. Streams with bounded memory; "
             "supports a single `Range`." + STATE_HEADERS)
 async def audio(request_id: str, speaker: Speaker, acting: CurrentPrincipal, session: SessionDep,
-                ctx: ContextDep, request: Request,
+                ctx: ContextDep, saw: PresentedSaw,
                 range_header: Annotated[str | None, Header(alias="range")] = None) -> StreamingResponse:
     """pcm16 WAV at the session's rate (G.711 decoded); gaps are silence, listed in `X-Voicelog-Gaps`.
     Streams with bounded memory; supports a single `Range`."""
     return _sent(await read_recording_part(
         session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        http_request=request, acting=acting, request_id=request_id, part=PART_OF_SPEAKER[speaker],
+        saw_fingerprint=saw, acting=acting, request_id=request_id, part=PART_OF_SPEAKER[speaker],
         range_header=range_header))
 
 
@@ -215,20 +224,20 @@ async def audio(request_id: str, speaker: Speaker, acting: CurrentPrincipal, ses
             "(their length); `response_id`, `item_id`, `response_status`, `error_code` where the event has them."
             + STATE_HEADERS)
 async def events(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
-                 request: Request) -> StreamingResponse:
+                 saw: PresentedSaw) -> StreamingResponse:
     return _sent(await read_recording_part(
         session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        http_request=request, acting=acting, request_id=request_id, part="timeline"))
+        saw_fingerprint=saw, acting=acting, request_id=request_id, part="timeline"))
 
 
 @router.get("/recordings/{request_id}/transcript", summary="Transcripts the pipeline produced, with times",
             responses={404: {"description": "One answer for every refusal."}},
             description="The input and output transcripts, with their times." + STATE_HEADERS)
 async def transcript(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
-                     request: Request) -> Response:
+                     saw: PresentedSaw) -> Response:
     read = await read_recording_part(
         session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        http_request=request, acting=acting, request_id=request_id, part="transcripts")
+        saw_fingerprint=saw, acting=acting, request_id=request_id, part="transcripts")
     return Response(await read_whole(read), media_type=read.media_type, headers=read.headers)
 
 
@@ -244,10 +253,10 @@ async def transcript(request_id: str, acting: CurrentPrincipal, session: Session
             "`truncated`; the turn's errors and gaps. `summary` gives p50 (lower median) and max of both "
             "latencies. One audited read, part `turns`." + STATE_HEADERS)
 async def turns(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
-                request: Request) -> Response:
+                saw: PresentedSaw) -> Response:
     read = await read_recording_part(
         session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        http_request=request, acting=acting, request_id=request_id, part="turns")
+        saw_fingerprint=saw, acting=acting, request_id=request_id, part="turns")
     return Response(await read_whole(read), media_type=read.media_type, headers=read.headers)
 
 
@@ -260,10 +269,10 @@ async def turns(request_id: str, acting: CurrentPrincipal, session: SessionDep, 
             "name, size and SHA-256. One audited read, part `bundle`, whose `bytes` are the parts' total (the "
             "zip streams, so its own size is not known before it is sent)." + STATE_HEADERS)
 async def bundle(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
-                 request: Request) -> StreamingResponse:
+                 saw: PresentedSaw) -> StreamingResponse:
     return _sent(await read_recording_part(
         session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        http_request=request, acting=acting, request_id=request_id, part="bundle"))
+        saw_fingerprint=saw, acting=acting, request_id=request_id, part="bundle"))
 
 
 @router.get("/customer/resources/{resource}/access-log",

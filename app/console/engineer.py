@@ -11,6 +11,7 @@ from fastapi.responses import RedirectResponse, Response
 from app.access import decisions
 from app.access import service as access
 from app.access.grant_facts import grant_situations
+from app.access.saw.trust import saw_fingerprint
 from app.console.auth import signed_in
 from app.console.security import checked_form, first
 from app.console.staff import staff_person
@@ -39,7 +40,8 @@ async def engineer_home(http_request: Request, ctx: ContextDep, db: SessionDep) 
     situations = await grant_situations(session=db, rows=rows, now=now, retention=ctx.access.retention)
     # A link to play only where a read would be allowed: the grant's side (its status and each recording's)
     # and this page coming from the engineer's own SAW, as playback checks (C5).
-    on_saw = await ctx.access.saws.saw_for(db, http_request, acting.subject) is not None
+    fingerprint = saw_fingerprint(http_request, ctx.settings.saw)
+    on_saw = await ctx.access.saws.saw_for(db, fingerprint, acting.subject) is not None
     refs: dict[str, str] = {}
     requests = []
     for row in rows:

@@ -20,6 +20,7 @@ from app.access.playback.parts import PART_OF_SPEAKER, Part, Speaker
 from app.access.playback.reads import PartRead, read_recording_part, read_whole
 from app.access.playback.service import RecordingNotAvailable
 from app.access.playback.turns import Turn, derive_turns
+from app.access.saw.trust import saw_fingerprint
 from app.console.auth import signed_in
 from app.console.templating import page
 from app.context import AppContext
@@ -129,8 +130,9 @@ router = APIRouter(prefix="/console/recordings", include_in_schema=False)
 async def _read(ctx: AppContext, db: AsyncSession, http_request: Request, acting: Principal, request_id: str,
                 part: Part) -> PartRead:
     return await read_recording_part(session=db, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings,
-                                     stores=ctx.stores, http_request=http_request, acting=acting, request_id=request_id,
-                                     part=part, range_header=http_request.headers.get("range"))
+                                     stores=ctx.stores, saw_fingerprint=saw_fingerprint(http_request, ctx.settings.saw),
+                                     acting=acting, request_id=request_id, part=part,
+                                     range_header=http_request.headers.get("range"))
 
 
 @router.get("/{request_id}")

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import cast
 from uuid import uuid4
 
 import pytest
-from fastapi import Request
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -49,7 +47,7 @@ DIRECTORY = StaffRecords()
 class SawOf:
     """Every reader is on their own registered SAW (the SAW condition is not what these tests are about)."""
 
-    async def saw_for(self, session: AsyncSession, request: Request, owner_subject: str) -> SawView | None:
+    async def saw_for(self, session: AsyncSession, fingerprint: str | None, owner_subject: str) -> SawView | None:
         return SawView(id=f"saw-{owner_subject}", owner_subject=owner_subject, revoked=False)
 
 
@@ -88,7 +86,7 @@ class World:
     async def reads(self, name: str, request_id: str | None = None) -> bool:
         allowed = await authorize_read(
             session=self.session, clock=self.clock, directory=DIRECTORY, saws=SawOf(), limiter=ReadLimiter(),
-            metrics=AccessMetrics(CollectorRegistry()), http_request=cast(Request, None),
+            metrics=AccessMetrics(CollectorRegistry()), saw_fingerprint=None,
             acting=Principal(self.who(name), frozenset({Role.ENGINEER})), request_id=request_id or self.request_id,
             part="transcripts", retention=timedelta(days=30))
         return allowed is not None

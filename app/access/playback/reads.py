@@ -16,7 +16,6 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.context import AccessContext
@@ -52,11 +51,11 @@ class PartRead:
 
 async def read_recording_part(
     *, session: AsyncSession, clock: Clock, access: AccessContext, keyrings: RegionKeyrings, stores: RegionRouter,
-    http_request: Request, acting: Principal, request_id: str, part: Part, range_header: str | None = None,
+    saw_fingerprint: str | None, acting: Principal, request_id: str, part: Part, range_header: str | None = None,
 ) -> PartRead:
     """Authorize, audit and plan one read; raises RecordingNotAvailable (audited) for every refusal."""
     allowed = await authorize_read(session=session, clock=clock, directory=access.directory, saws=access.saws,
-                                   limiter=access.limiter, metrics=access.metrics, http_request=http_request,
+                                   limiter=access.limiter, metrics=access.metrics, saw_fingerprint=saw_fingerprint,
                                    acting=acting, request_id=request_id, part=part, retention=access.retention)
     if allowed is None:
         raise RecordingNotAvailable()

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final, Protocol
 
-from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.metrics import AccessMetrics
@@ -43,8 +42,9 @@ class RecordingNotAvailable(NotFound):
 
 
 class SawLookup(Protocol):
-    async def saw_for(self, session: AsyncSession, http_request: Request, owner_subject: str) -> SawView | None:
-        """The registered, unrevoked SAW this HTTP request comes from, bound to that person; else None."""
+    async def saw_for(self, session: AsyncSession, fingerprint: str | None, owner_subject: str) -> SawView | None:
+        """The registered, unrevoked SAW of `fingerprint` (the certificate a trusted proxy verified, None when
+        the caller presented none), bound to that person; else None."""
         ...
 
 
@@ -63,7 +63,7 @@ async def authorize_read(
     saws: SawLookup,
     limiter: ReadLimiter,
     metrics: AccessMetrics,
-    http_request: Request,
+    saw_fingerprint: str | None,
     acting: Principal,
     request_id: str,
     part: str,
@@ -79,7 +79,7 @@ async def authorize_read(
                       is_engineer="engineer" in person.roles and acting.has(Role.ENGINEER),
                       team_id=person.team_id, team_managers=frozenset(team_managers),
                       assigned_tickets=assigned) if person else None
-    saw = await saws.saw_for(session, http_request, acting.subject)
+    saw = await saws.saw_for(session, saw_fingerprint, acting.subject)
     limiter.check_allowed(acting.subject, saw.id if saw else None)
     well_formed = request_id if is_request_id(request_id) else None
     lookup = well_formed or LOOKUP_STAND_IN

@@ -123,7 +123,13 @@ def saw_fingerprint(request: HTTPConnection, settings: SawSettings) -> str | Non
 async def current_saw(*, session: AsyncSession, request: HTTPConnection, owner_subject: str,
                       settings: SawSettings) -> Saw | None:
     """The registered, unrevoked SAW this request comes from, if it is bound to `owner_subject`; else None."""
-    fingerprint = saw_fingerprint(request, settings)
+    return await saw_of_fingerprint(session=session, fingerprint=saw_fingerprint(request, settings),
+                                    owner_subject=owner_subject)
+
+
+async def saw_of_fingerprint(*, session: AsyncSession, fingerprint: str | None, owner_subject: str) -> Saw | None:
+    """The registered, unrevoked SAW of `fingerprint` (from `saw_fingerprint`, resolved at the HTTP edge), if
+    it is bound to `owner_subject`; else None."""
     if fingerprint is None:
         return None
     saw = await find_saw_by_fingerprint(session=session, cert_sha256=fingerprint)
