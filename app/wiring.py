@@ -77,8 +77,9 @@ def build_context(
         request_engine = engine if engine.dialect.name == "sqlite" else create_request_engine(
             settings.resolved_database_url, pool_size=settings.database_request_pool_size,
             connect_timeout_s=settings.database_connect_timeout_s, timeout_s=settings.database_request_timeout_s)
-    session_factory = create_session_factory(engine)
     metrics = Metrics()
+    audit = audit or AuditRuntime.from_settings(settings.audit, settings.data_dir, registry=metrics.registry)
+    session_factory = audit.bind_sessions(create_session_factory(engine))  # appends carry the runtime's MACs
     consents = ConsentCache(clock=clock, refresh_s=settings.consent_refresh_s)
     stores = RegionRouter.from_settings(settings.regions, settings.storage, clock=clock)
     keyrings = build_keyrings(settings.vault, keyvault_urls={r.name: r.keyvault_url for r in settings.regions},
@@ -95,12 +96,11 @@ def build_context(
         metrics=AccessMetrics(metrics.registry), retention=timedelta(hours=settings.vault.bucket_lifetime_hours),
         notifier=Notifier(settings.access_webhooks, metrics.registry),
     )
-    audit = audit or AuditRuntime.from_settings(settings.audit, settings.data_dir, registry=metrics.registry,
-                                                engine=engine)
     dev_issuer = load_dev_issuer(settings.identity, settings.data_dir, clock=clock)
     return AppContext(
         settings=settings, clock=clock, engine=engine, session_factory=session_factory, metrics=metrics,
-        request_engine=request_engine, request_session_factory=create_session_factory(request_engine),
+        request_engine=request_engine,
+        request_session_factory=audit.bind_sessions(create_session_factory(request_engine)),
         admin_token=admin_token(settings),
         dev_issuer=dev_issuer, token_verifier=build_token_verifier(settings.identity, dev_issuer, clock=clock),
         stores=stores, keyrings=keyrings, consents=consents, recorder=recorder, resources=resources, relay=relay,

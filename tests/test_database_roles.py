@@ -117,7 +117,7 @@ async def refused(engine: AsyncEngine, sql: str) -> str:
 
 
 async def append_and_seal(engine: AsyncEngine, runtime: AuditRuntime, clock: ManualClock, count: int) -> None:
-    factory = create_session_factory(engine)
+    factory = runtime.bind_sessions(create_session_factory(engine))  # appends with the runtime's MAC key
     async with factory() as session:
         for n in range(count):
             await append_entry(session=session, clock=clock, actor=Actor.staff(f"alice{n}"),
@@ -180,8 +180,8 @@ async def test_the_service_role_cannot_delete_a_queued_entry_by_shadowing_audit_
     function has a fixed search_path and schema-qualified tables; the entry is chained and verifies."""
     runtime = AuditRuntime.from_settings(AuditSettings(signing_key_dir=tmp_path / "audit-keys",
                                                        checkpoint_export_path=tmp_path / "audit-checkpoints.jsonl"),
-                                         tmp_path, engine=service_engine)
-    factory = create_session_factory(service_engine)
+                                         tmp_path)
+    factory = runtime.bind_sessions(create_session_factory(service_engine))  # the application's, with the MAC key
     await ChainKeeper(runtime, factory, audit_clock).tick(force=True)  # start from a drained inbox
     async with factory() as session:  # the application (with the MAC key) queues a genuine entry
         entry = await append_entry(session=session, clock=audit_clock, actor=Actor.staff("alice-read"),

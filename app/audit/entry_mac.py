@@ -24,14 +24,12 @@ import os
 import re
 import secrets
 import stat
-import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from sqlalchemy import Connection, Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.canonical import ABSENT
 from app.audit.settings import AuditSettings
@@ -196,50 +194,25 @@ def build_entry_mac_keys(settings: AuditSettings, data_dir: Path, *, create: boo
     return EntryMacKeys.of(current, retired)
 
 
-# Which keys an appending session uses: the keys registered for its engine (create_app, test fixtures), else
-# the process's default (the last AuditRuntime built: serve, worker, CLI), else those the environment's
-# settings name (made if missing). Without any, entries are written unauthenticated and verify as forged.
-_BY_ENGINE: weakref.WeakKeyDictionary[Engine, EntryMacKeys] = weakref.WeakKeyDictionary()
-_default: list[EntryMacKeys | None] = []
+# Which keys an appending session uses: the ones its session factory carries in `info` (build_context binds
+# the runtime's keys to every factory it makes; a test binds its own). A session without them writes entries
+# unauthenticated, which verify as forged. No process-wide default: every key in use was passed down.
+ENTRY_MAC_INFO: Final = "voicelog.audit.entry_mac_keys"
 
 
-def register_entry_mac(engine: AsyncEngine | Engine, keys: EntryMacKeys) -> None:
-    _BY_ENGINE[engine.sync_engine if isinstance(engine, AsyncEngine) else engine] = keys
+def entry_mac_info(keys: EntryMacKeys | None) -> dict[str, EntryMacKeys | None]:
+    """The `info` of a session (or `sessionmaker(info=...)`) whose appends are MAC'd with `keys`."""
+    return {ENTRY_MAC_INFO: keys}
 
 
-def set_default_entry_mac(keys: EntryMacKeys | None) -> None:
-    _default[:] = [keys]
-
-
-def _from_environment() -> EntryMacKeys | None:
-    from app.config import Settings  # here: config imports the audit settings
-
-    try:
-        settings = Settings()
-        # Made if missing, as `serve` would: a CLI that audits before the first `serve` (`resources add`,
-        # `staff ...`) must not write entries that later verify as forged.
-        return build_entry_mac_keys(settings.audit, settings.data_dir, create=True)
-    except Exception:  # no usable settings: the entry is written unauthenticated
-        return None
+def bind_entry_mac(
+    factory: async_sessionmaker[AsyncSession], keys: EntryMacKeys | None,
+) -> async_sessionmaker[AsyncSession]:
+    """`factory`, its sessions now appending with `keys` (the audit runtime's)."""
+    factory.configure(info=entry_mac_info(keys))
+    return factory
 
 
 def entry_mac_for(session: AsyncSession) -> EntryMacKeys | None:
-    bind = session.get_bind()
-    engine = bind.engine if isinstance(bind, Connection) else bind
-    keys = _BY_ENGINE.get(engine)
-    if keys is not None:
-        return keys
-    if not _default:
-        _default.append(_from_environment())
-    return _default[0]
-
-
-@contextlib.contextmanager
-def default_entry_mac(keys: EntryMacKeys | None) -> Iterator[None]:
-    """Tests: a process default for the body of the `with`."""
-    saved = list(_default)
-    set_default_entry_mac(keys)
-    try:
-        yield
-    finally:
-        _default[:] = saved
+    keys = session.info.get(ENTRY_MAC_INFO)
+    return keys if isinstance(keys, EntryMacKeys) else None

@@ -14,10 +14,10 @@ from typing import Annotated
 
 from fastapi import Depends
 from prometheus_client import CollectorRegistry
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.checkpoints import CheckpointPolicy, CheckpointSink, FileCheckpointSink
-from app.audit.entry_mac import EntryMacKeys, build_entry_mac_keys, register_entry_mac, set_default_entry_mac
+from app.audit.entry_mac import EntryMacKeys, bind_entry_mac, build_entry_mac_keys
 from app.audit.keys import Keyring, build_keyring
 from app.audit.metrics import AuditMetrics
 from app.audit.reports.access_review import AccessReviewParams
@@ -36,14 +36,10 @@ class AuditRuntime:
     @classmethod
     def from_settings(
         cls, settings: AuditSettings, data_dir: Path, *, registry: CollectorRegistry | None = None,
-        engine: AsyncEngine | None = None,
     ) -> AuditRuntime:
-        """Build the parts. The entry MAC keys become this process's default for appending, and `engine`'s
-        own (so an app in a process of several appends with its keys)."""
+        """Build the parts. The entry MAC key is made if missing (so a CLI that audits before the first
+        `serve` writes authenticated entries); `bind_sessions` gives it to the sessions that append."""
         mac_keys = build_entry_mac_keys(settings, data_dir)
-        set_default_entry_mac(mac_keys)
-        if engine is not None and mac_keys is not None:
-            register_entry_mac(engine, mac_keys)
         return cls(
             settings=settings,
             keyring=build_keyring(settings, data_dir),
@@ -51,6 +47,10 @@ class AuditRuntime:
             metrics=AuditMetrics(registry) if registry is not None else None,
             mac_keys=mac_keys,
         )
+
+    def bind_sessions(self, factory: async_sessionmaker[AsyncSession]) -> async_sessionmaker[AsyncSession]:
+        """`factory`, its sessions appending with this runtime's entry MAC keys."""
+        return bind_entry_mac(factory, self.mac_keys)
 
     @property
     def policy(self) -> CheckpointPolicy:

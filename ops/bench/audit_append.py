@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app import migrate
 from app.audit.actions import Actor, AuditAction, Subjects
 from app.audit.canonical import canonical_time
-from app.audit.entry_mac import EntryMacKeys, encode_content, new_nonce
+from app.audit.entry_mac import EntryMacKeys, bind_entry_mac, build_entry_mac_keys, encode_content, new_nonce
 from app.audit.jobs import ChainKeeper
 from app.audit.runtime import AuditRuntime
 from app.audit.service import CONTENT_COLUMNS, INBOX, append_entry, integrate_pending
@@ -148,7 +148,8 @@ async def audited_run(engine: AsyncEngine, factory: async_sessionmaker[AsyncSess
 async def bench_database(kind: str, url: str, writer_counts: list[int], seconds: float, rounds: int,
                          data_dir: Path) -> list[dict[str, object]]:
     engine = create_engine(url)
-    factory = create_session_factory(engine)
+    # The services' way: appends carry the entry MAC key under data_dir (the audited runs' keepers check it).
+    factory = bind_entry_mac(create_session_factory(engine), build_entry_mac_keys(AuditSettings(), data_dir))
     results = []
     try:
         for writers in writer_counts:
@@ -210,8 +211,8 @@ def _queued(mac: EntryMacKeys, values: dict[str, object]) -> dict[str, object]:
 
 async def bench_verification(kind: str, url: str, entries: int, data_dir: Path) -> None:
     engine = create_engine(url)
-    factory = create_session_factory(engine)
-    runtime = AuditRuntime.from_settings(AuditSettings(), data_dir, engine=engine)
+    runtime = AuditRuntime.from_settings(AuditSettings(), data_dir)
+    factory = runtime.bind_sessions(create_session_factory(engine))
     keys, mac = runtime.keyring.public_keys(), runtime.mac_keys
     assert mac is not None
     start = datetime(2030, 1, 1, tzinfo=UTC)

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.audit.cli import audit_cli
-from app.audit.entry_mac import build_entry_mac_keys, register_entry_mac
+from app.audit.entry_mac import bind_entry_mac, build_entry_mac_keys
 from app.audit.keys import FileKeyring
 from app.audit.settings import AuditSettings
 from app.clock import ManualClock
@@ -28,10 +28,9 @@ async def _fill(url: str, data_dir: Path, entries_sets: int = 3) -> None:
     engine = create_engine(url)
     keys = build_entry_mac_keys(AuditSettings(), data_dir)
     assert keys is not None
-    register_entry_mac(engine, keys)
     clock = ManualClock(AUDIT_EPOCH)
     try:
-        async with create_session_factory(engine)() as session:
+        async with bind_entry_mac(create_session_factory(engine), keys)() as session:
             for n in range(entries_sets):
                 await append_and_chain(session, clock, example_steps(n, clock.now()))
             await session.commit()

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from app.audit.actions import Actor, AuditAction, Subjects
 from app.audit.cli import audit_cli
-from app.audit.entry_mac import build_entry_mac_keys, register_entry_mac
+from app.audit.entry_mac import bind_entry_mac, build_entry_mac_keys
 from app.audit.settings import AuditSettings
 from app.clock import ManualClock
 from app.db import create_engine, create_session_factory
@@ -37,9 +37,8 @@ async def _append(url: str, data_dir: Path, step: Step) -> None:
     engine = create_engine(url)
     keys = build_entry_mac_keys(AuditSettings(), data_dir)
     assert keys is not None
-    register_entry_mac(engine, keys)
     try:
-        async with create_session_factory(engine)() as session:
+        async with bind_entry_mac(create_session_factory(engine), keys)() as session:
             await append_and_chain(session, ManualClock(AUDIT_EPOCH), [step])
             await session.commit()
     finally:

@@ -32,8 +32,8 @@ from app.audit.entry_mac import (
     build_entry_mac_keys,
     canonical_nonce,
     encode_content,
+    entry_mac_info,
     mac_key_id,
-    register_entry_mac,
 )
 from app.audit.keys import FileKeyring
 from app.audit.runtime import AuditRuntime
@@ -106,6 +106,11 @@ async def _sealed(db: AuditDb, clock: ManualClock, runtime: AuditRuntime, sets: 
                    wait=True, mac=runtime.mac_keys)
         await export_checkpoints(session=session, sink=runtime.sink)
         await session.commit()
+
+
+def _appending_with(db: AuditDb, runtime: AuditRuntime) -> AuditDb:
+    """`db` whose sessions append with `runtime`'s entry MAC keys (as that runtime's service would)."""
+    return AuditDb(db.kind, db.url, db.engine, runtime.bind_sessions(create_session_factory(db.engine)))
 
 
 async def _verify(db: AuditDb, clock: ManualClock, runtime: AuditRuntime, *, macs: bool = True
@@ -333,8 +338,7 @@ async def test_rows_queued_or_chained_with_an_odd_nonce_before_0011_are_found_an
         await asyncio.to_thread(migrate.upgrade, url, "0010_audit_entry_mac")
         keys = audit_runtime.mac_keys
         assert keys is not None
-        register_entry_mac(engine, keys)
-        factory = create_session_factory(engine)
+        factory = audit_runtime.bind_sessions(create_session_factory(engine))
         async with factory() as session:
             await append_and_chain(session, audit_clock, example_steps(1, audit_clock.now()))
             await session.commit()
@@ -394,8 +398,8 @@ async def test_an_entry_macd_with_a_retired_key_after_its_last_seq_is_forged(
     k1, k2 = bytes(range(32)), bytes(range(1, 33))
     before_rotation = AuditRuntime.from_settings(
         AuditSettings(signing_key_dir=tmp_path / "keys", checkpoint_export_path=tmp_path / "cp.jsonl",
-                      entry_mac_key=_b64(k1)), tmp_path, engine=audit_db.engine)
-    await _sealed(audit_db, audit_clock, before_rotation, sets=1)
+                      entry_mac_key=_b64(k1)), tmp_path)
+    await _sealed(_appending_with(audit_db, before_rotation), audit_clock, before_rotation, sets=1)
     found = await _verify(audit_db, audit_clock, before_rotation)
     assert found.ok, found.damage
     assert [(u.key_id, u.current, u.highest_seq) for u in found.mac_keys] == [(mac_key_id(k1), True, found.head_seq)]
@@ -405,23 +409,23 @@ async def test_an_entry_macd_with_a_retired_key_after_its_last_seq_is_forged(
         retired: dict[str, Any] = {"key": _b64(k1)} if last_seq is None else {"key": _b64(k1), "last_seq": last_seq}
         return AuditRuntime.from_settings(
             AuditSettings(signing_key_dir=tmp_path / "keys", checkpoint_export_path=tmp_path / "cp.jsonl",
-                          entry_mac_key=_b64(k2), retired_entry_mac_keys=[retired]), tmp_path, engine=audit_db.engine)
+                          entry_mac_key=_b64(k2), retired_entry_mac_keys=[retired]), tmp_path)
 
     runtime = rotated(last_k1)
-    await _sealed(audit_db, audit_clock, runtime, sets=1)  # the service goes on with K2
+    await _sealed(_appending_with(audit_db, runtime), audit_clock, runtime, sets=1)  # the service goes on with K2
     assert (await _verify(audit_db, audit_clock, runtime)).ok
 
     attacker = create_engine(audit_db.url)  # the service role's SQL plus the leaked K1
-    register_entry_mac(attacker, EntryMacKeys.of(k1))
+    leaked = entry_mac_info(EntryMacKeys.of(k1))
     try:
-        async with create_session_factory(attacker)() as session:
+        async with create_session_factory(attacker)(info=leaked) as session:
             forged = await append_entry(session=session, clock=audit_clock, actor=Actor.staff("mallory"),
                                         action=AuditAction.ACCESS_APPROVED, subjects=Subjects(grant="G-forged"),
                                         detail={"requester": "mallory", "expires_at": "2030-03-04T11:00:00.000000Z"},
                                         chain_now=True)
             await session.commit()
         if audit_db.kind == "postgresql":  # a queued row MAC'd with K1: the sequencer refuses it past K1's seq
-            async with create_session_factory(attacker)() as session:
+            async with create_session_factory(attacker)(info=leaked) as session:
                 await append_entry(session=session, clock=audit_clock, actor=Actor.staff("mallory"),
                                    action=AuditAction.TICKET_CREATED, subjects=Subjects(ticket="T-forged"))
                 await session.commit()

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from app.audit.actions import Actor, AuditAction
+from app.audit.entry_mac import bind_entry_mac, build_entry_mac_keys
 from app.audit.jobs import ChainKeeper
 from app.audit.runtime import AuditRuntime
 from app.audit.service import append_entry
@@ -23,9 +24,10 @@ from app.db import create_engine, create_session_factory
 async def write(url: str, process: int, writers: int, per_writer: int, mode: str, start_at: float,
                 data_dir: Path) -> None:
     engine = create_engine(url)
-    factory = create_session_factory(engine)
     clock = SystemClock()
     keeper = None
+    # Appends carry the entry key under DATA_DIR, shared by the processes (as a deployment's replicas share it).
+    factory = bind_entry_mac(create_session_factory(engine), build_entry_mac_keys(AuditSettings(), data_dir))
     if mode == "default" and engine.dialect.name == "postgresql":
         runtime = AuditRuntime.from_settings(
             AuditSettings(sequencer_interval_s=0.02, checkpoint_every_entries=50), data_dir)

@@ -38,7 +38,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from app import migrate
 from app.audit.actions import AuditAction, Subjects, detail_time, kek_bucket
 from app.audit.checkpoints import Checkpoint, FileCheckpointSink, list_checkpoints
-from app.audit.entry_mac import build_entry_mac_keys, register_entry_mac
+from app.audit.entry_mac import bind_entry_mac, build_entry_mac_keys
 from app.audit.models import AuditEntryRow, AuditInboxRow
 from app.audit.service import append_entry, read_chain_head
 from app.audit.settings import AuditSettings
@@ -431,15 +431,14 @@ async def shared_state(cluster: Cluster, clock: ManualClock) -> AsyncIterator[Wo
     # replica's would be; without it they verify as forged.
     mac_keys = build_entry_mac_keys(AuditSettings(), cluster.work / "data", create=False)
     assert mac_keys is not None, "the replicas have made the entry key by now"
-    register_entry_mac(engine, mac_keys)
     stores = RegionRouter.from_settings(cluster.regions, StorageSettings(), clock=SystemClock())
     keyrings = build_keyrings(
         VaultSettings(local_keyring_dir=cluster.work / "keyring", local_master_key=SecretStr(cluster.master_key)),
         keyvault_urls={r.name: None for r in cluster.regions}, data_dir=cluster.work / "data", clock=clock)
     try:
         yield World(kind="postgresql", url=cluster.database_url, engine=engine,
-                    factory=create_session_factory(engine), clock=clock, keyrings=keyrings, stores=stores,
-                    data_dir=cluster.work / "data")
+                    factory=bind_entry_mac(create_session_factory(engine), mac_keys), clock=clock, keyrings=keyrings,
+                    stores=stores, data_dir=cluster.work / "data")
     finally:
         await keyrings.aclose()
         await stores.close()

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from app import migrate
+from app.audit.entry_mac import bind_entry_mac, build_entry_mac_keys
+from app.audit.settings import AuditSettings
 from app.clock import ManualClock
 from app.db import create_engine, create_session_factory
 from app.regions import RegionSettings
@@ -77,8 +79,12 @@ async def built_world(kind: str, url: str, tmp_path: Path, clock: ManualClock, r
     keyrings = new_keyrings(tmp_path / "keyring", clock)
     try:
         await stores.prepare()
-        built = World(kind=kind, url=url, engine=engine, factory=create_session_factory(engine), clock=clock,
-                      keyrings=keyrings, stores=stores, data_dir=tmp_path / "data")
+        # Appends carry the entry key of the world's audit runtime (World.audit_runtime), as its service's would.
+        mac_keys = build_entry_mac_keys(AuditSettings(signing_key_dir=tmp_path / "data" / "audit-keys"),
+                                        tmp_path / "data")
+        factory = bind_entry_mac(create_session_factory(engine), mac_keys)
+        built = World(kind=kind, url=url, engine=engine, factory=factory, clock=clock, keyrings=keyrings,
+                      stores=stores, data_dir=tmp_path / "data")
         await built.seed()
         yield built
     finally:

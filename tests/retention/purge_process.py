@@ -21,6 +21,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from app.audit.entry_mac import bind_entry_mac, build_entry_mac_keys
+from app.audit.settings import AuditSettings
 from app.capture.models import Recording
 from app.clock import ManualClock
 from app.db import create_engine, create_session_factory
@@ -70,7 +72,11 @@ async def main(args: argparse.Namespace) -> None:
     stores = RegionRouter({r: SlowDeletes(inner.store(r), args.delete_delay_ms / 1000) for r in inner.regions})  # type: ignore[misc]
     keyrings = new_keyrings(root / "keyring", clock)
     settings = RetentionSettings(purge_batch=20, blob_delete_concurrency=4)
-    purger = ReportingPurger(session_factory=create_session_factory(engine), clock=clock, keyrings=keyrings,
+    # Appends carry the world's entry key (tests/retention/conftest.py built_world), as a replica's would.
+    data_dir = root / "data"
+    mac_keys = build_entry_mac_keys(AuditSettings(signing_key_dir=data_dir / "audit-keys"), data_dir)
+    factory = bind_entry_mac(create_session_factory(engine), mac_keys)
+    purger = ReportingPurger(session_factory=factory, clock=clock, keyrings=keyrings,
                              stores=stores, settings=settings, lifetime=LIFETIME,
                              metrics=RetentionMetrics(CollectorRegistry()), owner=args.name)
     await purger.due_buckets(purge_cutoff(clock.now(), LIFETIME, settings.purge_lead))  # connect, warm up
