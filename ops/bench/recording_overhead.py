@@ -18,7 +18,13 @@ process's peak RSS, and how often its event loop was more than 10 ms and 50 ms l
 warm-up session's 0.5 s included); and, with both planes, the direct plane against the asgi one per mode
 (CPU ratio, p99 and steady p99 difference). Figures are printed, never asserted.
 
+With `--baseline <checkout>` (e.g. `git worktree add /tmp/vl-base <commit>`), that checkout's code is
+measured too, in the same run and with the same stand-in, before this one's: each of its planes is printed as
+`base-<plane>`, and then this checkout against it per plane and mode (CPU ratio, p99 difference, and what
+recording adds in each). The baseline runs on this checkout's interpreter and packages.
+
     .venv/bin/python ops/bench/recording_overhead.py [--sessions 200] [--seconds 20] [--planes asgi,direct]
+                                                     [--baseline /tmp/vl-base]
 """
 
 from __future__ import annotations
@@ -74,12 +80,12 @@ def backlog_bytes(port: int) -> float:
     return float(match.group(1)) if match else float("nan")
 
 
-def give_consent(env: dict[str, str], port: int) -> None:
+def give_consent(env: dict[str, str], port: int, root: Path = ROOT) -> None:
     """A ticket for the resource `recorded` and the customer admin's consent to it, as the API takes them."""
     def token(subject: str, role: str, tenant: str | None = None) -> str:
         extra = ["--tenant", tenant] if tenant else []
         out = subprocess.run([*VOICELOG, "dev", "token", "--as", subject, "--role", role, *extra], env=env,
-                             cwd=ROOT, check=True, capture_output=True, text=True)
+                             cwd=root, check=True, capture_output=True, text=True)
         return out.stdout.strip().splitlines()[-1]
 
     base = f"http://127.0.0.1:{port}"
@@ -91,11 +97,12 @@ def give_consent(env: dict[str, str], port: int) -> None:
 
 
 def measure_plane(plane: str, env: dict[str, str], port: int, work: Path,
-                  args: argparse.Namespace) -> dict[str, Result]:
-    """Start this plane's voicelog, give the consent, measure `plain` then `recorded`, stop it."""
-    relay = start_voicelog(env, port)
+                  args: argparse.Namespace, root: Path = ROOT) -> dict[str, Result]:
+    """Start this plane's voicelog (from the checkout `root`), give the consent, measure `plain` then
+    `recorded`, stop it. `plane` is the variant's label and its data dir's name."""
+    relay = start_voicelog(env, port, root)
     try:
-        give_consent(env, port)
+        give_consent(env, port, root)
         process = psutil.Process(relay.pid)
         results: dict[str, Result] = {}
         for mode in MODES:
@@ -143,8 +150,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--planes", type=parse_planes, default=list(PLANES),
                         help="voicelog data planes to measure, comma-separated (default asgi,direct)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout (e.g. a git worktree of an earlier commit) measured in the same run")
     args = parser.parse_args()
     planes: list[str] = args.planes
+    # (label, data plane, checkout): the baseline's variants first, then this checkout's.
+    variants = [(f"base-{p}", p, args.baseline.resolve()) for p in planes] if args.baseline else []
+    variants += [(p, p, ROOT) for p in planes]
     work = Path(tempfile.mkdtemp(prefix="voicelog-recbench-"))
     standin_port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
@@ -154,21 +166,22 @@ def main() -> None:
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_port(standin_port)
         setups: dict[str, tuple[dict[str, str], int]] = {}
-        for plane in planes:
+        for label, plane, root in variants:
             port = free_port()
-            env = voicelog_env(work, plane, VOICELOG_PORT=str(port), VOICELOG_CONSENT_REFRESH_S="0.5")
-            prepare_voicelog(env, standin_port, dict.fromkeys(MODES, "bench-tenant"))
-            setups[plane] = (env, port)
+            env = voicelog_env(work, plane, VOICELOG_PORT=str(port), VOICELOG_CONSENT_REFRESH_S="0.5",
+                               VOICELOG_DATA_DIR=str(work / label))
+            prepare_voicelog(env, standin_port, dict.fromkeys(MODES, "bench-tenant"), root)
+            setups[label] = (env, port)
 
         print(f"recording overhead: {args.sessions} sessions x {args.seconds:.0f} s, 20 ms pcm16 24 kHz frames "
               f"each way, {os.cpu_count()} cores; data planes: {', '.join(planes)}, one voicelog process each, "
-              f"started for its own runs only")
+              f"started for its own runs only" + (f"; baseline: {args.baseline}" if args.baseline else ""))
         print(f"{'plane':>6} {'mode':>9} {'rtt p50':>8} {'rtt p99':>8} {'steady p99':>10} {'cpu s/session-min':>18} "
               f"{'backlog max':>12} {'relay RSS max':>14} {'loop >10 ms':>13} {'loop >50 ms':>13}")
         results: dict[str, dict[str, Result]] = {}
-        for plane in planes:
-            env, port = setups[plane]
-            results[plane] = measure_plane(plane, env, port, work, args)
+        for label, _, root in variants:
+            env, port = setups[label]
+            results[label] = measure_plane(label, env, port, work, args, root)
         if "asgi" in results and "direct" in results:
             print("direct data plane against asgi:")
             for mode in MODES:
@@ -176,6 +189,20 @@ def main() -> None:
                 ratio = new.cpu_s / old.cpu_s if old.cpu_s else math.nan
                 print(f"  {mode:>9}: CPU x{ratio:.2f}, p99 {new.pct(0.99) - old.pct(0.99):+.2f} ms, steady p99 "
                       f"{new.steady_pct(0.99) - old.steady_pct(0.99):+.2f} ms", flush=True)
+        for plane in planes if args.baseline else []:
+            base, this = results[f"base-{plane}"], results[plane]
+            print(f"{plane} against base-{plane}:")
+            for mode in MODES:
+                old, new = base[mode], this[mode]
+                ratio = new.cpu_s / old.cpu_s if old.cpu_s else math.nan
+                print(f"  {mode:>9}: CPU x{ratio:.2f}, p99 {new.pct(0.99) - old.pct(0.99):+.2f} ms, steady p99 "
+                      f"{new.steady_pct(0.99) - old.steady_pct(0.99):+.2f} ms", flush=True)
+            for name, result in (("base", base), ("this", this)):
+                plain, recorded = result["plain"], result["recorded"]
+                added = recorded.cpu_s / plain.cpu_s if plain.cpu_s else math.nan
+                print(f"  recording adds ({name}): CPU {(added - 1) * 100:+.0f}%, p99 "
+                      f"{recorded.pct(0.99) - plain.pct(0.99):+.2f} ms, steady p99 "
+                      f"{recorded.steady_pct(0.99) - plain.steady_pct(0.99):+.2f} ms", flush=True)
     finally:
         stop_processes(procs, 30)
         shutil.rmtree(work, ignore_errors=True)

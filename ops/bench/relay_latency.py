@@ -129,18 +129,20 @@ def voicelog_env(work: Path, plane: str | None, **extra: str) -> dict[str, str]:
     return env
 
 
-def prepare_voicelog(env: dict[str, str], upstream_port: int, resources: dict[str, str]) -> None:
-    """`db upgrade`, then `resources add <name> --tenant <tenant>` for each, all pointing at the stand-in."""
-    subprocess.run([*VOICELOG, "db", "upgrade"], env=env, cwd=ROOT, check=True, capture_output=True)
+def prepare_voicelog(env: dict[str, str], upstream_port: int, resources: dict[str, str], root: Path = ROOT) -> None:
+    """`db upgrade`, then `resources add <name> --tenant <tenant>` for each, all pointing at the stand-in. `root`:
+    the checkout whose code runs (`python -m app.cli_main` imports from its working directory)."""
+    subprocess.run([*VOICELOG, "db", "upgrade"], env=env, cwd=root, check=True, capture_output=True)
     for name, tenant in resources.items():
         subprocess.run([*VOICELOG, "resources", "add", name, "--region", "eastus", "--upstream",
-                        f"ws://127.0.0.1:{upstream_port}", "--tenant", tenant], env=env, cwd=ROOT, check=True,
+                        f"ws://127.0.0.1:{upstream_port}", "--tenant", tenant], env=env, cwd=root, check=True,
                        capture_output=True)
 
 
-def start_voicelog(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    """`serve` on `port`; returns once it is ready, plus a second to let its start-up work settle."""
-    proc = subprocess.Popen([*VOICELOG, "serve", "--port", str(port)], env=env, cwd=ROOT,
+def start_voicelog(env: dict[str, str], port: int, root: Path = ROOT) -> subprocess.Popen[bytes]:
+    """`serve` on `port` from the checkout `root`; returns once it is ready, plus a second to let its start-up
+    work settle."""
+    proc = subprocess.Popen([*VOICELOG, "serve", "--port", str(port)], env=env, cwd=root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
