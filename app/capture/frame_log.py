@@ -82,6 +82,16 @@ def encode_end(out: bytearray, end: EndRecord) -> None:
     out += reason
 
 
+def _reason(view: memoryview, pos: int, length: int) -> str:
+    """A gap's or end's reason: whole and UTF-8, or the record is damaged (a typed error, never a crash)."""
+    if pos + length > len(view):
+        raise FrameLogError("truncated reason")
+    try:
+        return bytes(view[pos : pos + length]).decode()
+    except UnicodeDecodeError as exc:
+        raise FrameLogError("reason is not UTF-8") from exc
+
+
 def decode(data: bytes) -> Iterator[Record]:
     """Records of one segment's plaintext, in order."""
     view = memoryview(data)
@@ -99,12 +109,12 @@ def decode(data: bytes) -> Iterator[Record]:
             elif kind == GAP:
                 _, from_us, to_us, frames, nbytes, rlen = _GAP.unpack_from(view, pos)
                 pos += _GAP.size
-                yield GapRecord(from_us, to_us, frames, nbytes, bytes(view[pos : pos + rlen]).decode())
+                yield GapRecord(from_us, to_us, frames, nbytes, _reason(view, pos, rlen))
                 pos += rlen
             elif kind == END:
                 _, offset_us, client_close, upstream_close, rlen = _END.unpack_from(view, pos)
                 pos += _END.size
-                yield EndRecord(offset_us, client_close, upstream_close, bytes(view[pos : pos + rlen]).decode())
+                yield EndRecord(offset_us, client_close, upstream_close, _reason(view, pos, rlen))
                 pos += rlen
             else:
                 raise FrameLogError(f"unknown record kind {kind}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from app.capture.buffer import FrameBuffer, MemoryBudget, payload_size
@@ -47,6 +47,8 @@ def test_any_sequence_of_records_round_trips(records: list[object]) -> None:
     assert list(decode(bytes(out))) == records
 
 
+@example(b"\x02" + bytes(28) + b"\x01\x80")  # a gap whose reason is not UTF-8 (found by this test once)
+@example(b"\x02" + bytes(28) + b"\x05ab")  # a gap whose reason is cut short
 @given(st.binary(min_size=1, max_size=200))
 def test_garbage_is_a_typed_error_or_decodes_never_crashes(data: bytes) -> None:
     with contextlib.suppress(FrameLogError):
