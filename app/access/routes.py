@@ -15,11 +15,12 @@ from app.access.context import AccessContext, AccessDep
 from app.access.grant_facts import grant_situations
 from app.access.models import AccessRequest
 from app.access.people import acting_person
-from app.access.playback.parts import PART_OF_SPEAKER, Speaker
+from app.access.playback.parts import PART_OF_SPEAKER, Part, Speaker
 from app.access.playback.reads import PartRead, read_recording_part, read_whole
 from app.access.saw.trust import saw_fingerprint
 from app.access.schemas import AccessRequestCreate, AccessRequestOut, Decision, Extension
 from app.clock import Clock
+from app.context import AppContext
 from app.deps import ClockDep, ContextDep, SessionDep
 from app.identity.principal import Principal, Role, authenticate
 from app.tickets.service import customer_resource
@@ -176,8 +177,21 @@ STATE_HEADERS = (
     "transcripts, and `X-Voicelog-Stored-Bytes: 0`.")
 
 
+async def _read(ctx: AppContext, session: AsyncSession, saw: str | None, acting: Principal, request_id: str,
+                part: Part, range_header: str | None = None) -> PartRead:
+    """Every recording route's one read: the context's parts handed to the use case the console calls too."""
+    return await read_recording_part(
+        session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
+        saw_fingerprint=saw, acting=acting, request_id=request_id, part=part, range_header=range_header)
+
+
 def _sent(read: PartRead) -> StreamingResponse:
     return StreamingResponse(read.body, status_code=read.status, media_type=read.media_type, headers=read.headers)
+
+
+async def _whole(read: PartRead) -> Response:
+    """A small JSON part, answered whole (its size known)."""
+    return Response(await read_whole(read), media_type=read.media_type, headers=read.headers)
 
 
 @router.get("/recordings/{request_id}/audio/session.wav",
@@ -194,9 +208,7 @@ def _sent(read: PartRead) -> StreamingResponse:
 async def session_audio(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
                         saw: PresentedSaw,
                         range_header: Annotated[str | None, Header(alias="range")] = None) -> StreamingResponse:
-    return _sent(await read_recording_part(
-        session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        saw_fingerprint=saw, acting=acting, request_id=request_id, part="audio_session", range_header=range_header))
+    return _sent(await _read(ctx, session, saw, acting, request_id, "audio_session", range_header))
 
 
 @router.get("/recordings/{request_id}/audio/{speaker}.wav", summary="One direction of a recording as sent, as WAV",
@@ -207,12 +219,7 @@ async def session_audio(request_id: str, acting: CurrentPrincipal, session: Sess
 async def audio(request_id: str, speaker: Speaker, acting: CurrentPrincipal, session: SessionDep,
                 ctx: ContextDep, saw: PresentedSaw,
                 range_header: Annotated[str | None, Header(alias="range")] = None) -> StreamingResponse:
-    """pcm16 WAV at the session's rate (G.711 decoded); gaps are silence, listed in `X-Voicelog-Gaps`.
-    Streams with bounded memory; supports a single `Range`."""
-    return _sent(await read_recording_part(
-        session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        saw_fingerprint=saw, acting=acting, request_id=request_id, part=PART_OF_SPEAKER[speaker],
-        range_header=range_header))
+    return _sent(await _read(ctx, session, saw, acting, request_id, PART_OF_SPEAKER[speaker], range_header))
 
 
 @router.get("/recordings/{request_id}/events", summary="The event timeline (JSON lines, audio elided)",
@@ -225,9 +232,7 @@ async def audio(request_id: str, speaker: Speaker, acting: CurrentPrincipal, ses
             + STATE_HEADERS)
 async def events(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
                  saw: PresentedSaw) -> StreamingResponse:
-    return _sent(await read_recording_part(
-        session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        saw_fingerprint=saw, acting=acting, request_id=request_id, part="timeline"))
+    return _sent(await _read(ctx, session, saw, acting, request_id, "timeline"))
 
 
 @router.get("/recordings/{request_id}/transcript", summary="Transcripts the pipeline produced, with times",
@@ -235,10 +240,7 @@ async def events(request_id: str, acting: CurrentPrincipal, session: SessionDep,
             description="The input and output transcripts, with their times." + STATE_HEADERS)
 async def transcript(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
                      saw: PresentedSaw) -> Response:
-    read = await read_recording_part(
-        session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        saw_fingerprint=saw, acting=acting, request_id=request_id, part="transcripts")
-    return Response(await read_whole(read), media_type=read.media_type, headers=read.headers)
+    return await _whole(await _read(ctx, session, saw, acting, request_id, "transcripts"))
 
 
 @router.get("/recordings/{request_id}/turns", summary="Turns, their latency, interruptions, errors and gaps",
@@ -254,10 +256,7 @@ async def transcript(request_id: str, acting: CurrentPrincipal, session: Session
             "latencies. One audited read, part `turns`." + STATE_HEADERS)
 async def turns(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
                 saw: PresentedSaw) -> Response:
-    read = await read_recording_part(
-        session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        saw_fingerprint=saw, acting=acting, request_id=request_id, part="turns")
-    return Response(await read_whole(read), media_type=read.media_type, headers=read.headers)
+    return await _whole(await _read(ctx, session, saw, acting, request_id, "turns"))
 
 
 @router.get("/recordings/{request_id}/bundle", summary="Debug bundle: every part of a recording in one zip",
@@ -270,9 +269,7 @@ async def turns(request_id: str, acting: CurrentPrincipal, session: SessionDep, 
             "zip streams, so its own size is not known before it is sent)." + STATE_HEADERS)
 async def bundle(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
                  saw: PresentedSaw) -> StreamingResponse:
-    return _sent(await read_recording_part(
-        session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        saw_fingerprint=saw, acting=acting, request_id=request_id, part="bundle"))
+    return _sent(await _read(ctx, session, saw, acting, request_id, "bundle"))
 
 
 @router.get("/customer/resources/{resource}/access-log",
