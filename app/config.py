@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +20,7 @@ from app.capture.settings import CaptureSettings
 from app.console.settings import ConsoleSettings
 from app.identity.settings import IdentitySettings
 from app.regions import RegionSettings
+from app.relay.settings import RelaySettings
 from app.relay.standin.settings import StandinSettings
 from app.resources.settings import ResourceSettings
 from app.retention.settings import RetentionSettings
@@ -36,8 +36,8 @@ def _default_regions() -> list[RegionSettings]:
 
 
 # The domain bases are listed in the reverse of their rows' order in docs/CONFIGURATION.md: pydantic takes
-# the last base's fields first.
-class Settings(StandinSettings, ConsentSettings, ResourceSettings, AccessSettings, BaseSettings):
+# the last base's fields first. The relay's rows stay where they were declared here before (_ROWS_AFTER).
+class Settings(RelaySettings, StandinSettings, ConsentSettings, ResourceSettings, AccessSettings, BaseSettings):
     """All of voicelog's configuration; one instance is built at start and passed down, never global.
 
     A domain's flat knobs (`VOICELOG_RESOURCE_REFRESH_S`, ...) are declared by its settings model, inherited
@@ -115,48 +115,6 @@ class Settings(StandinSettings, ConsentSettings, ResourceSettings, AccessSetting
         "or `VOICELOG_IDENTITY__DEV_ISSUER_ENABLED=false`; other identity settings combine with it.",
     )
 
-    # --- relay ---------------------------------------------------------------------------------------
-    relay_connect_timeout_s: float = Field(
-        default=10.0, gt=0, description="Upstream TCP+TLS+WebSocket handshake timeout."
-    )
-    relay_idle_timeout_s: float = Field(
-        default=600.0, gt=0, description="Close a session after this long without a frame in either direction."
-    )
-    relay_max_session_s: float = Field(
-        default=4 * 3600.0, gt=0, description="Hard cap on one session's length."
-    )
-    relay_max_message_bytes: int = Field(
-        default=4 * 1024 * 1024, ge=1024, description="Largest WebSocket message relayed (Voice Live: 4 MiB)."
-    )
-    relay_queue_frames: int = Field(
-        default=16, ge=1, description="Messages buffered per direction before the reader is slowed down "
-        "(worst case per session: 2 x this x relay_max_message_bytes)."
-    )
-    relay_drain_timeout_s: float = Field(
-        default=30.0, ge=0, description="On shutdown, how long live sessions may finish before a 1001 close."
-    )
-    relay_ping_interval_s: float | None = Field(
-        default=20.0, description="Keepalive ping to the upstream (and, on the direct data plane, to the client); "
-        "a ping unanswered by the next one drops that side. None disables."
-    )
-    relay_max_sessions: int = Field(
-        default=400, ge=1, description="Sessions one process relays at once; a call beyond it is refused before "
-        "its handshake with 503 `relay_busy` and `Retry-After`, so it lands on another replica instead of making "
-        "every call here late. An admitted call is never refused later. Per process: a pod with N workers takes "
-        "N times this.",
-    )
-    relay_busy_loop_lag_s: float = Field(
-        default=0.1, gt=0, description="New calls are refused (503 `relay_busy`) while this process's event loop "
-        "runs this late: the median of the last second's samples of `voicelog_event_loop_lag_seconds` (a 100 ms "
-        "timer), so one pause refuses nobody but a loop late sample after sample does; its live calls' frames "
-        "are already waiting that long.",
-    )
-    relay_data_plane: Literal["direct", "asgi"] = Field(
-        default="direct", description="How relayed frames are carried. `direct`: the HTTP server hands each "
-        "relayed WebSocket's connection to the relay at its upgrade and frames go from socket to socket in "
-        "asyncio protocol callbacks (docs/ARCHITECTURE.md, data plane). `asgi`: the earlier path through uvicorn's "
-        "WebSocket protocol, the ASGI app and the `websockets` client, kept for comparison in the benchmarks.",
-    )
     workers: int | None = Field(
         default=None, ge=1, description="Processes `voicelog serve` runs, sharing its port: one event loop uses one "
         "core, so a pod with N cores runs N. Unset: one per CPU this process may run on (`sched_getaffinity`; in "
@@ -236,6 +194,25 @@ class Settings(StandinSettings, ConsentSettings, ResourceSettings, AccessSetting
         return [r.name for r in self.regions]
 
 
+# docs/CONFIGURATION.md lists these domain bases' rows after the named own field of the model inheriting them,
+# not after all its own fields: the relay's knobs keep the place they had when app.config declared them.
+_ROWS_AFTER: dict[str, type[BaseModel]] = {"log_format": RelaySettings}
+
+
+def _row_order(model: type[BaseModel]) -> list[str]:
+    """The model's own fields first, then those its domain bases declare (pydantic lists bases' first), but a
+    base in _ROWS_AFTER right after its field, so moving knobs into a domain's model does not reorder the docs."""
+    own = vars(model).get("__annotations__", {})
+    names = sorted(model.model_fields, key=lambda name: name not in own)
+    for anchor, base in _ROWS_AFTER.items():
+        if issubclass(model, base) and anchor in own:
+            moved = [name for name in names if name in base.model_fields]
+            names = [name for name in names if name not in base.model_fields]
+            at = names.index(anchor) + 1
+            names[at:at] = moved
+    return names
+
+
 def _type_name(annotation: object) -> str:
     text = str(annotation).replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "")
     text = text.replace("<class '", "").replace("'>", "").replace("app.config.", "")
@@ -259,9 +236,8 @@ def settings_reference() -> str:
     def table(model: type[BaseModel], prefix: str) -> list[str]:
         rows = ["| Variable | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
         nested: list[tuple[str, type[BaseModel]]] = []
-        own = vars(model).get("__annotations__", {})
-        # The model's own fields first, then those its domain bases declare (pydantic lists bases' first).
-        for name, field in sorted(model.model_fields.items(), key=lambda item: item[0] not in own):
+        for name in _row_order(model):
+            field = model.model_fields[name]
             annotation = field.annotation
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 nested.append((name, annotation))

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings, settings_reference
+from app.relay.settings import RelaySettings
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "CONFIGURATION.md"
 
@@ -30,6 +31,36 @@ def test_regions_come_from_json_in_the_environment(monkeypatch: pytest.MonkeyPat
     settings = Settings()
     assert settings.region_names == ["swedencentral"]
     assert settings.regions[0].blob_backend == "azure"
+
+
+RELAY_KNOBS = {"relay_connect_timeout_s", "relay_idle_timeout_s", "relay_max_session_s", "relay_max_message_bytes",
+               "relay_queue_frames", "relay_drain_timeout_s", "relay_ping_interval_s", "relay_max_sessions",
+               "relay_busy_loop_lag_s", "relay_data_plane"}
+
+
+def test_the_relays_knobs_are_its_own_model_and_keep_their_flat_public_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16: RelaySettings declares them, Settings inherits them, so `VOICELOG_RELAY_*` stay what the README,
+    the Helm chart and the benchmarks set; the reference lists them where it always did."""
+    assert set(RelaySettings.model_fields) == RELAY_KNOBS
+    assert issubclass(Settings, RelaySettings)
+    assert RELAY_KNOBS.isdisjoint(vars(Settings).get("__annotations__", {}))  # declared once, by the relay
+    assert Settings(data_dir=tmp_path).model_dump(include=RELAY_KNOBS) == RelaySettings().model_dump()
+    monkeypatch.setenv("VOICELOG_RELAY_MAX_SESSIONS", "7")
+    monkeypatch.setenv("VOICELOG_RELAY_DATA_PLANE", "asgi")
+    monkeypatch.setenv("VOICELOG_RELAY_PING_INTERVAL_S", "2.5")
+    settings = Settings(data_dir=tmp_path)
+    assert (settings.relay_max_sessions, settings.relay_data_plane, settings.relay_ping_interval_s) == (7, "asgi", 2.5)
+    for name, bad in [("VOICELOG_RELAY_MAX_SESSIONS", "0"), ("VOICELOG_RELAY_DATA_PLANE", "nginx"),
+                      ("VOICELOG_RELAY_MAX_MESSAGE_BYTES", "1023")]:
+        with monkeypatch.context() as env:
+            env.setenv(name, bad)
+            with pytest.raises(ValidationError):
+                Settings(data_dir=tmp_path)
+    rows = [line.split("`")[1] for line in settings_reference().splitlines() if line.startswith("| `VOICELOG_")]
+    at = rows.index("VOICELOG_LOG_FORMAT") + 1
+    assert rows[at:at + len(RELAY_KNOBS) + 1] == [
+        *(f"VOICELOG_{name.upper()}" for name in RelaySettings.model_fields), "VOICELOG_WORKERS"]
 
 
 @pytest.mark.parametrize("regions", [
