@@ -14,8 +14,9 @@ session's first 2 s, so the burst of sessions starting is left out), the relay's
 session-minute, the recorder's backlog (bytes held in memory) during the run, which must not grow, the relay
 process's peak RSS, and how often its event loop was more than 10 ms and 50 ms late
 (`voicelog_event_loop_lag_seconds` from `/metrics`, a 100 ms timer). Then, per plane, what recording adds
-(p99, steady p99, CPU ratio), the backlog after the run and the bytes sealed in the local store (the
-warm-up session's 0.5 s included); and, with both planes, the direct plane against the asgi one per mode
+(p99, steady p99, CPU ratio), the backlog 3 s after the run (which must be back to 0) and the bytes sealed in
+the local store (the warm-up session's 0.5 s included), per recorded session-minute beside the raw pcm16 audio's
+size; and, with both planes, the direct plane against the asgi one per mode
 (CPU ratio, p99 and steady p99 difference). Figures are printed, never asserted.
 
 With `--baseline <checkout>` (e.g. `git worktree add /tmp/vl-base <commit>`), that checkout's code is
@@ -24,12 +25,16 @@ measured too, in the same run and with the same stand-in, before this one's: eac
 recording adds in each). The baseline runs on this checkout's interpreter and packages.
 
     .venv/bin/python ops/bench/recording_overhead.py [--sessions 200] [--seconds 20] [--planes asgi,direct]
-                                                     [--baseline /tmp/vl-base]
+                                                     [--baseline /tmp/vl-base] [--workers 2]
+
+With `--workers N` (N > 1) each voicelog runs N worker processes on its own fresh PostgreSQL database at
+127.0.0.1:5432 (as `relay_latency.py --workers`); the backlog is summed over the workers.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -49,10 +54,13 @@ from relay_latency import (
     ROOT,
     VOICELOG,
     Result,
+    bench_database,
+    drop_database,
     free_port,
     late_share,
     loop_lag_buckets,
     parse_planes,
+    postgres_env,
     prepare_voicelog,
     run_load,
     scrape_metrics,
@@ -64,6 +72,8 @@ from relay_latency import (
 )
 
 MODES = ("plain", "recorded")
+WARM_UP_S = 0.5  # `warm_up`'s unmeasured session, recorded too
+RAW_PCM_PER_MINUTE = 24_000 * 2 * 2 * 60  # pcm16 at 24 kHz, both directions, one minute
 
 
 def http(method: str, url: str, token: str, body: dict[str, object] | None = None) -> dict[str, object]:
@@ -76,8 +86,20 @@ def http(method: str, url: str, token: str, body: dict[str, object] | None = Non
 
 
 def backlog_bytes(port: int) -> float:
-    match = re.search(r"^voicelog_recorder_backlog_bytes ([0-9.e+]+)$", scrape_metrics(port), re.MULTILINE)
-    return float(match.group(1)) if match else float("nan")
+    """Bytes the recorder holds in memory, summed over the workers (each worker's sample has a `worker` label
+    when there are several)."""
+    found = re.findall(r"^voicelog_recorder_backlog_bytes(?:\{[^}]*\})? ([0-9.e+]+)$", scrape_metrics(port),
+                       re.MULTILINE)
+    return sum(float(value) for value in found) if found else float("nan")
+
+
+def rss(process: psutil.Process) -> float:
+    """Resident memory of voicelog: the process and, with several workers, every worker under it."""
+    total = 0.0
+    for each in (process, *process.children(recursive=True)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += each.memory_info().rss
+    return total
 
 
 def give_consent(env: dict[str, str], port: int, root: Path = ROOT) -> None:
@@ -114,7 +136,7 @@ def measure_plane(plane: str, env: dict[str, str], port: int, work: Path,
             def watch(peak: list[float] = peak, stop: threading.Event = stop) -> None:
                 while not stop.is_set():
                     peak[0] = max(peak[0], backlog_bytes(port))
-                    peak[1] = max(peak[1], process.memory_info().rss)
+                    peak[1] = max(peak[1], rss(process))
                     stop.wait(0.5)
 
             watcher = threading.Thread(target=watch, daemon=True)
@@ -133,12 +155,17 @@ def measure_plane(plane: str, env: dict[str, str], port: int, work: Path,
             time.sleep(3)
         plain, recorded = results["plain"], results["recorded"]
         cpu_ratio = recorded.cpu_s / plain.cpu_s if plain.cpu_s else math.nan
+        time.sleep(3)  # the last sessions' final segments are appended within a tick or two of their end
         stored = sum(p.stat().st_size for p in (work / plane / "blobs").rglob("*") if p.is_file())
+        backlog_after = backlog_bytes(port)
+        recorded_minutes = (args.sessions * args.seconds + WARM_UP_S) / 60
         print(f"{plane:>6} recording adds: p99 {recorded.pct(0.99) - plain.pct(0.99):+.2f} ms, steady p99 "
               f"{recorded.steady_pct(0.99) - plain.steady_pct(0.99):+.2f} ms, "
               f"CPU x{cpu_ratio:.2f} ({(cpu_ratio - 1) * 100:+.0f}%); "
-              f"backlog after the run: {backlog_bytes(port) / 1024:.0f} KiB; "
-              f"stored: {stored / 1024 / 1024:.1f} MiB sealed in the local store", flush=True)
+              f"backlog after the run: {backlog_after / 1024:.0f} KiB; "
+              f"stored: {stored / 1024 / 1024:.1f} MiB sealed in the local store, "
+              f"{stored / recorded_minutes / 2**20:.2f} MiB per recorded session-minute (the raw pcm16 audio both "
+              f"ways: {RAW_PCM_PER_MINUTE / 2**20:.2f} MiB; the frames carry it base64 in JSON events)", flush=True)
         return results
     finally:
         stop_processes([relay], 30)
@@ -152,6 +179,9 @@ def main() -> None:
                         help="voicelog data planes to measure, comma-separated (default asgi,direct)")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="another checkout (e.g. a git worktree of an earlier commit) measured in the same run")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="voicelog worker processes (VOICELOG_WORKERS); more than 1 runs each variant on its "
+                        "own fresh PostgreSQL database at 127.0.0.1:5432 (SQLite takes one worker)")
     args = parser.parse_args()
     planes: list[str] = args.planes
     # (label, data plane, checkout): the baseline's variants first, then this checkout's.
@@ -169,12 +199,13 @@ def main() -> None:
         for label, plane, root in variants:
             port = free_port()
             env = voicelog_env(work, plane, VOICELOG_PORT=str(port), VOICELOG_CONSENT_REFRESH_S="0.5",
-                               VOICELOG_DATA_DIR=str(work / label))
+                               VOICELOG_DATA_DIR=str(work / label), **postgres_env(work, label, args.workers))
             prepare_voicelog(env, standin_port, dict.fromkeys(MODES, "bench-tenant"), root)
             setups[label] = (env, port)
 
         print(f"recording overhead: {args.sessions} sessions x {args.seconds:.0f} s, 20 ms pcm16 24 kHz frames "
-              f"each way, {os.cpu_count()} cores; data planes: {', '.join(planes)}, one voicelog process each, "
+              f"each way, {os.cpu_count()} cores; data planes: {', '.join(planes)}, one voicelog of {args.workers} "
+              f"worker process(es) each, "
               f"started for its own runs only" + (f"; baseline: {args.baseline}" if args.baseline else ""))
         print(f"{'plane':>6} {'mode':>9} {'rtt p50':>8} {'rtt p99':>8} {'steady p99':>10} {'cpu s/session-min':>18} "
               f"{'backlog max':>12} {'relay RSS max':>14} {'loop >10 ms':>13} {'loop >50 ms':>13}")
@@ -206,6 +237,9 @@ def main() -> None:
     finally:
         stop_processes(procs, 30)
         shutil.rmtree(work, ignore_errors=True)
+        if args.workers > 1:
+            for label, _, _ in variants:
+                drop_database(bench_database(label))
 
 
 if __name__ == "__main__":
