@@ -1,4 +1,5 @@
-"""Recording and access-request states are StrEnums stored as their plain values (the schema is unchanged)."""
+"""Recording, access-request and consent states are StrEnums stored as their plain values (the schema is
+unchanged)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,22 @@ from app.access.models import AccessRequest
 from app.access.states import AccessRequestState
 from app.capture.models import Recording, RecordingState
 from app.db import StrEnumText
+from app.tickets.models import Consent
+from app.tickets.states import ConsentEnding, ConsentState
 
 
 def test_the_stored_values_are_the_strings_the_api_has_always_shown() -> None:
     assert [s.value for s in RecordingState] == ["recording", "complete", "incomplete", "erased", "purged"]
     assert [s.value for s in AccessRequestState] == ["pending", "approved", "denied", "revoked", "expired",
                                                      "lapsed"]
+    assert [s.value for s in ConsentEnding] == ["withdrawn", "ticket_closed", "erased"]
+    assert [s.value for s in ConsentState] == ["scheduled", "active", "expired", "withdrawn", "ticket_closed",
+                                               "erased"]
+
+
+def test_a_consent_that_ended_shows_its_stored_reason_as_its_state() -> None:
+    assert [ConsentState.ended(reason) for reason in ConsentEnding] == [
+        ConsentState.WITHDRAWN, ConsentState.TICKET_CLOSED, ConsentState.ERASED]
 
 
 def test_the_columns_are_still_varchar_16() -> None:
@@ -23,6 +34,14 @@ def test_the_columns_are_still_varchar_16() -> None:
         assert isinstance(column.type, StrEnumText)
         assert isinstance(column.type.impl_instance, String)
         assert column.type.impl_instance.length == 16
+
+
+def test_the_consent_end_reason_column_is_still_varchar_32() -> None:
+    end_reason = Consent.__table__.c.end_reason
+    assert isinstance(end_reason.type, StrEnumText)
+    assert end_reason.type.enum is ConsentEnding
+    assert isinstance(end_reason.type.impl_instance, String)
+    assert end_reason.type.impl_instance.length == 32
 
 
 def test_values_are_stored_as_plain_strings_and_read_back_as_members() -> None:

@@ -25,6 +25,7 @@ from app.storage.router import RegionRouter
 from app.tickets.consent_cache import ConsentCache
 from app.tickets.models import Consent
 from app.tickets.service import end_consent, require_consent
+from app.tickets.states import ConsentEnding
 from app.vault.keyring import RegionKeyrings
 
 RecordingRow: TypeAlias = Recording
@@ -106,7 +107,7 @@ async def erase_customer_recordings(
     actor = Actor.customer_admin(acting.subject)
     if consent.ended_at is None:
         await end_consent(session=session, clock=clock, consents=consents, consent=consent, actor=actor,
-                          ended_by=acting.subject, reason="erased", at=clock.now())
+                          ended_by=acting.subject, reason=ConsentEnding.ERASED, at=clock.now())
     rows = (await session.execute(
         select(Recording).where(Recording.consent_id == consent.id, Recording.shredded_at.is_(None))
         .order_by(Recording.started_at)

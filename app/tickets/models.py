@@ -6,7 +6,8 @@ from datetime import datetime
 from sqlalchemy import Boolean, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, UTCDateTime
+from app.db import Base, StrEnumText, UTCDateTime
+from app.tickets.states import ConsentEnding
 
 
 def new_id() -> str:
@@ -59,14 +60,14 @@ class Consent(Base):
     require_customer_approval: Mapped[bool] = mapped_column(Boolean, default=False)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     ended_by: Mapped[str | None] = mapped_column(String(128), default=None)
-    end_reason: Mapped[str | None] = mapped_column(String(32), default=None)
+    end_reason: Mapped[ConsentEnding | None] = mapped_column(StrEnumText(ConsentEnding, 32), default=None)
 
     def active_at(self, moment: datetime) -> bool:
         return self.ended_at is None and self.not_before <= moment < self.not_after
 
     def covers(self, session_start: datetime) -> bool:
         """Was a session starting then allowed to be recorded? Never once its recordings were erased."""
-        if self.end_reason == "erased":
+        if self.end_reason == ConsentEnding.ERASED:
             return False
         in_window = self.not_before <= session_start < self.not_after
         return in_window and (self.ended_at is None or session_start < self.ended_at)

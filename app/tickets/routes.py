@@ -17,6 +17,7 @@ from app.resources.service import get_resource
 from app.tickets import service
 from app.tickets.models import Consent, Ticket
 from app.tickets.schemas import AssignmentCreate, ConsentCreate, ConsentOut, TicketCreate, TicketOut
+from app.tickets.states import ConsentState
 
 router = APIRouter(tags=["tickets"])
 Ticketing = Annotated[Principal, Depends(require_role(Role.TICKETING))]
@@ -41,7 +42,7 @@ async def _consent_out(session: AsyncSession, consent: Consent, resource: Resour
                       granted_at=consent.granted_at, ended_at=consent.ended_at,
                       require_customer_approval=consent.require_customer_approval,
                       recording_from=consents.recording_from(consent.not_before)
-                      if state in ("active", "scheduled") else None)
+                      if state in (ConsentState.ACTIVE, ConsentState.SCHEDULED) else None)
 
 
 @router.post("/tickets", status_code=status.HTTP_201_CREATED, summary="File a ticket (ticketing system)")

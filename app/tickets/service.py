@@ -20,6 +20,7 @@ from app.resources.models import Resource
 from app.resources.service import ResourceNotFound, get_resource_by_name, require_resource
 from app.tickets.models import Consent, Ticket, TicketAssignment
 from app.tickets.schemas import ConsentCreate, TicketCreate
+from app.tickets.states import ConsentEnding, ConsentState
 from app.transaction import after_commit
 
 if TYPE_CHECKING:
@@ -157,7 +158,8 @@ async def close_ticket(
     )
     for consent in open_consents.scalars():
         await end_consent(session=session, clock=clock, consents=consents, consent=consent,
-                          actor=Actor.service(acting.subject), ended_by=acting.subject, reason="ticket_closed", at=now)
+                          actor=Actor.service(acting.subject), ended_by=acting.subject,
+                          reason=ConsentEnding.TICKET_CLOSED, at=now)
     await append_entry(session=session, clock=clock, actor=Actor.service(acting.subject),
                        action=AuditAction.TICKET_CLOSED, subjects=Subjects(ticket=ticket_id))
     return ticket
@@ -235,7 +237,7 @@ async def require_consent(*, session: AsyncSession, resource: Resource, consent_
 
 async def end_consent(
     *, session: AsyncSession, clock: Clock, consents: ConsentCache, consent: Consent, actor: Actor, ended_by: str,
-    reason: str, at: datetime,
+    reason: ConsentEnding, at: datetime,
 ) -> None:
     """The one way a consent ends (withdrawn, ticket closed, erased): recorded, audited, and once the caller's
     transaction commits, this replica's consent cache forgets the resource (C1: recording stops at once)."""
@@ -256,7 +258,8 @@ async def withdraw_consent(
     if consent.ended_at is not None or consent.not_after <= now:
         raise ConsentEnded()
     await end_consent(session=session, clock=clock, consents=consents, consent=consent,
-                      actor=Actor.customer_admin(acting.subject), ended_by=acting.subject, reason="withdrawn", at=now)
+                      actor=Actor.customer_admin(acting.subject), ended_by=acting.subject,
+                      reason=ConsentEnding.WITHDRAWN, at=now)
     return consent
 
 
@@ -267,12 +270,14 @@ async def consents_of_resource(*, session: AsyncSession, resource: Resource) -> 
     return rows.scalars().all()
 
 
-def consent_state(consent: Consent, now: datetime) -> str:
+def consent_state(consent: Consent, now: datetime) -> ConsentState:
+    """What the API and the console show: why it ended (an ended row without a reason reads as withdrawn), else
+    where `now` falls in its window."""
     if consent.ended_at is not None:
-        return consent.end_reason or "withdrawn"
+        return ConsentState.ended(consent.end_reason or ConsentEnding.WITHDRAWN)
     if now < consent.not_before:
-        return "scheduled"
-    return "active" if now < consent.not_after else "expired"
+        return ConsentState.SCHEDULED
+    return ConsentState.ACTIVE if now < consent.not_after else ConsentState.EXPIRED
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from app.identity.principal import Role
 from app.identity.settings import IdentitySettings
 from app.main import create_app
 from app.tickets.consent_cache import ConsentCache
+from app.tickets.models import Consent
+from app.tickets.states import ConsentEnding
 from tests.fixtures.identity import MintToken, bearer
 from tests.fixtures.relay import TEST_ADMIN_TOKEN
 
@@ -362,3 +364,28 @@ async def test_the_replica_that_accepts_an_opt_in_records_at_once(api: Api) -> N
     slow.release.set()
     await stale
     assert cache.lookup(resource_id) is not None
+
+
+async def test_an_ended_consent_stores_its_reason_as_the_plain_string_and_reads_it_back_as_a_member(
+        api: Api) -> None:
+    """Issue 16: `end_reason` is a `ConsentEnding`; the rows hold the same strings as before, so the schema and
+    the stored data are unchanged."""
+    ctx = api.app.state.ctx  # type: ignore[attr-defined]
+    withdrawn_ticket, closed_ticket = await new_ticket(api), await new_ticket(api)
+    withdrawn = (await api.client.post(f"/customer/resources/{api.resource}/consents", headers=api.customer,
+                                       json={"ticket_id": withdrawn_ticket["id"]})).json()
+    await api.client.post(f"/customer/resources/{api.resource}/consents/{withdrawn['id']}/withdraw",
+                          headers=api.customer)
+    closed = (await api.client.post(f"/customer/resources/{api.resource}/consents", headers=api.customer,
+                                    json={"ticket_id": closed_ticket["id"]})).json()
+    await api.client.post(f"/tickets/{closed_ticket['id']}/close", headers=api.ticketing)
+    ids = [withdrawn["id"], closed["id"]]
+    async with ctx.session_factory() as session:
+        raw = dict((await session.execute(sa.text("SELECT id, end_reason FROM consents WHERE id IN (:a, :b)"),
+                                          {"a": ids[0], "b": ids[1]})).all())
+        typed = {c.id: c.end_reason for c in (await session.execute(
+            select(Consent).where(Consent.id.in_(ids)))).scalars()}
+    assert raw == {withdrawn["id"]: "withdrawn", closed["id"]: "ticket_closed"}
+    assert typed == {withdrawn["id"]: ConsentEnding.WITHDRAWN, closed["id"]: ConsentEnding.TICKET_CLOSED}
+    assert all(type(reason) is ConsentEnding for reason in typed.values())
+
