@@ -1,4 +1,4 @@
-"""The live recording's lifecycle: one enum of phases, one pure transition function, and the retry timer.
+"""The live recording's lifecycle: two enums, each with one pure transition function, and the retry timer.
 
 The phase says what the sealer must do next for a recording and whether it may still write (C1, C8):
 
@@ -8,6 +8,20 @@ The phase says what the sealer must do next for a recording and whether it may s
     needs_row --consent_ended--> discarding --released--> discarded   (nothing is ever stored)
     a deferred row's phase --consent_ended--> discarding                (what was stored is deleted)
 
+The row's state (`RowState`) is a second, smaller machine beside the phase: where the recording's database
+row is. The phase alone cannot say it, since with the database away the blob goes first and the row follows
+while the phase moves on (docs/ARCHITECTURE.md, "Recording through a database outage"):
+
+    not_written --written--> written                     (at needs_row, as a rule)
+    not_written --deferred--> deferred --deferred_written--> written   (the upkeep, once the database is back)
+                              deferred --refused--> refused          (its late consent check said no, C1)
+
+A consent check that says no at `needs_row` moves only the phase (to `discarding`): the row stays
+`not_written` and nothing was stored. The sealer reads both: a `final_sealed` recording closes its row
+once `written`; a replica heartbeats the `written` rows of `OWNS_ROW` phases and the upkeep writes their
+`deferred` ones; an `abandoned` recording inserts a `deferred` row incomplete instead of closing it; and a
+`discarding` one deletes its blob only if its row was `refused` (what was stored under it).
+
 The relay's end of the session is not a phase: it may come in any phase, and it is data (`EndRecord`)
 that makes the next seal the last one. Retries are a timer (`Backoff`), not a phase: they decide when the
 recorder gives up, and giving up is the `ABANDON` event.
@@ -16,7 +30,7 @@ Abandon happens beside the sealer (an erasure request), so an I/O the sealer had
 it: such a late event is absorbed by the abandoned phase (a late row is remembered, so that it is closed
 `incomplete`), and nothing new is started. A row closed `complete` while the abandon came in is not a
 `FINISHED`: the abandon's own finish then finds nothing left to close. Any other (phase, event) pair is a
-bug and raises.
+bug and raises; so does any (row state, row event) pair not drawn above.
 """
 
 from __future__ import annotations
@@ -29,12 +43,12 @@ from typing import Final
 class Phase(StrEnum):
     NEEDS_KEY = "needs_key"  # opened under a consent: no data key yet
     NEEDS_ROW = "needs_row"  # data key made: the row and its `recording.started` entry not yet written
-    NEEDS_BLOB = "needs_blob"  # row written: the blob and its header not yet stored
+    NEEDS_BLOB = "needs_blob"  # row written or deferred: the blob and its header not yet stored
     STREAMING = "streaming"  # sealing segments from the buffer and appending them
     FINAL_SEALED = "final_sealed"  # the segment with the end record is sealed: append the rest, close the row
     ABANDONED_BEFORE_ROW = "abandoned_before_row"  # given up with no row: leave a keyless incomplete row
-    ABANDONED = "abandoned"  # given up with its row written: close the row incomplete(reason)
-    DISCARDING = "discarding"  # the consent had ended when the row was due: nothing is stored, ever
+    ABANDONED = "abandoned"  # given up past the row step: close its row incomplete(reason), or insert it so
+    DISCARDING = "discarding"  # the row's consent check said no: nothing more is stored, ever
     COMPLETE = "complete"  # the row was closed complete; the recorder forgot it
     INCOMPLETE = "incomplete"  # given up (the row says so if it could be written); forgotten
     DISCARDED = "discarded"  # nothing was stored; forgotten
@@ -52,10 +66,27 @@ class Event(StrEnum):
     RELEASED = "released"  # an abandoned recording's memory is freed and its row closed (best effort)
 
 
+class RowState(StrEnum):
+    NOT_WRITTEN = "not_written"  # its step has not written it yet, or the consent check said no (nothing stored)
+    DEFERRED = "deferred"  # due while the database was away: the blob went first, the upkeep writes it later
+    WRITTEN = "written"  # the row and its `recording.started` entry are committed
+    REFUSED = "refused"  # a deferred row's consent check said no (C1): never written, what was stored is deleted
+
+
+class RowEvent(StrEnum):
+    WRITTEN = "written"  # the row step wrote it
+    DEFERRED = "deferred"  # the row step found the database away
+    DEFERRED_WRITTEN = "deferred_written"  # the upkeep wrote a deferred row once the database was back
+    REFUSED = "refused"  # a deferred row's late consent check found the consent ended or erased
+
+
 class InvalidTransition(RuntimeError):
-    def __init__(self, phase: Phase, event: Event) -> None:
-        super().__init__(f"recording phase {phase} has no transition on {event}")
-        self.phase, self.event = phase, event
+    """A (phase, event) or (row state, row event) pair with no transition: a bug in the recorder."""
+
+    def __init__(self, state: Phase | RowState, event: Event | RowEvent) -> None:
+        kind = "phase" if isinstance(state, Phase) else "row state"
+        super().__init__(f"recording {kind} {state} has no transition on {event}")
+        self.state, self.event = state, event
 
 
 _P, _E = Phase, Event
@@ -90,7 +121,8 @@ TAKES_FRAMES: Final = frozenset({Phase.NEEDS_KEY, Phase.NEEDS_ROW, Phase.NEEDS_B
 GIVEN_UP: Final = frozenset({Phase.ABANDONED_BEFORE_ROW, Phase.ABANDONED, Phase.DISCARDING})
 """Phases the sealer only finishes: free the memory, close or leave the row incomplete, forget."""
 OWNS_ROW: Final = frozenset({Phase.NEEDS_BLOB, Phase.STREAMING, Phase.FINAL_SEALED})
-"""Phases whose row exists and is being written by this replica (it heartbeats them)."""
+"""Phases past the row step whose row this replica writes: it heartbeats a `written` one, and its upkeep
+writes a `deferred` one."""
 APPENDS: Final = frozenset({Phase.STREAMING, Phase.FINAL_SEALED})
 """Phases in which sealed segments are appended to the blob."""
 ENDED: Final = frozenset({Phase.COMPLETE, Phase.INCOMPLETE, Phase.DISCARDED})
@@ -102,6 +134,22 @@ def next_phase(phase: Phase, event: Event) -> Phase:
     following = TRANSITIONS[phase].get(event)
     if following is None:
         raise InvalidTransition(phase, event)
+    return following
+
+
+ROW_TRANSITIONS: Final[dict[RowState, dict[RowEvent, RowState]]] = {
+    RowState.NOT_WRITTEN: {RowEvent.WRITTEN: RowState.WRITTEN, RowEvent.DEFERRED: RowState.DEFERRED},
+    RowState.DEFERRED: {RowEvent.DEFERRED_WRITTEN: RowState.WRITTEN, RowEvent.REFUSED: RowState.REFUSED},
+    RowState.WRITTEN: {},
+    RowState.REFUSED: {},
+}
+
+
+def next_row_state(row: RowState, event: RowEvent) -> RowState:
+    """The row's state after `event`; an event the state cannot take is a bug and raises `InvalidTransition`."""
+    following = ROW_TRANSITIONS[row].get(event)
+    if following is None:
+        raise InvalidTransition(row, event)
     return following
 
 

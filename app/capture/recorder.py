@@ -44,7 +44,20 @@ from app.capture.frame_log import (
     encode_gap,
     pack_frame_head,
 )
-from app.capture.lifecycle import APPENDS, ENDED, GIVEN_UP, OWNS_ROW, TAKES_FRAMES, Backoff, Event, Phase, next_phase
+from app.capture.lifecycle import (
+    APPENDS,
+    ENDED,
+    GIVEN_UP,
+    OWNS_ROW,
+    TAKES_FRAMES,
+    Backoff,
+    Event,
+    Phase,
+    RowEvent,
+    RowState,
+    next_phase,
+    next_row_state,
+)
 from app.capture.metrics import CaptureMetrics
 from app.capture.models import Recording, RecordingState
 from app.capture.recovery import close_stale_recordings
@@ -70,7 +83,8 @@ SYSTEM = Actor.system("recorder")
 
 @dataclass(eq=False)
 class LiveRecording:
-    """One recorded session in this process: its phase (`lifecycle.py`) and the data that is not phase."""
+    """One recorded session in this process: its phase and its row's state (`lifecycle.py`), and the data
+    that is neither."""
 
     info: SessionInfo
     consent: ActiveConsent
@@ -87,7 +101,7 @@ class LiveRecording:
     frames: int = 0
     segments: int = 0
     end: EndRecord | None = None  # the session's end, once the relay reported it: the next seal is the last
-    row_deferred: bool = False  # its row could not be written when due: the upkeep writes it when it can
+    row: RowState = RowState.NOT_WRITTEN
     failure: str | None = None  # the last failure; the incomplete reason once given up
     retry: Backoff = field(default_factory=Backoff)
     # `phase in TAKES_FRAMES`, kept beside the phase: the tap reads it for every frame, and hashing an Enum member
@@ -100,6 +114,9 @@ class LiveRecording:
     def apply(self, event: Event) -> None:
         self.phase = next_phase(self.phase, event)
         self.takes_frames = self.phase in TAKES_FRAMES
+
+    def apply_row(self, event: RowEvent) -> None:
+        self.row = next_row_state(self.row, event)
 
 
 class RecordingTap:
@@ -296,7 +313,7 @@ class Recorder:
         if recording.phase in APPENDS and recording.pending and not await self._attempt(
                 recording, "store_unavailable", self._append(recording)):
             return
-        if recording.phase is Phase.FINAL_SEALED and not recording.pending and not recording.row_deferred:
+        if recording.phase is Phase.FINAL_SEALED and not recording.pending and recording.row is RowState.WRITTEN:
             await self._attempt(recording, "database_unavailable", self._finish(recording),
                                 deadline=self.settings.db_timeout_s)
 
@@ -385,9 +402,11 @@ class Recorder:
             else:
                 self._database_answered()
                 recording.retry.succeeded()
+                if covered:
+                    recording.apply_row(RowEvent.WRITTEN)
                 recording.apply(Event.ROW_WRITTEN if covered else Event.CONSENT_ENDED)
                 return covered and recording.phase is Phase.NEEDS_BLOB
-        recording.row_deferred = True
+        recording.apply_row(RowEvent.DEFERRED)
         recording.apply(Event.ROW_DEFERRED)
         self.metrics.errors.labels("row_deferred").inc()
         log.warning("recording.row_deferred", request_id=recording.info.request_id, region=recording.info.region)
@@ -422,7 +441,7 @@ class Recorder:
         the progress made meanwhile and keeps its data key, so what was stored stays readable.
         """
         info, consent = recording.info, recording.consent
-        keep_key = recording.row_deferred or not failed
+        keep_key = recording.row is RowState.DEFERRED or not failed
         async with self.session_factory() as session:
             if await session.get(Recording, info.request_id) is not None:
                 written_before = True  # an earlier try committed, but its answer was lost (a hung database)
@@ -439,7 +458,7 @@ class Recorder:
                                   dropped=recording.buffer.dropped_frames)
         self.metrics.started.inc()
         log.info("recording.started", request_id=info.request_id, region=info.region,
-                 deferred=recording.row_deferred)
+                 deferred=recording.row is RowState.DEFERRED)
         return True
 
     async def _add_row(self, session: AsyncSession, recording: LiveRecording, *, failed: str | None,
@@ -529,9 +548,11 @@ class Recorder:
         recording.pending.clear()
         _, size = recording.buffer.take()
         recording.buffer.release(size)
+        # The row's state is only read here, never moved: the upkeep may be writing a deferred row meanwhile,
+        # and it alone moves a deferred row on.
         try:
             async with asyncio.timeout(self.settings.db_timeout_s):
-                if recording.phase is Phase.ABANDONED and recording.row_deferred:
+                if recording.phase is Phase.ABANDONED and recording.row is RowState.DEFERRED:
                     # Given up before its deferred row was written: the row says incomplete and keeps the key.
                     if not await self._insert_row(recording, failed=reason):
                         await self._delete_unconsented_blob(recording)
@@ -541,7 +562,7 @@ class Recorder:
                 elif recording.phase is Phase.ABANDONED_BEFORE_ROW:
                     # Never started (key service or database down): leave a visible, keyless row if we can.
                     await self._insert_row(recording, failed=reason)
-                elif recording.row_deferred:
+                elif recording.row is RowState.REFUSED:
                     # DISCARDING a deferred row: the database said the consent did not cover the session.
                     await self._delete_unconsented_blob(recording)
             # DISCARDING otherwise: the consent had ended, nothing was ever written and nothing will be.
@@ -549,7 +570,7 @@ class Recorder:
             # The row stays `recording` (or never exists: the blob is an orphan, docs/RETENTION.md); recovery
             # closes stale rows by heartbeat.
             log.warning("recording.close_failed", request_id=recording.info.request_id,
-                        row_deferred=recording.row_deferred)
+                        row_deferred=recording.row is RowState.DEFERRED)
         self._forget(recording, Event.RELEASED)
         self.metrics.completed.labels("incomplete").inc()
         log.warning("recording.incomplete", request_id=recording.info.request_id, reason=reason)
@@ -625,7 +646,7 @@ class Recorder:
         """Write the rows deferred during a database outage, oldest first, each with its progress so far and
         its `recording.started` entry; at the first outage stop and try again after a backoff."""
         now = time.monotonic()
-        waiting = [r for r in self.live.values() if r.row_deferred and r.phase in OWNS_ROW]
+        waiting = [r for r in self.live.values() if r.row is RowState.DEFERRED and r.phase in OWNS_ROW]
         if not waiting or now < self._deferred_retry.next_try:
             return
         for recording in sorted(waiting, key=lambda r: r.opened_mono):
@@ -644,8 +665,9 @@ class Recorder:
             self._database_answered()
             self._deferred_retry.succeeded()
             if covered:
-                recording.row_deferred = False
+                recording.apply_row(RowEvent.DEFERRED_WRITTEN)
             elif recording.phase in OWNS_ROW:
+                recording.apply_row(RowEvent.REFUSED)
                 recording.apply(Event.CONSENT_ENDED)  # its finish deletes what was stored
 
     async def _recover_stale(self) -> None:
@@ -674,7 +696,7 @@ class Recorder:
         if now - self._last_heartbeat < self.settings.heartbeat_s:
             return
         self._last_heartbeat = now
-        ids = [r.info.request_id for r in self.live.values() if r.phase in OWNS_ROW and not r.row_deferred]
+        ids = [r.info.request_id for r in self.live.values() if r.phase in OWNS_ROW and r.row is RowState.WRITTEN]
         if not ids:
             return
         try:

@@ -1,4 +1,5 @@
-"""The live recording's lifecycle on its own: every (phase, event) pair, and random event sequences."""
+"""The live recording's lifecycle on its own: every (phase, event) and (row state, row event) pair, and
+random event sequences."""
 
 from __future__ import annotations
 
@@ -13,13 +14,17 @@ from app.capture.lifecycle import (
     ENDED,
     GIVEN_UP,
     OWNS_ROW,
+    ROW_TRANSITIONS,
     TAKES_FRAMES,
     TRANSITIONS,
     Backoff,
     Event,
     InvalidTransition,
     Phase,
+    RowEvent,
+    RowState,
     next_phase,
+    next_row_state,
 )
 
 P, E = Phase, Event
@@ -66,8 +71,9 @@ def test_every_phase_and_event_has_the_expected_outcome(phase: Phase, event: Eve
     if expected is None:
         with pytest.raises(InvalidTransition) as refused:
             next_phase(phase, event)
-        assert (refused.value.phase, refused.value.event) == (phase, event)
+        assert (refused.value.state, refused.value.event) == (phase, event)
         assert str(phase) in str(refused.value)
+        assert "phase" in str(refused.value)
     else:
         assert next_phase(phase, event) is expected
 
@@ -190,6 +196,65 @@ def test_a_recording_given_up_after_its_row_is_closed_incomplete(sequence: list[
         before = phases[i - 1] if i else P.NEEDS_KEY
         if event is E.ABANDON and before in OWNS_ROW:
             assert phases[i] is P.ABANDONED
+
+
+R, RE = RowState, RowEvent
+
+# The row's table, written out once more by hand too.
+EXPECTED_ROW: dict[tuple[RowState, RowEvent], RowState] = {
+    (R.NOT_WRITTEN, RE.WRITTEN): R.WRITTEN,
+    (R.NOT_WRITTEN, RE.DEFERRED): R.DEFERRED,
+    (R.DEFERRED, RE.DEFERRED_WRITTEN): R.WRITTEN,
+    (R.DEFERRED, RE.REFUSED): R.REFUSED,
+}
+ROW_ENDED = frozenset({R.WRITTEN, R.REFUSED})
+
+
+@pytest.mark.parametrize(("row", "event"), list(itertools.product(RowState, RowEvent)))
+def test_every_row_state_and_row_event_has_the_expected_outcome(row: RowState, event: RowEvent) -> None:
+    expected = EXPECTED_ROW.get((row, event))
+    if expected is None:
+        with pytest.raises(InvalidTransition) as refused:
+            next_row_state(row, event)
+        assert (refused.value.state, refused.value.event) == (row, event)
+        assert f"row state {row}" in str(refused.value)
+    else:
+        assert next_row_state(row, event) is expected
+
+
+def test_the_row_table_names_every_row_state_and_nothing_else() -> None:
+    assert set(ROW_TRANSITIONS) == set(RowState)
+    assert {(r, e) for r, row in ROW_TRANSITIONS.items() for e in row} == set(EXPECTED_ROW)
+    assert {r for r in RowState if ROW_TRANSITIONS[r] == {}} == ROW_ENDED
+
+
+def test_a_row_is_written_at_its_step_or_deferred_and_written_by_the_upkeep() -> None:
+    assert next_row_state(R.NOT_WRITTEN, RE.WRITTEN) is R.WRITTEN
+    deferred = next_row_state(R.NOT_WRITTEN, RE.DEFERRED)
+    assert next_row_state(deferred, RE.DEFERRED_WRITTEN) is R.WRITTEN
+
+
+def test_only_a_deferred_row_can_be_refused_and_a_refused_row_is_never_written() -> None:
+    """C1: `refused` means something was stored under a deferred row; it is deleted, and no row follows."""
+    assert [r for r in RowState if RE.REFUSED in ROW_TRANSITIONS[r]] == [R.DEFERRED]
+    for event in RowEvent:
+        with pytest.raises(InvalidTransition):
+            next_row_state(R.REFUSED, event)
+
+
+@given(st.lists(st.sampled_from(RowEvent), max_size=12))
+def test_a_row_is_written_at_most_once_and_its_end_is_final(sequence: list[RowEvent]) -> None:
+    row, accepted = R.NOT_WRITTEN, []
+    for event in sequence:
+        try:
+            row = next_row_state(row, event)
+        except InvalidTransition:
+            continue
+        accepted.append(event)
+    assert len(accepted) <= 2
+    assert sum(e in (RE.WRITTEN, RE.DEFERRED_WRITTEN) for e in accepted) <= 1
+    assert accepted in ([], [RE.WRITTEN], [RE.DEFERRED], [RE.DEFERRED, RE.DEFERRED_WRITTEN],
+                        [RE.DEFERRED, RE.REFUSED])
 
 
 def test_backoff_doubles_from_a_quarter_second_to_five_and_gives_up_at_the_deadline() -> None:
