@@ -17,11 +17,14 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
+from typing import Annotated
 
+from fastapi import Depends
 from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.context import ContextDep
 from app.logs import get_logger
 from app.resources.models import Resource
 from app.snapshot_guard import SnapshotGuard
@@ -150,3 +153,11 @@ class ResourceDirectory:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+def get_resources(ctx: ContextDep) -> ResourceDirectory:
+    """The process's directory, for routes (beside its type, as `AccessDep` is, so `app.deps` needn't import it)."""
+    return ctx.resources
+
+
+ResourcesDep = Annotated[ResourceDirectory, Depends(get_resources)]

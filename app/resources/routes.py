@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from app.deps import AdminDep, ClockDep, ResourcesDep, SessionDep, SettingsDep
+from app.deps import AdminDep, ClockDep, SessionDep, SettingsDep
 from app.resources import service
+from app.resources.directory import ResourcesDep
 from app.resources.schemas import ResourceCreate, ResourceOut
 from app.transaction import after_commit
 
