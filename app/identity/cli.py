@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -14,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.clock import Clock
 from app.config import Settings
 from app.identity.principal import Role
-from app.identity.routes import load_dev_issuer
 from app.identity.staff.cli import CLI_ACTOR, run_admin_work
+from app.wiring import opened_context
 
 dev_cli = typer.Typer(help="Development helpers: tokens from the built-in dev issuer, a local SAW.",
                       no_args_is_help=True)
@@ -34,13 +35,21 @@ def dev_token(
     name: Annotated[str | None, typer.Option(help="Display name (`name`).")] = None,
     ttl: Annotated[int, typer.Option(help="Lifetime in seconds.", min=60, max=86400)] = 3600,
 ) -> None:
-    """Print a bearer token signed by the dev issuer key the service uses (same data dir and settings)."""
+    """Print a bearer token signed by the dev issuer key the service uses (same data dir and settings): the one
+    the CLI's context loaded, as the app's and the worker's do, so the issuer is loaded in one place."""
     settings = _settings()
-    issuer = load_dev_issuer(settings.identity, settings.data_dir)
-    if issuer is None:
+
+    async def mint() -> str | None:
+        async with opened_context(settings) as ctx:
+            if ctx.dev_issuer is None:
+                return None
+            return ctx.dev_issuer.mint(subject, role or [], tenant, timedelta(seconds=ttl), name=name)
+
+    token = asyncio.run(mint())
+    if token is None:
         typer.echo("error: the dev issuer is not enabled (set VOICELOG_IDENTITY__DEV_ISSUER_ENABLED=true)", err=True)
         raise typer.Exit(2)
-    typer.echo(issuer.mint(subject, role or [], tenant, timedelta(seconds=ttl), name=name))
+    typer.echo(token)
 
 
 def _settings() -> Settings:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from app.identity.cli import dev_cli
 from app.identity.principal import Role
@@ -16,6 +17,12 @@ from app.identity.tokens import build_token_verifier
 runner = CliRunner()
 
 
+async def invoke_outside_the_loop(args: list[str]) -> Result:
+    """The command as a shell runs it, with no event loop of its own running (it runs its context in one); the
+    async tests await the service's verifier afterwards."""
+    return await asyncio.to_thread(runner.invoke, dev_cli, args)
+
+
 @pytest.fixture
 def dev_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("VOICELOG_DATA_DIR", str(tmp_path / "data"))
@@ -24,8 +31,8 @@ def dev_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 async def test_dev_token_is_accepted_by_the_service_verifier(dev_env: Path) -> None:
-    result = runner.invoke(dev_cli, ["token", "--as", "alice", "--role", "engineer", "--role", "manager",
-                                     "--tenant", "fabrikam"])
+    result = await invoke_outside_the_loop(["token", "--as", "alice", "--role", "engineer", "--role", "manager",
+                                            "--tenant", "fabrikam"])
     assert result.exit_code == 0, result.output
     token = result.stdout.strip()
 
@@ -79,7 +86,7 @@ async def test_dev_token_on_the_embedded_default_with_another_identity_setting(
     monkeypatch.delenv("VOICELOG_IDENTITY__DEV_ISSUER_ENABLED", raising=False)
     monkeypatch.setenv("VOICELOG_PORT", "8124")
     monkeypatch.setenv("VOICELOG_IDENTITY__LEEWAY_S", "45")
-    result = runner.invoke(dev_cli, ["token", "--as", "alice", "--role", "engineer"])
+    result = await invoke_outside_the_loop(["token", "--as", "alice", "--role", "engineer"])
     assert result.exit_code == 0, result.output
 
     settings = Settings()
