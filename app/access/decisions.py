@@ -15,50 +15,50 @@ from app.clock import Clock
 from app.errors import InvalidInput
 
 
-async def request_access(*, session: AsyncSession, clock: Clock, notifier: Notifier, requester: Person,
+async def request_access(*, session: AsyncSession, clock: Clock, notifier: Notifier, actor: Person,
                          data: NewAccessRequest) -> AccessRequest:
-    row = await service.create_access_request(session=session, clock=clock, requester=requester, data=data)
+    row = await service.create_access_request(session=session, clock=clock, requester=actor, data=data)
     await notify_team(session=session, notifier=notifier, row=row, event="access.requested")
     return row
 
 
 async def approve_access(*, session: AsyncSession, clock: Clock, directory: StaffDirectory, notifier: Notifier,
-                         access_request_id: str, manager: Person, duration: timedelta | None) -> AccessRequest:
+                         access_request_id: str, actor: Person, duration: timedelta | None) -> AccessRequest:
     row = await service.approve(session=session, clock=clock, directory=directory,
-                                access_request_id=access_request_id, manager=manager, duration=duration)
+                                access_request_id=access_request_id, manager=actor, duration=duration)
     await notify_team(session=session, notifier=notifier, row=row, event="access.approved")
     return row
 
 
 async def deny_access(*, session: AsyncSession, clock: Clock, directory: StaffDirectory, notifier: Notifier,
-                      access_request_id: str, manager: Person, reason: str) -> AccessRequest:
+                      access_request_id: str, actor: Person, reason: str) -> AccessRequest:
     if not reason.strip():
         raise InvalidInput("A denial needs a reason.")
     row = await service.deny(session=session, clock=clock, directory=directory,
-                             access_request_id=access_request_id, manager=manager, reason=reason.strip())
+                             access_request_id=access_request_id, actor=actor, reason=reason.strip())
     await notify_team(session=session, notifier=notifier, row=row, event="access.denied")
     return row
 
 
 async def revoke_access(*, session: AsyncSession, clock: Clock, directory: StaffDirectory, notifier: Notifier,
-                        access_request_id: str, acting: Person, reason: str) -> AccessRequest:
+                        access_request_id: str, actor: Person, reason: str) -> AccessRequest:
     row = await service.revoke(session=session, clock=clock, directory=directory,
-                               access_request_id=access_request_id, acting=acting, reason=reason)
+                               access_request_id=access_request_id, actor=actor, reason=reason)
     await notify_team(session=session, notifier=notifier, row=row, event="access.revoked")
     return row
 
 
-async def extend_access(*, session: AsyncSession, clock: Clock, access_request_id: str, requester: Person,
+async def extend_access(*, session: AsyncSession, clock: Clock, access_request_id: str, actor: Person,
                         duration: timedelta, justification: str) -> AccessRequest:
     """A new access request for more time; the team's webhook is not told of it (its documented events are
     requested, approved, denied, revoked, expiring soon and expired, and an extension never was one)."""
     return await service.extend(session=session, clock=clock, access_request_id=access_request_id,
-                                requester=requester, duration=duration, justification=justification)
+                                actor=actor, duration=duration, justification=justification)
 
 
 async def customer_decide_access(*, session: AsyncSession, clock: Clock, access_request_id: str, customer: str,
                                  resource_id: str, approve: bool, retention: timedelta) -> AccessRequest:
     """Customer Lockbox; the team's webhook is not told (the customer's verdict has no event of its own)."""
     return await service.customer_decide(session=session, clock=clock, access_request_id=access_request_id,
-                                         customer=customer, resource_id=resource_id, approve=approve,
+                                         actor=customer, resource_id=resource_id, approve=approve,
                                          retention=retention)

@@ -113,7 +113,7 @@ def _among(value: str, present: frozenset[str]) -> bool:
 def decide_read(
     *,
     now: datetime,
-    who: StaffView | None,
+    actor: StaffView | None,
     saw: SawView | None,
     grant: GrantView | None,
     recording: RecordingView | None,
@@ -122,9 +122,9 @@ def decide_read(
     retention: timedelta,
 ) -> ReadDecision:
     """C5: every condition must hold; the first that fails is the reason."""
-    if who is None or not who.active or not who.is_engineer:
+    if actor is None or not actor.active or not actor.is_engineer:
         return ReadDecision.deny(DenyReason.NOT_ENGINEER)
-    if saw is None or saw.revoked or not _same(saw.owner_subject, who.subject):
+    if saw is None or saw.revoked or not _same(saw.owner_subject, actor.subject):
         return ReadDecision.deny(DenyReason.NO_SAW)
     if recording is None or not _same(recording.request_id, request_id):
         return ReadDecision.deny(DenyReason.NO_RECORDING)
@@ -134,7 +134,7 @@ def decide_read(
         return ReadDecision.deny(DenyReason.RECORDING_EXPIRED)  # even if the purge is late (C7)
     if grant is None:
         return ReadDecision.deny(DenyReason.NO_GRANT)
-    if not _same(grant.requester, who.subject):
+    if not _same(grant.requester, actor.subject):
         return ReadDecision.deny(DenyReason.GRANT_OTHER_PERSON)
     if request_id not in grant.request_ids:
         return ReadDecision.deny(DenyReason.GRANT_OTHER_RECORDING)
@@ -146,7 +146,7 @@ def decide_read(
         return ReadDecision.deny(DenyReason.SELF_APPROVED)
     if not grant.approver_was_manager:
         return ReadDecision.deny(DenyReason.APPROVER_NOT_MANAGER)
-    if not _among(grant.approved_by, who.team_managers):
+    if not _among(grant.approved_by, actor.team_managers):
         return ReadDecision.deny(DenyReason.APPROVER_NOT_PRESENT_MANAGER)  # moved team, or manager stepped down
     if grant.needs_customer_approval and not grant.customer_approved:
         return ReadDecision.deny(DenyReason.CUSTOMER_APPROVAL_MISSING)
@@ -154,7 +154,7 @@ def decide_read(
         return ReadDecision.deny(DenyReason.GRANT_EXPIRED)
     if not _same(grant.ticket_id, recording.ticket_id):
         return ReadDecision.deny(DenyReason.TICKET_MISMATCH)
-    if not _among(grant.ticket_id, who.assigned_tickets):
+    if not _among(grant.ticket_id, actor.assigned_tickets):
         return ReadDecision.deny(DenyReason.REQUESTER_NOT_ASSIGNED)  # taken off the ticket since approval
     if consent is None or consent.ended or not _same(consent.ticket_id, grant.ticket_id):
         return ReadDecision.deny(DenyReason.CONSENT_ENDED)

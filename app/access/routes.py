@@ -37,8 +37,8 @@ PresentedSaw = Annotated[str | None, Depends(presented_saw)]
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
 
 
-async def _person(session: AsyncSession, ctx: AccessContext, acting: Principal, *roles: Role) -> service.Person:
-    return await acting_person(session=session, directory=ctx.directory, principal=acting, roles=roles)
+async def _person(session: AsyncSession, ctx: AccessContext, actor: Principal, *roles: Role) -> service.Person:
+    return await acting_person(session=session, directory=ctx.directory, principal=actor, roles=roles)
 
 
 async def _out_all(session: AsyncSession, clock: Clock, access: AccessContext,
@@ -71,11 +71,11 @@ async def _out(session: AsyncSession, clock: Clock, access: AccessContext, row: 
 
 
 @router.post("/access/requests", status_code=201, summary="Ask for just-in-time access (engineer)")
-async def create_request(body: AccessRequestCreate, acting: CurrentPrincipal, session: SessionDep, clock: ClockDep,
+async def create_request(body: AccessRequestCreate, actor: CurrentPrincipal, session: SessionDep, clock: ClockDep,
                          access: AccessDep) -> AccessRequestOut:
-    person = await _person(session, access, acting, Role.ENGINEER)
+    person = await _person(session, access, actor, Role.ENGINEER)
     row = await decisions.request_access(
-        session=session, clock=clock, notifier=access.notifier, requester=person, data=service.NewAccessRequest(
+        session=session, clock=clock, notifier=access.notifier, actor=person, data=service.NewAccessRequest(
             ticket_id=body.ticket_id, request_ids=body.request_ids, justification=body.justification,
             duration=timedelta(minutes=body.duration_minutes)))
     return await _out(session, clock, access, row)
@@ -85,60 +85,60 @@ async def create_request(body: AccessRequestCreate, acting: CurrentPrincipal, se
             description="Newest first, each with its derived `status` (waiting for the manager or the customer, "
                         "approved until `expires_at`, expired, revoked, denied, lapsed, consent ended, recording "
                         "erased) and the request IDs a read could be allowed for now.")
-async def my_requests(acting: CurrentPrincipal, session: SessionDep, clock: ClockDep,
+async def my_requests(actor: CurrentPrincipal, session: SessionDep, clock: ClockDep,
                       access: AccessDep) -> list[AccessRequestOut]:
-    await _person(session, access, acting, Role.ENGINEER)
-    rows = await service.access_requests_of(session=session, requester=acting.subject)
+    await _person(session, access, actor, Role.ENGINEER)
+    rows = await service.access_requests_of(session=session, requester=actor.subject)
     return await _out_all(session, clock, access, rows)
 
 
 @router.get("/access/queue", summary="Pending requests of the teams I manage (manager)")
-async def queue(acting: CurrentPrincipal, session: SessionDep, clock: ClockDep,
+async def queue(actor: CurrentPrincipal, session: SessionDep, clock: ClockDep,
                 access: AccessDep) -> list[AccessRequestOut]:
-    person = await _person(session, access, acting, Role.MANAGER)
-    teams = await access.directory.teams_managed(session, acting.subject)
+    person = await _person(session, access, actor, Role.MANAGER)
+    teams = await access.directory.teams_managed(session, actor.subject)
     return await _out_all(session, clock, access,
-                          await service.queue_for(session=session, manager=person, team_ids=teams))
+                          await service.queue_for(session=session, actor=person, team_ids=teams))
 
 
 @router.post("/access/requests/{access_request_id}/approve", summary="Approve (manager of the requester's team)")
-async def approve(access_request_id: str, body: Decision, acting: CurrentPrincipal, session: SessionDep,
+async def approve(access_request_id: str, body: Decision, actor: CurrentPrincipal, session: SessionDep,
                   clock: ClockDep, access: AccessDep) -> AccessRequestOut:
-    person = await _person(session, access, acting, Role.MANAGER)
+    person = await _person(session, access, actor, Role.MANAGER)
     duration = timedelta(minutes=body.duration_minutes) if body.duration_minutes else None
     row = await decisions.approve_access(session=session, clock=clock, directory=access.directory,
                                          notifier=access.notifier, access_request_id=access_request_id,
-                                         manager=person, duration=duration)
+                                         actor=person, duration=duration)
     return await _out(session, clock, access, row)
 
 
 @router.post("/access/requests/{access_request_id}/deny", summary="Deny with a reason (manager)")
-async def deny(access_request_id: str, body: Decision, acting: CurrentPrincipal, session: SessionDep, clock: ClockDep,
+async def deny(access_request_id: str, body: Decision, actor: CurrentPrincipal, session: SessionDep, clock: ClockDep,
                access: AccessDep) -> AccessRequestOut:
-    person = await _person(session, access, acting, Role.MANAGER)
+    person = await _person(session, access, actor, Role.MANAGER)
     row = await decisions.deny_access(session=session, clock=clock, directory=access.directory,
                                       notifier=access.notifier, access_request_id=access_request_id,
-                                      manager=person, reason=body.reason)
+                                      actor=person, reason=body.reason)
     return await _out(session, clock, access, row)
 
 
 @router.post("/access/requests/{access_request_id}/revoke", summary="End a grant now (requester or manager)")
-async def revoke(access_request_id: str, body: Decision, acting: CurrentPrincipal, session: SessionDep,
+async def revoke(access_request_id: str, body: Decision, actor: CurrentPrincipal, session: SessionDep,
                  clock: ClockDep, access: AccessDep) -> AccessRequestOut:
-    person = await _person(session, access, acting, Role.ENGINEER, Role.MANAGER)
+    person = await _person(session, access, actor, Role.ENGINEER, Role.MANAGER)
     row = await decisions.revoke_access(session=session, clock=clock, directory=access.directory,
                                         notifier=access.notifier, access_request_id=access_request_id,
-                                        acting=person, reason=body.reason.strip())
+                                        actor=person, reason=body.reason.strip())
     return await _out(session, clock, access, row)
 
 
 @router.post("/access/requests/{access_request_id}/extend", status_code=201,
              summary="Ask for more time before the grant expires (needs a new approval)")
-async def extend(access_request_id: str, body: Extension, acting: CurrentPrincipal, session: SessionDep,
+async def extend(access_request_id: str, body: Extension, actor: CurrentPrincipal, session: SessionDep,
                  clock: ClockDep, access: AccessDep) -> AccessRequestOut:
-    person = await _person(session, access, acting, Role.ENGINEER)
+    person = await _person(session, access, actor, Role.ENGINEER)
     row = await decisions.extend_access(session=session, clock=clock, access_request_id=access_request_id,
-                                        requester=person, duration=timedelta(minutes=body.duration_minutes),
+                                        actor=person, duration=timedelta(minutes=body.duration_minutes),
                                         justification=body.justification)
     return await _out(session, clock, access, row)
 
@@ -153,11 +153,11 @@ async def extend(access_request_id: str, body: Extension, acting: CurrentPrincip
                          "request in any other status is 409 `not_waiting_for_customer`. The console's Approve and "
                          "Deny buttons call the same use case.")
 async def customer_verdict(resource: str, access_request_id: str, verdict: Literal["approve", "refuse"],
-                           acting: CurrentPrincipal, session: SessionDep, clock: ClockDep,
+                           actor: CurrentPrincipal, session: SessionDep, clock: ClockDep,
                            access: AccessDep) -> AccessRequestOut:
-    owned = await customer_resource(session=session, principal=acting, name=resource)
+    owned = await customer_resource(session=session, principal=actor, name=resource)
     row = await decisions.customer_decide_access(session=session, clock=clock,
-                                                 access_request_id=access_request_id, customer=acting.subject,
+                                                 access_request_id=access_request_id, customer=actor.subject,
                                                  resource_id=owned.id, approve=verdict == "approve",
                                                  retention=access.retention)
     return await _out(session, clock, access, row)
@@ -177,12 +177,12 @@ STATE_HEADERS = (
     "transcripts, and `X-Voicelog-Stored-Bytes: 0`.")
 
 
-async def _read(ctx: AppContext, session: AsyncSession, saw: str | None, acting: Principal, request_id: str,
+async def _read(ctx: AppContext, session: AsyncSession, saw: str | None, actor: Principal, request_id: str,
                 part: Part, range_header: str | None = None) -> PartRead:
     """Every recording route's one read: the context's parts handed to the use case the console calls too."""
     return await read_recording_part(
         session=session, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings, stores=ctx.stores,
-        saw_fingerprint=saw, acting=acting, request_id=request_id, part=part, range_header=range_header)
+        saw_fingerprint=saw, actor=actor, request_id=request_id, part=part, range_header=range_header)
 
 
 def _sent(read: PartRead) -> StreamingResponse:
@@ -205,10 +205,10 @@ async def _whole(read: PartRead) -> Response:
             "joined back to back. Gaps in the recording are silence, listed in `X-Voicelog-Gaps` with their "
             "session time. Streams with bounded memory; supports a single `Range`. One audited read, part "
             "`audio_session`." + STATE_HEADERS)
-async def session_audio(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
+async def session_audio(request_id: str, actor: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
                         saw: PresentedSaw,
                         range_header: Annotated[str | None, Header(alias="range")] = None) -> StreamingResponse:
-    return _sent(await _read(ctx, session, saw, acting, request_id, "audio_session", range_header))
+    return _sent(await _read(ctx, session, saw, actor, request_id, "audio_session", range_header))
 
 
 @router.get("/recordings/{request_id}/audio/{speaker}.wav", summary="One direction of a recording as sent, as WAV",
@@ -216,10 +216,10 @@ async def session_audio(request_id: str, acting: CurrentPrincipal, session: Sess
             "audio as sent, chunk after chunk with no pause between them (not on the session clock: see "
             "`/audio/session.wav`); gaps are silence, listed in `X-Voicelog-Gaps`. Streams with bounded memory; "
             "supports a single `Range`." + STATE_HEADERS)
-async def audio(request_id: str, speaker: Speaker, acting: CurrentPrincipal, session: SessionDep,
+async def audio(request_id: str, speaker: Speaker, actor: CurrentPrincipal, session: SessionDep,
                 ctx: ContextDep, saw: PresentedSaw,
                 range_header: Annotated[str | None, Header(alias="range")] = None) -> StreamingResponse:
-    return _sent(await _read(ctx, session, saw, acting, request_id, PART_OF_SPEAKER[speaker], range_header))
+    return _sent(await _read(ctx, session, saw, actor, request_id, PART_OF_SPEAKER[speaker], range_header))
 
 
 @router.get("/recordings/{request_id}/events", summary="The event timeline (JSON lines, audio elided)",
@@ -230,17 +230,17 @@ async def audio(request_id: str, speaker: Speaker, acting: CurrentPrincipal, ses
             "input audio (`audio_start_ms`, `audio_end_ms`) kept as they were sent; `audio_ms` on audio events "
             "(their length); `response_id`, `item_id`, `response_status`, `error_code` where the event has them."
             + STATE_HEADERS)
-async def events(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
+async def events(request_id: str, actor: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
                  saw: PresentedSaw) -> StreamingResponse:
-    return _sent(await _read(ctx, session, saw, acting, request_id, "timeline"))
+    return _sent(await _read(ctx, session, saw, actor, request_id, "timeline"))
 
 
 @router.get("/recordings/{request_id}/transcript", summary="Transcripts the pipeline produced, with times",
             responses={404: {"description": "One answer for every refusal."}},
             description="The input and output transcripts, with their times." + STATE_HEADERS)
-async def transcript(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
+async def transcript(request_id: str, actor: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
                      saw: PresentedSaw) -> Response:
-    return await _whole(await _read(ctx, session, saw, acting, request_id, "transcripts"))
+    return await _whole(await _read(ctx, session, saw, actor, request_id, "transcripts"))
 
 
 @router.get("/recordings/{request_id}/turns", summary="Turns, their latency, interruptions, errors and gaps",
@@ -254,9 +254,9 @@ async def transcript(request_id: str, acting: CurrentPrincipal, session: Session
             "response was in progress or its audio still playing on the session clock), `cancelled` or "
             "`truncated`; the turn's errors and gaps. `summary` gives p50 (lower median) and max of both "
             "latencies. One audited read, part `turns`." + STATE_HEADERS)
-async def turns(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
+async def turns(request_id: str, actor: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
                 saw: PresentedSaw) -> Response:
-    return await _whole(await _read(ctx, session, saw, acting, request_id, "turns"))
+    return await _whole(await _read(ctx, session, saw, actor, request_id, "turns"))
 
 
 @router.get("/recordings/{request_id}/bundle", summary="Debug bundle: every part of a recording in one zip",
@@ -267,9 +267,9 @@ async def turns(request_id: str, acting: CurrentPrincipal, session: SessionDep, 
             "the request ID, the grant and the SAW it was read under, the recording's state, and each part's "
             "name, size and SHA-256. One audited read, part `bundle`, whose `bytes` are the parts' total (the "
             "zip streams, so its own size is not known before it is sent)." + STATE_HEADERS)
-async def bundle(request_id: str, acting: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
+async def bundle(request_id: str, actor: CurrentPrincipal, session: SessionDep, ctx: ContextDep,
                  saw: PresentedSaw) -> StreamingResponse:
-    return _sent(await _read(ctx, session, saw, acting, request_id, "bundle"))
+    return _sent(await _read(ctx, session, saw, actor, request_id, "bundle"))
 
 
 @router.get("/customer/resources/{resource}/access-log",
@@ -278,9 +278,9 @@ async def bundle(request_id: str, acting: CurrentPrincipal, session: SessionDep,
                         "derived `status` (the values of `AccessRequestOut.status`; `waiting_for_customer` is the "
                         "one to approve or refuse), `requested_minutes` and `granted_minutes`; each read with "
                         "part and bytes.")
-async def access_log(resource: str, acting: CurrentPrincipal, session: SessionDep, clock: ClockDep,
+async def access_log(resource: str, actor: CurrentPrincipal, session: SessionDep, clock: ClockDep,
                      access: AccessDep) -> dict[str, object]:
     """Who (by role and team), when, under which ticket and justification; each read with part and bytes."""
-    owned = await customer_resource(session=session, principal=acting, name=resource)
+    owned = await customer_resource(session=session, principal=actor, name=resource)
     return await transparency.access_log(session=session, resource=owned, now=clock.now(),
                                          retention=access.retention)

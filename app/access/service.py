@@ -195,19 +195,19 @@ async def _all_of_resource(session: AsyncSession, ids: list[str], resource_id: s
 
 
 async def _check_decider(
-    *, session: AsyncSession, directory: StaffDirectory, row: AccessRequest, decider: Person,
+    *, session: AsyncSession, directory: StaffDirectory, row: AccessRequest, actor: Person,
     requester_must_qualify: bool = True,
 ) -> None:
-    """The decider is an active manager of the requester's team as the staff directory says now (not as it
+    """The actor is an active manager of the requester's team as the staff directory says now (not as it
     was when they asked), never the requester; to grant, the requester must still be an active engineer
     assigned to the ticket. Ending access (deny, revoke) only needs the manager relation (C5)."""
-    if decider.subject == row.requester:
+    if actor.subject == row.requester:
         raise SelfApproval()
     requester = await directory.person(session, row.requester)
     team = requester.team_id if requester is not None else None
-    if team is None or not decider.active or "manager" not in decider.roles:
+    if team is None or not actor.active or "manager" not in actor.roles:
         raise NotTheirManager()
-    if decider.subject not in await directory.managers(session, team):
+    if actor.subject not in await directory.managers(session, team):
         raise NotTheirManager()
     if requester_must_qualify and not await _still_qualifies(session, requester, row.ticket_id):
         raise RequesterNotEligible()
@@ -225,7 +225,7 @@ async def approve(
 ) -> AccessRequest:
     """Approve, optionally for less time than asked. The grant starts now and expires by itself."""
     row = await require_access_request(session=session, access_request_id=access_request_id)
-    await _check_decider(session=session, directory=directory, row=row, decider=manager)
+    await _check_decider(session=session, directory=directory, row=row, actor=manager)
     now = clock.now()
     if row.state != AccessRequestState.PENDING or _lapsed(row, now):
         raise NotPending()
@@ -243,64 +243,64 @@ async def approve(
 
 
 async def deny(
-    *, session: AsyncSession, clock: Clock, directory: StaffDirectory, access_request_id: str, manager: Person,
+    *, session: AsyncSession, clock: Clock, directory: StaffDirectory, access_request_id: str, actor: Person,
     reason: str,
 ) -> AccessRequest:
     row = await require_access_request(session=session, access_request_id=access_request_id)
-    await _check_decider(session=session, directory=directory, row=row, decider=manager,
+    await _check_decider(session=session, directory=directory, row=row, actor=actor,
                          requester_must_qualify=False)
     now = clock.now()
     if row.state != AccessRequestState.PENDING or _lapsed(row, now):
         raise NotPending()
-    row.state, row.decided_by, row.decided_at = AccessRequestState.DENIED, manager.subject, now
+    row.state, row.decided_by, row.decided_at = AccessRequestState.DENIED, actor.subject, now
     row.decision_reason = reason[:200]
-    await append_entry(session=session, clock=clock, actor=Actor.staff(manager.subject),
+    await append_entry(session=session, clock=clock, actor=Actor.staff(actor.subject),
                        action=AuditAction.ACCESS_DENIED, subjects=Subjects(grant=row.id, ticket=row.ticket_id),
                        detail={"requester": row.requester, "reason": reason[:64] or "denied"})
     return row
 
 
 async def revoke(
-    *, session: AsyncSession, clock: Clock, directory: StaffDirectory, access_request_id: str, acting: Person,
+    *, session: AsyncSession, clock: Clock, directory: StaffDirectory, access_request_id: str, actor: Person,
     reason: str,
 ) -> AccessRequest:
     """The requester or a manager of their team ends a grant (or withdraws a pending access request) at once."""
     row = await require_access_request(session=session, access_request_id=access_request_id)
-    if acting.subject != row.requester:
-        await _check_decider(session=session, directory=directory, row=row, decider=acting,
+    if actor.subject != row.requester:
+        await _check_decider(session=session, directory=directory, row=row, actor=actor,
                              requester_must_qualify=False)
     now = clock.now()
     if row.state not in (AccessRequestState.PENDING, AccessRequestState.APPROVED) or row.revoked_at is not None:
         raise NotActiveGrant()
-    row.state, row.revoked_at, row.revoked_by = AccessRequestState.REVOKED, now, acting.subject
+    row.state, row.revoked_at, row.revoked_by = AccessRequestState.REVOKED, now, actor.subject
     row.revoke_reason = reason[:200]
-    await append_entry(session=session, clock=clock, actor=Actor.staff(acting.subject),
+    await append_entry(session=session, clock=clock, actor=Actor.staff(actor.subject),
                        action=AuditAction.ACCESS_REVOKED, subjects=Subjects(grant=row.id, ticket=row.ticket_id),
                        detail={"reason": reason[:64] or "revoked"})
     return row
 
 
 async def extend(
-    *, session: AsyncSession, clock: Clock, access_request_id: str, requester: Person, duration: timedelta,
+    *, session: AsyncSession, clock: Clock, access_request_id: str, actor: Person, duration: timedelta,
     justification: str,
 ) -> AccessRequest:
     """Ask, before expiry, for more time on the same recordings: a new access request that needs a new approval."""
     row = await require_access_request(session=session, access_request_id=access_request_id)
-    if row.requester != requester.subject:
+    if row.requester != actor.subject:
         raise AccessRequestNotFound()
     now = clock.now()
     if row.state != AccessRequestState.APPROVED or row.expires_at is None or now >= row.expires_at:
         raise NotActiveGrant()
-    if requester.team_id != row.requester_team_id:  # moved since: the grant was her old team's to give (C5)
+    if actor.team_id != row.requester_team_id:  # moved since: the grant was her old team's to give (C5)
         raise NotActiveGrant()
     return await create_access_request(
-        session=session, clock=clock, requester=requester, extends=row,
+        session=session, clock=clock, requester=actor, extends=row,
         data=NewAccessRequest(ticket_id=row.ticket_id, request_ids=await _named_request_ids(session, row.id),
                         justification=justification, duration=duration))
 
 
 async def customer_decide(
-    *, session: AsyncSession, clock: Clock, access_request_id: str, customer: str, resource_id: str, approve: bool,
+    *, session: AsyncSession, clock: Clock, access_request_id: str, actor: str, resource_id: str, approve: bool,
     retention: timedelta,
 ) -> AccessRequest:
     """Customer Lockbox: the resource's admin approves (or refuses) a grant on their recordings, once, while it
@@ -321,14 +321,14 @@ async def customer_decide(
     situation = await grant_situation_of(session=session, row=row, now=now, retention=retention)
     if situation.status != GrantStatus.WAITING_FOR_CUSTOMER:
         raise NotWaitingForCustomer(f"It is {situation.status.label}.")
-    row.customer_decided_by, row.customer_decided_at, row.customer_approved = customer, now, approve
+    row.customer_decided_by, row.customer_decided_at, row.customer_approved = actor, now, approve
     action = AuditAction.ACCESS_APPROVED if approve else AuditAction.ACCESS_DENIED
     detail: dict[str, str | int] = {"requester": row.requester}
     if approve:
         detail["expires_at"] = detail_time(row.expires_at or now)
     else:
         detail["reason"] = "customer_refused"
-    await append_entry(session=session, clock=clock, actor=Actor.customer_admin(customer), action=action,
+    await append_entry(session=session, clock=clock, actor=Actor.customer_admin(actor), action=action,
                        subjects=Subjects(grant=row.id, ticket=row.ticket_id), detail=detail)
     await session.flush()
     return row
@@ -381,14 +381,14 @@ async def access_requests_of(*, session: AsyncSession, requester: str) -> Sequen
     return rows.scalars().all()
 
 
-async def queue_for(*, session: AsyncSession, manager: Person, team_ids: Sequence[str]) -> Sequence[AccessRequest]:
+async def queue_for(*, session: AsyncSession, actor: Person, team_ids: Sequence[str]) -> Sequence[AccessRequest]:
     """Pending access requests of the teams this person manages, never their own."""
     if not team_ids:
         return []
     rows = await session.execute(
         select(AccessRequest).where(AccessRequest.state == AccessRequestState.PENDING,
                                     AccessRequest.requester_team_id.in_(list(team_ids)),
-                                    AccessRequest.requester != manager.subject)
+                                    AccessRequest.requester != actor.subject)
         .order_by(AccessRequest.created_at))
     return rows.scalars().all()
 

@@ -67,7 +67,7 @@ async def ask(http_request: Request, ctx: ContextDep, db: SessionDep) -> Respons
         justification = checked_prose(first(form, "justification") or "", field="justification", max_length=2000)
         person = await staff_person(db, ctx.access, acting, Role.ENGINEER)
         row = await decisions.request_access(
-            session=db, clock=ctx.clock, notifier=ctx.access.notifier, requester=person, data=access.NewAccessRequest(
+            session=db, clock=ctx.clock, notifier=ctx.access.notifier, actor=person, data=access.NewAccessRequest(
                 ticket_id=first(form, "ticket_id") or "", request_ids=ids, justification=justification,
                 duration=timedelta(minutes=minutes)))
         session.flash("ok", f"Access request {row.id[:8]} sent to your team's managers.")
@@ -86,7 +86,7 @@ async def give_back(access_request_id: str, http_request: Request, ctx: ContextD
         person = await staff_person(db, ctx.access, acting, Role.ENGINEER)
         await decisions.revoke_access(session=db, clock=ctx.clock, directory=ctx.access.directory,
                                       notifier=ctx.access.notifier, access_request_id=access_request_id,
-                                      acting=person, reason=reason)
+                                      actor=person, reason=reason)
         session.flash("ok", "Access ended.")
     except AppError as error:
         await db.rollback()

@@ -70,7 +70,7 @@ def requester_history(rows: list[AccessRequestRow], situations: dict[str, GrantS
 async def _queue(db: AsyncSession, directory: StaffDirectory, person: access.Person, now: datetime,
                  retention: timedelta) -> list[dict[str, object]]:
     teams = await directory.teams_managed(db, person.subject)
-    rows = await access.queue_for(session=db, manager=person, team_ids=teams)
+    rows = await access.queue_for(session=db, actor=person, team_ids=teams)
     out: list[dict[str, object]] = []
     for row in rows:
         ticket = await ticket_view(session=db, ticket_id=row.ticket_id)
@@ -128,13 +128,13 @@ async def decide(access_request_id: str, verdict: str, http_request: Request, ct
                                        minimum=0, maximum=480)
             duration = timedelta(minutes=minutes) if minutes else None
             row = await decisions.approve_access(session=db, clock=clock, directory=directory, notifier=notifier,
-                                                 access_request_id=access_request_id, manager=person,
+                                                 access_request_id=access_request_id, actor=person,
                                                  duration=duration)
             session.flash("ok", f"Approved {row.requester}'s request until {row.expires_at:%H:%M} UTC.")
         elif verdict == "deny":
             reason = checked_single_line(first(form, "reason") or "", field="reason", max_length=200)
             row = await decisions.deny_access(session=db, clock=clock, directory=directory, notifier=notifier,
-                                              access_request_id=access_request_id, manager=person, reason=reason)
+                                              access_request_id=access_request_id, actor=person, reason=reason)
             session.flash("ok", f"Denied {row.requester}'s request.")
         else:
             raise InvalidInput("Approve or deny.")

@@ -131,7 +131,7 @@ async def _read(ctx: AppContext, db: AsyncSession, http_request: Request, acting
                 part: Part) -> PartRead:
     return await read_recording_part(session=db, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings,
                                      stores=ctx.stores, saw_fingerprint=saw_fingerprint(http_request, ctx.settings.saw),
-                                     acting=acting, request_id=request_id, part=part,
+                                     actor=acting, request_id=request_id, part=part,
                                      range_header=http_request.headers.get("range"))
 
 

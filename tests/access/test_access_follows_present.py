@@ -87,7 +87,7 @@ class World:
         allowed = await authorize_read(
             session=self.session, clock=self.clock, directory=DIRECTORY, saws=SawOf(), limiter=ReadLimiter(),
             metrics=AccessMetrics(CollectorRegistry()), saw_fingerprint=None,
-            acting=Principal(self.who(name), frozenset({Role.ENGINEER})), request_id=request_id or self.request_id,
+            actor=Principal(self.who(name), frozenset({Role.ENGINEER})), request_id=request_id or self.request_id,
             part="transcripts", retention=timedelta(days=30))
         return allowed is not None
 
@@ -227,7 +227,7 @@ async def test_old_teams_manager_cannot_decide_even_if_the_request_was_not_ended
         await world.approve(pending, "max")
     with pytest.raises(access.NotTheirManager):
         await access.deny(session=world.session, clock=world.clock, directory=DIRECTORY,
-                          access_request_id=pending.id, manager=await world.person("max"), reason="no")
+                          access_request_id=pending.id, actor=await world.person("max"), reason="no")
     assert (await world.approve(pending, "mona")).state == "approved"  # the present team's manager decides
     assert await world.reads("gina")
 
@@ -301,7 +301,7 @@ async def test_a_rename_or_another_role_leaves_grants_alone(world: World) -> Non
 async def test_expired_denied_and_revoked_grants_are_not_ended_twice(world: World) -> None:
     revoked = await world.approve(await world.ask("alice"), "mona")
     await access.revoke(session=world.session, clock=world.clock, directory=DIRECTORY,
-                        access_request_id=revoked.id, acting=await world.person("alice"), reason="done")
+                        access_request_id=revoked.id, actor=await world.person("alice"), reason="done")
     await staff.set_active(session=world.session, clock=world.clock, actor=ADMIN, subject=world.who("alice"),
                            active=False)
     assert revoked.revoke_reason == "done"

@@ -29,7 +29,7 @@ async def extend(world: World, grant: AccessRequest, name: str) -> AccessRequest
     person = await DIRECTORY.person(world.session, world.who(name))
     assert person is not None
     return await access.extend(session=world.session, clock=world.clock, access_request_id=grant.id,
-                               requester=person, duration=timedelta(hours=1),
+                               actor=person, duration=timedelta(hours=1),
                                justification=f"Still checking the clipped audio of {world.ticket_ref}")
 
 

@@ -164,11 +164,11 @@ async def run(plan: list[tuple[object, ...]], database: Path) -> None:
                         model.grants[target].approved_by, model.grants[target].expires_at = who.subject, row.expires_at
                     elif kind == "deny":
                         await service.deny(session=session, clock=clock, directory=directory,
-                                           access_request_id=target, manager=who, reason="no")
+                                           access_request_id=target, actor=who, reason="no")
                         model.grants[target].closed = True
                     else:
                         await service.revoke(session=session, clock=clock, directory=directory,
-                                             access_request_id=target, acting=who, reason="done")
+                                             access_request_id=target, actor=who, reason="done")
                         model.grants[target].closed = True
                 await session.commit()
             except AppError:
@@ -180,7 +180,7 @@ async def run(plan: list[tuple[object, ...]], database: Path) -> None:
                 who = StaffView(requester, True, True, team, team_managers=frozenset(MANAGERS[team]),
                                 assigned_tickets=await tickets_assigned_to(session=session, engineer=requester))
                 decision = decide_read(
-                    now=now, who=who, saw=SawView("s", requester, False),
+                    now=now, actor=who, saw=SawView("s", requester, False),
                     grant=grant, recording=RecordingView(RID, "tic", now - timedelta(days=1), False),
                     consent=ConsentView("tic", ended=False, ticket_open=True), request_id=RID,
                     retention=timedelta(days=30))

@@ -134,8 +134,8 @@ def test_a_recording_is_linked_exactly_when_the_read_policy_allows_it(
                             retention=THIRTY_DAYS)
     decision = decide_read(
         now=NOW, request_id=RID, retention=THIRTY_DAYS,
-        who=StaffView("alice", active=True, is_engineer=True, team_id="t1", team_managers=frozenset({"mona"}),
-                      assigned_tickets=frozenset({"T1"})),
+        actor=StaffView("alice", active=True, is_engineer=True, team_id="t1", team_managers=frozenset({"mona"}),
+                        assigned_tickets=frozenset({"T1"})),
         saw=SawView("saw-1", owner_subject="alice", revoked=False),
         grant=GrantView("g-1", requester="alice", ticket_id="T1", request_ids=frozenset({RID}), state=state,
                         approved_by="mona" if state != AccessRequestState.PENDING else None,

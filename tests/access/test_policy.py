@@ -33,7 +33,7 @@ CONSENT = ConsentView(ticket_id="T1", ended=False, ticket_open=True)
 
 
 def decide(**overrides: Any) -> tuple[bool, DenyReason | None]:
-    values: dict[str, Any] = {"now": NOW, "who": ALICE, "saw": SAW, "grant": GRANT, "recording": RECORDING,
+    values: dict[str, Any] = {"now": NOW, "actor": ALICE, "saw": SAW, "grant": GRANT, "recording": RECORDING,
                               "consent": CONSENT, "request_id": RID, "retention": THIRTY_DAYS}
     values.update(overrides)
     decision = decide_read(**values)
@@ -45,9 +45,9 @@ def test_everything_in_place_allows() -> None:
 
 
 @pytest.mark.parametrize(("overrides", "reason"), [
-    ({"who": None}, DenyReason.NOT_ENGINEER),
-    ({"who": replace(ALICE, active=False)}, DenyReason.NOT_ENGINEER),
-    ({"who": replace(ALICE, is_engineer=False)}, DenyReason.NOT_ENGINEER),
+    ({"actor": None}, DenyReason.NOT_ENGINEER),
+    ({"actor": replace(ALICE, active=False)}, DenyReason.NOT_ENGINEER),
+    ({"actor": replace(ALICE, is_engineer=False)}, DenyReason.NOT_ENGINEER),
     ({"saw": None}, DenyReason.NO_SAW),
     ({"saw": replace(SAW, revoked=True)}, DenyReason.NO_SAW),
     ({"saw": replace(SAW, owner_subject="bob")}, DenyReason.NO_SAW),
@@ -63,12 +63,12 @@ def test_everything_in_place_allows() -> None:
     ({"grant": replace(GRANT, approved_by=None)}, DenyReason.GRANT_NOT_APPROVED),
     ({"grant": replace(GRANT, approved_by="alice")}, DenyReason.SELF_APPROVED),
     ({"grant": replace(GRANT, approver_was_manager=False)}, DenyReason.APPROVER_NOT_MANAGER),
-    ({"who": replace(ALICE, team_managers=frozenset({"max"}))}, DenyReason.APPROVER_NOT_PRESENT_MANAGER),
-    ({"who": replace(ALICE, team_managers=frozenset())}, DenyReason.APPROVER_NOT_PRESENT_MANAGER),
+    ({"actor": replace(ALICE, team_managers=frozenset({"max"}))}, DenyReason.APPROVER_NOT_PRESENT_MANAGER),
+    ({"actor": replace(ALICE, team_managers=frozenset())}, DenyReason.APPROVER_NOT_PRESENT_MANAGER),
     ({"grant": replace(GRANT, needs_customer_approval=True)}, DenyReason.CUSTOMER_APPROVAL_MISSING),
     ({"grant": replace(GRANT, expires_at=NOW)}, DenyReason.GRANT_EXPIRED),
     ({"grant": replace(GRANT, ticket_id="T2")}, DenyReason.TICKET_MISMATCH),
-    ({"who": replace(ALICE, assigned_tickets=frozenset({"T0"}))}, DenyReason.REQUESTER_NOT_ASSIGNED),
+    ({"actor": replace(ALICE, assigned_tickets=frozenset({"T0"}))}, DenyReason.REQUESTER_NOT_ASSIGNED),
     ({"consent": None}, DenyReason.CONSENT_ENDED),
     ({"consent": replace(CONSENT, ended=True)}, DenyReason.CONSENT_ENDED),
     ({"consent": replace(CONSENT, ticket_id="T2")}, DenyReason.CONSENT_ENDED),
@@ -93,20 +93,20 @@ def test_a_recording_is_readable_until_its_bucket_turns_thirty_days() -> None:
 
 def test_engineer_unassigned_from_ticket_can_no_longer_read() -> None:
     """Finding 1: the grant was approved while she was on T1; today she is not, and the read is refused."""
-    assert decide(who=replace(ALICE, assigned_tickets=frozenset())) == (False, DenyReason.REQUESTER_NOT_ASSIGNED)
+    assert decide(actor=replace(ALICE, assigned_tickets=frozenset())) == (False, DenyReason.REQUESTER_NOT_ASSIGNED)
 
 
 def test_grant_approved_by_old_teams_manager_stops_reading_after_a_team_move() -> None:
     """Finding 2: mona approved while alice was in t1; alice is now in t2, whose managers are others."""
     moved = replace(ALICE, team_id="t2", team_managers=frozenset({"nina"}))
-    assert decide(who=moved) == (False, DenyReason.APPROVER_NOT_PRESENT_MANAGER)
+    assert decide(actor=moved) == (False, DenyReason.APPROVER_NOT_PRESENT_MANAGER)
 
 
 def test_approver_who_is_no_longer_a_manager_of_the_team_stops_the_grant() -> None:
-    assert decide(who=replace(ALICE, team_managers=frozenset({"max"}))) == (
+    assert decide(actor=replace(ALICE, team_managers=frozenset({"max"}))) == (
         False, DenyReason.APPROVER_NOT_PRESENT_MANAGER)
 
 
 def test_a_present_manager_who_is_the_requester_still_cannot_approve_herself() -> None:
     herself = replace(ALICE, team_managers=frozenset({"alice"}))
-    assert decide(who=herself, grant=replace(GRANT, approved_by="alice")) == (False, DenyReason.SELF_APPROVED)
+    assert decide(actor=herself, grant=replace(GRANT, approved_by="alice")) == (False, DenyReason.SELF_APPROVED)

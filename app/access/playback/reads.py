@@ -51,12 +51,12 @@ class PartRead:
 
 async def read_recording_part(
     *, session: AsyncSession, clock: Clock, access: AccessContext, keyrings: RegionKeyrings, stores: RegionRouter,
-    saw_fingerprint: str | None, acting: Principal, request_id: str, part: Part, range_header: str | None = None,
+    saw_fingerprint: str | None, actor: Principal, request_id: str, part: Part, range_header: str | None = None,
 ) -> PartRead:
     """Authorize, audit and plan one read; raises RecordingNotAvailable (audited) for every refusal."""
     allowed = await authorize_read(session=session, clock=clock, directory=access.directory, saws=access.saws,
                                    limiter=access.limiter, metrics=access.metrics, saw_fingerprint=saw_fingerprint,
-                                   acting=acting, request_id=request_id, part=part, retention=access.retention)
+                                   actor=actor, request_id=request_id, part=part, retention=access.retention)
     if allowed is None:
         raise RecordingNotAvailable()
 
@@ -72,7 +72,7 @@ async def read_recording_part(
         return headers
 
     async def audited(nbytes: int) -> None:
-        await audit_read(session=session, clock=clock, acting=acting, allowed=allowed, part=part, nbytes=nbytes,
+        await audit_read(session=session, clock=clock, actor=actor, allowed=allowed, part=part, nbytes=nbytes,
                          device=allowed.saw.id, metrics=access.metrics)
 
     first = stream()

@@ -64,31 +64,31 @@ async def authorize_read(
     limiter: ReadLimiter,
     metrics: AccessMetrics,
     saw_fingerprint: str | None,
-    acting: Principal,
+    actor: Principal,
     request_id: str,
     part: str,
     retention: timedelta,
 ) -> AllowedRead | None:
     """None means refused: the caller commits the audit entry written here, then raises RecordingNotAvailable."""
     now = clock.now()
-    person = await directory.person(session, acting.subject)
+    person = await directory.person(session, actor.subject)
     # The present, not the time of approval: today's team, its managers today, today's assignments (C5).
     team_managers = await directory.managers(session, person.team_id if person and person.team_id else NO_SUCH_ROW)
-    assigned = await tickets_assigned_to(session=session, engineer=acting.subject)
-    staff = StaffView(acting.subject, active=person.active,
-                      is_engineer="engineer" in person.roles and acting.has(Role.ENGINEER),
+    assigned = await tickets_assigned_to(session=session, engineer=actor.subject)
+    staff = StaffView(actor.subject, active=person.active,
+                      is_engineer="engineer" in person.roles and actor.has(Role.ENGINEER),
                       team_id=person.team_id, team_managers=frozenset(team_managers),
                       assigned_tickets=assigned) if person else None
-    saw = await saws.saw_for(session, saw_fingerprint, acting.subject)
-    limiter.check_allowed(acting.subject, saw.id if saw else None)
+    saw = await saws.saw_for(session, saw_fingerprint, actor.subject)
+    limiter.check_allowed(actor.subject, saw.id if saw else None)
     well_formed = request_id if is_request_id(request_id) else None
     lookup = well_formed or LOOKUP_STAND_IN
     recording = await find_recording(session=session, request_id=lookup)
-    grant = await grant_for_read(session=session, requester=acting.subject, request_id=lookup, now=now)
+    grant = await grant_for_read(session=session, requester=actor.subject, request_id=lookup, now=now)
     consent = await consent_facts(session=session, consent_id=recording.consent_id if recording else NO_SUCH_ROW)
     ticket = await ticket_view(session=session, ticket_id=grant.ticket_id if grant else NO_SUCH_ROW)
     decision = decide_read(
-        now=now, who=staff, saw=saw, grant=grant, request_id=request_id, retention=retention,
+        now=now, actor=staff, saw=saw, grant=grant, request_id=request_id, retention=retention,
         recording=RecordingView(recording.request_id, recording.ticket_id, recording.started_at,
                                 shredded=recording.wrapped_dek is None) if recording else None,
         consent=ConsentView(consent.ticket_id, ended=consent.ended,
@@ -98,9 +98,9 @@ async def authorize_read(
         return AllowedRead(recording, grant, saw)
     reason = decision.reason.value if decision.reason else "unknown"
     metrics.denied.labels(reason).inc()
-    if limiter.record_denial(acting.subject, saw.id if saw else None):
+    if limiter.record_denial(actor.subject, saw.id if saw else None):
         metrics.denial_bursts.inc()
-    await append_entry(session=session, clock=clock, actor=Actor.staff(acting.subject),
+    await append_entry(session=session, clock=clock, actor=Actor.staff(actor.subject),
                        action=AuditAction.RECORDING_READ_DENIED,
                        subjects=Subjects(request_id=well_formed,
                                          saw=saw.id if saw else None, grant=grant.id if grant else None),
@@ -109,12 +109,12 @@ async def authorize_read(
 
 
 async def audit_read(
-    *, session: AsyncSession, clock: Clock, acting: Principal, allowed: AllowedRead, part: str, nbytes: int,
+    *, session: AsyncSession, clock: Clock, actor: Principal, allowed: AllowedRead, part: str, nbytes: int,
     device: str, metrics: AccessMetrics,
 ) -> None:
     metrics.reads.labels(part).inc()
     metrics.read_bytes.labels(part).inc(nbytes)
-    await append_entry(session=session, clock=clock, actor=Actor.staff(acting.subject),
+    await append_entry(session=session, clock=clock, actor=Actor.staff(actor.subject),
                        action=AuditAction.RECORDING_READ,
                        subjects=Subjects(request_id=allowed.recording.request_id, grant=allowed.grant.id,
                                          saw=allowed.saw.id),

@@ -46,8 +46,8 @@ async def revoke_saw(saw_id: str, body: SawRevoke, admin: AdminCallerDep, sessio
 
 
 @router.get("/access/saw/me", summary="The SAW this request comes from (engineer)")
-async def my_saw(me: StaffEngineer, request: Request, session: SessionDep, settings: SettingsDep) -> SawOut:
+async def my_saw(actor: StaffEngineer, request: Request, session: SessionDep, settings: SettingsDep) -> SawOut:
     """403 `saw_required` unless the request comes, through the mTLS proxy, from a registered, unrevoked SAW
     bound to the caller."""
     return SawOut.model_validate(await require_current_saw(session=session, request=request,
-                                                           owner_subject=me.subject, settings=settings.saw))
+                                                           owner_subject=actor.subject, settings=settings.saw))
