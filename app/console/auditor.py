@@ -73,12 +73,12 @@ async def _verification(db: AsyncSession, runtime: AuditRuntime, clock: Clock) -
 
 
 async def _report(db: AsyncSession, runtime: AuditRuntime, kind: ReportKind, period: Period,
-                  clock: Clock, acting: Actor) -> dict[str, Any]:
+                  clock: Clock, actor: Actor) -> dict[str, Any]:
     """The report the page shows, made and audited (`report.generated`) as the API makes it."""
     settings = runtime.settings
     computed = await audited_report(session=db, clock=clock, kind=kind, period=period,
                                     params=AccessReviewParams.from_settings(settings),
-                                    retention_days=settings.retention_days, requested_by=acting)
+                                    retention_days=settings.retention_days, requested_by=actor)
     return dict(computed.report)
 
 
