@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
     from app.access.context import AccessContext
+    from app.audit.auditors import AuditorCheck
     from app.audit.runtime import AuditRuntime
     from app.capture.recorder import Recorder
     from app.clock import Clock
@@ -55,6 +56,7 @@ class AppContext:
     relay: Relay
     access: AccessContext
     audit: AuditRuntime
+    auditors: AuditorCheck  # who the auditor is, for audit's routes (identity's `check_staff(Role.AUDITOR)`)
     tracing: Tracing
     console: ConsoleState | None  # None when the console is switched off
 

@@ -29,7 +29,9 @@ from app.config import Settings
 from app.console.mount import build_console_state
 from app.context import AppContext
 from app.db import create_engine, create_request_engine, create_session_factory
+from app.identity.principal import Role
 from app.identity.routes import load_dev_issuer
+from app.identity.staff.deps import check_staff
 from app.identity.tokens import build_token_verifier
 from app.loop_lag import LoopLagMonitor
 from app.metrics import Metrics
@@ -104,7 +106,7 @@ def build_context(
         admin_token=admin_token(settings),
         dev_issuer=dev_issuer, token_verifier=build_token_verifier(settings.identity, dev_issuer, clock=clock),
         stores=stores, keyrings=keyrings, consents=consents, recorder=recorder, resources=resources, relay=relay,
-        access=access, audit=audit, tracing=tracing,
+        access=access, audit=audit, auditors=check_staff(Role.AUDITOR), tracing=tracing,
         console=build_console_state(settings, session_factory),
     )
 

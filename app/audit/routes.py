@@ -7,10 +7,11 @@ import json
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import AwareDatetime
 
 from app.audit.actions import Actor, AuditAction, InvalidAuditEntry
+from app.audit.auditors import Auditor, AuditorDep
 from app.audit.checkpoints import list_checkpoints
 from app.audit.entries import DEFAULT_PAGE, MAX_PAGE, ActorMatch, EntryFilter, list_entries
 from app.audit.jobs import publish
@@ -35,16 +36,9 @@ from app.audit.schemas import (
 from app.audit.verifier import verify_chain
 from app.deps import ClockDep, SessionDep
 from app.errors import InvalidInput
-from app.identity.principal import Role
-from app.identity.staff.deps import require_staff
-from app.identity.staff.service import StaffPrincipal
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
-# One dependency object, so tests (and the app) can override exactly this check.
-require_auditor = require_staff(Role.AUDITOR)  # token AND active staff record (C5)
-
-AuditorDep = Annotated[StaffPrincipal, Depends(require_auditor)]
 RuntimeDep = AuditRuntimeDep
 FIRST_REPORT_DAY, LAST_REPORT_DAY = date(2000, 1, 1), date(9999, 1, 1)  # room for retention's 30-day look-back
 FromDate = Annotated[date, Query(alias="from", ge=FIRST_REPORT_DAY, le=LAST_REPORT_DAY,
@@ -116,7 +110,7 @@ async def entries(
 
 
 async def _report(
-    kind: ReportKind, auditor: StaffPrincipal, runtime: AuditRuntime, session: SessionDep, clock: ClockDep,
+    kind: ReportKind, auditor: Auditor, runtime: AuditRuntime, session: SessionDep, clock: ClockDep,
     first: date, last: date, fmt: ReportFormat,
 ) -> Response:
     output = await generate_report(

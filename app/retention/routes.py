@@ -8,9 +8,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.audit.actions import Actor
+from app.audit.auditors import AuditorDep
 from app.audit.reports.entries import Period
 from app.audit.reports.service import ReportFormat
-from app.audit.routes import AuditorDep, FormatQuery, FromDate, RuntimeDep, ToDate, signed_report_response
+from app.audit.routes import FormatQuery, FromDate, RuntimeDep, ToDate, signed_report_response
 from app.deps import ClockDep, ContextDep, SessionDep
 from app.retention.report import chain_queued_entries, generate_retention_report
 

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.actions import Actor
+from app.context import AppContext
 from app.deps import AdminDisabled, ContextDep, SessionDep
 from app.errors import Unauthorized
 from app.identity.principal import Role, authenticate
@@ -19,14 +21,25 @@ from app.identity.staff.service import StaffPrincipal, authorize_staff
 ADMIN_TOKEN_ACTOR = Actor.service("admin-token")
 
 
-def require_staff(*roles: Role) -> Callable[..., Coroutine[Any, Any, StaffPrincipal]]:
-    """Dependency factory: a valid token with one of `roles`, whose person's active staff record holds it too."""
+def check_staff(*roles: Role) -> Callable[[Request, AppContext, AsyncSession], Coroutine[Any, Any, StaffPrincipal]]:
+    """The token-AND-record check for `roles`, as a plain function: `require_staff` wraps it for FastAPI, and
+    the context carries `check_staff(Role.AUDITOR)` for audit's routes (`app.audit.auditors`)."""
     if not roles or not set(roles) <= STAFF_ROLES:
         raise ValueError("require_staff takes one or more of: engineer, manager, auditor, admin")
 
-    async def dependency(request: Request, ctx: ContextDep, session: SessionDep) -> StaffPrincipal:
+    async def check(request: Request, ctx: AppContext, session: AsyncSession) -> StaffPrincipal:
         principal = await authenticate(request, ctx)
         return await authorize_staff(session=session, principal=principal, roles=roles)
+
+    return check
+
+
+def require_staff(*roles: Role) -> Callable[..., Coroutine[Any, Any, StaffPrincipal]]:
+    """Dependency factory: a valid token with one of `roles`, whose person's active staff record holds it too."""
+    check = check_staff(*roles)
+
+    async def dependency(request: Request, ctx: ContextDep, session: SessionDep) -> StaffPrincipal:
+        return await check(request, ctx, session)
 
     return dependency
 
