@@ -204,10 +204,11 @@ async def consent_ticket(*, session: AsyncSession, resource: Resource, data: Con
 
 async def grant_consent(
     *, session: AsyncSession, clock: Clock, acting: Principal, resource: Resource, data: ConsentCreate,
-    consents: ConsentCache | None = None,
+    consents: ConsentCache,
 ) -> Consent:
     """Opt in. Once the caller commits, `consents` (this replica's cache) records the resource's new sessions
-    at once; other replicas follow within their refresh (C1 holds: nothing is recorded before the commit)."""
+    at once; other replicas follow within their refresh (C1 holds: nothing is recorded before the commit). The
+    cache is required, as for withdrawing: a caller that could leave it out would record late (issue 16)."""
     ticket = await consent_ticket(session=session, resource=resource, data=data)
     if not ticket.is_open:
         raise TicketClosed()
@@ -222,9 +223,8 @@ async def grant_consent(
                        subjects=Subjects(ticket=ticket.id, resource=resource.id),
                        detail={"consent": consent.id, "not_before": detail_time(consent.not_before),
                                "not_after": detail_time(consent.not_after)})
-    if consents is not None:
-        granted = ActiveConsent(consent.id, ticket.id, resource.id, consent.not_after)
-        after_commit(session, lambda: consents.learn(granted))
+    granted = ActiveConsent(consent.id, ticket.id, resource.id, consent.not_after)
+    after_commit(session, lambda: consents.learn(granted))
     return consent
 
 

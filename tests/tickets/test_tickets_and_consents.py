@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import inspect
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,10 +18,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.models import AuditEntryRow, AuditInboxRow
+from app.capture.service import erase_customer_recordings
 from app.config import Settings
 from app.identity.principal import Role
 from app.identity.settings import IdentitySettings
 from app.main import create_app
+from app.tickets import service
 from app.tickets.consent_cache import ConsentCache
 from app.tickets.models import Consent
 from app.tickets.states import ConsentEnding
@@ -389,3 +392,13 @@ async def test_an_ended_consent_stores_its_reason_as_the_plain_string_and_reads_
     assert typed == {withdrawn["id"]: ConsentEnding.WITHDRAWN, closed["id"]: ConsentEnding.TICKET_CLOSED}
     assert all(type(reason) is ConsentEnding for reason in typed.values())
 
+
+@pytest.mark.parametrize("use_case", [service.grant_consent, service.withdraw_consent, service.close_ticket,
+                                      service.end_consent, erase_customer_recordings])
+def test_every_consent_use_case_must_be_told_this_replicas_cache(use_case: Callable[..., object]) -> None:
+    """Issue 16: the API and the console had drifted on telling the cache of an opt-in; no use case that starts
+    or ends a consent may be called without it."""
+    consents = inspect.signature(use_case).parameters["consents"]
+    assert consents.kind is inspect.Parameter.KEYWORD_ONLY
+    assert consents.default is inspect.Parameter.empty
+    assert consents.annotation == "ConsentCache"
