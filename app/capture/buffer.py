@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from app.capture.frame_log import FRAME_OVERHEAD, GapRecord
-from app.relay.tap import Direction
 
 
 class MemoryBudget:
@@ -40,16 +39,14 @@ class PendingGap:
     reason: str = ""
 
 
-BufferItem = tuple[Direction, int, str | bytes] | GapRecord
+BufferItem = tuple[int, int, int, bytes] | GapRecord
+"""A frame as the frame log stores it, `(direction, opcode, offset_us, payload)` with the log's own codes
+(`C2S`/`S2C`, `TEXT`/`BINARY`; a text payload is its UTF-8 bytes), or a gap. Plain ints and bytes: the encoder
+writes them as they are, and a tuple of them is not tracked by the garbage collector once it has survived one
+collection, so hundreds of sessions' buffered frames cost the collector nothing."""
 
 MARKER_MAX_BYTES = 1 + 8 + 8 + 4 + 8 + 1 + 255
 """Upper bound of an encoded gap or end record (docs/FORMAT.md: fixed head plus a reason of <= 255 bytes)."""
-
-
-def payload_size(payload: str | bytes) -> int:
-    if isinstance(payload, bytes):
-        return len(payload) + FRAME_OVERHEAD
-    return (len(payload) if payload.isascii() else len(payload.encode())) + FRAME_OVERHEAD
 
 
 @dataclass
@@ -65,12 +62,10 @@ class FrameBuffer:
     gap: PendingGap | None = None
     buffered: int = 0  # bytes of `items` only
 
-    def add(self, direction: Direction, offset_us: int, payload: str | bytes) -> None:
-        # `payload_size` and `budget.take`, inline: this runs on the relay's event loop for every recorded frame.
-        if isinstance(payload, bytes) or payload.isascii():
-            size = len(payload) + FRAME_OVERHEAD
-        else:
-            size = len(payload.encode()) + FRAME_OVERHEAD
+    def add(self, direction: int, opcode: int, offset_us: int, payload: bytes) -> None:
+        """One frame in the frame log's codes (`C2S`/`S2C`, `TEXT`/`BINARY`)."""
+        # `budget.take`, inline: this runs on the relay's event loop for every recorded frame.
+        size = len(payload) + FRAME_OVERHEAD
         if self.held + size > self.session_cap:
             self._drop(offset_us, size, "session_cap")
             return
@@ -81,7 +76,7 @@ class FrameBuffer:
         budget.used += size
         if self.gap is not None:
             self._close_gap()
-        self.items.append((direction, offset_us, payload))
+        self.items.append((direction, opcode, offset_us, payload))
         self.held += size
         self.buffered += size
 
@@ -129,7 +124,7 @@ def split_for_segments(items: list[BufferItem], max_bytes: int, reserve: int = 0
     run: list[BufferItem] = []
     run_bytes = accounted = 0
     for item in items:
-        size = MARKER_MAX_BYTES if isinstance(item, GapRecord) else payload_size(item[2])
+        size = MARKER_MAX_BYTES if isinstance(item, GapRecord) else len(item[3]) + FRAME_OVERHEAD
         if run and run_bytes + size > max_bytes:
             runs.append((run, accounted))
             run, run_bytes, accounted = [], 0, 0

@@ -78,6 +78,7 @@ from app.vault.keyring import RegionKeyrings
 from app.vault.segments import SegmentWriter
 
 log = get_logger("voicelog.capture")
+_CLIENT_TO_SERVICE = Direction.CLIENT_TO_SERVICE  # read per recorded frame: a module global, not an Enum lookup
 SYSTEM = Actor.system("recorder")
 
 
@@ -127,11 +128,12 @@ class RecordingTap:
     def __init__(self, recording: LiveRecording) -> None:
         self._recording = recording
 
-    def on_frame(self, direction: Direction, offset_ns: int, payload: str | bytes) -> None:
+    def on_frame(self, direction: Direction, offset_ns: int, payload: bytes, text: bool) -> None:
         recording = self._recording
         if recording.end is not None or not recording.takes_frames:
             return
-        recording.buffer.add(direction, offset_ns // 1000, payload)
+        recording.buffer.add(C2S if direction is _CLIENT_TO_SERVICE else S2C, TEXT if text else BINARY,
+                             offset_ns // 1000, payload)
         recording.frames += 1
 
     def on_close(self, client_code: int | None, upstream_code: int | None, reason: str) -> None:
@@ -149,22 +151,15 @@ def encode_items(items: list[BufferItem], end: EndRecord | None) -> bytes:
     parts: list[bytes | bytearray] = []
     append = parts.append
     head = pack_frame_head
-    c2s = Direction.CLIENT_TO_SERVICE
     for item in items:
         if isinstance(item, GapRecord):
             marker = bytearray()
             encode_gap(marker, item)
             append(marker)
             continue
-        direction, offset_us, payload = item
-        code = C2S if direction is c2s else S2C
-        if isinstance(payload, str):
-            data = payload.encode()
-            append(head(FRAME, code, TEXT, offset_us, len(data)))
-            append(data)
-        else:
-            append(head(FRAME, code, BINARY, offset_us, len(payload)))
-            append(payload)
+        direction, opcode, offset_us, payload = item
+        append(head(FRAME, direction, opcode, offset_us, len(payload)))
+        append(payload)
     if end is not None:
         marker = bytearray()
         encode_end(marker, end)

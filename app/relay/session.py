@@ -93,12 +93,12 @@ class TapGuard:
     _metrics: RelayMetrics
     _tap_start_ns: int
 
-    def tap_frame(self, direction: Direction, payload: str | bytes) -> None:
+    def tap_frame(self, direction: Direction, payload: bytes, text: bool) -> None:
         tap = self.tap
         if tap is None:
             return
         try:
-            tap.on_frame(direction, time.monotonic_ns() - self._tap_start_ns, payload)
+            tap.on_frame(direction, time.monotonic_ns() - self._tap_start_ns, payload, text)
         except Exception:
             self.tap = None
             self._metrics.errors.labels("tap_failed").inc()
@@ -220,7 +220,7 @@ class RelaySession(TapGuard):
             await send(payload)
             counter.count(payload, t0)
             if self.tap is not None:
-                self.tap_frame(Direction.CLIENT_TO_SERVICE, payload)
+                self._tap_message(Direction.CLIENT_TO_SERVICE, payload)
 
     async def _upstream_to_client(self) -> None:
         """Returns when the upstream closes (ConnectionClosed propagates to the supervisor)."""
@@ -236,7 +236,14 @@ class RelaySession(TapGuard):
                 await send({"type": "websocket.send", "bytes": payload})
             counter.count(payload, t0)
             if self.tap is not None:
-                self.tap_frame(Direction.SERVICE_TO_CLIENT, payload)
+                self._tap_message(Direction.SERVICE_TO_CLIENT, payload)
+
+    def _tap_message(self, direction: Direction, payload: str | bytes) -> None:
+        """The ASGI plane's libraries hand text over decoded: the tap takes it as UTF-8 bytes."""
+        if isinstance(payload, str):
+            self.tap_frame(direction, payload.encode(), True)
+        else:
+            self.tap_frame(direction, payload, False)
 
     async def _client_closed(self, c2s: asyncio.Task[Any]) -> None:
         exc = c2s.exception()

@@ -29,8 +29,10 @@ class SessionInfo:
 
 
 class FrameTap(Protocol):
-    def on_frame(self, direction: Direction, offset_ns: int, payload: str | bytes) -> None:
-        """Called inline for every relayed frame; must return at once and never raise."""
+    def on_frame(self, direction: Direction, offset_ns: int, payload: bytes, text: bool) -> None:
+        """Called inline for every relayed message; must return at once and never raise. `payload` is the
+        message as sent; a text message's (`text`) is UTF-8 already checked by the relay, so the tap neither
+        decodes it nor encodes it again."""
         ...
 
     def on_close(self, client_code: int | None, upstream_code: int | None, reason: str) -> None:

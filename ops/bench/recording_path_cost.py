@@ -91,13 +91,12 @@ def seal_cost(frames: int, live: Any) -> float:
     """ns of CPU per frame to cut, encode, seal and copy one session's segments."""
     from app.capture import recorder
     from app.capture.buffer import split_for_segments
-    from app.relay.tap import Direction
+    from app.capture.frame_log import C2S, S2C, TEXT
     from app.vault.segments import SegmentWriter
 
     writer = SegmentWriter(os.urandom(32), region="eastus", request_id="r" * 32)
     for i in range(frames):
-        live.buffer.add(Direction.CLIENT_TO_SERVICE if i % 2 else Direction.SERVICE_TO_CLIENT, i * 20_000,
-                        event(i).decode())
+        live.buffer.add(C2S if i % 2 else S2C, TEXT, i * 20_000, event(i))
     items, _ = live.buffer.take()
     started = time.thread_time()
     for k in range(0, len(items), PER_SEGMENT):

@@ -5,10 +5,11 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.capture.buffer import BufferItem
+from app.capture.buffer import BufferItem, FrameBuffer, MemoryBudget
 from app.capture.frame_log import (
     BINARY,
     C2S,
+    FRAME_OVERHEAD,
     S2C,
     TEXT,
     EndRecord,
@@ -19,7 +20,8 @@ from app.capture.frame_log import (
     encode_frame,
     encode_gap,
 )
-from app.capture.recorder import encode_items
+from app.capture.lifecycle import Phase
+from app.capture.recorder import LiveRecording, RecordingTap, encode_items
 from app.relay.tap import Direction
 
 
@@ -30,19 +32,17 @@ def _reference(items: list[BufferItem], end: EndRecord | None) -> bytes:
         if isinstance(item, GapRecord):
             encode_gap(out, item)
             continue
-        direction, offset_us, payload = item
-        code = C2S if direction is Direction.CLIENT_TO_SERVICE else S2C
-        if isinstance(payload, str):
-            encode_frame(out, code, TEXT, offset_us, payload.encode())
-        else:
-            encode_frame(out, code, BINARY, offset_us, payload)
+        direction, opcode, offset_us, payload = item
+        encode_frame(out, direction, opcode, offset_us, payload)
     if end is not None:
         encode_end(out, end)
     return bytes(out)
 
 
 _u64 = st.integers(0, 2**64 - 1)
-_frame = st.tuples(st.sampled_from(list(Direction)), _u64, st.one_of(st.text(max_size=50), st.binary(max_size=50)))
+_text = st.tuples(st.sampled_from([C2S, S2C]), st.just(TEXT), _u64, st.text(max_size=50).map(str.encode))
+_binary = st.tuples(st.sampled_from([C2S, S2C]), st.just(BINARY), _u64, st.binary(max_size=50))
+_frame = st.one_of(_text, _binary)
 _gap = st.builds(GapRecord, _u64, _u64, st.integers(0, 2**32 - 1), _u64, st.text(max_size=300))
 _end = st.builds(EndRecord, _u64, st.integers(0, 65535), st.integers(0, 65535), st.text(max_size=300))
 
@@ -54,8 +54,16 @@ def test_a_segment_is_encoded_byte_for_byte_as_the_record_encoders_write_it(
     assert encode_items(items, end) == _reference(items, end)
 
 
-def test_text_and_binary_frames_decode_with_their_direction_opcode_and_payload() -> None:
-    items: list[BufferItem] = [(Direction.CLIENT_TO_SERVICE, 20_000, "good é"),
-                               (Direction.SERVICE_TO_CLIENT, 40_000, b"\x00\x01")]
+def test_frames_as_the_relay_taps_them_decode_with_their_direction_opcode_and_payload() -> None:
+    """The relay hands the tap a text message as its checked UTF-8 bytes and says it is text: the frame log
+    stores it as a TEXT record of exactly those bytes, and a binary message as BINARY."""
+    buffer = FrameBuffer(budget=MemoryBudget(1 << 20), session_cap=1 << 20)
+    recording = LiveRecording(info=None, consent=None, buffer=buffer, key=None,  # type: ignore[arg-type]
+                              opened_mono=0.0, phase=Phase.STREAMING)
+    tap = RecordingTap(recording)
+    tap.on_frame(Direction.CLIENT_TO_SERVICE, 20_000_000, "good é".encode(), True)
+    tap.on_frame(Direction.SERVICE_TO_CLIENT, 40_000_000, b"\x00\x01", False)
+    items, size = buffer.take()
+    assert size == len("good é".encode()) + 2 + 2 * FRAME_OVERHEAD  # text counted as its UTF-8 bytes
     assert list(decode(encode_items(items, None))) == [FrameRecord(C2S, TEXT, 20_000, "good é".encode()),
                                                        FrameRecord(S2C, BINARY, 40_000, b"\x00\x01")]

@@ -7,7 +7,7 @@ import contextlib
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from app.capture.buffer import FrameBuffer, MemoryBudget, payload_size
+from app.capture.buffer import FrameBuffer, MemoryBudget
 from app.capture.frame_log import (
     BINARY,
     C2S,
@@ -22,7 +22,6 @@ from app.capture.frame_log import (
     encode_frame,
     encode_gap,
 )
-from app.relay.tap import Direction
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
 frames = st.builds(FrameRecord, st.sampled_from([C2S, S2C]), st.sampled_from([TEXT, BINARY]), u64,
@@ -65,7 +64,7 @@ def test_buffer_drops_past_the_session_cap_and_marks_one_gap() -> None:
     budget = MemoryBudget(10_000)
     buffer = FrameBuffer(budget=budget, session_cap=1000)
     for i in range(100):
-        buffer.add(Direction.CLIENT_TO_SERVICE, i * 20_000, b"x" * 85)  # 100 bytes each with overhead
+        buffer.add(C2S, BINARY, i * 20_000, b"x" * 85)  # 100 bytes each with overhead
     items, size = buffer.take()
     frames_kept = [i for i in items if not isinstance(i, GapRecord)]
     gaps_marked = [i for i in items if isinstance(i, GapRecord)]
@@ -81,13 +80,10 @@ def test_process_budget_is_shared_across_sessions() -> None:
     budget = MemoryBudget(250)
     a = FrameBuffer(budget=budget, session_cap=10_000)
     b = FrameBuffer(budget=budget, session_cap=10_000)
-    a.add(Direction.CLIENT_TO_SERVICE, 0, b"a" * 85)
-    b.add(Direction.CLIENT_TO_SERVICE, 0, b"b" * 85)
-    b.add(Direction.SERVICE_TO_CLIENT, 1, b"b" * 85)  # over the process cap: dropped
+    a.add(C2S, BINARY, 0, b"a" * 85)
+    b.add(C2S, BINARY, 0, b"b" * 85)
+    b.add(S2C, BINARY, 1, b"b" * 85)  # over the process cap: dropped
     assert b.dropped_frames == 1
     assert budget.used == 200
 
 
-def test_text_payload_size_counts_utf8_bytes() -> None:
-    assert payload_size("abc") == 3 + 15
-    assert payload_size("é") == 2 + 15

@@ -206,8 +206,8 @@ class _ListTap:
     def __init__(self) -> None:
         self.frames: list[str | bytes] = []
 
-    def on_frame(self, direction: Direction, offset_ns: int, payload: str | bytes) -> None:
-        self.frames.append(payload)
+    def on_frame(self, direction: Direction, offset_ns: int, payload: bytes, text: bool) -> None:
+        self.frames.append(payload.decode() if text else payload)  # text as the session sent it
 
     def on_close(self, client_code: int | None, upstream_code: int | None, reason: str) -> None:
         pass

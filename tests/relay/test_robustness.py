@@ -72,7 +72,7 @@ class ExplodingTap:
     def __init__(self) -> None:
         self.calls = 0
 
-    def on_frame(self, direction: Direction, offset_ns: int, payload: str | bytes) -> None:
+    def on_frame(self, direction: Direction, offset_ns: int, payload: bytes, text: bool) -> None:
         self.calls += 1
         raise RuntimeError("recorder broke")
 
