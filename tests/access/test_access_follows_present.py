@@ -35,6 +35,7 @@ from app.identity.staff.models import Staff
 from app.identity.staff.schemas import StaffCreate, StaffUpdate, TeamCreate
 from app.models import Resource
 from app.tickets import service as tickets
+from app.tickets.consent_cache import ConsentCache
 from app.tickets.models import TicketAssignment
 from app.tickets.schemas import ConsentCreate, TicketCreate
 from tests.fixtures.saw import audit_records
@@ -136,7 +137,7 @@ async def add_ticket_with_recording(session: AsyncSession, clock: ManualClock, r
     customer = Principal(f"admin@{resource.owner_tenant}", frozenset({Role.CUSTOMER_ADMIN}),
                          tenant=resource.owner_tenant)
     consent = await tickets.grant_consent(session=session, clock=clock, acting=customer, resource=resource,
-                                          data=ConsentCreate(ticket_id=ticket.id))
+                                          data=ConsentCreate(ticket_id=ticket.id), consents=ConsentCache(clock=clock))
     return ticket.id, ref, await add_recording(session, clock, resource, ticket.id, consent.id)
 
 

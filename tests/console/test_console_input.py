@@ -156,7 +156,7 @@ async def _world(app: FastAPI, mint: MintToken) -> Console:
             data=TicketCreate(resource=resource.name, external_ref=ref, engineers=[f"eve-{tag}"]))
         customer = Principal(f"admin@{TENANT}", frozenset({Role.CUSTOMER_ADMIN}), tenant=TENANT)
         consent = await tickets.grant_consent(session=db, clock=clock, acting=customer, resource=resource,
-                                              data=ConsentCreate(ticket_id=ticket.id))
+                                              data=ConsentCreate(ticket_id=ticket.id), consents=ctx.consents)
         request_id = uuid4().hex
         started = now - timedelta(hours=1)
         db.add(Recording(request_id=request_id, resource_id=resource.id, region="eastus", ticket_id=ticket.id,
