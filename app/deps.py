@@ -14,8 +14,6 @@ from app.config import Settings
 from app.context import ContextDep
 from app.db import is_database_outage
 from app.errors import AppError, DatabaseUnavailable, Forbidden, Unauthorized
-from app.resources.directory import ResourceDirectory
-from app.tickets.consent_cache import ConsentCache
 from app.transaction import discard_after_commit
 
 __all__ = ["ContextDep"]  # re-exported: routes import every dependency alias from here
@@ -63,19 +61,9 @@ async def _roll_back(session: AsyncSession) -> None:
     discard_after_commit(session)
 
 
-def get_consents(ctx: ContextDep) -> ConsentCache:
-    return ctx.consents
-
-
-def get_resources(ctx: ContextDep) -> ResourceDirectory:
-    return ctx.resources
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
-ConsentsDep = Annotated[ConsentCache, Depends(get_consents)]
-ResourcesDep = Annotated[ResourceDirectory, Depends(get_resources)]
 
 
 class AdminDisabled(Forbidden):

@@ -17,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import datetime, timedelta
+from typing import Annotated
 
+from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.clock import Clock
+from app.context import ContextDep
 from app.logs import get_logger
 from app.snapshot_guard import SnapshotGuard
 from app.tickets.service import ActiveConsent, active_consents
@@ -103,3 +106,12 @@ class ConsentCache:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def get_consents(ctx: ContextDep) -> ConsentCache:
+    """The process's consent cache, for routes (beside its type, as `ResourcesDep` is, so `app.deps` needn't
+    import tickets)."""
+    return ctx.consents
+
+
+ConsentsDep = Annotated[ConsentCache, Depends(get_consents)]

@@ -9,12 +9,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.context import AccessDep
 from app.access.notify import notify_ended_grants
-from app.deps import ClockDep, ConsentsDep, SessionDep
+from app.deps import ClockDep, SessionDep
 from app.identity.principal import Principal, Role, require_role
 from app.identity.staff.deps import StaffEngineer
 from app.resources.models import Resource
 from app.resources.service import get_resource
 from app.tickets import service
+from app.tickets.consent_cache import ConsentsDep
 from app.tickets.models import Consent, Ticket
 from app.tickets.schemas import AssignmentCreate, ConsentCreate, ConsentOut, TicketCreate, TicketOut
 from app.tickets.states import ConsentState
