@@ -57,7 +57,6 @@ TOLERATED_BACK_EDGES: dict[tuple[str, str], str] = {
     ("app.identity", "app.access"): "a staff change ends the person's grants (access.endings, access.notify)",
     ("app.identity", "app.wiring"): "the staff CLI opens the context itself (run_admin_work)",
     ("app.tickets", "app.access"): "a closed ticket or a lost assignment ends grants (access.endings, notify)",
-    ("app.capture", "app.retention"): "erasure destroys keys and blobs through retention.shred",
 }
 
 # The strongly connected components (more than one node) of the module-level graph, as reached.

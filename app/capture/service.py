@@ -16,11 +16,11 @@ from app.audit.actions import Actor, AuditAction, Subjects
 from app.audit.service import append_entry
 from app.capture.models import Recording
 from app.capture.recorder import Recorder
+from app.capture.shred import ShredReceipt, delete_blob, shred_recording
 from app.clock import Clock
 from app.identity.principal import Principal
 from app.request_id import RequestId
 from app.resources.models import Resource
-from app.retention.shred import ShredReceipt, delete_blob, shred_recording
 from app.storage.router import RegionRouter
 from app.tickets.consent_cache import ConsentCache
 from app.tickets.models import Consent

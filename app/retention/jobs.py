@@ -20,6 +20,7 @@ from app.audit.reports.entries import Period
 from app.audit.reports.service import ReportFormat
 from app.audit.runtime import AuditRuntime
 from app.capture.retention_service import count_blobs_pending
+from app.capture.shred import delete_pending_blobs
 from app.clock import Clock
 from app.logs import get_logger
 from app.retention.metrics import RetentionMetrics
@@ -33,7 +34,6 @@ from app.retention.report import (
     stored_report,
 )
 from app.retention.settings import RetentionSettings
-from app.retention.shred import delete_pending_blobs
 from app.storage.router import RegionRouter
 from app.vault.keyring import RegionKeyrings
 

@@ -41,6 +41,7 @@ from app.capture.retention_service import (
     unpurged_buckets,
     unshredded_page,
 )
+from app.capture.shred import delete_blobs, erase_data_keys, shred_recordings
 from app.clock import Clock
 from app.logs import get_logger
 from app.retention.locks import insert_ignoring_duplicates, is_postgresql, take_write_lock
@@ -48,7 +49,6 @@ from app.retention.metrics import RetentionMetrics
 from app.retention.models import RetentionBucket
 from app.retention.policy import bucket_hour, purge_cutoff, purge_due_at
 from app.retention.settings import RetentionSettings
-from app.retention.shred import delete_blobs, erase_data_keys, shred_recordings
 from app.storage.router import RegionRouter
 from app.vault.keyring import KeyBucket, KeyDestruction, RegionKeyrings
 from app.vault.shredding import destroy_bucket, destroy_expired_buckets

@@ -19,13 +19,13 @@ from app.audit.actions import Actor, AuditAction
 from app.audit.reports.entries import Period
 from app.audit.service import read_chain_head
 from app.capture.models import Recording
+from app.capture.shred import shred_recording
 from app.clock import ManualClock, SystemClock
 from app.regions import RegionSettings
 from app.retention import orphans
 from app.retention.metrics import RetentionMetrics
 from app.retention.orphans import NO_ROW, ROW_PURGED, OrphanSweep, orphan_audit_action
 from app.retention.report import build_retention_report
-from app.retention.shred import shred_recording
 from app.storage.layout import RecordingKey
 from tests.retention.conftest import built_world, local_regions
 from tests.retention.world import World

@@ -11,9 +11,9 @@ import pytest
 from app.access.policy import RecordingView
 from app.audit.actions import Actor, AuditAction, kek_bucket
 from app.capture.models import Recording
+from app.capture.shred import shred_recording
 from app.retention.policy import recording_expired
 from app.retention.purge import Purger
-from app.retention.shred import shred_recording
 from app.storage.errors import StoreUnavailable
 from app.storage.layout import RecordingKey
 from app.storage.protocol import BlobStore

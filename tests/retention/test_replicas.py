@@ -17,7 +17,7 @@ import pytest
 
 from app.audit.actions import AuditAction, kek_bucket
 from app.capture.models import Recording
-from app.retention.shred import delete_pending_blobs
+from app.capture.shred import delete_pending_blobs
 from app.vault.keyring import KeyBucket
 from tests.retention.world import LIFETIME, REGIONS, World
 

@@ -29,10 +29,10 @@ from app.audit.actions import Actor, AuditAction
 from app.audit.reports.entries import Period
 from app.audit.service import read_chain_head
 from app.capture.models import Recording
+from app.capture.shred import delete_pending_blobs, shred_recording
 from app.retention.models import RetentionBucket
 from app.retention.policy import recording_expired
 from app.retention.report import build_retention_report
-from app.retention.shred import delete_pending_blobs, shred_recording
 from app.storage.errors import StoreUnavailable
 from app.storage.layout import RecordingKey
 from app.storage.protocol import BlobStore

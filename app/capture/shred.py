@@ -1,5 +1,9 @@
 """Destroying one recording: its data key first, then its blob, leaving a receipt (C7, erasure).
 
+Capture owns recordings, so destroying one lives here: the customer's erasure (`service.py`) and
+retention's purge, orphan sweep and blob retries (`app.retention`) call it, and it imports nothing of
+retention.
+
 Step 1 (one transaction): the key service is told to refuse the wrapped DEK, the wrapped DEK is deleted
 from the row, the row is marked shredded with a receipt, and the audit entries are written. From its
 commit on, no copy of the blob can be decrypted. Step 2: the blob and its parts are deleted; if that
