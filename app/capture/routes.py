@@ -41,9 +41,7 @@ async def erase(resource: str, consent_id: str, acting: CustomerAdmin, session: 
     """Ends the consent, destroys each recording's data key (every copy is unreadable from then on),
     then deletes the blobs. Returns a receipt per recording."""
     owned = await customer_resource(session=session, principal=acting, name=resource)
-    destroyed = await service.erase_customer_recordings(
-        session=session, clock=ctx.clock, keyrings=ctx.keyrings, consents=ctx.consents, acting=acting, resource=owned,
-        consent_id=consent_id)
-    await session.commit()  # the keys are gone before any blob is touched
-    receipt = await destroyed.finish(session=session, clock=ctx.clock, stores=ctx.stores, recorder=ctx.recorder)
+    receipt = await service.erase_customer_recordings(
+        session=session, clock=ctx.clock, keyrings=ctx.keyrings, consents=ctx.consents, stores=ctx.stores,
+        recorder=ctx.recorder, acting=acting, resource=owned, consent_id=consent_id, commit=session.commit)
     return ErasureReceiptOut(**asdict(receipt))

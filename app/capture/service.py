@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeAlias, TypeVarTuple
@@ -76,33 +76,33 @@ class ErasureReceipt:
     receipt_sha256: str
 
 
-@dataclass(frozen=True)
-class KeysDestroyed:
-    """Erasure, step 1 done in the caller's transaction; the caller commits, then calls `finish`."""
-
-    consent: Consent
-    receipts: list[ShredReceipt]
-
-    async def finish(self, *, session: AsyncSession, clock: Clock, stores: RegionRouter,
-                     recorder: Recorder) -> ErasureReceipt:
-        """Erasure, step 2, once the destroyed keys are committed (C7 order: every copy is unreadable first):
-        stop the live recordings, delete the blobs (flushed; failures retried later), make the receipt."""
-        request_ids = [r.request_id for r in self.receipts]
-        recorder.abandon(set(request_ids), "erased")
-        pending = await delete_erased_blobs(session=session, clock=clock, stores=stores, request_ids=request_ids)
-        bodies, digest = receipts_digest(self.receipts)
-        return ErasureReceipt(consent_id=self.consent.id, erased_at=clock.now(), recordings=len(self.receipts),
-                              receipts=bodies, blobs_pending=pending, receipt_sha256=digest)
-
-
 async def erase_customer_recordings(
+    *, session: AsyncSession, clock: Clock, keyrings: RegionKeyrings, consents: ConsentCache, stores: RegionRouter,
+    recorder: Recorder, acting: Principal, resource: Resource, consent_id: str, commit: Callable[[], Awaitable[None]],
+) -> ErasureReceipt:
+    """Erase every recording made under a consent, now: the one use case of the API and the console.
+
+    C7 order: end the consent and destroy every data key, then `commit` (the caller's transaction commit,
+    `session.commit`: services never commit on their own), so every copy is unreadable before any blob is
+    touched; then stop the live recordings and delete the blobs (flushed; a failed delete is retried later).
+    """
+    consent, receipts = await _destroy_data_keys(session=session, clock=clock, keyrings=keyrings, consents=consents,
+                                                 acting=acting, resource=resource, consent_id=consent_id)
+    await commit()  # the keys are gone before any blob is touched
+    request_ids = [r.request_id for r in receipts]
+    recorder.abandon(set(request_ids), "erased")
+    pending = await _delete_erased_blobs(session=session, clock=clock, stores=stores, request_ids=request_ids)
+    bodies, digest = _receipts_digest(receipts)
+    return ErasureReceipt(consent_id=consent.id, erased_at=clock.now(), recordings=len(receipts),
+                          receipts=bodies, blobs_pending=pending, receipt_sha256=digest)
+
+
+async def _destroy_data_keys(
     *, session: AsyncSession, clock: Clock, keyrings: RegionKeyrings, consents: ConsentCache, acting: Principal,
     resource: Resource, consent_id: str,
-) -> KeysDestroyed:
-    """Erasure, step 1: end the consent and destroy the data key of every recording made under it.
-
-    The caller commits, then calls `finish` (the API and the console alike).
-    """
+) -> tuple[Consent, list[ShredReceipt]]:
+    """Erasure's first step, in the caller's transaction: end the consent and destroy the data key of every
+    recording made under it (audited)."""
     consent = await require_consent(session=session, resource=resource, consent_id=consent_id)
     actor = Actor.customer_admin(acting.subject)
     if consent.ended_at is None:
@@ -120,10 +120,10 @@ async def erase_customer_recordings(
     receipts = [await shred_recording(session=session, clock=clock, keyrings=keyrings, recording=r,
                                       reason="erasure", actor=actor) for r in rows]
     await session.flush()
-    return KeysDestroyed(consent, receipts)
+    return consent, receipts
 
 
-async def delete_erased_blobs(
+async def _delete_erased_blobs(
     *, session: AsyncSession, clock: Clock, stores: RegionRouter, request_ids: list[RequestId]
 ) -> list[RequestId]:
     """Erasure, step 2: delete the blobs; returns the request IDs whose delete must be retried."""
@@ -140,7 +140,7 @@ async def delete_erased_blobs(
     return pending
 
 
-def receipts_digest(receipts: list[ShredReceipt]) -> tuple[list[dict[str, object]], str]:
+def _receipts_digest(receipts: list[ShredReceipt]) -> tuple[list[dict[str, object]], str]:
     bodies = [json.loads(r.to_json()) for r in receipts]
     canonical = json.dumps(bodies, sort_keys=True, separators=(",", ":")).encode()
     return bodies, hashlib.sha256(canonical).hexdigest()

@@ -96,7 +96,7 @@ async def withdraw(name: str, consent_id: str, request: Request, ctx: ContextDep
 
 @router.post("/resources/{name}/consents/{consent_id}/erase")
 async def erase(name: str, consent_id: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    """The erasure API's use case and order: keys destroyed and committed, then blobs deleted."""
+    """The erasure API's use case, in its order (keys destroyed and committed, then blobs deleted)."""
     session, acting = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
     form = await checked_form(request, session)
     if first(form, "confirm") != "erase":
@@ -104,11 +104,9 @@ async def erase(name: str, consent_id: str, request: Request, ctx: ContextDep, d
         return RedirectResponse(f"/console/customer/resources/{name}", status_code=303)
     try:
         resource = await tickets.customer_resource(session=db, principal=acting, name=name)
-        destroyed = await capture.erase_customer_recordings(
-            session=db, clock=ctx.clock, keyrings=ctx.keyrings, consents=ctx.consents, acting=acting, resource=resource,
-            consent_id=consent_id)
-        await db.commit()  # the keys are gone before any blob is touched
-        receipt = await destroyed.finish(session=db, clock=ctx.clock, stores=ctx.stores, recorder=ctx.recorder)
+        receipt = await capture.erase_customer_recordings(
+            session=db, clock=ctx.clock, keyrings=ctx.keyrings, consents=ctx.consents, stores=ctx.stores,
+            recorder=ctx.recorder, acting=acting, resource=resource, consent_id=consent_id, commit=db.commit)
         session.flash("ok", f"Erased {receipt.recordings} recording(s); their keys are destroyed "
                       f"({len(receipt.blobs_pending)} blob deletion(s) retried later). "
                       f"Receipt SHA-256 {receipt.receipt_sha256}.")
