@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from app.console.auth import ConsoleState
     from app.identity.dev_issuer import DevIssuer
     from app.identity.principal import TokenVerifier
+    from app.identity.staff.grant_endings import GrantEnder
     from app.metrics import Metrics
     from app.relay.routes import Relay
     from app.resources.directory import ResourceDirectory
@@ -57,6 +58,7 @@ class AppContext:
     access: AccessContext
     audit: AuditRuntime
     auditors: AuditorCheck  # who the auditor is, for audit's routes (identity's `check_staff(Role.AUDITOR)`)
+    grant_ender: GrantEnder  # a staff or ticket change ends grants (access's `AccessGrantEnder`)
     tracing: Tracing
     console: ConsoleState | None  # None when the console is switched off
 

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import __version__
 from app.access.context import AccessContext
+from app.access.grant_ender import AccessGrantEnder
 from app.access.metrics import AccessMetrics
 from app.access.notify import Notifier
 from app.access.people import SawRegistry, StaffRecords
@@ -106,7 +107,8 @@ def build_context(
         admin_token=admin_token(settings),
         dev_issuer=dev_issuer, token_verifier=build_token_verifier(settings.identity, dev_issuer, clock=clock),
         stores=stores, keyrings=keyrings, consents=consents, recorder=recorder, resources=resources, relay=relay,
-        access=access, audit=audit, auditors=check_staff(Role.AUDITOR), tracing=tracing,
+        access=access, audit=audit, auditors=check_staff(Role.AUDITOR),
+        grant_ender=AccessGrantEnder(notifier=access.notifier), tracing=tracing,
         console=build_console_state(settings, session_factory),
     )
 

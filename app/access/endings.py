@@ -2,13 +2,12 @@
 
 Bookkeeping and notification only: the read check (`decide_read`, C5) looks at the present assignment,
 team, manager relation, roles and active flag at every read, so a grant this misses still does not read.
-It lives apart from `app.access.service` so the tickets and staff services can call it in their own
-transaction without an import cycle (it imports neither of them).
+It lives apart from `app.access.service` so it imports neither the tickets nor the staff service; those
+services reach it through identity's `GrantEnder` protocol (`app.access.grant_ender` implements it), in their
+own transaction. Why a grant ended, `GrantEnding`, is identity's.
 """
 
 from __future__ import annotations
-
-from enum import StrEnum
 
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,17 +17,9 @@ from app.access.states import AccessRequestState
 from app.audit.actions import Actor, AuditAction, Subjects
 from app.audit.service import append_entry
 from app.clock import Clock
+from app.identity.staff.grant_endings import GrantEnding
 
 _ENDED = "voicelog.access.ended_grants"  # session.info key: rows ended in this transaction, to be notified
-
-
-class GrantEnding(StrEnum):
-    """Why a grant ended without anyone revoking it (the `access.revoked` entry's `reason`)."""
-
-    UNASSIGNED = "engineer_unassigned"
-    MOVED = "engineer_moved"
-    DEACTIVATED = "engineer_deactivated"
-    ROLE_REMOVED = "engineer_role_removed"
 
 
 async def end_grants_of(

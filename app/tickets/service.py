@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, TypeVarTuple
 from sqlalchemy import Select, SQLColumnExpression, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.access.endings import GrantEnding, end_grants_of
 from app.audit.actions import ID_PATTERN, Actor, AuditAction, Subjects, detail_time
 from app.audit.service import append_entry
 from app.clock import Clock
 from app.errors import Conflict, NotFound
 from app.identity.principal import Principal, Role
+from app.identity.staff.grant_endings import GrantEnder, GrantEnding
 from app.resources.models import Resource
 from app.resources.service import ResourceNotFound, get_resource_by_name, require_resource
 from app.tickets.models import Consent, Ticket, TicketAssignment
@@ -124,8 +124,11 @@ async def assign_engineer(
 
 
 async def unassign_engineer(
-    *, session: AsyncSession, clock: Clock, acting: Principal, ticket_id: str, engineer: str
+    *, session: AsyncSession, clock: Clock, acting: Principal, ticket_id: str, engineer: str,
+    grant_ender: GrantEnder | None = None,
 ) -> Ticket:
+    """The engineer leaves the ticket; their grants under it end (`grant_ender`; the caller tells the team after
+    its commit). `grant_ender` is `None` only until the unassign route passes the context's (issue 16)."""
     ticket = await require_ticket(session=session, ticket_id=ticket_id)
     row = (await session.execute(
         select(TicketAssignment).where(TicketAssignment.ticket_id == ticket_id,
@@ -139,8 +142,14 @@ async def unassign_engineer(
                        action=AuditAction.TICKET_UNASSIGNED, subjects=Subjects(ticket=ticket_id),
                        detail={"engineer": engineer})
     # Their grants under this ticket end with the assignment (C5; every read checks it anyway).
-    await end_grants_of(session=session, clock=clock, actor=Actor.service(acting.subject), engineer=engineer,
-                        reason=GrantEnding.UNASSIGNED, ticket_id=ticket_id)
+    if grant_ender is None:
+        from app.access.endings import end_grants_of  # transitional: no module-level import climbs to access
+
+        await end_grants_of(session=session, clock=clock, actor=Actor.service(acting.subject), engineer=engineer,
+                            reason=GrantEnding.UNASSIGNED, ticket_id=ticket_id)
+    else:
+        await grant_ender.end_grants_of(session=session, clock=clock, actor=Actor.service(acting.subject),
+                                        engineer=engineer, reason=GrantEnding.UNASSIGNED, ticket_id=ticket_id)
     return ticket
 
 

@@ -18,8 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access import service as access
 from app.access.endings import take_ended_grants
+from app.access.grant_ender import AccessGrantEnder
 from app.access.metrics import AccessMetrics
 from app.access.models import AccessRequest, AccessRequestItem
+from app.access.notify import Notifier
 from app.access.people import StaffRecords
 from app.access.playback.service import authorize_read
 from app.access.policy import SawView
@@ -43,6 +45,8 @@ from tests.fixtures.saw import audit_records
 ADMIN = Actor.service("admin-token")
 TICKETING = Principal("svc-ticketing", frozenset({Role.TICKETING}))
 DIRECTORY = StaffRecords()
+# Access's grant ender, as `build_context` makes it; no team has a webhook here, so nothing is sent.
+GRANTS = AccessGrantEnder(notifier=Notifier([], CollectorRegistry()))
 
 
 class SawOf:
@@ -172,7 +176,7 @@ async def test_engineer_unassigned_from_ticket_can_no_longer_read(world: World) 
     assert await world.reads("alice")
 
     await tickets.unassign_engineer(session=world.session, clock=world.clock, acting=TICKETING,
-                                    ticket_id=world.ticket_id, engineer=world.who("alice"))
+                                    ticket_id=world.ticket_id, engineer=world.who("alice"), grant_ender=GRANTS)
 
     assert not await world.reads("alice")
     assert (grant.state, grant.revoke_reason) == ("revoked", "engineer_unassigned")
@@ -194,7 +198,7 @@ async def test_unassigning_one_engineer_leaves_the_others_grants_alone(world: Wo
     await world.approve(await world.ask("gina"), "max")
     await world.ask("alice")
     await tickets.unassign_engineer(session=world.session, clock=world.clock, acting=TICKETING,
-                                    ticket_id=world.ticket_id, engineer=world.who("alice"))
+                                    ticket_id=world.ticket_id, engineer=world.who("alice"), grant_ender=GRANTS)
     assert await world.reads("gina")
 
 
@@ -212,7 +216,7 @@ async def test_a_request_of_an_engineer_no_longer_on_the_ticket_cannot_be_approv
 async def test_old_teams_manager_cannot_approve_after_the_requester_moves(world: World) -> None:
     pending = await world.ask("gina")
     await staff.update_staff(session=world.session, clock=world.clock, actor=ADMIN, subject=world.who("gina"),
-                             data=StaffUpdate(team=world.team("a")))
+                             data=StaffUpdate(team=world.team("a")), grant_ender=GRANTS)
 
     with pytest.raises(access.NotTheirManager):
         await world.approve(pending, "max")
@@ -238,7 +242,7 @@ async def test_grant_approved_before_a_team_move_stops_reading(world: World) -> 
     assert await world.reads("gina")
 
     await staff.update_staff(session=world.session, clock=world.clock, actor=ADMIN, subject=world.who("gina"),
-                             data=StaffUpdate(team=world.team("a")))
+                             data=StaffUpdate(team=world.team("a")), grant_ender=GRANTS)
 
     assert not await world.reads("gina")
     assert (grant.state, grant.revoke_reason) == ("revoked", "engineer_moved")
@@ -264,7 +268,7 @@ async def test_a_grant_stops_reading_when_its_approver_stops_managing_the_team(w
 async def test_a_deactivated_approver_no_longer_backs_a_grant(world: World) -> None:
     await world.approve(await world.ask("alice"), "mona")
     await staff.set_active(session=world.session, clock=world.clock, actor=ADMIN, subject=world.who("mona"),
-                           active=False)
+                           active=False, grant_ender=GRANTS)
     assert not await world.reads("alice")
 
 
@@ -275,7 +279,7 @@ async def test_deactivating_an_engineer_ends_her_grants_and_requests(world: Worl
     grant = await world.approve(await world.ask("alice"), "mona")
     pending = await world.ask("alice")
     await staff.set_active(session=world.session, clock=world.clock, actor=ADMIN, subject=world.who("alice"),
-                           active=False)
+                           active=False, grant_ender=GRANTS)
     assert [(r.state, r.revoke_reason) for r in (grant, pending)] == [("revoked", "engineer_deactivated")] * 2
     assert await world.revocations() == [("service:admin-token", "engineer_deactivated")] * 2
     assert not await world.reads("alice")
@@ -284,7 +288,7 @@ async def test_deactivating_an_engineer_ends_her_grants_and_requests(world: Worl
 async def test_losing_the_engineer_role_ends_her_grants(world: World) -> None:
     grant = await world.approve(await world.ask("alice"), "mona")
     await staff.set_roles(session=world.session, clock=world.clock, actor=ADMIN, subject=world.who("alice"),
-                          roles=[Role.AUDITOR])
+                          roles=[Role.AUDITOR], grant_ender=GRANTS)
     assert (grant.state, grant.revoke_reason) == ("revoked", "engineer_role_removed")
     assert not await world.reads("alice")
 
@@ -292,9 +296,9 @@ async def test_losing_the_engineer_role_ends_her_grants(world: World) -> None:
 async def test_a_rename_or_another_role_leaves_grants_alone(world: World) -> None:
     grant = await world.approve(await world.ask("alice"), "mona")
     await staff.update_staff(session=world.session, clock=world.clock, actor=ADMIN, subject=world.who("alice"),
-                             data=StaffUpdate(display_name="Alice L."))
+                             data=StaffUpdate(display_name="Alice L."), grant_ender=GRANTS)
     await staff.set_roles(session=world.session, clock=world.clock, actor=ADMIN, subject=world.who("alice"),
-                          roles=[Role.ENGINEER, Role.AUDITOR])
+                          roles=[Role.ENGINEER, Role.AUDITOR], grant_ender=GRANTS)
     assert grant.state == "approved"
     assert await world.reads("alice")
 
@@ -304,7 +308,7 @@ async def test_expired_denied_and_revoked_grants_are_not_ended_twice(world: Worl
     await access.revoke(session=world.session, clock=world.clock, directory=DIRECTORY,
                         access_request_id=revoked.id, actor=await world.person("alice"), reason="done")
     await staff.set_active(session=world.session, clock=world.clock, actor=ADMIN, subject=world.who("alice"),
-                           active=False)
+                           active=False, grant_ender=GRANTS)
     assert revoked.revoke_reason == "done"
     assert [reason for _, reason in await world.revocations()] == ["done"]
 

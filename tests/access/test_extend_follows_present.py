@@ -19,7 +19,7 @@ from app.identity.staff.models import Staff
 from app.identity.staff.schemas import StaffUpdate
 from app.tickets import service as tickets
 from app.tickets.models import TicketAssignment
-from tests.access.test_access_follows_present import ADMIN, DIRECTORY, TICKETING, World, world
+from tests.access.test_access_follows_present import ADMIN, DIRECTORY, GRANTS, TICKETING, World, world
 
 __all__ = ["world"]  # the fixture, reused
 
@@ -50,7 +50,7 @@ async def test_an_active_grant_can_be_extended(world: World) -> None:
 async def test_extending_is_refused_after_the_engineer_is_unassigned(world: World) -> None:
     grant = await world.approve(await world.ask("alice"), "mona")
     await tickets.unassign_engineer(session=world.session, clock=world.clock, acting=TICKETING,
-                                    ticket_id=world.ticket_id, engineer=world.who("alice"))
+                                    ticket_id=world.ticket_id, engineer=world.who("alice"), grant_ender=GRANTS)
     assert await refused_extension(world, grant, "alice") == "grant_not_active"
 
 
@@ -65,7 +65,7 @@ async def test_extending_is_refused_after_the_engineer_is_quietly_unassigned(wor
 async def test_extending_is_refused_after_a_team_move(world: World) -> None:
     grant = await world.approve(await world.ask("gina"), "max")
     await staff.update_staff(session=world.session, clock=world.clock, actor=ADMIN, subject=world.who("gina"),
-                             data=StaffUpdate(team=world.team("a")))
+                             data=StaffUpdate(team=world.team("a")), grant_ender=GRANTS)
     assert await refused_extension(world, grant, "gina") == "grant_not_active"
 
 
@@ -83,7 +83,7 @@ async def test_extending_is_refused_after_a_quiet_team_move(world: World) -> Non
 async def test_extending_is_refused_after_deactivation(world: World) -> None:
     grant = await world.approve(await world.ask("alice"), "mona")
     await staff.set_active(session=world.session, clock=world.clock, actor=ADMIN, subject=world.who("alice"),
-                           active=False)
+                           active=False, grant_ender=GRANTS)
     assert await refused_extension(world, grant, "alice") == "grant_not_active"
 
 

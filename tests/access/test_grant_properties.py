@@ -20,10 +20,13 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.access import service
-from app.access.endings import GrantEnding, end_grants_of
+from app.access.endings import end_grants_of
+from app.access.grant_ender import AccessGrantEnder
+from app.access.notify import Notifier
 from app.access.policy import ConsentView, RecordingView, SawView, StaffView, decide_read
 from app.access.service import Person
 from app.audit.actions import Actor
@@ -32,6 +35,7 @@ from app.clock import ManualClock
 from app.db import create_engine
 from app.errors import AppError
 from app.identity.principal import Principal, Role
+from app.identity.staff.grant_endings import GrantEnding
 from app.models import Consent, Resource, Ticket, TicketAssignment
 from app.tickets.service import assign_engineer, tickets_assigned_to, unassign_engineer
 
@@ -102,6 +106,8 @@ steps = st.lists(st.one_of(
     st.tuples(st.sampled_from(["move", "move_quietly"]), requesters, st.sampled_from(["team-a", "team-b"])),
 ), max_size=25)
 TICKETING = Principal("svc", frozenset({Role.TICKETING}))
+# Access's grant ender, as `build_context` makes it; no team has a webhook here, so nothing is sent.
+GRANTS = AccessGrantEnder(notifier=Notifier([], CollectorRegistry()))
 
 
 async def run(plan: list[tuple[object, ...]], database: Path) -> None:
@@ -138,7 +144,7 @@ async def run(plan: list[tuple[object, ...]], database: Path) -> None:
                     clock.advance(timedelta(minutes=int(str(step[1]))))
                 elif kind == "unassign":
                     await unassign_engineer(session=session, clock=clock, acting=TICKETING, ticket_id="tic",
-                                            engineer=str(step[1]))
+                                            engineer=str(step[1]), grant_ender=GRANTS)
                     model.assigned.discard(str(step[1]))
                     model.end_grants_of(str(step[1]))
                 elif kind == "assign":

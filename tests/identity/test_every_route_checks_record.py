@@ -257,7 +257,8 @@ class Probe:
                 subject=self.who(name), display_name=name, roles=sorted(roles)))
             if not active:
                 await staff_service.set_active(session=session, clock=SystemClock(), actor=actor,
-                                               subject=self.who(name), active=False)
+                                               subject=self.who(name), active=False,
+                                               grant_ender=self.app.state.ctx.grant_ender)
             await session.commit()
 
     async def call(self, method: str, path: str, need: StaffRole, name: str, role: Role) -> httpx.Response:

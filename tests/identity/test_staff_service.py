@@ -6,8 +6,11 @@ from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
+from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.access.grant_ender import AccessGrantEnder
+from app.access.notify import Notifier
 from app.audit.actions import Actor
 from app.clock import ManualClock
 from app.identity.principal import MissingRole, Principal, Role
@@ -16,6 +19,8 @@ from app.identity.staff.schemas import StaffCreate, StaffUpdate, TeamCreate
 from tests.fixtures.saw import audit_records
 
 ADMIN = Actor.service("admin-token")
+# Access's grant ender, as `build_context` makes it; no team has a webhook here, so nothing is sent.
+GRANTS = AccessGrantEnder(notifier=Notifier([], CollectorRegistry()))
 
 
 @pytest.fixture
@@ -59,10 +64,10 @@ async def test_set_roles_audits_each_difference_and_nothing_when_unchanged(
     await add_person(db_session, clock, subject, Role.ENGINEER, Role.AUDITOR)
 
     staff = await service.set_roles(session=db_session, clock=clock, actor=ADMIN, subject=subject,
-                                    roles=[Role.ENGINEER, Role.MANAGER])
+                                    roles=[Role.ENGINEER, Role.MANAGER], grant_ender=GRANTS)
     before = len(await audit_records(db_session))
     await service.set_roles(session=db_session, clock=clock, actor=ADMIN, subject=subject,
-                            roles=[Role.MANAGER, Role.ENGINEER])
+                            roles=[Role.MANAGER, Role.ENGINEER], grant_ender=GRANTS)
 
     assert staff.roles == {Role.ENGINEER, Role.MANAGER}
     records = await audit_records(db_session)
@@ -76,7 +81,8 @@ async def test_staff_records_hold_only_staff_roles(db_session: AsyncSession, clo
     await add_person(db_session, clock, subject, Role.ENGINEER)
     for role in (Role.CUSTOMER_ADMIN, Role.TICKETING, "root"):
         with pytest.raises(service.NotAStaffRole):
-            await service.set_roles(session=db_session, clock=clock, actor=ADMIN, subject=subject, roles=[role])
+            await service.set_roles(session=db_session, clock=clock, actor=ADMIN,
+                                    subject=subject, roles=[role], grant_ender=GRANTS)
 
 
 async def test_managers_of_counts_only_active_people_who_hold_the_manager_role(
@@ -90,8 +96,10 @@ async def test_managers_of_counts_only_active_people_who_hold_the_manager_role(
                                   subject=f"{name}-{t}")
     assert await service.managers_of(session=db_session, team_id=team.id) == {f"mia-{t}", f"max-{t}", f"mo-{t}"}
 
-    await service.set_active(session=db_session, clock=clock, actor=ADMIN, subject=f"max-{t}", active=False)
-    await service.set_roles(session=db_session, clock=clock, actor=ADMIN, subject=f"mo-{t}", roles=[Role.ENGINEER])
+    await service.set_active(session=db_session, clock=clock, actor=ADMIN,
+                             subject=f"max-{t}", active=False, grant_ender=GRANTS)
+    await service.set_roles(session=db_session, clock=clock, actor=ADMIN,
+                            subject=f"mo-{t}", roles=[Role.ENGINEER], grant_ender=GRANTS)
 
     assert await service.managers_of(session=db_session, team_id=team.id) == {f"mia-{t}"}
     assert await service.managers_of(session=db_session, team_id=str(uuid4())) == set()
@@ -105,7 +113,8 @@ async def test_only_an_active_manager_can_be_made_a_team_manager(db_session: Asy
     team = await service.create_team(session=db_session, clock=clock, actor=ADMIN, data=TeamCreate(name=f"t-{t}"))
     await add_person(db_session, clock, f"eng-{t}", Role.ENGINEER)
     await add_person(db_session, clock, f"gone-{t}", Role.MANAGER)
-    await service.set_active(session=db_session, clock=clock, actor=ADMIN, subject=f"gone-{t}", active=False)
+    await service.set_active(session=db_session, clock=clock, actor=ADMIN,
+                             subject=f"gone-{t}", active=False, grant_ender=GRANTS)
 
     for subject in (f"eng-{t}", f"gone-{t}", f"nobody-{t}"):
         with pytest.raises(service.NotAManager):
@@ -137,9 +146,9 @@ async def test_team_change_and_rename_are_audited(db_session: AsyncSession, cloc
     team = await service.create_team(session=db_session, clock=clock, actor=ADMIN, data=TeamCreate(name=f"t-{t}"))
     await add_person(db_session, clock, f"dan-{t}", Role.ENGINEER)
     await service.update_staff(session=db_session, clock=clock, actor=ADMIN, subject=f"dan-{t}",
-                               data=StaffUpdate(team=team.name, display_name="Dan D."))
+                               data=StaffUpdate(team=team.name, display_name="Dan D."), grant_ender=GRANTS)
     cleared = await service.update_staff(session=db_session, clock=clock, actor=ADMIN, subject=f"dan-{t}",
-                                         data=StaffUpdate(team=None))
+                                         data=StaffUpdate(team=None), grant_ender=GRANTS)
 
     assert cleared.team_id is None
     assert cleared.display_name == "Dan D."
@@ -168,9 +177,11 @@ async def test_an_admin_never_changes_their_own_record(db_session: AsyncSession,
     myself = Actor.staff(me)
 
     attempts = [
-        service.set_roles(session=db_session, clock=clock, actor=myself, subject=me, roles=[Role.ENGINEER]),
-        service.set_active(session=db_session, clock=clock, actor=myself, subject=me, active=False),
-        service.update_staff(session=db_session, clock=clock, actor=myself, subject=me, data=StaffUpdate(team=None)),
+        service.set_roles(session=db_session, clock=clock, actor=myself,
+                          subject=me, roles=[Role.ENGINEER], grant_ender=GRANTS),
+        service.set_active(session=db_session, clock=clock, actor=myself, subject=me, active=False, grant_ender=GRANTS),
+        service.update_staff(session=db_session, clock=clock, actor=myself,
+                             subject=me, data=StaffUpdate(team=None), grant_ender=GRANTS),
         service.add_manager(session=db_session, clock=clock, actor=myself, team_id=team.id, subject=me),
     ]
     for attempt in attempts:
@@ -199,6 +210,7 @@ async def test_authorize_staff_needs_the_role_in_the_token_and_in_the_active_rec
     with pytest.raises(service.UnknownStaff):
         await service.authorize_staff(session=db_session, principal=Principal(f"x-{t}", frozenset({Role.ENGINEER})),
                                       roles=[Role.ENGINEER])
-    await service.set_active(session=db_session, clock=clock, actor=ADMIN, subject=f"ann-{t}", active=False)
+    await service.set_active(session=db_session, clock=clock, actor=ADMIN,
+                             subject=f"ann-{t}", active=False, grant_ender=GRANTS)
     with pytest.raises(service.StaffInactive):
         await service.authorize_staff(session=db_session, principal=token(Role.ENGINEER), roles=[Role.ENGINEER])

@@ -73,7 +73,8 @@ async def served(app_db_url: str, tmp_path: Path, identity_settings: IdentitySet
                 subject=f"{name}-{tag}", display_name=name, roles=roles))
             if not active:
                 await staff_service.set_active(session=session, clock=SystemClock(), actor=actor,
-                                               subject=f"{name}-{tag}", active=False)
+                                               subject=f"{name}-{tag}", active=False,
+                                               grant_ender=app.state.ctx.grant_ender)
         for n in range(2):
             await append_and_chain(session, clock, example_steps(n, clock.now()))
         await session.commit()

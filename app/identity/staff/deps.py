@@ -15,6 +15,7 @@ from app.context import AppContext
 from app.deps import AdminDisabled, ContextDep, SessionDep
 from app.errors import Unauthorized
 from app.identity.principal import Role, authenticate
+from app.identity.staff.grant_endings import GrantEnder
 from app.identity.staff.models import STAFF_ROLES
 from app.identity.staff.service import StaffPrincipal, authorize_staff
 
@@ -81,3 +82,12 @@ async def require_admin_caller(request: Request, ctx: ContextDep, session: Sessi
 
 AdminCallerDep = Annotated[AdminCaller, Depends(require_admin_caller)]
 """For `/admin/*` routes that staff admins may use as well as the admin token."""
+
+
+def get_grant_ender(ctx: ContextDep) -> GrantEnder:
+    """The context's grant ender (access's, put there by `build_context`): identity never imports access."""
+    return ctx.grant_ender
+
+
+GrantEnderDep = Annotated[GrantEnder, Depends(get_grant_ender)]
+"""For routes whose change ends grants (a staff change, an unassignment): end them, then `notify_ended`."""

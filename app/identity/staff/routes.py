@@ -6,11 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from app.access.context import AccessDep
-from app.access.notify import notify_ended_grants
 from app.deps import ClockDep, SessionDep
 from app.identity.staff import service
-from app.identity.staff.deps import AdminCallerDep
+from app.identity.staff.deps import AdminCallerDep, GrantEnderDep
 from app.identity.staff.models import Staff, Team
 from app.identity.staff.schemas import ManagerAdd, RolesSet, StaffCreate, StaffOut, StaffUpdate, TeamCreate, TeamOut
 from app.input_text import SingleLine
@@ -80,31 +78,35 @@ async def show_staff(subject: str, _admin: AdminCallerDep, session: SessionDep) 
 
 @router.patch("/admin/staff/{subject}", summary="Change a staff member's display name or team")
 async def update_staff(subject: str, body: StaffUpdate, admin: AdminCallerDep, session: SessionDep,
-                       clock: ClockDep, access: AccessDep) -> StaffOut:
+                       clock: ClockDep, grant_ender: GrantEnderDep) -> StaffOut:
     """A team change ends the person's grants (audited, the team told as for a revocation)."""
-    staff = await service.update_staff(session=session, clock=clock, actor=admin.actor, subject=subject, data=body)
-    await notify_ended_grants(session=session, notifier=access.notifier)
+    staff = await service.update_staff(session=session, clock=clock, actor=admin.actor, subject=subject, data=body,
+                                       grant_ender=grant_ender)
+    await grant_ender.notify_ended(session=session)
     return _staff_out(staff)
 
 
 @router.put("/admin/staff/{subject}/roles", summary="Set a staff member's roles")
 async def set_roles(subject: str, body: RolesSet, admin: AdminCallerDep, session: SessionDep,
-                    clock: ClockDep, access: AccessDep) -> StaffOut:
+                    clock: ClockDep, grant_ender: GrantEnderDep) -> StaffOut:
     staff = await service.set_roles(session=session, clock=clock, actor=admin.actor, subject=subject,
-                                    roles=body.roles)
-    await notify_ended_grants(session=session, notifier=access.notifier)  # losing `engineer` ends grants
+                                    roles=body.roles, grant_ender=grant_ender)
+    await grant_ender.notify_ended(session=session)  # losing `engineer` ends grants
     return _staff_out(staff)
 
 
 @router.post("/admin/staff/{subject}/deactivate", summary="Deactivate a staff member (refused everywhere at once)")
 async def deactivate(subject: str, admin: AdminCallerDep, session: SessionDep, clock: ClockDep,
-                     access: AccessDep) -> StaffOut:
-    staff = await service.set_active(session=session, clock=clock, actor=admin.actor, subject=subject, active=False)
-    await notify_ended_grants(session=session, notifier=access.notifier)
+                     grant_ender: GrantEnderDep) -> StaffOut:
+    staff = await service.set_active(session=session, clock=clock, actor=admin.actor, subject=subject, active=False,
+                                     grant_ender=grant_ender)
+    await grant_ender.notify_ended(session=session)
     return _staff_out(staff)
 
 
 @router.post("/admin/staff/{subject}/activate", summary="Reactivate a staff member")
-async def activate(subject: str, admin: AdminCallerDep, session: SessionDep, clock: ClockDep) -> StaffOut:
-    staff = await service.set_active(session=session, clock=clock, actor=admin.actor, subject=subject, active=True)
+async def activate(subject: str, admin: AdminCallerDep, session: SessionDep, clock: ClockDep,
+                   grant_ender: GrantEnderDep) -> StaffOut:
+    staff = await service.set_active(session=session, clock=clock, actor=admin.actor, subject=subject, active=True,
+                                     grant_ender=grant_ender)
     return _staff_out(staff)

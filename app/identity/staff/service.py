@@ -14,12 +14,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.access.endings import GrantEnding, end_grants_of
 from app.audit.actions import Actor, ActorType, AuditAction
 from app.audit.service import append_entry
 from app.clock import Clock
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound
 from app.identity.principal import MissingRole, Principal, Role
+from app.identity.staff.grant_endings import GrantEnder, GrantEnding
 from app.identity.staff.models import STAFF_ROLES, Staff, StaffRole, Team, TeamManager
 from app.identity.staff.schemas import StaffCreate, StaffUpdate, TeamCreate
 from app.logs import get_logger
@@ -91,6 +91,18 @@ def _checked_roles(roles: Iterable[Role | str]) -> set[Role]:
     if not chosen <= STAFF_ROLES:
         raise NotAStaffRole()
     return chosen
+
+
+async def _end_grants(grant_ender: GrantEnder | None, *, session: AsyncSession, clock: Clock, actor: Actor,
+                      engineer: str, reason: GrantEnding) -> None:
+    """End the person's grants through the context's ender. `None` only until the staff CLI passes it (issue
+    16): the same function of access, imported here so that no module-level import climbs to access."""
+    if grant_ender is None:
+        from app.access.endings import end_grants_of  # transitional, see the docstring
+
+        await end_grants_of(session=session, clock=clock, actor=actor, engineer=engineer, reason=reason)
+        return
+    await grant_ender.end_grants_of(session=session, clock=clock, actor=actor, engineer=engineer, reason=reason)
 
 
 async def _audit_staff(session: AsyncSession, clock: Clock, actor: Actor, subject: str, change: str, *,
@@ -220,8 +232,9 @@ async def create_staff(*, session: AsyncSession, clock: Clock, actor: Actor, dat
 
 
 async def set_roles(*, session: AsyncSession, clock: Clock, actor: Actor, subject: str,
-                    roles: Iterable[Role | str]) -> Staff:
-    """Replace the person's roles; one audit entry per role added or removed, none if nothing changes."""
+                    roles: Iterable[Role | str], grant_ender: GrantEnder | None = None) -> Staff:
+    """Replace the person's roles; one audit entry per role added or removed, none if nothing changes. Losing
+    `engineer` ends their grants (`grant_ender`; the caller tells the teams after its commit)."""
     refuse_self_administration(actor, subject)
     wanted = _checked_roles(roles)
     staff = await require_staff_record(session=session, subject=subject)
@@ -239,14 +252,14 @@ async def set_roles(*, session: AsyncSession, clock: Clock, actor: Actor, subjec
     for role in removed:
         await _audit_staff(session, clock, actor, subject, "role_removed", role=role)
     if Role.ENGINEER in removed:
-        await end_grants_of(session=session, clock=clock, actor=actor, engineer=subject,
-                            reason=GrantEnding.ROLE_REMOVED)
+        await _end_grants(grant_ender, session=session, clock=clock, actor=actor, engineer=subject,
+                          reason=GrantEnding.ROLE_REMOVED)
     return staff
 
 
 async def update_staff(*, session: AsyncSession, clock: Clock, actor: Actor, subject: str,
-                       data: StaffUpdate) -> Staff:
-    """Display name and team; only the fields the caller set."""
+                       data: StaffUpdate, grant_ender: GrantEnder | None = None) -> Staff:
+    """Display name and team; only the fields the caller set. A team change ends the person's grants."""
     refuse_self_administration(actor, subject)
     staff = await require_staff_record(session=session, subject=subject)
     changes: list[tuple[str, str | None]] = []
@@ -267,12 +280,15 @@ async def update_staff(*, session: AsyncSession, clock: Clock, actor: Actor, sub
         await _audit_staff(session, clock, actor, subject, change, team=team)
     if any(change != "renamed" for change, _ in changes):
         # Their grants were approved by the old team's manager; a new team means a new approval (C5).
-        await end_grants_of(session=session, clock=clock, actor=actor, engineer=subject, reason=GrantEnding.MOVED)
+        await _end_grants(grant_ender, session=session, clock=clock, actor=actor, engineer=subject,
+                          reason=GrantEnding.MOVED)
     return staff
 
 
-async def set_active(*, session: AsyncSession, clock: Clock, actor: Actor, subject: str, active: bool) -> Staff:
-    """Deactivate (or reactivate) a person: `require_staff` refuses them at once; their rows stay."""
+async def set_active(*, session: AsyncSession, clock: Clock, actor: Actor, subject: str, active: bool,
+                     grant_ender: GrantEnder | None = None) -> Staff:
+    """Deactivate (or reactivate) a person: `require_staff` refuses them at once; their rows stay, their grants
+    end."""
     refuse_self_administration(actor, subject)
     staff = await require_staff_record(session=session, subject=subject)
     if staff.active == active:
@@ -282,8 +298,8 @@ async def set_active(*, session: AsyncSession, clock: Clock, actor: Actor, subje
     await session.flush()
     await _audit_staff(session, clock, actor, subject, "reactivated" if active else "deactivated")
     if not active:
-        await end_grants_of(session=session, clock=clock, actor=actor, engineer=subject,
-                            reason=GrantEnding.DEACTIVATED)
+        await _end_grants(grant_ender, session=session, clock=clock, actor=actor, engineer=subject,
+                          reason=GrantEnding.DEACTIVATED)
     log.info("identity.staff.active_changed", staff=subject, active=active)
     return staff
 
