@@ -128,10 +128,11 @@ async def test_a_recording_left_by_a_dead_replica_is_closed_incomplete(stack: Re
         stale.state, stale.owner = "recording", "replica-that-died"
         stale.heartbeat_at = stale.started_at - timedelta(minutes=5)
         await session.commit()
-    closed = await close_stale_recordings(session_factory=state.session_factory, clock=state.clock,
-                                          stores=state.stores, stale_after=timedelta(seconds=60), live=set())
+    # This replica's own upkeep runs the same recovery and may get there first on a slow machine: what is
+    # checked is the row, whoever closed it.
+    await close_stale_recordings(session_factory=state.session_factory, clock=state.clock,
+                                 stores=state.stores, stale_after=timedelta(seconds=60), live=set())
     recovered = await stack.recording(request_id)
-    assert closed >= 1
     assert (recovered.state, recovered.incomplete_reason) == ("incomplete", "relay_restarted")
     assert recovered.bytes_committed == row.bytes_committed  # the committed blob length, read from the store
 
