@@ -1,8 +1,8 @@
 """Capture's service to the retention domain (C7): the reads, row claims and marks of recordings that the
 purge, the pending-blob retry, the orphan sweep and the retention report need, one function per statement.
 
-Beside `service.py`, not in it: erasure there calls `app.retention.shred`, which calls these, so one module
-would be an import loop. A claim is `FOR UPDATE SKIP LOCKED` on PostgreSQL (replicas take different rows);
+Beside `service.py`, not in it: erasure there calls `shred.py`, which calls these, so one module would be an
+import loop. A claim is `FOR UPDATE SKIP LOCKED` on PostgreSQL (replicas take different rows);
 the rows stay locked by the caller's session until it commits.
 """
 
