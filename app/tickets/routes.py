@@ -7,11 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.access.context import AccessDep
-from app.access.notify import notify_ended_grants
 from app.deps import ClockDep, SessionDep
 from app.identity.principal import Principal, Role, require_role
-from app.identity.staff.deps import StaffEngineer
+from app.identity.staff.deps import GrantEnderDep, StaffEngineer
 from app.resources.models import Resource
 from app.resources.service import get_resource
 from app.tickets import service
@@ -67,11 +65,11 @@ async def assign(ticket_id: str, body: AssignmentCreate, acting: Ticketing, sess
 
 @router.delete("/tickets/{ticket_id}/engineers/{engineer}", summary="Unassign an engineer (ticketing system)")
 async def unassign(ticket_id: str, engineer: str, acting: Ticketing, session: SessionDep, clock: ClockDep,
-                   access: AccessDep) -> TicketOut:
+                   grant_ender: GrantEnderDep) -> TicketOut:
     """Their grants under this ticket end too (audited, the team told as for a revocation)."""
     ticket = await service.unassign_engineer(session=session, clock=clock, acting=acting, ticket_id=ticket_id,
-                                             engineer=engineer)
-    await notify_ended_grants(session=session, notifier=access.notifier)
+                                             engineer=engineer, grant_ender=grant_ender)
+    await grant_ender.notify_ended(session=session)
     return await _ticket_out(session, ticket)
 
 

@@ -125,10 +125,10 @@ async def assign_engineer(
 
 async def unassign_engineer(
     *, session: AsyncSession, clock: Clock, acting: Principal, ticket_id: str, engineer: str,
-    grant_ender: GrantEnder | None = None,
+    grant_ender: GrantEnder,
 ) -> Ticket:
     """The engineer leaves the ticket; their grants under it end (`grant_ender`; the caller tells the team after
-    its commit). `grant_ender` is `None` only until the unassign route passes the context's (issue 16)."""
+    its commit)."""
     ticket = await require_ticket(session=session, ticket_id=ticket_id)
     row = (await session.execute(
         select(TicketAssignment).where(TicketAssignment.ticket_id == ticket_id,
@@ -142,14 +142,8 @@ async def unassign_engineer(
                        action=AuditAction.TICKET_UNASSIGNED, subjects=Subjects(ticket=ticket_id),
                        detail={"engineer": engineer})
     # Their grants under this ticket end with the assignment (C5; every read checks it anyway).
-    if grant_ender is None:
-        from app.access.endings import end_grants_of  # transitional: no module-level import climbs to access
-
-        await end_grants_of(session=session, clock=clock, actor=Actor.service(acting.subject), engineer=engineer,
-                            reason=GrantEnding.UNASSIGNED, ticket_id=ticket_id)
-    else:
-        await grant_ender.end_grants_of(session=session, clock=clock, actor=Actor.service(acting.subject),
-                                        engineer=engineer, reason=GrantEnding.UNASSIGNED, ticket_id=ticket_id)
+    await grant_ender.end_grants_of(session=session, clock=clock, actor=Actor.service(acting.subject),
+                                    engineer=engineer, reason=GrantEnding.UNASSIGNED, ticket_id=ticket_id)
     return ticket
 
 

@@ -17,13 +17,13 @@ import typer
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.access.notify import notify_ended_grants
 from app.audit.actions import Actor
 from app.clock import Clock
 from app.config import Settings
 from app.errors import AppError
 from app.identity.principal import Role
 from app.identity.staff import service
+from app.identity.staff.grant_endings import GrantEnder
 from app.identity.staff.schemas import StaffCreate, StaffOut, StaffUpdate, TeamCreate, TeamOut
 from app.wiring import opened_context
 
@@ -43,6 +43,12 @@ class StaffRoleName(StrEnum):
 
 def run_admin_work(work: Callable[[AsyncSession, Clock], Awaitable[T]]) -> T:
     """Run `work` in one committed transaction against the configured database; errors exit 2."""
+    return run_staff_change(lambda session, clock, _grant_ender: work(session, clock))
+
+
+def run_staff_change(work: Callable[[AsyncSession, Clock, GrantEnder], Awaitable[T]]) -> T:
+    """`run_admin_work` for a change that may end grants: `work` gets the context's grant ender, and the teams
+    are told of every grant it ended once the transaction has committed."""
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -55,10 +61,10 @@ def run_admin_work(work: Callable[[AsyncSession, Clock], Awaitable[T]]) -> T:
             notifier.start()
             try:
                 async with ctx.session_factory() as session:
-                    result = await work(session, ctx.clock)
+                    result = await work(session, ctx.clock, ctx.grant_ender)
                     # A team move, a lost engineer role or a deactivation ends grants: the team is told as
                     # for a revocation, exactly as the admin API does (after the commit, never before).
-                    await notify_ended_grants(session=session, notifier=notifier)
+                    await ctx.grant_ender.notify_ended(session=session)
                     await session.commit()
             finally:
                 await notifier.stop()  # delivers what the commit queued (with its retries) before exiting
@@ -145,12 +151,12 @@ def staff_set_roles(
         typer.echo("error: give one or more --role, or --none", err=True)
         raise typer.Exit(2)
 
-    async def work(session: AsyncSession, clock: Clock) -> StaffOut:
+    async def work(session: AsyncSession, clock: Clock, grant_ender: GrantEnder) -> StaffOut:
         staff = await service.set_roles(session=session, clock=clock, actor=CLI_ACTOR, subject=subject,
-                                        roles=[Role(r) for r in role or []])
+                                        roles=[Role(r) for r in role or []], grant_ender=grant_ender)
         return StaffOut.model_validate(staff)
 
-    out = run_admin_work(work)
+    out = run_staff_change(work)
     typer.echo(f"{out.subject}: {','.join(out.roles) or 'no roles'}")
 
 
@@ -165,22 +171,22 @@ def staff_set_team(
         typer.echo("error: give a TEAM, or --none", err=True)
         raise typer.Exit(2)
 
-    async def work(session: AsyncSession, clock: Clock) -> StaffOut:
+    async def work(session: AsyncSession, clock: Clock, grant_ender: GrantEnder) -> StaffOut:
         staff = await service.update_staff(session=session, clock=clock, actor=CLI_ACTOR, subject=subject,
-                                           data=StaffUpdate(team=team))
+                                           data=StaffUpdate(team=team), grant_ender=grant_ender)
         return StaffOut.model_validate(staff)
 
-    out = run_admin_work(work)
+    out = run_staff_change(work)
     typer.echo(f"{out.subject}: team {out.team_id or '-'}")
 
 
 def _set_active(subject: str, active: bool) -> StaffOut:
-    async def work(session: AsyncSession, clock: Clock) -> StaffOut:
+    async def work(session: AsyncSession, clock: Clock, grant_ender: GrantEnder) -> StaffOut:
         staff = await service.set_active(session=session, clock=clock, actor=CLI_ACTOR, subject=subject,
-                                         active=active)
+                                         active=active, grant_ender=grant_ender)
         return StaffOut.model_validate(staff)
 
-    return run_admin_work(work)
+    return run_staff_change(work)
 
 
 @staff_cli.command("deactivate")

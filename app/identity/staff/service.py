@@ -93,18 +93,6 @@ def _checked_roles(roles: Iterable[Role | str]) -> set[Role]:
     return chosen
 
 
-async def _end_grants(grant_ender: GrantEnder | None, *, session: AsyncSession, clock: Clock, actor: Actor,
-                      engineer: str, reason: GrantEnding) -> None:
-    """End the person's grants through the context's ender. `None` only until the staff CLI passes it (issue
-    16): the same function of access, imported here so that no module-level import climbs to access."""
-    if grant_ender is None:
-        from app.access.endings import end_grants_of  # transitional, see the docstring
-
-        await end_grants_of(session=session, clock=clock, actor=actor, engineer=engineer, reason=reason)
-        return
-    await grant_ender.end_grants_of(session=session, clock=clock, actor=actor, engineer=engineer, reason=reason)
-
-
 async def _audit_staff(session: AsyncSession, clock: Clock, actor: Actor, subject: str, change: str, *,
                        role: Role | None = None, team: str | None = None) -> None:
     await append_entry(session=session, clock=clock, actor=actor, action=AuditAction.STAFF_CHANGED,
@@ -232,7 +220,7 @@ async def create_staff(*, session: AsyncSession, clock: Clock, actor: Actor, dat
 
 
 async def set_roles(*, session: AsyncSession, clock: Clock, actor: Actor, subject: str,
-                    roles: Iterable[Role | str], grant_ender: GrantEnder | None = None) -> Staff:
+                    roles: Iterable[Role | str], grant_ender: GrantEnder) -> Staff:
     """Replace the person's roles; one audit entry per role added or removed, none if nothing changes. Losing
     `engineer` ends their grants (`grant_ender`; the caller tells the teams after its commit)."""
     refuse_self_administration(actor, subject)
@@ -252,13 +240,13 @@ async def set_roles(*, session: AsyncSession, clock: Clock, actor: Actor, subjec
     for role in removed:
         await _audit_staff(session, clock, actor, subject, "role_removed", role=role)
     if Role.ENGINEER in removed:
-        await _end_grants(grant_ender, session=session, clock=clock, actor=actor, engineer=subject,
-                          reason=GrantEnding.ROLE_REMOVED)
+        await grant_ender.end_grants_of(session=session, clock=clock, actor=actor, engineer=subject,
+                                        reason=GrantEnding.ROLE_REMOVED)
     return staff
 
 
 async def update_staff(*, session: AsyncSession, clock: Clock, actor: Actor, subject: str,
-                       data: StaffUpdate, grant_ender: GrantEnder | None = None) -> Staff:
+                       data: StaffUpdate, grant_ender: GrantEnder) -> Staff:
     """Display name and team; only the fields the caller set. A team change ends the person's grants."""
     refuse_self_administration(actor, subject)
     staff = await require_staff_record(session=session, subject=subject)
@@ -280,13 +268,13 @@ async def update_staff(*, session: AsyncSession, clock: Clock, actor: Actor, sub
         await _audit_staff(session, clock, actor, subject, change, team=team)
     if any(change != "renamed" for change, _ in changes):
         # Their grants were approved by the old team's manager; a new team means a new approval (C5).
-        await _end_grants(grant_ender, session=session, clock=clock, actor=actor, engineer=subject,
-                          reason=GrantEnding.MOVED)
+        await grant_ender.end_grants_of(session=session, clock=clock, actor=actor, engineer=subject,
+                                        reason=GrantEnding.MOVED)
     return staff
 
 
 async def set_active(*, session: AsyncSession, clock: Clock, actor: Actor, subject: str, active: bool,
-                     grant_ender: GrantEnder | None = None) -> Staff:
+                     grant_ender: GrantEnder) -> Staff:
     """Deactivate (or reactivate) a person: `require_staff` refuses them at once; their rows stay, their grants
     end."""
     refuse_self_administration(actor, subject)
@@ -298,8 +286,8 @@ async def set_active(*, session: AsyncSession, clock: Clock, actor: Actor, subje
     await session.flush()
     await _audit_staff(session, clock, actor, subject, "reactivated" if active else "deactivated")
     if not active:
-        await _end_grants(grant_ender, session=session, clock=clock, actor=actor, engineer=subject,
-                          reason=GrantEnding.DEACTIVATED)
+        await grant_ender.end_grants_of(session=session, clock=clock, actor=actor, engineer=subject,
+                                        reason=GrantEnding.DEACTIVATED)
     log.info("identity.staff.active_changed", staff=subject, active=active)
     return staff
 
