@@ -17,7 +17,7 @@ from app.errors import InvalidInput
 
 async def request_access(*, session: AsyncSession, clock: Clock, notifier: Notifier, actor: Person,
                          data: NewAccessRequest) -> AccessRequest:
-    row = await service.create_access_request(session=session, clock=clock, requester=actor, data=data)
+    row = await service.create_access_request(session=session, clock=clock, actor=actor, data=data)
     await notify_team(session=session, notifier=notifier, row=row, event="access.requested")
     return row
 
@@ -25,7 +25,7 @@ async def request_access(*, session: AsyncSession, clock: Clock, notifier: Notif
 async def approve_access(*, session: AsyncSession, clock: Clock, directory: StaffDirectory, notifier: Notifier,
                          access_request_id: str, actor: Person, duration: timedelta | None) -> AccessRequest:
     row = await service.approve(session=session, clock=clock, directory=directory,
-                                access_request_id=access_request_id, manager=actor, duration=duration)
+                                access_request_id=access_request_id, actor=actor, duration=duration)
     await notify_team(session=session, notifier=notifier, row=row, event="access.approved")
     return row
 
@@ -56,9 +56,9 @@ async def extend_access(*, session: AsyncSession, clock: Clock, access_request_i
                                 actor=actor, duration=duration, justification=justification)
 
 
-async def customer_decide_access(*, session: AsyncSession, clock: Clock, access_request_id: str, customer: str,
+async def customer_decide_access(*, session: AsyncSession, clock: Clock, access_request_id: str, actor: str,
                                  resource_id: str, approve: bool, retention: timedelta) -> AccessRequest:
     """Customer Lockbox; the team's webhook is not told (the customer's verdict has no event of its own)."""
     return await service.customer_decide(session=session, clock=clock, access_request_id=access_request_id,
-                                         actor=customer, resource_id=resource_id, approve=approve,
+                                         actor=actor, resource_id=resource_id, approve=approve,
                                          retention=retention)

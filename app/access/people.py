@@ -13,13 +13,13 @@ from app.identity.principal import Principal, Role
 from app.identity.staff.service import authorize_staff, get_staff, managers_of, teams_managed_by
 
 
-async def acting_person(*, session: AsyncSession, directory: StaffDirectory, principal: Principal,
+async def acting_person(*, session: AsyncSession, directory: StaffDirectory, actor: Principal,
                         roles: tuple[Role, ...]) -> Person:
     """The one role check (`authorize_staff`: token AND active staff record hold one of `roles`, C5), then the
     access view of the person with only the roles both grant, so no decision counts a role one of them lacks.
     The API and the console both ask this; each shows the refusal its own way."""
-    staff = await authorize_staff(session=session, principal=principal, roles=roles)
-    person = await directory.person(session, principal.subject)
+    staff = await authorize_staff(session=session, principal=actor, roles=roles)
+    person = await directory.person(session, actor.subject)
     if person is None:
         raise NotStaff()
     return replace(person, roles=frozenset(r.value for r in staff.roles))

@@ -38,7 +38,7 @@ CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
 
 
 async def _person(session: AsyncSession, ctx: AccessContext, actor: Principal, *roles: Role) -> service.Person:
-    return await acting_person(session=session, directory=ctx.directory, principal=actor, roles=roles)
+    return await acting_person(session=session, directory=ctx.directory, actor=actor, roles=roles)
 
 
 async def _out_all(session: AsyncSession, clock: Clock, access: AccessContext,
@@ -157,7 +157,7 @@ async def customer_verdict(resource: str, access_request_id: str, verdict: Liter
                            access: AccessDep) -> AccessRequestOut:
     owned = await customer_resource(session=session, principal=actor, name=resource)
     row = await decisions.customer_decide_access(session=session, clock=clock,
-                                                 access_request_id=access_request_id, customer=actor.subject,
+                                                 access_request_id=access_request_id, actor=actor.subject,
                                                  resource_id=owned.id, approve=verdict == "approve",
                                                  retention=access.retention)
     return await _out(session, clock, access, row)

@@ -144,16 +144,16 @@ async def require_access_request(*, session: AsyncSession, access_request_id: st
 
 
 async def create_access_request(
-    *, session: AsyncSession, clock: Clock, requester: Person, data: NewAccessRequest,
+    *, session: AsyncSession, clock: Clock, actor: Person, data: NewAccessRequest,
     extends: AccessRequest | None = None,
 ) -> AccessRequest:
     """An engineer assigned to the ticket asks for named request IDs, each a recording of the ticket's
     resource; an unknown ID and another resource's get one answer, so asking tells nothing beyond the
     ticket's own resource (C4)."""
-    if not requester.active or "engineer" not in requester.roles:
+    if not actor.active or "engineer" not in actor.roles:
         raise NotStaff("This needs an active staff record with the engineer role.")
     ticket = await ticket_view(session=session, ticket_id=data.ticket_id)
-    if ticket is None or not await is_assigned(session=session, ticket_id=data.ticket_id, engineer=requester.subject):
+    if ticket is None or not await is_assigned(session=session, ticket_id=data.ticket_id, engineer=actor.subject):
         raise NotAssignedToTicket()
     if not ticket.is_open:
         raise TicketNotOpen()
@@ -170,7 +170,7 @@ async def create_access_request(
         raise InvalidInput("The duration must be between 5 minutes and 8 hours.")
     lockbox = await needs_customer_approval(session=session, ticket_id=ticket.id)
     row = AccessRequest(
-        requester=requester.subject, requester_team_id=requester.team_id, ticket_id=ticket.id,
+        requester=actor.subject, requester_team_id=actor.team_id, ticket_id=ticket.id,
         justification=justification, requested_duration_s=int(data.duration.total_seconds()),
         created_at=clock.now(), state=AccessRequestState.PENDING, extends_id=extends.id if extends else None,
         needs_customer_approval=lockbox, approver_was_manager=False,
@@ -178,7 +178,7 @@ async def create_access_request(
     session.add(row)
     await session.flush()
     session.add_all([AccessRequestItem(access_request_id=row.id, request_id=i) for i in ids])
-    await append_entry(session=session, clock=clock, actor=Actor.staff(requester.subject),
+    await append_entry(session=session, clock=clock, actor=Actor.staff(actor.subject),
                        action=AuditAction.ACCESS_REQUESTED, subjects=Subjects(grant=row.id, ticket=ticket.id),
                        detail={"request_ids": ids, "justification": audit_form(justification, 1000),
                                "duration_s": row.requested_duration_s})
@@ -220,22 +220,22 @@ async def _still_qualifies(session: AsyncSession, person: Person | None, ticket_
 
 
 async def approve(
-    *, session: AsyncSession, clock: Clock, directory: StaffDirectory, access_request_id: str, manager: Person,
+    *, session: AsyncSession, clock: Clock, directory: StaffDirectory, access_request_id: str, actor: Person,
     duration: timedelta | None = None,
 ) -> AccessRequest:
     """Approve, optionally for less time than asked. The grant starts now and expires by itself."""
     row = await require_access_request(session=session, access_request_id=access_request_id)
-    await _check_decider(session=session, directory=directory, row=row, actor=manager)
+    await _check_decider(session=session, directory=directory, row=row, actor=actor)
     now = clock.now()
     if row.state != AccessRequestState.PENDING or _lapsed(row, now):
         raise NotPending()
     granted = int(min(duration.total_seconds(), row.requested_duration_s) if duration else row.requested_duration_s)
     if granted < 60:
         raise InvalidInput("A grant lasts at least one minute.")
-    row.state, row.decided_by, row.decided_at = AccessRequestState.APPROVED, manager.subject, now
+    row.state, row.decided_by, row.decided_at = AccessRequestState.APPROVED, actor.subject, now
     row.approver_was_manager = True
     row.granted_duration_s, row.expires_at = granted, now + timedelta(seconds=granted)
-    await append_entry(session=session, clock=clock, actor=Actor.staff(manager.subject),
+    await append_entry(session=session, clock=clock, actor=Actor.staff(actor.subject),
                        action=AuditAction.ACCESS_APPROVED, subjects=Subjects(grant=row.id, ticket=row.ticket_id),
                        detail={"requester": row.requester, "expires_at": detail_time(row.expires_at),
                                "duration_s": granted})
@@ -294,7 +294,7 @@ async def extend(
     if actor.team_id != row.requester_team_id:  # moved since: the grant was her old team's to give (C5)
         raise NotActiveGrant()
     return await create_access_request(
-        session=session, clock=clock, requester=actor, extends=row,
+        session=session, clock=clock, actor=actor, extends=row,
         data=NewAccessRequest(ticket_id=row.ticket_id, request_ids=await _named_request_ids(session, row.id),
                         justification=justification, duration=duration))
 

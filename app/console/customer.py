@@ -133,7 +133,7 @@ async def decide(name: str, access_request_id: str, verdict: str, request: Reque
             raise InvalidInput("Approve or deny.")
         resource = await tickets.customer_resource(session=db, principal=acting, name=name)
         await decisions.customer_decide_access(
-            session=db, clock=ctx.clock, access_request_id=access_request_id, customer=acting.subject,
+            session=db, clock=ctx.clock, access_request_id=access_request_id, actor=acting.subject,
             resource_id=resource.id, approve=VERDICTS[verdict], retention=ctx.access.retention)
         session.flash("ok", "Approved: the engineer may now read the recordings named, until the grant ends."
                       if VERDICTS[verdict] else "Denied: no recording will be read under this request.")

@@ -80,13 +80,13 @@ class World:
 
     async def ask(self, name: str, request_ids: list[str] | None = None) -> AccessRequest:
         return await access.create_access_request(
-            session=self.session, clock=self.clock, requester=await self.person(name),
+            session=self.session, clock=self.clock, actor=await self.person(name),
             data=access.NewAccessRequest(self.ticket_id, request_ids or [self.request_id],
                                          f"Caller heard clipped audio, see {self.ticket_ref}", timedelta(hours=1)))
 
     async def approve(self, row: AccessRequest, manager: str) -> AccessRequest:
         return await access.approve(session=self.session, clock=self.clock, directory=DIRECTORY,
-                                    access_request_id=row.id, manager=await self.person(manager))
+                                    access_request_id=row.id, actor=await self.person(manager))
 
     async def reads(self, name: str, request_id: str | None = None) -> bool:
         allowed = await authorize_read(

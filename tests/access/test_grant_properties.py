@@ -135,7 +135,7 @@ async def run(plan: list[tuple[object, ...]], database: Path) -> None:
             try:
                 if kind == "request":
                     row = await service.create_access_request(
-                        session=session, clock=clock, requester=directory.people[str(step[1])],
+                        session=session, clock=clock, actor=directory.people[str(step[1])],
                         data=service.NewAccessRequest("tic", [RID], "need it for INC-1 now",
                                                       timedelta(minutes=int(str(step[2])))))
                     ids.append(row.id)
@@ -165,7 +165,7 @@ async def run(plan: list[tuple[object, ...]], database: Path) -> None:
                     if kind == "approve":
                         minutes = step[3]
                         row = await service.approve(session=session, clock=clock, directory=directory,
-                                                    access_request_id=target, manager=who,
+                                                    access_request_id=target, actor=who,
                                                     duration=timedelta(minutes=int(str(minutes))) if minutes else None)
                         model.grants[target].approved_by, model.grants[target].expires_at = who.subject, row.expires_at
                     elif kind == "deny":

@@ -167,7 +167,7 @@ async def _world(app: FastAPI, mint: MintToken) -> Console:
         eve = await directory.person(db, f"eve-{tag}")
         assert eve is not None
         pending = await access.create_access_request(
-            session=db, clock=clock, requester=eve,
+            session=db, clock=clock, actor=eve,
             data=access.NewAccessRequest(ticket.id, [request_id], f"Caller heard silence, see {ref}",
                                          timedelta(hours=1)))
         await db.commit()

@@ -104,11 +104,11 @@ async def _grants(settings: Settings) -> dict[str, str]:
                 assert requester is not None
                 assert approver is not None
                 row = await access.create_access_request(
-                    session=session, clock=clock, requester=requester,
+                    session=session, clock=clock, actor=requester,
                     data=access.NewAccessRequest(ticket_id, [request_id], f"Clipped audio, see {ref}",
                                                  timedelta(hours=1)))
                 await access.approve(session=session, clock=clock, directory=DIRECTORY, access_request_id=row.id,
-                                     manager=approver)
+                                     actor=approver)
                 grants[engineer] = row.id
             await session.commit()
     finally:
