@@ -17,7 +17,7 @@ from app.request_id import RequestId
 from app.tickets.service import consent_facts, ticket_view
 
 
-def grant_record(row: AccessRequest, request_ids: Sequence[str] = ()) -> GrantRecord:
+def grant_record(row: AccessRequest, request_ids: Sequence[RequestId] = ()) -> GrantRecord:
     return GrantRecord(
         id=row.id, ticket_id=row.ticket_id, state=row.state, created_at=row.created_at, expires_at=row.expires_at,
         revoked=row.revoked_at is not None, needs_customer_approval=row.needs_customer_approval,
@@ -29,12 +29,12 @@ class _Facts:
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-        self.recordings: dict[str, RecordingFacts | None] = {}
+        self.recordings: dict[RequestId, RecordingFacts | None] = {}
         self.tickets: dict[str, bool] = {}
 
-    async def recording(self, request_id: str) -> RecordingFacts | None:
+    async def recording(self, request_id: RequestId) -> RecordingFacts | None:
         if request_id not in self.recordings:
-            row = await find_recording(session=self.session, request_id=RequestId(request_id))
+            row = await find_recording(session=self.session, request_id=request_id)
             facts = None
             if row is not None:
                 consent = await consent_facts(session=self.session, consent_id=row.consent_id)
@@ -61,7 +61,7 @@ async def grant_situations(
     out: dict[str, GrantSituation] = {}
     for row in rows:
         record = grant_record(row)
-        recordings: dict[str, RecordingFacts] = {}
+        recordings: dict[RequestId, RecordingFacts] = {}
         ticket_open = False
         if needs_facts(record, now):
             ids = (await session.execute(select(AccessRequestItem.request_id)

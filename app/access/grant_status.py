@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from app.access.states import AccessRequestState
+from app.request_id import RequestId
 from app.retention.policy import recording_expired
 
 PENDING_LAPSES_AFTER = timedelta(hours=24)
@@ -66,14 +67,14 @@ class GrantRecord:
     revoked: bool
     needs_customer_approval: bool
     customer_approved: bool | None  # None: the customer has not decided (or need not)
-    request_ids: tuple[str, ...] = ()  # needed only while the row's own state is live (`needs_facts`)
+    request_ids: tuple[RequestId, ...] = ()  # needed only while the row's own state is live (`needs_facts`)
 
 
 @dataclass(frozen=True)
 class RecordingFacts:
     """A named recording and its consent now (from capture and tickets)."""
 
-    request_id: str
+    request_id: RequestId
     ticket_id: str
     started_at: datetime
     bucket_start: datetime | None
@@ -87,10 +88,10 @@ class GrantSituation:
     status: GrantStatus
     until: datetime | None = None  # approved or waiting for the customer: when the grant ends by itself
     denied_by_customer: bool = False
-    items: Mapping[str, ItemState] = field(default_factory=dict)  # filled while the row's own state is live
+    items: Mapping[RequestId, ItemState] = field(default_factory=dict)  # filled while the row's own state is live
 
     @property
-    def readable(self) -> frozenset[str]:
+    def readable(self) -> frozenset[RequestId]:
         """Request IDs a read could be allowed for now (so a page links them); empty unless approved."""
         if self.status != GrantStatus.APPROVED:
             return frozenset()
@@ -140,7 +141,7 @@ def item_state(*, recording: RecordingFacts | None, grant_ticket_id: str, ticket
 
 
 def grant_situation(
-    *, now: datetime, grant: GrantRecord, recordings: Mapping[str, RecordingFacts], ticket_open: bool,
+    *, now: datetime, grant: GrantRecord, recordings: Mapping[RequestId, RecordingFacts], ticket_open: bool,
     retention: timedelta,
 ) -> GrantSituation:
     """The row's own end first (revoked, denied by manager or customer, lapsed, expired); then the recordings

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.access.states import AccessRequestState
 from app.db import Base, StrEnumText, UTCDateTime
+from app.request_id import RequestId
 
 
 class AccessRequest(Base):
@@ -52,4 +53,4 @@ class AccessRequestItem(Base):
 
     access_request_id: Mapped[str] = mapped_column(ForeignKey("access_requests.id", ondelete="RESTRICT"),
                                                    primary_key=True)
-    request_id: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)
+    request_id: Mapped[RequestId] = mapped_column(String(32), primary_key=True, index=True)

@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field
 
 from app.access.grant_status import GrantStatus
 from app.input_text import Identifier, Prose, SingleLine
+from app.request_id import RequestId
 
 JUSTIFICATION_DOC = ("Why you need these recordings; must name the ticket's reference. 20 to 2000 characters; "
                      "line breaks and tabs allowed, no other control characters. Stored as written; the audit "
@@ -14,6 +15,7 @@ JUSTIFICATION_DOC = ("Why you need these recordings; must name the ticket's refe
 
 class AccessRequestCreate(BaseModel):
     ticket_id: Identifier = Field(description="The ticket you are assigned to.")
+    # As asked: any identifier here; `create_access_request` checks each is a request ID (one error for all).
     request_ids: list[Identifier] = Field(min_length=1, max_length=20,
                                           description="Request IDs the customer named (32 hex digits each).")
     justification: Prose = Field(min_length=20, max_length=2000, description=JUSTIFICATION_DOC)
@@ -47,12 +49,12 @@ class AccessRequestOut(BaseModel):
     id: str
     requester: str
     ticket_id: str
-    request_ids: list[str]
+    request_ids: list[RequestId]
     justification: str
     state: str = Field(description="The stored state (pending, approved, denied, revoked, expired, lapsed); "
                                    "read `status` for what the request is now.")
     status: GrantStatus = Field(description=STATUS_DOC)
-    readable_request_ids: list[str] = Field(
+    readable_request_ids: list[RequestId] = Field(
         description="The named request IDs a read could be allowed for now as far as the grant goes (empty unless "
                     "`status` is `approved`); each read still checks the SAW, the assignment, the team and its "
                     "manager at that moment (C5).")

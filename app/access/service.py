@@ -120,19 +120,19 @@ class TicketNotOpen(Conflict):
 @dataclass(frozen=True)
 class NewAccessRequest:
     ticket_id: str
-    request_ids: list[str]
+    request_ids: Sequence[str]  # as asked (checked by `create_access_request`), or a grant's own when extending
     justification: str
     duration: timedelta
 
 
-async def _named_request_ids(session: AsyncSession, access_request_id: str) -> list[str]:
+async def _named_request_ids(session: AsyncSession, access_request_id: str) -> list[RequestId]:
     rows = await session.execute(select(AccessRequestItem.request_id)
                                  .where(AccessRequestItem.access_request_id == access_request_id)
                                  .order_by(AccessRequestItem.request_id))
     return list(rows.scalars())
 
 
-async def request_ids_of(*, session: AsyncSession, access_request: AccessRequest) -> list[str]:
+async def request_ids_of(*, session: AsyncSession, access_request: AccessRequest) -> list[RequestId]:
     return await _named_request_ids(session, access_request.id)
 
 
@@ -157,8 +157,9 @@ async def create_access_request(
         raise NotAssignedToTicket()
     if not ticket.is_open:
         raise TicketNotOpen()
-    ids = list(dict.fromkeys(data.request_ids))
-    if not 1 <= len(ids) <= 20 or not all(is_request_id(i) for i in ids):
+    asked = list(dict.fromkeys(data.request_ids))
+    ids = [i for i in asked if is_request_id(i)]
+    if not 1 <= len(asked) <= 20 or len(ids) != len(asked):
         raise InvalidInput("Name 1 to 20 request IDs (32 hex digits each).")
     if not await _all_of_resource(session, ids, ticket.resource_id):
         raise UnknownRequestIds("Every request ID must be a recording of the resource this ticket is about.")
@@ -189,9 +190,10 @@ def _lapsed(row: AccessRequest, now: datetime) -> bool:
     return row.state == AccessRequestState.PENDING and now >= row.created_at + PENDING_LAPSES_AFTER
 
 
-async def _all_of_resource(session: AsyncSession, ids: list[str], resource_id: str) -> bool:
+async def _all_of_resource(session: AsyncSession, ids: list[RequestId], resource_id: str) -> bool:
     """One query whatever the IDs are: unknown and other-resource IDs look alike, also in time (C4)."""
-    return await recordings_among(session=session, request_ids=ids, resource_id=resource_id) == set(ids)
+    # A copy as list[str]: capture's recordings_among is still typed for plain strings.
+    return await recordings_among(session=session, request_ids=list(ids), resource_id=resource_id) == set(ids)
 
 
 async def _check_decider(
