@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from app.access.states import AccessRequestState
+from app.request_id import RequestId
 from app.retention.policy import recording_expired
 
 
@@ -63,7 +64,7 @@ class GrantView:
     id: str
     requester: str
     ticket_id: str
-    request_ids: frozenset[str]
+    request_ids: frozenset[RequestId]
     state: AccessRequestState  # approved is the only state that reads
     approved_by: str | None
     approver_was_manager: bool  # of the requester's team when approving; the present is checked too
@@ -75,7 +76,7 @@ class GrantView:
 
 @dataclass(frozen=True)
 class RecordingView:
-    request_id: str
+    request_id: RequestId
     ticket_id: str
     started_at: datetime
     shredded: bool
@@ -118,15 +119,16 @@ def decide_read(
     grant: GrantView | None,
     recording: RecordingView | None,
     consent: ConsentView | None,
-    request_id: str,
+    request_id: RequestId | None,
     retention: timedelta,
 ) -> ReadDecision:
-    """C5: every condition must hold; the first that fails is the reason."""
+    """C5: every condition must hold; the first that fails is the reason. `request_id` is the one asked for,
+    None when what was asked is no request ID (it names no recording then)."""
     if actor is None or not actor.active or not actor.is_engineer:
         return ReadDecision.deny(DenyReason.NOT_ENGINEER)
     if saw is None or saw.revoked or not _same(saw.owner_subject, actor.subject):
         return ReadDecision.deny(DenyReason.NO_SAW)
-    if recording is None or not _same(recording.request_id, request_id):
+    if recording is None or request_id is None or not _same(recording.request_id, request_id):
         return ReadDecision.deny(DenyReason.NO_RECORDING)
     if recording.shredded:
         return ReadDecision.deny(DenyReason.RECORDING_GONE)

@@ -31,6 +31,7 @@ from app.access.playback.parts import (
 )
 from app.access.playback.service import AllowedRead
 from app.capture.reader import RecordingStream
+from app.request_id import RequestId
 
 BUNDLE_FORMAT = "voicelog-debug-bundle/1"
 WAV_PARTS: tuple[tuple[str, Part], ...] = (("session.wav", "audio_session"), ("caller.wav", "audio_inbound"),
@@ -66,7 +67,7 @@ class Bundle:
     stream: Callable[[], RecordingStream]
     first: RecordingStream
     allowed: AllowedRead
-    request_id: str
+    request_id: RequestId
     made_at: datetime
     turns: bytes
     transcript: bytes
@@ -123,9 +124,9 @@ class Bundle:
         }
 
 
-async def plan_bundle(stream: Callable[[], RecordingStream], *, allowed: AllowedRead, request_id: str,
-                      made_at: datetime) -> Bundle:
+async def plan_bundle(stream: Callable[[], RecordingStream], *, allowed: AllowedRead, made_at: datetime) -> Bundle:
     """Pass one over every part: sizes for the audit entry, the small JSON parts made once."""
+    request_id = allowed.recording.request_id
     first = stream()
     events_bytes = await timeline_size(first)
     wav_plans = {name: await plan_wav(stream(), part) for name, part in WAV_PARTS}

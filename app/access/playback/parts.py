@@ -15,6 +15,7 @@ from app.access.playback.render import plan_track, timeline, track_pcm, transcri
 from app.access.playback.session_clock import CHANNELS, plan_session_clock, session_clock_pcm
 from app.access.playback.turns import TurnDeriver
 from app.capture.reader import RecordingStream
+from app.request_id import RequestId
 
 Part = Literal["audio_inbound", "audio_outbound", "audio_session", "timeline", "turns", "transcripts", "bundle"]
 Speaker = Literal["caller", "service"]
@@ -39,7 +40,7 @@ async def timeline_lines(records: RecordingStream) -> AsyncIterator[bytes]:
         yield ndjson(line)
 
 
-async def turns_body(records: RecordingStream, request_id: str) -> bytes:
+async def turns_body(records: RecordingStream, request_id: RequestId) -> bytes:
     """The turns part: derived from the timeline as it streams (one line in memory at a time)."""
     deriver = TurnDeriver()
     async for line in timeline(records):
@@ -47,7 +48,7 @@ async def turns_body(records: RecordingStream, request_id: str) -> bytes:
     return json_body({"request_id": request_id, **deriver.report.as_json()})
 
 
-async def transcripts_body(records: RecordingStream, request_id: str) -> bytes:
+async def transcripts_body(records: RecordingStream, request_id: RequestId) -> bytes:
     return json_body({"request_id": request_id, "transcripts": await transcripts(records)})
 
 

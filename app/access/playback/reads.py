@@ -53,7 +53,10 @@ async def read_recording_part(
     *, session: AsyncSession, clock: Clock, access: AccessContext, keyrings: RegionKeyrings, stores: RegionRouter,
     saw_fingerprint: str | None, actor: Principal, request_id: str, part: Part, range_header: str | None = None,
 ) -> PartRead:
-    """Authorize, audit and plan one read; raises RecordingNotAvailable (audited) for every refusal."""
+    """Authorize, audit and plan one read; raises RecordingNotAvailable (audited) for every refusal.
+
+    `request_id` is the path's string as asked: `authorize_read` checks it, so a malformed one is refused and
+    audited like an unknown one (C4); what is sent names the allowed recording's own `RequestId`."""
     allowed = await authorize_read(session=session, clock=clock, directory=access.directory, saws=access.saws,
                                    limiter=access.limiter, metrics=access.metrics, saw_fingerprint=saw_fingerprint,
                                    actor=actor, request_id=request_id, part=part, retention=access.retention)
@@ -82,15 +85,15 @@ async def read_recording_part(
         return PartRead(allowed, "application/x-ndjson", timeline_lines(stream()),
                         {**state_headers(first), "Content-Length": str(nbytes)})
     if part == "transcripts":
-        body = {"request_id": request_id, "transcripts": await transcripts(first)}
+        body = {"request_id": allowed.recording.request_id, "transcripts": await transcripts(first)}
         await audited(len(json.dumps(body, separators=(",", ":")).encode()))  # as audited since the first build
         return PartRead(allowed, "application/json", _once(json_body(body)), state_headers(first))
     if part == "turns":
-        sent = await turns_body(first, request_id)
+        sent = await turns_body(first, allowed.recording.request_id)
         await audited(len(sent))
         return PartRead(allowed, "application/json", _once(sent), state_headers(first))
     if part == "bundle":
-        bundle = await plan_bundle(stream, allowed=allowed, request_id=request_id, made_at=clock.now())
+        bundle = await plan_bundle(stream, allowed=allowed, made_at=clock.now())
         await audited(bundle.content_bytes)
         return PartRead(allowed, "application/zip", bundle.body(), {
             **state_headers(bundle.first), "Content-Disposition": f'attachment; filename="{bundle.filename}"'})

@@ -69,7 +69,10 @@ async def authorize_read(
     part: str,
     retention: timedelta,
 ) -> AllowedRead | None:
-    """None means refused: the caller commits the audit entry written here, then raises RecordingNotAvailable."""
+    """None means refused: the caller commits the audit entry written here, then raises RecordingNotAvailable.
+
+    `request_id` is the string asked for (a path segment), checked here: one that is no request ID gets the
+    same lookups and the same refusal as an unknown one (C4)."""
     now = clock.now()
     person = await directory.person(session, actor.subject)
     # The present, not the time of approval: today's team, its managers today, today's assignments (C5).
@@ -88,7 +91,7 @@ async def authorize_read(
     consent = await consent_facts(session=session, consent_id=recording.consent_id if recording else NO_SUCH_ROW)
     ticket = await ticket_view(session=session, ticket_id=grant.ticket_id if grant else NO_SUCH_ROW)
     decision = decide_read(
-        now=now, actor=staff, saw=saw, grant=grant, request_id=request_id, retention=retention,
+        now=now, actor=staff, saw=saw, grant=grant, request_id=well_formed, retention=retention,
         recording=RecordingView(recording.request_id, recording.ticket_id, recording.started_at,
                                 shredded=recording.wrapped_dek is None) if recording else None,
         consent=ConsentView(consent.ticket_id, ended=consent.ended,
