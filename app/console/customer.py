@@ -27,11 +27,11 @@ router = APIRouter(prefix="/console/customer", include_in_schema=False)
 
 @router.get("")
 async def customer_home(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, acting = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
+    session, actor = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
     owned = []
     for resource in await list_resources(session=db):
         try:  # the tickets service decides what a tenant owns
-            owned.append(await tickets.customer_resource(session=db, principal=acting, name=resource.name))
+            owned.append(await tickets.customer_resource(session=db, principal=actor, name=resource.name))
         except ResourceNotFound:
             continue
     if len(owned) == 1:
@@ -41,8 +41,8 @@ async def customer_home(request: Request, ctx: ContextDep, db: SessionDep) -> Re
 
 @router.get("/resources/{name}")
 async def resource_page(name: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, acting = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
-    resource = await tickets.customer_resource(session=db, principal=acting, name=name)
+    session, actor = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
+    resource = await tickets.customer_resource(session=db, principal=actor, name=name)
     now = ctx.clock.now()
     consents = []
     for consent in await tickets.consents_of_resource(session=db, resource=resource):
@@ -59,14 +59,14 @@ async def resource_page(name: str, request: Request, ctx: ContextDep, db: Sessio
 
 @router.post("/resources/{name}/consents")
 async def grant(name: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, acting = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
+    session, actor = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
     form = await checked_form(request, session)
     try:
-        resource = await tickets.customer_resource(session=db, principal=acting, name=name)
+        resource = await tickets.customer_resource(session=db, principal=actor, name=name)
         days = checked_form_int(first(form, "days"), field="number of days", default=7, minimum=1, maximum=30)
         data = ConsentCreate.naming((first(form, "ticket_id") or "").strip(), days=days,
                                     require_customer_approval=first(form, "require_customer_approval") == "on")
-        await tickets.grant_consent(session=db, clock=ctx.clock, acting=acting, resource=resource, data=data,
+        await tickets.grant_consent(session=db, clock=ctx.clock, actor=actor, resource=resource, data=data,
                                     consents=ctx.consents)
         session.flash("ok", "Recording is on for this resource, for the ticket you named: from now on for calls "
                       "this server takes, on every server within a few seconds.")
@@ -81,11 +81,11 @@ async def grant(name: str, request: Request, ctx: ContextDep, db: SessionDep) ->
 
 @router.post("/resources/{name}/consents/{consent_id}/withdraw")
 async def withdraw(name: str, consent_id: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, acting = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
+    session, actor = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
     await checked_form(request, session)
     try:
-        resource = await tickets.customer_resource(session=db, principal=acting, name=name)
-        await tickets.withdraw_consent(session=db, clock=ctx.clock, consents=ctx.consents, acting=acting,
+        resource = await tickets.customer_resource(session=db, principal=actor, name=name)
+        await tickets.withdraw_consent(session=db, clock=ctx.clock, consents=ctx.consents, actor=actor,
                                        resource=resource, consent_id=consent_id)
         session.flash("ok", "Consent withdrawn: recording has stopped.")
     except AppError as error:
@@ -97,16 +97,16 @@ async def withdraw(name: str, consent_id: str, request: Request, ctx: ContextDep
 @router.post("/resources/{name}/consents/{consent_id}/erase")
 async def erase(name: str, consent_id: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
     """The erasure API's use case, in its order (keys destroyed and committed, then blobs deleted)."""
-    session, acting = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
+    session, actor = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
     form = await checked_form(request, session)
     if first(form, "confirm") != "erase":
         session.flash("error", "Tick the box to confirm the erasure.")
         return RedirectResponse(f"/console/customer/resources/{name}", status_code=303)
     try:
-        resource = await tickets.customer_resource(session=db, principal=acting, name=name)
+        resource = await tickets.customer_resource(session=db, principal=actor, name=name)
         receipt = await capture.erase_customer_recordings(
             session=db, clock=ctx.clock, keyrings=ctx.keyrings, consents=ctx.consents, stores=ctx.stores,
-            recorder=ctx.recorder, acting=acting, resource=resource, consent_id=consent_id, commit=db.commit)
+            recorder=ctx.recorder, actor=actor, resource=resource, consent_id=consent_id, commit=db.commit)
         session.flash("ok", f"Erased {receipt.recordings} recording(s); their keys are destroyed "
                       f"({len(receipt.blobs_pending)} blob deletion(s) retried later). "
                       f"Receipt SHA-256 {receipt.receipt_sha256}.")
@@ -125,15 +125,15 @@ async def decide(name: str, access_request_id: str, verdict: str, request: Reque
                  db: SessionDep) -> Response:
     """Customer Lockbox from the console: the API's use case (`customer_decide_access`), audited the same way.
     An unknown request, another resource's and a resource the tenant does not own get one message."""
-    session, acting = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
+    session, actor = await signed_in(request, ctx, Role.CUSTOMER_ADMIN, db=db)
     await checked_form(request, session)
     back = f"/console/customer/resources/{name}"
     try:
         if verdict not in VERDICTS:
             raise InvalidInput("Approve or deny.")
-        resource = await tickets.customer_resource(session=db, principal=acting, name=name)
+        resource = await tickets.customer_resource(session=db, principal=actor, name=name)
         await decisions.customer_decide_access(
-            session=db, clock=ctx.clock, access_request_id=access_request_id, actor=acting.subject,
+            session=db, clock=ctx.clock, access_request_id=access_request_id, actor=actor.subject,
             resource_id=resource.id, approve=VERDICTS[verdict], retention=ctx.access.retention)
         session.flash("ok", "Approved: the engineer may now read the recordings named, until the grant ends."
                       if VERDICTS[verdict] else "Denied: no recording will be read under this request.")

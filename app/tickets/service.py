@@ -60,21 +60,21 @@ class ConsentEnded(Conflict):
 # --- tickets ----------------------------------------------------------------------------------------
 
 
-async def create_ticket(*, session: AsyncSession, clock: Clock, acting: Principal, data: TicketCreate) -> Ticket:
+async def create_ticket(*, session: AsyncSession, clock: Clock, actor: Principal, data: TicketCreate) -> Ticket:
     resource = await require_resource(session=session, name=data.resource)
     existing = await session.execute(select(Ticket.id).where(Ticket.external_ref == data.external_ref))
     if existing.first() is not None:
         raise TicketExists(f"Ticket {data.external_ref!r} exists.")
-    ticket = Ticket(resource_id=resource.id, external_ref=data.external_ref, created_by=acting.subject,
+    ticket = Ticket(resource_id=resource.id, external_ref=data.external_ref, created_by=actor.subject,
                     created_at=clock.now())
     session.add(ticket)
     await session.flush()
-    await append_entry(session=session, clock=clock, actor=Actor.service(acting.subject),
+    await append_entry(session=session, clock=clock, actor=Actor.service(actor.subject),
                        action=AuditAction.TICKET_CREATED,
                        subjects=Subjects(ticket=ticket.id, resource=resource.id),
                        detail={"external_ref": data.external_ref})
     for engineer in dict.fromkeys(data.engineers):
-        await assign_engineer(session=session, clock=clock, acting=acting, ticket_id=ticket.id, engineer=engineer)
+        await assign_engineer(session=session, clock=clock, actor=actor, ticket_id=ticket.id, engineer=engineer)
     return ticket
 
 
@@ -108,23 +108,23 @@ async def tickets_assigned_to(*, session: AsyncSession, engineer: str) -> frozen
 
 
 async def assign_engineer(
-    *, session: AsyncSession, clock: Clock, acting: Principal, ticket_id: str, engineer: str
+    *, session: AsyncSession, clock: Clock, actor: Principal, ticket_id: str, engineer: str
 ) -> Ticket:
     ticket = await require_ticket(session=session, ticket_id=ticket_id)
     if not ticket.is_open:
         raise TicketClosed()
     if await is_assigned(session=session, ticket_id=ticket_id, engineer=engineer):
         return ticket  # idempotent: assigning twice changes nothing and audits nothing
-    session.add(TicketAssignment(ticket_id=ticket_id, engineer=engineer, assigned_by=acting.subject,
+    session.add(TicketAssignment(ticket_id=ticket_id, engineer=engineer, assigned_by=actor.subject,
                                  assigned_at=clock.now()))
-    await append_entry(session=session, clock=clock, actor=Actor.service(acting.subject),
+    await append_entry(session=session, clock=clock, actor=Actor.service(actor.subject),
                        action=AuditAction.TICKET_ASSIGNED, subjects=Subjects(ticket=ticket_id),
                        detail={"engineer": engineer})
     return ticket
 
 
 async def unassign_engineer(
-    *, session: AsyncSession, clock: Clock, acting: Principal, ticket_id: str, engineer: str,
+    *, session: AsyncSession, clock: Clock, actor: Principal, ticket_id: str, engineer: str,
     grant_ender: GrantEnder,
 ) -> Ticket:
     """The engineer leaves the ticket; their grants under it end (`grant_ender`; the caller tells the team after
@@ -138,17 +138,17 @@ async def unassign_engineer(
     if row is None:
         raise NotAssigned()
     row.unassigned_at = clock.now()
-    await append_entry(session=session, clock=clock, actor=Actor.service(acting.subject),
+    await append_entry(session=session, clock=clock, actor=Actor.service(actor.subject),
                        action=AuditAction.TICKET_UNASSIGNED, subjects=Subjects(ticket=ticket_id),
                        detail={"engineer": engineer})
     # Their grants under this ticket end with the assignment (C5; every read checks it anyway).
-    await grant_ender.end_grants_of(session=session, clock=clock, actor=Actor.service(acting.subject),
+    await grant_ender.end_grants_of(session=session, clock=clock, actor=Actor.service(actor.subject),
                                     engineer=engineer, reason=GrantEnding.UNASSIGNED, ticket_id=ticket_id)
     return ticket
 
 
 async def close_ticket(
-    *, session: AsyncSession, clock: Clock, consents: ConsentCache, acting: Principal, ticket_id: str
+    *, session: AsyncSession, clock: Clock, consents: ConsentCache, actor: Principal, ticket_id: str
 ) -> Ticket:
     """Closing a ticket ends its consents: recording stops and grants under it lose their effect."""
     ticket = await require_ticket(session=session, ticket_id=ticket_id)
@@ -161,9 +161,9 @@ async def close_ticket(
     )
     for consent in open_consents.scalars():
         await end_consent(session=session, clock=clock, consents=consents, consent=consent,
-                          actor=Actor.service(acting.subject), ended_by=acting.subject,
+                          actor=Actor.service(actor.subject), ended_by=actor.subject,
                           reason=ConsentEnding.TICKET_CLOSED, at=now)
-    await append_entry(session=session, clock=clock, actor=Actor.service(acting.subject),
+    await append_entry(session=session, clock=clock, actor=Actor.service(actor.subject),
                        action=AuditAction.TICKET_CLOSED, subjects=Subjects(ticket=ticket_id))
     return ticket
 
@@ -206,7 +206,7 @@ async def consent_ticket(*, session: AsyncSession, resource: Resource, data: Con
 
 
 async def grant_consent(
-    *, session: AsyncSession, clock: Clock, acting: Principal, resource: Resource, data: ConsentCreate,
+    *, session: AsyncSession, clock: Clock, actor: Principal, resource: Resource, data: ConsentCreate,
     consents: ConsentCache,
 ) -> Consent:
     """Opt in. Once the caller commits, `consents` (this replica's cache) records the resource's new sessions
@@ -216,12 +216,12 @@ async def grant_consent(
     if not ticket.is_open:
         raise TicketClosed()
     now = clock.now()
-    consent = Consent(resource_id=resource.id, ticket_id=ticket.id, granted_by=acting.subject, granted_at=now,
+    consent = Consent(resource_id=resource.id, ticket_id=ticket.id, granted_by=actor.subject, granted_at=now,
                       not_before=now, not_after=now + timedelta(days=data.days),
                       require_customer_approval=data.require_customer_approval)
     session.add(consent)
     await session.flush()
-    await append_entry(session=session, clock=clock, actor=Actor.customer_admin(acting.subject),
+    await append_entry(session=session, clock=clock, actor=Actor.customer_admin(actor.subject),
                        action=AuditAction.CONSENT_GRANTED,
                        subjects=Subjects(ticket=ticket.id, resource=resource.id),
                        detail={"consent": consent.id, "not_before": detail_time(consent.not_before),
@@ -253,7 +253,7 @@ async def end_consent(
 
 
 async def withdraw_consent(
-    *, session: AsyncSession, clock: Clock, consents: ConsentCache, acting: Principal, resource: Resource,
+    *, session: AsyncSession, clock: Clock, consents: ConsentCache, actor: Principal, resource: Resource,
     consent_id: str,
 ) -> Consent:
     consent = await require_consent(session=session, resource=resource, consent_id=consent_id)
@@ -261,7 +261,7 @@ async def withdraw_consent(
     if consent.ended_at is not None or consent.not_after <= now:
         raise ConsentEnded()
     await end_consent(session=session, clock=clock, consents=consents, consent=consent,
-                      actor=Actor.customer_admin(acting.subject), ended_by=acting.subject,
+                      actor=Actor.customer_admin(actor.subject), ended_by=actor.subject,
                       reason=ConsentEnding.WITHDRAWN, at=now)
     return consent
 

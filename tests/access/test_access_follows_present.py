@@ -135,12 +135,12 @@ async def add_recording(session: AsyncSession, clock: ManualClock, resource: Res
 async def add_ticket_with_recording(session: AsyncSession, clock: ManualClock, resource: Resource,
                                     engineers: list[str]) -> tuple[str, str, str]:
     ref = f"INC-{uuid4().hex[:10]}"
-    ticket = await tickets.create_ticket(session=session, clock=clock, acting=TICKETING,
+    ticket = await tickets.create_ticket(session=session, clock=clock, actor=TICKETING,
                                          data=TicketCreate(resource=resource.name, external_ref=ref,
                                                            engineers=engineers))
     customer = Principal(f"admin@{resource.owner_tenant}", frozenset({Role.CUSTOMER_ADMIN}),
                          tenant=resource.owner_tenant)
-    consent = await tickets.grant_consent(session=session, clock=clock, acting=customer, resource=resource,
+    consent = await tickets.grant_consent(session=session, clock=clock, actor=customer, resource=resource,
                                           data=ConsentCreate(ticket_id=ticket.id), consents=ConsentCache(clock=clock))
     return ticket.id, ref, await add_recording(session, clock, resource, ticket.id, consent.id)
 
@@ -175,7 +175,7 @@ async def test_engineer_unassigned_from_ticket_can_no_longer_read(world: World) 
     grant = await world.approve(await world.ask("alice"), "mona")
     assert await world.reads("alice")
 
-    await tickets.unassign_engineer(session=world.session, clock=world.clock, acting=TICKETING,
+    await tickets.unassign_engineer(session=world.session, clock=world.clock, actor=TICKETING,
                                     ticket_id=world.ticket_id, engineer=world.who("alice"), grant_ender=GRANTS)
 
     assert not await world.reads("alice")
@@ -197,7 +197,7 @@ async def test_an_unassigned_engineer_is_refused_by_the_read_check_itself(world:
 async def test_unassigning_one_engineer_leaves_the_others_grants_alone(world: World) -> None:
     await world.approve(await world.ask("gina"), "max")
     await world.ask("alice")
-    await tickets.unassign_engineer(session=world.session, clock=world.clock, acting=TICKETING,
+    await tickets.unassign_engineer(session=world.session, clock=world.clock, actor=TICKETING,
                                     ticket_id=world.ticket_id, engineer=world.who("alice"), grant_ender=GRANTS)
     assert await world.reads("gina")
 

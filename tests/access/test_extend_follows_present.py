@@ -49,7 +49,7 @@ async def test_an_active_grant_can_be_extended(world: World) -> None:
 
 async def test_extending_is_refused_after_the_engineer_is_unassigned(world: World) -> None:
     grant = await world.approve(await world.ask("alice"), "mona")
-    await tickets.unassign_engineer(session=world.session, clock=world.clock, acting=TICKETING,
+    await tickets.unassign_engineer(session=world.session, clock=world.clock, actor=TICKETING,
                                     ticket_id=world.ticket_id, engineer=world.who("alice"), grant_ender=GRANTS)
     assert await refused_extension(world, grant, "alice") == "grant_not_active"
 

@@ -143,12 +143,12 @@ async def run(plan: list[tuple[object, ...]], database: Path) -> None:
                 elif kind == "wait":
                     clock.advance(timedelta(minutes=int(str(step[1]))))
                 elif kind == "unassign":
-                    await unassign_engineer(session=session, clock=clock, acting=TICKETING, ticket_id="tic",
+                    await unassign_engineer(session=session, clock=clock, actor=TICKETING, ticket_id="tic",
                                             engineer=str(step[1]), grant_ender=GRANTS)
                     model.assigned.discard(str(step[1]))
                     model.end_grants_of(str(step[1]))
                 elif kind == "assign":
-                    await assign_engineer(session=session, clock=clock, acting=TICKETING, ticket_id="tic",
+                    await assign_engineer(session=session, clock=clock, actor=TICKETING, ticket_id="tic",
                                           engineer=str(step[1]))
                     model.assigned.add(str(step[1]))
                 elif kind in ("move", "move_quietly"):

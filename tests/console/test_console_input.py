@@ -152,10 +152,10 @@ async def _world(app: FastAPI, mint: MintToken) -> Console:
         await db.flush()
         ref = f"INC-{tag}"
         ticket = await tickets.create_ticket(
-            session=db, clock=clock, acting=Principal("svc", frozenset({Role.TICKETING})),
+            session=db, clock=clock, actor=Principal("svc", frozenset({Role.TICKETING})),
             data=TicketCreate(resource=resource.name, external_ref=ref, engineers=[f"eve-{tag}"]))
         customer = Principal(f"admin@{TENANT}", frozenset({Role.CUSTOMER_ADMIN}), tenant=TENANT)
-        consent = await tickets.grant_consent(session=db, clock=clock, acting=customer, resource=resource,
+        consent = await tickets.grant_consent(session=db, clock=clock, actor=customer, resource=resource,
                                               data=ConsentCreate(ticket_id=ticket.id), consents=ctx.consents)
         request_id = uuid4().hex
         started = now - timedelta(hours=1)
