@@ -73,12 +73,12 @@ async def _verification(db: AsyncSession, runtime: AuditRuntime, clock: Clock) -
 
 
 async def _report(db: AsyncSession, runtime: AuditRuntime, kind: ReportKind, period: Period,
-                  clock: Clock, actor: Actor) -> dict[str, Any]:
+                  clock: Clock, requested_by: Actor) -> dict[str, Any]:
     """The report the page shows, made and audited (`report.generated`) as the API makes it."""
     settings = runtime.settings
     computed = await audited_report(session=db, clock=clock, kind=kind, period=period,
                                     params=AccessReviewParams.from_settings(settings),
-                                    retention_days=settings.retention_days, requested_by=actor)
+                                    retention_days=settings.retention_days, requested_by=requested_by)
     return dict(computed.report)
 
 
@@ -94,10 +94,10 @@ async def _now(db: AsyncSession, report: dict[str, Any], clock: Clock,
 
 @router.get("")
 async def access_review(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, acting = await signed_in(request, ctx, Role.AUDITOR, db=db)
+    session, actor = await signed_in(request, ctx, Role.AUDITOR, db=db)
     period = _period(request, ctx.clock)
     runtime = ctx.audit
-    report = await _report(db, runtime, ReportKind.ACCESS_REVIEW, period, ctx.clock, Actor.staff(acting.subject))
+    report = await _report(db, runtime, ReportKind.ACCESS_REVIEW, period, ctx.clock, Actor.staff(actor.subject))
     verification = await _verification(db, runtime, ctx.clock)
     figures = [charts.grants_per_day(report, period.days()), charts.time_to_approval(report),
                charts.grant_use(report)]
@@ -108,10 +108,10 @@ async def access_review(request: Request, ctx: ContextDep, db: SessionDep) -> Re
 
 @router.get("/retention")
 async def retention(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, acting = await signed_in(request, ctx, Role.AUDITOR, db=db)
+    session, actor = await signed_in(request, ctx, Role.AUDITOR, db=db)
     period = _period(request, ctx.clock)
     runtime = ctx.audit
-    report = await _report(db, runtime, ReportKind.RETENTION, period, ctx.clock, Actor.staff(acting.subject))
+    report = await _report(db, runtime, ReportKind.RETENTION, period, ctx.clock, Actor.staff(actor.subject))
     verification = await _verification(db, runtime, ctx.clock)
     return page(request, "retention.html", session, report=report, period=period,
                 charts=charts.purge_age_per_region(report), verification=verification, kind="retention")
@@ -120,7 +120,7 @@ async def retention(request: Request, ctx: ContextDep, db: SessionDep) -> Respon
 @router.get("/reports/{kind}.{fmt}")
 async def download(kind: str, fmt: str, request: Request, ctx: ContextDep, db: SessionDep) -> Response:
     """The signed report, exactly as `GET /audit/reports/...` makes it (and audited the same way)."""
-    _session, acting = await signed_in(request, ctx, Role.AUDITOR, db=db)
+    _session, actor = await signed_in(request, ctx, Role.AUDITOR, db=db)
     kinds = {"access-review": ReportKind.ACCESS_REVIEW, "retention": ReportKind.RETENTION}
     if kind not in kinds or fmt not in ("csv", "json"):
         raise NotFound()
@@ -129,7 +129,7 @@ async def download(kind: str, fmt: str, request: Request, ctx: ContextDep, db: S
     output = await generate_report(
         session=db, clock=ctx.clock, keyring=runtime.keyring, kind=kinds[kind], fmt=ReportFormat(fmt),
         period=period, params=runtime.review_params, retention_days=runtime.settings.retention_days,
-        requested_by=Actor.staff(acting.subject))
+        requested_by=Actor.staff(actor.subject))
     filename = f"{kinds[kind].value}_{period.first.isoformat()}_{period.last.isoformat()}.{fmt}"
     return Response(output.body(), media_type=output.media_type,
                     headers={"content-disposition": f'attachment; filename="{filename}"',
@@ -171,7 +171,7 @@ def _entry_filter(request: Request) -> EntryFilter:
 @router.get("/entries")
 async def audit_entries(request: Request, ctx: ContextDep, db: SessionDep) -> Response:
     """Browse the chain: the newest matching entries first, older and newer pages by chain position."""
-    session, _acting = await signed_in(request, ctx, Role.AUDITOR, db=db)
+    session, _actor = await signed_in(request, ctx, Role.AUDITOR, db=db)
     filters = {name: request.query_params.get(name, "") for name in FILTER_FIELDS}
     entries: EntryPage | None = None
     error: str | None = None

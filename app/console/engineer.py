@@ -31,17 +31,17 @@ router = APIRouter(prefix="/console/engineer", include_in_schema=False)
 
 @router.get("")
 async def engineer_home(http_request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, acting = await signed_in(http_request, ctx, Role.ENGINEER, db=db)
-    await staff_person(db, ctx.access, acting, Role.ENGINEER)
-    tickets = [t for t in await tickets_of_engineer(session=db, engineer=acting.subject) if t.is_open]
+    session, actor = await signed_in(http_request, ctx, Role.ENGINEER, db=db)
+    await staff_person(db, ctx.access, actor, Role.ENGINEER)
+    tickets = [t for t in await tickets_of_engineer(session=db, engineer=actor.subject) if t.is_open]
     resources = {t.id: await get_resource(session=db, resource_id=t.resource_id) for t in tickets}
-    rows = await access.access_requests_of(session=db, requester=acting.subject)
+    rows = await access.access_requests_of(session=db, requester=actor.subject)
     now = ctx.clock.now()
     situations = await grant_situations(session=db, rows=rows, now=now, retention=ctx.access.retention)
     # A link to play only where a read would be allowed: the grant's side (its status and each recording's)
     # and this page coming from the engineer's own SAW, as playback checks (C5).
     fingerprint = saw_fingerprint(http_request, ctx.settings.saw)
-    on_saw = await ctx.access.saws.saw_for(db, fingerprint, acting.subject) is not None
+    on_saw = await ctx.access.saws.saw_for(db, fingerprint, actor.subject) is not None
     refs: dict[str, str] = {}
     requests = []
     for row in rows:
@@ -58,14 +58,14 @@ async def engineer_home(http_request: Request, ctx: ContextDep, db: SessionDep) 
 
 @router.post("/requests")
 async def ask(http_request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, acting = await signed_in(http_request, ctx, Role.ENGINEER, db=db)
+    session, actor = await signed_in(http_request, ctx, Role.ENGINEER, db=db)
     form = await checked_form(http_request, session)
     ids = [i for i in _SPLIT.split((first(form, "request_ids") or "").strip().lower()) if i]
     try:
         minutes = checked_form_int(first(form, "duration_minutes"), field="duration", default=240,
                                    minimum=5, maximum=480)
         justification = checked_prose(first(form, "justification") or "", field="justification", max_length=2000)
-        person = await staff_person(db, ctx.access, acting, Role.ENGINEER)
+        person = await staff_person(db, ctx.access, actor, Role.ENGINEER)
         row = await decisions.request_access(
             session=db, clock=ctx.clock, notifier=ctx.access.notifier, actor=person, data=access.NewAccessRequest(
                 ticket_id=first(form, "ticket_id") or "", request_ids=ids, justification=justification,
@@ -79,11 +79,11 @@ async def ask(http_request: Request, ctx: ContextDep, db: SessionDep) -> Respons
 
 @router.post("/requests/{access_request_id}/revoke")
 async def give_back(access_request_id: str, http_request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, acting = await signed_in(http_request, ctx, Role.ENGINEER, db=db)
+    session, actor = await signed_in(http_request, ctx, Role.ENGINEER, db=db)
     form = await checked_form(http_request, session)
     try:
         reason = checked_single_line(first(form, "reason") or "no longer needed", field="reason", max_length=200)
-        person = await staff_person(db, ctx.access, acting, Role.ENGINEER)
+        person = await staff_person(db, ctx.access, actor, Role.ENGINEER)
         await decisions.revoke_access(session=db, clock=ctx.clock, directory=ctx.access.directory,
                                       notifier=ctx.access.notifier, access_request_id=access_request_id,
                                       actor=person, reason=reason)

@@ -101,11 +101,11 @@ async def _team_requests(db: AsyncSession, team_ids: list[str], now: datetime,
 
 @router.get("")
 async def manager_home(http_request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, acting = await signed_in(http_request, ctx, Role.MANAGER, db=db)
-    person = await staff_person(db, ctx.access, acting, Role.MANAGER)
+    session, actor = await signed_in(http_request, ctx, Role.MANAGER, db=db)
+    person = await staff_person(db, ctx.access, actor, Role.MANAGER)
     now, retention = ctx.clock.now(), ctx.access.retention
     queue = await _queue(db, ctx.access.directory, person, now, retention)
-    team_ids = await ctx.access.directory.teams_managed(db, acting.subject)
+    team_ids = await ctx.access.directory.teams_managed(db, actor.subject)
     recent = await _team_requests(db, team_ids, now, retention)
     teams = []
     for team_id in team_ids:
@@ -118,11 +118,11 @@ async def manager_home(http_request: Request, ctx: ContextDep, db: SessionDep) -
 @router.post("/requests/{access_request_id}/{verdict}")
 async def decide(access_request_id: str, verdict: str, http_request: Request, ctx: ContextDep,
                  db: SessionDep) -> Response:
-    session, acting = await signed_in(http_request, ctx, Role.MANAGER, db=db)
+    session, actor = await signed_in(http_request, ctx, Role.MANAGER, db=db)
     form = await checked_form(http_request, session)
     clock, directory, notifier = ctx.clock, ctx.access.directory, ctx.access.notifier
     try:
-        person = await staff_person(db, ctx.access, acting, Role.MANAGER)
+        person = await staff_person(db, ctx.access, actor, Role.MANAGER)
         if verdict == "approve":
             minutes = checked_form_int(first(form, "duration_minutes"), field="duration", default=0,
                                        minimum=0, maximum=480)

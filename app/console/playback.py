@@ -127,21 +127,21 @@ def timeline_marks(events: list[TimelineEvent], turns: list[Turn],
 router = APIRouter(prefix="/console/recordings", include_in_schema=False)
 
 
-async def _read(ctx: AppContext, db: AsyncSession, http_request: Request, acting: Principal, request_id: str,
+async def _read(ctx: AppContext, db: AsyncSession, http_request: Request, actor: Principal, request_id: str,
                 part: Part) -> PartRead:
     return await read_recording_part(session=db, clock=ctx.clock, access=ctx.access, keyrings=ctx.keyrings,
                                      stores=ctx.stores, saw_fingerprint=saw_fingerprint(http_request, ctx.settings.saw),
-                                     actor=acting, request_id=request_id, part=part,
+                                     actor=actor, request_id=request_id, part=part,
                                      range_header=http_request.headers.get("range"))
 
 
 @router.get("/{request_id}")
 async def playback(request_id: str, http_request: Request, ctx: ContextDep, db: SessionDep) -> Response:
-    session, acting = await signed_in(http_request, ctx, db=db)
+    session, actor = await signed_in(http_request, ctx, db=db)
     try:
-        timeline = await _read(ctx, db, http_request, acting, request_id, "timeline")
+        timeline = await _read(ctx, db, http_request, actor, request_id, "timeline")
         lines = [json.loads(line) for line in (await read_whole(timeline)).splitlines()]
-        said_read = await _read(ctx, db, http_request, acting, request_id, "transcripts")
+        said_read = await _read(ctx, db, http_request, actor, request_id, "transcripts")
     except RecordingNotAvailable as refused:  # audited; the request's transaction keeps the entry
         return page(http_request, "not_available.html", session, status_code=refused.status, error=refused)
     said = json.loads(await read_whole(said_read))["transcripts"]
@@ -159,8 +159,8 @@ async def playback(request_id: str, http_request: Request, ctx: ContextDep, db: 
 @router.get("/{request_id}/audio/session.wav")
 async def session_audio(request_id: str, http_request: Request, ctx: ContextDep, db: SessionDep) -> Response:
     """The API's stereo WAV on the session clock (same authorization, audit and Range handling), for the player."""
-    _session, acting = await signed_in(http_request, ctx, db=db)
-    wav = await _read(ctx, db, http_request, acting, request_id, "audio_session")
+    _session, actor = await signed_in(http_request, ctx, db=db)
+    wav = await _read(ctx, db, http_request, actor, request_id, "audio_session")
     return StreamingResponse(wav.body, status_code=wav.status, media_type=wav.media_type, headers=wav.headers)
 
 
@@ -168,14 +168,14 @@ async def session_audio(request_id: str, http_request: Request, ctx: ContextDep,
 async def audio(request_id: str, speaker: Speaker, http_request: Request, ctx: ContextDep,
                 db: SessionDep) -> Response:
     """The API's WAV of one direction as sent (same authorization, audit and Range handling)."""
-    _session, acting = await signed_in(http_request, ctx, db=db)
-    wav = await _read(ctx, db, http_request, acting, request_id, PART_OF_SPEAKER[speaker])
+    _session, actor = await signed_in(http_request, ctx, db=db)
+    wav = await _read(ctx, db, http_request, actor, request_id, PART_OF_SPEAKER[speaker])
     return StreamingResponse(wav.body, status_code=wav.status, media_type=wav.media_type, headers=wav.headers)
 
 
 @router.get("/{request_id}/bundle")
 async def bundle(request_id: str, http_request: Request, ctx: ContextDep, db: SessionDep) -> Response:
     """The API's debug bundle (one audited read), downloaded from the page."""
-    _session, acting = await signed_in(http_request, ctx, db=db)
-    read = await _read(ctx, db, http_request, acting, request_id, "bundle")
+    _session, actor = await signed_in(http_request, ctx, db=db)
+    read = await _read(ctx, db, http_request, actor, request_id, "bundle")
     return StreamingResponse(read.body, status_code=read.status, media_type=read.media_type, headers=read.headers)

@@ -12,10 +12,10 @@ from app.identity.principal import MissingRole, Principal, Role
 from app.identity.staff.service import StaffInactive, UnknownStaff
 
 
-async def staff_person(session: AsyncSession, access: AccessContext, acting: Principal, role: Role) -> Person:
+async def staff_person(session: AsyncSession, access: AccessContext, actor: Principal, role: Role) -> Person:
     """The access service's view of the caller (token AND active record hold `role`), as the API asks it."""
     try:
-        return await acting_person(session=session, directory=access.directory, actor=acting, roles=(role,))
+        return await acting_person(session=session, directory=access.directory, actor=actor, roles=(role,))
     except NotStaff as refused:
         raise MissingConsoleRole("Your identity has no staff record.") from refused
     except (MissingRole, UnknownStaff, StaffInactive) as refused:
