@@ -6,6 +6,7 @@ from enum import StrEnum
 from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.capture.states import IncompleteReason, ShredReason
 from app.db import Base, StrEnumText, UTCDateTime
 from app.request_id import RequestId
 
@@ -47,7 +48,7 @@ class Recording(Base):
     blob_name: Mapped[str] = mapped_column(String(160))
     state: Mapped[RecordingState] = mapped_column(StrEnumText(RecordingState, 16),
                                                  default=RecordingState.RECORDING)
-    incomplete_reason: Mapped[str | None] = mapped_column(String(64), default=None)
+    incomplete_reason: Mapped[IncompleteReason | None] = mapped_column(StrEnumText(IncompleteReason, 64), default=None)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     segments: Mapped[int] = mapped_column(Integer, default=0)
     bytes_committed: Mapped[int] = mapped_column(Integer, default=0)
@@ -57,5 +58,5 @@ class Recording(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     shredded_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     blob_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
-    shred_reason: Mapped[str | None] = mapped_column(String(16), default=None)
+    shred_reason: Mapped[ShredReason | None] = mapped_column(StrEnumText(ShredReason, 16), default=None)
     receipt: Mapped[str | None] = mapped_column(Text, default=None)

@@ -62,6 +62,7 @@ from app.capture.metrics import CaptureMetrics
 from app.capture.models import Recording, RecordingState
 from app.capture.recovery import close_stale_recordings
 from app.capture.settings import CaptureSettings
+from app.capture.states import IncompleteReason
 from app.clock import Clock
 from app.db import is_database_outage
 from app.logs import get_logger
@@ -103,7 +104,7 @@ class LiveRecording:
     segments: int = 0
     end: EndRecord | None = None  # the session's end, once the relay reported it: the next seal is the last
     row: RowState = RowState.NOT_WRITTEN
-    failure: str | None = None  # the last failure; the incomplete reason once given up
+    failure: IncompleteReason | None = None  # the last failure; the incomplete reason once given up
     retry: Backoff = field(default_factory=Backoff)
     # `phase in TAKES_FRAMES`, kept beside the phase: the tap reads it for every frame, and hashing an Enum member
     # is a Python-level call.
@@ -281,7 +282,7 @@ class Recorder:
             log.error("recording.sealer.error", request_id=recording.info.request_id, error=type(exc).__name__,
                       phase=recording.phase)
             if recording.phase not in ENDED:  # a bug after the recording was forgotten leaves nothing to give up
-                self._fail(recording, "internal_error", give_up=True)
+                self._fail(recording, IncompleteReason.INTERNAL_ERROR, give_up=True)
 
     async def step(self, recording: LiveRecording) -> None:
         """One look at one recording: do what its phase asks, as far as it gets. Never raises on I/O.
@@ -296,20 +297,20 @@ class Recorder:
         if now < recording.retry.next_try:
             return
         if recording.phase is Phase.NEEDS_KEY and not await self._attempt(
-                recording, "key_service_unavailable", self._make_key(recording)):
+                recording, IncompleteReason.KEY_SERVICE_UNAVAILABLE, self._make_key(recording)):
             return
         if recording.phase is Phase.NEEDS_ROW and not await self._start_row(recording):
             return
         if recording.phase is Phase.NEEDS_BLOB and not await self._attempt(
-                recording, "store_unavailable", self._create_blob(recording)):
+                recording, IncompleteReason.STORE_UNAVAILABLE, self._create_blob(recording)):
             return
         if recording.phase is Phase.STREAMING and self._due(recording, now):
             await self._seal(recording, now)
         if recording.phase in APPENDS and recording.pending and not await self._attempt(
-                recording, "store_unavailable", self._append(recording)):
+                recording, IncompleteReason.STORE_UNAVAILABLE, self._append(recording)):
             return
         if recording.phase is Phase.FINAL_SEALED and not recording.pending and recording.row is RowState.WRITTEN:
-            await self._attempt(recording, "database_unavailable", self._finish(recording),
+            await self._attempt(recording, IncompleteReason.DATABASE_UNAVAILABLE, self._finish(recording),
                                 deadline=self.settings.db_timeout_s)
 
     def _due(self, recording: LiveRecording, now: float) -> bool:
@@ -318,8 +319,8 @@ class Recorder:
         return (recording.buffer.buffered >= self.settings.segment_bytes
                 or now - recording.last_seal_mono >= self.settings.segment_seconds)
 
-    async def _attempt(self, recording: LiveRecording, reason: str, work: Coroutine[object, object, None], *,
-                       deadline: float | None = None) -> bool:
+    async def _attempt(self, recording: LiveRecording, reason: IncompleteReason,
+                       work: Coroutine[object, object, None], *, deadline: float | None = None) -> bool:
         """Await `work` (within `deadline` s if given); on failure back off, and past the retry deadline
         give the recording up (C8)."""
         try:
@@ -329,15 +330,16 @@ class Recorder:
             self.metrics.errors.labels(reason).inc()
             log.warning("recording.retry", request_id=recording.info.request_id, reason=reason,
                         error=type(exc).__name__)
-            outage = reason == "database_unavailable" and self._database_failed(exc)
+            outage = reason is IncompleteReason.DATABASE_UNAVAILABLE and self._database_failed(exc)
             self._fail(recording, reason, give_up=False, database_away=outage)
             return False
-        if reason == "database_unavailable":
+        if reason is IncompleteReason.DATABASE_UNAVAILABLE:
             self._database_answered()
         recording.retry.succeeded()
         return True
 
-    def _fail(self, recording: LiveRecording, reason: str, *, give_up: bool, database_away: bool = False) -> None:
+    def _fail(self, recording: LiveRecording, reason: IncompleteReason, *, give_up: bool,
+              database_away: bool = False) -> None:
         recording.failure = reason
         now = time.monotonic()
         deadline = self.settings.retry_deadline_s
@@ -345,7 +347,7 @@ class Recorder:
             # Everything is stored; only the row's close is left, and it holds no frame in memory: wait for
             # the database however long it is away (C8), rather than leave the recording to recovery.
             deadline = math.inf
-        if reason == "store_unavailable" and recording.phase in APPENDS and not give_up:
+        if reason is IncompleteReason.STORE_UNAVAILABLE and recording.phase in APPENDS and not give_up:
             if recording.end is None:
                 # The call is live: wait for the store however long it is away. Memory stays within the C9 caps
                 # (what is sealed but not stored counts against them); past them frames are dropped from the
@@ -388,11 +390,12 @@ class Recorder:
                 async with asyncio.timeout(self.settings.db_timeout_s):
                     covered = await self._insert_row(recording)
             except Exception as exc:
-                self.metrics.errors.labels("database_unavailable").inc()
-                log.warning("recording.retry", request_id=recording.info.request_id, reason="database_unavailable",
+                reason = IncompleteReason.DATABASE_UNAVAILABLE
+                self.metrics.errors.labels(reason).inc()
+                log.warning("recording.retry", request_id=recording.info.request_id, reason=reason,
                             error=type(exc).__name__)
                 if not self._database_failed(exc):
-                    self._fail(recording, "database_unavailable", give_up=False)  # a statement's error: retried
+                    self._fail(recording, reason, give_up=False)  # a statement's error: retried
                     return False
             else:
                 self._database_answered()
@@ -425,7 +428,7 @@ class Recorder:
             self._database_away = True
         return away
 
-    async def _insert_row(self, recording: LiveRecording, *, failed: str | None = None) -> bool:
+    async def _insert_row(self, recording: LiveRecording, *, failed: IncompleteReason | None = None) -> bool:
         """The row and its `recording.started` entry, in one transaction (C6). `failed`: it never started,
         or (a deferred row) it was given up before its row could be written. False: the consent does not
         cover the session, and nothing was written.
@@ -442,7 +445,7 @@ class Recorder:
                 written_before = True  # an earlier try committed, but its answer was lost (a hung database)
             elif not await consent_covers(session=session, consent_id=consent.consent_id,
                                           session_start=info.started_at):
-                recording.failure = "consent_ended"
+                recording.failure = IncompleteReason.CONSENT_ENDED
                 return False  # nothing to write, ever
             else:
                 written_before = False
@@ -456,7 +459,7 @@ class Recorder:
                  deferred=recording.row is RowState.DEFERRED)
         return True
 
-    async def _add_row(self, session: AsyncSession, recording: LiveRecording, *, failed: str | None,
+    async def _add_row(self, session: AsyncSession, recording: LiveRecording, *, failed: IncompleteReason | None,
                        keep_key: bool) -> None:
         """Add the row and its entries to `session` (the caller commits)."""
         info, consent = recording.info, recording.consent
@@ -537,7 +540,7 @@ class Recorder:
 
     async def _finish_abandoned(self, recording: LiveRecording) -> None:
         """Give up: release memory now; record `incomplete(reason)` if the row exists (best effort)."""
-        reason = recording.failure or "internal_error"
+        reason = recording.failure or IncompleteReason.INTERNAL_ERROR
         for _, size in recording.pending:
             recording.buffer.release(size)
         recording.pending.clear()
@@ -570,7 +573,7 @@ class Recorder:
         self.metrics.completed.labels("incomplete").inc()
         log.warning("recording.incomplete", request_id=recording.info.request_id, reason=reason)
 
-    async def _close_row(self, recording: LiveRecording, *, state: RecordingState, reason: str | None,
+    async def _close_row(self, recording: LiveRecording, *, state: RecordingState, reason: IncompleteReason | None,
                          dropped: int) -> None:
         info = recording.info
         async with self.session_factory() as session:
@@ -607,7 +610,7 @@ class Recorder:
         self.metrics.active.set(len(self.live))
         self.metrics.dropped_frames.inc(recording.buffer.dropped_frames)
 
-    def abandon(self, request_ids: set[RequestId], reason: str) -> None:
+    def abandon(self, request_ids: set[RequestId], reason: IncompleteReason) -> None:
         """Stop recording these sessions now (their consent was erased): nothing more is stored."""
         for request_id in request_ids & set(self.live):
             recording = self.live[request_id]
@@ -655,7 +658,7 @@ class Recorder:
                     self._deferred_retry.failed(now, math.inf)  # still away: the rest wait with it
                     return
                 # This row's own statement failed: its retry deadline applies, the others go on.
-                self._fail(recording, "database_unavailable", give_up=False)
+                self._fail(recording, IncompleteReason.DATABASE_UNAVAILABLE, give_up=False)
                 continue
             self._database_answered()
             self._deferred_retry.succeeded()

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.audit.actions import Actor, AuditAction, Subjects
 from app.audit.service import append_entry
 from app.capture.models import Recording, RecordingState
+from app.capture.states import IncompleteReason
 from app.clock import Clock
 from app.logs import get_logger
 from app.storage.errors import StorageError
@@ -17,7 +18,6 @@ from app.storage.layout import RecordingKey
 from app.storage.router import RegionRouter
 
 log = get_logger("voicelog.capture")
-RELAY_RESTARTED = "relay_restarted"
 
 
 async def close_stale_recordings(
@@ -55,14 +55,14 @@ async def close_stale_recordings(
             except StorageError:
                 length = recording.bytes_committed  # the store is down: keep what we knew
             recording.state = RecordingState.INCOMPLETE
-            recording.incomplete_reason = RELAY_RESTARTED
+            recording.incomplete_reason = IncompleteReason.RELAY_RESTARTED
             recording.ended_at = _max(now, recording.started_at)
             recording.bytes_committed = length
             recording.owner = None
             await append_entry(session=session, clock=clock, actor=Actor.system("recovery"),
                                action=AuditAction.RECORDING_INCOMPLETE,
                                subjects=Subjects(request_id=recording.request_id),
-                               detail={"reason": RELAY_RESTARTED})
+                               detail={"reason": IncompleteReason.RELAY_RESTARTED})
             closed += 1
         await session.commit()
     if closed:

@@ -16,6 +16,7 @@ from sqlalchemy import Select, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.capture.models import Recording, RecordingState
+from app.capture.states import ShredReason
 
 if TYPE_CHECKING:
     from app.capture.service import RecordingRow
@@ -91,7 +92,7 @@ async def count_blobs_pending(*, session: AsyncSession) -> int:
 
 async def blobs_pending_shredded_between(
     *, session: AsyncSession, start: datetime, end: datetime,
-) -> list[tuple[str, str, datetime, str | None]]:
+) -> list[tuple[str, str, datetime, ShredReason | None]]:
     """(request_id, region, shredded_at, reason) of rows shredded in [start, end) whose blob is still there."""
     found = await session.execute(
         select(Recording.request_id, Recording.region, Recording.shredded_at, Recording.shred_reason)
@@ -132,12 +133,12 @@ async def mark_blob_deleted(*, session: AsyncSession, request_id: str, at: datet
     ).values(blob_deleted_at=at))
 
 
-def mark_shredded(recording: RecordingRow, *, at: datetime, reason: str, receipt: str) -> None:
+def mark_shredded(recording: RecordingRow, *, at: datetime, reason: ShredReason, receipt: str) -> None:
     """A row's part of destroying its recording: wrapped DEK gone, marked erased or purged, receipt kept."""
     recording.wrapped_dek = None
     recording.shredded_at = at
     recording.shred_reason = reason
-    recording.state = RecordingState.ERASED if reason == "erasure" else RecordingState.PURGED
+    recording.state = RecordingState.ERASED if reason is ShredReason.ERASURE else RecordingState.PURGED
     recording.owner = None
     recording.receipt = receipt
 

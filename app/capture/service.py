@@ -17,6 +17,7 @@ from app.audit.service import append_entry
 from app.capture.models import Recording
 from app.capture.recorder import Recorder
 from app.capture.shred import ShredReceipt, delete_blob, shred_recording
+from app.capture.states import IncompleteReason, ShredReason
 from app.clock import Clock
 from app.identity.principal import Principal
 from app.request_id import RequestId
@@ -90,7 +91,7 @@ async def erase_customer_recordings(
                                                  acting=acting, resource=resource, consent_id=consent_id)
     await commit()  # the keys are gone before any blob is touched
     request_ids = [r.request_id for r in receipts]
-    recorder.abandon(set(request_ids), "erased")
+    recorder.abandon(set(request_ids), IncompleteReason.ERASED)
     pending = await _delete_erased_blobs(session=session, clock=clock, stores=stores, request_ids=request_ids)
     bodies, digest = _receipts_digest(receipts)
     return ErasureReceipt(consent_id=consent.id, erased_at=clock.now(), recordings=len(receipts),
@@ -118,7 +119,7 @@ async def _destroy_data_keys(
     await append_entry(session=session, clock=clock, actor=actor, action=AuditAction.CONSENT_ERASURE_REQUESTED,
                        subjects=Subjects(resource=resource.id), detail=detail)  # type: ignore[arg-type]
     receipts = [await shred_recording(session=session, clock=clock, keyrings=keyrings, recording=r,
-                                      reason="erasure", actor=actor) for r in rows]
+                                      reason=ShredReason.ERASURE, actor=actor) for r in rows]
     await session.flush()
     return consent, receipts
 

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.audit.actions import Actor, AuditAction, Subjects, detail_time, kek_bucket
 from app.audit.service import append_entry
 from app.capture.retention_service import claim_oldest_blobs_pending, mark_shredded
+from app.capture.states import ShredReason
 from app.clock import Clock
 from app.logs import get_logger
 from app.request_id import RequestId
@@ -48,7 +49,7 @@ class ShredReceipt:
     kek_bucket: str
     started_at: datetime
     shredded_at: datetime
-    reason: str
+    reason: ShredReason
     wrapped_key_sha256: str | None
     blob_name: str
 
@@ -88,7 +89,7 @@ async def erase_data_keys(
 
 
 async def shred_recording(
-    *, session: AsyncSession, clock: Clock, keyrings: RegionKeyrings, recording: RecordingRow, reason: str,
+    *, session: AsyncSession, clock: Clock, keyrings: RegionKeyrings, recording: RecordingRow, reason: ShredReason,
     actor: Actor, key_erased: bool = False,
 ) -> ShredReceipt:
     """Step 1 in the caller's transaction: after its commit the recording is unreadable everywhere.
@@ -105,7 +106,8 @@ async def shred_recording(
 
 
 async def shred_recordings(
-    *, session: AsyncSession, clock: Clock, recordings: Sequence[RecordingRow], reason: str, actor: Actor,
+    *, session: AsyncSession, clock: Clock, recordings: Sequence[RecordingRow], reason: ShredReason,
+    actor: Actor,
 ) -> list[ShredReceipt]:
     """`shred_recording(key_erased=True)` for many rows at once: the rows are written in one flush (one
     batched UPDATE), then their audit entries. For a caller that erased the keys first (the purge)."""
@@ -124,7 +126,7 @@ class _Shredded:
     had_key: bool
 
 
-def _mark_shredded(recording: RecordingRow, *, now: datetime, reason: str) -> _Shredded:
+def _mark_shredded(recording: RecordingRow, *, now: datetime, reason: ShredReason) -> _Shredded:
     """The row's part of step 1: wrapped DEK gone, marked, receipt kept."""
     wrapped = recording.wrapped_dek
     receipt = ShredReceipt(

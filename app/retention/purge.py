@@ -42,6 +42,7 @@ from app.capture.retention_service import (
     unshredded_page,
 )
 from app.capture.shred import delete_blobs, erase_data_keys, shred_recordings
+from app.capture.states import ShredReason
 from app.clock import Clock
 from app.logs import get_logger
 from app.retention.locks import insert_ignoring_duplicates, is_postgresql, take_write_lock
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
 log = get_logger("voicelog.retention")
 
 RETENTION_ACTOR = Actor.system("retention")
-RETENTION_REASON = "retention"
 _BATCHES_IN_FLIGHT = 2  # batches whose rows or blobs are being done while the next batch's keys are erased
 _PAGE_BATCHES = 10  # batches read per page of a bucket's rows
 BUCKETS: Final = cast(Table, RetentionBucket.__table__)
@@ -291,7 +291,7 @@ class Purger:
         async with self.session_factory() as session:
             await take_write_lock(session)
             rows = await claim_unshredded(session=session, request_ids=[r.request_id for r in batch])
-            await shred_recordings(session=session, clock=self.clock, recordings=rows, reason=RETENTION_REASON,
+            await shred_recordings(session=session, clock=self.clock, recordings=rows, reason=ShredReason.RETENTION,
                                    actor=RETENTION_ACTOR)
             await session.commit()
         result.recordings_purged += len(rows)

@@ -20,6 +20,7 @@ from app.audit.reports.entries import Period
 from app.audit.service import read_chain_head
 from app.capture.models import Recording
 from app.capture.shred import shred_recording
+from app.capture.states import ShredReason
 from app.clock import ManualClock, SystemClock
 from app.regions import RegionSettings
 from app.retention import orphans
@@ -61,7 +62,7 @@ async def purge_now(world: World, recording: Recording, *, blob_deleted: bool) -
         row = await session.get(Recording, recording.request_id)
         assert row is not None
         await shred_recording(session=session, clock=world.clock, keyrings=world.keyrings, recording=row,
-                              reason="erasure", actor=Actor.customer_admin("c"))
+                              reason=ShredReason.ERASURE, actor=Actor.customer_admin("c"))
         if blob_deleted:
             row.blob_deleted_at = world.clock.now()
         await session.commit()

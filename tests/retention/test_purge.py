@@ -12,6 +12,7 @@ from app.access.policy import RecordingView
 from app.audit.actions import Actor, AuditAction, kek_bucket
 from app.capture.models import Recording
 from app.capture.shred import shred_recording
+from app.capture.states import ShredReason
 from app.retention.policy import recording_expired
 from app.retention.purge import Purger
 from app.storage.errors import StoreUnavailable
@@ -167,7 +168,7 @@ async def test_erased_recordings_are_not_purged_twice_and_their_bucket_kek_still
         row = await session.get(Recording, erased.request_id)
         assert row is not None
         await shred_recording(session=session, clock=world.clock, keyrings=world.keyrings, recording=row,
-                              reason="erasure", actor=Actor.customer_admin("admin"))
+                              reason=ShredReason.ERASURE, actor=Actor.customer_admin("admin"))
         await session.commit()
     world.clock.advance(LIFETIME)
     result = await world.purger().run()

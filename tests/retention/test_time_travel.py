@@ -30,6 +30,7 @@ from app.audit.reports.entries import Period
 from app.audit.service import read_chain_head
 from app.capture.models import Recording
 from app.capture.shred import delete_pending_blobs, shred_recording
+from app.capture.states import ShredReason
 from app.retention.models import RetentionBucket
 from app.retention.policy import recording_expired
 from app.retention.report import build_retention_report
@@ -145,7 +146,7 @@ async def erase(world: World, request_id: str) -> None:
         assert row is not None
         if row.shredded_at is None:
             await shred_recording(session=session, clock=world.clock, keyrings=world.keyrings, recording=row,
-                                  reason="erasure", actor=Actor.customer_admin("customer"))
+                                  reason=ShredReason.ERASURE, actor=Actor.customer_admin("customer"))
         await session.commit()
 
 
