@@ -79,7 +79,7 @@ class ErasureReceipt:
 
 async def erase_customer_recordings(
     *, session: AsyncSession, clock: Clock, keyrings: RegionKeyrings, consents: ConsentCache, stores: RegionRouter,
-    recorder: Recorder, acting: Principal, resource: Resource, consent_id: str, commit: Callable[[], Awaitable[None]],
+    recorder: Recorder, actor: Principal, resource: Resource, consent_id: str, commit: Callable[[], Awaitable[None]],
 ) -> ErasureReceipt:
     """Erase every recording made under a consent, now: the one use case of the API and the console.
 
@@ -88,7 +88,7 @@ async def erase_customer_recordings(
     touched; then stop the live recordings and delete the blobs (flushed; a failed delete is retried later).
     """
     consent, receipts = await _destroy_data_keys(session=session, clock=clock, keyrings=keyrings, consents=consents,
-                                                 acting=acting, resource=resource, consent_id=consent_id)
+                                                 actor=actor, resource=resource, consent_id=consent_id)
     await commit()  # the keys are gone before any blob is touched
     request_ids = [r.request_id for r in receipts]
     recorder.abandon(set(request_ids), IncompleteReason.ERASED)
@@ -99,16 +99,16 @@ async def erase_customer_recordings(
 
 
 async def _destroy_data_keys(
-    *, session: AsyncSession, clock: Clock, keyrings: RegionKeyrings, consents: ConsentCache, acting: Principal,
+    *, session: AsyncSession, clock: Clock, keyrings: RegionKeyrings, consents: ConsentCache, actor: Principal,
     resource: Resource, consent_id: str,
 ) -> tuple[Consent, list[ShredReceipt]]:
     """Erasure's first step, in the caller's transaction: end the consent and destroy the data key of every
     recording made under it (audited)."""
     consent = await require_consent(session=session, resource=resource, consent_id=consent_id)
-    actor = Actor.customer_admin(acting.subject)
+    audit_actor = Actor.customer_admin(actor.subject)
     if consent.ended_at is None:
-        await end_consent(session=session, clock=clock, consents=consents, consent=consent, actor=actor,
-                          ended_by=acting.subject, reason=ConsentEnding.ERASED, at=clock.now())
+        await end_consent(session=session, clock=clock, consents=consents, consent=consent, actor=audit_actor,
+                          ended_by=actor.subject, reason=ConsentEnding.ERASED, at=clock.now())
     rows = (await session.execute(
         select(Recording).where(Recording.consent_id == consent.id, Recording.shredded_at.is_(None))
         .order_by(Recording.started_at)
@@ -116,10 +116,10 @@ async def _destroy_data_keys(
     detail: dict[str, object] = {"consent": consent.id}
     if rows:
         detail["request_ids"] = [r.request_id for r in rows][:1000]
-    await append_entry(session=session, clock=clock, actor=actor, action=AuditAction.CONSENT_ERASURE_REQUESTED,
+    await append_entry(session=session, clock=clock, actor=audit_actor, action=AuditAction.CONSENT_ERASURE_REQUESTED,
                        subjects=Subjects(resource=resource.id), detail=detail)  # type: ignore[arg-type]
     receipts = [await shred_recording(session=session, clock=clock, keyrings=keyrings, recording=r,
-                                      reason=ShredReason.ERASURE, actor=actor) for r in rows]
+                                      reason=ShredReason.ERASURE, actor=audit_actor) for r in rows]
     await session.flush()
     return consent, receipts
 
