@@ -7,10 +7,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from websockets.asyncio.client import connect
 
 from app.capture.models import Recording
 from app.capture.recovery import close_stale_recordings
+from app.capture.states import IncompleteReason, ShredReason
 from app.identity.principal import Role
 from app.identity.settings import IdentitySettings
 from app.storage.layout import RecordingKey
@@ -91,9 +93,11 @@ async def test_erasure_destroys_keys_then_blobs_and_a_copy_taken_before_stays_un
     assert receipt["recordings"] == 2
     assert sorted(r["request_id"] for r in receipt["receipts"]) == sorted(ids)
     assert receipt["blobs_pending"] == []
+    assert [r["reason"] for r in receipt["receipts"]] == ["erasure", "erasure"]
     for request_id, (wrapped, _blob, region, key) in copies.items():
         row = await stack.recording(request_id)
         assert (row.state, row.wrapped_dek, row.shred_reason) == ("erased", None, "erasure")
+        assert row.shred_reason is ShredReason.ERASURE
         assert json.loads(row.receipt or "{}")["request_id"] == request_id
         assert not await state.stores.store(region).exists(key)
         with pytest.raises(KeyUnavailable):  # the copy of the row taken before: refused by the key service
@@ -104,7 +108,13 @@ async def test_erasure_destroys_keys_then_blobs_and_a_copy_taken_before_stays_un
     assert new_session not in {r.request_id for r in await stack.recordings()}  # recording stopped too
     async with state.session_factory() as session:
         actions = [r[0] for r in await audit_rows(session, "action")]
+        purged = [json.loads(detail)["reason"] for request_id, detail
+                  in await audit_rows(session, "request_id", "detail", action="recording.purged") if request_id in ids]
+        stored = [(await session.execute(sa.text("SELECT shred_reason FROM recordings WHERE request_id = :r"),
+                                         {"r": request_id})).scalar_one() for request_id in ids]
     assert "consent.erasure_requested" in actions
+    assert purged == ["erasure", "erasure"]
+    assert stored == ["erasure", "erasure"]  # the column holds the plain string, as ever
     assert actions.count("recording.purged") >= 2
     assert actions.count("key.destroyed") >= 2
 
@@ -134,6 +144,13 @@ async def test_a_recording_left_by_a_dead_replica_is_closed_incomplete(stack: Re
                                  stores=state.stores, stale_after=timedelta(seconds=60), live=set())
     recovered = await stack.recording(request_id)
     assert (recovered.state, recovered.incomplete_reason) == ("incomplete", "relay_restarted")
+    assert recovered.incomplete_reason is IncompleteReason.RELAY_RESTARTED
+    async with state.session_factory() as session:
+        stored = (await session.execute(sa.text("SELECT incomplete_reason FROM recordings WHERE request_id = :r"),
+                                        {"r": request_id})).scalar_one()
+        reasons = [json.loads(detail)["reason"] for (detail,) in
+                   await audit_rows(session, "detail", action="recording.incomplete", request_id=request_id)]
+    assert (stored, reasons) == ("relay_restarted", ["relay_restarted"])
     assert recovered.bytes_committed == row.bytes_committed  # the committed blob length, read from the store
 
 
