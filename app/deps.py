@@ -37,10 +37,7 @@ async def get_session(ctx: ContextDep) -> AsyncIterator[AsyncSession]:
             yield session
             await session.commit()
         except AppError as error:
-            if error.keeps_transaction:
-                await session.commit()
-            else:
-                await _roll_back(session)
+            await settle_refusal(session, error)
             raise
         except Exception as error:
             if not is_database_outage(error):
@@ -53,6 +50,23 @@ async def get_session(ctx: ContextDep) -> AsyncIterator[AsyncSession]:
         except BaseException:
             await _roll_back(session)
             raise
+
+
+async def settle_refusal(session: AsyncSession, error: AppError) -> None:
+    """The request's transaction after a refusal, as `get_session` settles it: an audited refusal
+    (`keeps_transaction`) keeps what it wrote, any other is rolled back with the steps waiting on its commit.
+    A front door that answers the refusal itself (the console's message and redirect) calls this, so the
+    rule is written once."""
+    if error.keeps_transaction:
+        await session.commit()
+    else:
+        await _roll_back(session)
+
+
+async def roll_back(session: AsyncSession) -> None:
+    """Roll the request's transaction back (input refused before any use case ran, e.g. an invalid form):
+    the steps waiting on its commit go with it."""
+    await _roll_back(session)
 
 
 async def _roll_back(session: AsyncSession) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import create_engine, create_session_factory
-from app.deps import get_session
+from app.deps import get_session, settle_refusal
 from app.errors import AppError
 from app.transaction import after_commit, discard_after_commit
 
@@ -72,3 +72,22 @@ async def test_the_request_session_runs_no_step_of_a_failed_request_at_a_later_c
     await session.execute(text("SELECT 1"))
     await session.commit()
     assert ran == []
+
+
+class _AuditedRefusal(_Refused):
+    keeps_transaction = True
+
+
+@pytest.mark.parametrize(("error", "kept"), [(_Refused("no"), False), (_AuditedRefusal("no, and audited"), True)])
+async def test_a_front_door_that_answers_a_refusal_itself_settles_it_as_the_request_session_does(
+        session_factory: async_sessionmaker[AsyncSession], error: AppError, kept: bool) -> None:
+    """The console answers a refusal with a message instead of raising it: `settle_refusal` keeps an audited
+    refusal's writes (their commit runs the waiting steps) and rolls any other back (its steps never run)."""
+    ran: list[str] = []
+    async with session_factory() as session:
+        await session.execute(text("SELECT 1"))
+        after_commit(session, lambda: ran.append("written before the refusal"))
+        await settle_refusal(session, error)
+        await session.execute(text("SELECT 1"))
+        await session.commit()  # the request's own commit, as get_session makes it after the console's redirect
+    assert ran == (["written before the refusal"] if kept else [])

@@ -14,7 +14,7 @@ from app.capture import service as capture
 from app.console.auth import signed_in
 from app.console.security import checked_form, first
 from app.console.templating import page
-from app.deps import ContextDep, SessionDep
+from app.deps import ContextDep, SessionDep, roll_back, settle_refusal
 from app.errors import AppError, InvalidInput
 from app.identity.principal import Role
 from app.input_text import checked_form_int
@@ -71,10 +71,10 @@ async def grant(name: str, request: Request, ctx: ContextDep, db: SessionDep) ->
         session.flash("ok", "Recording is on for this resource, for the ticket you named: from now on for calls "
                       "this server takes, on every server within a few seconds.")
     except AppError as error:
-        await db.rollback()
+        await settle_refusal(db, error)
         session.flash("error", f"{error.title}: {error.detail}")
     except ValidationError as error:
-        await db.rollback()
+        await roll_back(db)
         session.flash("error", "The consent is not valid: " + "; ".join(e["msg"] for e in error.errors()))
     return RedirectResponse(f"/console/customer/resources/{name}", status_code=303)
 
@@ -89,7 +89,7 @@ async def withdraw(name: str, consent_id: str, request: Request, ctx: ContextDep
                                        resource=resource, consent_id=consent_id)
         session.flash("ok", "Consent withdrawn: recording has stopped.")
     except AppError as error:
-        await db.rollback()
+        await settle_refusal(db, error)
         session.flash("error", f"{error.title}: {error.detail}")
     return RedirectResponse(f"/console/customer/resources/{name}", status_code=303)
 
@@ -111,7 +111,7 @@ async def erase(name: str, consent_id: str, request: Request, ctx: ContextDep, d
                       f"({len(receipt.blobs_pending)} blob deletion(s) retried later). "
                       f"Receipt SHA-256 {receipt.receipt_sha256}.")
     except AppError as error:
-        await db.rollback()
+        await settle_refusal(db, error)
         session.flash("error", f"{error.title}: {error.detail}")
     return RedirectResponse(f"/console/customer/resources/{name}", status_code=303)
 
@@ -138,11 +138,11 @@ async def decide(name: str, access_request_id: str, verdict: str, request: Reque
         session.flash("ok", "Approved: the engineer may now read the recordings named, until the grant ends."
                       if VERDICTS[verdict] else "Denied: no recording will be read under this request.")
     except (ResourceNotFound, AccessRequestNotFound) as refused:
-        await db.rollback()
+        await settle_refusal(db, refused)
         session.flash("error", NO_SUCH_REQUEST)
         if isinstance(refused, ResourceNotFound):  # not theirs, or no such name: their own list, either way
             back = "/console/customer"
     except AppError as error:
-        await db.rollback()
+        await settle_refusal(db, error)
         session.flash("error", f"{error.title}: {error.detail}")
     return RedirectResponse(back, status_code=303)

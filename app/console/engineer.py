@@ -16,7 +16,7 @@ from app.console.auth import signed_in
 from app.console.security import checked_form, first
 from app.console.staff import staff_person
 from app.console.templating import page
-from app.deps import ContextDep, SessionDep
+from app.deps import ContextDep, SessionDep, settle_refusal
 from app.errors import AppError
 from app.identity.principal import Role
 from app.input_text import checked_form_int, checked_prose, checked_single_line
@@ -72,7 +72,7 @@ async def ask(http_request: Request, ctx: ContextDep, db: SessionDep) -> Respons
                 duration=timedelta(minutes=minutes)))
         session.flash("ok", f"Access request {row.id[:8]} sent to your team's managers.")
     except AppError as error:
-        await db.rollback()
+        await settle_refusal(db, error)
         session.flash("error", f"{error.title}: {error.detail}")
     return RedirectResponse("/console/engineer", status_code=303)
 
@@ -89,6 +89,6 @@ async def give_back(access_request_id: str, http_request: Request, ctx: ContextD
                                       actor=person, reason=reason)
         session.flash("ok", "Access ended.")
     except AppError as error:
-        await db.rollback()
+        await settle_refusal(db, error)
         session.flash("error", f"{error.title}: {error.detail}")
     return RedirectResponse("/console/engineer", status_code=303)

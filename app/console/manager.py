@@ -19,7 +19,7 @@ from app.console.auth import signed_in
 from app.console.security import checked_form, first
 from app.console.staff import staff_person
 from app.console.templating import page
-from app.deps import ContextDep, SessionDep
+from app.deps import ContextDep, SessionDep, settle_refusal
 from app.errors import AppError, InvalidInput
 from app.identity.principal import Role
 from app.identity.staff.service import get_team, list_staff
@@ -139,6 +139,6 @@ async def decide(access_request_id: str, verdict: str, http_request: Request, ct
         else:
             raise InvalidInput("Approve or deny.")
     except AppError as error:
-        await db.rollback()
+        await settle_refusal(db, error)
         session.flash("error", f"{error.title}: {error.detail}")
     return RedirectResponse("/console/manager", status_code=303)
