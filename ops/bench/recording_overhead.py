@@ -64,10 +64,10 @@ from relay_latency import (
     prepare_voicelog,
     run_load,
     scrape_metrics,
+    start_standin,
     start_voicelog,
     stop_processes,
     voicelog_env,
-    wait_port,
     warm_up,
 )
 
@@ -188,13 +188,9 @@ def main() -> None:
     variants = [(f"base-{p}", p, args.baseline.resolve()) for p in planes] if args.baseline else []
     variants += [(p, p, ROOT) for p in planes]
     work = Path(tempfile.mkdtemp(prefix="voicelog-recbench-"))
-    standin_port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs.append(subprocess.Popen([*VOICELOG, "standin", "--port", str(standin_port)],
-                                      env=voicelog_env(work, None), cwd=ROOT,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_port(standin_port)
+        standin_port = start_standin(work, procs)
         setups: dict[str, tuple[dict[str, str], int]] = {}
         for label, plane, root in variants:
             port = free_port()

@@ -49,14 +49,14 @@ from pathlib import Path
 
 import psutil
 from relay_latency import (
-    NGINX_CONF,
     QUERY,
-    VOICELOG,
     Result,
     cpu_by_pid,
     free_port,
     prepare_voicelog,
     run_load,
+    start_nginx,
+    start_standin,
     start_voicelog,
     stop_processes,
     voicelog_env,
@@ -171,25 +171,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="voicelog-bench-candidates-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        standin_port = free_port()
-        procs.append(subprocess.Popen([*VOICELOG, "standin", "--port", str(standin_port)],
-                                      env=voicelog_env(work, None), cwd=ROOT,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_port(standin_port)
+        standin_port = start_standin(work, procs)
         env = voicelog_env(work, "direct")
         if "voicelog" in names:
             prepare_voicelog(env, standin_port, {"bench": "bench"})
-
-        nginx_bin = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-        nginx_port = free_port()
-        nginx: subprocess.Popen[bytes] | None = None
-        if nginx_bin:
-            conf = work / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(dir=work, port=nginx_port, upstream=standin_port))
-            nginx = subprocess.Popen([nginx_bin, "-c", str(conf), "-g", "daemon off;"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            procs.append(nginx)
-            wait_port(nginx_port)
+        nginx, nginx_port = start_nginx(work, standin_port, procs) or (None, 0)
 
         print(f"relay candidates: {args.seconds:g} s per run, 20 ms pcm16 24 kHz frames each way, "
               f"{os.cpu_count()} cores, load {', '.join(f'{x:.1f}' for x in os.getloadavg())}; "

@@ -339,6 +339,32 @@ def print_ratios(rows: dict[tuple[int, str], Row], counts: list[int], planes: li
                   f" {nginx.added99:>14.2f}ms", flush=True)
 
 
+def start_standin(work: Path, procs: list[subprocess.Popen[bytes]]) -> int:
+    """The echoing stand-in upstream every bench relays to, on a free port (added to `procs` to be stopped)."""
+    port = free_port()
+    procs.append(subprocess.Popen([*VOICELOG, "standin", "--port", str(port)], env=voicelog_env(work, None), cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    wait_port(port)
+    return port
+
+
+def start_nginx(work: Path, upstream_port: int, procs: list[subprocess.Popen[bytes]]
+                ) -> tuple[subprocess.Popen[bytes], int] | None:
+    """nginx as a plain WebSocket proxy to `upstream_port`, the anchor of every ratio, and its port; None when
+    nginx is not installed."""
+    nginx_bin = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if not nginx_bin:
+        return None
+    port = free_port()
+    conf = work / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=work, port=port, upstream=upstream_port))
+    nginx = subprocess.Popen([nginx_bin, "-c", str(conf), "-g", "daemon off;"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs.append(nginx)
+    wait_port(port)
+    return nginx, port
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", default="1,50,200,400")
@@ -354,25 +380,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="voicelog-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        standin_port = free_port()
-        procs.append(subprocess.Popen([*VOICELOG, "standin", "--port", str(standin_port)],
-                                      env=voicelog_env(work, None), cwd=ROOT,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_port(standin_port)
+        standin_port = start_standin(work, procs)
         envs = {plane: voicelog_env(work, plane, **postgres_env(work, plane, args.workers)) for plane in planes}
         for env in envs.values():
             prepare_voicelog(env, standin_port, {"bench": "bench"})
-
-        nginx_bin = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-        nginx_port = free_port()
-        nginx: subprocess.Popen[bytes] | None = None
-        if nginx_bin:
-            conf = work / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(dir=work, port=nginx_port, upstream=standin_port))
-            nginx = subprocess.Popen([nginx_bin, "-c", str(conf), "-g", "daemon off;"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            procs.append(nginx)
-            wait_port(nginx_port)
+        nginx, nginx_port = start_nginx(work, standin_port, procs) or (None, 0)
 
         print(f"relay latency: {args.seconds:.0f} s per run, 20 ms pcm16 24 kHz frames each way, "
               f"{os.cpu_count()} cores; voicelog data planes: {', '.join(planes)}, "
