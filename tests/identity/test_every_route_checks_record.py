@@ -294,6 +294,20 @@ def refused_for_role(need: StaffRole, response: httpx.Response, audited: str | N
     return response.status_code == 404 and audited is not None and '"not_engineer"' in audited
 
 
+async def role_case_failure(probe: Probe, method: str, path: str, need: StaffRole, role: Role, case: str,
+                            name: str, must_refuse: bool) -> str | None:
+    """Call the route as `name` holding a `role` token and say what went wrong, if anything: a case that must
+    be refused was served, or one that must be served was refused (or failed)."""
+    response = await probe.call(method, path, need, name, role)
+    audited = await probe.read_denied_reason(name) if need.refusal.endswith("read") else None
+    refused = refused_for_role(need, response, audited)
+    if must_refuse and (not refused or response.is_success):
+        return f"{method} {path}: {role} token, {case}: {response.status_code} {response.text[:120]}"
+    if not must_refuse and (refused or response.status_code == 401 or response.status_code >= 500):
+        return f"{method} {path}: {role} token, {case}, refused: {response.status_code} {response.text[:160]}"
+    return None
+
+
 @pytest.fixture
 async def probe(app: FastAPI, mint_token: MintToken) -> AsyncIterator[Probe]:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://voicelog.test") as client:
@@ -317,15 +331,10 @@ async def test_a_staff_role_counts_only_with_an_active_record_that_holds_it_on_e
                      "record without it": (f"lacks-{'-'.join(need.roles)}", True),
                      "active record": (f"ok-{role}", False)}
             for case, (name, must_refuse) in cases.items():
-                response = await probe.call(method, path, need, name, role)
-                audited = await probe.read_denied_reason(name) if need.refusal.endswith("read") else None
-                refused = refused_for_role(need, response, audited)
+                failure = await role_case_failure(probe, method, path, need, role, case, name, must_refuse)
                 checked += 1
-                if must_refuse and (not refused or response.is_success):
-                    wrong.append(f"{method} {path}: {role} token, {case}: {response.status_code} {response.text[:120]}")
-                if not must_refuse and (refused or response.status_code == 401 or response.status_code >= 500):
-                    wrong.append(f"{method} {path}: {role} token, {case}, refused: {response.status_code} "
-                                 f"{response.text[:160]}")
+                if failure is not None:
+                    wrong.append(failure)
 
     assert not wrong, "\n".join(wrong)
     assert checked == 4 * sum(len(n.roles) for n in staff_routes.values())

@@ -26,7 +26,7 @@ from tests.identity.test_every_route_checks_record import (
     Probe,
     StaffRole,
     console,
-    refused_for_role,
+    role_case_failure,
     served_routes,
 )
 
@@ -63,12 +63,7 @@ async def test_the_new_routes_check_token_and_record(probe: Probe) -> None:
         cases = {"no record": (f"none-{role}", True), "deactivated": (f"off-{role}", True),
                  "record without it": (f"lacks-{role}", True), "active record": (f"ok-{role}", False)}
         for case, (name, must_refuse) in cases.items():
-            response = await probe.call(method, path, need, name, role)
-            audited = await probe.read_denied_reason(name) if need.refusal.endswith("read") else None
-            refused = refused_for_role(need, response, audited)
-            if must_refuse and (not refused or response.is_success):
-                wrong.append(f"{method} {path}: {role} token, {case}: {response.status_code} {response.text[:120]}")
-            if not must_refuse and (refused or response.status_code == 401 or response.status_code >= 500):
-                wrong.append(f"{method} {path}: {role} token, {case}, refused: {response.status_code} "
-                             f"{response.text[:160]}")
+            failure = await role_case_failure(probe, method, path, need, role, case, name, must_refuse)
+            if failure is not None:
+                wrong.append(failure)
     assert not wrong, "\n".join(wrong)
