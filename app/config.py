@@ -36,7 +36,7 @@ def _default_regions() -> list[RegionSettings]:
 
 
 # The domain bases are listed in the reverse of their rows' order in docs/CONFIGURATION.md: pydantic takes
-# the last base's fields first. The relay's rows stay where they were declared here before (_ROWS_AFTER).
+# the last base's fields first.
 class Settings(RelaySettings, StandinSettings, ConsentSettings, ResourceSettings, AccessSettings, BaseSettings):
     """All of voicelog's configuration; one instance is built at start and passed down, never global.
 
@@ -194,25 +194,6 @@ class Settings(RelaySettings, StandinSettings, ConsentSettings, ResourceSettings
         return [r.name for r in self.regions]
 
 
-# docs/CONFIGURATION.md lists these domain bases' rows after the named own field of the model inheriting them,
-# not after all its own fields: the relay's knobs keep the place they had when app.config declared them.
-_ROWS_AFTER: dict[str, type[BaseModel]] = {"log_format": RelaySettings}
-
-
-def _row_order(model: type[BaseModel]) -> list[str]:
-    """The model's own fields first, then those its domain bases declare (pydantic lists bases' first), but a
-    base in _ROWS_AFTER right after its field, so moving knobs into a domain's model does not reorder the docs."""
-    own = vars(model).get("__annotations__", {})
-    names = sorted(model.model_fields, key=lambda name: name not in own)
-    for anchor, base in _ROWS_AFTER.items():
-        if issubclass(model, base) and anchor in own:
-            moved = [name for name in names if name in base.model_fields]
-            names = [name for name in names if name not in base.model_fields]
-            at = names.index(anchor) + 1
-            names[at:at] = moved
-    return names
-
-
 def _type_name(annotation: object) -> str:
     text = str(annotation).replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "")
     text = text.replace("<class '", "").replace("'>", "").replace("app.config.", "")
@@ -236,8 +217,9 @@ def settings_reference() -> str:
     def table(model: type[BaseModel], prefix: str) -> list[str]:
         rows = ["| Variable | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
         nested: list[tuple[str, type[BaseModel]]] = []
-        for name in _row_order(model):
-            field = model.model_fields[name]
+        own = vars(model).get("__annotations__", {})
+        # The model's own fields first, then those its domain bases declare (pydantic lists bases' first).
+        for name, field in sorted(model.model_fields.items(), key=lambda item: item[0] not in own):
             annotation = field.annotation
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 nested.append((name, annotation))
