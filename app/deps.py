@@ -41,14 +41,14 @@ async def get_session(ctx: ContextDep) -> AsyncIterator[AsyncSession]:
             raise
         except Exception as error:
             if not is_database_outage(error):
-                await _roll_back(session)
+                await roll_back(session)
                 raise
             # A refused, dropped or silent database: no round trip to roll back (it would wait again).
             await session.invalidate()
             discard_after_commit(session)
             raise DatabaseUnavailable("Try again shortly.") from error
         except BaseException:
-            await _roll_back(session)
+            await roll_back(session)
             raise
 
 
@@ -60,17 +60,12 @@ async def settle_refusal(session: AsyncSession, error: AppError) -> None:
     if error.keeps_transaction:
         await session.commit()
     else:
-        await _roll_back(session)
+        await roll_back(session)
 
 
 async def roll_back(session: AsyncSession) -> None:
-    """Roll the request's transaction back (input refused before any use case ran, e.g. an invalid form):
-    the steps waiting on its commit go with it."""
-    await _roll_back(session)
-
-
-async def _roll_back(session: AsyncSession) -> None:
-    """Roll back and drop the steps waiting on the commit that will not happen."""
+    """Roll back and drop the steps waiting on the commit that will not happen (also the console's, for input
+    it refuses before any use case ran, e.g. an invalid form)."""
     await session.rollback()
     discard_after_commit(session)
 
