@@ -124,7 +124,13 @@ class Leg(asyncio.Protocol):
             used = self._parse(view)
         except ProtocolError as exc:
             self._buffer = bytearray()
+            first = self.state == "open"
             self.fail(exc.code, exc.reason)
+            if first:
+                # What follows in the stream cannot be parsed (the rest of an oversized message, a bad frame), so
+                # the peer's close reply would never be read: end as after a closing handshake, the server side
+                # closing TCP at once (the close frame is flushed first), a client giving the server a moment.
+                self._finish_close()
             return
         if view is buffer:
             del buffer[:used]
