@@ -256,23 +256,43 @@ class Recorder:
             self._sealer = None
 
     async def run(self) -> None:
-        """Each tick, every recording gets one step; steps run side by side, so one slow region or
+        """Every `tick_s`, every recording gets one step; steps run side by side, so one slow region or
         recording never holds up the others, and a recording never has two steps at once. The database
-        upkeep (heartbeat, recovery) runs beside them: a hung query holds up neither steps nor appends (C8)."""
+        upkeep (heartbeat, recovery) runs beside them: a hung query holds up neither steps nor appends (C8).
+
+        Between ticks, every `seal_pace_s`, streaming recordings that are due are sealed: recordings fall due
+        at their own (random) phases, and a fine pace seals them as they do, a few at a time, where a coarse
+        tick would seal a tick's worth back to back and hold up relayed frames meanwhile."""
         inflight = self._inflight
+        live = self.live
+        streaming = Phase.STREAMING
+        settings = self.settings
+        pace = min(settings.seal_pace_s, settings.tick_s)
+        next_tick = 0.0
         while True:
             started = time.monotonic()
-            for request_id, recording in list(self.live.items()):
-                if recording.phase is Phase.STREAMING and not recording.pending and not self._due(recording, started):
-                    continue  # its step would do nothing: no task for it (hundreds live, 4 ticks a second)
+            tick = started >= next_tick
+            if tick:
+                next_tick = started + settings.tick_s
+            seal_bytes = settings.segment_bytes
+            sealed_before = started - settings.segment_seconds
+            for request_id, recording in list(live.items()):
+                if recording.phase is streaming and not recording.pending:
+                    # `_due`, inline: this runs for hundreds of recordings every `seal_pace_s`.
+                    if (recording.end is None and recording.buffer.buffered < seal_bytes
+                            and recording.last_seal_mono > sealed_before):
+                        continue  # its step would do nothing: no task for it
+                elif not tick:
+                    continue
                 task = inflight.get(request_id)
                 if task is None or task.done():
                     inflight[request_id] = asyncio.create_task(self._guarded_step(recording))
-            for request_id in [r for r, t in inflight.items() if t.done() and r not in self.live]:
-                del inflight[request_id]
-            if self._upkeep is None or self._upkeep.done():
-                self._upkeep = asyncio.create_task(self._database_upkeep(), name="recorder-upkeep")
-            await asyncio.sleep(max(0.0, self.settings.tick_s - (time.monotonic() - started)))
+            if tick:
+                for request_id in [r for r, t in inflight.items() if t.done() and r not in live]:
+                    del inflight[request_id]
+                if self._upkeep is None or self._upkeep.done():
+                    self._upkeep = asyncio.create_task(self._database_upkeep(), name="recorder-upkeep")
+            await asyncio.sleep(max(0.0, pace - (time.monotonic() - started)))
 
     async def _guarded_step(self, recording: LiveRecording) -> None:
         try:
@@ -506,8 +526,13 @@ class Recorder:
             runs[-1] = (runs[-1][0], size - sum(accounted for _, accounted in runs[:-1]))  # the sizes add up exactly
             last = len(runs) - 1
             # bytes() here, not on the loop: the store takes bytes, and a segment is up to 1 MiB to copy.
-            return [(bytes(writer.seal(encode_items(run, end if i == last else None), final=final and i == last)),
-                     accounted) for i, (run, accounted) in enumerate(runs)]
+            sealed = [(bytes(writer.seal(encode_items(run, end if i == last else None), final=final and i == last)),
+                       accounted) for i, (run, accounted) in enumerate(runs)]
+            # The frames are freed here, on this thread, not when the loop's coroutine lets go of them: a
+            # segment's few hundred payloads cost the relay's event loop nothing.
+            items.clear()
+            runs.clear()
+            return sealed
 
         sealed = await asyncio.get_running_loop().run_in_executor(self._sealer, seal_runs)
         for segment, accounted in sealed:

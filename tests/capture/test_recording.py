@@ -8,6 +8,7 @@ import itertools
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.ai.voicelive.aio import connect as sdk_connect
@@ -246,7 +247,7 @@ async def when_durable(stack: RecordingStack, request_id: str, payload: bytes, *
 async def test_a_frame_is_durable_within_three_seconds_on_default_settings(
     tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
 ) -> None:
-    """Default cadence (a segment every 2 s, the sealer looking every 0.25 s): while the session is still
+    """Default cadence (a segment every 2 s, the sealer looking for due seals every 20 ms): while the session is still
     open, a frame relayed 3 s ago is in the store, sealed, and opens (as a truncated stream). Polled, with
     slack on the bound for a loaded machine; a frame held back for several segments still fails."""
     async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
@@ -265,3 +266,40 @@ async def test_a_frame_is_durable_within_three_seconds_on_default_settings(
     assert opened.truncated  # the session is still open: no final segment yet
     assert b"durable-frame" in opened.plaintext
     assert durable_after <= DURABLE_WITHIN_S + LOAD_SLACK_S, durable_after
+
+
+async def test_streaming_recordings_are_sealed_at_the_seal_pace_between_ticks(
+    tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A coarse tick (1.5 s) with the fine seal pace: a call's 0.2 s segments are stored as they fall due, many
+    while the call is open, not one tick's worth at a time, and the recording is complete with every frame.
+    (Sealed only at ticks, a 2.5 s call would see at most a handful of appends.)"""
+    capture = CaptureSettings(tick_s=1.5, seal_pace_s=0.02, segment_seconds=0.2, heartbeat_s=0.5,
+                              retry_deadline_s=3.0)
+    async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
+                               identity=identity_settings, mint_token=mint_token, capture=capture) as stack:
+        store = stack.relay.app.state.ctx.stores.store("westeurope")
+        real_append = store.append
+        appended_at: list[float] = []
+        loop = asyncio.get_running_loop()
+
+        async def timed_append(*args: Any, **kwargs: Any) -> int:
+            appended_at.append(loop.time())
+            return await real_append(*args, **kwargs)
+
+        monkeypatch.setattr(store, "append", timed_append)
+        url = f"{stack.relay.ws}/resources/{stack.resource}{ECHO}"
+        sent = [f"frame-{i:03d}".encode() for i in range(50)]
+        async with connect(url, additional_headers={"api-key": STANDIN_API_KEY}) as ws:
+            request_id = ws.response.headers["x-ms-request-id"] if ws.response else ""
+            for frame in sent:
+                await ws.send(frame)
+                await ws.recv()
+                await asyncio.sleep(0.05)
+            closed_at = loop.time()
+        while_open = [t for t in appended_at if t < closed_at]
+        contents = await stack.contents(request_id)
+    assert len(while_open) >= 7, f"{len(while_open)} appends while the call was open"
+    assert contents.complete
+    assert [f.payload for f in contents.frames if f.direction == C2S] == sent
