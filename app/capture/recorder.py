@@ -292,7 +292,9 @@ class Recorder:
                     del inflight[request_id]
                 if self._upkeep is None or self._upkeep.done():
                     self._upkeep = asyncio.create_task(self._database_upkeep(), name="recorder-upkeep")
-            await asyncio.sleep(max(0.0, pace - (time.monotonic() - started)))
+            # No recording (an idle replica): nothing can fall due before the next tick.
+            wake = started + pace if live else next_tick
+            await asyncio.sleep(max(0.0, wake - time.monotonic()))
 
     async def _guarded_step(self, recording: LiveRecording) -> None:
         try:
