@@ -2,7 +2,15 @@
 
 Realistic load: each session sends a 20 ms pcm16 24 kHz frame (as an `input_audio_buffer.append` event)
 every 20 ms and the stand-in, in echo mode, sends every frame straight back, so each session also
-receives the same rate. For each concurrency it measures, in this order:
+receives the same rate.
+
+The apparatus (load generator and echo upstream) is, by default, `picows_apparatus.py`: both on picows'
+compiled framing, driven from callbacks and timers. At 400 sessions the pure-Python `websockets` apparatus
+(the `websockets` client here and `voicelog standin` in echo mode) took more than one of the machine's two
+cores by itself, so the relay and nginx were measured on a saturated machine and the figures at 400 were
+the apparatus's. `--apparatus websockets` (or `VOICELOG_BENCH_APPARATUS=websockets`, which the scripts that
+import this load read too: relay_candidates, recording_overhead, scale_out) selects the old one; both send
+the same frames on the same schedule and count the same way. For each concurrency it measures, in this order:
 
 - `direct`: straight to the stand-in, the baseline every "added" figure is taken against;
 - `nginx`: nginx as a plain WebSocket proxy, the anchor the voicelog figures are compared with;
@@ -26,6 +34,7 @@ its added p99 next to nginx's. Figures are printed, never asserted.
 
     .venv/bin/python ops/bench/relay_latency.py [--sessions 1,50,200,400] [--seconds 10] [--planes asgi,direct]
         [--workers 2]   # N worker processes per voicelog, each variant on a fresh PostgreSQL database
+        [--apparatus picows|websockets]   # default: $VOICELOG_BENCH_APPARATUS, else picows
 """
 
 from __future__ import annotations
@@ -61,6 +70,13 @@ VOICELOG = [sys.executable, "-m", "app.cli_main"]
 QUERY = "/voice-live/realtime?api-version=2026-07-15&x-standin-mode=echo"
 PLANES = ("asgi", "direct")
 PATH_NAME = {"asgi": "voicelog-asgi", "direct": "voicelog"}  # the table's name for each data plane
+APPARATUSES = ("picows", "websockets")
+APPARATUS = os.environ.get("VOICELOG_BENCH_APPARATUS", "picows")
+"""Which load generator and echo upstream `one_session`, `run_load`, `warm_up` and `start_standin` use; read
+here so the scripts importing them switch with the variable; `--apparatus` sets it for this script."""
+if APPARATUS not in APPARATUSES:
+    raise SystemExit(f"VOICELOG_BENCH_APPARATUS takes {' or '.join(APPARATUSES)}; got {APPARATUS!r}")
+PICOWS_APPARATUS = Path(__file__).with_name("picows_apparatus.py")
 
 
 def parse_planes(value: str) -> list[str]:
@@ -221,6 +237,20 @@ class Result:
 
 async def one_session(url: str, seconds: float, rtts: list[float], counts: list[int], start_delay: float,
                       steady: list[float] | None = None) -> None:
+    """One session of the load on the chosen apparatus: after `start_delay`, a frame every FRAME_MS for
+    `seconds`, each echo's round trip in ms into `rtts` (and `steady` after WARMUP_FRAMES); 0.5 s after the last
+    frame, frames sent into counts[0] and those still unanswered into counts[1]; then a normal close."""
+    if APPARATUS == "picows":
+        import picows_apparatus  # here, not at the top: it takes the load's constants from this module
+
+        await picows_apparatus.run_session(url, seconds, rtts, counts, start_delay, steady)
+    else:
+        await websockets_session(url, seconds, rtts, counts, start_delay, steady)
+
+
+async def websockets_session(url: str, seconds: float, rtts: list[float], counts: list[int], start_delay: float,
+                             steady: list[float] | None = None) -> None:
+    """`one_session` on the `websockets` client (pure-Python framing, a reader task per session)."""
     await asyncio.sleep(start_delay)
     audio = base64.b64encode(os.urandom(FRAME_BYTES)).decode()
     sent_at: dict[int, float] = {}
@@ -340,9 +370,14 @@ def print_ratios(rows: dict[tuple[int, str], Row], counts: list[int], planes: li
 
 
 def start_standin(work: Path, procs: list[subprocess.Popen[bytes]]) -> int:
-    """The echoing stand-in upstream every bench relays to, on a free port (added to `procs` to be stopped)."""
+    """The echoing upstream every bench relays to, on a free port (added to `procs` to be stopped): picows'
+    echo, or `voicelog standin` (echo mode per session, by the URL's `x-standin-mode=echo`)."""
     port = free_port()
-    procs.append(subprocess.Popen([*VOICELOG, "standin", "--port", str(port)], env=voicelog_env(work, None), cwd=ROOT,
+    if APPARATUS == "picows":
+        command = [sys.executable, str(PICOWS_APPARATUS), "echo", "--port", str(port)]
+    else:
+        command = [*VOICELOG, "standin", "--port", str(port)]
+    procs.append(subprocess.Popen(command, env=voicelog_env(work, None), cwd=ROOT,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     wait_port(port)
     return port
@@ -366,6 +401,7 @@ def start_nginx(work: Path, upstream_port: int, procs: list[subprocess.Popen[byt
 
 
 def main() -> None:
+    global APPARATUS  # the module's switch that one_session and start_standin read; --apparatus sets it
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", default="1,50,200,400")
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -374,7 +410,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="voicelog worker processes (VOICELOG_WORKERS); more than 1 runs each variant on its "
                         "own fresh PostgreSQL database at 127.0.0.1:5432 (SQLite takes one worker)")
+    parser.add_argument("--apparatus", choices=APPARATUSES, default=APPARATUS,
+                        help="load generator and echo upstream: picows (compiled framing) or websockets "
+                        "(default: $VOICELOG_BENCH_APPARATUS, else picows)")
     args = parser.parse_args()
+    APPARATUS = args.apparatus
     counts = [int(x) for x in args.sessions.split(",")]
     planes: list[str] = args.planes
     work = Path(tempfile.mkdtemp(prefix="voicelog-bench-"))
@@ -389,7 +429,7 @@ def main() -> None:
         print(f"relay latency: {args.seconds:.0f} s per run, 20 ms pcm16 24 kHz frames each way, "
               f"{os.cpu_count()} cores; voicelog data planes: {', '.join(planes)}, "
               f"{args.workers} worker process(es) each, "
-              f"started for its own runs only")
+              f"started for its own runs only; apparatus: {APPARATUS}")
         print(f"{'sessions':>8} {'path':>13} {'rtt p50':>8} {'rtt p99':>8} {'added p50':>10} {'added p99':>10}"
               f" {'lost':>5} {'cpu s/session-min':>18} {'loop >10 ms':>12} {'loop >50 ms':>12} {'loop max':>9}")
         rows: dict[tuple[int, str], Row] = {}
