@@ -1,20 +1,26 @@
 """Several worker processes in one `voicelog serve` (issue 17): one port, calls spread over the workers, one
 /metrics and /readyz for all of them, a dead worker restarted without touching its siblings' calls, a SIGTERM
-that leaves nothing behind. Real processes on a real PostgreSQL database; the upstream is a `voicelog
+that leaves nothing behind; a recording made on either worker plays back whole, and the scheduler's jobs run once
+per period, not once per worker. Real processes on a real PostgreSQL database; the upstream is a `voicelog
 standin` process of its own, so killing a worker never takes a surviving call's upstream with it."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import itertools
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -23,19 +29,54 @@ import httpx
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app import migrate
-from app.clock import SystemClock
+from app.audit.actions import AuditAction, kek_bucket
+from app.audit.checkpoints import FileCheckpointSink
+from app.audit.models import AuditEntryRow
+from app.capture.models import Recording
+from app.clock import ManualClock, SystemClock
 from app.config import Settings
 from app.db import create_engine, create_session_factory
+from app.regions import RegionSettings
 from app.resources.schemas import ResourceCreate
 from app.resources.service import add_resource
+from app.retention.models import RetentionBucket
+from app.retention.policy import bucket_hour
 from app.server.merged_metrics import UNREACHABLE, merge_worker_metrics
 from app.server.siblings import WorkerSlot, WorkerStatus, worker_statuses
 from app.server.workers import WorkerCountError, resolve_worker_count
+from app.storage.layout import RecordingKey
+from tests.deploy.test_scale_out import (
+    ADMIN_TOKEN,
+    CHECKPOINT_EVERY,
+    EXPIRED_BUCKET_HOURS,
+    PER_EXPIRED_BUCKET,
+    PURGE_EVERY_S,
+    SCHEDULER_ENV,
+    Cluster,
+    Replica,
+    audit_verify,
+    chain_snapshot,
+    listing,
+    metric,
+    payloads_read_by_a_third_replica,
+    poll,
+    recorded_resource,
+    recordings_past_their_30_days,
+    region_json,
+    sealed,
+    settled,
+    shared_state,
+)
+from tests.deploy.test_scale_out import talk as talk_frames  # this module has a `talk` of its own
 from tests.fixtures.database import create_pg_database, drop_pg_database, pg_url, worker_id
+from tests.fixtures.saw import SawPki, run_saw_nginx
+from tests.retention.world import REGIONS
 
 # Heavy (three processes per server, each importing the whole app): never beside the scale-out replicas.
 pytestmark = [pytest.mark.xdist_group("scale_out"), pytest.mark.slow]
@@ -96,6 +137,7 @@ class Served:
     data_dir: Path
     log: Path
     database: str
+    env: dict[str, str]  # what it was started with: the CLI commands a test runs against it take the same
     pids: set[int] = field(default_factory=set)  # every process under the supervisor we saw, for the leftovers check
 
     @property
@@ -143,11 +185,15 @@ def all_ready(workers: Workers) -> bool:
     return len(workers) == 2 and all(w["ready"] for w in workers)
 
 
-def start_served(upstream: str, work: Path, database: str) -> Served:
-    """Two workers on a database of their own (the demo resource is seeded with worker 0's stand-in port)."""
+def start_served(upstream: str, work: Path, database: str, extra_env: Mapping[str, str] | None = None, *,
+                 acme: bool = True) -> Served:
+    """Two workers on a database of their own (the demo resource is seeded with worker 0's stand-in port);
+    `extra_env` adds settings (applied last). `acme=False` leaves out resource `acme`, whose audit entry this
+    process writes without the service's entry key (`audit verify` would call it forged)."""
     url = create_pg_database(database)
     migrate.upgrade(url)
-    asyncio.run(register("acme", upstream, url))
+    if acme:
+        asyncio.run(register("acme", upstream, url))
     env = {**os.environ, "VOICELOG_DATABASE_URL": url, "VOICELOG_WORKERS": "2", "VOICELOG_DATA_DIR": str(work / "data"),
            "VOICELOG_STANDIN_ENABLED": "true", "VOICELOG_STANDIN_PORT": str(free_port()),
            "VOICELOG_DEMO_RESOURCE": "true", "VOICELOG_RELAY_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
@@ -155,7 +201,7 @@ def start_served(upstream: str, work: Path, database: str) -> Served:
            # Small pools: each worker is a process with its own (defaults: up to 35 connections each), and the
            # suite's other PostgreSQL tests share the server's 100 (CI failed with "too many clients" once).
            "VOICELOG_DATABASE_POOL_SIZE": "2", "VOICELOG_DATABASE_MAX_OVERFLOW": "3",
-           "VOICELOG_DATABASE_REQUEST_POOL_SIZE": "1"}
+           "VOICELOG_DATABASE_REQUEST_POOL_SIZE": "1", **(extra_env or {})}
     for each in ("VOICELOG_HOST", "VOICELOG_PORT"):
         env.pop(each, None)
     work.mkdir(parents=True, exist_ok=True)
@@ -163,7 +209,7 @@ def start_served(upstream: str, work: Path, database: str) -> Served:
     with log.open("wb") as sink:
         process = subprocess.Popen([*VOICELOG, "serve", "--port", str(port)], cwd=ROOT, stdout=sink,
                                    stderr=subprocess.STDOUT, env=env)
-    served = Served(process, port, work / "data", log, database)
+    served = Served(process, port, work / "data", log, database, env)
     try:
         asyncio.run(served.wait_until(all_ready, "both workers ready"))
         served.note_children()
@@ -420,3 +466,316 @@ async def test_readyz_reports_a_worker_without_a_socket_as_unreachable(tmp_path:
     own = WorkerStatus(index=1, pid=os.getpid(), ready=True, active_sessions=0)
     statuses = await worker_statuses(slot, own)
     assert statuses == [WorkerStatus.unreachable(0), own, WorkerStatus.unreachable(2)]
+
+
+# --- recording and the scheduler with two workers in one serve (issue 17) ---------------------------------------
+# tests/deploy/test_scale_out.py checks the same for two single-worker replicas; here the two recorders, purges and
+# audit chain keepers are sibling processes of one `voicelog serve`. Its set-up and flows are reused: the served
+# pair is one replica of a Cluster on shared state the test can open too (database, regional stores, keyring).
+
+FRAMES = 12  # audio messages per recorded call, each echoed back
+
+
+@pytest.fixture(scope="module")
+def recording_pair(upstream: str, request: pytest.FixtureRequest,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Cluster]]:
+    """Two workers that record (admin token, dev issuer, SAW proxy on loopback, consents reloaded every 0.2 s)
+    and run the scheduler at test_scale_out's short periods; the Cluster describes their shared state."""
+    work = tmp_path_factory.mktemp("recording-pair")
+    regions = [RegionSettings(name=name, blob_path=work / "data" / "blobs" / name) for name in REGIONS]
+    master_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    env = {"VOICELOG_REGIONS": region_json(regions), "VOICELOG_ADMIN_TOKEN": ADMIN_TOKEN,
+           "VOICELOG_IDENTITY__DEV_ISSUER_ENABLED": "true",
+           "VOICELOG_IDENTITY__DEV_ISSUER_KEY_DIR": str(work / "dev-issuer"),
+           "VOICELOG_VAULT__LOCAL_KEYRING_DIR": str(work / "keyring"), "VOICELOG_VAULT__LOCAL_MASTER_KEY": master_key,
+           "VOICELOG_SAW__TRUSTED_PROXIES": '["127.0.0.1/32"]',  # the SAW's nginx, started by the test
+           "VOICELOG_CONSENT_REFRESH_S": "0.2", "VOICELOG_CAPTURE__SEGMENT_SECONDS": "0.5",
+           "VOICELOG_CAPTURE__TICK_S": "0.05", **SCHEDULER_ENV}
+    served = start_served(upstream, work, f"voicelog_workers_{worker_id(request.config)}_rec", env, acme=False)
+    replica = Replica("served", served.port, served.process, served.log)
+    yield served, Cluster(served.env, work, served.env["VOICELOG_DATABASE_URL"], regions, master_key,
+                          standin_port=int(upstream.rsplit(":", 1)[1]), replicas=[replica])
+    stop_served(served)
+
+
+@dataclass
+class RecordedCall:
+    ws: ClientConnection
+    request_id: str
+    marker: str
+    worker: int  # whose recorder made the recording: its row's `owner` names that worker's process
+
+
+async def opened_as(served: Served, request_id: str) -> dict[str, Any]:
+    """The worker's `relay.session.opened` line of a call (written before its first frame is relayed)."""
+    for _ in range(50):
+        opened = [e for e in served.events("relay.session.opened") if e.get("request_id") == request_id]
+        if opened:
+            return opened[-1]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no relay.session.opened for {request_id}:\n{served.output()}")
+
+
+async def made_by(served: Served, factory: async_sessionmaker[AsyncSession], request_id: str) -> int:
+    """The worker whose recorder owns the recording's row while the call goes on (owner: `<host>-<pid>`)."""
+    by_owner: dict[str, int] = {f"{os.uname().nodename}-{w['pid']}"[:64]: w["index"] for w in await served.workers()}
+    for _ in range(100):
+        async with factory() as session:
+            owner = (await session.execute(
+                select(Recording.owner).where(Recording.request_id == request_id))).scalar_one_or_none()
+        if owner is not None:
+            assert owner in by_owner, (owner, by_owner)
+            return by_owner[owner]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no recording row with an owner for {request_id}:\n{served.output()}")
+
+
+async def recorded_call(served: Served, replica: Replica, factory: async_sessionmaker[AsyncSession],
+                        resource: str) -> RecordedCall | None:
+    """A call that talks FRAMES messages and stays open; None if the worker that took it did not record it (its
+    caches did not know the resource or its consent yet)."""
+    try:
+        ws = await connect(replica.ws(resource))
+    except InvalidStatus:  # this worker's resource directory does not know the resource yet
+        return None
+    assert ws.response is not None
+    request_id = ws.response.headers["x-ms-request-id"]
+    marker = f"w{secrets.token_hex(5)}"  # `<marker>-<seq>` is 16 bytes: whole pcm16 samples
+    await talk_frames(ws, marker, frames=FRAMES)
+    if (await opened_as(served, request_id)).get("recording") is not True:
+        await ws.close()
+        return None
+    return RecordedCall(ws, request_id, marker, await made_by(served, factory, request_id))
+
+
+async def calls_recorded_on_both_workers(served: Served, cluster: Cluster, resource: str) -> list[RecordedCall]:
+    """Recorded calls, each opened while the earlier ones still talk (load spreads calls over the workers: idle
+    ones may take many in a row on one), until each worker has made a recording."""
+    (replica,) = cluster.replicas
+    engine = create_engine(cluster.database_url)
+    factory = create_session_factory(engine)
+    started: list[asyncio.Task[RecordedCall | None]] = []
+    try:
+        while len(started) < 60:
+            started.append(asyncio.create_task(recorded_call(served, replica, factory, resource)))
+            await asyncio.sleep(0.1)
+            made = [task.result() for task in started if task.done()]
+            if {call.worker for call in made if call is not None} == {0, 1}:
+                break
+        calls = [call for call in await asyncio.gather(*started) if call is not None]
+    finally:
+        await engine.dispose()
+    assert {call.worker for call in calls} == {0, 1}, [call.worker for call in calls]
+    return calls
+
+
+def sent(call: RecordedCall) -> list[bytes]:
+    """The messages `talk_frames` sent on the call, each once (the echo sends each back)."""
+    return [json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(
+        f"{call.marker}-{seq:04d}".encode()).decode()}).encode() for seq in range(FRAMES)]
+
+
+async def engineer_desk(cluster: Cluster, saw_pki: SawPki, tag: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Team `voice-<tag>` with alice (engineer, the SAW's owner; test_scale_out's tickets assign her) and
+    mona-<tag> (its manager), made through the admin API; their tokens."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    (replica,) = cluster.replicas
+    team, manager = f"voice-{tag}", f"mona-{tag}"
+    async with httpx.AsyncClient(base_url=replica.http, timeout=10) as client:
+        assert (await client.post("/admin/teams", headers=admin, json={"name": team})).status_code == 201
+        for subject, role in (("alice", "engineer"), (manager, "manager")):
+            made = await client.post("/admin/staff", headers=admin, json={
+                "subject": subject, "display_name": subject, "team": team, "roles": [role]})
+            assert made.status_code == 201, made.text
+        added = await client.post(f"/admin/teams/{team}/managers", headers=admin, json={"subject": manager})
+        assert added.status_code == 200, added.text
+        saw = await client.post("/admin/saws", headers=admin, json={
+            "owner": "alice", "label": f"SAW-{tag}", "cert_pem": saw_pki.valid.pem})
+        assert saw.status_code == 201, saw.text
+    engineer, approver = await asyncio.gather(asyncio.to_thread(cluster.token, "alice", "engineer"),
+                                              asyncio.to_thread(cluster.token, manager, "manager"))
+    return engineer, approver
+
+
+async def test_a_recording_made_on_either_worker_is_complete_and_plays_back(
+    recording_pair: tuple[Served, Cluster], saw_pki: SawPki, tmp_path: Path,
+) -> None:
+    served, cluster = recording_pair
+    (replica,) = cluster.replicas
+    customer = await recorded_resource(cluster, via=replica)
+    calls = await calls_recorded_on_both_workers(served, cluster, customer.resource)
+    await asyncio.gather(*(call.ws.close() for call in calls))
+    listed = await listing(replica, customer)
+    assert {call.request_id for call in calls} <= listed.keys()
+    for call in calls:
+        row = await settled(replica, customer, call.request_id, timeout=15)
+        assert row["state"] == "complete", (call.worker, row)
+        # What is stored is each message as it crossed the relay, both directions, in order (test_scale_out's read).
+        stored = await payloads_read_by_a_third_replica(cluster, call.request_id)
+        assert stored == [message for message in sent(call) for _ in ("c2s", "s2c")], call.worker
+
+    # The first recording of each worker played back as an engineer plays it: a JIT grant approved by the
+    # manager, read from the SAW through nginx.
+    played = [next(call for call in calls if call.worker == worker) for worker in (0, 1)]
+    engineer, approver = await engineer_desk(cluster, saw_pki, secrets.token_hex(4))
+    async with httpx.AsyncClient(base_url=replica.http, timeout=10) as client:
+        (ticket,) = [t for t in (await client.get("/me/tickets", headers=engineer)).json()
+                     if t["id"] == listed[calls[0].request_id]["ticket_id"]]
+        asked = await client.post("/access/requests", headers=engineer, json={
+            "ticket_id": ticket["id"], "request_ids": [call.request_id for call in played],
+            "justification": f"{ticket['external_ref']}: one call from each worker", "duration_minutes": 30})
+        assert asked.status_code == 201, asked.text
+        approved = await client.post(f"/access/requests/{asked.json()['id']}/approve", headers=approver, json={})
+        assert approved.status_code == 200, approved.text
+        assert approved.json()["status"] == "approved"
+    async with run_saw_nginx(tmp_path / "nginx", saw_pki, upstream_port=served.port) as nginx, httpx.AsyncClient(
+            base_url=nginx.url, verify=saw_pki.client_context(saw_pki.valid), headers=engineer, timeout=30) as saw:
+        for call in played:
+            caller = await saw.get(f"/recordings/{call.request_id}/audio/caller.wav")
+            assert caller.status_code == 200, caller.text
+            assert caller.headers["x-voicelog-recording-state"] == "complete"
+            # Every frame the caller sent, in order, byte for byte: the track is their audio joined.
+            assert caller.content[44:] == b"".join(base64.b64decode(json.loads(m)["audio"]) for m in sent(call))
+            events = await saw.get(f"/recordings/{call.request_id}/events")
+            assert events.status_code == 200, events.text
+            frames = [(e["direction"], e["type"]) for e in map(json.loads, events.text.splitlines())
+                      if "direction" in e]
+            assert frames == [("c2s", "input_audio_buffer.append"), ("s2c", "input_audio_buffer.append")] * FRAMES
+
+
+async def purge_runs_of(replica: Replica, worker: int) -> float:
+    """Purge runs one worker finished (its samples in the pod's merged /metrics)."""
+    return await metric(replica, "voicelog_scheduler_job_runs_total", job_name="retention.purge", outcome="ok",
+                        worker=str(worker))
+
+
+async def test_recordings_past_30_days_are_purged_once_while_both_workers_run_the_scheduler(
+    recording_pair: tuple[Served, Cluster],
+) -> None:
+    """test_scale_out's purge check, with the two schedulers in sibling workers of one serve."""
+    _, cluster = recording_pair
+    (replica,) = cluster.replicas
+    first_hour = bucket_hour(datetime.now(UTC) - timedelta(days=31, hours=EXPIRED_BUCKET_HOURS))
+    starts = [(region, first_hour + timedelta(hours=h, minutes=7 * n, seconds=1))
+              for h in range(EXPIRED_BUCKET_HOURS) for region in REGIONS for n in range(PER_EXPIRED_BUCKET)]
+    buckets = {(region, kek_bucket(started_at)) for region, started_at in starts}
+    async with shared_state(cluster, ManualClock(max(s for _, s in starts))) as world:
+        await world.seed()
+
+        async def both_purged() -> bool:
+            return all([await purge_runs_of(replica, worker) >= 1 for worker in (0, 1)])
+
+        # Each worker's first purge also sweeps the keyring: the long-past KEKs below must not meet it before
+        # their rows exist (as in test_scale_out).
+        await poll("a purge run on each worker", both_purged, timeout=PURGE_EVERY_S * 4, replicas=(replica,))
+        copies = await recordings_past_their_30_days(world, starts)
+        ids = {c.request_id for c in copies}
+
+        async def purged_and_destroyed() -> bool:
+            async with world.factory() as session:
+                left = (await session.execute(select(func.count()).select_from(Recording).where(
+                    Recording.request_id.in_(ids),
+                    or_(Recording.shredded_at.is_(None), Recording.blob_deleted_at.is_(None))))).scalar_one()
+                keks = (await session.execute(select(RetentionBucket.region, RetentionBucket.bucket_start).where(
+                    RetentionBucket.kek_destroyed_at.is_not(None)))).all()
+            return left == 0 and buckets <= {(region, kek_bucket(start)) for region, start in keks}
+
+        await poll("every expired recording purged and every KEK destroyed", purged_and_destroyed,
+                   timeout=PURGE_EVERY_S * 6, replicas=(replica,))
+        # Both workers get another go at the same buckets; nothing may be done twice then either.
+        runs = {worker: await purge_runs_of(replica, worker) for worker in (0, 1)}
+
+        async def both_ran_again() -> bool:
+            return all([await purge_runs_of(replica, worker) > runs[worker] for worker in (0, 1)])
+
+        await poll("a purge run on each worker after the purge", both_ran_again, timeout=PURGE_EVERY_S * 4,
+                   replicas=(replica,))
+        await poll("the purge's audit entries chained and sealed by a checkpoint", lambda: sealed(world),
+                   timeout=30, replicas=(replica,))
+
+        # The auditor's check, from the chain: one purge and one DEK destruction per recording, one KEK per bucket.
+        purges = [(rid, json.loads(d)) for rid, d in await world.entries(AuditAction.RECORDING_PURGED) if rid in ids]
+        assert Counter(rid for rid, _ in purges) == Counter(ids)  # a worker purging again would make it 2
+        assert {d["reason"] for _, d in purges} == {"retention"}
+        keys = [(rid, json.loads(d)) for rid, d in await world.entries(AuditAction.KEY_DESTROYED)]
+        assert Counter(rid for rid, d in keys if d["key_kind"] == "dek" and rid in ids) == Counter(ids)
+        keks = Counter((d["region"], d["bucket"]) for _, d in keys if d["key_kind"] == "kek")
+        assert {bucket: keks[bucket] for bucket in buckets} == dict.fromkeys(buckets, 1)
+        # The workers' own accounts agree: together they purged each recording once.
+        purged_by = {worker: await metric(replica, "voicelog_retention_recordings_purged_total", worker=str(worker))
+                     for worker in (0, 1)}
+        assert sum(purged_by.values()) == len(ids), purged_by
+        assert not [c.request_id for c in copies
+                    if await world.stores.store(c.region).exists(RecordingKey(c.request_id, c.started_at))]
+        assert not [c.request_id for c in copies if await world.opens(c)]
+    verified = await audit_verify(cluster)
+    assert verified["ok"], verified
+
+
+async def test_audit_checkpoints_are_signed_once_per_period_while_both_workers_keep_the_chain(
+    recording_pair: tuple[Served, Cluster],
+) -> None:
+    """test_scale_out's checkpoint check, with the two chain keepers in sibling workers of one serve."""
+    served, cluster = recording_pair
+    (replica,) = cluster.replicas
+    wanted = 6
+    async with shared_state(cluster, ManualClock(datetime.now(UTC))) as world:
+        customer = await recorded_resource(cluster, via=replica)
+        ticketing = await asyncio.to_thread(cluster.token, "svc-ticketing", "ticketing")
+        # Start from a sealed chain: nothing is signed until new entries arrive, so counts start clean.
+        await poll("the set-up's entries sealed", lambda: sealed(world), timeout=30, replicas=(replica,))
+        signed_before = await metric(replica, "voicelog_audit_checkpoints_signed_total")
+        _, _, before = await chain_snapshot(world)
+        start = before[-1].number if before else 0
+
+        # Entries arrive through the one port (either worker takes each) until several periods have passed.
+        async with httpx.AsyncClient(base_url=replica.http) as client:
+            fed = 0
+            deadline = asyncio.get_running_loop().time() + 60 * CHECKPOINT_EVERY.total_seconds()
+            while len((await chain_snapshot(world))[2]) < len(before) + wanted:
+                created = await client.post("/tickets", headers=ticketing, json={
+                    "resource": customer.resource, "external_ref": f"INC-cp-{fed}", "engineers": []})
+                assert created.status_code == 201, created.text
+                fed += 1
+                assert asyncio.get_running_loop().time() < deadline, f"fewer than {wanted} checkpoints signed"
+                await asyncio.sleep(0.1)
+        await poll("the last entries sealed by a checkpoint", lambda: sealed(world), timeout=30, replicas=(replica,))
+        _, head, checkpoints = await chain_snapshot(world)
+        new = [c for c in checkpoints if c.number > start]
+
+        async def signed_by_workers() -> int:
+            return int(await metric(replica, "voicelog_audit_checkpoints_signed_total") - signed_before)
+
+        async def counted() -> bool:  # a worker counts a checkpoint just after it commits
+            return await signed_by_workers() >= len(new)
+
+        await poll("the workers' own count of checkpoints signed", counted, timeout=10, replicas=(replica,))
+        signed_by = await signed_by_workers()
+        keeper_errors = await metric(replica, "voicelog_audit_keeper_errors_total")
+        signers: dict[int, list[int]] = {}
+        for record in served.events("audit.checkpoint.signed"):
+            signers.setdefault(int(record["checkpoint"]), []).append(int(record["worker"]))
+        async with world.factory() as session:
+            signed_entries = (await session.execute(select(AuditEntryRow.seq, AuditEntryRow.detail).where(
+                AuditEntryRow.action == AuditAction.CHECKPOINT_SIGNED.value))).all()
+    exported = await FileCheckpointSink(cluster.work / "data" / "audit-checkpoints.jsonl").read_all()
+
+    who = {c.number: signers.get(c.number, []) for c in new}
+    assert len(new) >= wanted
+    assert [c.number for c in checkpoints] == list(range(1, len(checkpoints) + 1))
+    # One checkpoint per period: never two for the same head, never two within one period.
+    assert all(later.head_seq > earlier.head_seq for earlier, later in itertools.pairwise(new)), who
+    gaps = [later.signed_at - earlier.signed_at for earlier, later in itertools.pairwise(new)]
+    assert min(gaps) >= CHECKPOINT_EVERY, (gaps, who)
+    assert new[-1].head_seq == head  # and the last period's entries were not left unsealed
+    # Each is announced once in the chain, by the entry it seals, and exported once.
+    announced = Counter(json.loads(detail)["checkpoint"] for _, detail in signed_entries)
+    assert announced == Counter(c.number for c in checkpoints)
+    assert [(c.number, c.signature) for c in exported] == [(c.number, c.signature) for c in checkpoints]
+    # Each was signed by exactly one worker, by their own accounts, and no keeper round failed.
+    assert signed_by == len(new), who
+    assert all(len(workers) == 1 for workers in who.values()), who
+    assert keeper_errors == 0
+    verified = await audit_verify(cluster)
+    assert verified["ok"], verified
+    assert verified["sealed_through"] >= new[-1].head_seq
