@@ -118,6 +118,8 @@ TRANSITIONS: Final[dict[Phase, dict[Event, Phase]]] = {
 
 TAKES_FRAMES: Final = frozenset({Phase.NEEDS_KEY, Phase.NEEDS_ROW, Phase.NEEDS_BLOB, Phase.STREAMING})
 """Phases whose tap still buffers frames (and only while the session has not ended)."""
+STARTING: Final = frozenset({Phase.NEEDS_KEY, Phase.NEEDS_ROW, Phase.NEEDS_BLOB})
+"""Before the first segment can be stored: data key, row and blob still to make."""
 GIVEN_UP: Final = frozenset({Phase.ABANDONED_BEFORE_ROW, Phase.ABANDONED, Phase.DISCARDING})
 """Phases the sealer only finishes: free the memory, close or leave the row incomplete, forget."""
 OWNS_ROW: Final = frozenset({Phase.NEEDS_BLOB, Phase.STREAMING, Phase.FINAL_SEALED})

@@ -49,6 +49,7 @@ from app.capture.lifecycle import (
     ENDED,
     GIVEN_UP,
     OWNS_ROW,
+    STARTING,
     TAKES_FRAMES,
     Backoff,
     Event,
@@ -268,24 +269,39 @@ class Recorder:
         streaming = Phase.STREAMING
         settings = self.settings
         pace = min(settings.seal_pace_s, settings.tick_s)
-        next_tick = 0.0
+        rate = settings.starts_per_s
+        burst = max(1.0, rate * pace)
+        starts = burst  # a token bucket: recordings that may start now
+        next_tick = last = 0.0
         while True:
             started = time.monotonic()
             tick = started >= next_tick
             if tick:
                 next_tick = started + settings.tick_s
+            starts = min(burst, starts + (started - last) * rate)
+            last = started
             seal_bytes = settings.segment_bytes
             sealed_before = started - settings.segment_seconds
             for request_id, recording in list(live.items()):
-                if recording.phase is streaming and not recording.pending:
+                phase = recording.phase
+                starting = False
+                if phase is streaming and not recording.pending:
                     # `_due`, inline: this runs for hundreds of recordings every `seal_pace_s`.
                     if (recording.end is None and recording.buffer.buffered < seal_bytes
                             and recording.last_seal_mono > sealed_before):
                         continue  # its step would do nothing: no task for it
+                elif phase in STARTING:
+                    # Started at the pace too, a few at a time: a burst of new calls would otherwise make every
+                    # data key, row and blob in one tick while the relay carries the calls' first frames.
+                    if starts < 1 or started < recording.retry.next_try:
+                        continue
+                    starting = True
                 elif not tick:
                     continue
                 task = inflight.get(request_id)
                 if task is None or task.done():
+                    if starting:
+                        starts -= 1
                     inflight[request_id] = asyncio.create_task(self._guarded_step(recording))
             if tick:
                 for request_id in [r for r, t in inflight.items() if t.done() and r not in live]:

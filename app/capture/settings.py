@@ -37,6 +37,12 @@ class CaptureSettings(BaseModel):
         "at 200 recorded sessions a 0.25 s pace added about 9 ms to the relay's p99, 0.02 s about 2 ms "
         "(docs/ARCHITECTURE.md, \"Recording cost\").",
     )
+    starts_per_s: float = Field(
+        default=50.0, gt=0,
+        description="Most recordings one process starts (data key, row, blob) per second. A burst of calls "
+        "starts its recordings spread out, their frames buffered meanwhile (within the caps), instead of all at "
+        "once while the relay carries their first frames.",
+    )
     retry_deadline_s: float = Field(
         default=30.0, gt=0,
         description="A database or key service failing this long ends the recording as incomplete (the relayed "

@@ -303,3 +303,44 @@ async def test_streaming_recordings_are_sealed_at_the_seal_pace_between_ticks(
     assert len(while_open) >= 7, f"{len(while_open)} appends while the call was open"
     assert contents.complete
     assert [f.payload for f in contents.frames if f.direction == C2S] == sent
+
+
+async def test_a_burst_of_calls_starts_its_recordings_at_the_start_rate_and_loses_no_frame(
+    tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Eight calls at once with `starts_per_s=4`: their recordings' blobs are created spread over about two
+    seconds, not all in one tick, and each recording is complete with every frame its call sent meanwhile."""
+    capture = CaptureSettings(tick_s=0.05, segment_seconds=0.5, heartbeat_s=0.5, retry_deadline_s=3.0,
+                              starts_per_s=4)
+    async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
+                               identity=identity_settings, mint_token=mint_token, capture=capture) as stack:
+        store = stack.relay.app.state.ctx.stores.store("westeurope")
+        real_create = store.create
+        created_at: list[float] = []
+        loop = asyncio.get_running_loop()
+
+        async def timed_create(*args: Any, **kwargs: Any) -> None:
+            created_at.append(loop.time())
+            await real_create(*args, **kwargs)
+
+        monkeypatch.setattr(store, "create", timed_create)
+        url = f"{stack.relay.ws}/resources/{stack.resource}{ECHO}"
+        sent = [f"frame-{i:02d}".encode() for i in range(25)]
+
+        async def call() -> str:
+            async with connect(url, additional_headers={"api-key": STANDIN_API_KEY}) as ws:
+                request_id = ws.response.headers["x-ms-request-id"] if ws.response else ""
+                for frame in sent:
+                    await ws.send(frame)
+                    await ws.recv()
+                    await asyncio.sleep(0.1)
+            return request_id
+
+        request_ids = await asyncio.gather(*(call() for _ in range(8)))
+        contents = [await stack.contents(request_id) for request_id in request_ids]
+    assert len(created_at) == 8
+    assert max(created_at) - min(created_at) >= 1.0, sorted(t - min(created_at) for t in created_at)
+    for recorded in contents:
+        assert recorded.complete
+        assert [f.payload for f in recorded.frames if f.direction == C2S] == sent
