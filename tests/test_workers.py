@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -29,13 +29,13 @@ import httpx
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app import migrate
-from app.audit.actions import AuditAction, kek_bucket
+from app.audit.actions import AuditAction
 from app.audit.checkpoints import FileCheckpointSink
 from app.audit.models import AuditEntryRow
 from app.capture.models import Recording
@@ -45,29 +45,24 @@ from app.db import create_engine, create_session_factory
 from app.regions import RegionSettings
 from app.resources.schemas import ResourceCreate
 from app.resources.service import add_resource
-from app.retention.models import RetentionBucket
-from app.retention.policy import bucket_hour
 from app.server.merged_metrics import UNREACHABLE, merge_worker_metrics
 from app.server.siblings import WorkerSlot, WorkerStatus, worker_statuses
 from app.server.workers import WorkerCountError, resolve_worker_count
-from app.storage.layout import RecordingKey
 from tests.deploy.test_scale_out import (
     ADMIN_TOKEN,
     CHECKPOINT_EVERY,
-    EXPIRED_BUCKET_HOURS,
-    PER_EXPIRED_BUCKET,
-    PURGE_EVERY_S,
     SCHEDULER_ENV,
     Cluster,
+    PurgeRunner,
     Replica,
     audit_verify,
     chain_snapshot,
+    check_purged_once,
     listing,
     metric,
     payloads_read_by_a_third_replica,
     poll,
     recorded_resource,
-    recordings_past_their_30_days,
     region_json,
     sealed,
     settled,
@@ -643,73 +638,13 @@ async def test_a_recording_made_on_either_worker_is_complete_and_plays_back(
             assert frames == [("c2s", "input_audio_buffer.append"), ("s2c", "input_audio_buffer.append")] * FRAMES
 
 
-async def purge_runs_of(replica: Replica, worker: int) -> float:
-    """Purge runs one worker finished (its samples in the pod's merged /metrics)."""
-    return await metric(replica, "voicelog_scheduler_job_runs_total", job_name="retention.purge", outcome="ok",
-                        worker=str(worker))
-
-
 async def test_recordings_past_30_days_are_purged_once_while_both_workers_run_the_scheduler(
     recording_pair: tuple[Served, Cluster],
 ) -> None:
     """test_scale_out's purge check, with the two schedulers in sibling workers of one serve."""
     _, cluster = recording_pair
     (replica,) = cluster.replicas
-    first_hour = bucket_hour(datetime.now(UTC) - timedelta(days=31, hours=EXPIRED_BUCKET_HOURS))
-    starts = [(region, first_hour + timedelta(hours=h, minutes=7 * n, seconds=1))
-              for h in range(EXPIRED_BUCKET_HOURS) for region in REGIONS for n in range(PER_EXPIRED_BUCKET)]
-    buckets = {(region, kek_bucket(started_at)) for region, started_at in starts}
-    async with shared_state(cluster, ManualClock(max(s for _, s in starts))) as world:
-        await world.seed()
-
-        async def both_purged() -> bool:
-            return all([await purge_runs_of(replica, worker) >= 1 for worker in (0, 1)])
-
-        # Each worker's first purge also sweeps the keyring: the long-past KEKs below must not meet it before
-        # their rows exist (as in test_scale_out).
-        await poll("a purge run on each worker", both_purged, timeout=PURGE_EVERY_S * 4, replicas=(replica,))
-        copies = await recordings_past_their_30_days(world, starts)
-        ids = {c.request_id for c in copies}
-
-        async def purged_and_destroyed() -> bool:
-            async with world.factory() as session:
-                left = (await session.execute(select(func.count()).select_from(Recording).where(
-                    Recording.request_id.in_(ids),
-                    or_(Recording.shredded_at.is_(None), Recording.blob_deleted_at.is_(None))))).scalar_one()
-                keks = (await session.execute(select(RetentionBucket.region, RetentionBucket.bucket_start).where(
-                    RetentionBucket.kek_destroyed_at.is_not(None)))).all()
-            return left == 0 and buckets <= {(region, kek_bucket(start)) for region, start in keks}
-
-        await poll("every expired recording purged and every KEK destroyed", purged_and_destroyed,
-                   timeout=PURGE_EVERY_S * 6, replicas=(replica,))
-        # Both workers get another go at the same buckets; nothing may be done twice then either.
-        runs = {worker: await purge_runs_of(replica, worker) for worker in (0, 1)}
-
-        async def both_ran_again() -> bool:
-            return all([await purge_runs_of(replica, worker) > runs[worker] for worker in (0, 1)])
-
-        await poll("a purge run on each worker after the purge", both_ran_again, timeout=PURGE_EVERY_S * 4,
-                   replicas=(replica,))
-        await poll("the purge's audit entries chained and sealed by a checkpoint", lambda: sealed(world),
-                   timeout=30, replicas=(replica,))
-
-        # The auditor's check, from the chain: one purge and one DEK destruction per recording, one KEK per bucket.
-        purges = [(rid, json.loads(d)) for rid, d in await world.entries(AuditAction.RECORDING_PURGED) if rid in ids]
-        assert Counter(rid for rid, _ in purges) == Counter(ids)  # a worker purging again would make it 2
-        assert {d["reason"] for _, d in purges} == {"retention"}
-        keys = [(rid, json.loads(d)) for rid, d in await world.entries(AuditAction.KEY_DESTROYED)]
-        assert Counter(rid for rid, d in keys if d["key_kind"] == "dek" and rid in ids) == Counter(ids)
-        keks = Counter((d["region"], d["bucket"]) for _, d in keys if d["key_kind"] == "kek")
-        assert {bucket: keks[bucket] for bucket in buckets} == dict.fromkeys(buckets, 1)
-        # The workers' own accounts agree: together they purged each recording once.
-        purged_by = {worker: await metric(replica, "voicelog_retention_recordings_purged_total", worker=str(worker))
-                     for worker in (0, 1)}
-        assert sum(purged_by.values()) == len(ids), purged_by
-        assert not [c.request_id for c in copies
-                    if await world.stores.store(c.region).exists(RecordingKey(c.request_id, c.started_at))]
-        assert not [c.request_id for c in copies if await world.opens(c)]
-    verified = await audit_verify(cluster)
-    assert verified["ok"], verified
+    await check_purged_once(cluster, [PurgeRunner(replica, worker="0"), PurgeRunner(replica, worker="1")])
 
 
 async def test_audit_checkpoints_are_signed_once_per_period_while_both_workers_keep_the_chain(

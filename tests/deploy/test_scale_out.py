@@ -497,8 +497,25 @@ async def metric(replica: Replica, name: str, **labels: str) -> float:
                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
 
 
-async def purge_runs(replica: Replica) -> float:
-    return await metric(replica, "voicelog_scheduler_job_runs_total", job_name="retention.purge", outcome="ok")
+@dataclass(frozen=True, eq=False)
+class PurgeRunner:
+    """A process that runs the retention purge: a replica, or one worker of one (its samples' `worker` label)."""
+
+    replica: Replica
+    worker: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.replica.name if self.worker is None else f"{self.replica.name} worker {self.worker}"
+
+    def _metric(self, name: str, **labels: str) -> Awaitable[float]:
+        return metric(self.replica, name, **labels, **({} if self.worker is None else {"worker": self.worker}))
+
+    async def purge_runs(self) -> float:
+        return await self._metric("voicelog_scheduler_job_runs_total", job_name="retention.purge", outcome="ok")
+
+    async def purged(self) -> float:
+        return await self._metric("voicelog_retention_recordings_purged_total")
 
 
 def logged(replica: Replica, event: str) -> list[dict[str, Any]]:
@@ -554,21 +571,30 @@ async def audit_verify(cluster: Cluster) -> dict[str, Any]:
 async def test_recordings_past_30_days_are_purged_once_while_both_replicas_run_the_scheduler(
     cluster: Cluster,
 ) -> None:
+    async with scheduling_pair(cluster) as (a, b):
+        await check_purged_once(cluster, [PurgeRunner(a), PurgeRunner(b)])
+
+
+async def check_purged_once(cluster: Cluster, runners: Sequence[PurgeRunner]) -> None:
+    """Recordings past their 30 days, in several long-past hours of every region, are purged while each of
+    `runners` runs the purge: each recording and each data key once, each hour's KEK once, as the chain, the
+    runners' own counts and the stores all say, and the chain verifies with every purge entry sealed."""
+    replicas = list({id(r.replica): r.replica for r in runners}.values())
     first_hour = bucket_hour(datetime.now(UTC) - timedelta(days=31, hours=EXPIRED_BUCKET_HOURS))
     starts = [(region, first_hour + timedelta(hours=h, minutes=7 * n, seconds=1))
               for h in range(EXPIRED_BUCKET_HOURS) for region in REGIONS for n in range(PER_EXPIRED_BUCKET)]
     buckets = {(region, kek_bucket(started_at)) for region, started_at in starts}
     clock = ManualClock(max(s for _, s in starts))  # the recorder's time when these were made
-    async with scheduling_pair(cluster) as (a, b), shared_state(cluster, clock) as world:
+    async with shared_state(cluster, clock) as world:
         await world.seed()
 
-        async def both_purged_once() -> bool:
-            return all([await purge_runs(r) >= 1 for r in (a, b)])
+        async def each_purged_once() -> bool:
+            return all([await r.purge_runs() >= 1 for r in runners])
 
-        # A replica's first purge also sweeps the keyring for expired KEKs (then once an hour): the KEKs made
+        # A runner's first purge also sweeps the keyring for expired KEKs (then once an hour): the KEKs made
         # below for long-past hours must not meet that sweep before their rows exist.
-        await poll("a first purge run on each replica", both_purged_once, timeout=PURGE_EVERY_S * 4,
-                   replicas=(a, b))
+        await poll("a first purge run by each runner", each_purged_once, timeout=PURGE_EVERY_S * 4,
+                   replicas=replicas)
         copies = await recordings_past_their_30_days(world, starts)
         ids = {c.request_id for c in copies}
 
@@ -582,29 +608,29 @@ async def test_recordings_past_30_days_are_purged_once_while_both_replicas_run_t
             return left == 0 and buckets <= {(region, kek_bucket(start)) for region, start in keks}
 
         await poll("every expired recording purged and every KEK destroyed", purged_and_destroyed,
-                   timeout=PURGE_EVERY_S * 6, replicas=(a, b))
-        # Both replicas get another go at the same buckets; nothing may be done twice then either.
-        runs = {r.name: await purge_runs(r) for r in (a, b)}
+                   timeout=PURGE_EVERY_S * 6, replicas=replicas)
+        # Every runner gets another go at the same buckets; nothing may be done twice then either.
+        runs = [await r.purge_runs() for r in runners]
 
-        async def both_ran_again() -> bool:
-            return all([await purge_runs(r) > runs[r.name] for r in (a, b)])
+        async def each_ran_again() -> bool:
+            return all([await r.purge_runs() > before for r, before in zip(runners, runs, strict=True)])
 
-        await poll("a purge run on each replica after the purge", both_ran_again, timeout=PURGE_EVERY_S * 4,
-                   replicas=(a, b))
+        await poll("a purge run by each runner after the purge", each_ran_again, timeout=PURGE_EVERY_S * 4,
+                   replicas=replicas)
         await poll("the purge's audit entries chained and sealed by a checkpoint", lambda: sealed(world),
-                   timeout=30, replicas=(a, b))
+                   timeout=30, replicas=replicas)
 
         # The auditor's check, from the chain: one purge and one DEK destruction per recording, one KEK per bucket.
         purges = [(rid, json.loads(d)) for rid, d in await world.entries(AuditAction.RECORDING_PURGED) if rid in ids]
-        assert Counter(rid for rid, _ in purges) == Counter(ids)  # a replica purging again would make it 2
+        assert Counter(rid for rid, _ in purges) == Counter(ids)  # a runner purging again would make it 2
         assert {d["reason"] for _, d in purges} == {"retention"}
         assert min(d["age_s"] for _, d in purges) > 30 * 24 * 3600
         keys = [(rid, json.loads(d)) for rid, d in await world.entries(AuditAction.KEY_DESTROYED)]
         assert Counter(rid for rid, d in keys if d["key_kind"] == "dek" and rid in ids) == Counter(ids)
         keks = Counter((d["region"], d["bucket"]) for _, d in keys if d["key_kind"] == "kek")
         assert {bucket: keks[bucket] for bucket in buckets} == dict.fromkeys(buckets, 1)
-        # The replicas' own accounts agree: together they purged each recording once.
-        purged_by = {r.name: await metric(r, "voicelog_retention_recordings_purged_total") for r in (a, b)}
+        # The runners' own accounts agree: together they purged each recording once.
+        purged_by = {r.name: await r.purged() for r in runners}
         assert sum(purged_by.values()) == len(ids), purged_by
         # And what they destroyed is gone: no blob left, no backup or snapshot of one decrypts.
         assert not [c.request_id for c in copies
