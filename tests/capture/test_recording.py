@@ -268,6 +268,31 @@ async def test_a_frame_is_durable_within_three_seconds_on_default_settings(
     assert durable_after <= DURABLE_WITHIN_S + LOAD_SLACK_S, durable_after
 
 
+def call_times(monkeypatch: pytest.MonkeyPatch, store: object, method: str) -> list[float]:
+    """The loop time of every call of `store.<method>` from now on; the calls themselves are unchanged."""
+    real = getattr(store, method)
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        times.append(loop.time())
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, method, timed)
+    return times
+
+
+async def paced_call(url: str, frames: list[bytes], pause_s: float) -> str:
+    """One call that sends each frame, waits for its echo, then pauses; its request ID."""
+    async with connect(url, additional_headers={"api-key": STANDIN_API_KEY}) as ws:
+        request_id = ws.response.headers["x-ms-request-id"] if ws.response else ""
+        for frame in frames:
+            await ws.send(frame)
+            await ws.recv()
+            await asyncio.sleep(pause_s)
+    return request_id
+
+
 async def test_streaming_recordings_are_sealed_at_the_seal_pace_between_ticks(
     tmp_path: Path, standin: StandinHandle, identity_settings: IdentitySettings, mint_token: MintToken,
     monkeypatch: pytest.MonkeyPatch,
@@ -279,25 +304,11 @@ async def test_streaming_recordings_are_sealed_at_the_seal_pace_between_ticks(
                               retry_deadline_s=3.0)
     async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
                                identity=identity_settings, mint_token=mint_token, capture=capture) as stack:
-        store = stack.relay.app.state.ctx.stores.store("westeurope")
-        real_append = store.append
-        appended_at: list[float] = []
-        loop = asyncio.get_running_loop()
-
-        async def timed_append(*args: Any, **kwargs: Any) -> int:
-            appended_at.append(loop.time())
-            return await real_append(*args, **kwargs)
-
-        monkeypatch.setattr(store, "append", timed_append)
+        appended_at = call_times(monkeypatch, stack.relay.app.state.ctx.stores.store("westeurope"), "append")
         url = f"{stack.relay.ws}/resources/{stack.resource}{ECHO}"
         sent = [f"frame-{i:03d}".encode() for i in range(50)]
-        async with connect(url, additional_headers={"api-key": STANDIN_API_KEY}) as ws:
-            request_id = ws.response.headers["x-ms-request-id"] if ws.response else ""
-            for frame in sent:
-                await ws.send(frame)
-                await ws.recv()
-                await asyncio.sleep(0.05)
-            closed_at = loop.time()
+        request_id = await paced_call(url, sent, 0.05)
+        closed_at = asyncio.get_running_loop().time()
         while_open = [t for t in appended_at if t < closed_at]
         contents = await stack.contents(request_id)
     assert len(while_open) >= 7, f"{len(while_open)} appends while the call was open"
@@ -315,29 +326,10 @@ async def test_a_burst_of_calls_starts_its_recordings_at_the_start_rate_and_lose
                               starts_per_s=4)
     async with recording_stack(tmp_path, standin, database_url=f"sqlite+aiosqlite:///{tmp_path / 'r.db'}",
                                identity=identity_settings, mint_token=mint_token, capture=capture) as stack:
-        store = stack.relay.app.state.ctx.stores.store("westeurope")
-        real_create = store.create
-        created_at: list[float] = []
-        loop = asyncio.get_running_loop()
-
-        async def timed_create(*args: Any, **kwargs: Any) -> None:
-            created_at.append(loop.time())
-            await real_create(*args, **kwargs)
-
-        monkeypatch.setattr(store, "create", timed_create)
+        created_at = call_times(monkeypatch, stack.relay.app.state.ctx.stores.store("westeurope"), "create")
         url = f"{stack.relay.ws}/resources/{stack.resource}{ECHO}"
         sent = [f"frame-{i:02d}".encode() for i in range(25)]
-
-        async def call() -> str:
-            async with connect(url, additional_headers={"api-key": STANDIN_API_KEY}) as ws:
-                request_id = ws.response.headers["x-ms-request-id"] if ws.response else ""
-                for frame in sent:
-                    await ws.send(frame)
-                    await ws.recv()
-                    await asyncio.sleep(0.1)
-            return request_id
-
-        request_ids = await asyncio.gather(*(call() for _ in range(8)))
+        request_ids = await asyncio.gather(*(paced_call(url, sent, 0.1) for _ in range(8)))
         contents = [await stack.contents(request_id) for request_id in request_ids]
     assert len(created_at) == 8
     assert max(created_at) - min(created_at) >= 1.0, sorted(t - min(created_at) for t in created_at)
