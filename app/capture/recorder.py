@@ -280,15 +280,11 @@ class Recorder:
                 next_tick = started + settings.tick_s
             starts = min(burst, starts + (started - last) * rate)
             last = started
-            seal_bytes = settings.segment_bytes
-            sealed_before = started - settings.segment_seconds
             for request_id, recording in list(live.items()):
                 phase = recording.phase
                 starting = False
                 if phase is streaming and not recording.pending:
-                    # `_due`, inline: this runs for hundreds of recordings every `seal_pace_s`.
-                    if (recording.end is None and recording.buffer.buffered < seal_bytes
-                            and recording.last_seal_mono > sealed_before):
+                    if not self._due(recording, started):
                         continue  # its step would do nothing: no task for it
                 elif phase in STARTING:
                     # Started at the pace too, a few at a time: a burst of new calls would otherwise make every
