@@ -40,6 +40,8 @@ class DirectSession(TapGuard):
         self._legs: dict[Direction, Leg] = {Direction.CLIENT_TO_SERVICE: client,
                                             Direction.SERVICE_TO_CLIENT: upstream}
         self._latency = {d: metrics.added_latency.labels(d.value) for d in Direction}
+        # Each direction's frame and byte counters, looked up once: `labels()` takes a lock and hashes per call.
+        self._counters = {d: (metrics.frames.labels(d.value), metrics.bytes.labels(d.value)) for d in Direction}
         self._published = dict.fromkeys(Direction, (0, 0))
         self._tap_start_ns = time.monotonic_ns()
         self._ending = False
@@ -156,8 +158,9 @@ class DirectSession(TapGuard):
         for direction, leg in self._legs.items():
             frames, size = self._published[direction]
             if leg.frames != frames:
-                self._metrics.frames.labels(direction.value).inc(leg.frames - frames)
-                self._metrics.bytes.labels(direction.value).inc(leg.bytes - size)
+                frame_counter, byte_counter = self._counters[direction]
+                frame_counter.inc(leg.frames - frames)
+                byte_counter.inc(leg.bytes - size)
                 self._published[direction] = (leg.frames, leg.bytes)
 
     def _schedule_check(self) -> None:
