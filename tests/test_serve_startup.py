@@ -3,6 +3,7 @@ pipe, one clear line for a port already taken, APScheduler's per-run chatter at 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -188,3 +189,32 @@ def test_log_format_auto_into_a_pipe_is_json(captured_logs: io.StringIO) -> None
     configure_logging("INFO", "auto", captured_logs)
     logging.getLogger("voicelog.test").info("recording.sealed")
     assert json.loads(captured_logs.getvalue())["event"] == "recording.sealed"
+
+
+async def test_the_heap_is_settled_after_the_apps_start_up_and_before_any_connection_is_taken(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`settle_after_startup`'s full collection holds the event loop 0.3-0.4 s: once the server takes
+    connections, that would hold the first calls of a fresh or restarted worker (issue 17). So it runs when the
+    app's lifespan has started everything and uvicorn has not yet begun serving."""
+    from app import cli, migrate
+    from tests.fixtures.relay import relay_settings
+
+    settings = relay_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
+    await asyncio.to_thread(migrate.upgrade, settings.resolved_database_url)
+    server = cli.build_server(settings, "127.0.0.1", 0, settle_heap=True)
+    server.config.loop = "asyncio"
+    at_settle: list[tuple[bool, bool]] = []  # (the app had started, the server was serving), at each settle
+
+    def record() -> None:
+        at_settle.append((server.lifespan.startup_event.is_set(), bool(getattr(server, "servers", []))))
+
+    monkeypatch.setattr(cli, "settle_after_startup", record)  # and so no gc.freeze() in the test process
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(GUARD_S):
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        server.should_exit = True
+        await task
+    assert at_settle == [(True, False)]
