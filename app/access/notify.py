@@ -57,7 +57,10 @@ class Notifier:
             log.warning("notify.dropped", team=team, notification=event)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="access-notifier")
+        # The client is made here, during start-up, not at the task's first step: its TLS context loads the CA
+        # bundle, which holds the event loop 0.15-0.2 s (measured), and by then the server may be taking calls.
+        client = httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=False)
+        self._task = asyncio.create_task(self._run(client), name="access-notifier")
 
     async def stop(self, timeout: float = 5.0) -> None:
         with contextlib.suppress(TimeoutError):
@@ -67,8 +70,8 @@ class Notifier:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _run(self) -> None:
-        async with httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=False) as client:
+    async def _run(self, client: httpx.AsyncClient) -> None:
+        async with client:
             while True:
                 hook, body = await self._queue.get()
                 try:
