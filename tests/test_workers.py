@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import json
 import os
 import secrets
@@ -17,10 +16,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -35,11 +32,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app import migrate
-from app.audit.actions import AuditAction
-from app.audit.checkpoints import FileCheckpointSink
-from app.audit.models import AuditEntryRow
 from app.capture.models import Recording
-from app.clock import ManualClock, SystemClock
+from app.clock import SystemClock
 from app.config import Settings
 from app.db import create_engine, create_session_factory
 from app.regions import RegionSettings
@@ -50,23 +44,17 @@ from app.server.siblings import WorkerSlot, WorkerStatus, worker_statuses
 from app.server.workers import WorkerCountError, resolve_worker_count
 from tests.deploy.test_scale_out import (
     ADMIN_TOKEN,
-    CHECKPOINT_EVERY,
     SCHEDULER_ENV,
     Cluster,
-    PurgeRunner,
+    JobRunner,
     Replica,
-    audit_verify,
-    chain_snapshot,
+    check_checkpoints_once,
     check_purged_once,
     listing,
-    metric,
     payloads_read_by_a_third_replica,
-    poll,
     recorded_resource,
     region_json,
-    sealed,
     settled,
-    shared_state,
 )
 from tests.deploy.test_scale_out import talk as talk_frames  # this module has a `talk` of its own
 from tests.fixtures.database import create_pg_database, drop_pg_database, pg_url, worker_id
@@ -644,73 +632,14 @@ async def test_recordings_past_30_days_are_purged_once_while_both_workers_run_th
     """test_scale_out's purge check, with the two schedulers in sibling workers of one serve."""
     _, cluster = recording_pair
     (replica,) = cluster.replicas
-    await check_purged_once(cluster, [PurgeRunner(replica, worker="0"), PurgeRunner(replica, worker="1")])
+    await check_purged_once(cluster, [JobRunner(replica, worker="0"), JobRunner(replica, worker="1")])
 
 
 async def test_audit_checkpoints_are_signed_once_per_period_while_both_workers_keep_the_chain(
     recording_pair: tuple[Served, Cluster],
 ) -> None:
-    """test_scale_out's checkpoint check, with the two chain keepers in sibling workers of one serve."""
-    served, cluster = recording_pair
+    """test_scale_out's checkpoint check, with the two chain keepers in sibling workers of one serve, the
+    entries arriving through its one port (either worker takes each)."""
+    _, cluster = recording_pair
     (replica,) = cluster.replicas
-    wanted = 6
-    async with shared_state(cluster, ManualClock(datetime.now(UTC))) as world:
-        customer = await recorded_resource(cluster, via=replica)
-        ticketing = await asyncio.to_thread(cluster.token, "svc-ticketing", "ticketing")
-        # Start from a sealed chain: nothing is signed until new entries arrive, so counts start clean.
-        await poll("the set-up's entries sealed", lambda: sealed(world), timeout=30, replicas=(replica,))
-        signed_before = await metric(replica, "voicelog_audit_checkpoints_signed_total")
-        _, _, before = await chain_snapshot(world)
-        start = before[-1].number if before else 0
-
-        # Entries arrive through the one port (either worker takes each) until several periods have passed.
-        async with httpx.AsyncClient(base_url=replica.http) as client:
-            fed = 0
-            deadline = asyncio.get_running_loop().time() + 60 * CHECKPOINT_EVERY.total_seconds()
-            while len((await chain_snapshot(world))[2]) < len(before) + wanted:
-                created = await client.post("/tickets", headers=ticketing, json={
-                    "resource": customer.resource, "external_ref": f"INC-cp-{fed}", "engineers": []})
-                assert created.status_code == 201, created.text
-                fed += 1
-                assert asyncio.get_running_loop().time() < deadline, f"fewer than {wanted} checkpoints signed"
-                await asyncio.sleep(0.1)
-        await poll("the last entries sealed by a checkpoint", lambda: sealed(world), timeout=30, replicas=(replica,))
-        _, head, checkpoints = await chain_snapshot(world)
-        new = [c for c in checkpoints if c.number > start]
-
-        async def signed_by_workers() -> int:
-            return int(await metric(replica, "voicelog_audit_checkpoints_signed_total") - signed_before)
-
-        async def counted() -> bool:  # a worker counts a checkpoint just after it commits
-            return await signed_by_workers() >= len(new)
-
-        await poll("the workers' own count of checkpoints signed", counted, timeout=10, replicas=(replica,))
-        signed_by = await signed_by_workers()
-        keeper_errors = await metric(replica, "voicelog_audit_keeper_errors_total")
-        signers: dict[int, list[int]] = {}
-        for record in served.events("audit.checkpoint.signed"):
-            signers.setdefault(int(record["checkpoint"]), []).append(int(record["worker"]))
-        async with world.factory() as session:
-            signed_entries = (await session.execute(select(AuditEntryRow.seq, AuditEntryRow.detail).where(
-                AuditEntryRow.action == AuditAction.CHECKPOINT_SIGNED.value))).all()
-    exported = await FileCheckpointSink(cluster.work / "data" / "audit-checkpoints.jsonl").read_all()
-
-    who = {c.number: signers.get(c.number, []) for c in new}
-    assert len(new) >= wanted
-    assert [c.number for c in checkpoints] == list(range(1, len(checkpoints) + 1))
-    # One checkpoint per period: never two for the same head, never two within one period.
-    assert all(later.head_seq > earlier.head_seq for earlier, later in itertools.pairwise(new)), who
-    gaps = [later.signed_at - earlier.signed_at for earlier, later in itertools.pairwise(new)]
-    assert min(gaps) >= CHECKPOINT_EVERY, (gaps, who)
-    assert new[-1].head_seq == head  # and the last period's entries were not left unsealed
-    # Each is announced once in the chain, by the entry it seals, and exported once.
-    announced = Counter(json.loads(detail)["checkpoint"] for _, detail in signed_entries)
-    assert announced == Counter(c.number for c in checkpoints)
-    assert [(c.number, c.signature) for c in exported] == [(c.number, c.signature) for c in checkpoints]
-    # Each was signed by exactly one worker, by their own accounts, and no keeper round failed.
-    assert signed_by == len(new), who
-    assert all(len(workers) == 1 for workers in who.values()), who
-    assert keeper_errors == 0
-    verified = await audit_verify(cluster)
-    assert verified["ok"], verified
-    assert verified["sealed_through"] >= new[-1].head_seq
+    await check_checkpoints_once(cluster, [JobRunner(replica, worker="0"), JobRunner(replica, worker="1")])

@@ -498,8 +498,9 @@ async def metric(replica: Replica, name: str, **labels: str) -> float:
 
 
 @dataclass(frozen=True, eq=False)
-class PurgeRunner:
-    """A process that runs the retention purge: a replica, or one worker of one (its samples' `worker` label)."""
+class JobRunner:
+    """A process that runs the scheduled jobs (the retention purge, the audit chain keeper): a replica, or one
+    worker of one (its samples' and its log records' `worker`)."""
 
     replica: Replica
     worker: str | None = None
@@ -516,6 +517,16 @@ class PurgeRunner:
 
     async def purged(self) -> float:
         return await self._metric("voicelog_retention_recordings_purged_total")
+
+    async def checkpoints_signed(self) -> float:
+        return await self._metric("voicelog_audit_checkpoints_signed_total")
+
+    async def keeper_errors(self) -> float:
+        return await self._metric("voicelog_audit_keeper_errors_total")
+
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        records = logged(self.replica, event)
+        return records if self.worker is None else [r for r in records if str(r.get("worker")) == self.worker]
 
 
 def logged(replica: Replica, event: str) -> list[dict[str, Any]]:
@@ -572,10 +583,10 @@ async def test_recordings_past_30_days_are_purged_once_while_both_replicas_run_t
     cluster: Cluster,
 ) -> None:
     async with scheduling_pair(cluster) as (a, b):
-        await check_purged_once(cluster, [PurgeRunner(a), PurgeRunner(b)])
+        await check_purged_once(cluster, [JobRunner(a), JobRunner(b)])
 
 
-async def check_purged_once(cluster: Cluster, runners: Sequence[PurgeRunner]) -> None:
+async def check_purged_once(cluster: Cluster, runners: Sequence[JobRunner]) -> None:
     """Recordings past their 30 days, in several long-past hours of every region, are purged while each of
     `runners` runs the purge: each recording and each data key once, each hour's KEK once, as the chain, the
     runners' own counts and the stores all say, and the chain verifies with every purge entry sealed."""
@@ -650,22 +661,31 @@ async def check_purged_once(cluster: Cluster, runners: Sequence[PurgeRunner]) ->
 async def test_audit_checkpoints_are_signed_once_per_period_while_both_replicas_keep_the_chain(
     cluster: Cluster,
 ) -> None:
-    wanted = 6
-    async with scheduling_pair(cluster) as (a, b), shared_state(cluster, ManualClock(datetime.now(UTC))) as world:
-        customer = await recorded_resource(cluster, via=a)
+    async with scheduling_pair(cluster) as (a, b):
+        await check_checkpoints_once(cluster, [JobRunner(a), JobRunner(b)])
+
+
+async def check_checkpoints_once(cluster: Cluster, runners: Sequence[JobRunner], wanted: int = 6) -> None:
+    """Entries arrive through each of the runners' ports in turn while every runner's chain keeper runs, until
+    `wanted` periods have passed: each period is signed once (one checkpoint per head, never two within a
+    period, the last entries sealed), by exactly one runner by their own counts and logs, announced once in the
+    chain by the entry it seals and exported once, with no keeper round failing; and the chain verifies."""
+    replicas = list({id(r.replica): r.replica for r in runners}.values())
+    async with shared_state(cluster, ManualClock(datetime.now(UTC))) as world:
+        customer = await recorded_resource(cluster, via=replicas[0])
         ticketing = await asyncio.to_thread(cluster.token, "svc-ticketing", "ticketing")
         # Start from a sealed chain: nothing is signed until new entries arrive, so counts start clean.
-        await poll("the set-up's entries sealed", lambda: sealed(world), timeout=30, replicas=(a, b))
-        signed_before = {r.name: await metric(r, "voicelog_audit_checkpoints_signed_total") for r in (a, b)}
+        await poll("the set-up's entries sealed", lambda: sealed(world), timeout=30, replicas=replicas)
+        signed_before = sum([await r.checkpoints_signed() for r in runners])
         _, _, before = await chain_snapshot(world)
         start = before[-1].number if before else 0
 
-        # Entries arrive through both replicas while both keepers run, until several periods have passed.
+        # Entries arrive through every port while every keeper runs, until several periods have passed.
         async with httpx.AsyncClient() as client:
             fed = 0
             deadline = asyncio.get_running_loop().time() + 60 * CHECKPOINT_EVERY.total_seconds()
             while len((await chain_snapshot(world))[2]) < len(before) + wanted:
-                via = (a, b)[fed % 2]
+                via = replicas[fed % len(replicas)]
                 created = await client.post(f"{via.http}/tickets", headers=ticketing, json={
                     "resource": customer.resource, "external_ref": f"INC-cp-{fed}", "engineers": []})
                 assert created.status_code == 201, created.text
@@ -673,23 +693,22 @@ async def test_audit_checkpoints_are_signed_once_per_period_while_both_replicas_
                 assert asyncio.get_running_loop().time() < deadline, f"fewer than {wanted} checkpoints signed"
                 await asyncio.sleep(0.1)
         # Once entries stop, the next period seals what is left, and then nothing more is signed.
-        await poll("the last entries sealed by a checkpoint", lambda: sealed(world), timeout=30, replicas=(a, b))
+        await poll("the last entries sealed by a checkpoint", lambda: sealed(world), timeout=30, replicas=replicas)
         _, head, checkpoints = await chain_snapshot(world)
         new = [c for c in checkpoints if c.number > start]
 
-        async def signed_by_replicas() -> int:
-            return int(sum([await metric(r, "voicelog_audit_checkpoints_signed_total") for r in (a, b)])
-                       - sum(signed_before.values()))
+        async def signed_by_runners() -> int:
+            return int(sum([await r.checkpoints_signed() for r in runners]) - signed_before)
 
-        # The replicas count a checkpoint just after it commits: wait for their accounts to catch up.
-        await poll("the replicas' own count of checkpoints signed", lambda: _at_least(signed_by_replicas, len(new)),
-                   timeout=10, replicas=(a, b))
-        signed_by = await signed_by_replicas()
-        keeper_errors = {r.name: await metric(r, "voicelog_audit_keeper_errors_total") for r in (a, b)}
+        # The runners count a checkpoint just after it commits: wait for their accounts to catch up.
+        await poll("the runners' own count of checkpoints signed", lambda: _at_least(signed_by_runners, len(new)),
+                   timeout=10, replicas=replicas)
+        signed_by = await signed_by_runners()
+        keeper_errors = {r.name: await r.keeper_errors() for r in runners}
         signers: dict[int, list[str]] = {}
-        for replica in (a, b):
-            for record in logged(replica, "audit.checkpoint.signed"):
-                signers.setdefault(int(record["checkpoint"]), []).append(replica.name)
+        for runner in runners:
+            for record in runner.logged("audit.checkpoint.signed"):
+                signers.setdefault(int(record["checkpoint"]), []).append(runner.name)
         async with world.factory() as session:
             signed_entries = (await session.execute(select(AuditEntryRow.seq, AuditEntryRow.detail).where(
                 AuditEntryRow.action == AuditAction.CHECKPOINT_SIGNED.value))).all()
@@ -710,7 +729,7 @@ async def test_audit_checkpoints_are_signed_once_per_period_while_both_replicas_
     announced_at = {seq: json.loads(detail)["checkpoint"] for seq, detail in signed_entries}
     assert all(announced_at.get(c.head_seq) == c.number for c in checkpoints)
     assert [(c.number, c.signature) for c in exported] == [(c.number, c.signature) for c in checkpoints]
-    # Each was signed by exactly one replica, by their own accounts, and no keeper round failed.
+    # Each was signed by exactly one runner, by their own accounts, and no keeper round failed.
     assert signed_by == len(new), who
     assert all(len(names) == 1 for names in who.values()), who
     assert sum(keeper_errors.values()) == 0, keeper_errors
