@@ -55,9 +55,12 @@ async def first_entry_day(session: AsyncSession) -> date | None:
     """The UTC day of the audit trail's first entry, chained or still queued: the day the service began to do
     anything. None on a trail with no entry yet. A day before it has nothing to report (C7's daily reports
     start there, not `report_catch_up_days` before a fresh install's first start)."""
-    firsts = [await session.scalar(select(func.min(table.c.recorded_at))) for table in (ENTRIES, INBOX)]
-    found = [at for at in firsts if at is not None]
-    return min(found).date() if found else None
+    # One statement, so one snapshot: read apart, an entry chained between the two reads (moved from the inbox
+    # to the chain in one transaction) was in neither, and a fresh trail read as empty.
+    firsts = select(func.min(ENTRIES.c.recorded_at).label("at")).union_all(
+        select(func.min(INBOX.c.recorded_at).label("at"))).subquery()
+    first: datetime | None = await session.scalar(select(func.min(firsts.c.at)))
+    return first.date() if first is not None else None
 
 
 @dataclass(frozen=True)
