@@ -153,7 +153,8 @@ async def list_entries(
     last ones between `after` and `before` (the page just older than `before`)."""
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidEntryFilter(f"`limit` must be between 1 and {MAX_PAGE}.")
-    head = await read_chain_head(session)
+    # Read in the order the chain grows (checkpoint, entries, head): each statement sees its own snapshot,
+    # and this order keeps what one page shows coherent (signed through <= listed entries <= head).
     checkpoint = await last_checkpoint(session)
     sealed_through = 0 if checkpoint is None else checkpoint.head_seq
     query = _filtered(select(*COLUMNS).where(ENTRIES.c.seq > after), where)
@@ -167,6 +168,7 @@ async def list_entries(
     if before is not None:
         rows.reverse()
     entries = [_listed(row, sealed_through) for row in rows]
+    head = await read_chain_head(session)
     # A full page has more beyond it in the direction read; the other direction has more if it was cut off.
     newer = more if before is None else before <= head.seq
     older = more if before is not None else after > 0

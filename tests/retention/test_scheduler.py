@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -238,10 +239,15 @@ async def test_a_good_run_whose_lock_connection_dies_is_still_a_good_run(world: 
             ))).scalars().all()
             assert len(holders) == 1
             await session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": holders[0]})
-            for _ in range(500):  # the signal is asynchronous: wait until that backend has really gone
+            await session.commit()
+            # The signal is asynchronous: wait until that backend has really gone. pg_stat_activity is read
+            # once per transaction, so each look is its own transaction (polling in one never sees it go).
+            deadline = time.monotonic() + 30
+            while True:
                 gone = (await session.execute(text("SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity "
                                                    "WHERE pid = :pid)"), {"pid": holders[0]})).scalar_one()
-                if gone:
+                await session.rollback()
+                if gone or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.01)
             assert gone
