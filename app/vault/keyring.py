@@ -63,7 +63,8 @@ class KeyBucket:
     def from_label(cls, region: str, label: str) -> KeyBucket:
         if not re.fullmatch(r"\d{10}", label):
             raise ValueError("a bucket label is yyyymmddhh")
-        return cls(region, datetime.strptime(label, "%Y%m%d%H").replace(tzinfo=UTC))
+        # Sliced, not strptime: the purge reads every live bucket's label on each run (a tenth of the cost).
+        return cls(region, datetime(int(label[:4]), int(label[4:6]), int(label[6:8]), int(label[8:]), tzinfo=UTC))
 
     def expires_at(self, lifetime: timedelta) -> datetime:
         """When the bucket's KEK must be gone: its hour's start plus the lifetime (C7)."""

@@ -20,7 +20,7 @@ import contextlib
 import json
 import os
 import stat
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -192,14 +192,24 @@ class LocalKeyring:
         return record
 
     def _live_buckets(self, started_before: datetime) -> list[KeyBucket]:
+        # Labels are fixed-width yyyymmddhh, so a string comparison with the label of `started_before`'s own
+        # hour skips the (many) younger buckets unparsed; the exact comparison is made on what is left.
+        newest = started_before.astimezone(UTC).strftime("%Y%m%d%H")
         found: list[KeyBucket] = []
-        for path in sorted((self._root / "keks").glob("*/*.kek")):
-            try:
-                bucket = KeyBucket.from_label(path.parent.name, path.stem)
-            except ValueError:
-                continue
-            if bucket.hour < started_before:
-                found.append(bucket)
+        keks = self._root / "keks"
+        if not keks.is_dir():
+            return found
+        for region in sorted(entry.name for entry in os.scandir(keks) if entry.is_dir()):
+            labels = sorted(name[:-4] for name in os.listdir(keks / region) if name.endswith(".kek"))
+            for label in labels:
+                if label > newest:
+                    break
+                try:
+                    bucket = KeyBucket.from_label(region, label)
+                except ValueError:
+                    continue
+                if bucket.hour < started_before:
+                    found.append(bucket)
         return found
 
 

@@ -149,3 +149,13 @@ async def test_live_buckets_lists_existing_keks_before_a_cutoff(keyring: Keyring
     assert live == sorted(b for b in hours if b.hour < cutoff and b != hours[1])
     await keyring.erase(hours[2], CONTEXT)  # erasure records are not buckets
     assert await keyring.live_buckets(started_before=cutoff) == live
+
+
+async def test_live_buckets_cutoff_is_exclusive_to_the_microsecond(keyring: Keyring) -> None:
+    """The purge asks for buckets started before `cutoff + 1 µs`: a bucket on the cutoff's hour is in exactly
+    when the cutoff is past that hour's start."""
+    bucket = KeyBucket.of("eastus", KEY_CLOCK_START - timedelta(hours=3))
+    await keyring.get_or_create(bucket)
+    assert bucket not in await keyring.live_buckets(started_before=bucket.hour)
+    assert bucket in await keyring.live_buckets(started_before=bucket.hour + timedelta(microseconds=1))
+    assert bucket in await keyring.live_buckets(started_before=bucket.hour + timedelta(minutes=59))

@@ -113,3 +113,19 @@ async def test_build_keyrings_uses_the_local_keyring_for_regions_without_a_vault
     await keyrings.get_or_create(BUCKET)
     assert (tmp_path / "keyring" / "keks" / "eastus" / f"{BUCKET.label}.kek").exists()
     await keyrings.aclose()
+
+
+async def test_live_buckets_skips_files_that_are_not_buckets(tmp_path: Path, key_clock: ManualClock) -> None:
+    """Stray files beside the KEKs (an editor's backup, a bad region, a label out of range) are not buckets,
+    and do not hide the real ones listed after them."""
+    keyring = LocalKeyring(tmp_path / "kr", clock=key_clock, bucket_lifetime=KEY_LIFETIME)
+    older = KeyBucket.of("eastus", KEY_CLOCK_START.replace(hour=1))
+    await keyring.get_or_create(BUCKET)
+    await keyring.get_or_create(older)
+    keks = tmp_path / "kr" / "keks"
+    for stray in ("eastus/2020.kek", "eastus/2020011399.kek", "eastus/20200101000.kek", "eastus/notes.txt",
+                  "eastus/zzzz.kek", "East-US/2020010100.kek"):
+        (keks / stray).parent.mkdir(exist_ok=True)
+        (keks / stray).write_bytes(b"x")
+    (keks / "loose.kek").write_bytes(b"x")
+    assert await keyring.live_buckets(started_before=KEY_CLOCK_START.replace(hour=23)) == sorted([BUCKET, older])
