@@ -4,6 +4,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
+
 pytest_plugins = [
     "tests.fixtures.database",
     "tests.fixtures.relay",
@@ -22,6 +24,27 @@ def pytest_collection_modifyitems(items: list) -> None:  # type: ignore[type-arg
     many short ones instead of one worker finishing alone on a multi-minute test at the end of the run."""
     slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow") is not None}
     items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)
+
+
+_UNGROUPED = pytest.StashKey[set[str]]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Note the tests whose `xdist_group` mark xdist's loadgroup ignored (pytest-dev/pytest-xdist#1386): the
+    groups keep the scale-out tests off each other and run checkov and the demo once."""
+    grouped = getattr(session.config.option, "loadgroup", False)  # an xdist worker of a --dist loadgroup run
+    session.config.stash[_UNGROUPED] = {
+        item.nodeid for item in session.items
+        if grouped and item.get_closest_marker("xdist_group") is not None
+        and "@" not in item.nodeid.rsplit("]", 1)[-1]
+    }
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Such a test fails, with the reason, rather than run spread over the workers."""
+    if item.nodeid in item.config.stash.get(_UNGROUPED, set()):
+        pytest.fail("this pytest/pytest-xdist pair ignores xdist_group marks (pytest-dev/pytest-xdist#1386): "
+                    "pin pytest as pyproject.toml does", pytrace=False)
 
 
 def pytest_configure() -> None:
