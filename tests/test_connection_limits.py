@@ -24,7 +24,7 @@ from websockets.exceptions import InvalidStatus
 
 from app.server.http_protocol import ConnectionGuard
 from app.server.settings import ServerSettings
-from tests.fixtures.relay import STANDIN_API_KEY, RelayHandle, StandinHandle, relay_for
+from tests.fixtures.relay import LOADED_MACHINE_ENV, STANDIN_API_KEY, RelayHandle, StandinHandle, relay_for
 from tests.relay.audio import frames, speech_like
 
 HEAD_TIMEOUT_S = 0.5
@@ -49,7 +49,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subproces
     env = {**os.environ, "VOICELOG_DATA_DIR": str(data / "data"), "VOICELOG_STANDIN_PORT": str(free_port()),
            "VOICELOG_SERVER__HEADER_TIMEOUT_S": str(HEAD_TIMEOUT_S),
            "VOICELOG_SERVER__MAX_HEADER_BYTES": str(32 * 1024),
-           "VOICELOG_SERVER__MAX_REQUEST_LINE_BYTES": "4096"}
+           "VOICELOG_SERVER__MAX_REQUEST_LINE_BYTES": "4096", **LOADED_MACHINE_ENV}
     env.pop("VOICELOG_DATABASE_URL", None)
     log = data / "serve.log"
     with log.open("wb") as sink:

@@ -58,6 +58,7 @@ from tests.deploy.test_scale_out import (
 )
 from tests.deploy.test_scale_out import talk as talk_frames  # this module has a `talk` of its own
 from tests.fixtures.database import create_pg_database, drop_pg_database, pg_url, worker_id
+from tests.fixtures.relay import LOADED_MACHINE_ENV
 from tests.fixtures.saw import SawPki, run_saw_nginx
 from tests.retention.world import REGIONS
 
@@ -184,7 +185,7 @@ def start_served(upstream: str, work: Path, database: str, extra_env: Mapping[st
            # Small pools: each worker is a process with its own (defaults: up to 35 connections each), and the
            # suite's other PostgreSQL tests share the server's 100 (CI failed with "too many clients" once).
            "VOICELOG_DATABASE_POOL_SIZE": "2", "VOICELOG_DATABASE_MAX_OVERFLOW": "3",
-           "VOICELOG_DATABASE_REQUEST_POOL_SIZE": "1", **(extra_env or {})}
+           "VOICELOG_DATABASE_REQUEST_POOL_SIZE": "1", **LOADED_MACHINE_ENV, **(extra_env or {})}
     for each in ("VOICELOG_HOST", "VOICELOG_PORT"):
         env.pop(each, None)
     work.mkdir(parents=True, exist_ok=True)

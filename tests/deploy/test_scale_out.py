@@ -59,6 +59,7 @@ from app.vault.segments import SegmentWriter
 from app.vault.settings import VaultSettings
 from tests.fixtures.blob import AzuriteRegions
 from tests.fixtures.database import create_pg_database, drop_pg_database, worker_id
+from tests.fixtures.relay import LOADED_MACHINE_ENV
 from tests.retention.world import RECORDER, REGIONS, Copy, World, marker_plaintext
 
 pytestmark = [pytest.mark.xdist_group("scale_out"), pytest.mark.slow]
@@ -187,6 +188,7 @@ def cluster(azurite: AzuriteRegions, request: pytest.FixtureRequest,
         # One process per replica, as these tests mean it (a killed replica is a crashed process); several
         # worker processes in one replica are tests/test_workers.py's.
         "VOICELOG_WORKERS": "1",
+        **LOADED_MACHINE_ENV,
     }
     for name in ("VOICELOG_PORT", "VOICELOG_HOST"):
         env.pop(name, None)
