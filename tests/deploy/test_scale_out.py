@@ -531,6 +531,11 @@ class JobRunner:
         return records if self.worker is None else [r for r in records if str(r.get("worker")) == self.worker]
 
 
+def replicas_of(runners: Sequence[JobRunner]) -> list[Replica]:
+    """The distinct replicas the runners live in (two workers of one serve are one replica), in order."""
+    return list({id(r.replica): r.replica for r in runners}.values())
+
+
 def logged(replica: Replica, event: str) -> list[dict[str, Any]]:
     """The replica's structured log records of one event."""
     records = []
@@ -592,7 +597,7 @@ async def check_purged_once(cluster: Cluster, runners: Sequence[JobRunner]) -> N
     """Recordings past their 30 days, in several long-past hours of every region, are purged while each of
     `runners` runs the purge: each recording and each data key once, each hour's KEK once, as the chain, the
     runners' own counts and the stores all say, and the chain verifies with every purge entry sealed."""
-    replicas = list({id(r.replica): r.replica for r in runners}.values())
+    replicas = replicas_of(runners)
     first_hour = bucket_hour(datetime.now(UTC) - timedelta(days=31, hours=EXPIRED_BUCKET_HOURS))
     starts = [(region, first_hour + timedelta(hours=h, minutes=7 * n, seconds=1))
               for h in range(EXPIRED_BUCKET_HOURS) for region in REGIONS for n in range(PER_EXPIRED_BUCKET)]
@@ -672,7 +677,7 @@ async def check_checkpoints_once(cluster: Cluster, runners: Sequence[JobRunner],
     `wanted` periods have passed: each period is signed once (one checkpoint per head, never two within a
     period, the last entries sealed), by exactly one runner by their own counts and logs, announced once in the
     chain by the entry it seals and exported once, with no keeper round failing; and the chain verifies."""
-    replicas = list({id(r.replica): r.replica for r in runners}.values())
+    replicas = replicas_of(runners)
     async with shared_state(cluster, ManualClock(datetime.now(UTC))) as world:
         customer = await recorded_resource(cluster, via=replicas[0])
         ticketing = await asyncio.to_thread(cluster.token, "svc-ticketing", "ticketing")
