@@ -21,6 +21,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _HOUR = timedelta(hours=1)
 
 
+def hour_label(instant: datetime) -> str:
+    """The `yyyymmddhh` label of the UTC hour `instant` (aware) falls in: a bucket's label, and, being fixed
+    width, ordered as the hours are."""
+    return instant.astimezone(UTC).strftime("%Y%m%d%H")
+
+
 @dataclass(frozen=True, order=True, slots=True)
 class KeyBucket:
     """One KEK's scope: a region and the UTC hour that recordings in it started."""
@@ -57,7 +63,7 @@ class KeyBucket:
     @property
     def label(self) -> str:
         """`yyyymmddhh`, as used in key names and file names."""
-        return self.hour.strftime("%Y%m%d%H")
+        return hour_label(self.hour)
 
     @classmethod
     def from_label(cls, region: str, label: str) -> KeyBucket:

@@ -20,7 +20,7 @@ import contextlib
 import json
 import os
 import stat
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from app.clock import Clock
 from app.vault.datakey import BytesLike
 from app.vault.errors import KeyDestroyed, KeyNotFound, KeyServiceError, UnwrapFailed
-from app.vault.keyring import KeyBucket, KeyDestruction, erasure_id, refuse_expired
+from app.vault.keyring import KeyBucket, KeyDestruction, erasure_id, hour_label, refuse_expired
 
 LOCAL_SCHEME = 0x01  # first byte of the provider blob: AES-256-GCM under a local KEK
 MASTER_KEY_SIZE = 32
@@ -194,7 +194,7 @@ class LocalKeyring:
     def _live_buckets(self, started_before: datetime) -> list[KeyBucket]:
         # Labels are fixed-width yyyymmddhh, so a string comparison with the label of `started_before`'s own
         # hour skips the (many) younger buckets unparsed; the exact comparison is made on what is left.
-        newest = started_before.astimezone(UTC).strftime("%Y%m%d%H")
+        newest = hour_label(started_before)
         found: list[KeyBucket] = []
         keks = self._root / "keks"
         if not keks.is_dir():
