@@ -1,10 +1,12 @@
 """Background work of the audit trail, safe on every replica at once (C6).
 
-- ChainKeeper: every `sequencer_interval_s` it peeks at the inbox (one cheap statement); when something is
-  queued, at least every `sequencer_idle_s`, and at the moment a checkpoint falls due for unsealed entries,
-  it runs a full round: chains queued entries and signs a checkpoint when due (both under the chain lock,
-  so replicas take turns), then exports new checkpoints to the sink. Full rounds come at least every
+- ChainKeeper: a full round chains queued entries and signs a checkpoint when due (both under the chain lock,
+  so replicas take turns), then exports new checkpoints to the sink. It runs when an entry this process
+  queued has committed (`app.audit.wake`), when a peek at the inbox (one cheap statement, PostgreSQL only)
+  finds entries queued elsewhere, at the moment a checkpoint falls due for unsealed entries, and at least every
   `min(sequencer_idle_s, checkpoint_every_s)`, so the tail is anchored within about `checkpoint_every_s`.
+  The peek comes every `sequencer_interval_s` after a round and slows to `sequencer_quiet_poll_s` while the
+  inbox stays empty.
 - VerifierJob: every `verify_every_minutes`, verifies the whole chain and publishes the result as metrics.
 Each unit of work has its own session and transaction; a failure is logged and counted, never raised.
 """
@@ -18,11 +20,12 @@ from collections.abc import Sequence
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.audit import wake
 from app.audit.checkpoints import Checkpoint, SealResult, export_checkpoints, last_checkpoint, seal
 from app.audit.keys import PublicKeySet
 from app.audit.metrics import DAMAGE_KINDS, AuditMetrics
 from app.audit.runtime import AuditRuntime
-from app.audit.service import INBOX
+from app.audit.service import INBOX, dialect_name
 from app.audit.verifier import VerificationResult, verify_chain
 from app.clock import Clock
 from app.logs import get_logger
@@ -38,6 +41,7 @@ class ChainKeeper:
         self._exported_through: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._woken = asyncio.Event()  # set by `wake` after this process queued an entry, and by `stop()`
 
     async def tick(self, *, force: bool = False) -> SealResult:
         """One round: chain, maybe sign, then export what the sink lacks. Raises on failure (run() catches)."""
@@ -84,31 +88,59 @@ class ChainKeeper:
             return bool((await session.execute(select(exists().select_from(INBOX)))).scalar_one())
 
     async def run(self) -> None:
+        """Full rounds when woken (an entry this process queued has committed), when the peek finds entries
+        queued elsewhere, and at least every `sequencer_idle_s`; rounds at most every `sequencer_interval_s`
+        unless a full batch says there is more. The peek runs on PostgreSQL only (SQLite chains entries as
+        they are written) and slows from `sequencer_interval_s` to `sequencer_quiet_poll_s` while the inbox
+        stays empty, so an idle replica costs the database one look a second."""
         settings = self.runtime.settings
         interval = settings.sequencer_interval_s
+        quiet = max(interval, settings.sequencer_quiet_poll_s)
         loop = asyncio.get_running_loop()
+        async with self.session_factory() as session:
+            polls = dialect_name(session) == "postgresql"
         next_full_round = loop.time()
-        while not self._stop.is_set():
-            try:
-                # A checkpoint due by time, or one signed elsewhere to export, needs no queued entry to happen:
-                # the full round comes every `sequencer_idle_s` whatever the peek says.
-                busy = False
-                if loop.time() >= next_full_round or await self.queued():
-                    started = loop.time()
-                    result = await self.tick()
-                    busy = result.chained >= settings.sequencer_batch
-                    # At least every checkpoint interval too: on SQLite nothing is queued to wake us, and
-                    # an entry chained inline must still be anchored within about one interval.
-                    idle = min(settings.sequencer_idle_s, settings.checkpoint_interval_s)
-                    next_full_round = started + self._until_next_round(result, idle)
-            except Exception as exc:  # the keeper must outlive a database or sink outage
-                busy = False
-                if self.runtime.metrics is not None:
-                    self.runtime.metrics.keeper_errors.labels(step="tick").inc()
-                log.warning("audit.keeper.failed", error=type(exc).__name__)
-            if not busy:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), interval)
+        poll = interval
+        wake.listen(self._woken)
+        try:
+            while not self._stop.is_set():
+                woken = self._woken.is_set()
+                self._woken.clear()
+                ran = busy = False
+                try:
+                    # A checkpoint due by time, or one signed elsewhere to export, needs no queued entry to
+                    # happen: the full round comes every `sequencer_idle_s` whatever the peek says.
+                    if woken or loop.time() >= next_full_round or (polls and await self.queued()):
+                        ran = True
+                        started = loop.time()
+                        result = await self.tick()
+                        busy = result.chained >= settings.sequencer_batch
+                        # At least every checkpoint interval too: on SQLite nothing is queued to wake us, and
+                        # an entry chained inline must still be anchored within about one interval.
+                        idle = min(settings.sequencer_idle_s, settings.checkpoint_interval_s)
+                        next_full_round = started + self._until_next_round(result, idle)
+                except Exception as exc:  # the keeper must outlive a database or sink outage
+                    ran = True  # look again soon: the inbox may hold what this round could not chain
+                    if self.runtime.metrics is not None:
+                        self.runtime.metrics.keeper_errors.labels(step="tick").inc()
+                    log.warning("audit.keeper.failed", error=type(exc).__name__)
+                # After a round, look again within `interval`: another replica may have held the chain lock
+                # while it read the inbox before our entry committed. Only empty looks slow the poll down.
+                poll = interval if ran else min(quiet, poll * 2)
+                if busy:
+                    continue
+                if ran:
+                    await self._sleep(interval, wakes=False)  # rounds at most this often; wakes wait for it
+                    continue
+                until_full = max(0.0, next_full_round - loop.time())
+                await self._sleep(min(poll, until_full) if polls else until_full, wakes=True)
+        finally:
+            wake.stop_listening(self._woken)
+
+    async def _sleep(self, seconds: float, *, wakes: bool) -> None:
+        """Wait `seconds`, or less if stopped (or, with `wakes`, woken)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for((self._woken if wakes else self._stop).wait(), seconds)
 
     def _until_next_round(self, result: SealResult, idle_s: float) -> float:
         """Seconds to the next full round: `idle_s`, or sooner when a checkpoint falls due by time for
@@ -125,6 +157,7 @@ class ChainKeeper:
     async def stop(self) -> None:
         """Stop after the current round, then chain what is queued once more."""
         self._stop.set()
+        self._woken.set()
         if self._task is not None:
             await self._task
             self._task = None

@@ -5,8 +5,9 @@ An entry is written in the caller's transaction, so a change without its entry c
 - SQLite chains it at once: the first statement takes SQLite's writer lock (a write to the chain head),
   so the head read next is the latest and no other writer can move it before the caller commits.
 - PostgreSQL queues it in `audit_inbox` (no lock: writers commit concurrently, group commit works) and
-  the sequencer chains queued entries in batches under a row lock on the chain head, within
-  `AuditSettings.sequencer_interval_s`. The window a queued entry spends unchained is inside the window
+  the sequencer chains queued entries in batches under a row lock on the chain head: this process's at
+  once after the commit wakes it, others' within a poll (`AuditSettings.sequencer_interval_s`, slowing to
+  `sequencer_quiet_poll_s` while the inbox stays empty). The window a queued entry spends unchained is inside the window
   every entry spends unsealed before the next signed checkpoint, so it weakens nothing the checkpoints
   guarantee (docs/AUDIT.md, "Appending").
 
@@ -41,8 +42,10 @@ from app.audit.actions import (
 from app.audit.canonical import canonical_json, canonical_time, encode_entry
 from app.audit.entry_mac import EntryMacKeys, canonical_nonce, encode_content, entry_mac_for, new_nonce
 from app.audit.models import AuditChainHead, AuditEntryRow, AuditInboxRow
+from app.audit.wake import entries_queued
 from app.clock import Clock
 from app.logs import get_logger
+from app.transaction import after_commit
 
 log = get_logger("voicelog.audit")
 
@@ -203,6 +206,7 @@ async def append_entry(
     values["nonce"] = nonce.hex()
     values["writer_mac"] = None if mac is None else mac.inbox_mac(_content_bytes(values), nonce)
     inbox_id = (await session.execute(QUEUE_ENTRY, values)).scalar_one()
+    after_commit(session, entries_queued)  # this process's keeper chains it right after the commit
     return AuditEntry(recorded_at=recorded_at, actor=actor, action=action, subjects=subjects,
                       detail_json=detail_json, inbox_id=int(inbox_id), detail=json.loads(detail_json))
 

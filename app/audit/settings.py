@@ -43,7 +43,14 @@ class AuditSettings(BaseModel):
     sequencer_interval_s: float = Field(
         default=0.2, gt=0, le=60,
         description="How often each replica's sequencer chains queued entries (PostgreSQL). An entry is "
-        "committed with its change at once and chained within about this long.",
+        "committed with its change at once; one queued by this process wakes its sequencer at the commit, and "
+        "rounds come at most this often while entries keep coming.",
+    )
+    sequencer_quiet_poll_s: float = Field(
+        default=1.0, gt=0, le=60,
+        description="Entries queued elsewhere (another replica, the CLI) are found by polling the inbox: every "
+        "`sequencer_interval_s` while entries keep coming, slowing to this once the inbox stays empty "
+        "(PostgreSQL; on SQLite entries are chained as they are written and nothing is polled).",
     )
     sequencer_idle_s: float = Field(
         default=5.0, gt=0, le=300,

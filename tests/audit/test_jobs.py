@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import event, func, select
 
@@ -12,9 +13,10 @@ from app.audit.checkpoints import list_checkpoints
 from app.audit.jobs import ChainKeeper, VerifierJob
 from app.audit.metrics import AuditMetrics
 from app.audit.runtime import AuditRuntime
-from app.audit.service import INBOX
+from app.audit.service import INBOX, lock_chain_head
 from app.audit.settings import AuditSettings
 from app.clock import ManualClock
+from app.transaction import discard_after_commit
 from tests.audit import tamper
 from tests.audit.scenario import append_step, example_steps
 from tests.fixtures.audit import AuditDb, disable_audit_triggers
@@ -99,37 +101,132 @@ async def test_the_scheduled_verifier_publishes_its_findings(
     assert runtime.metrics.damage.labels(kind="reordered")._value.get() == 1  # type: ignore[attr-defined]
 
 
-async def test_an_idle_keeper_only_peeks_at_the_inbox_until_something_is_queued(
+class StatementLog:
+    """The statements sent through an engine, in order (the keeper's and the test's own)."""
+
+    def __init__(self, audit_db: AuditDb) -> None:
+        self.statements: list[str] = []
+        event.listen(audit_db.engine.sync_engine, "before_cursor_execute",
+                     lambda _c, _cur, statement, *_: self.statements.append(statement))
+
+    def peeks(self) -> list[str]:
+        return [s for s in self.statements if "EXISTS" in s and "audit_inbox" in s]
+
+    def rounds(self) -> list[str]:
+        return [s for s in self.statements if "audit_chain_head" in s or "audit_checkpoints" in s]
+
+    async def wait_for_peeks(self, count: int) -> None:
+        for _ in range(2000):
+            if len(self.peeks()) >= count:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"the keeper peeked {len(self.peeks())} times, expected {count}")
+
+
+async def test_an_idle_keeper_peeks_ever_more_slowly_and_only_on_postgresql(
     audit_db: AuditDb, audit_clock: ManualClock, audit_runtime: AuditRuntime
 ) -> None:
-    """Every replica polls: between full rounds a poll is one look at the inbox, not a chain round and an
-    export. A queued entry (PostgreSQL) is still chained at the next poll, not the next full round."""
-    statements: list[str] = []
-    event.listen(audit_db.engine.sync_engine, "before_cursor_execute",
-                 lambda _c, _cur, statement, *_: statements.append(statement))
-    runtime = _runtime(audit_runtime, sequencer_interval_s=0.02, sequencer_idle_s=60)
+    """Every replica polls for entries queued elsewhere: a peek is one look at the inbox, not a chain round,
+    and while the inbox stays empty the peeks slow to `sequencer_quiet_poll_s`. SQLite chains each entry as
+    it is written, so there nothing is polled at all."""
+    log = StatementLog(audit_db)
+    runtime = _runtime(audit_runtime, sequencer_interval_s=0.02, sequencer_quiet_poll_s=0.16, sequencer_idle_s=60)
     keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
     keeper.start()
     try:
-        for _ in range(1000):  # the first full round is over once the first peek comes
-            if any("EXISTS" in s for s in statements):
+        for _ in range(1000):  # the first full round
+            if log.rounds():
                 break
             await asyncio.sleep(0.01)
-        statements.clear()
-        await asyncio.sleep(0.5)
-        idle = list(statements)
-        if audit_db.kind == "postgresql":  # SQLite chains each entry as it is written: nothing is queued
-            await _append_committed(audit_db, audit_clock, 1)
-            for _ in range(1000):
-                if await _queued(audit_db) == 0:
-                    break
-                await asyncio.sleep(0.02)
-            assert await _queued(audit_db) == 0  # chained by a poll, a minute before the next full round
+        await asyncio.sleep(0.3)  # its export, and the first quick peeks
+        log.statements.clear()
+        await asyncio.sleep(1.0)
+        idle = list(log.statements)
     finally:
         await keeper.stop()
     peeks = [s for s in idle if "EXISTS" in s and "audit_inbox" in s]
-    assert len(peeks) >= 5  # it kept polling
     assert not [s for s in idle if "audit_chain_head" in s or "audit_checkpoints" in s]
+    if audit_db.kind == "postgresql":
+        assert 4 <= len(peeks) <= 9  # every 0.16 s once quiet, not every 0.02 s (50 in a second)
+    else:
+        assert idle == []
+
+
+@pytest.mark.parametrize("db_kind", ["postgresql"], indirect=True)  # SQLite chains at once: no inbox
+async def test_an_entry_queued_elsewhere_is_chained_by_a_peek(
+    audit_db: AuditDb, audit_clock: ManualClock, audit_runtime: AuditRuntime
+) -> None:
+    """An entry whose commit woke no keeper here (another replica's, the CLI's) is found by the next peek,
+    long before the next full round."""
+    log = StatementLog(audit_db)
+    runtime = _runtime(audit_runtime, sequencer_interval_s=0.02, sequencer_quiet_poll_s=0.1, sequencer_idle_s=60)
+    keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
+    keeper.start()
+    try:
+        await log.wait_for_peeks(3)
+        await _append_committed(audit_db, audit_clock, 1, wake=False)
+        assert await _chained_within(audit_db, 10.0)  # a minute before the next full round
+    finally:
+        await keeper.stop()
+
+
+@pytest.mark.parametrize("db_kind", ["postgresql"], indirect=True)  # SQLite chains at once: no inbox
+async def test_an_entry_this_process_queued_wakes_a_quiet_keeper_at_its_commit(
+    audit_db: AuditDb, audit_clock: ManualClock, audit_runtime: AuditRuntime
+) -> None:
+    """The keeper has gone quiet (its next peek seconds away); an entry committed here is chained at once,
+    before any peek could have found it."""
+    log = StatementLog(audit_db)
+    runtime = _runtime(audit_runtime, sequencer_interval_s=0.05, sequencer_quiet_poll_s=60, sequencer_idle_s=60)
+    keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
+    keeper.start()
+    try:
+        await log.wait_for_peeks(5)  # 0.1, 0.2, 0.4, 0.8 s apart: the next one 1.6 s after this
+        log.statements.clear()
+        await _append_committed(audit_db, audit_clock, 1)
+        assert await _chained_within(audit_db, 10.0)
+        order = log.statements
+    finally:
+        await keeper.stop()
+    first_round = next(i for i, s in enumerate(order) if "audit_chain_head" in s)
+    assert not [s for s in order[:first_round] if "EXISTS" in s and "audit_inbox" in s]
+
+
+@pytest.mark.parametrize("db_kind", ["postgresql"], indirect=True)  # SQLite chains at once: no inbox
+async def test_a_woken_round_that_finds_the_chain_locked_looks_again_soon(
+    audit_db: AuditDb, audit_clock: ManualClock, audit_runtime: AuditRuntime
+) -> None:
+    """A second replica holds the chain lock when our entry's commit wakes the keeper: that round chains
+    nothing, and the keeper looks again at the quick interval rather than waiting out its quiet poll."""
+    log = StatementLog(audit_db)
+    runtime = _runtime(audit_runtime, sequencer_interval_s=0.05, sequencer_quiet_poll_s=60, sequencer_idle_s=60)
+    keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
+    keeper.start()
+    try:
+        await log.wait_for_peeks(5)  # quiet: the next peek is 1.6 s away, then 3.2 s
+        async with audit_db.factory() as other_replica:
+            assert await lock_chain_head(other_replica) is not None
+            rounds = len(log.rounds())
+            await _append_committed(audit_db, audit_clock, 1)
+            for _ in range(1000):  # the woken round, refused the lock
+                if len(log.rounds()) > rounds:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            assert await _queued(audit_db) > 0  # the woken round chained nothing
+            await other_replica.rollback()
+        assert await _chained_within(audit_db, 1.2)  # not at the quiet poll, 1.6 s or more away
+    finally:
+        await keeper.stop()
+
+
+async def _chained_within(audit_db: AuditDb, seconds: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        if await _queued(audit_db) == 0:
+            return True
+        await asyncio.sleep(0.02)
+    return await _queued(audit_db) == 0
 
 
 async def _queued(audit_db: AuditDb) -> int:
@@ -137,8 +234,11 @@ async def _queued(audit_db: AuditDb) -> int:
         return int((await session.execute(select(func.count()).select_from(INBOX))).scalar_one())
 
 
-async def _append_committed(audit_db: AuditDb, clock: ManualClock, n: int) -> None:
+async def _append_committed(audit_db: AuditDb, clock: ManualClock, n: int, *, wake: bool = True) -> None:
+    """`wake=False`: as another replica would, commit without waking this process's keeper."""
     async with audit_db.factory() as session:
         for step in example_steps(n, clock.now()):
             await append_step(session, clock, step)
+        if not wake:
+            discard_after_commit(session)
         await session.commit()
