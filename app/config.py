@@ -11,7 +11,7 @@ import inspect
 from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from app.access.saw.settings import SawSettings, refuse_local_saw_beside_production
 from app.access.settings import AccessSettings
@@ -24,6 +24,7 @@ from app.relay.settings import RelaySettings
 from app.relay.standin.settings import StandinSettings
 from app.resources.settings import ResourceSettings
 from app.retention.settings import RetentionSettings
+from app.secret_files import SecretFilesSource
 from app.server.settings import LogFormat, ServerSettings
 from app.storage.settings import StorageSettings
 from app.tickets.settings import ConsentSettings
@@ -43,9 +44,27 @@ class Settings(RelaySettings, StandinSettings, ConsentSettings, ResourceSettings
     A domain's flat knobs (`VOICELOG_RESOURCE_REFRESH_S`, ...) are declared by its settings model, inherited
     here so the variable names stay flat; nested ones (`VOICELOG_AUDIT__*`, ...) are fields below."""
 
-    model_config = SettingsConfigDict(env_prefix="VOICELOG_", env_nested_delimiter="__", extra="ignore")
+    # hide_input_in_errors: a value that fails validation may be a secret; the error names the setting only.
+    model_config = SettingsConfigDict(env_prefix="VOICELOG_", env_nested_delimiter="__", extra="ignore",
+                                      hide_input_in_errors=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment first, then the files of `VOICELOG_SECRETS_DIR` (app/secret_files.py)."""
+        return init_settings, env_settings, SecretFilesSource(settings_cls), dotenv_settings, file_secret_settings
 
     # --- where things live -------------------------------------------------------------------------
+    secrets_dir: Path | None = Field(
+        default=None,
+        description="A directory of files named like these variables (`VOICELOG_DATABASE_URL`, "
+        "`VOICELOG_AUDIT__SIGNING_KEY`, ...), each holding its value: secrets mounted by the CSI driver are read "
+        "from there and never copied into a Kubernetes Secret or the environment. A variable set in the "
+        "environment wins over its file. Environment only.",
+    )
     data_dir: Path = Field(
         default=Path(".voicelog"),
         description="Everything the embedded default writes: SQLite file, blob directories, keyring.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import signal
 import socket
@@ -41,11 +42,19 @@ def tail(log: Path) -> str:
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    async with serve_embedded(tmp_path) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def serve_embedded(tmp_path: Path, **extra_env: str
+                         ) -> AsyncIterator[tuple[subprocess.Popen[bytes], int, Path]]:
     """`voicelog serve`, once /readyz says so; its output goes to a file (a pipe nobody reads can fill up and
     stall the server) whose tail explains a start that fails or never finishes."""
     port = free_port()
     env = {**os.environ, "VOICELOG_DATA_DIR": str(tmp_path / "data"),
-           "VOICELOG_STANDIN_PORT": str(free_port()), "VOICELOG_RELAY_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S)}
+           "VOICELOG_STANDIN_PORT": str(free_port()), "VOICELOG_RELAY_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
+           **extra_env}
     env.pop("VOICELOG_DATABASE_URL", None)
     log = tmp_path / "serve.log"
     with log.open("wb") as sink:
@@ -132,3 +141,18 @@ async def test_sigterm_drains_live_sessions_then_closes_them_with_1001(
     assert closed.value.rcvd.code == 1001
     # uvicorn re-raises the captured SIGTERM once shut down, the conventional exit for it
     assert await asyncio.to_thread(proc.wait, 20) in (0, -signal.SIGTERM)
+
+
+async def test_serve_reads_its_secrets_from_the_secrets_dir(tmp_path: Path) -> None:
+    """As in a pod: the admin token is a file of the CSI mount, never an environment variable, and it is the
+    token /admin/* takes (none is generated into the data dir)."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "VOICELOG_ADMIN_TOKEN").write_text("token-from-the-vault\n")
+    async with serve_embedded(tmp_path, VOICELOG_SECRETS_DIR=str(secrets)) as (_, port, data_dir), \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        accepted = await client.get("/admin/resources", headers={"Authorization": "Bearer token-from-the-vault"})
+        refused = await client.get("/admin/resources", headers={"Authorization": "Bearer token-from-the-vaul"})
+    assert accepted.status_code == 200
+    assert refused.status_code == 401
+    assert not (data_dir / "admin-token").exists()

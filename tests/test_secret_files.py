@@ -1,0 +1,110 @@
+"""Settings read from a secrets directory (`VOICELOG_SECRETS_DIR`), as the CSI driver mounts Key Vault secrets."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.config import Settings
+from app.secret_files import MAX_FILE_BYTES, SecretsDirError
+
+MAC_KEY = base64.b64encode(b"k" * 32).decode()
+
+
+def csi_mount(root: Path, files: dict[str, str]) -> Path:
+    """The layout the Secrets Store CSI driver writes: the files in a timestamped directory behind `..data`,
+    and one symlink per object alias."""
+    stamp = root / "..2026_12_06_04_00_00.000000001"
+    stamp.mkdir(parents=True)
+    for name, value in files.items():
+        (stamp / name).write_text(value)
+    (root / "..data").symlink_to(stamp.name)
+    for name in files:
+        (root / name).symlink_to(Path("..data") / name)
+    return root
+
+
+@pytest.fixture
+def secrets_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in list(os.environ):
+        if name.startswith("VOICELOG_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_flat_and_nested_settings_come_from_files_named_like_their_variables(
+    tmp_path: Path, secrets_env: pytest.MonkeyPatch
+) -> None:
+    retired = json.dumps([{"key": base64.b64encode(b"r" * 32).decode(), "last_seq": 41}])
+    mount = csi_mount(tmp_path / "secrets", {
+        "VOICELOG_DATABASE_URL": "postgresql+asyncpg://voicelog_app:pw@db:5432/voicelog?ssl=require\n",
+        "VOICELOG_ADMIN_TOKEN": "admin-token-from-the-vault",
+        "VOICELOG_AUDIT__ENTRY_MAC_KEY": MAC_KEY + "\n",
+        "VOICELOG_AUDIT__RETIRED_ENTRY_MAC_KEYS": retired,
+        "README": "not a setting",
+    })
+    secrets_env.setenv("VOICELOG_SECRETS_DIR", str(mount))
+    settings = Settings()
+    assert settings.database_url == "postgresql+asyncpg://voicelog_app:pw@db:5432/voicelog?ssl=require"
+    assert settings.admin_token is not None
+    assert settings.admin_token.get_secret_value() == "admin-token-from-the-vault"
+    assert settings.audit.entry_mac_key is not None
+    assert settings.audit.entry_mac_key.get_secret_value() == MAC_KEY  # the trailing newline dropped
+    assert [k.last_seq for k in settings.audit.retired_entry_mac_keys] == [41]
+    assert settings.secrets_dir == mount
+
+
+def test_a_variable_in_the_environment_wins_over_its_file(tmp_path: Path, secrets_env: pytest.MonkeyPatch) -> None:
+    (tmp_path / "VOICELOG_ADMIN_TOKEN").write_text("from-the-file")
+    (tmp_path / "VOICELOG_AUDIT__CHECKPOINT_EVERY_ENTRIES").write_text("77")
+    secrets_env.setenv("VOICELOG_SECRETS_DIR", str(tmp_path))
+    secrets_env.setenv("VOICELOG_ADMIN_TOKEN", "from-the-environment")
+    settings = Settings()
+    assert settings.admin_token is not None
+    assert settings.admin_token.get_secret_value() == "from-the-environment"
+    assert settings.audit.checkpoint_every_entries == 77  # the file still counts where nothing overrides it
+
+
+def test_without_a_secrets_dir_nothing_is_read_from_files(tmp_path: Path, secrets_env: pytest.MonkeyPatch) -> None:
+    (tmp_path / "VOICELOG_ADMIN_TOKEN").write_text("never-read")
+    secrets_env.chdir(tmp_path)
+    assert Settings().admin_token is None
+
+
+@pytest.mark.parametrize("problem", ["missing", "a_file", "not_utf8", "too_large"])
+def test_an_unusable_secrets_dir_stops_start_up_naming_the_file_never_its_content(
+    tmp_path: Path, secrets_env: pytest.MonkeyPatch, problem: str
+) -> None:
+    directory = tmp_path / "secrets"
+    secret = b"s3cr3t-\xff-value" if problem == "not_utf8" else b"s3cr3t" * (MAX_FILE_BYTES // 6 + 1)
+    if problem == "a_file":
+        directory.write_text("s3cr3t")
+    elif problem in ("not_utf8", "too_large"):
+        directory.mkdir()
+        (directory / "VOICELOG_ADMIN_TOKEN").write_bytes(secret)
+    secrets_env.setenv("VOICELOG_SECRETS_DIR", str(directory))
+    with pytest.raises(SecretsDirError) as caught:
+        Settings()
+    message = str(caught.value)
+    assert str(directory) in message
+    assert "s3cr3t" not in message
+    if problem in ("not_utf8", "too_large"):
+        assert "VOICELOG_ADMIN_TOKEN" in message
+
+
+def test_a_value_that_fails_validation_is_named_never_echoed(tmp_path: Path, secrets_env: pytest.MonkeyPatch) -> None:
+    """A secret written into the wrong file (here the port's) must not reach the start-up error and the logs."""
+    (tmp_path / "VOICELOG_PORT").write_text("s3cr3t-token")
+    (tmp_path / "VOICELOG_AUDIT__CHECKPOINT_EVERY_ENTRIES").write_text("s3cr3t-key")
+    secrets_env.setenv("VOICELOG_SECRETS_DIR", str(tmp_path))
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    message = str(caught.value)
+    assert "port" in message
+    assert "audit.checkpoint_every_entries" in message
+    assert "s3cr3t" not in message
