@@ -28,15 +28,15 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from tests.deploy.test_bicep import DEPLOY, declarations, param_default, prop, resources, strip_comments
 from tests.deploy.test_helm_chart import CHART, chart_scope, render
 
-AUDIT_KEYS = {  # setting -> key of the synced Secret (the SecretProviderClass alias)
-    "VOICELOG_AUDIT__ENTRY_MAC_KEY": "audit-entry-mac-key",
-    "VOICELOG_AUDIT__RETIRED_ENTRY_MAC_KEYS": "audit-retired-entry-mac-keys",
-    "VOICELOG_AUDIT__SIGNING_KEY": "audit-signing-key",
-}
+AUDIT_KEYS = (  # settings mounted as files of the CSI volume, each file named after its setting (the alias)
+    "VOICELOG_AUDIT__ENTRY_MAC_KEY",
+    "VOICELOG_AUDIT__RETIRED_ENTRY_MAC_KEYS",
+    "VOICELOG_AUDIT__SIGNING_KEY",
+)
 ALIAS_VALUES = {  # alias -> (values key of the Key Vault secret name, values key of its pinned version)
-    "audit-entry-mac-key": ("auditEntryMacKeySecret", "auditEntryMacKeyVersion"),
-    "audit-retired-entry-mac-keys": ("auditRetiredEntryMacKeysSecret", "auditRetiredEntryMacKeysVersion"),
-    "audit-signing-key": ("auditSigningKeySecret", "auditSigningKeyVersion"),
+    "VOICELOG_AUDIT__ENTRY_MAC_KEY": ("auditEntryMacKeySecret", "auditEntryMacKeyVersion"),
+    "VOICELOG_AUDIT__RETIRED_ENTRY_MAC_KEYS": ("auditRetiredEntryMacKeysSecret", "auditRetiredEntryMacKeysVersion"),
+    "VOICELOG_AUDIT__SIGNING_KEY": ("auditSigningKeySecret", "auditSigningKeyVersion"),
 }
 APPENDER_DATA_ACTIONS = {
     "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read",
@@ -76,6 +76,10 @@ def provider_objects(spc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {entry["objectAlias"]: entry for entry in (yaml.safe_load(item) for item in array)}
 
 
+def container_env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
 def workloads(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     return {key: doc for key, doc in objects.items() if doc["kind"] in {"Deployment", "Job", "StatefulSet",
                                                                          "DaemonSet", "CronJob", "Pod"}}
@@ -84,26 +88,27 @@ def workloads(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[tuple[str,
 # --- the keys: one pair, from the secret store, in every pod ---------------------------------------------------
 
 
+def mounted_providers(pod: dict[str, Any]) -> dict[str, str]:
+    """The SecretProviderClasses a pod mounts, by mount path (of its one container)."""
+    (container,) = pod["containers"]
+    csi = {v["name"]: v["csi"]["volumeAttributes"]["secretProviderClass"] for v in pod["volumes"] if "csi" in v}
+    return {m["mountPath"]: csi[m["name"]] for m in container["volumeMounts"] if m["name"] in csi}
+
+
 def test_every_relay_pod_takes_both_audit_keys_from_the_secret_store(
     objects: dict[tuple[str, str], dict[str, Any]], values: dict[str, Any]
 ) -> None:
     pod = pod_spec(objects, "Deployment", "voicelog")
     (container,) = pod["containers"]
     env = {e["name"]: e for e in container["env"]}
-    for setting, key in AUDIT_KEYS.items():
-        assert env[setting]["valueFrom"]["secretKeyRef"] == {"name": "voicelog-secrets", "key": key}, setting
-        assert "value" not in env[setting]
-    # The synced Secret is the CSI driver's, from the SecretProviderClass the pod mounts.
+    # Files of the CSI mount the service reads as its secrets directory; never an environment variable, never a
+    # Kubernetes Secret.
+    assert not set(AUDIT_KEYS) & set(env)
+    assert mounted_providers(pod) == {env["VOICELOG_SECRETS_DIR"]["value"]: "voicelog-secrets"}
     spc = objects[("SecretProviderClass", "voicelog-secrets")]
-    (synced,) = spc["spec"]["secretObjects"]
-    assert synced["secretName"] == "voicelog-secrets"
-    assert {item["key"]: item["objectName"] for item in synced["data"]}.items() >= {
-        k: k for k in AUDIT_KEYS.values()}.items()
+    assert "secretObjects" not in spc["spec"]
     (csi,) = [v["csi"] for v in pod["volumes"] if "csi" in v]
     assert csi["driver"] == "secrets-store.csi.k8s.io"
-    assert csi["volumeAttributes"]["secretProviderClass"] == "voicelog-secrets"
-    mounted = {m["name"] for m in container["volumeMounts"]}
-    assert {v["name"] for v in pod["volumes"] if "csi" in v} <= mounted
     # From the secrets vault, by the names main.bicep writes, each at the version the values pin.
     found = provider_objects(spc)
     assert spc["spec"]["parameters"]["keyvaultName"] == values["secrets"]["keyVaultName"]
@@ -121,12 +126,14 @@ def test_the_keys_are_the_same_in_every_pod_and_nowhere_else(
     assert objects[("HorizontalPodAutoscaler", "voicelog")]["spec"]["scaleTargetRef"]["name"] == "voicelog"
     holders = []
     for key, doc in workloads(objects).items():
-        names = {e["name"] for c in doc["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
-        if names & set(AUDIT_KEYS):
+        pod = doc["spec"]["template"]["spec"]
+        names = {e["name"] for c in pod["containers"] for e in c.get("env", [])}
+        mounted = {alias for provider in mounted_providers(pod).values()
+                   for alias in provider_objects(objects[("SecretProviderClass", provider)])}
+        if (names | mounted) & set(AUDIT_KEYS):
             holders.append(key)
     assert holders == [("Deployment", "voicelog")]
-    assert not set(AUDIT_KEYS.values()) & set(provider_objects(objects[("SecretProviderClass",
-                                                                         "voicelog-migrate-secrets")]))
+    assert not set(AUDIT_KEYS) & set(provider_objects(objects[("SecretProviderClass", "voicelog-migrate-secrets")]))
     # Never a plain value in the chart's values, never the per-pod data directory's key file.
     plain = {e["name"] for e in values["relay"]["env"]}
     assert not plain & {*AUDIT_KEYS, "VOICELOG_AUDIT__SIGNING_KEY_DIR", "VOICELOG_AUDIT__CHECKPOINT_SINK"}
@@ -143,34 +150,47 @@ def test_the_rendered_environment_is_what_the_service_reads(
     objects: dict[tuple[str, str], dict[str, Any]], values: dict[str, Any], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The pod's environment, its Secret keys filled as the CSI driver would, goes through the service's own
-    settings: the Azure sink at the values' account and container, the configured MAC key and signing key, and no
-    key file made in the data directory."""
+    """The pod's environment and its secrets directory, filled as the CSI driver would (one file per alias), go
+    through the service's own settings: the Azure sink at the values' account and container, the configured MAC
+    key and signing key, and no key file made in the data directory."""
     from app.audit.entry_mac import build_entry_mac_keys, mac_key_id
     from app.audit.keys import StaticKeyring, build_keyring, key_id_for
     from app.config import Settings
 
     mac_key = secrets.token_bytes(32)
     signing = Ed25519PrivateKey.generate()
-    synced = {
-        "database-url": "postgresql+asyncpg://voicelog_app:pw@db.example.com:5432/voicelog?ssl=require",
-        "admin-token": secrets.token_urlsafe(32),
-        "audit-entry-mac-key": base64.b64encode(mac_key).decode(),
-        "audit-retired-entry-mac-keys": "[]",
-        "audit-signing-key": base64.b64encode(
+    in_vault = {
+        values["secrets"]["databaseUrlSecret"]:
+            "postgresql+asyncpg://voicelog_app:pw@db.example.com:5432/voicelog?ssl=require",
+        values["secrets"]["adminTokenSecret"]: secrets.token_urlsafe(32),
+        values["secrets"]["auditEntryMacKeySecret"]: base64.b64encode(mac_key).decode(),
+        values["secrets"]["auditRetiredEntryMacKeysSecret"]: "[]",
+        values["secrets"]["auditSigningKeySecret"]: base64.b64encode(
             signing.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())).decode(),
     }
-    (container,) = pod_spec(objects, "Deployment", "voicelog")["containers"]
+    pod = pod_spec(objects, "Deployment", "voicelog")
+    (container,) = pod["containers"]
     for name in list(os.environ):
         if name.startswith("VOICELOG_"):
             monkeypatch.delenv(name)
     data_dir = tmp_path / "data"
     for item in container["env"]:
-        value = synced[item["valueFrom"]["secretKeyRef"]["key"]] if "valueFrom" in item else item["value"]
-        monkeypatch.setenv(item["name"], value)
+        assert "valueFrom" not in item, item["name"]  # no secret passes through the environment
+        monkeypatch.setenv(item["name"], item["value"])
+    # The CSI mount: one file per Key Vault object, named by its alias; here in a temporary directory.
+    (mount_path, provider), = mounted_providers(pod).items()
+    assert container_env(container)["VOICELOG_SECRETS_DIR"] == mount_path
+    mount = tmp_path / "secrets"
+    mount.mkdir()
+    for alias, entry in provider_objects(objects[("SecretProviderClass", provider)]).items():
+        (mount / alias).write_text(in_vault[entry["objectName"]])
+    monkeypatch.setenv("VOICELOG_SECRETS_DIR", str(mount))
     monkeypatch.setenv("VOICELOG_DATA_DIR", str(data_dir))  # the pod's emptyDir, here a temporary one
 
     settings = Settings()
+    assert settings.database_url == in_vault[values["secrets"]["databaseUrlSecret"]]
+    assert settings.admin_token is not None
+    assert settings.admin_token.get_secret_value() == in_vault[values["secrets"]["adminTokenSecret"]]
     audit = settings.audit
     assert audit.checkpoint_sink == "azure"
     assert audit.checkpoint_blob_account_url == values["audit"]["checkpointBlobAccountUrl"]

@@ -226,10 +226,19 @@ def test_secrets_come_from_key_vault_through_workload_identity(
     objects_listed = yaml.safe_load(provider["parameters"]["objects"])["array"]
     aliases = {yaml.safe_load(item)["objectAlias"] for item in objects_listed}
     env = {e["name"]: e for e in container(objects)["env"]}
-    for name, key in (("VOICELOG_DATABASE_URL", "database-url"), ("VOICELOG_ADMIN_TOKEN", "admin-token")):
-        ref = env[name]["valueFrom"]["secretKeyRef"]
-        assert ref == {"name": "voicelog-secrets", "key": key}
-        assert key in aliases
+    # Files of the CSI mount, named after their settings, read as the secrets directory: no Kubernetes Secret is
+    # synced, and no secret is an environment variable.
+    assert {"VOICELOG_DATABASE_URL", "VOICELOG_ADMIN_TOKEN"} <= aliases
+    assert not {"VOICELOG_DATABASE_URL", "VOICELOG_ADMIN_TOKEN"} & set(env)
+    mounts = {m["name"]: m["mountPath"] for m in container(objects)["volumeMounts"]}
+    (csi_volume,) = [v["name"] for v in relay(objects)["spec"]["template"]["spec"]["volumes"] if "csi" in v]
+    assert env["VOICELOG_SECRETS_DIR"]["value"] == mounts[csi_volume]
+    for key, document in objects.items():
+        if key[0] == "SecretProviderClass":
+            assert "secretObjects" not in document["spec"], key
+        if key[0] in {"Deployment", "Job"}:
+            pod = document["spec"]["template"]["spec"]
+            assert not [e for c in pod["containers"] for e in c.get("env", []) if "valueFrom" in e], key
     assert not [e for e in env.values() if "value" in e and re.search(r"AccountKey=|password|://[^/]*:[^@/]*@",
                                                                        str(e["value"]), re.IGNORECASE)]
 
@@ -279,9 +288,13 @@ def test_chart_environment_is_valid_settings(objects: dict[tuple[str, str], dict
     for each in container(objects)["env"]:
         if "value" in each:
             monkeypatch.setenv(each["name"], each["value"])
-    monkeypatch.setenv("VOICELOG_DATABASE_URL", "postgresql+asyncpg://voicelog@db.example:5432/voicelog")
-    monkeypatch.setenv("VOICELOG_DATA_DIR", str(tmp_path))
+    secrets_dir = tmp_path / "secrets"  # the CSI mount's database URL, here a temporary directory
+    secrets_dir.mkdir()
+    (secrets_dir / "VOICELOG_DATABASE_URL").write_text("postgresql+asyncpg://voicelog@db.example:5432/voicelog")
+    monkeypatch.setenv("VOICELOG_SECRETS_DIR", str(secrets_dir))
+    monkeypatch.setenv("VOICELOG_DATA_DIR", str(tmp_path / "data"))
     settings = Settings()
+    assert not settings.embedded
     assert resolve_worker_count(settings, cpus=64) == int(env_of(objects)["VOICELOG_WORKERS"])  # never the node's
     assert settings.region_names == ["westeurope"]
     assert settings.regions[0].keyvault_url is not None
@@ -317,8 +330,10 @@ def test_migrations_connect_as_the_owner_role_and_the_relays_as_the_service_role
     job = objects[("Job", "voicelog-migrate")]["spec"]["template"]["spec"]
     (migrate,) = job["containers"]
     env = {e["name"]: e for e in migrate["env"]}
-    assert env["VOICELOG_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
-        "name": "voicelog-migrate-secrets", "key": "database-url"}
+    job_mounts = {m["name"]: m["mountPath"] for m in migrate["volumeMounts"]}
+    (job_csi,) = [v["name"] for v in job["volumes"] if "csi" in v]
+    assert env["VOICELOG_SECRETS_DIR"]["value"] == job_mounts[job_csi]
+    assert "VOICELOG_DATABASE_URL" not in env
     assert validate_role_name(env["VOICELOG_DATABASE_SERVICE_ROLE"]["value"]) == values["migration"]["serviceRole"]
     assert job["serviceAccountName"] == "voicelog-migrate"
     job_providers = {v["csi"]["volumeAttributes"]["secretProviderClass"] for v in job["volumes"] if "csi" in v}
@@ -328,10 +343,10 @@ def test_migrations_connect_as_the_owner_role_and_the_relays_as_the_service_role
     service_secret = values["secrets"]["databaseUrlSecret"]
     assert owner_secret != service_secret
     migration_provider = objects[("SecretProviderClass", "voicelog-migrate-secrets")]
-    assert secret_objects(migration_provider) == {"database-url": owner_secret}
+    assert secret_objects(migration_provider) == {"VOICELOG_DATABASE_URL": owner_secret}
     relay_provider = objects[("SecretProviderClass", "voicelog-secrets")]
     assert owner_secret not in secret_objects(relay_provider).values()
-    assert secret_objects(relay_provider)["database-url"] == service_secret
+    assert secret_objects(relay_provider)["VOICELOG_DATABASE_URL"] == service_secret
 
     pod = relay(objects)["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "voicelog"
