@@ -24,6 +24,14 @@ def after_commit(session: AsyncSession, step: Callable[[], None]) -> None:
     sync.info.setdefault(_AFTER_COMMIT, []).append(step)
 
 
+def after_commit_once(session: AsyncSession, step: Callable[[], None]) -> None:
+    """`after_commit`, unless `step` (the same function object) already waits on this transaction: a
+    transaction that queues many audit entries wakes their sequencer once."""
+    steps = session.sync_session.info.get(_AFTER_COMMIT, [])
+    if not any(waiting is step for waiting in steps):
+        after_commit(session, step)
+
+
 def discard_after_commit(session: AsyncSession) -> None:
     """Drop every step still waiting on `session`; whoever rolls back calls it, so none reaches a later commit."""
     session.sync_session.info.pop(_AFTER_COMMIT, None)

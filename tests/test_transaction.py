@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db import create_engine, create_session_factory
 from app.deps import get_session, settle_refusal
 from app.errors import AppError
-from app.transaction import after_commit, discard_after_commit
+from app.transaction import after_commit, after_commit_once, discard_after_commit
 
 
 @pytest.fixture
@@ -31,6 +31,24 @@ async def test_a_step_runs_after_the_commit(session_factory: async_sessionmaker[
         assert ran == []
         await session.commit()
     assert ran == ["step"]
+
+
+async def test_a_step_registered_once_runs_once_per_commit(session_factory: async_sessionmaker[AsyncSession]) -> None:
+    """As a transaction queuing many audit entries wakes the sequencer: once per commit, again for the next one."""
+    ran: list[str] = []
+
+    def step() -> None:
+        ran.append("step")
+
+    async with session_factory() as session:
+        for _ in range(3):
+            after_commit_once(session, step)
+        after_commit_once(session, lambda: ran.append("other"))
+        await session.commit()
+        assert ran == ["step", "other"]
+        after_commit_once(session, step)
+        await session.commit()
+    assert ran == ["step", "other", "step"]
 
 
 async def test_a_step_registered_on_a_fresh_session_does_not_survive_its_rollback(

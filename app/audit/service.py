@@ -45,7 +45,7 @@ from app.audit.models import AuditChainHead, AuditEntryRow, AuditInboxRow
 from app.audit.wake import entries_queued
 from app.clock import Clock
 from app.logs import get_logger
-from app.transaction import after_commit
+from app.transaction import after_commit_once
 
 log = get_logger("voicelog.audit")
 
@@ -206,7 +206,7 @@ async def append_entry(
     values["nonce"] = nonce.hex()
     values["writer_mac"] = None if mac is None else mac.inbox_mac(_content_bytes(values), nonce)
     inbox_id = (await session.execute(QUEUE_ENTRY, values)).scalar_one()
-    after_commit(session, entries_queued)  # this process's keeper chains it right after the commit
+    after_commit_once(session, entries_queued)  # this process's keeper chains it right after the commit
     return AuditEntry(recorded_at=recorded_at, actor=actor, action=action, subjects=subjects,
                       detail_json=detail_json, inbox_id=int(inbox_id), detail=json.loads(detail_json))
 

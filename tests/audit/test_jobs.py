@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -101,26 +104,37 @@ async def test_the_scheduled_verifier_publishes_its_findings(
     assert runtime.metrics.damage.labels(kind="reordered")._value.get() == 1  # type: ignore[attr-defined]
 
 
+QUIET = {"sequencer_idle_s": 60, "checkpoint_every_s": 60}  # no full round by time while a test watches
+
+
 class StatementLog:
-    """The statements sent through an engine, in order (the keeper's and the test's own)."""
+    """The statements sent through an engine, in order and timed (the keeper's and the test's own)."""
 
     def __init__(self, audit_db: AuditDb) -> None:
-        self.statements: list[str] = []
+        self.statements: list[tuple[float, str]] = []
         event.listen(audit_db.engine.sync_engine, "before_cursor_execute",
-                     lambda _c, _cur, statement, *_: self.statements.append(statement))
+                     lambda _c, _cur, statement, *_: self.statements.append((time.monotonic(), statement)))
 
-    def peeks(self) -> list[str]:
-        return [s for s in self.statements if "EXISTS" in s and "audit_inbox" in s]
+    @staticmethod
+    def is_peek(statement: str) -> bool:
+        return "EXISTS" in statement and "audit_inbox" in statement
 
-    def rounds(self) -> list[str]:
-        return [s for s in self.statements if "audit_chain_head" in s or "audit_checkpoints" in s]
+    @staticmethod
+    def is_round(statement: str) -> bool:
+        return "audit_chain_head" in statement or "audit_checkpoints" in statement
 
-    async def wait_for_peeks(self, count: int) -> None:
-        for _ in range(2000):
-            if len(self.peeks()) >= count:
+    def peeks(self) -> list[float]:
+        return [at for at, statement in self.statements if self.is_peek(statement)]
+
+    def rounds(self) -> list[float]:
+        return [at for at, statement in self.statements if self.is_round(statement)]
+
+    async def wait_for(self, what: Callable[[], list[float]], count: int) -> None:
+        for _ in range(4000):
+            if len(what()) >= count:
                 return
             await asyncio.sleep(0.005)
-        raise AssertionError(f"the keeper peeked {len(self.peeks())} times, expected {count}")
+        raise AssertionError(f"saw {len(what())} of {count} statements")
 
 
 async def test_an_idle_keeper_peeks_ever_more_slowly_and_only_on_postgresql(
@@ -130,24 +144,25 @@ async def test_an_idle_keeper_peeks_ever_more_slowly_and_only_on_postgresql(
     and while the inbox stays empty the peeks slow to `sequencer_quiet_poll_s`. SQLite chains each entry as
     it is written, so there nothing is polled at all."""
     log = StatementLog(audit_db)
-    runtime = _runtime(audit_runtime, sequencer_interval_s=0.02, sequencer_quiet_poll_s=0.16, sequencer_idle_s=60)
+    runtime = _runtime(audit_runtime, sequencer_interval_s=0.02, sequencer_quiet_poll_s=0.16, **QUIET)
     keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
     keeper.start()
     try:
-        for _ in range(1000):  # the first full round
-            if log.rounds():
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)  # its export, and the first quick peeks
+        await log.wait_for(log.rounds, 1)  # the first full round
+        if audit_db.kind == "postgresql":
+            await log.wait_for(log.peeks, 4)  # past the first quick peeks (0.02, 0.04, 0.08 s apart)
+        else:
+            await asyncio.sleep(0.3)  # the first round's export
         log.statements.clear()
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.5)
         idle = list(log.statements)
     finally:
         await keeper.stop()
-    peeks = [s for s in idle if "EXISTS" in s and "audit_inbox" in s]
-    assert not [s for s in idle if "audit_chain_head" in s or "audit_checkpoints" in s]
+    assert not [s for _, s in idle if StatementLog.is_round(s)]
     if audit_db.kind == "postgresql":
-        assert 4 <= len(peeks) <= 9  # every 0.16 s once quiet, not every 0.02 s (50 in a second)
+        peeks = [at for at, s in idle if StatementLog.is_peek(s)]
+        assert len(peeks) >= 3  # it kept polling...
+        assert min(b - a for a, b in itertools.pairwise(peeks)) >= 0.15  # ...every 0.16 s, not every 0.02 s
     else:
         assert idle == []
 
@@ -156,16 +171,16 @@ async def test_an_idle_keeper_peeks_ever_more_slowly_and_only_on_postgresql(
 async def test_an_entry_queued_elsewhere_is_chained_by_a_peek(
     audit_db: AuditDb, audit_clock: ManualClock, audit_runtime: AuditRuntime
 ) -> None:
-    """An entry whose commit woke no keeper here (another replica's, the CLI's) is found by the next peek,
-    long before the next full round."""
+    """An entry whose commit woke no keeper here (another replica's, the CLI's) is found by the next peek; no full
+    round is due for a minute."""
     log = StatementLog(audit_db)
-    runtime = _runtime(audit_runtime, sequencer_interval_s=0.02, sequencer_quiet_poll_s=0.1, sequencer_idle_s=60)
+    runtime = _runtime(audit_runtime, sequencer_interval_s=0.02, sequencer_quiet_poll_s=0.1, **QUIET)
     keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
     keeper.start()
     try:
-        await log.wait_for_peeks(3)
+        await log.wait_for(log.peeks, 3)
         await _append_committed(audit_db, audit_clock, 1, wake=False)
-        assert await _chained_within(audit_db, 10.0)  # a minute before the next full round
+        assert await _chained_within(audit_db, 10.0)
     finally:
         await keeper.stop()
 
@@ -177,19 +192,19 @@ async def test_an_entry_this_process_queued_wakes_a_quiet_keeper_at_its_commit(
     """The keeper has gone quiet (its next peek seconds away); an entry committed here is chained at once,
     before any peek could have found it."""
     log = StatementLog(audit_db)
-    runtime = _runtime(audit_runtime, sequencer_interval_s=0.05, sequencer_quiet_poll_s=60, sequencer_idle_s=60)
+    runtime = _runtime(audit_runtime, sequencer_interval_s=0.05, sequencer_quiet_poll_s=60, **QUIET)
     keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
     keeper.start()
     try:
-        await log.wait_for_peeks(5)  # 0.1, 0.2, 0.4, 0.8 s apart: the next one 1.6 s after this
+        await log.wait_for(log.peeks, 6)  # 0.1, 0.2, 0.4, 0.8, 1.6 s apart: the next one 3.2 s after this
         log.statements.clear()
         await _append_committed(audit_db, audit_clock, 1)
         assert await _chained_within(audit_db, 10.0)
-        order = log.statements
+        order = [s for _, s in log.statements]
     finally:
         await keeper.stop()
-    first_round = next(i for i, s in enumerate(order) if "audit_chain_head" in s)
-    assert not [s for s in order[:first_round] if "EXISTS" in s and "audit_inbox" in s]
+    first_round = next(i for i, s in enumerate(order) if StatementLog.is_round(s))
+    assert not [s for s in order[:first_round] if StatementLog.is_peek(s)]
 
 
 @pytest.mark.parametrize("db_kind", ["postgresql"], indirect=True)  # SQLite chains at once: no inbox
@@ -199,23 +214,20 @@ async def test_a_woken_round_that_finds_the_chain_locked_looks_again_soon(
     """A second replica holds the chain lock when our entry's commit wakes the keeper: that round chains
     nothing, and the keeper looks again at the quick interval rather than waiting out its quiet poll."""
     log = StatementLog(audit_db)
-    runtime = _runtime(audit_runtime, sequencer_interval_s=0.05, sequencer_quiet_poll_s=60, sequencer_idle_s=60)
+    runtime = _runtime(audit_runtime, sequencer_interval_s=0.05, sequencer_quiet_poll_s=60, **QUIET)
     keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
     keeper.start()
     try:
-        await log.wait_for_peeks(5)  # quiet: the next peek is 1.6 s away, then 3.2 s
+        await log.wait_for(log.peeks, 6)  # quiet: the next peek is 3.2 s away, then 6.4 s
         async with audit_db.factory() as other_replica:
             assert await lock_chain_head(other_replica) is not None
             rounds = len(log.rounds())
             await _append_committed(audit_db, audit_clock, 1)
-            for _ in range(1000):  # the woken round, refused the lock
-                if len(log.rounds()) > rounds:
-                    break
-                await asyncio.sleep(0.01)
+            await log.wait_for(log.rounds, rounds + 1)  # the woken round, refused the lock
             await asyncio.sleep(0.2)
             assert await _queued(audit_db) > 0  # the woken round chained nothing
             await other_replica.rollback()
-        assert await _chained_within(audit_db, 1.2)  # not at the quiet poll, 1.6 s or more away
+        assert await _chained_within(audit_db, 2.5)  # not at the quiet poll, 3 s or more away
     finally:
         await keeper.stop()
 
