@@ -4,8 +4,11 @@
 (`VOICELOG_DATABASE_URL`, `VOICELOG_AUDIT__SIGNING_KEY`, ...) and hold their values. They are read exactly as
 those variables would be, nested names included, so a secret never has to be copied into a Kubernetes Secret
 (etcd) or into the process environment (`/proc/<pid>/environ`, crash reports). A variable set in the
-environment wins over a file of the same name. Other names are ignored: the CSI driver keeps its own entries
-(`..data`, dot-files) beside the secrets.
+environment wins over a file of the same name. Names not starting with `VOICELOG_` are ignored (the CSI driver
+keeps its own entries, `..data` and dot-files, beside the secrets); a `VOICELOG_*` entry that names no setting,
+is not a readable file inside the directory, or is too large stops the start: a misspelt or missing secret
+must never leave a setting at its default (an audit key made in the pod instead of the configured one, C6).
+The files are read once, when the settings are built (each worker process at its start).
 """
 
 from __future__ import annotations
@@ -14,49 +17,72 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic_settings import BaseSettings, EnvSettingsSource
+from pydantic import BaseModel
+from pydantic_settings import EnvSettingsSource
 
 SECRETS_DIR_VARIABLE = "VOICELOG_SECRETS_DIR"
 PREFIX = "VOICELOG_"
+NESTED = "__"
 MAX_FILE_BYTES = 1024 * 1024  # far above any key, token or URL: a larger file is a mistake, not a secret
 
 
 class SecretsDirError(ValueError):
-    """The secrets directory is missing, unreadable or holds an unusable file; the message names the file,
+    """The secrets directory is missing, unreadable or holds an unusable entry; the message names the entry,
     never its content."""
 
 
 def read_secret_files(directory: Path) -> dict[str, str]:
-    """`{variable name: value}` for each `VOICELOG_*` regular file (symlinks followed, as the CSI driver links
-    them); one trailing newline is dropped, as `echo` and editors add it."""
+    """`{variable name: value}` for each `VOICELOG_*` entry: a regular file, or a symlink to one inside the
+    directory (as the CSI driver links them into `..data`); one trailing newline is dropped, as `echo` and
+    editors add it."""
     if not directory.is_dir():
         raise SecretsDirError(f"{SECRETS_DIR_VARIABLE}={directory} is not a directory")
-    values: dict[str, str] = {}
+    root = directory.resolve()
     try:
-        entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        names = sorted(entry.name for entry in os.scandir(directory) if entry.name.upper().startswith(PREFIX))
     except OSError as exc:
         raise SecretsDirError(f"{SECRETS_DIR_VARIABLE}={directory} cannot be listed: {exc.strerror}") from None
-    for entry in entries:
-        if not entry.name.upper().startswith(PREFIX) or not entry.is_file():
-            continue
-        path = Path(entry.path)
-        try:
-            if path.stat().st_size > MAX_FILE_BYTES:
-                raise SecretsDirError(f"{path} is larger than {MAX_FILE_BYTES} bytes")
-            text = path.read_bytes().decode()
-        except OSError as exc:
-            raise SecretsDirError(f"{path} cannot be read: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise SecretsDirError(f"{path} is not UTF-8 text") from None
-        values[entry.name] = text.removesuffix("\n").removesuffix("\r")
+    values: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for name in names:
+        if (other := seen.setdefault(name.upper(), name)) != name:
+            raise SecretsDirError(f"{directory}: {other} and {name} name the same setting")
+        values[name] = _read_one(directory / name, root)
     return values
+
+
+def _read_one(path: Path, root: Path) -> str:
+    target = path.resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise SecretsDirError(f"{path} is not a readable file inside the secrets directory")
+    try:
+        with target.open("rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SecretsDirError(f"{path} cannot be read: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise SecretsDirError(f"{path} is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise SecretsDirError(f"{path} is not UTF-8 text") from None
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+def names_a_setting(settings_cls: type[BaseModel], name: str) -> bool:
+    """Does `VOICELOG_<FIELD>` or `VOICELOG_<FIELD>__<SUBFIELD>...` name a field of `settings_cls`?"""
+    parts = name[len(PREFIX):].lower().split(NESTED)
+    model: type[BaseModel] | None = settings_cls
+    for part in parts:
+        if model is None or part not in model.model_fields:
+            return False
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return True
 
 
 class SecretFilesSource(EnvSettingsSource):
     """The files of `VOICELOG_SECRETS_DIR`, parsed as the environment is (prefix, `__` nesting, JSON values)."""
-
-    def __init__(self, settings_cls: type[BaseSettings]) -> None:
-        super().__init__(settings_cls)
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
         directory = os.environ.get(SECRETS_DIR_VARIABLE)
@@ -64,6 +90,8 @@ class SecretFilesSource(EnvSettingsSource):
             return {}
         values: dict[str, str | None] = {}
         for name, value in read_secret_files(Path(directory)).items():
+            if not names_a_setting(self.settings_cls, name):
+                raise SecretsDirError(f"{Path(directory) / name} names no setting")
             if self.env_ignore_empty and value == "":
                 continue
             none = self.env_parse_none_str is not None and value == self.env_parse_none_str

@@ -12,7 +12,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_IN_THE_RELAY = ("app.access", "app.audit", "app.identity", "app.tickets", "app.console")
-BASE = {"app", "app.config", "app.regions"}  # what app.config may load besides settings modules and packages
+# What app.config may load besides settings modules and packages: itself, the regions, and the source that
+# reads settings from the secrets directory (a leaf: it imports no other app module, checked below).
+BASE = {"app", "app.config", "app.regions", "app.secret_files"}
 
 
 def loaded_after(code: str) -> list[str]:
@@ -44,6 +46,7 @@ def test_config_loads_settings_modules_and_their_packages_only() -> None:
 
 
 def test_settings_modules_import_no_other_app_module() -> None:
+    assert sorted(set(loaded_after("import app.secret_files")) - {"app", "app.secret_files"}) == []
     for path in sorted((ROOT / "app").rglob("settings.py")):
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
         extra = set(loaded_after(f"import {module}")) - {module} - parents(module)

@@ -108,3 +108,37 @@ def test_a_value_that_fails_validation_is_named_never_echoed(tmp_path: Path, sec
     assert "port" in message
     assert "audit.checkpoint_every_entries" in message
     assert "s3cr3t" not in message
+
+
+def test_an_entry_that_names_no_setting_stops_start_up(tmp_path: Path, secrets_env: pytest.MonkeyPatch) -> None:
+    """A misspelt alias must not leave its setting at the default (an audit key made in the pod instead)."""
+    (tmp_path / "VOICELOG_AUDIT__ENTRY_MAC_KEYS").write_text(MAC_KEY)
+    secrets_env.setenv("VOICELOG_SECRETS_DIR", str(tmp_path))
+    with pytest.raises(SecretsDirError, match="VOICELOG_AUDIT__ENTRY_MAC_KEYS names no setting"):
+        Settings()
+
+
+@pytest.mark.parametrize("problem", ["broken_link", "link_outside", "directory", "same_name_twice"])
+def test_an_entry_that_is_not_a_file_of_the_directory_stops_start_up(
+    tmp_path: Path, secrets_env: pytest.MonkeyPatch, problem: str
+) -> None:
+    """What a missing CSI object or a planted link looks like: never silently skipped, never read from elsewhere."""
+    directory = tmp_path / "secrets"
+    directory.mkdir()
+    outside = tmp_path / "elsewhere"
+    outside.write_text("s3cr3t")
+    entry = directory / "VOICELOG_ADMIN_TOKEN"
+    if problem == "broken_link":
+        entry.symlink_to("..data/VOICELOG_ADMIN_TOKEN")
+    elif problem == "link_outside":
+        entry.symlink_to(outside)
+    elif problem == "directory":
+        entry.mkdir()
+    else:
+        entry.write_text("one")
+        (directory / "voicelog_admin_token").write_text("two")
+    secrets_env.setenv("VOICELOG_SECRETS_DIR", str(directory))
+    with pytest.raises(SecretsDirError) as caught:
+        Settings()
+    assert "VOICELOG_ADMIN_TOKEN" in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)

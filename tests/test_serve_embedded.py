@@ -52,10 +52,12 @@ async def serve_embedded(tmp_path: Path, **extra_env: str
     """`voicelog serve`, once /readyz says so; its output goes to a file (a pipe nobody reads can fill up and
     stall the server) whose tail explains a start that fails or never finishes."""
     port = free_port()
-    env = {**os.environ, "VOICELOG_DATA_DIR": str(tmp_path / "data"),
+    # The embedded defaults, whatever this machine's environment sets (a database, a token, a secrets directory).
+    inherited = {k: v for k, v in os.environ.items()
+                 if k not in {"VOICELOG_DATABASE_URL", "VOICELOG_ADMIN_TOKEN", "VOICELOG_SECRETS_DIR"}}
+    env = {**inherited, "VOICELOG_DATA_DIR": str(tmp_path / "data"),
            "VOICELOG_STANDIN_PORT": str(free_port()), "VOICELOG_RELAY_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
            **extra_env}
-    env.pop("VOICELOG_DATABASE_URL", None)
     log = tmp_path / "serve.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "app.cli_main", "serve", "--port", str(port)],

@@ -54,9 +54,9 @@ class AuditSettings(BaseModel):
     )
     sequencer_idle_s: float = Field(
         default=5.0, gt=0, le=300,
-        description="Between full sequencer rounds each poll is one cheap look at the inbox; a full round "
-        "(chain, sign a checkpoint due by time, export checkpoints signed elsewhere) runs when something is "
-        "queued and at least this often.",
+        description="A full sequencer round (chain, sign a checkpoint due by time, export checkpoints signed "
+        "elsewhere) runs when woken by an entry this process queued, when a poll finds one queued elsewhere, and "
+        "at least this often (and at least every `checkpoint_every_s`).",
     )
     sequencer_batch: int = Field(
         default=2000, ge=1, le=50_000, description="Most queued entries chained in one sequencer transaction."
@@ -137,6 +137,12 @@ class AuditSettings(BaseModel):
         "e.g. a Key Vault secret, shared by every replica, worker and CLI that writes audit entries. Unset: a "
         "0600 file `entry-mac.key` in the signing key directory, created on first use.",
     )
+    require_configured_keys: bool = Field(
+        default=False,
+        description="Refuse to start unless `entry_mac_key` and `signing_key` are set, instead of making keys "
+        "in the data directory: where several replicas share one chain (a deployment), a key made per pod "
+        "would make each pod's entries forged to the others. The Helm chart sets it.",
+    )
     retired_entry_mac_keys: list[RetiredEntryMacKey] = Field(
         default_factory=list,
         description="Previous (or not yet current) entry MAC keys (JSON list of `{\"key\": base64, \"last_seq\": "
@@ -215,6 +221,10 @@ class AuditSettings(BaseModel):
     def _consistent(self) -> AuditSettings:
         if self.working_hours_end <= self.working_hours_start:
             raise ValueError("working_hours_end must be after working_hours_start")
+        if self.require_configured_keys and (self.entry_mac_key is None or self.signing_key is None):
+            missing = [name for name in ("entry_mac_key", "signing_key") if getattr(self, name) is None]
+            raise ValueError(f"`require_configured_keys` is set but {' and '.join(missing)} is not: the keys come "
+                             "from the secrets vault, never from the data directory (docs/DEPLOY.md, Audit keys)")
         if self.signing_key is not None and self.signing_key_not_before is None:
             raise ValueError("`signing_key` needs `signing_key_not_before` (published on /audit/keys)")
         if self.checkpoint_every_minutes is not None and "checkpoint_every_s" in self.model_fields_set:

@@ -24,9 +24,10 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from pydantic import ValidationError
 
 from tests.deploy.test_bicep import DEPLOY, declarations, param_default, prop, resources, strip_comments
-from tests.deploy.test_helm_chart import CHART, chart_scope, render
+from tests.deploy.test_helm_chart import CHART, chart_scope, mounted_providers, render
 
 AUDIT_KEYS = (  # settings mounted as files of the CSI volume, each file named after its setting (the alias)
     "VOICELOG_AUDIT__ENTRY_MAC_KEY",
@@ -86,13 +87,6 @@ def workloads(objects: dict[tuple[str, str], dict[str, Any]]) -> dict[tuple[str,
 
 
 # --- the keys: one pair, from the secret store, in every pod ---------------------------------------------------
-
-
-def mounted_providers(pod: dict[str, Any]) -> dict[str, str]:
-    """The SecretProviderClasses a pod mounts, by mount path (of its one container)."""
-    (container,) = pod["containers"]
-    csi = {v["name"]: v["csi"]["volumeAttributes"]["secretProviderClass"] for v in pod["volumes"] if "csi" in v}
-    return {m["mountPath"]: csi[m["name"]] for m in container["volumeMounts"] if m["name"] in csi}
 
 
 def test_every_relay_pod_takes_both_audit_keys_from_the_secret_store(
@@ -204,6 +198,11 @@ def test_the_rendered_environment_is_what_the_service_reads(
     (published,) = keyring.public_keys().to_json()["keys"]
     assert published["key_id"] == key_id_for(signing.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
     assert not data_dir.exists() or not any(data_dir.rglob("*"))  # no per-pod key file, no export file
+
+    # A pod whose key did not arrive does not start; it never makes a key of its own.
+    (mount / "VOICELOG_AUDIT__SIGNING_KEY").unlink()
+    with pytest.raises(ValidationError, match=r"require_configured_keys.*signing_key"):
+        Settings()
 
 
 def test_the_anchor_is_the_regions_own_account(values: dict[str, Any]) -> None:

@@ -9,7 +9,9 @@ NetworkPolicy, workload identity, SAW client-certificate ingress.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -230,9 +232,8 @@ def test_secrets_come_from_key_vault_through_workload_identity(
     # synced, and no secret is an environment variable.
     assert {"VOICELOG_DATABASE_URL", "VOICELOG_ADMIN_TOKEN"} <= aliases
     assert not {"VOICELOG_DATABASE_URL", "VOICELOG_ADMIN_TOKEN"} & set(env)
-    mounts = {m["name"]: m["mountPath"] for m in container(objects)["volumeMounts"]}
-    (csi_volume,) = [v["name"] for v in relay(objects)["spec"]["template"]["spec"]["volumes"] if "csi" in v]
-    assert env["VOICELOG_SECRETS_DIR"]["value"] == mounts[csi_volume]
+    assert mounted_providers(relay(objects)["spec"]["template"]["spec"]) == {
+        env["VOICELOG_SECRETS_DIR"]["value"]: "voicelog-secrets"}
     for key, document in objects.items():
         if key[0] == "SecretProviderClass":
             assert "secretObjects" not in document["spec"], key
@@ -288,9 +289,11 @@ def test_chart_environment_is_valid_settings(objects: dict[tuple[str, str], dict
     for each in container(objects)["env"]:
         if "value" in each:
             monkeypatch.setenv(each["name"], each["value"])
-    secrets_dir = tmp_path / "secrets"  # the CSI mount's database URL, here a temporary directory
+    secrets_dir = tmp_path / "secrets"  # the CSI mount, here a temporary directory
     secrets_dir.mkdir()
     (secrets_dir / "VOICELOG_DATABASE_URL").write_text("postgresql+asyncpg://voicelog@db.example:5432/voicelog")
+    for key in ("VOICELOG_AUDIT__ENTRY_MAC_KEY", "VOICELOG_AUDIT__SIGNING_KEY"):  # the pod refuses to start without
+        (secrets_dir / key).write_text(base64.b64encode(os.urandom(32)).decode())
     monkeypatch.setenv("VOICELOG_SECRETS_DIR", str(secrets_dir))
     monkeypatch.setenv("VOICELOG_DATA_DIR", str(tmp_path / "data"))
     settings = Settings()
@@ -315,6 +318,13 @@ def test_migration_runs_as_a_pre_upgrade_hook_after_its_secrets(
         assert int(annotations["helm.sh/hook-weight"]) < job_weight
 
 
+def mounted_providers(pod: dict[str, Any]) -> dict[str, str]:
+    """The SecretProviderClasses a pod mounts, by mount path (of its one container)."""
+    (container,) = pod["containers"]
+    csi = {v["name"]: v["csi"]["volumeAttributes"]["secretProviderClass"] for v in pod["volumes"] if "csi" in v}
+    return {m["mountPath"]: csi[m["name"]] for m in container["volumeMounts"] if m["name"] in csi}
+
+
 def secret_objects(provider: dict[str, Any]) -> dict[str, str]:
     """A SecretProviderClass's Key Vault objects: alias -> Key Vault secret name."""
     listed = yaml.safe_load(provider["spec"]["parameters"]["objects"])["array"]
@@ -330,9 +340,7 @@ def test_migrations_connect_as_the_owner_role_and_the_relays_as_the_service_role
     job = objects[("Job", "voicelog-migrate")]["spec"]["template"]["spec"]
     (migrate,) = job["containers"]
     env = {e["name"]: e for e in migrate["env"]}
-    job_mounts = {m["name"]: m["mountPath"] for m in migrate["volumeMounts"]}
-    (job_csi,) = [v["name"] for v in job["volumes"] if "csi" in v]
-    assert env["VOICELOG_SECRETS_DIR"]["value"] == job_mounts[job_csi]
+    assert mounted_providers(job) == {env["VOICELOG_SECRETS_DIR"]["value"]: "voicelog-migrate-secrets"}
     assert "VOICELOG_DATABASE_URL" not in env
     assert validate_role_name(env["VOICELOG_DATABASE_SERVICE_ROLE"]["value"]) == values["migration"]["serviceRole"]
     assert job["serviceAccountName"] == "voicelog-migrate"
