@@ -26,6 +26,7 @@ from app.identity.settings import IdentitySettings
 from app.input_text import audit_form, checked_form_int, checked_prose, checked_single_line
 from app.main import create_app
 from app.tickets.models import Ticket
+from app.wiring import close_context
 from tests.fixtures.audit import audit_rows
 from tests.fixtures.identity import MintToken, bearer
 from tests.fixtures.relay import TEST_ADMIN_TOKEN
@@ -112,7 +113,7 @@ async def world(app_db_url: str, tmp_path: Path, identity_settings: IdentitySett
         yield World(client, app, tag, tenant, ticket["id"], ref, asked["id"], recordings[1], ticketing, engineer,
                     manager=bearer(mint_token(mona, [Role.MANAGER])),
                     auditor=bearer(mint_token(audrey, [Role.AUDITOR])), mint=mint_token)
-    await app.state.ctx.engine.dispose()
+    await close_context(app.state.ctx)
 
 
 def _problem(response: httpx.Response, status: int, code: str) -> None:

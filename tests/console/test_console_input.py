@@ -43,6 +43,7 @@ from app.main import create_app
 from app.models import Resource
 from app.tickets import service as tickets
 from app.tickets.schemas import ConsentCreate, TicketCreate
+from app.wiring import close_context
 from tests.fixtures.identity import MintToken
 from tests.fixtures.saw import app_settings
 
@@ -206,7 +207,7 @@ async def console(app_db_url: str, tmp_path: Path, identity_settings: IdentitySe
             made.client = client
             yield made
     finally:
-        await app.state.ctx.engine.dispose()
+        await close_context(app.state.ctx)
 
 
 def _path(template: str, values: dict[str, str], odd: tuple[str, str] | None = None) -> str:

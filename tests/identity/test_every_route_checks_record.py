@@ -32,6 +32,7 @@ from app.identity.settings import IdentitySettings
 from app.identity.staff import service as staff_service
 from app.identity.staff.schemas import StaffCreate
 from app.main import create_app
+from app.wiring import close_context
 from tests.fixtures.identity import MintToken, bearer
 from tests.fixtures.saw import app_settings
 
@@ -226,7 +227,7 @@ def concrete(path: str, tag: str) -> str:
 async def app(app_db_url: str, tmp_path: Path, identity_settings: IdentitySettings) -> AsyncIterator[FastAPI]:
     app = create_app(app_settings(tmp_path, app_db_url, identity=identity_settings))
     yield app
-    await app.state.ctx.engine.dispose()
+    await close_context(app.state.ctx)
 
 
 def test_every_route_says_what_it_needs(app: FastAPI) -> None:

@@ -16,6 +16,7 @@ from app.identity.principal import Role
 from app.identity.settings import IdentitySettings
 from app.identity.staff.deps import StaffEngineer, require_staff
 from app.main import create_app
+from app.wiring import close_context
 from tests.fixtures.identity import MintToken, bearer
 from tests.fixtures.relay import TEST_ADMIN_TOKEN
 from tests.fixtures.saw import app_settings, audit_records, include_staff_and_saw_routes
@@ -61,7 +62,7 @@ async def api(app_db_url: str, tmp_path: Path, identity_settings: IdentitySettin
 
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         yield Api(client, app, mint_token, uuid4().hex[:8])
-    await app.state.ctx.engine.dispose()
+    await close_context(app.state.ctx)
 
 
 async def test_admin_token_manages_teams_and_staff_and_every_change_is_audited(api: Api) -> None:

@@ -25,6 +25,7 @@ from app.identity.settings import IdentitySettings
 from app.identity.staff import service as staff_service
 from app.identity.staff.schemas import StaffCreate
 from app.main import create_app
+from app.wiring import close_context
 from tests.audit.scenario import append_and_chain, example_steps
 from tests.fixtures.identity import MintToken, bearer
 from tests.fixtures.relay import TEST_ADMIN_TOKEN
@@ -81,7 +82,7 @@ async def served(app_db_url: str, tmp_path: Path, identity_settings: IdentitySet
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://voicelog.test") as client:
         yield Served(app, client, mint_token, tag)
-    await app.state.ctx.engine.dispose()
+    await close_context(app.state.ctx)
 
 
 FORGED = {"x-voicelog-role": "auditor", "x-forwarded-user": "audrey", "x-remote-user": "audrey",

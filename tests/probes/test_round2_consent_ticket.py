@@ -23,6 +23,7 @@ from app.identity.settings import IdentitySettings
 from app.main import create_app
 from app.resources.schemas import ResourceCreate
 from app.resources.service import add_resource
+from app.wiring import close_context
 from tests.fixtures.identity import MintToken, bearer
 from tests.fixtures.saw import app_settings
 
@@ -77,7 +78,7 @@ async def world(app_db_url: str, tmp_path: Path, identity_settings: IdentitySett
             assert response.status_code == 201, response.text
             tickets[letter] = response.json()
         yield World(app, client, tag, admins, tickets)
-    await ctx.engine.dispose()
+    await close_context(ctx)
 
 
 def _shape(response: httpx.Response, *secrets: str) -> tuple[int, dict[str, Any]]:

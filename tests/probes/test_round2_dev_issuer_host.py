@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from app.identity.settings import IdentitySettings
 from app.main import create_app
+from app.wiring import close_context
 from tests.fixtures.saw import app_settings
 
 MINT = {"subject": "mallory", "roles": ["customer_admin"], "tenant": "demo-tenant"}
@@ -28,7 +29,7 @@ async def app(tmp_path: Path, identity_settings: IdentitySettings) -> AsyncItera
     made: FastAPI = create_app(app_settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'app.db'}",
                                             identity=identity_settings))
     yield made
-    await made.state.ctx.engine.dispose()
+    await close_context(made.state.ctx)
 
 
 async def _post_token(app: FastAPI, host: str) -> httpx.Response:

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from app.identity.principal import Role
 from app.identity.settings import IdentitySettings
 from app.main import create_app
+from app.wiring import close_context
 from tests.fixtures.identity import MintToken
 from tests.fixtures.saw import app_settings
 from tests.identity.test_every_route_checks_record import (
@@ -46,7 +47,7 @@ async def probe(app_db_url: str, tmp_path: Path, identity_settings: IdentitySett
     app: FastAPI = create_app(app_settings(tmp_path, app_db_url, identity=identity_settings))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://voicelog.test") as client:
         yield Probe(app, client, mint_token, uuid4().hex[:8])
-    await app.state.ctx.engine.dispose()
+    await close_context(app.state.ctx)
 
 
 async def test_the_new_routes_check_token_and_record(probe: Probe) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from app.config import Settings
 from app.main import create_app
+from app.wiring import close_context
 from tests.fixtures.audit import audit_rows
 from tests.fixtures.relay import TEST_ADMIN_TOKEN
 
@@ -85,7 +86,7 @@ async def test_admin_api_is_closed_when_no_token_is_configured(app_db_url: str, 
     app = create_app(settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         response = await client.get("/admin/resources", headers=ADMIN)
-    await app.state.ctx.engine.dispose()
+    await close_context(app.state.ctx)
     assert response.status_code == 403
     assert response.json()["code"] == "admin_disabled"
 

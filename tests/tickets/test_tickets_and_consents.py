@@ -27,6 +27,7 @@ from app.tickets import service
 from app.tickets.consent_cache import ConsentCache
 from app.tickets.models import Consent
 from app.tickets.states import ConsentEnding
+from app.wiring import close_context
 from tests.fixtures.identity import MintToken, bearer
 from tests.fixtures.relay import TEST_ADMIN_TOKEN
 
@@ -62,7 +63,7 @@ async def api(app_db_url: str, tmp_path: Path, identity_settings: IdentitySettin
                   customer=bearer(mint_token(f"admin@{tag}", [Role.CUSTOMER_ADMIN], tenant=tenant)),
                   engineer=bearer(mint_token("alice", [Role.ENGINEER])),
                   other_customer=bearer(mint_token("mallory", [Role.CUSTOMER_ADMIN], tenant="other-tenant")))
-    await app.state.ctx.engine.dispose()  # type: ignore[attr-defined]
+    await close_context(app.state.ctx)  # type: ignore[attr-defined]
 
 
 async def new_ticket(api: Api, engineers: list[str] | None = None) -> dict[str, object]:

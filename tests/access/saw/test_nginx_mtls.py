@@ -30,6 +30,7 @@ from app.identity.staff.service import create_staff
 from app.main import create_app
 from app.resources.schemas import ResourceCreate
 from app.resources.service import add_resource
+from app.wiring import close_context
 from tests.fixtures.identity import MintToken, bearer
 from tests.fixtures.relay import STANDIN_API_KEY, StandinHandle
 from tests.fixtures.saw import (
@@ -89,7 +90,7 @@ async def gateway(tmp_path: Path, migrated_databases: dict[str, str], identity_s
                 run_saw_nginx(tmp_path / "nginx", saw_pki, upstream_port=port) as nginx):
         yield Gateway(nginx, port, saw_pki, saws, alice=bearer(mint_token("alice", [Role.ENGINEER])),
                       bob=bearer(mint_token("bob", [Role.ENGINEER])))
-    await app.state.ctx.engine.dispose()
+    await close_context(app.state.ctx)
 
 
 async def test_a_valid_saw_certificate_reaches_voicelog_and_names_its_device(gateway: Gateway) -> None:

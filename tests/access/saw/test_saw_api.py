@@ -16,6 +16,7 @@ from app.access.saw.settings import SawSettings
 from app.identity.principal import Role
 from app.identity.settings import IdentitySettings
 from app.main import create_app
+from app.wiring import close_context
 from tests.fixtures.identity import MintToken, bearer
 from tests.fixtures.relay import TEST_ADMIN_TOKEN
 from tests.fixtures.saw import Issued, app_settings, audit_records, include_staff_and_saw_routes
@@ -62,7 +63,7 @@ async def api(app_db_url: str, tmp_path: Path, identity_settings: IdentitySettin
     app = build_app(app_db_url, tmp_path, identity_settings, saw_loopback_settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         yield Api(app, client, mint_token, uuid4().hex[:8], saw_device)
-    await app.state.ctx.engine.dispose()
+    await close_context(app.state.ctx)
 
 
 async def test_registering_binds_a_certificate_to_a_person_and_is_audited(api: Api) -> None:
@@ -220,7 +221,7 @@ async def test_without_saw_settings_no_request_is_from_a_saw(
         response = await api.me("alice", device, client=client)
 
     assert (response.status_code, response.json()["code"]) == (403, "saw_required")
-    await default.state.ctx.engine.dispose()
+    await close_context(default.state.ctx)
 
 
 async def test_whoami_needs_an_engineer_with_an_active_record(api: Api) -> None:
