@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.identity",
     "tests.fixtures.recording",
     "tests.fixtures.saw",
+    "tests.fixtures.environment",
 ]
 
 

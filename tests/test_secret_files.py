@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -29,16 +28,8 @@ def csi_mount(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
-@pytest.fixture
-def secrets_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in list(os.environ):
-        if name.startswith("VOICELOG_"):
-            monkeypatch.delenv(name)
-    return monkeypatch
-
-
 def test_flat_and_nested_settings_come_from_files_named_like_their_variables(
-    tmp_path: Path, secrets_env: pytest.MonkeyPatch
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
 ) -> None:
     retired = json.dumps([{"key": base64.b64encode(b"r" * 32).decode(), "last_seq": 41}])
     mount = csi_mount(tmp_path / "secrets", {
@@ -48,7 +39,7 @@ def test_flat_and_nested_settings_come_from_files_named_like_their_variables(
         "VOICELOG_AUDIT__RETIRED_ENTRY_MAC_KEYS": retired,
         "README": "not a setting",
     })
-    secrets_env.setenv("VOICELOG_SECRETS_DIR", str(mount))
+    clean_env.setenv("VOICELOG_SECRETS_DIR", str(mount))
     settings = Settings()
     assert settings.database_url == "postgresql+asyncpg://voicelog_app:pw@db:5432/voicelog?ssl=require"
     assert settings.admin_token is not None
@@ -59,26 +50,26 @@ def test_flat_and_nested_settings_come_from_files_named_like_their_variables(
     assert settings.secrets_dir == mount
 
 
-def test_a_variable_in_the_environment_wins_over_its_file(tmp_path: Path, secrets_env: pytest.MonkeyPatch) -> None:
+def test_a_variable_in_the_environment_wins_over_its_file(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
     (tmp_path / "VOICELOG_ADMIN_TOKEN").write_text("from-the-file")
     (tmp_path / "VOICELOG_AUDIT__CHECKPOINT_EVERY_ENTRIES").write_text("77")
-    secrets_env.setenv("VOICELOG_SECRETS_DIR", str(tmp_path))
-    secrets_env.setenv("VOICELOG_ADMIN_TOKEN", "from-the-environment")
+    clean_env.setenv("VOICELOG_SECRETS_DIR", str(tmp_path))
+    clean_env.setenv("VOICELOG_ADMIN_TOKEN", "from-the-environment")
     settings = Settings()
     assert settings.admin_token is not None
     assert settings.admin_token.get_secret_value() == "from-the-environment"
     assert settings.audit.checkpoint_every_entries == 77  # the file still counts where nothing overrides it
 
 
-def test_without_a_secrets_dir_nothing_is_read_from_files(tmp_path: Path, secrets_env: pytest.MonkeyPatch) -> None:
+def test_without_a_secrets_dir_nothing_is_read_from_files(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
     (tmp_path / "VOICELOG_ADMIN_TOKEN").write_text("never-read")
-    secrets_env.chdir(tmp_path)
+    clean_env.chdir(tmp_path)
     assert Settings().admin_token is None
 
 
 @pytest.mark.parametrize("problem", ["missing", "a_file", "not_utf8", "too_large"])
 def test_an_unusable_secrets_dir_stops_start_up_naming_the_file_never_its_content(
-    tmp_path: Path, secrets_env: pytest.MonkeyPatch, problem: str
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, problem: str
 ) -> None:
     directory = tmp_path / "secrets"
     secret = b"s3cr3t-\xff-value" if problem == "not_utf8" else b"s3cr3t" * (MAX_FILE_BYTES // 6 + 1)
@@ -87,7 +78,7 @@ def test_an_unusable_secrets_dir_stops_start_up_naming_the_file_never_its_conten
     elif problem in ("not_utf8", "too_large"):
         directory.mkdir()
         (directory / "VOICELOG_ADMIN_TOKEN").write_bytes(secret)
-    secrets_env.setenv("VOICELOG_SECRETS_DIR", str(directory))
+    clean_env.setenv("VOICELOG_SECRETS_DIR", str(directory))
     with pytest.raises(SecretsDirError) as caught:
         Settings()
     message = str(caught.value)
@@ -97,11 +88,11 @@ def test_an_unusable_secrets_dir_stops_start_up_naming_the_file_never_its_conten
         assert "VOICELOG_ADMIN_TOKEN" in message
 
 
-def test_a_value_that_fails_validation_is_named_never_echoed(tmp_path: Path, secrets_env: pytest.MonkeyPatch) -> None:
+def test_a_value_that_fails_validation_is_named_never_echoed(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
     """A secret written into the wrong file (here the port's) must not reach the start-up error and the logs."""
     (tmp_path / "VOICELOG_PORT").write_text("s3cr3t-token")
     (tmp_path / "VOICELOG_AUDIT__CHECKPOINT_EVERY_ENTRIES").write_text("s3cr3t-key")
-    secrets_env.setenv("VOICELOG_SECRETS_DIR", str(tmp_path))
+    clean_env.setenv("VOICELOG_SECRETS_DIR", str(tmp_path))
     with pytest.raises(ValidationError) as caught:
         Settings()
     message = str(caught.value)
@@ -110,17 +101,17 @@ def test_a_value_that_fails_validation_is_named_never_echoed(tmp_path: Path, sec
     assert "s3cr3t" not in message
 
 
-def test_an_entry_that_names_no_setting_stops_start_up(tmp_path: Path, secrets_env: pytest.MonkeyPatch) -> None:
+def test_an_entry_that_names_no_setting_stops_start_up(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
     """A misspelt alias must not leave its setting at the default (an audit key made in the pod instead)."""
     (tmp_path / "VOICELOG_AUDIT__ENTRY_MAC_KEYS").write_text(MAC_KEY)
-    secrets_env.setenv("VOICELOG_SECRETS_DIR", str(tmp_path))
+    clean_env.setenv("VOICELOG_SECRETS_DIR", str(tmp_path))
     with pytest.raises(SecretsDirError, match="VOICELOG_AUDIT__ENTRY_MAC_KEYS names no setting"):
         Settings()
 
 
 @pytest.mark.parametrize("problem", ["broken_link", "link_outside", "directory", "same_name_twice"])
 def test_an_entry_that_is_not_a_file_of_the_directory_stops_start_up(
-    tmp_path: Path, secrets_env: pytest.MonkeyPatch, problem: str
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, problem: str
 ) -> None:
     """What a missing CSI object or a planted link looks like: never silently skipped, never read from elsewhere."""
     directory = tmp_path / "secrets"
@@ -137,7 +128,7 @@ def test_an_entry_that_is_not_a_file_of_the_directory_stops_start_up(
     else:
         entry.write_text("one")
         (directory / "voicelog_admin_token").write_text("two")
-    secrets_env.setenv("VOICELOG_SECRETS_DIR", str(directory))
+    clean_env.setenv("VOICELOG_SECRETS_DIR", str(directory))
     with pytest.raises(SecretsDirError) as caught:
         Settings()
     assert "VOICELOG_ADMIN_TOKEN" in str(caught.value)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 import pytest
@@ -30,13 +31,21 @@ def _runtime(base: AuditRuntime, **settings: float) -> AuditRuntime:
     return AuditRuntime(AuditSettings(**values), base.keyring, base.sink, AuditMetrics(CollectorRegistry()))
 
 
+@contextlib.asynccontextmanager
+async def running_keeper(audit_db: AuditDb, clock: ManualClock, runtime: AuditRuntime) -> AsyncIterator[None]:
+    keeper = ChainKeeper(runtime, audit_db.factory, clock)
+    keeper.start()
+    try:
+        yield
+    finally:
+        await keeper.stop()
+
+
 async def test_the_keeper_chains_signs_and_exports_in_the_background(
     audit_db: AuditDb, audit_clock: ManualClock, audit_runtime: AuditRuntime
 ) -> None:
     runtime = _runtime(audit_runtime, sequencer_interval_s=0.02, sequencer_idle_s=0.1, checkpoint_every_entries=5)
-    keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
-    keeper.start()
-    try:
+    async with running_keeper(audit_db, audit_clock, runtime):
         for n in range(3):
             async with audit_db.factory() as session:
                 for step in example_steps(n, audit_clock.now()):
@@ -50,8 +59,6 @@ async def test_the_keeper_chains_signs_and_exports_in_the_background(
             if pending == 0 and checkpoints and len(await runtime.sink.read_all()) == len(checkpoints):
                 break
             await asyncio.sleep(0.02)
-    finally:
-        await keeper.stop()
     # stop() runs one last round, which may sign a checkpoint that fell due meanwhile: compare with what
     # the database holds after the keeper stopped, not with the snapshot taken while it was running.
     async with audit_db.factory() as session:
@@ -145,9 +152,7 @@ async def test_an_idle_keeper_peeks_ever_more_slowly_and_only_on_postgresql(
     it is written, so there nothing is polled at all."""
     log = StatementLog(audit_db)
     runtime = _runtime(audit_runtime, sequencer_interval_s=0.02, sequencer_quiet_poll_s=0.16, **QUIET)
-    keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
-    keeper.start()
-    try:
+    async with running_keeper(audit_db, audit_clock, runtime):
         await log.wait_for(log.rounds, 1)  # the first full round
         if audit_db.kind == "postgresql":
             await log.wait_for(log.peeks, 4)  # past the first quick peeks (0.02, 0.04, 0.08 s apart)
@@ -156,8 +161,6 @@ async def test_an_idle_keeper_peeks_ever_more_slowly_and_only_on_postgresql(
         log.statements.clear()
         await asyncio.sleep(1.5)
         idle = list(log.statements)
-    finally:
-        await keeper.stop()
     assert not [s for _, s in idle if StatementLog.is_round(s)]
     if audit_db.kind == "postgresql":
         peeks = [at for at, s in idle if StatementLog.is_peek(s)]
@@ -175,14 +178,10 @@ async def test_an_entry_queued_elsewhere_is_chained_by_a_peek(
     round is due for a minute."""
     log = StatementLog(audit_db)
     runtime = _runtime(audit_runtime, sequencer_interval_s=0.02, sequencer_quiet_poll_s=0.1, **QUIET)
-    keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
-    keeper.start()
-    try:
+    async with running_keeper(audit_db, audit_clock, runtime):
         await log.wait_for(log.peeks, 3)
         await _append_committed(audit_db, audit_clock, 1, wake=False)
         assert await _chained_within(audit_db, 10.0)
-    finally:
-        await keeper.stop()
 
 
 @pytest.mark.parametrize("db_kind", ["postgresql"], indirect=True)  # SQLite chains at once: no inbox
@@ -193,16 +192,12 @@ async def test_an_entry_this_process_queued_wakes_a_quiet_keeper_at_its_commit(
     before any peek could have found it."""
     log = StatementLog(audit_db)
     runtime = _runtime(audit_runtime, sequencer_interval_s=0.05, sequencer_quiet_poll_s=60, **QUIET)
-    keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
-    keeper.start()
-    try:
+    async with running_keeper(audit_db, audit_clock, runtime):
         await log.wait_for(log.peeks, 6)  # 0.1, 0.2, 0.4, 0.8, 1.6 s apart: the next one 3.2 s after this
         log.statements.clear()
         await _append_committed(audit_db, audit_clock, 1)
         assert await _chained_within(audit_db, 10.0)
         order = [s for _, s in log.statements]
-    finally:
-        await keeper.stop()
     first_round = next(i for i, s in enumerate(order) if StatementLog.is_round(s))
     assert not [s for s in order[:first_round] if StatementLog.is_peek(s)]
 
@@ -215,9 +210,7 @@ async def test_a_woken_round_that_finds_the_chain_locked_looks_again_soon(
     nothing, and the keeper looks again at the quick interval rather than waiting out its quiet poll."""
     log = StatementLog(audit_db)
     runtime = _runtime(audit_runtime, sequencer_interval_s=0.05, sequencer_quiet_poll_s=60, **QUIET)
-    keeper = ChainKeeper(runtime, audit_db.factory, audit_clock)
-    keeper.start()
-    try:
+    async with running_keeper(audit_db, audit_clock, runtime):
         await log.wait_for(log.peeks, 6)  # quiet: the next peek is 3.2 s away, then 6.4 s
         async with audit_db.factory() as other_replica:
             assert await lock_chain_head(other_replica) is not None
@@ -228,8 +221,6 @@ async def test_a_woken_round_that_finds_the_chain_locked_looks_again_soon(
             assert await _queued(audit_db) > 0  # the woken round chained nothing
             await other_replica.rollback()
         assert await _chained_within(audit_db, 2.5)  # not at the quiet poll, 3 s or more away
-    finally:
-        await keeper.stop()
 
 
 async def _chained_within(audit_db: AuditDb, seconds: float) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import secrets
 from pathlib import Path
@@ -142,7 +141,7 @@ def test_the_keys_are_the_same_in_every_pod_and_nowhere_else(
 
 def test_the_rendered_environment_is_what_the_service_reads(
     objects: dict[tuple[str, str], dict[str, Any]], values: dict[str, Any], tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    clean_env: pytest.MonkeyPatch,
 ) -> None:
     """The pod's environment and its secrets directory, filled as the CSI driver would (one file per alias), go
     through the service's own settings: the Azure sink at the values' account and container, the configured MAC
@@ -164,13 +163,10 @@ def test_the_rendered_environment_is_what_the_service_reads(
     }
     pod = pod_spec(objects, "Deployment", "voicelog")
     (container,) = pod["containers"]
-    for name in list(os.environ):
-        if name.startswith("VOICELOG_"):
-            monkeypatch.delenv(name)
     data_dir = tmp_path / "data"
     for item in container["env"]:
         assert "valueFrom" not in item, item["name"]  # no secret passes through the environment
-        monkeypatch.setenv(item["name"], item["value"])
+        clean_env.setenv(item["name"], item["value"])
     # The CSI mount: one file per Key Vault object, named by its alias; here in a temporary directory.
     (mount_path, provider), = mounted_providers(pod).items()
     assert container_env(container)["VOICELOG_SECRETS_DIR"] == mount_path
@@ -178,8 +174,8 @@ def test_the_rendered_environment_is_what_the_service_reads(
     mount.mkdir()
     for alias, entry in provider_objects(objects[("SecretProviderClass", provider)]).items():
         (mount / alias).write_text(in_vault[entry["objectName"]])
-    monkeypatch.setenv("VOICELOG_SECRETS_DIR", str(mount))
-    monkeypatch.setenv("VOICELOG_DATA_DIR", str(data_dir))  # the pod's emptyDir, here a temporary one
+    clean_env.setenv("VOICELOG_SECRETS_DIR", str(mount))
+    clean_env.setenv("VOICELOG_DATA_DIR", str(data_dir))  # the pod's emptyDir, here a temporary one
 
     settings = Settings()
     assert settings.database_url == in_vault[values["secrets"]["databaseUrlSecret"]]
