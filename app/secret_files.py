@@ -85,13 +85,14 @@ class SecretFilesSource(EnvSettingsSource):
     """The files of `VOICELOG_SECRETS_DIR`, parsed as the environment is (prefix, `__` nesting, JSON values)."""
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
-        directory = os.environ.get(SECRETS_DIR_VARIABLE)
-        if not directory:
+        named = os.environ.get(SECRETS_DIR_VARIABLE)
+        if not named:
             return {}
+        directory = Path(named)
         values: dict[str, str | None] = {}
-        for name, value in read_secret_files(Path(directory)).items():
+        for name, value in read_secret_files(directory).items():
             if not names_a_setting(self.settings_cls, name):
-                raise SecretsDirError(f"{Path(directory) / name} names no setting")
+                raise SecretsDirError(f"{directory / name} names no setting")
             if self.env_ignore_empty and value == "":
                 continue
             none = self.env_parse_none_str is not None and value == self.env_parse_none_str
