@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from app import migrate
+from app.config import Settings
 from app.identity.principal import Role
 from app.readiness import PROBE_EVERY_S
 from tests.fixtures.database import PG_HOST, PG_PORT, create_pg_database, drop_pg_database
@@ -132,8 +133,11 @@ async def test_api_routes_answer_a_hung_database_with_503_within_the_request_tim
 ) -> None:
     _name, url = private_pg
     routes = representative_routes(mint_token)
+    # The product's bound, not the loaded-machine one the test run sets (tests/conftest.py).
+    bound = Settings.model_fields["database_request_timeout_s"].default
     async with (proxied(url) as (proxy, proxied_url),
-                run_relay(relay_settings(tmp_path, proxied_url, identity=identity_settings)) as relay):
+                run_relay(relay_settings(tmp_path, proxied_url, identity=identity_settings,
+                                         database_request_timeout_s=bound)) as relay):
         assert (await answers(relay, routes[:1]))[0].status_code == 200
         proxy.frozen.set()
         assert_database_unavailable(await answers(relay, routes))
