@@ -44,7 +44,7 @@ from app.retention.jobs import JobContext, ScheduledJob
 from app.retention.routes import router as retention_router
 from app.retention.scheduler import build_scheduler
 from app.server.api_docs import include_api_docs
-from app.server.merged_metrics import merge_worker_metrics
+from app.server.merged_metrics import merge_worker_metrics, worker_exposition
 from app.server.siblings import SiblingEndpoint, WorkerSlot, WorkerStatus, worker_metrics, worker_statuses
 from app.storage.errors import StorageError
 from app.tickets.routes import router as tickets_router
@@ -138,7 +138,12 @@ def create_app(
     def own_metrics() -> bytes:
         return generate_latest(ctx.metrics.registry)
 
-    endpoint = None if siblings_of is None else SiblingEndpoint(siblings_of, metrics=own_metrics, status=own_status)
+    def own_worker_metrics() -> bytes:
+        assert siblings_of is not None  # noqa: S101 - only asked with siblings
+        return worker_exposition(ctx.metrics.registry, siblings_of.index)
+
+    endpoint = None if siblings_of is None else SiblingEndpoint(siblings_of, metrics=own_worker_metrics,
+                                                                status=own_status)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -251,11 +256,11 @@ def create_app(
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def metrics() -> Response:
         """This process's registry; with several worker processes, every worker's samples, labelled `worker`
-        (a worker that does not answer within 1 s is left out and counted in
+        (a worker that does not answer within 1 s, or whose answer is cut short, is left out and counted in
         `voicelog_metrics_worker_unreachable`)."""
         if siblings_of is None:
             return Response(own_metrics(), media_type=CONTENT_TYPE_LATEST)
-        merged = merge_worker_metrics(await worker_metrics(siblings_of, own_metrics()))
+        merged = merge_worker_metrics(await worker_metrics(siblings_of, own_worker_metrics()))
         return Response(merged, media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -25,6 +25,7 @@ from uuid import uuid4
 import httpx
 import psutil
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -39,7 +40,7 @@ from app.db import create_engine, create_session_factory
 from app.regions import RegionSettings
 from app.resources.schemas import ResourceCreate
 from app.resources.service import add_resource
-from app.server.merged_metrics import UNREACHABLE, merge_worker_metrics
+from app.server.merged_metrics import UNREACHABLE, merge_worker_metrics, worker_exposition
 from app.server.siblings import WorkerSlot, WorkerStatus, worker_statuses
 from app.server.workers import WorkerCountError, resolve_worker_count
 from tests.deploy.test_scale_out import (
@@ -436,13 +437,45 @@ def test_more_than_one_worker_on_sqlite_is_refused(tmp_path: Path, url: str | No
         resolve_worker_count(Settings(data_dir=tmp_path, database_url=url, workers=2), cpus=3)
 
 
-def test_a_worker_that_does_not_answer_is_left_out_of_metrics_and_counted() -> None:
-    own = "# HELP x_total Things.\n# TYPE x_total counter\nx_total{kind=\"a\"} 2.0\n"
-    merged = merge_worker_metrics({0: own, 1: None, 2: "x_total{kind= garbage"}).decode()
+def worker_registry(things: float) -> CollectorRegistry:
+    """A worker's registry with the three kinds of family and the characters the text format escapes (a quote, a
+    backslash, a newline, a brace and a line that looks like a family's start) in label values and help."""
+    registry = CollectorRegistry()
+    counter = Counter("x", "Things.\n# HELP fake line", ["kind"], registry=registry)
+    counter.labels('a "b" \\ }\n# HELP x_total 1').inc(things)
+    Gauge("y_open", "Open things.", registry=registry).set(things + 1)
+    Histogram("z_seconds", "Delays.", buckets=(0.1, 1.0), registry=registry).observe(things / 10)
+    return registry
+
+
+def test_workers_expositions_merge_into_one_that_parses_with_every_sample_labelled_once() -> None:
+    merged = merge_worker_metrics({index: worker_exposition(worker_registry(index + 2.0), index)
+                                   for index in (0, 1)}).decode()
     families = {f.name: f for f in text_string_to_metric_families(merged)}
-    assert [(s.name, s.labels, s.value) for s in families["x"].samples] == [
-        ("x_total", {"kind": "a", "worker": "0"}, 2.0)]
-    assert {s.labels["worker"]: s.value for s in families[UNREACHABLE].samples} == {"0": 0.0, "1": 1.0, "2": 1.0}
+    assert [(s.labels["worker"], s.labels["kind"], s.value) for s in families["x"].samples
+            if s.name == "x_total"] == [("0", 'a "b" \\ }\n# HELP x_total 1', 2.0),
+                                         ("1", 'a "b" \\ }\n# HELP x_total 1', 3.0)]
+    assert families["x"].documentation == "Things.\n# HELP fake line"
+    assert [(s.labels, s.value) for s in families["y_open"].samples] == [({"worker": "0"}, 3.0),
+                                                                        ({"worker": "1"}, 4.0)]
+    assert {(s.name, s.labels["worker"]) for s in families["z_seconds"].samples} >= {
+        ("z_seconds_count", "0"), ("z_seconds_count", "1"), ("z_seconds_sum", "0"), ("z_seconds_sum", "1")}
+    heads = [line.split()[2] for line in merged.splitlines() if line.startswith(("# HELP ", "# TYPE "))]
+    assert len(heads) == 2 * len(set(heads))  # one HELP and one TYPE per family, however many workers
+    assert "# EOF" not in merged
+    assert {s.labels["worker"]: s.value for s in families[UNREACHABLE].samples} == {"0": 0.0, "1": 0.0}
+
+
+def test_a_worker_that_does_not_answer_or_answers_torn_is_left_out_of_metrics_and_counted() -> None:
+    torn = worker_exposition(worker_registry(5.0), 3)
+    cut_after_a_line = torn[: torn.index(b"\n", len(torn) // 2) + 1]
+    answers = {0: worker_exposition(worker_registry(2.0), 0), 1: None, 2: torn[: len(torn) // 2],
+               3: cut_after_a_line, 4: b"x_total{kind= garbage"}
+    merged = merge_worker_metrics(answers).decode()
+    families = {f.name: f for f in text_string_to_metric_families(merged)}
+    assert [(s.labels["worker"], s.value) for s in families["x"].samples if s.name == "x_total"] == [("0", 2.0)]
+    assert {s.labels["worker"]: s.value for s in families[UNREACHABLE].samples} == {
+        "0": 0.0, "1": 1.0, "2": 1.0, "3": 1.0, "4": 1.0}
 
 
 async def test_readyz_reports_a_worker_without_a_socket_as_unreachable(tmp_path: Path) -> None:

@@ -1,53 +1,99 @@
 """One Prometheus exposition for every worker of a pod (issue 17): a scrape through the shared port reaches one
-worker, so its /metrics carries its siblings' samples too, each labelled with the worker that made it."""
+worker, so its /metrics carries its siblings' samples too, each labelled with the worker that made it.
+
+Each worker renders its own samples with its `worker` label (`worker_exposition`), and the worker that was
+scraped only regroups the rendered lines by family. It never parses an exposition: prometheus_client's parser
+is pure Python, and parsing two workers' texts held the scraped worker's event loop, and every call it relays,
+for about 17 ms per scrape (docs/ARCHITECTURE.md, "Metrics of several workers").
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from prometheus_client import Metric, generate_latest
+from prometheus_client import CollectorRegistry, Metric, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily
-from prometheus_client.parser import text_string_to_metric_families
 
 WORKER_LABEL = "worker"
 UNREACHABLE = "voicelog_metrics_worker_unreachable"
+END = b"# EOF\n"
+"""The last line of a worker's exposition: an answer that does not end with it was torn (a sibling that died or
+was cut off mid-answer) and counts as missing. Never part of a scrape's answer."""
+_HELP = b"# HELP "
+_TYPE = b"# TYPE "
 
 
 @dataclass(frozen=True)
-class _Families:
-    """A collector of families already made, so prometheus_client renders them (suffixes, escaping, HELP/TYPE)."""
+class _Labelled:
+    """A registry's families with one more label on every sample, so prometheus_client renders them (suffixes,
+    escaping, HELP/TYPE) as it renders the registry itself."""
 
-    families: list[Metric]
+    registry: CollectorRegistry
+    worker: str
 
     def collect(self) -> Iterable[Metric]:
-        return self.families
+        extra = {WORKER_LABEL: self.worker}
+        for family in self.registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [s._replace(labels={**s.labels, **extra}) for s in family.samples]
+            yield labelled
 
 
-def _parsed(text: str) -> list[Metric] | None:
-    try:
-        return list(text_string_to_metric_families(text))
-    except ValueError:  # a torn answer is a missing one
+def worker_exposition(registry: CollectorRegistry, worker: int) -> bytes:
+    """This worker's samples, labelled `worker`, ending with `END`: its answer to a sibling, and its own part of
+    the scrape it answers."""
+    return generate_latest(_Labelled(registry, str(worker))) + END
+
+
+def _families(text: bytes | None) -> list[tuple[bytes, bytes, bytes]] | None:
+    """`(name, HELP and TYPE lines, sample lines)` per family of a worker's exposition, or None if it is missing
+    or torn. Blocks are found by their `# HELP ` line, which prometheus_client writes first for every family."""
+    if text is None or not text.endswith(END):
         return None
+    body = text[: -len(END)]
+    if not body:
+        return []
+    if not body.startswith(_HELP):
+        return None
+    families = []
+    for i, part in enumerate(body.split(b"\n" + _HELP)):
+        block = part if i == 0 else _HELP + part
+        if not block.endswith(b"\n"):
+            block += b"\n"  # the newline the split took
+        help_end = block.find(b"\n") + 1
+        type_end = block.find(b"\n", help_end) + 1
+        if not type_end or not block.startswith(_TYPE, help_end):
+            return None
+        name = block[len(_HELP): block.find(b" ", len(_HELP))]
+        families.append((name, block[:type_end], block[type_end:]))
+    return families
 
 
-def merge_worker_metrics(texts: Mapping[int, str | None]) -> bytes:
-    """Every worker's samples with a `worker` label, one HELP/TYPE per family in first-seen order. A worker
-    without text (None) or with text that does not parse is left out and is 1 in `UNREACHABLE`."""
-    merged: dict[str, Metric] = {}
+def merge_worker_metrics(texts: Mapping[int, bytes | None]) -> bytes:
+    """Every worker's exposition (`worker_exposition`; None: it did not answer) as one, one HELP/TYPE per family
+    in first-seen order, each family's samples worker by worker. A worker without an answer, or whose answer was
+    torn, is left out and is 1 in `UNREACHABLE`."""
+    merged: dict[bytes, list[bytes]] = {}
     missing: dict[int, bool] = {}
     for index, text in sorted(texts.items()):
-        families = None if text is None else _parsed(text)
+        families = _families(text)
         missing[index] = families is None
-        for family in families or []:
-            into = merged.get(family.name)
-            if into is None:
-                into = merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
-            label = str(index)
-            into.samples.extend(s._replace(labels={**s.labels, WORKER_LABEL: label}) for s in family.samples)
+        for name, head, samples in families or []:
+            merged.setdefault(name, [head]).append(samples)
     unreachable = GaugeMetricFamily(
         UNREACHABLE, "1 for a worker of this pod whose metrics this scrape could not fetch (its samples are "
         "missing from it), 0 for one that answered.", labels=[WORKER_LABEL])
     for index, absent in missing.items():
         unreachable.add_metric([str(index)], 1.0 if absent else 0.0)
-    return generate_latest(_Families([*merged.values(), unreachable]))
+    return b"".join(b"".join(parts) for parts in merged.values()) + generate_latest(_Families([unreachable]))
+
+
+@dataclass(frozen=True)
+class _Families:
+    """A collector of families already made."""
+
+    families: list[Metric]
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families

@@ -140,9 +140,8 @@ def _parse_status(index: int, answer: bytes | None) -> WorkerStatus:
         return WorkerStatus.unreachable(index)
 
 
-async def worker_metrics(slot: WorkerSlot, own: bytes) -> dict[int, str | None]:
-    """Every worker's exposition text by index (None: it did not answer), this one's rendered directly."""
-    texts: dict[int, str | None] = {slot.index: own.decode()}
-    for index, answer in (await ask_siblings(slot, "metrics", METRICS_TIMEOUT_S)).items():
-        texts[index] = None if answer is None else answer.decode(errors="replace")
+async def worker_metrics(slot: WorkerSlot, own: bytes) -> dict[int, bytes | None]:
+    """Every worker's exposition by index (None: it did not answer), this one's rendered directly."""
+    texts: dict[int, bytes | None] = {slot.index: own}
+    texts.update(await ask_siblings(slot, "metrics", METRICS_TIMEOUT_S))
     return dict(sorted(texts.items()))
