@@ -11,7 +11,9 @@ process is ever up.
 
 For each plane and mode it prints round-trip p50/p99, the p99 of the steady state (frames sent after each
 session's first 2 s, so the burst of sessions starting is left out), the relay's CPU seconds per
-session-minute, the recorder's backlog (bytes held in memory) during the run, which must not grow, the relay
+session-minute over the whole run and in the steady state (`STEADY_CPU_FROM_S`: every recording started, none
+ended; calls last minutes, and the whole-run figure overweights what a session costs once), the recorder's
+backlog (bytes held in memory) during the run, which must not grow, the relay
 process's peak RSS, and how often its event loop was more than 10 ms and 50 ms late
 (`voicelog_event_loop_lag_seconds` from `/metrics`, a 100 ms timer). Then, per plane, what recording adds
 (p99, steady p99, CPU ratio), the backlog 3 s after the run (which must be back to 0) and the bytes sealed in
@@ -147,21 +149,24 @@ def measure_plane(plane: str, env: dict[str, str], port: int, work: Path,
             watcher.join()
             lag_after = loop_lag_buckets(port)
             results[mode] = result
-            cpu = result.cpu_s / (args.sessions * args.seconds / 60)
+            cpu = result.cpu_per_session_min(args.sessions, args.seconds)
             print(f"{plane:>6} {mode:>9} {result.pct(0.5):>7.2f}ms {result.pct(0.99):>7.2f}ms "
-                  f"{result.steady_pct(0.99):>8.2f}ms {cpu:>18.3f} {peak[0] / 1024:>9.0f} KiB "
+                  f"{result.steady_pct(0.99):>8.2f}ms {cpu:>18.3f} "
+                  f"{result.steady_cpu_per_session_min(args.sessions):>11.3f} {peak[0] / 1024:>9.0f} KiB "
                   f"{peak[1] / 2**20:>10.0f} MiB {late_share(lag_before, lag_after, 0.01):>13} "
                   f"{late_share(lag_before, lag_after, 0.05):>13}", flush=True)
             time.sleep(3)
         plain, recorded = results["plain"], results["recorded"]
         cpu_ratio = recorded.cpu_s / plain.cpu_s if plain.cpu_s else math.nan
+        steady_ratio = recorded.steady_cpu_s / recorded.steady_window_s / (plain.steady_cpu_s / plain.steady_window_s)
         time.sleep(3)  # the last sessions' final segments are appended within a tick or two of their end
         stored = sum(p.stat().st_size for p in (work / plane / "blobs").rglob("*") if p.is_file())
         backlog_after = backlog_bytes(port)
         recorded_minutes = (args.sessions * args.seconds + WARM_UP_S) / 60
         print(f"{plane:>6} recording adds: p99 {recorded.pct(0.99) - plain.pct(0.99):+.2f} ms, steady p99 "
               f"{recorded.steady_pct(0.99) - plain.steady_pct(0.99):+.2f} ms, "
-              f"CPU x{cpu_ratio:.2f} ({(cpu_ratio - 1) * 100:+.0f}%); "
+              f"CPU x{cpu_ratio:.2f} ({(cpu_ratio - 1) * 100:+.0f}%), steady CPU x{steady_ratio:.2f} "
+              f"({(steady_ratio - 1) * 100:+.0f}%); "
               f"backlog after the run: {backlog_after / 1024:.0f} KiB; "
               f"stored: {stored / 1024 / 1024:.1f} MiB sealed in the local store, "
               f"{stored / recorded_minutes / 2**20:.2f} MiB per recorded session-minute (the raw pcm16 audio both "
@@ -204,7 +209,7 @@ def main() -> None:
               f"worker process(es) each, "
               f"started for its own runs only" + (f"; baseline: {args.baseline}" if args.baseline else ""))
         print(f"{'plane':>6} {'mode':>9} {'rtt p50':>8} {'rtt p99':>8} {'steady p99':>10} {'cpu s/session-min':>18} "
-              f"{'backlog max':>12} {'relay RSS max':>14} {'loop >10 ms':>13} {'loop >50 ms':>13}")
+              f"{'steady cpu':>11} {'backlog max':>12} {'relay RSS max':>14} {'loop >10 ms':>13} {'loop >50 ms':>13}")
         results: dict[str, dict[str, Result]] = {}
         for label, _, root in variants:
             env, port = setups[label]
@@ -222,12 +227,17 @@ def main() -> None:
             for mode in MODES:
                 old, new = base[mode], this[mode]
                 ratio = new.cpu_s / old.cpu_s if old.cpu_s else math.nan
-                print(f"  {mode:>9}: CPU x{ratio:.2f}, p99 {new.pct(0.99) - old.pct(0.99):+.2f} ms, steady p99 "
+                steady = (new.steady_cpu_s / new.steady_window_s) / (old.steady_cpu_s / old.steady_window_s)
+                print(f"  {mode:>9}: CPU x{ratio:.2f}, steady CPU x{steady:.2f}, p99 "
+                      f"{new.pct(0.99) - old.pct(0.99):+.2f} ms, steady p99 "
                       f"{new.steady_pct(0.99) - old.steady_pct(0.99):+.2f} ms", flush=True)
             for name, result in (("base", base), ("this", this)):
                 plain, recorded = result["plain"], result["recorded"]
                 added = recorded.cpu_s / plain.cpu_s if plain.cpu_s else math.nan
-                print(f"  recording adds ({name}): CPU {(added - 1) * 100:+.0f}%, p99 "
+                steady_added = ((recorded.steady_cpu_s / recorded.steady_window_s)
+                                / (plain.steady_cpu_s / plain.steady_window_s))
+                print(f"  recording adds ({name}): CPU {(added - 1) * 100:+.0f}%, steady CPU "
+                      f"{(steady_added - 1) * 100:+.0f}%, p99 "
                       f"{recorded.pct(0.99) - plain.pct(0.99):+.2f} ms, steady p99 "
                       f"{recorded.steady_pct(0.99) - plain.steady_pct(0.99):+.2f} ms", flush=True)
     finally:

@@ -25,7 +25,8 @@ its own measurement: started, its port and `/readyz` awaited, warmed up with one
 measured, stopped with SIGTERM; so only one voicelog process is ever up, and each measurement has a fresh one.
 
 For each path it prints the round-trip p50/p99, the latency added over the direct path, frames lost and the
-proxy's CPU seconds per session-minute (the process and its children); for each voicelog measurement also
+proxy's CPU seconds per session-minute (the process and its children), over the whole run and in the steady
+state (`STEADY_CPU_FROM_S`); for each voicelog measurement also
 the event loop lag voicelog reported during it (`voicelog_event_loop_lag_seconds` from `/metrics`, a
 100 ms timer, scraped before and after the run): timer firings more than 10 ms and 50 ms late out of all,
 and the largest lag to the histogram's bucket resolution ('<=25ms'). After the table, a ratios block: for
@@ -212,6 +213,11 @@ def worst_lag(before: dict[float, float], after: dict[float, float]) -> str:
 
 
 WARMUP_FRAMES = 2000 // FRAME_MS  # a session's first 2 s: its own set-up, and the other sessions' starting
+STEADY_CPU_FROM_S = 4.0
+"""The steady-state CPU window opens this long after the load starts (every session and recording started: a
+worker starts at most 50 recordings a second) and closes 0.5 s before the first session's last frame, so neither
+the starting burst nor the sessions' ends (recordings' final seals, rows closed) are in it. Calls last minutes,
+not the run's seconds: the whole-run figure overweights what each session costs once."""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -227,6 +233,14 @@ class Result:
     frames_lost: int
     cpu_s: float
     steady_ms: list[float]  # only frames sent after each session's first WARMUP_FRAMES
+    steady_cpu_s: float = math.nan  # CPU seconds within the steady window (STEADY_CPU_FROM_S)
+    steady_window_s: float = math.nan
+
+    def cpu_per_session_min(self, sessions: int, seconds: float) -> float:
+        return self.cpu_s / (sessions * seconds / 60)
+
+    def steady_cpu_per_session_min(self, sessions: int) -> float:
+        return self.steady_cpu_s / (sessions * self.steady_window_s / 60)
 
     def pct(self, q: float) -> float:
         return percentile(self.rtts_ms, q)
@@ -305,12 +319,26 @@ def run_load(url: str, sessions: int, seconds: float, proxy: psutil.Process | No
         steady: list[float] = []
         counts = [0, 0]
         cpu0 = cpu_by_pid(proxy) if proxy else {}
-        await asyncio.gather(*(one_session(url, seconds, rtts, counts, i * FRAME_MS / 1000 / max(1, sessions),
-                                           steady) for i in range(sessions)))
+        window = [math.nan, math.nan]  # steady CPU seconds, window length
+
+        async def steady_window() -> None:
+            if proxy is None or seconds - 0.5 - STEADY_CPU_FROM_S < 2:
+                return  # too short a run for a window
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            await asyncio.sleep(STEADY_CPU_FROM_S)
+            opened, before = loop.time(), await asyncio.to_thread(cpu_by_pid, proxy)
+            await asyncio.sleep(start + seconds - 0.5 - loop.time())
+            after = await asyncio.to_thread(cpu_by_pid, proxy)
+            window[:] = [sum(t - before.get(pid, 0.0) for pid, t in after.items()), loop.time() - opened]
+
+        await asyncio.gather(steady_window(), *(one_session(url, seconds, rtts, counts,
+                                                            i * FRAME_MS / 1000 / max(1, sessions), steady)
+                                                for i in range(sessions)))
         cpu = 0.0
         if proxy:  # only what each process (e.g. nginx's worker, a child of its master) spent during this run
             cpu = sum(t - cpu0.get(pid, 0.0) for pid, t in cpu_by_pid(proxy).items())
-        return Result(rtts, counts[0], counts[1], cpu, steady)
+        return Result(rtts, counts[0], counts[1], cpu, steady, window[0], window[1])
 
     return uvloop.run(main())
 
@@ -354,7 +382,8 @@ def print_ratios(rows: dict[tuple[int, str], Row], counts: list[int], planes: li
     if not have_nginx:
         print("  n/a: nginx is not installed, so this run has no anchor")
         return
-    print(f"{'sessions':>8} {'path':>13} {'cpu / nginx cpu':>16} {'added p99':>10} {'nginx added p99':>16}")
+    print(f"{'sessions':>8} {'path':>13} {'cpu / nginx cpu':>16} {'steady cpu / nginx':>19} {'added p99':>10}"
+          f" {'nginx added p99':>16}")
     for n in counts:
         nginx = rows.get((n, "nginx"))
         for plane in planes:
@@ -365,7 +394,10 @@ def print_ratios(rows: dict[tuple[int, str], Row], counts: list[int], planes: li
             # CPU times tick in 10 ms: a short run at one session can leave nginx at 0, then there is no ratio
             ratio = (f"x{row.cpu_per_session_min / nginx.cpu_per_session_min:.2f}" if nginx.cpu_per_session_min
                      else "n/a (nginx 0)")
-            print(f"{n:>8} {name:>13} {ratio:>16} {row.added99:>8.2f}ms"
+            steady_nginx = nginx.result.steady_cpu_s / nginx.result.steady_window_s
+            steady = (f"x{row.result.steady_cpu_s / row.result.steady_window_s / steady_nginx:.2f}" if steady_nginx
+                      else "n/a (nginx 0)")
+            print(f"{n:>8} {name:>13} {ratio:>16} {steady:>19} {row.added99:>8.2f}ms"
                   f" {nginx.added99:>14.2f}ms", flush=True)
 
 
@@ -431,7 +463,8 @@ def main() -> None:
               f"{args.workers} worker process(es) each, "
               f"started for its own runs only; apparatus: {APPARATUS}")
         print(f"{'sessions':>8} {'path':>13} {'rtt p50':>8} {'rtt p99':>8} {'added p50':>10} {'added p99':>10}"
-              f" {'lost':>5} {'cpu s/session-min':>18} {'loop >10 ms':>12} {'loop >50 ms':>12} {'loop max':>9}")
+              f" {'lost':>5} {'cpu s/session-min':>18} {'steady cpu':>11} {'loop >10 ms':>12} {'loop >50 ms':>12}"
+              f" {'loop max':>9}")
         rows: dict[tuple[int, str], Row] = {}
         for n in counts:
             direct: Result | None = None
@@ -468,7 +501,8 @@ def main() -> None:
                 rows[(n, name)] = Row(result, cpu, added99)
                 print(f"{n:>8} {name:>13} {result.pct(0.5):>7.2f}ms {result.pct(0.99):>7.2f}ms"
                       f" {added50:>8.2f}ms {added99:>8.2f}ms"
-                      f" {result.frames_lost:>5} {cpu:>18.3f}{lag}", flush=True)
+                      f" {result.frames_lost:>5} {cpu:>18.3f}"
+                      f" {result.steady_cpu_per_session_min(n) if proc else math.nan:>11.3f}{lag}", flush=True)
                 time.sleep(1)
         print_ratios(rows, counts, planes, nginx is not None)
     finally:
