@@ -25,7 +25,7 @@ from uuid import uuid4
 import httpx
 import psutil
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -40,7 +40,7 @@ from app.db import create_engine, create_session_factory
 from app.regions import RegionSettings
 from app.resources.schemas import ResourceCreate
 from app.resources.service import add_resource
-from app.server.merged_metrics import UNREACHABLE, merge_worker_metrics, worker_exposition
+from app.server.merged_metrics import END, UNREACHABLE, merge_worker_metrics, worker_exposition
 from app.server.siblings import WorkerSlot, WorkerStatus, worker_statuses
 from app.server.workers import WorkerCountError, resolve_worker_count
 from tests.deploy.test_scale_out import (
@@ -466,16 +466,24 @@ def test_workers_expositions_merge_into_one_that_parses_with_every_sample_labell
     assert {s.labels["worker"]: s.value for s in families[UNREACHABLE].samples} == {"0": 0.0, "1": 0.0}
 
 
-def test_a_worker_that_does_not_answer_or_answers_torn_is_left_out_of_metrics_and_counted() -> None:
+def test_a_worker_that_does_not_answer_or_answers_torn_or_malformed_is_left_out_of_metrics_and_counted(
+) -> None:
     torn = worker_exposition(worker_registry(5.0), 3)
     cut_after_a_line = torn[: torn.index(b"\n", len(torn) // 2) + 1]
+    other_code = CollectorRegistry()  # a worker on other code: `z_seconds` a summary, not a histogram
+    Summary("z_seconds", "Delays.", registry=other_code).observe(0.5)
     answers = {0: worker_exposition(worker_registry(2.0), 0), 1: None, 2: torn[: len(torn) // 2],
-               3: cut_after_a_line, 4: b"x_total{kind= garbage"}
+               3: cut_after_a_line, 4: b"x_total{kind= garbage",
+               5: b"garbage\n" + END, 6: b"# HELP x_total Things.\n" + END,  # malformed, though whole
+               7: b"# HELP q Q.\n# TYPE q gauge\ny_open 1.0\n" + END, 8: worker_exposition(other_code, 8),
+               9: b"# HELP q Q.\nq 1.0\n" + END, 10: torn[: torn.index(b"# HELP z_seconds")]}  # cut between families
     merged = merge_worker_metrics(answers).decode()
     families = {f.name: f for f in text_string_to_metric_families(merged)}
     assert [(s.labels["worker"], s.value) for s in families["x"].samples if s.name == "x_total"] == [("0", 2.0)]
+    assert {s.labels["worker"] for s in families["z_seconds"].samples} == {"0"}
     assert {s.labels["worker"]: s.value for s in families[UNREACHABLE].samples} == {
-        "0": 0.0, "1": 1.0, "2": 1.0, "3": 1.0, "4": 1.0}
+        "0": 0.0, "1": 1.0, "2": 1.0, "3": 1.0, "4": 1.0, "5": 1.0, "6": 1.0, "7": 1.0, "8": 1.0, "9": 1.0,
+        "10": 1.0}
 
 
 async def test_readyz_reports_a_worker_without_a_socket_as_unreachable(tmp_path: Path) -> None:

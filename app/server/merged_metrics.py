@@ -47,8 +47,10 @@ def worker_exposition(registry: CollectorRegistry, worker: int) -> bytes:
 
 
 def _families(text: bytes | None) -> list[tuple[bytes, bytes, bytes]] | None:
-    """`(name, HELP and TYPE lines, sample lines)` per family of a worker's exposition, or None if it is missing
-    or torn. Blocks are found by their `# HELP ` line, which prometheus_client writes first for every family."""
+    """`(name, HELP and TYPE lines, sample lines)` per family of a worker's exposition, or None if it is missing,
+    torn or malformed. Blocks are found by their `# HELP ` line, which prometheus_client writes first for every
+    family; every sample line of a block starts with the family's name (a counter's `_total`, a histogram's
+    `_bucket`, ...), so a line that does not cannot end up under the wrong family."""
     if text is None or not text.endswith(END):
         return None
     body = text[: -len(END)]
@@ -66,18 +68,26 @@ def _families(text: bytes | None) -> list[tuple[bytes, bytes, bytes]] | None:
         if not type_end or not block.startswith(_TYPE, help_end):
             return None
         name = block[len(_HELP): block.find(b" ", len(_HELP))]
-        families.append((name, block[:type_end], block[type_end:]))
+        samples = block[type_end:]
+        if not name or any(not line.startswith(name) for line in samples.splitlines()):
+            return None
+        families.append((name, block[:type_end], samples))
     return families
 
 
 def merge_worker_metrics(texts: Mapping[int, bytes | None]) -> bytes:
     """Every worker's exposition (`worker_exposition`; None: it did not answer) as one, one HELP/TYPE per family
     in first-seen order, each family's samples worker by worker. A worker without an answer, or whose answer was
-    torn, is left out and is 1 in `UNREACHABLE`."""
+    torn, malformed or disagrees with an earlier worker's on a family's HELP or TYPE, is left out and is 1 in
+    `UNREACHABLE`."""
     merged: dict[bytes, list[bytes]] = {}
     missing: dict[int, bool] = {}
     for index, text in sorted(texts.items()):
         families = _families(text)
+        # A family whose HELP or TYPE differs from an earlier worker's (a worker on other code) would make the
+        # whole scrape one Prometheus refuses: that worker is left out instead.
+        if families is not None and any(name in merged and merged[name][0] != head for name, head, _ in families):
+            families = None
         missing[index] = families is None
         for name, head, samples in families or []:
             merged.setdefault(name, [head]).append(samples)
