@@ -11,7 +11,7 @@ process is ever up.
 
 For each plane and mode it prints round-trip p50/p99, the p99 of the steady state (frames sent after each
 session's first 2 s, so the burst of sessions starting is left out), the relay's CPU seconds per
-session-minute over the whole run and in the steady state (`STEADY_CPU_FROM_S`: every recording started, none
+session-minute over the whole run and in the steady state (`steady_from`: every recording started, none
 ended; calls last minutes, and the whole-run figure overweights what a session costs once), the recorder's
 backlog (bytes held in memory) during the run, which must not grow, the relay
 process's peak RSS, and how often its event loop was more than 10 ms and 50 ms late
@@ -64,10 +64,12 @@ from relay_latency import (
     parse_planes,
     postgres_env,
     prepare_voicelog,
+    ratio,
     run_load,
     scrape_metrics,
     start_standin,
     start_voicelog,
+    steady_from,
     stop_processes,
     voicelog_env,
     warm_up,
@@ -144,7 +146,7 @@ def measure_plane(plane: str, env: dict[str, str], port: int, work: Path,
             watcher = threading.Thread(target=watch, daemon=True)
             lag_before = loop_lag_buckets(port)
             watcher.start()
-            result = run_load(url, args.sessions, args.seconds, process)
+            result = run_load(url, args.sessions, args.seconds, process, steady_from(args.sessions, args.workers))
             stop.set()
             watcher.join()
             lag_after = loop_lag_buckets(port)
@@ -158,7 +160,7 @@ def measure_plane(plane: str, env: dict[str, str], port: int, work: Path,
             time.sleep(3)
         plain, recorded = results["plain"], results["recorded"]
         cpu_ratio = recorded.cpu_s / plain.cpu_s if plain.cpu_s else math.nan
-        steady_ratio = recorded.steady_cpu_s / recorded.steady_window_s / (plain.steady_cpu_s / plain.steady_window_s)
+        steady_ratio = ratio(recorded.steady_cpu_rate, plain.steady_cpu_rate)
         time.sleep(3)  # the last sessions' final segments are appended within a tick or two of their end
         stored = sum(p.stat().st_size for p in (work / plane / "blobs").rglob("*") if p.is_file())
         backlog_after = backlog_bytes(port)
@@ -227,15 +229,14 @@ def main() -> None:
             for mode in MODES:
                 old, new = base[mode], this[mode]
                 ratio = new.cpu_s / old.cpu_s if old.cpu_s else math.nan
-                steady = (new.steady_cpu_s / new.steady_window_s) / (old.steady_cpu_s / old.steady_window_s)
+                steady = ratio(new.steady_cpu_rate, old.steady_cpu_rate)
                 print(f"  {mode:>9}: CPU x{ratio:.2f}, steady CPU x{steady:.2f}, p99 "
                       f"{new.pct(0.99) - old.pct(0.99):+.2f} ms, steady p99 "
                       f"{new.steady_pct(0.99) - old.steady_pct(0.99):+.2f} ms", flush=True)
             for name, result in (("base", base), ("this", this)):
                 plain, recorded = result["plain"], result["recorded"]
                 added = recorded.cpu_s / plain.cpu_s if plain.cpu_s else math.nan
-                steady_added = ((recorded.steady_cpu_s / recorded.steady_window_s)
-                                / (plain.steady_cpu_s / plain.steady_window_s))
+                steady_added = ratio(recorded.steady_cpu_rate, plain.steady_cpu_rate)
                 print(f"  recording adds ({name}): CPU {(added - 1) * 100:+.0f}%, steady CPU "
                       f"{(steady_added - 1) * 100:+.0f}%, p99 "
                       f"{recorded.pct(0.99) - plain.pct(0.99):+.2f} ms, steady p99 "

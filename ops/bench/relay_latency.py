@@ -214,8 +214,9 @@ def worst_lag(before: dict[float, float], after: dict[float, float]) -> str:
 
 WARMUP_FRAMES = 2000 // FRAME_MS  # a session's first 2 s: its own set-up, and the other sessions' starting
 STEADY_CPU_FROM_S = 4.0
-"""The steady-state CPU window opens this long after the load starts (every session and recording started: a
-worker starts at most 50 recordings a second) and closes 0.5 s before the first session's last frame, so neither
+"""The steady-state CPU window opens this long after the load starts (every session started, and up to 100
+recordings per worker: a worker starts at most 50 a second; `steady_from` for more) and closes 0.5 s before the
+first session's last frame, so neither
 the starting burst nor the sessions' ends (recordings' final seals, rows closed) are in it. Calls last minutes,
 not the run's seconds: the whole-run figure overweights what each session costs once."""
 
@@ -241,6 +242,11 @@ class Result:
 
     def steady_cpu_per_session_min(self, sessions: int) -> float:
         return self.steady_cpu_s / (sessions * self.steady_window_s / 60)
+
+    @property
+    def steady_cpu_rate(self) -> float:
+        """CPU seconds per second within the steady window."""
+        return self.steady_cpu_s / self.steady_window_s
 
     def pct(self, q: float) -> float:
         return percentile(self.rtts_ms, q)
@@ -313,7 +319,19 @@ def warm_up(url: str) -> None:
     uvloop.run(one_session(url, 0.5, [], [0, 0], 0.0))
 
 
-def run_load(url: str, sessions: int, seconds: float, proxy: psutil.Process | None) -> Result:
+def steady_from(sessions: int, workers: int) -> float:
+    """When the steady window may open with `sessions` recorded over `workers`: every recording started (each
+    worker starts at most 50 a second), with a second to spare."""
+    return max(STEADY_CPU_FROM_S, sessions / (50 * max(1, workers)) + 1)
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, or nan where there is no denominator (CPU times tick in 10 ms)."""
+    return numerator / denominator if denominator and not math.isnan(denominator) else math.nan
+
+
+def run_load(url: str, sessions: int, seconds: float, proxy: psutil.Process | None,
+             steady_from_s: float = STEADY_CPU_FROM_S) -> Result:
     async def main() -> Result:
         rtts: list[float] = []
         steady: list[float] = []
@@ -322,11 +340,11 @@ def run_load(url: str, sessions: int, seconds: float, proxy: psutil.Process | No
         window = [math.nan, math.nan]  # steady CPU seconds, window length
 
         async def steady_window() -> None:
-            if proxy is None or seconds - 0.5 - STEADY_CPU_FROM_S < 2:
+            if proxy is None or seconds - 0.5 - steady_from_s < 2:
                 return  # too short a run for a window
             loop = asyncio.get_running_loop()
             start = loop.time()
-            await asyncio.sleep(STEADY_CPU_FROM_S)
+            await asyncio.sleep(steady_from_s)
             opened, before = loop.time(), await asyncio.to_thread(cpu_by_pid, proxy)
             await asyncio.sleep(start + seconds - 0.5 - loop.time())
             after = await asyncio.to_thread(cpu_by_pid, proxy)
@@ -394,9 +412,8 @@ def print_ratios(rows: dict[tuple[int, str], Row], counts: list[int], planes: li
             # CPU times tick in 10 ms: a short run at one session can leave nginx at 0, then there is no ratio
             ratio = (f"x{row.cpu_per_session_min / nginx.cpu_per_session_min:.2f}" if nginx.cpu_per_session_min
                      else "n/a (nginx 0)")
-            steady_nginx = nginx.result.steady_cpu_s / nginx.result.steady_window_s
-            steady = (f"x{row.result.steady_cpu_s / row.result.steady_window_s / steady_nginx:.2f}" if steady_nginx
-                      else "n/a (nginx 0)")
+            steady_ratio = ratio(row.result.steady_cpu_rate, nginx.result.steady_cpu_rate)
+            steady = "n/a" if math.isnan(steady_ratio) else f"x{steady_ratio:.2f}"
             print(f"{n:>8} {name:>13} {ratio:>16} {steady:>19} {row.added99:>8.2f}ms"
                   f" {nginx.added99:>14.2f}ms", flush=True)
 
