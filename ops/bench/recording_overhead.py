@@ -57,6 +57,7 @@ from relay_latency import (
     VOICELOG,
     Result,
     bench_database,
+    divide,
     drop_database,
     free_port,
     late_share,
@@ -64,7 +65,6 @@ from relay_latency import (
     parse_planes,
     postgres_env,
     prepare_voicelog,
-    ratio,
     run_load,
     scrape_metrics,
     start_standin,
@@ -160,7 +160,7 @@ def measure_plane(plane: str, env: dict[str, str], port: int, work: Path,
             time.sleep(3)
         plain, recorded = results["plain"], results["recorded"]
         cpu_ratio = recorded.cpu_s / plain.cpu_s if plain.cpu_s else math.nan
-        steady_ratio = ratio(recorded.steady_cpu_rate, plain.steady_cpu_rate)
+        steady_ratio = divide(recorded.steady_cpu_rate, plain.steady_cpu_rate)
         time.sleep(3)  # the last sessions' final segments are appended within a tick or two of their end
         stored = sum(p.stat().st_size for p in (work / plane / "blobs").rglob("*") if p.is_file())
         backlog_after = backlog_bytes(port)
@@ -229,14 +229,14 @@ def main() -> None:
             for mode in MODES:
                 old, new = base[mode], this[mode]
                 ratio = new.cpu_s / old.cpu_s if old.cpu_s else math.nan
-                steady = ratio(new.steady_cpu_rate, old.steady_cpu_rate)
+                steady = divide(new.steady_cpu_rate, old.steady_cpu_rate)
                 print(f"  {mode:>9}: CPU x{ratio:.2f}, steady CPU x{steady:.2f}, p99 "
                       f"{new.pct(0.99) - old.pct(0.99):+.2f} ms, steady p99 "
                       f"{new.steady_pct(0.99) - old.steady_pct(0.99):+.2f} ms", flush=True)
             for name, result in (("base", base), ("this", this)):
                 plain, recorded = result["plain"], result["recorded"]
                 added = recorded.cpu_s / plain.cpu_s if plain.cpu_s else math.nan
-                steady_added = ratio(recorded.steady_cpu_rate, plain.steady_cpu_rate)
+                steady_added = divide(recorded.steady_cpu_rate, plain.steady_cpu_rate)
                 print(f"  recording adds ({name}): CPU {(added - 1) * 100:+.0f}%, steady CPU "
                       f"{(steady_added - 1) * 100:+.0f}%, p99 "
                       f"{recorded.pct(0.99) - plain.pct(0.99):+.2f} ms, steady p99 "

@@ -325,7 +325,7 @@ def steady_from(sessions: int, workers: int) -> float:
     return max(STEADY_CPU_FROM_S, sessions / (50 * max(1, workers)) + 1)
 
 
-def ratio(numerator: float, denominator: float) -> float:
+def divide(numerator: float, denominator: float) -> float:
     """numerator / denominator, or nan where there is no denominator (CPU times tick in 10 ms)."""
     return numerator / denominator if denominator and not math.isnan(denominator) else math.nan
 
@@ -412,7 +412,7 @@ def print_ratios(rows: dict[tuple[int, str], Row], counts: list[int], planes: li
             # CPU times tick in 10 ms: a short run at one session can leave nginx at 0, then there is no ratio
             ratio = (f"x{row.cpu_per_session_min / nginx.cpu_per_session_min:.2f}" if nginx.cpu_per_session_min
                      else "n/a (nginx 0)")
-            steady_ratio = ratio(row.result.steady_cpu_rate, nginx.result.steady_cpu_rate)
+            steady_ratio = divide(row.result.steady_cpu_rate, nginx.result.steady_cpu_rate)
             steady = "n/a" if math.isnan(steady_ratio) else f"x{steady_ratio:.2f}"
             print(f"{n:>8} {name:>13} {ratio:>16} {steady:>19} {row.added99:>8.2f}ms"
                   f" {nginx.added99:>14.2f}ms", flush=True)
