@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import re
 import shutil
@@ -159,7 +158,7 @@ def measure_plane(plane: str, env: dict[str, str], port: int, work: Path,
                   f"{late_share(lag_before, lag_after, 0.05):>13}", flush=True)
             time.sleep(3)
         plain, recorded = results["plain"], results["recorded"]
-        cpu_ratio = recorded.cpu_s / plain.cpu_s if plain.cpu_s else math.nan
+        cpu_ratio = divide(recorded.cpu_s, plain.cpu_s)
         steady_ratio = divide(recorded.steady_cpu_rate, plain.steady_cpu_rate)
         time.sleep(3)  # the last sessions' final segments are appended within a tick or two of their end
         stored = sum(p.stat().st_size for p in (work / plane / "blobs").rglob("*") if p.is_file())
@@ -220,7 +219,7 @@ def main() -> None:
             print("direct data plane against asgi:")
             for mode in MODES:
                 old, new = results["asgi"][mode], results["direct"][mode]
-                ratio = new.cpu_s / old.cpu_s if old.cpu_s else math.nan
+                ratio = divide(new.cpu_s, old.cpu_s)
                 print(f"  {mode:>9}: CPU x{ratio:.2f}, p99 {new.pct(0.99) - old.pct(0.99):+.2f} ms, steady p99 "
                       f"{new.steady_pct(0.99) - old.steady_pct(0.99):+.2f} ms", flush=True)
         for plane in planes if args.baseline else []:
@@ -228,14 +227,14 @@ def main() -> None:
             print(f"{plane} against base-{plane}:")
             for mode in MODES:
                 old, new = base[mode], this[mode]
-                ratio = new.cpu_s / old.cpu_s if old.cpu_s else math.nan
+                ratio = divide(new.cpu_s, old.cpu_s)
                 steady = divide(new.steady_cpu_rate, old.steady_cpu_rate)
                 print(f"  {mode:>9}: CPU x{ratio:.2f}, steady CPU x{steady:.2f}, p99 "
                       f"{new.pct(0.99) - old.pct(0.99):+.2f} ms, steady p99 "
                       f"{new.steady_pct(0.99) - old.steady_pct(0.99):+.2f} ms", flush=True)
             for name, result in (("base", base), ("this", this)):
                 plain, recorded = result["plain"], result["recorded"]
-                added = recorded.cpu_s / plain.cpu_s if plain.cpu_s else math.nan
+                added = divide(recorded.cpu_s, plain.cpu_s)
                 steady_added = divide(recorded.steady_cpu_rate, plain.steady_cpu_rate)
                 print(f"  recording adds ({name}): CPU {(added - 1) * 100:+.0f}%, steady CPU "
                       f"{(steady_added - 1) * 100:+.0f}%, p99 "

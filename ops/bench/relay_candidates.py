@@ -224,7 +224,7 @@ def main() -> None:
                     direct = result
                 added50 = result.pct(0.5) - direct.pct(0.5) if direct else math.nan
                 added99 = result.pct(0.99) - direct.pct(0.99) if direct else math.nan
-                cpu = result.cpu_s / (n * args.seconds / 60) if proc else math.nan
+                cpu = result.cpu_per_session_min(n, args.seconds) if proc else math.nan
                 if proc:
                     rows[(n, name)] = (cpu, added50, added99)
                 print(f"{n:>8} {name:>13} {result.pct(0.5):>7.2f}ms {result.pct(0.99):>7.2f}ms"

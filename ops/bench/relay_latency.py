@@ -216,9 +216,9 @@ WARMUP_FRAMES = 2000 // FRAME_MS  # a session's first 2 s: its own set-up, and t
 STEADY_CPU_FROM_S = 4.0
 """The steady-state CPU window opens this long after the load starts (every session started, and up to 100
 recordings per worker: a worker starts at most 50 a second; `steady_from` for more) and closes 0.5 s before the
-first session's last frame, so neither
-the starting burst nor the sessions' ends (recordings' final seals, rows closed) are in it. Calls last minutes,
-not the run's seconds: the whole-run figure overweights what each session costs once."""
+first session's last frame, so neither the starting burst nor the sessions' ends (recordings' final seals, rows
+closed) are in it. Calls last minutes, not the run's seconds: the whole-run figure overweights what each session
+costs once."""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -514,7 +514,7 @@ def main() -> None:
                     direct = result
                 added50 = result.pct(0.5) - direct.pct(0.5) if direct else math.nan
                 added99 = result.pct(0.99) - direct.pct(0.99) if direct else math.nan
-                cpu = result.cpu_s / (n * args.seconds / 60) if proc else math.nan
+                cpu = result.cpu_per_session_min(n, args.seconds) if proc else math.nan
                 rows[(n, name)] = Row(result, cpu, added99)
                 print(f"{n:>8} {name:>13} {result.pct(0.5):>7.2f}ms {result.pct(0.99):>7.2f}ms"
                       f" {added50:>8.2f}ms {added99:>8.2f}ms"
