@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import os
 import socket
 import sys
 from typing import Annotated
@@ -18,6 +16,7 @@ from app import migrate
 from app.access.saw.cli import saw_cli
 from app.audit.actions import Actor
 from app.audit.cli import audit_cli
+from app.cli_root import ROOT_HELP, command_logging
 from app.cli_workflow import register as register_workflow
 from app.config import Settings
 from app.context import context_of
@@ -27,7 +26,7 @@ from app.errors import AppError
 from app.heap import settle_after_startup
 from app.identity.cli import dev_cli
 from app.identity.staff.cli import staff_cli, teams_cli
-from app.logs import configure_cli_logging, configure_logging, get_logger
+from app.logs import configure_logging, get_logger
 from app.relay.routes import Relay
 from app.resources.schemas import ResourceCreate, ResourceOut
 from app.resources.service import add_resource, list_resources
@@ -44,7 +43,7 @@ from app.server.workers import (
 )
 from app.wiring import opened_context
 
-cli = typer.Typer(help="voicelog: opt-in, encrypted session logging for realtime voice AI.", no_args_is_help=True)
+cli = typer.Typer(help=ROOT_HELP, no_args_is_help=True)
 db_cli = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 resources_cli = typer.Typer(help="Customer resources.", no_args_is_help=True)
 config_cli = typer.Typer(help="Configuration.", no_args_is_help=True)
@@ -61,16 +60,9 @@ cli.add_typer(resources_cli, name="resources")
 register_workflow(cli)
 cli.command("demo")(demo)
 
+cli.callback()(command_logging)
+
 log = get_logger("voicelog.cli")
-
-
-@cli.callback()
-def command_logging() -> None:
-    """Every command logs to stderr, human-readably: stdout is the command's output alone (`--json`, CSV, a
-    report), fit for a pipe. `serve` and `worker` switch to JSON lines, still on stderr. The level is read from
-    the environment, not Settings: a bad setting fails the command that reads it, not every command."""
-    level = os.environ.get("VOICELOG_LOG_LEVEL", "INFO").upper()
-    configure_cli_logging(level if level in logging.getLevelNamesMapping() else "INFO")
 
 
 class DrainingServer(uvicorn.Server):

@@ -12,9 +12,12 @@ from app.workflow.access import access_cli
 from app.workflow.recordings import recordings_cli
 from app.workflow.tickets import tickets_cli
 
+WORKFLOW_GROUPS: dict[str, typer.Typer] = {
+    "tickets": tickets_cli, "access": access_cli, "recordings": recordings_cli}
+"""The verbs that need no database, key or service module: `app.cli_main` runs them from a light root."""
+
 
 def register(cli: typer.Typer) -> None:
     """Add the workflow sub-commands to `cli`; kept apart so serve's module stays about serving."""
-    cli.add_typer(tickets_cli, name="tickets")
-    cli.add_typer(access_cli, name="access")
-    cli.add_typer(recordings_cli, name="recordings")
+    for name, group in WORKFLOW_GROUPS.items():
+        cli.add_typer(group, name=name)
