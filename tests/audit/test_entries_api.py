@@ -3,17 +3,19 @@ filters by action, actor and time, and sees which entries no signed checkpoint c
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.actions import Actor, AuditAction, Subjects
 from app.audit.checkpoints import CheckpointPolicy, seal
+from app.audit.entries import MAX_PAGE, EntryFilter, list_entries
 from app.audit.routes import router
 from app.audit.runtime import AuditRuntime
 from app.clock import ManualClock
@@ -93,6 +95,52 @@ async def test_auditor_pages_through_the_whole_chain_in_order(
     assert newest["prev_before"] == head - 2
     older = await _get(entries_api, token, before=newest["prev_before"], limit=3)
     assert [e["seq"] for e in older["entries"]] == [head - 5, head - 4, head - 3]
+
+
+class GrowingBetweenReads:
+    """A session whose every statement is followed by another writer's: one more entry, chained and covered by a
+    newly signed checkpoint. Whatever order a reader reads the checkpoint, the entries and the head in, the chain
+    has grown between any two of those reads."""
+
+    def __init__(self, session: AsyncSession, grow: Callable[[], Awaitable[None]]) -> None:
+        self._session, self._grow = session, grow
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        result = await self._session.execute(*args, **kwargs)
+        await self._grow()
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+@pytest.mark.parametrize("db_kind", ["postgresql"])  # SQLite reads a transaction from one snapshot: nothing comes in
+async def test_a_page_read_while_the_chain_grows_and_is_signed_is_coherent(  # between its reads to test against
+    audit_db: AuditDb, audit_clock: ManualClock, audit_runtime: AuditRuntime,
+) -> None:
+    """A page reads the last checkpoint, then the entries, then the head, each in its own snapshot: so what it
+    says is signed never reaches past what it lists, and what it lists never past the head it reports, however
+    the chain grows and is signed meanwhile. Read in another order, a page would call an entry it does not list
+    signed, or list an entry beyond its own head."""
+    async def grow() -> None:
+        async with audit_db.factory() as other:
+            await append_and_chain(other, audit_clock, [LATE])
+            await seal(session=other, clock=audit_clock, keyring=audit_runtime.keyring, policy=CheckpointPolicy(),
+                       force=True, wait=True)
+            await other.commit()
+
+    async with audit_db.factory() as session:
+        await append_and_chain(session, audit_clock, example_steps(0, audit_clock.now()))
+        await session.commit()
+    await grow()
+    async with audit_db.factory() as session:
+        page = await list_entries(cast(AsyncSession, GrowingBetweenReads(session, grow)), where=EntryFilter(),
+                                  limit=MAX_PAGE)
+    listed = [entry.seq for entry in page.entries]
+    assert listed == list(range(1, listed[-1] + 1))
+    # Strictly: the chain did grow (and was signed) between the page's reads, so the test saw a race to lose.
+    assert 0 < page.sealed_through < listed[-1] < page.head_seq
+    assert [entry.past_last_checkpoint for entry in page.entries] == [seq > page.sealed_through for seq in listed]
 
 
 async def test_filters_by_action_actor_and_time(entries_api: httpx.AsyncClient, mint_token: MintToken) -> None:
