@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 from pydantic_settings import EnvSettingsSource
@@ -82,9 +83,22 @@ def names_a_setting(settings_cls: type[BaseModel], name: str) -> bool:
 
 
 class SecretFilesSource(EnvSettingsSource):
-    """The files of `VOICELOG_SECRETS_DIR`, parsed as the environment is (prefix, `__` nesting, JSON values)."""
+    """The files of `VOICELOG_SECRETS_DIR`, parsed as the environment is (prefix, `__` nesting, JSON values).
+
+    It reuses pydantic-settings' parsing by overriding `_load_env_vars`, which `EnvSettingsSource.__init__` calls
+    for the variables to parse. That method is not public API: a pydantic-settings that stopped calling it would
+    parse the environment here instead and silently leave every secret at its default, so with a secrets directory
+    named, a source built without having read it stops the start."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._files_read = False
+        super().__init__(*args, **kwargs)
+        if os.environ.get(SECRETS_DIR_VARIABLE) and not self._files_read:
+            raise SecretsDirError(f"{SECRETS_DIR_VARIABLE} is set but this pydantic-settings did not ask for the "
+                                  "variables through `_load_env_vars`: the secrets would be ignored")
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
+        self._files_read = True
         named = os.environ.get(SECRETS_DIR_VARIABLE)
         if not named:
             return {}

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from pydantic_settings import EnvSettingsSource
 
 from app.config import Settings
-from app.secret_files import MAX_FILE_BYTES, SecretsDirError
+from app.secret_files import MAX_FILE_BYTES, SecretFilesSource, SecretsDirError
 
 MAC_KEY = base64.b64encode(b"k" * 32).decode()
 
@@ -106,6 +108,28 @@ def test_an_entry_that_names_no_setting_stops_start_up(tmp_path: Path, clean_env
     (tmp_path / "VOICELOG_AUDIT__ENTRY_MAC_KEYS").write_text(MAC_KEY)
     clean_env.setenv("VOICELOG_SECRETS_DIR", str(tmp_path))
     with pytest.raises(SecretsDirError, match="VOICELOG_AUDIT__ENTRY_MAC_KEYS names no setting"):
+        Settings()
+
+
+def test_a_pydantic_settings_that_stops_asking_for_the_variables_stops_start_up_instead_of_ignoring_secrets(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    """The files are read through pydantic-settings' non-public `_load_env_vars`. An upgrade that no longer calls
+    it would otherwise leave every secret at its default without a word; with a secrets directory named, the
+    start stops. Without one nothing is lost, and settings build as before."""
+    (tmp_path / "VOICELOG_ADMIN_TOKEN").write_text("from-the-file")
+    original = EnvSettingsSource.__init__
+
+    def init_without_the_hook(self: EnvSettingsSource, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if isinstance(self, SecretFilesSource):  # what a release that loads variables some other way would do
+            self._files_read = False
+            self.env_vars = {}
+
+    clean_env.setattr(EnvSettingsSource, "__init__", init_without_the_hook)
+    assert Settings().admin_token is None  # no secrets directory: nothing to ignore
+    clean_env.setenv("VOICELOG_SECRETS_DIR", str(tmp_path))
+    with pytest.raises(SecretsDirError, match="secrets would be ignored"):
         Settings()
 
 
