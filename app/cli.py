@@ -16,7 +16,7 @@ from app import migrate
 from app.access.saw.cli import saw_cli
 from app.audit.actions import Actor
 from app.audit.cli import audit_cli
-from app.cli_root import ROOT_HELP, command_logging
+from app.cli_root import new_root
 from app.cli_workflow import register as register_workflow
 from app.config import Settings
 from app.context import context_of
@@ -43,7 +43,7 @@ from app.server.workers import (
 )
 from app.wiring import opened_context
 
-cli = typer.Typer(help=ROOT_HELP, no_args_is_help=True)
+cli = new_root()
 db_cli = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 resources_cli = typer.Typer(help="Customer resources.", no_args_is_help=True)
 config_cli = typer.Typer(help="Configuration.", no_args_is_help=True)
@@ -59,8 +59,6 @@ cli.command("worker")(worker)
 cli.add_typer(resources_cli, name="resources")
 register_workflow(cli)
 cli.command("demo")(demo)
-
-cli.callback()(command_logging)
 
 log = get_logger("voicelog.cli")
 

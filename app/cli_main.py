@@ -13,14 +13,13 @@ import sys
 
 import typer
 
-from app.cli_root import ROOT_HELP, command_logging
+from app.cli_root import new_root
 from app.cli_workflow import WORKFLOW_GROUPS, register
 
 
 def workflow_root() -> typer.Typer:
     """The root with the workflow verbs only."""
-    root = typer.Typer(help=ROOT_HELP, no_args_is_help=True)
-    root.callback()(command_logging)
+    root = new_root()
     register(root)
     return root
 

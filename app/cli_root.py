@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 
+import typer
+
 from app.logs import configure_cli_logging
 
 ROOT_HELP = "voicelog: opt-in, encrypted session logging for realtime voice AI."
@@ -17,3 +19,10 @@ def command_logging() -> None:
     the environment, not Settings: a bad setting fails the command that reads it, not every command."""
     level = os.environ.get("VOICELOG_LOG_LEVEL", "INFO").upper()
     configure_cli_logging(level if level in logging.getLevelNamesMapping() else "INFO")
+
+
+def new_root() -> typer.Typer:
+    """An empty `voicelog` root with the help and logging above: the whole command set and the light one start here."""
+    root = typer.Typer(help=ROOT_HELP, no_args_is_help=True)
+    root.callback()(command_logging)
+    return root
