@@ -139,8 +139,8 @@ def main() -> None:
             (quiet, _, _), (scraped, _, _) = by_mode["quiet"], by_mode["scraped"]
             print(f"{label}: scraping adds p99 {scraped.pct(0.99) - quiet.pct(0.99):+.2f} ms, steady p99 "
                   f"{scraped.steady_pct(0.99) - quiet.steady_pct(0.99):+.2f} ms")
-        old, new = results.get("base", {}).get("scraped", (None, [], 0))[1], results["this"]["scraped"][1]
-        if old and new:
+        old, new = results["base"]["scraped"][1] if "base" in results else [], results["this"]["scraped"][1]
+        if old and new:  # a mode whose scrapes all failed has no times to compare
             print(f"this against base: scrape p50 x{statistics.median(new) / statistics.median(old):.2f}, "
                   f"max x{max(new) / max(old):.2f}")
     finally:

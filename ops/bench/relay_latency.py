@@ -241,7 +241,7 @@ class Result:
         return self.cpu_s / (sessions * seconds / 60)
 
     def steady_cpu_per_session_min(self, sessions: int) -> float:
-        return self.steady_cpu_s / (sessions * self.steady_window_s / 60)
+        return self.steady_cpu_rate * 60 / sessions
 
     @property
     def steady_cpu_rate(self) -> float:
@@ -393,6 +393,12 @@ class Row:
     added99: float
 
 
+def times_nginx(ratio: float) -> str:
+    """A ratio against nginx's CPU as the table prints it: n/a where there is none (nginx's CPU read 0, or the run
+    was too short for a steady window)."""
+    return "n/a" if math.isnan(ratio) else f"x{ratio:.2f}"
+
+
 def print_ratios(rows: dict[tuple[int, str], Row], counts: list[int], planes: list[str], have_nginx: bool) -> None:
     """Each voicelog variant against nginx measured in the same run: CPU ratio, and added p99 side by side."""
     print()
@@ -410,10 +416,8 @@ def print_ratios(rows: dict[tuple[int, str], Row], counts: list[int], planes: li
             if row is None or nginx is None:
                 continue
             # CPU times tick in 10 ms: a short run at one session can leave nginx at 0, then there is no ratio
-            ratio = (f"x{row.cpu_per_session_min / nginx.cpu_per_session_min:.2f}" if nginx.cpu_per_session_min
-                     else "n/a (nginx 0)")
-            steady_ratio = divide(row.result.steady_cpu_rate, nginx.result.steady_cpu_rate)
-            steady = "n/a" if math.isnan(steady_ratio) else f"x{steady_ratio:.2f}"
+            ratio = times_nginx(divide(row.cpu_per_session_min, nginx.cpu_per_session_min))
+            steady = times_nginx(divide(row.result.steady_cpu_rate, nginx.result.steady_cpu_rate))
             print(f"{n:>8} {name:>13} {ratio:>16} {steady:>19} {row.added99:>8.2f}ms"
                   f" {nginx.added99:>14.2f}ms", flush=True)
 
